@@ -1,0 +1,210 @@
+//! Register-blocked `MR × NR` microkernels, one per ISA, all from one generic body.
+//!
+//! A microkernel computes `C ← alpha·A·B + beta·C` for one full `MR × NR` tile from a packed
+//! A micro-panel (`k × MR`, see [`super::pack`]) and a packed B micro-panel (`k × NR`). The
+//! accumulators stay in registers for the whole `k` loop; each step is one load of the B row
+//! (`NR / LANES` vectors), `MR` broadcasts of A and `MR·NR / LANES` FMAs. `beta == 0`
+//! overwrites C without reading it. Edge tiles are the driver's job: it runs the kernel on a
+//! scratch tile and copies the valid part.
+//!
+//! | ISA | kernel | accumulators |
+//! |-----|--------|--------------|
+//! | Scalar | 4 × 4 | 16 f32 |
+//! | Portable (`wide::f32x8`) | 6 × 16 | 12 vectors |
+//! | Avx2Fma | 6 × 16 | 12 ymm of 16 |
+//! | Avx512 | 12 × 32 | 24 zmm of 32 |
+
+pub(crate) mod portable;
+pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use crate::dispatch::Isa;
+
+/// Signature shared by every microkernel.
+///
+/// # Safety (of every function of this type)
+/// `a` readable for `k·MR`, `b` for `k·NR` values; `c.offset(i·rsc + j·csc)` readable
+/// (unless `beta == 0`) and writable for `i < MR`, `j < NR`; the CPU has the kernel's ISA.
+pub(crate) type UkrFn = unsafe fn(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+);
+
+/// A microkernel and its tile.
+#[derive(Clone, Copy)]
+pub(crate) struct Ukr {
+    /// Rows of the tile.
+    pub mr: usize,
+    /// Columns of the tile.
+    pub nr: usize,
+    /// The kernel.
+    pub run: UkrFn,
+    /// XNNPACK-style name (`ukr_6x16_avx2`).
+    pub name: &'static str,
+}
+
+/// The microkernel of `isa`. `isa` must be supported (checked by the callers' dispatch).
+pub(crate) fn ukr_for(isa: Isa) -> Ukr {
+    debug_assert!(isa.is_supported());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::UKR_AVX512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => x86::UKR_AVX2,
+        Isa::Scalar => scalar::UKR_SCALAR,
+        _ => portable::UKR_PORTABLE,
+    }
+}
+
+/// The few vector operations the generic kernel body needs.
+pub(crate) trait SimdOps {
+    /// A vector of `LANES` f32.
+    type V: Copy;
+    /// Lanes per vector.
+    const LANES: usize;
+    /// All zeros.
+    ///
+    /// # Safety
+    /// The ISA is present (true of every method: the ops are only used inside the ISA's
+    /// `#[target_feature]` kernels).
+    unsafe fn zero() -> Self::V;
+    /// `x` in every lane.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn splat(x: f32) -> Self::V;
+    /// Unaligned load of `LANES` values.
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// Unaligned store of `LANES` values.
+    ///
+    /// # Safety
+    /// `p` writable for `LANES` values; the ISA is present.
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a·b + c` (fused where the ISA has FMA).
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a·b`.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+}
+
+/// The microkernel body, generic over the vector ops, tile height `MR` and `NV` vectors
+/// per tile row (`NR = NV·LANES`). Inlined into each ISA's `#[target_feature]` wrapper.
+///
+/// # Safety
+/// As [`UkrFn`], with `NR = NV·S::LANES`; `MR·NR ≤ 512`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let nr = NV * S::LANES;
+    // SAFETY: the caller runs this only where the ISA of `S` is present.
+    let zero = unsafe { S::zero() };
+    let mut ab = [[zero; NV]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..k {
+        let mut bv = [zero; NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: the B micro-panel holds `k·NR` values; this row is `b .. b + NR`.
+            *bv = unsafe { S::load(b.add(v * S::LANES)) };
+        }
+        for (i, row) in ab.iter_mut().enumerate() {
+            // SAFETY: the A micro-panel holds `k·MR` values; this column is `a .. a + MR`;
+            // the ISA is present.
+            let ai = unsafe { S::splat(*a.add(i)) };
+            for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
+                // SAFETY: the ISA is present.
+                *acc = unsafe { S::fma(ai, bv, *acc) };
+            }
+        }
+        // SAFETY: advancing within (or one past) the micro-panels.
+        unsafe {
+            a = a.add(MR);
+            b = b.add(nr);
+        }
+    }
+    // SAFETY: the ISA is present.
+    let (alpha_v, beta_v) = unsafe { (S::splat(alpha), S::splat(beta)) };
+    if csc == 1 {
+        for (i, row) in ab.iter().enumerate() {
+            for (v, &acc) in row.iter().enumerate() {
+                // SAFETY: element (i, v·LANES ..) of the tile, writable (and readable when
+                // beta != 0) by the caller's contract; columns are contiguous since csc == 1.
+                unsafe {
+                    let p = c.offset(i as isize * rsc + (v * S::LANES) as isize);
+                    let mut r = S::mul(alpha_v, acc);
+                    if beta != 0.0 {
+                        r = S::fma(beta_v, S::load(p), r);
+                    }
+                    S::store(p, r);
+                }
+            }
+        }
+    } else {
+        let mut tmp = [0.0f32; 512];
+        for (i, row) in ab.iter().enumerate() {
+            for (v, &acc) in row.iter().enumerate() {
+                // SAFETY: `i·nr + v·LANES + LANES ≤ MR·NR ≤ 512`; the ISA is present.
+                unsafe {
+                    S::store(
+                        tmp.as_mut_ptr().add(i * nr + v * S::LANES),
+                        S::mul(alpha_v, acc),
+                    )
+                };
+            }
+        }
+        // SAFETY: forwarded tile contract.
+        unsafe { store_tile(MR, nr, &tmp, nr, beta, c, rsc, csc) };
+    }
+}
+
+/// `C[i, j] ← tile[i·ld + j] + beta·C[i, j]` for `i < rows`, `j < cols`; `beta == 0` does
+/// not read C.
+///
+/// # Safety
+/// `c.offset(i·rsc + j·csc)` readable/writable for `i < rows`, `j < cols`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn store_tile(
+    rows: usize,
+    cols: usize,
+    tile: &[f32],
+    ld: usize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: (i, j) inside the tile by the caller's contract.
+            unsafe {
+                let p = c.offset(i as isize * rsc + j as isize * csc);
+                let t = tile[i * ld + j];
+                *p = if beta == 0.0 { t } else { beta.mul_add(*p, t) };
+            }
+        }
+    }
+}

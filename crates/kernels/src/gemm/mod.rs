@@ -1,0 +1,695 @@
+//! Single-precision GEMM, `C ← alpha·A·B + beta·C`, Goto/BLIS style.
+//!
+//! # Algorithm
+//! Five loops around a register-blocked microkernel (see [`params`] for what each block
+//! keeps in which cache):
+//!
+//! ```text
+//! for jc in 0..n step NC            // loop 5
+//!   for pc in 0..k step KC          // loop 4: pack B[pc.., jc..] into KC×NR panels
+//!     for ic in 0..m step MC        // loop 3: pack A[ic.., pc..] into MC×KC (MR-row panels)
+//!       for jr in 0..NC step NR     // loop 2
+//!         for ir in 0..MC step MR   // loop 1
+//!           microkernel: MR×NR tile of C += A panel · B panel
+//! ```
+//!
+//! Packing buffers are 64-byte aligned and reused from a per-thread pool (no allocation per
+//! call once warm). Edge tiles run the full microkernel on zero-padded panels into a scratch
+//! tile and copy the valid part, so elements of C outside the `m × n` view are never
+//! touched. `beta` is applied on the first `KC` step only; `beta == 0` never reads C.
+//!
+//! # Parallelism
+//! Only independent blocks of C are split across rayon tasks (`MC` row blocks, and groups of
+//! `NR` panels when there are too few row blocks), never the `k` loop, so every element of
+//! C is computed by the same sequence of operations whatever the thread count: results are
+//! bit-for-bit identical at 1, 2 or 16 threads. Work goes to the rayon pool the call is made
+//! in (so `RAYON_NUM_THREADS` and `ThreadPool::install` apply); problems under
+//! [`PAR_MIN_FLOPS`] stay on the calling thread.
+
+pub(crate) mod microkernel;
+pub(crate) mod pack;
+pub mod params;
+pub mod reference;
+
+use crate::buffer::with_scratch;
+use crate::dispatch::{current_isa, Isa};
+use crate::error::{KernelError, Result};
+use crate::parallel::{Parallelism, SyncPtr};
+use microkernel::{store_tile, ukr_for, Ukr};
+use params::{block_sizes_for, cache_sizes, BlockSizes};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Problems with fewer floating-point operations (`2·m·n·k`) than this run on the calling
+/// thread: below it, waking workers costs more than it saves.
+pub const PAR_MIN_FLOPS: usize = 1 << 22;
+
+/// The microkernel tile `(MR, NR)` a variant uses.
+///
+/// ```
+/// let (mr, nr) = kernels::gemm::tile_of(kernels::Isa::Scalar);
+/// assert_eq!((mr, nr), (4, 4));
+/// ```
+pub fn tile_of(isa: Isa) -> (usize, usize) {
+    let u = ukr_for_any(isa);
+    (u.mr, u.nr)
+}
+
+/// Name of the microkernel a variant uses (`ukr_6x16_avx2`, ...).
+pub fn microkernel_name(isa: Isa) -> &'static str {
+    ukr_for_any(isa).name
+}
+
+fn ukr_for_any(isa: Isa) -> Ukr {
+    // Tile metadata is safe to hand out even for an ISA the CPU lacks; only running the
+    // kernel needs the feature.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => microkernel::x86::UKR_AVX512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => microkernel::x86::UKR_AVX2,
+        Isa::Scalar => microkernel::scalar::UKR_SCALAR,
+        _ => microkernel::portable::UKR_PORTABLE,
+    }
+}
+
+/// Environment variable that overrides the block sizes, as `MC,KC,NC` (for tuning).
+pub const BLOCKS_ENV_VAR: &str = "FASTATTN_GEMM_BLOCKS";
+
+/// The block sizes the GEMM uses for `isa` on this machine.
+pub fn block_sizes(isa: Isa) -> BlockSizes {
+    static ENV: OnceLock<Option<(usize, usize, usize)>> = OnceLock::new();
+    let (mr, nr) = tile_of(isa);
+    let env = ENV.get_or_init(|| {
+        let v = std::env::var(BLOCKS_ENV_VAR).ok()?;
+        let parts: Vec<usize> = v.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        match parts[..] {
+            [mc, kc, nc] if mc > 0 && kc > 0 && nc > 0 => Some((mc, kc, nc)),
+            _ => None,
+        }
+    });
+    match *env {
+        Some((mc, kc, nc)) => BlockSizes {
+            mc: mc.next_multiple_of(mr),
+            kc,
+            nc: nc.next_multiple_of(nr),
+        },
+        None => block_sizes_for(mr, nr, cache_sizes()),
+    }
+}
+
+/// Drop-in for `matrixmultiply::sgemm`: `C ← alpha·A·B + beta·C` for an `m × k` A, a
+/// `k × n` B and an `m × n` C given by pointers and element strides (row stride `rs*`,
+/// column stride `cs*`; transposes are expressed by swapping strides; any sign allowed).
+/// Uses the current variant ([`current_isa`]) and the current rayon pool.
+///
+/// `beta == 0` overwrites C without reading it; `m`, `n` or `k` may be 0; elements of C
+/// outside the view are not touched.
+///
+/// # Safety
+/// For every `i < m`, `j < n`, `p < k`: `a.offset(i·rsa + p·csa)` and
+/// `b.offset(p·rsb + j·csb)` are readable, `c.offset(i·rsc + j·csc)` is writable (and
+/// readable if `beta != 0`), C's view does not overlap itself or A and B, and no other
+/// thread accesses C during the call.
+///
+/// # Panics
+/// If `FASTATTN_ISA` names an unknown ISA or one this CPU lacks (the safe API returns
+/// that as an error instead).
+///
+/// ```
+/// let a = [1.0f32, 2.0, 3.0, 4.0]; // 2×2 row-major
+/// let mut c = [0.0f32; 4];
+/// // SAFETY: all three are 2×2 row-major arrays of 4 elements.
+/// unsafe { kernels::sgemm(2, 2, 2, 1.0, a.as_ptr(), 2, 1, a.as_ptr(), 2, 1, 0.0, c.as_mut_ptr(), 2, 1) };
+/// assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let isa = current_isa().unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: forwarded contract; `isa` is supported (current_isa only returns those).
+    unsafe {
+        gemm_unchecked(
+            isa,
+            Parallelism::Rayon,
+            m,
+            k,
+            n,
+            alpha,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            beta,
+            c,
+            rsc,
+            csc,
+        )
+    }
+}
+
+/// [`sgemm`] with the variant and the parallelism chosen by the caller.
+///
+/// # Errors
+/// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_with(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) -> Result<()> {
+    isa.check()?;
+    // SAFETY: forwarded contract; `isa` checked above.
+    unsafe {
+        gemm_unchecked(
+            isa, par, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+        )
+    };
+    Ok(())
+}
+
+/// The blocked driver. `isa` must be supported.
+///
+/// # Safety
+/// As [`sgemm`], and the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_unchecked(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        // SAFETY: C's view is writable (and readable when beta != 0).
+        unsafe { scale_c(m, n, beta, c, rsc, csc) };
+        return;
+    }
+    let ukr = ukr_for(isa);
+    let (mr, nr) = (ukr.mr, ukr.nr);
+    let bs = block_sizes(isa);
+    let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    let threads = match par {
+        Parallelism::Sequential => 1,
+        Parallelism::Rayon if flops < PAR_MIN_FLOPS => 1,
+        Parallelism::Rayon => rayon::current_num_threads().max(1),
+    };
+    // Row blocks of equal size (a multiple of MR), so no worker gets a sliver.
+    let n_ic = m.div_ceil(bs.mc);
+    let mc = m.div_ceil(n_ic).next_multiple_of(mr);
+    let n_ic = m.div_ceil(mc);
+    // SAFETY: shared across tasks only for disjoint tiles of C (each task owns a different
+    // (row block, panel group) pair), and A, B are only read.
+    let (a_p, b_p, c_p) = unsafe {
+        (
+            SyncPtr::new(a as *mut f32),
+            SyncPtr::new(b as *mut f32),
+            SyncPtr::new(c),
+        )
+    };
+
+    for jc in (0..n).step_by(bs.nc) {
+        let ncb = bs.nc.min(n - jc);
+        let n_panels = ncb.div_ceil(nr);
+        for pc in (0..k).step_by(bs.kc) {
+            let kcb = bs.kc.min(k - pc);
+            let beta_step = if pc == 0 { beta } else { 1.0 };
+            with_scratch(n_panels * nr * kcb, |bpack| {
+                // Pack B[pc.., jc..] panel by panel (in parallel when worth it).
+                let pack_one = |(q, panel): (usize, &mut [f32])| {
+                    let j0 = jc + q * nr;
+                    // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside the
+                    // caller's view (cols ≤ n - j0).
+                    unsafe {
+                        pack::pack_b_panel_dyn(
+                            nr,
+                            kcb,
+                            nr.min(ncb - q * nr),
+                            b_p.get().offset(pc as isize * rsb + j0 as isize * csb),
+                            rsb,
+                            csb,
+                            panel,
+                        )
+                    }
+                };
+                if threads > 1 {
+                    bpack
+                        .par_chunks_mut(nr * kcb)
+                        .enumerate()
+                        .for_each(pack_one);
+                } else {
+                    bpack.chunks_mut(nr * kcb).enumerate().for_each(pack_one);
+                }
+                let bpack: &[f32] = bpack;
+
+                // Tasks: (row block, group of B panels).
+                let jsplit = if threads > 1 && n_ic < 2 * threads {
+                    (2 * threads).div_ceil(n_ic).min(n_panels)
+                } else {
+                    1
+                };
+                let per_split = n_panels.div_ceil(jsplit);
+                let task = |t: usize| {
+                    let (ib, js) = (t / jsplit, t % jsplit);
+                    let ic = ib * mc;
+                    let mcb = mc.min(m - ic);
+                    let q0 = js * per_split;
+                    let q1 = (q0 + per_split).min(n_panels);
+                    if q0 >= q1 {
+                        return;
+                    }
+                    with_scratch(mcb.div_ceil(mr) * mr * kcb, |apack| {
+                        // SAFETY: rows ic..ic+mcb, columns pc..pc+kcb of A are in the view.
+                        unsafe {
+                            pack::pack_a_dyn(
+                                mr,
+                                mcb,
+                                kcb,
+                                a_p.get().offset(ic as isize * rsa + pc as isize * csa),
+                                rsa,
+                                csa,
+                                apack,
+                            )
+                        };
+                        // SAFETY: the tile range (ic.., jc + q0·nr ..) is inside C and owned
+                        // by this task alone.
+                        unsafe {
+                            macro_kernel(
+                                &ukr,
+                                mcb,
+                                kcb,
+                                ncb,
+                                q0..q1,
+                                alpha,
+                                apack,
+                                bpack,
+                                beta_step,
+                                c_p.get().offset(ic as isize * rsc + jc as isize * csc),
+                                rsc,
+                                csc,
+                            )
+                        };
+                    });
+                };
+                if threads > 1 && n_ic * jsplit > 1 {
+                    (0..n_ic * jsplit).into_par_iter().for_each(task);
+                } else {
+                    (0..n_ic * jsplit).for_each(task);
+                }
+            });
+        }
+    }
+}
+
+/// Loops 2 and 1 over one packed A block and the B panels `panels`.
+///
+/// # Safety
+/// `c` points at element (0, 0) of the `mcb × ncb` block of C, which is writable (readable
+/// if `beta != 0`); the packed buffers hold `kcb`-deep panels; the CPU has `ukr`'s ISA.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn macro_kernel(
+    ukr: &Ukr,
+    mcb: usize,
+    kcb: usize,
+    ncb: usize,
+    panels: std::ops::Range<usize>,
+    alpha: f32,
+    apack: &[f32],
+    bpack: &[f32],
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let (mr, nr) = (ukr.mr, ukr.nr);
+    let mut tmp = [0.0f32; 512];
+    for q in panels {
+        let j0 = q * nr;
+        let cols = nr.min(ncb - j0);
+        let bp = &bpack[q * nr * kcb..(q + 1) * nr * kcb];
+        for r in 0..mcb.div_ceil(mr) {
+            let i0 = r * mr;
+            let rows = mr.min(mcb - i0);
+            let ap = &apack[r * mr * kcb..(r + 1) * mr * kcb];
+            // SAFETY: (i0, j0) is inside the block.
+            let cp = unsafe { c.offset(i0 as isize * rsc + j0 as isize * csc) };
+            if rows == mr && cols == nr {
+                // SAFETY: a full tile inside C; panels hold kcb·mr and kcb·nr values.
+                unsafe { (ukr.run)(kcb, alpha, ap.as_ptr(), bp.as_ptr(), beta, cp, rsc, csc) };
+            } else {
+                // SAFETY: the scratch tile is mr × nr ≤ 512 values, row-major.
+                unsafe {
+                    (ukr.run)(
+                        kcb,
+                        alpha,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        0.0,
+                        tmp.as_mut_ptr(),
+                        nr as isize,
+                        1,
+                    )
+                };
+                // SAFETY: only the rows × cols part that lies inside C is written.
+                unsafe { store_tile(rows, cols, &tmp, nr, beta, cp, rsc, csc) };
+            }
+        }
+    }
+}
+
+/// `C ← beta·C` (`beta == 0` writes zeros without reading).
+///
+/// # Safety
+/// C's `m × n` view writable (readable if `beta != 0`).
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
+    for i in 0..m {
+        for j in 0..n {
+            // SAFETY: (i, j) inside the view.
+            unsafe {
+                let p = c.offset(i as isize * rsc + j as isize * csc);
+                *p = if beta == 0.0 { 0.0 } else { beta * *p };
+            }
+        }
+    }
+}
+
+/// Checks that the strided `rows × cols` view fits in `len` elements.
+fn view_extent(
+    op: &'static str,
+    operand: &'static str,
+    len: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)))
+        .ok_or(KernelError::Overflow { op })?;
+    if last >= len {
+        return Err(KernelError::BufferTooSmall {
+            op,
+            operand,
+            needed: last + 1,
+            len,
+        });
+    }
+    if last > isize::MAX as usize / 4 {
+        return Err(KernelError::Overflow { op });
+    }
+    Ok(())
+}
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A `rows × cols` view with row stride `rs` and column stride `cs` (in elements).
+    ///
+    /// # Errors
+    /// [`KernelError::BufferTooSmall`] if the view reaches past `data`,
+    /// [`KernelError::Overflow`] if its extent does not fit in `isize`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+        view_extent("MatRef::new", "data", data.len(), rows, cols, rs, cs)?;
+        Ok(MatRef {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        })
+    }
+
+    /// A dense row-major view (`rs = cols`, `cs = 1`).
+    ///
+    /// ```
+    /// let a = kernels::gemm::MatRef::row_major(&[1.0, 2.0, 3.0], 1, 3).unwrap();
+    /// assert_eq!(a.get(0, 2), 3.0);
+    /// ```
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// A dense column-major view (`rs = 1`, `cs = rows`).
+    pub fn col_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, 1, rows)
+    }
+
+    /// The transpose (swaps the strides; no copy).
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row stride in elements.
+    pub fn row_stride(&self) -> usize {
+        self.rs
+    }
+    /// Column stride in elements.
+    pub fn col_stride(&self) -> usize {
+        self.cs
+    }
+    /// Element `(i, j)`. Panics when out of range.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        assert!(i < self.rows && j < self.cols, "MatRef::get out of range");
+        self.data[i * self.rs + j * self.cs]
+    }
+    /// The underlying slice.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+}
+
+/// A mutable strided matrix view whose elements are pairwise distinct (checked).
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A `rows × cols` view with strides `rs`, `cs`.
+    ///
+    /// # Errors
+    /// As [`MatRef::new`], and [`KernelError::BadStride`] if two elements of the view would
+    /// share memory (e.g. a zero stride). The accepted layouts are those where one stride
+    /// is at least the other times its extent (every dense, transposed, padded or gapped
+    /// layout); exotic interleavings are refused even when they do not overlap.
+    pub fn new(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    ) -> Result<Self> {
+        let op = "MatMut::new";
+        view_extent(op, "data", data.len(), rows, cols, rs, cs)?;
+        if rows == 0 || cols == 0 {
+            // An empty view touches nothing.
+        } else if rows > 1 && cols > 1 {
+            let ok = (cs >= 1 && rs >= cs.saturating_mul(cols))
+                || (rs >= 1 && cs >= rs.saturating_mul(rows));
+            if !ok {
+                return Err(KernelError::BadStride {
+                    op,
+                    reason: format!(
+                        "output view {rows}x{cols} with strides ({rs}, {cs}) would alias itself"
+                    ),
+                });
+            }
+        } else if (rows > 1 && rs == 0) || (cols > 1 && cs == 0) {
+            return Err(KernelError::BadStride {
+                op,
+                reason: "a zero stride makes the output alias itself".into(),
+            });
+        }
+        Ok(MatMut {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        })
+    }
+
+    /// A dense row-major view.
+    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// A dense column-major view.
+    pub fn col_major(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, 1, rows)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Element `(i, j)`. Panics when out of range.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        assert!(i < self.rows && j < self.cols, "MatMut::get out of range");
+        self.data[i * self.rs + j * self.cs]
+    }
+    /// Sets element `(i, j)`. Panics when out of range.
+    pub fn set(&mut self, i: usize, j: usize, v: f32) {
+        assert!(i < self.rows && j < self.cols, "MatMut::set out of range");
+        self.data[i * self.rs + j * self.cs] = v;
+    }
+    /// Reborrows the view.
+    pub fn rb(&mut self) -> MatMut<'_> {
+        MatMut {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+}
+
+/// `C ← alpha·A·B + beta·C` on checked views, with the current variant and rayon.
+///
+/// # Errors
+/// [`KernelError::ShapeMismatch`] unless A is m×k, B k×n and C m×n;
+/// [`KernelError::UnsupportedIsa`] if `FASTATTN_ISA` forces an ISA this CPU lacks.
+///
+/// ```
+/// use kernels::gemm::{gemm, MatRef, MatMut};
+/// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2×3
+/// let mut c = [0.0; 4];
+/// // C = A·Aᵀ
+/// gemm(1.0, MatRef::row_major(&a, 2, 3)?, MatRef::row_major(&a, 2, 3)?.t(), 0.0,
+///      MatMut::row_major(&mut c, 2, 2)?)?;
+/// assert_eq!(c, [14.0, 32.0, 32.0, 77.0]);
+/// # Ok::<(), kernels::KernelError>(())
+/// ```
+pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
+    gemm_with(current_isa()?, Parallelism::Rayon, alpha, a, b, beta, c)
+}
+
+/// [`gemm`] with the variant and the parallelism chosen by the caller.
+///
+/// # Errors
+/// As [`gemm`]; [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+pub fn gemm_with(
+    isa: Isa,
+    par: Parallelism,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    isa.check()?;
+    let op = "gemm";
+    if a.cols != b.rows || a.rows != c.rows || b.cols != c.cols {
+        return Err(KernelError::ShapeMismatch {
+            op,
+            expected: format!("A m×k, B k×n, C m×n (A is {}×{})", a.rows, a.cols),
+            got: format!("B {}×{}, C {}×{}", b.rows, b.cols, c.rows, c.cols),
+        });
+    }
+    // SAFETY: the views were bounds-checked when built (every element index fits in its
+    // slice and in isize); C is an exclusive, self-disjoint view, so it overlaps neither
+    // A nor B; `isa` was checked.
+    unsafe {
+        gemm_unchecked(
+            isa,
+            par,
+            c.rows,
+            a.cols,
+            c.cols,
+            alpha,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.data.as_mut_ptr(),
+            c.rs as isize,
+            c.cs as isize,
+        )
+    };
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Cache block sizes for the five-loop GEMM, chosen at run time from the cache sizes.
+//!
+//! The loops (BLIS numbering) and what each block keeps in which cache:
+//!
+//! | loop | steps by | keeps resident |
+//! |------|----------|----------------|
+//! | 5 (jc) | `NC` columns of B and C | the packed `KC × NC` panel of B, in L3 |
+//! | 4 (pc) | `KC` of the inner dimension | (the rank-`KC` update; C is read/written once per step) |
+//! | 3 (ic) | `MC` rows of A and C | the packed `MC × KC` block of A, in L2 |
+//! | 2 (jr) | `NR` columns | one `KC × NR` micro-panel of B, in L1 |
+//! | 1 (ir) | `MR` rows | the `MR × NR` tile of C, in registers |
+//!
+//! So `KC` is chosen so that a B micro-panel (`KC·NR·4` bytes) fills about half of L1d
+//! (the other half streams A micro-panels); `MC` so that the A block fills about half of L2;
+//! `NC` so that the B panel stays within a share of L3, capped at 4080 columns. For
+//! reference, BLIS uses MC = 144, KC = 256, NC = 4080 with a 6×16 AVX2 kernel on Zen 3
+//! (32 KiB L1d, 512 KiB L2). If the sizes cannot be read (non-Linux systems), the defaults
+//! are 32 KiB / 512 KiB / 8 MiB, which are safe everywhere. Bench-tuned on the dev machine
+//! (see README.md).
+
+use std::sync::OnceLock;
+
+/// Per-core cache capacities in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// L1 data cache.
+    pub l1d: usize,
+    /// L2 cache (per core).
+    pub l2: usize,
+    /// Last-level cache (shared).
+    pub l3: usize,
+}
+
+impl Default for CacheSizes {
+    fn default() -> Self {
+        CacheSizes {
+            l1d: 32 << 10,
+            l2: 512 << 10,
+            l3: 8 << 20,
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix('K') {
+        (n, 1 << 10)
+    } else if let Some(n) = s.strip_suffix('M') {
+        (n, 1 << 20)
+    } else {
+        (s, 1)
+    };
+    num.parse::<usize>().ok().map(|v| v * mul)
+}
+
+fn read_linux_caches() -> Option<CacheSizes> {
+    let mut cs = CacheSizes::default();
+    let mut found = false;
+    for idx in 0..8 {
+        let base = format!("/sys/devices/system/cpu/cpu0/cache/index{idx}");
+        let Ok(level) = std::fs::read_to_string(format!("{base}/level")) else {
+            continue;
+        };
+        let ty = std::fs::read_to_string(format!("{base}/type")).unwrap_or_default();
+        let Some(size) = std::fs::read_to_string(format!("{base}/size"))
+            .ok()
+            .and_then(|s| parse_size(&s))
+        else {
+            continue;
+        };
+        match (level.trim(), ty.trim()) {
+            ("1", "Data") | ("1", "Unified") => cs.l1d = size,
+            ("2", _) => cs.l2 = size,
+            ("3", _) => cs.l3 = size,
+            _ => continue,
+        }
+        found = true;
+    }
+    found.then_some(cs)
+}
+
+/// The cache sizes of this machine (read once; defaults if unreadable).
+pub fn cache_sizes() -> CacheSizes {
+    static CS: OnceLock<CacheSizes> = OnceLock::new();
+    *CS.get_or_init(|| {
+        let c = read_linux_caches().unwrap_or_default();
+        // Guard against nonsense values (some VMs report 0 or absurd sizes).
+        CacheSizes {
+            l1d: c.l1d.clamp(16 << 10, 256 << 10),
+            l2: c.l2.clamp(128 << 10, 8 << 20),
+            l3: c.l3.clamp(1 << 20, 512 << 20),
+        }
+    })
+}
+
+/// Block sizes of one GEMM variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Rows of A (and C) per packed block; a multiple of `mr`.
+    pub mc: usize,
+    /// Depth of one rank-k update.
+    pub kc: usize,
+    /// Columns of B (and C) per packed panel; a multiple of `nr`.
+    pub nc: usize,
+}
+
+/// Derives block sizes for a microkernel of `mr × nr` from `caches`.
+pub fn block_sizes_for(mr: usize, nr: usize, caches: CacheSizes) -> BlockSizes {
+    // B micro-panel (KC × NR f32) in about half of L1d.
+    let kc = (caches.l1d / 2 / (nr * 4)).clamp(128, 512) / 8 * 8;
+    // A block (MC × KC f32) in about half of L2.
+    let mc = (caches.l2 / 2 / (kc * 4)).clamp(mr, 960) / mr * mr;
+    // B panel (KC × NC f32) in a quarter of L3, at most 4080 columns.
+    let nc = (caches.l3 / 4 / (kc * 4)).clamp(nr, 4080) / nr * nr;
+    BlockSizes { mc, kc, nc }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sysfs_sizes() {
+        assert_eq!(parse_size("48K\n"), Some(48 << 10));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn block_sizes_are_multiples_of_the_tile() {
+        for (mr, nr) in [(6, 16), (12, 32), (4, 4)] {
+            let b = block_sizes_for(mr, nr, cache_sizes());
+            assert!(b.mc % mr == 0 && b.mc >= mr);
+            assert!(b.nc % nr == 0 && b.nc >= nr);
+            assert!(b.kc >= 128 && b.kc <= 512);
+        }
+    }
+}

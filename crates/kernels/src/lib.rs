@@ -1,0 +1,30 @@
+//! # fastattn kernels
+//!
+//! The compute kernels under fastattn's attention: a cache-blocked, packed, SIMD f32 GEMM
+//! ([`gemm`], [`sgemm`]), with one microkernel per instruction set chosen at run time
+//! ([`Isa`], [`current_isa`], `FASTATTN_ISA`).
+//!
+//! Every fast kernel has a plain reference twin (`*_ref`, f64 accumulation) that the tests
+//! compare it against, and every variant the CPU can run is tested directly.
+//!
+//! ```
+//! use kernels::gemm::{gemm, MatRef, MatMut};
+//! let a = vec![1.0f32; 64 * 32];
+//! let b = vec![0.5f32; 32 * 16];
+//! let mut c = vec![0.0f32; 64 * 16];
+//! gemm(1.0, MatRef::row_major(&a, 64, 32)?, MatRef::row_major(&b, 32, 16)?, 0.0,
+//!      MatMut::row_major(&mut c, 64, 16)?)?;
+//! assert!(c.iter().all(|&x| x == 16.0));
+//! # Ok::<(), kernels::KernelError>(())
+//! ```
+
+mod buffer;
+pub mod dispatch;
+pub mod error;
+pub mod gemm;
+pub mod parallel;
+
+pub use dispatch::{current_isa, set_isa, Isa};
+pub use error::{KernelError, Result};
+pub use gemm::{gemm, gemm_with, sgemm, sgemm_with, MatMut, MatRef};
+pub use parallel::Parallelism;

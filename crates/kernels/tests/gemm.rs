@@ -1,0 +1,502 @@
+//! Every GEMM variant the CPU can run against the f64 reference.
+
+use kernels::gemm::{block_sizes, reference::gemm_ref, tile_of};
+use kernels::{gemm_with, Isa, KernelError, MatMut, MatRef, Parallelism};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Layout of one operand: (row stride, column stride, buffer length) for a rows×cols view.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    RowMajor,
+    ColMajor,
+    PaddedRow, // leading dimension cols + 3
+    Gapped,    // every other row and column of a larger buffer
+}
+
+fn strides(l: Layout, rows: usize, cols: usize) -> (usize, usize, usize) {
+    let (rs, cs) = match l {
+        Layout::RowMajor => (cols, 1),
+        Layout::ColMajor => (1, rows),
+        Layout::PaddedRow => (cols + 3, 1),
+        Layout::Gapped => (2 * (2 * cols + 1), 2),
+    };
+    let len = if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    };
+    (rs, cs, len + 5)
+}
+
+const SENTINEL: f32 = -777.0;
+
+/// Runs one case on `isa` and compares with the reference; also checks that C's
+/// surroundings are untouched.
+#[allow(clippy::too_many_arguments)]
+fn check_case(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    k: usize,
+    n: usize,
+    la: Layout,
+    lb: Layout,
+    lc: Layout,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (rsa, csa, lena) = strides(la, m, k);
+    let (rsb, csb, lenb) = strides(lb, k, n);
+    let (rsc, csc, lenc) = strides(lc, m, n);
+    let a = rand_vec(&mut rng, lena);
+    let b = rand_vec(&mut rng, lenb);
+    let mut c0 = vec![SENTINEL; lenc];
+    // Fill the view of C with random values (or NaN when beta == 0: must not leak).
+    for i in 0..m {
+        for j in 0..n {
+            c0[i * rsc + j * csc] = if beta == 0.0 {
+                f32::NAN
+            } else {
+                rng.random_range(-1.0f32..1.0)
+            };
+        }
+    }
+    let mut c_ref = c0.clone();
+    let mut c = c0.clone();
+    let av = MatRef::new(&a, m, k, rsa, csa).unwrap();
+    let bv = MatRef::new(&b, k, n, rsb, csb).unwrap();
+    gemm_ref(
+        alpha,
+        av,
+        bv,
+        beta,
+        MatMut::new(&mut c_ref, m, n, rsc, csc).unwrap(),
+    );
+    gemm_with(
+        isa,
+        par,
+        alpha,
+        av,
+        bv,
+        beta,
+        MatMut::new(&mut c, m, n, rsc, csc).unwrap(),
+    )
+    .unwrap();
+    let label = format!(
+        "isa={isa} par={par:?} m={m} k={k} n={n} A={la:?} B={lb:?} C={lc:?} alpha={alpha} beta={beta} seed={seed}"
+    );
+    let mut in_view = vec![false; lenc];
+    for i in 0..m {
+        for j in 0..n {
+            let idx = i * rsc + j * csc;
+            in_view[idx] = true;
+            // |error| ≤ c·k·ε·Σ|a||b| (+ the beta term); inputs are in [-1, 1).
+            let mut mag = 0.0f64;
+            for p in 0..k {
+                mag += (a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64).abs();
+            }
+            let tol =
+                4.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * (alpha.abs() as f64 * mag + 1.0);
+            let (got, want) = (c[idx], c_ref[idx]);
+            assert!(
+                got.is_finite() && ((got - want) as f64).abs() <= tol,
+                "{label}: C[{i},{j}] = {got}, reference {want}, tol {tol}"
+            );
+        }
+    }
+    for (idx, (&v, &inside)) in c.iter().zip(&in_view).enumerate() {
+        if !inside {
+            assert!(
+                v == SENTINEL,
+                "{label}: element {idx} outside the view of C changed to {v}"
+            );
+        }
+    }
+}
+
+fn variants() -> Vec<Isa> {
+    for isa in Isa::ALL {
+        if !isa.is_supported() {
+            eprintln!("skipped: {isa} not on this CPU");
+        }
+    }
+    Isa::available()
+}
+
+#[test]
+fn gemm_every_variant_matches_ref_on_small_and_prime_sizes() {
+    let sizes = [0usize, 1, 2, 3, 5, 7, 13, 17, 31];
+    for isa in variants() {
+        let mut seed = 1;
+        for &m in &sizes {
+            for &k in &[0usize, 1, 7, 16, 31] {
+                for &n in &sizes {
+                    seed += 1;
+                    check_case(
+                        isa,
+                        Parallelism::Sequential,
+                        m,
+                        k,
+                        n,
+                        Layout::RowMajor,
+                        Layout::RowMajor,
+                        Layout::RowMajor,
+                        1.0,
+                        0.0,
+                        seed,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_every_variant_matches_ref_around_tile_edges() {
+    for isa in variants() {
+        let (mr, nr) = tile_of(isa);
+        let mut seed = 100;
+        for m in [mr - 1, mr, mr + 1, 2 * mr + 1] {
+            for n in [nr - 1, nr, nr + 1, 2 * nr + 3] {
+                for k in [1, 4, 61] {
+                    seed += 1;
+                    check_case(
+                        isa,
+                        Parallelism::Sequential,
+                        m,
+                        k,
+                        n,
+                        Layout::RowMajor,
+                        Layout::RowMajor,
+                        Layout::RowMajor,
+                        1.5,
+                        0.5,
+                        seed,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_every_variant_matches_ref_around_block_edges() {
+    for isa in variants() {
+        let bs = block_sizes(isa);
+        let (mr, _) = tile_of(isa);
+        let mut seed = 200;
+        for (m, k, n) in [
+            (bs.mc + 1, bs.kc + 1, 37),
+            (bs.mc - mr + 1, bs.kc - 1, 70),
+            (13, 2 * bs.kc + 5, 29),
+            (3, 9, bs.nc + 17),
+        ] {
+            seed += 1;
+            check_case(
+                isa,
+                Parallelism::Sequential,
+                m,
+                k,
+                n,
+                Layout::RowMajor,
+                Layout::RowMajor,
+                Layout::RowMajor,
+                1.0,
+                1.0,
+                seed,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_every_variant_handles_every_layout() {
+    use Layout::*;
+    let layouts = [RowMajor, ColMajor, PaddedRow, Gapped];
+    for isa in variants() {
+        let mut seed = 300;
+        for la in layouts {
+            for lb in layouts {
+                for lc in layouts {
+                    seed += 1;
+                    check_case(
+                        isa,
+                        Parallelism::Rayon,
+                        23,
+                        41,
+                        37,
+                        la,
+                        lb,
+                        lc,
+                        0.75,
+                        -1.25,
+                        seed,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_alpha_beta_combinations_and_nan_c_with_beta_zero() {
+    for isa in variants() {
+        let mut seed = 400;
+        for (alpha, beta) in [
+            (1.0, 0.0),
+            (2.0, 0.0),
+            (1.0, 1.0),
+            (-0.5, 2.0),
+            (0.0, 0.5),
+            (0.0, 0.0),
+        ] {
+            for k in [0, 5, 300] {
+                seed += 1;
+                check_case(
+                    isa,
+                    Parallelism::Sequential,
+                    19,
+                    k,
+                    21,
+                    Layout::RowMajor,
+                    Layout::ColMajor,
+                    Layout::PaddedRow,
+                    alpha,
+                    beta,
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_large_parallel_matches_ref() {
+    for isa in variants() {
+        check_case(
+            isa,
+            Parallelism::Rayon,
+            301,
+            257,
+            263,
+            Layout::RowMajor,
+            Layout::RowMajor,
+            Layout::RowMajor,
+            1.0,
+            0.0,
+            500,
+        );
+    }
+}
+
+#[test]
+fn gemm_integer_inputs_give_exact_results() {
+    // Small integers: every partial sum is exact in f32, so results must be equal.
+    let (m, k, n) = (37, 53, 41);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+    let mut want = vec![0.0; m * n];
+    gemm_ref(
+        1.0,
+        MatRef::row_major(&a, m, k).unwrap(),
+        MatRef::row_major(&b, k, n).unwrap(),
+        0.0,
+        MatMut::row_major(&mut want, m, n).unwrap(),
+    );
+    for isa in variants() {
+        let mut c = vec![f32::NAN; m * n];
+        gemm_with(
+            isa,
+            Parallelism::Rayon,
+            1.0,
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+            0.0,
+            MatMut::row_major(&mut c, m, n).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c, want, "isa={isa}");
+    }
+}
+
+#[test]
+fn gemm_results_are_bit_identical_at_any_thread_count() {
+    let (m, k, n) = (390, 700, 333);
+    let mut rng = StdRng::seed_from_u64(600);
+    let a = rand_vec(&mut rng, m * k);
+    let b = rand_vec(&mut rng, k * n);
+    for isa in variants() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut c = vec![0.0; m * n];
+            pool.install(|| {
+                gemm_with(
+                    isa,
+                    Parallelism::Rayon,
+                    1.0,
+                    MatRef::row_major(&a, m, k).unwrap(),
+                    MatRef::row_major(&b, k, n).unwrap(),
+                    0.0,
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                )
+                .unwrap()
+            });
+            c
+        };
+        let one = run(1);
+        for t in [2, 3, 7] {
+            assert!(one == run(t), "isa={isa}: {t} threads differ from 1");
+        }
+        let mut seq = vec![0.0; m * n];
+        gemm_with(
+            isa,
+            Parallelism::Sequential,
+            1.0,
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+            0.0,
+            MatMut::row_major(&mut seq, m, n).unwrap(),
+        )
+        .unwrap();
+        assert!(one == seq, "isa={isa}: sequential differs");
+    }
+}
+
+#[test]
+fn gemm_inside_rayon_tasks_does_not_deadlock() {
+    use rayon::prelude::*;
+    let (m, k, n) = (200, 150, 180);
+    let mut rng = StdRng::seed_from_u64(700);
+    let a = rand_vec(&mut rng, m * k);
+    let b = rand_vec(&mut rng, k * n);
+    let mut want = vec![0.0; m * n];
+    kernels::gemm(
+        1.0,
+        MatRef::row_major(&a, m, k).unwrap(),
+        MatRef::row_major(&b, k, n).unwrap(),
+        0.0,
+        MatMut::row_major(&mut want, m, n).unwrap(),
+    )
+    .unwrap();
+    let outs: Vec<Vec<f32>> = (0..8)
+        .into_par_iter()
+        .map(|_| {
+            let mut c = vec![0.0; m * n];
+            kernels::gemm(
+                1.0,
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+                0.0,
+                MatMut::row_major(&mut c, m, n).unwrap(),
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    for c in outs {
+        assert!(c == want);
+    }
+}
+
+#[test]
+fn gemm_safe_api_rejects_bad_input() {
+    let a = vec![0.0f32; 12];
+    let mut c = vec![0.0f32; 12];
+    // Buffer too small.
+    assert!(matches!(
+        MatRef::row_major(&a, 4, 4),
+        Err(KernelError::BufferTooSmall { .. })
+    ));
+    // Overflowing extent.
+    assert!(matches!(
+        MatRef::new(&a, usize::MAX, 2, usize::MAX, 1),
+        Err(KernelError::Overflow { .. })
+    ));
+    // Self-aliasing output.
+    assert!(matches!(
+        MatMut::new(&mut c, 3, 3, 1, 1),
+        Err(KernelError::BadStride { .. })
+    ));
+    assert!(matches!(
+        MatMut::new(&mut c, 3, 1, 0, 1),
+        Err(KernelError::BadStride { .. })
+    ));
+    // Shape mismatch.
+    let av = MatRef::row_major(&a, 3, 4).unwrap();
+    let bv = MatRef::row_major(&a, 3, 4).unwrap();
+    let r = gemm_with(
+        Isa::Scalar,
+        Parallelism::Sequential,
+        1.0,
+        av,
+        bv,
+        0.0,
+        MatMut::row_major(&mut c, 3, 4).unwrap(),
+    );
+    assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
+    // Unsupported ISA.
+    let r = gemm_with(
+        Isa::Neon,
+        Parallelism::Sequential,
+        1.0,
+        av,
+        av.t(),
+        0.0,
+        MatMut::row_major(&mut c, 3, 3).unwrap(),
+    );
+    assert!(matches!(r, Err(KernelError::UnsupportedIsa { .. })));
+}
+
+#[test]
+fn raw_sgemm_supports_negative_strides() {
+    // A read bottom-up through a negative row stride equals A with its rows reversed.
+    let (m, k, n) = (9, 11, 10);
+    let mut rng = StdRng::seed_from_u64(800);
+    let a = rand_vec(&mut rng, m * k);
+    let b = rand_vec(&mut rng, k * n);
+    let mut rev = vec![0.0; m * k];
+    for i in 0..m {
+        rev[i * k..(i + 1) * k].copy_from_slice(&a[(m - 1 - i) * k..(m - i) * k]);
+    }
+    let mut want = vec![0.0; m * n];
+    gemm_ref(
+        1.0,
+        MatRef::row_major(&rev, m, k).unwrap(),
+        MatRef::row_major(&b, k, n).unwrap(),
+        0.0,
+        MatMut::row_major(&mut want, m, n).unwrap(),
+    );
+    let mut c = vec![0.0; m * n];
+    // SAFETY: the view starts at the last row and steps back by k: all inside `a`.
+    unsafe {
+        kernels::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr().add((m - 1) * k),
+            -(k as isize),
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    };
+    for (x, y) in c.iter().zip(&want) {
+        assert!((x - y).abs() < 1e-4);
+    }
+}
