@@ -123,6 +123,9 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
     // SAFETY: the caller runs this only where the ISA of `S` is present.
     let zero = unsafe { S::zero() };
     let mut ab = [[zero; NV]; MR];
+    // alpha and beta are parked in memory across the k loop: kept in registers they would
+    // push an accumulator out of the 16 ymm registers of the AVX2 kernel (a spill per step).
+    let scalars = [alpha, beta];
     let (mut a, mut b) = (a, b);
     for _ in 0..k {
         let mut bv = [zero; NV];
@@ -145,6 +148,13 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
             b = b.add(nr);
         }
     }
+    // SAFETY: reading two initialised locals; the ISA is present.
+    let (alpha, beta) = unsafe {
+        (
+            std::ptr::read_volatile(&scalars[0]),
+            std::ptr::read_volatile(&scalars[1]),
+        )
+    };
     // SAFETY: the ISA is present.
     let (alpha_v, beta_v) = unsafe { (S::splat(alpha), S::splat(beta)) };
     if csc == 1 {

@@ -1,0 +1,34 @@
+//! Quick GEMM timing of every variant at one size: `cargo run --release --example gemm_speed -- 512`.
+
+use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
+use std::time::Instant;
+
+fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let (m, k) = (n, n);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; m * n];
+    for isa in Isa::available() {
+        for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            let mut times = Vec::new();
+            for _ in 0..7 {
+                let t = Instant::now();
+                gemm_with(
+                    isa,
+                    par,
+                    1.0,
+                    MatRef::row_major(&a, m, k).unwrap(),
+                    MatRef::row_major(&b, k, n).unwrap(),
+                    0.0,
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                )
+                .unwrap();
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let gf = 2.0 * (m * n * k) as f64 / times[3] / 1e9;
+            println!("{isa:>9} {par:?}: n={n} median {:.3} ms  {gf:.1} GFLOP/s", times[3] * 1e3);
+        }
+    }
+}
