@@ -4,7 +4,10 @@ use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use std::time::Instant;
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
     let (m, k) = (n, n);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -28,7 +31,10 @@ fn main() {
             }
             times.sort_by(|x, y| x.partial_cmp(y).unwrap());
             let gf = 2.0 * (m * n * k) as f64 / times[3] / 1e9;
-            println!("{isa:>9} {par:?}: n={n} median {:.3} ms  {gf:.1} GFLOP/s", times[3] * 1e3);
+            println!(
+                "{isa:>9} {par:?}: n={n} median {:.3} ms  {gf:.1} GFLOP/s",
+                times[3] * 1e3
+            );
         }
     }
 }

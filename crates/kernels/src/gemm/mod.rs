@@ -28,6 +28,7 @@
 
 pub(crate) mod microkernel;
 pub(crate) mod pack;
+pub mod packed;
 pub mod params;
 pub mod reference;
 
@@ -382,7 +383,7 @@ unsafe fn macro_kernel(
             let cp = unsafe { c.offset(i0 as isize * rsc + j0 as isize * csc) };
             if rows == mr && cols == nr {
                 // SAFETY: a full tile inside C; panels hold kcb·mr and kcb·nr values.
-                unsafe { (ukr.run)(kcb, alpha, ap.as_ptr(), bp.as_ptr(), beta, cp, rsc, csc) };
+                unsafe { (ukr.run)(kcb, alpha, ap.as_ptr(), 0, bp.as_ptr(), beta, cp, rsc, csc) };
             } else {
                 // SAFETY: the scratch tile is mr × nr ≤ 512 values, row-major.
                 unsafe {
@@ -390,6 +391,7 @@ unsafe fn macro_kernel(
                         kcb,
                         alpha,
                         ap.as_ptr(),
+                        0,
                         bp.as_ptr(),
                         0.0,
                         tmp.as_mut_ptr(),
@@ -613,6 +615,18 @@ impl<'a> MatMut<'a> {
     pub fn set(&mut self, i: usize, j: usize, v: f32) {
         assert!(i < self.rows && j < self.cols, "MatMut::set out of range");
         self.data[i * self.rs + j * self.cs] = v;
+    }
+    /// Row stride in elements.
+    pub fn row_stride(&self) -> usize {
+        self.rs
+    }
+    /// Column stride in elements.
+    pub fn col_stride(&self) -> usize {
+        self.cs
+    }
+    /// Pointer to element (0, 0), for kernels that write through the checked view.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.data.as_mut_ptr()
     }
     /// Reborrows the view.
     pub fn rb(&mut self) -> MatMut<'_> {

@@ -23,13 +23,17 @@ use crate::dispatch::Isa;
 
 /// Signature shared by every microkernel.
 ///
+/// `lda == 0` means A is a packed micro-panel; otherwise A is row-major with row stride
+/// `lda` (`a.offset(i·lda + p)` for `i < MR`, `p < k`).
+///
 /// # Safety (of every function of this type)
-/// `a` readable for `k·MR`, `b` for `k·NR` values; `c.offset(i·rsc + j·csc)` readable
+/// A readable as described, `b` for `k·NR` values; `c.offset(i·rsc + j·csc)` readable
 /// (unless `beta == 0`) and writable for `i < MR`, `j < NR`; the CPU has the kernel's ISA.
 pub(crate) type UkrFn = unsafe fn(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -102,6 +106,53 @@ pub(crate) trait SimdOps {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
 }
 
+/// The `k` loop: `ab += A·B` over one micro-panel pair. With `PACKED` A is a packed
+/// micro-panel (element `(i, p)` at `p·MR + i`), otherwise a row-major block with row stride
+/// `lda` (element `(i, p)` at `i·lda + p`), which lets attention feed its probability tile
+/// to the kernel without packing it.
+///
+/// # Safety
+/// As [`UkrFn`]; the ISA of `S` is present.
+#[inline(always)]
+unsafe fn k_loop<S: SimdOps, const MR: usize, const NV: usize, const PACKED: bool>(
+    k: usize,
+    a: *const f32,
+    lda: isize,
+    b: *const f32,
+    ab: &mut [[S::V; NV]; MR],
+) {
+    let nr = NV * S::LANES;
+    let (mut a, mut b) = (a, b);
+    for _ in 0..k {
+        // SAFETY: the ISA is present.
+        let mut bv = [unsafe { S::zero() }; NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: the B micro-panel holds `k·NR` values; this row is `b .. b + NR`.
+            *bv = unsafe { S::load(b.add(v * S::LANES)) };
+        }
+        for (i, row) in ab.iter_mut().enumerate() {
+            // SAFETY: element (i, p) of A is readable by the caller's contract; the ISA is
+            // present.
+            let ai = unsafe {
+                S::splat(if PACKED {
+                    *a.add(i)
+                } else {
+                    *a.offset(i as isize * lda)
+                })
+            };
+            for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
+                // SAFETY: the ISA is present.
+                *acc = unsafe { S::fma(ai, bv, *acc) };
+            }
+        }
+        // SAFETY: advancing within (or one past) the panels.
+        unsafe {
+            a = a.add(if PACKED { MR } else { 1 });
+            b = b.add(nr);
+        }
+    }
+}
+
 /// The microkernel body, generic over the vector ops, tile height `MR` and `NV` vectors
 /// per tile row (`NR = NV·LANES`). Inlined into each ISA's `#[target_feature]` wrapper.
 ///
@@ -113,6 +164,7 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -126,27 +178,12 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
     // alpha and beta are parked in memory across the k loop: kept in registers they would
     // push an accumulator out of the 16 ymm registers of the AVX2 kernel (a spill per step).
     let scalars = [alpha, beta];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..k {
-        let mut bv = [zero; NV];
-        for (v, bv) in bv.iter_mut().enumerate() {
-            // SAFETY: the B micro-panel holds `k·NR` values; this row is `b .. b + NR`.
-            *bv = unsafe { S::load(b.add(v * S::LANES)) };
-        }
-        for (i, row) in ab.iter_mut().enumerate() {
-            // SAFETY: the A micro-panel holds `k·MR` values; this column is `a .. a + MR`;
-            // the ISA is present.
-            let ai = unsafe { S::splat(*a.add(i)) };
-            for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
-                // SAFETY: the ISA is present.
-                *acc = unsafe { S::fma(ai, bv, *acc) };
-            }
-        }
-        // SAFETY: advancing within (or one past) the micro-panels.
-        unsafe {
-            a = a.add(MR);
-            b = b.add(nr);
-        }
+    if lda == 0 {
+        // SAFETY: forwarded contract (packed A micro-panel).
+        unsafe { k_loop::<S, MR, NV, true>(k, a, 0, b, &mut ab) };
+    } else {
+        // SAFETY: forwarded contract (row-major A with row stride `lda`).
+        unsafe { k_loop::<S, MR, NV, false>(k, a, lda, b, &mut ab) };
     }
     // SAFETY: reading two initialised locals; the ISA is present.
     let (alpha, beta) = unsafe {

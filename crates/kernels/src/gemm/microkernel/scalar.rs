@@ -44,6 +44,7 @@ unsafe fn ukr_4x4_scalar(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -51,7 +52,7 @@ unsafe fn ukr_4x4_scalar(
     csc: isize,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { ukr_body::<ScalarOps, 4, 4>(k, alpha, a, b, beta, c, rsc, csc) }
+    unsafe { ukr_body::<ScalarOps, 4, 4>(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 pub(crate) const UKR_SCALAR: Ukr = Ukr {

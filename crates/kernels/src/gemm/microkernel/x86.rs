@@ -85,6 +85,7 @@ unsafe fn ukr_6x16_avx2_tf(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -92,7 +93,7 @@ unsafe fn ukr_6x16_avx2_tf(
     csc: isize,
 ) {
     // SAFETY: AVX2+FMA enabled on this function; pointer contract forwarded.
-    unsafe { ukr_body::<Avx2Ops, 6, 2>(k, alpha, a, b, beta, c, rsc, csc) }
+    unsafe { ukr_body::<Avx2Ops, 6, 2>(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 /// # Safety
@@ -102,6 +103,7 @@ unsafe fn ukr_6x16_avx2(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -109,7 +111,7 @@ unsafe fn ukr_6x16_avx2(
     csc: isize,
 ) {
     // SAFETY: forwarded contract (the dispatcher only hands this out when AVX2+FMA exist).
-    unsafe { ukr_6x16_avx2_tf(k, alpha, a, b, beta, c, rsc, csc) }
+    unsafe { ukr_6x16_avx2_tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -118,6 +120,7 @@ unsafe fn ukr_12x32_avx512_tf(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -125,7 +128,7 @@ unsafe fn ukr_12x32_avx512_tf(
     csc: isize,
 ) {
     // SAFETY: AVX-512F enabled on this function; pointer contract forwarded.
-    unsafe { ukr_body::<Avx512Ops, 12, 2>(k, alpha, a, b, beta, c, rsc, csc) }
+    unsafe { ukr_body::<Avx512Ops, 12, 2>(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 /// # Safety
@@ -135,6 +138,7 @@ unsafe fn ukr_12x32_avx512(
     k: usize,
     alpha: f32,
     a: *const f32,
+    lda: isize,
     b: *const f32,
     beta: f32,
     c: *mut f32,
@@ -142,7 +146,7 @@ unsafe fn ukr_12x32_avx512(
     csc: isize,
 ) {
     // SAFETY: forwarded contract (the dispatcher only hands this out when AVX-512F exists).
-    unsafe { ukr_12x32_avx512_tf(k, alpha, a, b, beta, c, rsc, csc) }
+    unsafe { ukr_12x32_avx512_tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 pub(crate) const UKR_AVX2: Ukr = Ukr {

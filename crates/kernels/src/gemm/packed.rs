@@ -1,0 +1,226 @@
+//! GEMM against a B operand packed once and reused: the building block of the attention
+//! tiles (Kᵀ and V are packed once per head and multiplied by many query tiles).
+
+use super::microkernel::{store_tile, ukr_for, Ukr};
+use super::{pack, MatMut, MatRef};
+use crate::buffer::with_scratch;
+use crate::dispatch::Isa;
+use crate::error::{KernelError, Result};
+
+/// A `k × n` matrix B packed into `NR`-column panels of full depth `k` for one variant's
+/// microkernel. [`PackedB::pack`] reuses the allocation, so one `PackedB` per worker can be
+/// refilled block after block without allocating.
+///
+/// ```
+/// use kernels::gemm::{packed::{PackedB, gemm_packed_b}, MatRef, MatMut};
+/// let isa = kernels::Isa::best();
+/// let b = [1.0f32, 2.0, 3.0, 4.0]; // 2×2
+/// let mut pb = PackedB::new(isa)?;
+/// pb.pack(MatRef::row_major(&b, 2, 2)?)?;
+/// let mut c = [0.0f32; 4];
+/// gemm_packed_b(1.0, MatRef::row_major(&b, 2, 2)?, &pb, 0, 0.0, MatMut::row_major(&mut c, 2, 2)?)?;
+/// assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
+/// # Ok::<(), kernels::KernelError>(())
+/// ```
+#[derive(Clone)]
+pub struct PackedB {
+    ukr: Ukr,
+    isa: Isa,
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedB")
+            .field("isa", &self.isa)
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish()
+    }
+}
+
+impl PackedB {
+    /// An empty packed operand for `isa`'s microkernel.
+    ///
+    /// # Errors
+    /// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+    pub fn new(isa: Isa) -> Result<Self> {
+        isa.check()?;
+        Ok(PackedB {
+            ukr: ukr_for(isa),
+            isa,
+            k: 0,
+            n: 0,
+            data: Vec::new(),
+        })
+    }
+
+    /// Packs `b` (replacing the previous contents; the buffer only grows).
+    ///
+    /// # Errors
+    /// [`KernelError::Overflow`] if the packed size does not fit in memory sizes.
+    pub fn pack(&mut self, b: MatRef<'_>) -> Result<()> {
+        let nr = self.ukr.nr;
+        let (k, n) = (b.rows(), b.cols());
+        let panels = n.div_ceil(nr);
+        let len = panels
+            .checked_mul(nr)
+            .and_then(|x| x.checked_mul(k))
+            .ok_or(KernelError::Overflow {
+                op: "PackedB::pack",
+            })?;
+        if self.data.len() < len {
+            self.data.resize(len, 0.0);
+        }
+        self.k = k;
+        self.n = n;
+        if len == 0 {
+            return Ok(());
+        }
+        for (q, panel) in self.data[..len].chunks_exact_mut(nr * k).enumerate() {
+            let cols = nr.min(n - q * nr);
+            // SAFETY: the view was bounds-checked when built; the panel reads rows 0..k and
+            // columns q·nr .. q·nr + cols, all inside it.
+            unsafe {
+                pack::pack_b_panel_dyn(
+                    nr,
+                    k,
+                    cols,
+                    b.data().as_ptr().add(q * nr * b.col_stride()),
+                    b.row_stride() as isize,
+                    b.col_stride() as isize,
+                    panel,
+                )
+            };
+        }
+        Ok(())
+    }
+
+    /// Rows (the depth of the product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Panel width `NR`: column offsets passed to [`gemm_packed_b`] must be multiples of it.
+    pub fn nr(&self) -> usize {
+        self.ukr.nr
+    }
+    /// The variant it was packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+/// `C ← alpha·A·B[:, col0 .. col0 + n] + beta·C` on the calling thread, with B packed.
+/// A is read in place when its rows are contiguous (`col_stride == 1`), else packed into a
+/// per-thread scratch; edge rows are always packed (zero-padded).
+///
+/// # Errors
+/// [`KernelError::ShapeMismatch`] if A is not m×k (k = `b.k()`), C not m×n, the columns
+/// run past B, or `col0` is not a multiple of [`PackedB::nr`].
+pub fn gemm_packed_b(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: &PackedB,
+    col0: usize,
+    beta: f32,
+    mut c: MatMut<'_>,
+) -> Result<()> {
+    let (m, n, k) = (c.rows(), c.cols(), b.k);
+    let ukr = b.ukr;
+    let (mr, nr) = (ukr.mr, ukr.nr);
+    if a.rows() != m || a.cols() != k || col0 % nr != 0 || col0.saturating_add(n) > b.n {
+        return Err(KernelError::ShapeMismatch {
+            op: "gemm_packed_b",
+            expected: format!(
+                "A {m}×{k}, columns {col0}..{} within B's {} (col0 a multiple of {nr})",
+                col0.saturating_add(n),
+                b.n
+            ),
+            got: format!("A {}×{}", a.rows(), a.cols()),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (rsc, csc) = (c.row_stride() as isize, c.col_stride() as isize);
+    let c_ptr = c.as_mut_ptr();
+    if k == 0 || alpha == 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                let v = if beta == 0.0 { 0.0 } else { beta * c.get(i, j) };
+                c.set(i, j, v);
+            }
+        }
+        return Ok(());
+    }
+    let in_place = a.col_stride() == 1 && a.row_stride() > 0;
+    let full_groups = if in_place { m / mr } else { 0 };
+    let packed_rows = m - full_groups * mr;
+    with_scratch(packed_rows.div_ceil(mr) * mr * k, |apack| {
+        if packed_rows > 0 {
+            // SAFETY: rows full_groups·mr .. m and columns 0..k are inside A's checked view.
+            unsafe {
+                pack::pack_a_dyn(
+                    mr,
+                    packed_rows,
+                    k,
+                    a.data().as_ptr().add(full_groups * mr * a.row_stride()),
+                    a.row_stride() as isize,
+                    a.col_stride() as isize,
+                    apack,
+                )
+            };
+        }
+        let mut tmp = [0.0f32; 512];
+        for q in 0..n.div_ceil(nr) {
+            let j0 = q * nr;
+            let cols = nr.min(n - j0);
+            let bp = &b.data[(col0 / nr + q) * nr * k..][..nr * k];
+            for r in 0..m.div_ceil(mr) {
+                let i0 = r * mr;
+                let rows = mr.min(m - i0);
+                let (ap, lda) = if r < full_groups {
+                    (
+                        a.data()[i0 * a.row_stride()..].as_ptr(),
+                        a.row_stride() as isize,
+                    )
+                } else {
+                    (apack[(r - full_groups) * mr * k..].as_ptr(), 0)
+                };
+                // SAFETY: (i0, j0) is inside C's checked view.
+                let cp = unsafe { c_ptr.offset(i0 as isize * rsc + j0 as isize * csc) };
+                if rows == mr && cols == nr {
+                    // SAFETY: full tile inside C; A rows i0..i0+mr (in place, `lda`) or a
+                    // packed panel, and a B panel of depth k; the ISA was checked by
+                    // PackedB::new.
+                    unsafe { (ukr.run)(k, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
+                } else {
+                    // SAFETY: scratch tile of mr·nr ≤ 512 values; operands as above (edge
+                    // rows come from the zero-padded packed panel).
+                    unsafe {
+                        (ukr.run)(
+                            k,
+                            alpha,
+                            ap,
+                            lda,
+                            bp.as_ptr(),
+                            0.0,
+                            tmp.as_mut_ptr(),
+                            nr as isize,
+                            1,
+                        )
+                    };
+                    // SAFETY: only the part inside C is written.
+                    unsafe { store_tile(rows, cols, &tmp, nr, beta, cp, rsc, csc) };
+                }
+            }
+        }
+    });
+    Ok(())
+}
