@@ -1,0 +1,473 @@
+//! The fused (flash) path: tiles of query rows against blocks of packed keys and values
+//! with an online softmax; only per-thread scratch of tile size, never an `Lq × Lk` buffer.
+//!
+//! Per key/value head, Kᵀ is packed once into the GEMM's `NR`-column panels and V once per
+//! block of [`KEY_BLOCK`] keys; every query tile of the head's query group reuses them. A
+//! tile of up to [`QUERY_TILE`] rows then loops over key blocks:
+//!
+//! ```text
+//! S = scale·Q_tile·Kᵀ_block              (GEMM microkernel on packed Kᵀ)
+//! S = mods(S)                             (soft-cap, ALiBi, masks; skipped on clean blocks)
+//! m' = max(m, rowmax S);  P = exp(S − m') (vectorised exp)
+//! O = O·exp(m − m') ;  l = l·exp(m − m') + rowsum P
+//! O += P·V_block                          (GEMM microkernel, P read in place)
+//! ```
+//!
+//! and finishes with `O / l`. Blocks that no row of the tile can see (causal future,
+//! outside the window, padding) are skipped, so causal attention does about half the work.
+//!
+//! Decoding (few query rows, long key sequences) splits the keys into chunks of
+//! [`DECODE_CHUNK`] (a constant, never the thread count), attends each chunk separately and
+//! merges the partial `(O, m, l)` with their log-sum-exp in chunk order (flash-decoding).
+//! Every row is thus computed by the same operations in the same order at any thread
+//! count: results are bit-for-bit identical at 1, 2 or 16 threads.
+
+use crate::error::Result;
+use crate::options::Problem;
+use crate::tensor::{TensorMut, TensorRef};
+use crate::SyncPtr;
+use kernels::gemm::packed::{gemm_packed_b, PackedB};
+use kernels::gemm::{MatMut, MatRef};
+use kernels::softmax::online::exp_row_update;
+use kernels::{Isa, Parallelism};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Keys per block (a multiple of every microkernel's `NR`).
+pub const KEY_BLOCK: usize = 256;
+/// Query rows per tile.
+pub const QUERY_TILE: usize = 64;
+/// Keys per chunk of the flash-decoding split.
+pub const DECODE_CHUNK: usize = 2048;
+/// Total key/value packing memory above which query groups are processed one at a time.
+const PACK_BUDGET_BYTES: usize = 64 << 20;
+
+/// Kᵀ and V of keys `origin .. end` of one key/value head, packed for the microkernel.
+struct KvPacks {
+    k: PackedB,
+    v: Vec<PackedB>,
+    origin: usize,
+    end: usize,
+}
+
+impl KvPacks {
+    fn new(isa: Isa) -> Result<Self> {
+        Ok(KvPacks {
+            k: PackedB::new(isa)?,
+            v: Vec::new(),
+            origin: 0,
+            end: 0,
+        })
+    }
+
+    fn pack(
+        &mut self,
+        p: &Problem<'_>,
+        k: &TensorRef<'_>,
+        v: &TensorRef<'_>,
+        b: usize,
+        kvh: usize,
+        origin: usize,
+        end: usize,
+    ) -> Result<()> {
+        let n = end - origin;
+        let (ks, vs) = (k.strides(), v.strides());
+        let kdata = k.data().get(k.offset(b, kvh, origin, 0)..).unwrap_or(&[]);
+        self.k.pack(MatRef::new(kdata, p.d, n, ks[3], ks[2])?)?;
+        let blocks = n.div_ceil(KEY_BLOCK);
+        while self.v.len() < blocks {
+            self.v.push(PackedB::new(p.isa)?);
+        }
+        for blk in 0..blocks {
+            let j0 = origin + blk * KEY_BLOCK;
+            let kb = KEY_BLOCK.min(end - j0);
+            let vdata = v.data().get(v.offset(b, kvh, j0, 0)..).unwrap_or(&[]);
+            self.v[blk].pack(MatRef::new(vdata, kb, p.dv, vs[2], vs[3])?)?;
+        }
+        self.origin = origin;
+        self.end = end;
+        Ok(())
+    }
+}
+
+/// Per-thread scratch of one tile.
+struct Ws {
+    q: Vec<f32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    iv: Vec<(usize, usize)>,
+    packs: Option<KvPacks>,
+}
+
+thread_local! {
+    static WS: RefCell<Vec<Ws>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a scratch taken from this thread's pool (re-entrant: a worker that steals
+/// another tile while waiting gets its own).
+fn with_ws<R>(f: impl FnOnce(&mut Ws) -> R) -> R {
+    let mut ws = WS.with(|w| w.borrow_mut().pop()).unwrap_or_else(|| Ws {
+        q: Vec::new(),
+        s: Vec::new(),
+        o: Vec::new(),
+        m: Vec::new(),
+        l: Vec::new(),
+        iv: Vec::new(),
+        packs: None,
+    });
+    let r = f(&mut ws);
+    WS.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.len() < 4 {
+            w.push(ws);
+        }
+    });
+    r
+}
+
+/// A tile: rows `r0 .. r1` of the query group of `(b, kvh)`, where group row `r` is query
+/// `i = r % Lq` of head `h = kvh·group + r / Lq`.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    b: usize,
+    kvh: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// The tiles of one query group: whole heads per tile when `Lq` is short (so GQA decoding
+/// reads each key once for all heads of the group), else tiles within a head.
+fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
+    let rows = p.group() * p.lq;
+    if p.lq == 0 {
+        return;
+    }
+    if p.lq >= QUERY_TILE {
+        for h in 0..p.group() {
+            for i0 in (0..p.lq).step_by(QUERY_TILE) {
+                let r0 = h * p.lq + i0;
+                out.push(Tile {
+                    b,
+                    kvh,
+                    r0,
+                    r1: r0 + QUERY_TILE.min(p.lq - i0),
+                });
+            }
+        }
+    } else {
+        let step = (QUERY_TILE / p.lq) * p.lq;
+        for r0 in (0..rows).step_by(step) {
+            out.push(Tile {
+                b,
+                kvh,
+                r0,
+                r1: (r0 + step).min(rows),
+            });
+        }
+    }
+}
+
+/// Attends the rows of `t` over the keys in `packs`, leaving unnormalised `O`, the running
+/// max `m` and sum `l` in `ws`.
+fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, packs: &KvPacks, ws: &mut Ws) -> Result<()> {
+    let rows = t.r1 - t.r0;
+    let (d, dv) = (p.d, p.dv);
+    ws.q.resize(rows * d, 0.0);
+    ws.s.resize(rows * KEY_BLOCK, 0.0);
+    ws.o.clear();
+    ws.o.resize(rows * dv, 0.0);
+    ws.m.clear();
+    ws.m.resize(rows, f32::NEG_INFINITY);
+    ws.l.clear();
+    ws.l.resize(rows, 0.0);
+    ws.iv.clear();
+    let qs = q.strides();
+    let (mut tile_lo, mut tile_hi) = (usize::MAX, 0);
+    for r in 0..rows {
+        let (h, i) = row_hi(p, t, r);
+        let base = q.offset(t.b, h, i, 0);
+        let dst = &mut ws.q[r * d..(r + 1) * d];
+        if qs[3] == 1 {
+            dst.copy_from_slice(&q.data()[base..base + d]);
+        } else {
+            for (x, v) in dst.iter_mut().enumerate() {
+                *v = q.data()[base + x * qs[3]];
+            }
+        }
+        let (lo, hi) = p.key_interval(t.b, i);
+        let (lo, hi) = (lo.max(packs.origin), hi.min(packs.end));
+        ws.iv.push((lo, hi));
+        if lo < hi {
+            tile_lo = tile_lo.min(lo);
+            tile_hi = tile_hi.max(hi);
+        }
+    }
+    if tile_lo >= tile_hi {
+        return Ok(());
+    }
+    let mods = p.has_score_mods();
+    let first = (tile_lo - packs.origin) / KEY_BLOCK;
+    let last = (tile_hi - packs.origin).div_ceil(KEY_BLOCK);
+    for blk in first..last {
+        let j0 = packs.origin + blk * KEY_BLOCK;
+        let j1 = (j0 + KEY_BLOCK).min(packs.end);
+        if ws.iv.iter().all(|&(lo, hi)| hi <= j0 || lo >= j1 || lo >= hi) {
+            continue;
+        }
+        let clean = !mods && ws.iv.iter().all(|&(lo, hi)| lo <= j0 && hi >= j1);
+        let kbn = j1 - j0;
+        gemm_packed_b(
+            p.scale,
+            MatRef::new(&ws.q, rows, d, d, 1)?,
+            &packs.k,
+            j0 - packs.origin,
+            0.0,
+            MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?,
+        )?;
+        for r in 0..rows {
+            let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
+            if !clean {
+                let (h, i) = row_hi(p, t, r);
+                p.modify_row(t.b, h, i, j0, row);
+                // Keys of this chunk/pack the row may not see (interval clipped to the pack).
+                let (lo, hi) = ws.iv[r];
+                if lo >= hi {
+                    row.fill(f32::NEG_INFINITY);
+                }
+            }
+            let m_old = ws.m[r];
+            let (m_new, sum) = exp_row_update(p.isa, row, 1.0, m_old)?;
+            if m_new != m_old && m_old != f32::NEG_INFINITY {
+                let alpha = (m_old - m_new).exp();
+                for x in &mut ws.o[r * dv..(r + 1) * dv] {
+                    *x *= alpha;
+                }
+                ws.l[r] *= alpha;
+            }
+            ws.m[r] = m_new;
+            ws.l[r] += sum;
+        }
+        gemm_packed_b(
+            1.0,
+            MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?,
+            &packs.v[blk],
+            0,
+            1.0,
+            MatMut::new(&mut ws.o, rows, dv, dv, 1)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// `(h, i)` of group row `r` of tile `t`.
+#[inline]
+fn row_hi(p: &Problem<'_>, t: Tile, r: usize) -> (usize, usize) {
+    let gr = t.r0 + r;
+    (t.kvh * p.group() + gr / p.lq, gr % p.lq)
+}
+
+/// Writes `O / l` (zeros where `l == 0`) and the log-sum-exp of tile rows.
+///
+/// # Safety
+/// `out` points at element 0 of the validated output view `[B, Hq, Lq, Dv]` with strides
+/// `os`; no other thread writes these rows; `lse`, if given, is `B·Hq·Lq` long and likewise.
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_rows(
+    p: &Problem<'_>,
+    t: Tile,
+    o: &[f32],
+    m: &[f32],
+    l: &[f32],
+    out: SyncPtr,
+    os: [usize; 4],
+    lse: Option<SyncPtr>,
+) {
+    let dv = p.dv;
+    for r in 0..t.r1 - t.r0 {
+        let (h, i) = row_hi(p, t, r);
+        let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+        let base = t.b * os[0] + h * os[1] + i * os[2];
+        for x in 0..dv {
+            // SAFETY: (t.b, h, i, x) is inside the output view; this tile owns the row.
+            unsafe { *out.get().add(base + x * os[3]) = o[r * dv + x] * inv };
+        }
+        if let Some(lse) = lse {
+            let v = if l[r] > 0.0 {
+                m[r] + l[r].ln()
+            } else {
+                f32::NEG_INFINITY
+            };
+            // SAFETY: the row index is < B·Hq·Lq; this tile owns the row.
+            unsafe { *lse.get().add((t.b * p.hq + h) * p.lq + i) = v };
+        }
+    }
+}
+
+/// Runs the fused path.
+pub(crate) fn run(
+    p: &Problem<'_>,
+    q: &TensorRef<'_>,
+    k: &TensorRef<'_>,
+    v: &TensorRef<'_>,
+    out: &mut TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let os = out.strides();
+    // SAFETY: tiles write disjoint output rows (and LSE entries) through these pointers,
+    // and nothing else accesses `out` or `lse` during the call.
+    let out_p = unsafe { SyncPtr::new(out.as_mut_ptr()) };
+    // SAFETY: as above.
+    let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
+    let mut tiles = Vec::new();
+    for b in 0..p.b {
+        for kvh in 0..p.hkv {
+            group_tiles(p, b, kvh, &mut tiles);
+        }
+    }
+    let parallel = p.par == Parallelism::Rayon
+        && rayon::current_num_threads() > 1
+        && 4 * p.b * p.hq * p.lq * p.lk * (p.d + p.dv) >= 1 << 22;
+    let split = tiles.len() < 16 && p.lk >= 2 * DECODE_CHUNK;
+    if split {
+        return run_split(p, q, k, v, &tiles, parallel, out_p, os, lse_p);
+    }
+    let groups: Vec<(usize, usize)> = (0..p.b)
+        .flat_map(|b| (0..p.hkv).map(move |h| (b, h)))
+        .collect();
+    let tiles_of = |b: usize, kvh: usize| -> Vec<Tile> {
+        tiles
+            .iter()
+            .copied()
+            .filter(|t| t.b == b && t.kvh == kvh)
+            .collect()
+    };
+    let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
+        let n = p.kv_len(b);
+        let mut packs = with_ws(|ws| ws.packs.take())
+            .map_or_else(|| KvPacks::new(p.isa), Ok)?;
+        packs.pack(p, k, v, b, kvh, 0, n)?;
+        let one = |t: &Tile| -> Result<()> {
+            with_ws(|ws| {
+                attend(p, q, *t, &packs, ws)?;
+                // SAFETY: this tile's rows are written by this task only.
+                unsafe { finish_rows(p, *t, &ws.o, &ws.m, &ws.l, out_p, os, lse_p) };
+                Ok(())
+            })
+        };
+        let ts = tiles_of(b, kvh);
+        let r = if parallel {
+            ts.par_iter().try_for_each(one)
+        } else {
+            ts.iter().try_for_each(one)
+        };
+        with_ws(|ws| ws.packs = Some(packs));
+        r
+    };
+    let pack_bytes = p.lk * (p.d + p.dv) * 4;
+    if parallel && pack_bytes.saturating_mul(rayon::current_num_threads()) <= PACK_BUDGET_BYTES {
+        groups.par_iter().try_for_each(run_group)
+    } else {
+        groups.iter().try_for_each(run_group)
+    }
+}
+
+/// Flash-decoding: every (tile, key chunk) is a task; partial results are merged in chunk
+/// order.
+#[allow(clippy::too_many_arguments)]
+fn run_split(
+    p: &Problem<'_>,
+    q: &TensorRef<'_>,
+    k: &TensorRef<'_>,
+    v: &TensorRef<'_>,
+    tiles: &[Tile],
+    parallel: bool,
+    out_p: SyncPtr,
+    os: [usize; 4],
+    lse_p: Option<SyncPtr>,
+) -> Result<()> {
+    let chunks = p.lk.div_ceil(DECODE_CHUNK);
+    let (qt, dv) = (QUERY_TILE, p.dv);
+    let tasks = tiles.len() * chunks;
+    let mut part_o = vec![0.0f32; tasks * qt * dv];
+    let mut part_ml = vec![0.0f32; tasks * 2 * qt];
+    let task = |(idx, (po, pml)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
+        let (t, c) = (tiles[idx / chunks], idx % chunks);
+        let rows = t.r1 - t.r0;
+        let (pm, pl) = pml.split_at_mut(qt);
+        pm[..rows].fill(f32::NEG_INFINITY);
+        pl[..rows].fill(0.0);
+        let lo = c * DECODE_CHUNK;
+        let hi = ((c + 1) * DECODE_CHUNK).min(p.kv_len(t.b));
+        if lo >= hi {
+            return Ok(());
+        }
+        // Skip the chunk if no row of the tile sees any of its keys.
+        let visible = (t.r0..t.r1).any(|gr| {
+            let (a, z) = p.key_interval(t.b, gr % p.lq);
+            a < hi && z > lo && a < z
+        });
+        if !visible {
+            return Ok(());
+        }
+        with_ws(|ws| {
+            let mut packs = ws
+                .packs
+                .take()
+                .map_or_else(|| KvPacks::new(p.isa), Ok)?;
+            let r = packs
+                .pack(p, k, v, t.b, t.kvh, lo, hi)
+                .and_then(|_| attend(p, q, t, &packs, ws));
+            ws.packs = Some(packs);
+            r?;
+            po[..rows * dv].copy_from_slice(&ws.o[..rows * dv]);
+            pm[..rows].copy_from_slice(&ws.m[..rows]);
+            pl[..rows].copy_from_slice(&ws.l[..rows]);
+            Ok(())
+        })
+    };
+    let it = part_o.chunks_mut(qt * dv).zip(part_ml.chunks_mut(2 * qt));
+    if parallel {
+        part_o
+            .par_chunks_mut(qt * dv)
+            .zip(part_ml.par_chunks_mut(2 * qt))
+            .enumerate()
+            .try_for_each(task)?;
+    } else {
+        it.enumerate().try_for_each(task)?;
+    }
+    // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order.
+    let mut o = vec![0.0f32; qt * dv];
+    let (mut m, mut l) = (vec![0.0f32; qt], vec![0.0f32; qt]);
+    for (ti, &t) in tiles.iter().enumerate() {
+        let rows = t.r1 - t.r0;
+        for r in 0..rows {
+            let ms = (0..chunks).map(|c| part_ml[(ti * chunks + c) * 2 * qt + r]);
+            let mx = ms.fold(f32::NEG_INFINITY, f32::max);
+            let orow = &mut o[r * dv..(r + 1) * dv];
+            orow.fill(0.0);
+            let mut sum = 0.0f32;
+            if mx != f32::NEG_INFINITY {
+                for c in 0..chunks {
+                    let base = (ti * chunks + c) * 2 * qt;
+                    let (mc, lc) = (part_ml[base + r], part_ml[base + qt + r]);
+                    if mc == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let w = (mc - mx).exp();
+                    sum += lc * w;
+                    let po = &part_o[(ti * chunks + c) * qt * dv + r * dv..][..dv];
+                    for (x, y) in orow.iter_mut().zip(po) {
+                        *x += w * y;
+                    }
+                }
+            }
+            m[r] = mx;
+            l[r] = sum;
+        }
+        // SAFETY: each tile's rows are written once, here, sequentially.
+        unsafe { finish_rows(p, t, &o, &m, &l, out_p, os, lse_p) };
+    }
+    Ok(())
+}

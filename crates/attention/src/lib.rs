@@ -1,0 +1,196 @@
+//! # fastattn attention
+//!
+//! Scaled dot-product attention `softmax(Q·Kᵀ·scale + mask)·V` on the CPU, built on the
+//! `kernels` crate's GEMM microkernels, packing and vectorised exp.
+//!
+//! * Tensors are strided `[B, H, L, D]` views ([`TensorRef`], [`TensorMut`]), so the
+//!   `[B, H, L, D]` and `[B, L, H, D]` layouts and slices of larger buffers work without
+//!   copies. Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, the output
+//!   `[B, Hq, Lq, Dv]`.
+//! * Options ([`SdpaOptions`]): scale, causal (bottom-right aligned), boolean/additive
+//!   masks with broadcasting, per-batch key lengths, sliding windows, ALiBi, soft-capping,
+//!   GQA/MQA (query head `h` reads key/value head `h / (Hq/Hkv)`), cross-attention.
+//! * Two paths ([`AttnPath`]): the fused flash path (tiled online softmax, per-thread
+//!   scratch only; see [`flash`]) and the materialised path, which can hand back the
+//!   attention weights `[B, Hq, Lq, Lk]` (row = query token, column = the key it looks at).
+//!
+//! ```
+//! use attention::{sdpa, SdpaOptions, TensorRef};
+//! let (b, h, l, d) = (1, 2, 5, 4);
+//! let x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 7) as f32 * 0.1).collect();
+//! let t = TensorRef::contiguous(&x, [b, h, l, d])?;
+//! let out = sdpa(t, t, t, &SdpaOptions { causal: true, ..Default::default() })?;
+//! assert_eq!(out.len(), b * h * l * d);
+//! // The first query sees only the first key: its output is that key's value.
+//! assert!((out[0] - x[0]).abs() < 1e-6);
+//! # Ok::<(), attention::AttnError>(())
+//! ```
+
+pub mod error;
+pub mod flash;
+mod materialized;
+pub mod options;
+pub mod reference;
+pub mod tensor;
+
+pub use error::{AttnError, Result};
+pub use options::{AttnPath, Mask, SdpaOptions};
+pub use tensor::{TensorMut, TensorRef};
+
+use options::Problem;
+
+/// Optional extra outputs of [`sdpa_into`].
+#[derive(Debug, Default)]
+pub struct SdpaOutputs<'o> {
+    /// The attention weights `[B, Hq, Lq, Lk]` (forces the materialised path).
+    pub weights: Option<TensorMut<'o>>,
+    /// The log-sum-exp of every row, `[B, Hq, Lq]` contiguous (`-inf` for fully masked rows).
+    pub lse: Option<&'o mut [f32]>,
+}
+
+/// Attention into a new contiguous `[B, Hq, Lq, Dv]` buffer.
+///
+/// # Errors
+/// Any inconsistency of shapes, layouts or options ([`AttnError`]), before any work.
+pub fn sdpa(
+    q: TensorRef<'_>,
+    k: TensorRef<'_>,
+    v: TensorRef<'_>,
+    opts: &SdpaOptions<'_>,
+) -> Result<Vec<f32>> {
+    let [b, hq, lq, _] = q.dims();
+    let dv = v.dims()[3];
+    let len = [b, hq, lq, dv]
+        .iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .ok_or(AttnError::Overflow { what: "output" })?;
+    // Validate before allocating the output.
+    Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
+    let mut out = vec![0.0f32; len];
+    sdpa_into(
+        q,
+        k,
+        v,
+        TensorMut::contiguous(&mut out, [b, hq, lq, dv])?,
+        opts,
+        SdpaOutputs::default(),
+    )?;
+    Ok(out)
+}
+
+/// Attention and its weights: returns the contiguous output `[B, Hq, Lq, Dv]` and weights
+/// `[B, Hq, Lq, Lk]`.
+///
+/// # Errors
+/// As [`sdpa`].
+pub fn sdpa_with_weights(
+    q: TensorRef<'_>,
+    k: TensorRef<'_>,
+    v: TensorRef<'_>,
+    opts: &SdpaOptions<'_>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let [b, hq, lq, _] = q.dims();
+    let (lk, dv) = (k.dims()[2], v.dims()[3]);
+    let n_out = [b, hq, lq, dv]
+        .iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .ok_or(AttnError::Overflow { what: "output" })?;
+    let n_w = [b, hq, lq, lk]
+        .iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .ok_or(AttnError::Overflow { what: "weights" })?;
+    Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
+    let mut out = vec![0.0f32; n_out];
+    let mut w = vec![0.0f32; n_w];
+    sdpa_into(
+        q,
+        k,
+        v,
+        TensorMut::contiguous(&mut out, [b, hq, lq, dv])?,
+        opts,
+        SdpaOutputs {
+            weights: Some(TensorMut::contiguous(&mut w, [b, hq, lq, lk])?),
+            lse: None,
+        },
+    )?;
+    Ok((out, w))
+}
+
+/// Attention into a caller-given output view, with optional weights and LSE outputs.
+///
+/// # Errors
+/// Shape, layout and option errors ([`AttnError`]), all before any work; asking for
+/// weights with [`AttnPath::Flash`] forced is an [`AttnError::Option`] error.
+pub fn sdpa_into(
+    q: TensorRef<'_>,
+    k: TensorRef<'_>,
+    v: TensorRef<'_>,
+    mut out: TensorMut<'_>,
+    opts: &SdpaOptions<'_>,
+    extras: SdpaOutputs<'_>,
+) -> Result<()> {
+    let p = Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
+    let want = [p.b, p.hq, p.lq, p.dv];
+    if out.dims() != want {
+        return Err(AttnError::Shape {
+            what: format!("output is {:?}, expected {want:?}", out.dims()),
+        });
+    }
+    let SdpaOutputs { mut weights, lse } = extras;
+    if let Some(w) = &weights {
+        let want = [p.b, p.hq, p.lq, p.lk];
+        if w.dims() != want {
+            return Err(AttnError::Shape {
+                what: format!("weights are {:?}, expected {want:?}", w.dims()),
+            });
+        }
+    }
+    if let Some(l) = &lse {
+        let n = p.b * p.hq * p.lq;
+        if l.len() != n {
+            return Err(AttnError::Shape {
+                what: format!("lse has {} values, expected B·Hq·Lq = {n}", l.len()),
+            });
+        }
+    }
+    let path = match (opts.path, weights.is_some()) {
+        (AttnPath::Flash, true) => {
+            return Err(AttnError::Option {
+                what: "the flash path cannot return attention weights".into(),
+            })
+        }
+        (AttnPath::Auto, true) | (AttnPath::Materialized, _) => AttnPath::Materialized,
+        _ => AttnPath::Flash,
+    };
+    if p.b * p.hq * p.lq == 0 || p.dv == 0 {
+        return Ok(());
+    }
+    match path {
+        AttnPath::Materialized => {
+            materialized::run(&p, &q, &k, &v, &mut out, weights.as_mut(), lse)
+        }
+        _ => flash::run(&p, &q, &k, &v, &mut out, lse),
+    }
+}
+
+/// A raw pointer shared by tasks that write disjoint elements. Built only through the
+/// `unsafe` [`SyncPtr::new`].
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(*mut f32);
+
+// SAFETY: created only (unsafe `new`) where the sharing tasks write disjoint elements and
+// nothing else accesses the buffer meanwhile.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// # Safety
+    /// Threads receiving it must write disjoint elements, with no other access meanwhile.
+    pub(crate) unsafe fn new(p: *mut f32) -> Self {
+        SyncPtr(p)
+    }
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

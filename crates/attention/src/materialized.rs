@@ -1,0 +1,130 @@
+//! The materialised path: per head, `S = scale·Q·Kᵀ` (GEMM) → score mods and row softmax
+//! (vectorised exp) → `O = P·V` (GEMM). It holds an `Lq × Lk` buffer per head in flight and
+//! is used when the attention weights are asked for (or when forced for profiling).
+
+use crate::error::Result;
+use crate::options::Problem;
+use crate::tensor::{TensorMut, TensorRef};
+use crate::SyncPtr;
+use kernels::softmax::online::exp_row_update;
+use kernels::{sgemm_with, Parallelism};
+use rayon::prelude::*;
+
+/// Runs the materialised path, writing the output, and the weights / LSE when given.
+pub(crate) fn run(
+    p: &Problem<'_>,
+    q: &TensorRef<'_>,
+    k: &TensorRef<'_>,
+    v: &TensorRef<'_>,
+    out: &mut TensorMut<'_>,
+    weights: Option<&mut TensorMut<'_>>,
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let heads: Vec<(usize, usize)> = (0..p.b)
+        .flat_map(|b| (0..p.hq).map(move |h| (b, h)))
+        .collect();
+    let threads = rayon::current_num_threads();
+    let par_heads = p.par == Parallelism::Rayon && threads > 1 && heads.len() >= threads;
+    let inner_par = if par_heads {
+        Parallelism::Sequential
+    } else {
+        p.par
+    };
+    let (os, ws_strides) = (out.strides(), weights.as_ref().map(|w| w.strides()));
+    // SAFETY: each head writes only its own rows of out / weights / lse; nothing else
+    // touches them during the call.
+    let out_p = unsafe { SyncPtr::new(out.as_mut_ptr()) };
+    // SAFETY: as above.
+    let w_p = weights.map(|w| unsafe { SyncPtr::new(w.as_mut_ptr()) });
+    // SAFETY: as above.
+    let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
+    let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+    let one = |&(b, h): &(usize, usize)| -> Result<()> {
+        let kvh = h / p.group();
+        let (lq, lk) = (p.lq, p.lk);
+        let mut s = vec![0.0f32; lq * lk];
+        if lq == 0 {
+            return Ok(());
+        }
+        if lk > 0 {
+            // SAFETY: Q[b, h] is lq×d and K[b, kvh] lk×d inside their checked views (the
+            // offsets of element 0 are in range since all dims are non-zero here, or d = 0
+            // and nothing is read); S is a fresh lq×lk buffer.
+            unsafe {
+                sgemm_with(
+                    p.isa,
+                    inner_par,
+                    lq,
+                    p.d,
+                    lk,
+                    p.scale,
+                    q.data().as_ptr().wrapping_add(q.offset(b, h, 0, 0)),
+                    qs[2] as isize,
+                    qs[3] as isize,
+                    k.data().as_ptr().wrapping_add(k.offset(b, kvh, 0, 0)),
+                    ks[3] as isize,
+                    ks[2] as isize,
+                    0.0,
+                    s.as_mut_ptr(),
+                    lk as isize,
+                    1,
+                )?
+            };
+        }
+        for i in 0..lq {
+            let row = &mut s[i * lk..(i + 1) * lk];
+            p.modify_row(b, h, i, 0, row);
+            let (mx, sum) = exp_row_update(p.isa, row, 1.0, f32::NEG_INFINITY)?;
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+            if let Some(lse) = lse_p {
+                let val = if sum > 0.0 {
+                    mx + sum.ln()
+                } else {
+                    f32::NEG_INFINITY
+                };
+                // SAFETY: index < B·Hq·Lq; this head owns the entry.
+                unsafe { *lse.get().add((b * p.hq + h) * lq + i) = val };
+            }
+            if let (Some(w), Some(wst)) = (w_p, ws_strides) {
+                let base = b * wst[0] + h * wst[1] + i * wst[2];
+                for (j, &x) in row.iter().enumerate() {
+                    // SAFETY: (b, h, i, j) is inside the checked weights view; this head
+                    // owns it.
+                    unsafe { *w.get().add(base + j * wst[3]) = x };
+                }
+            }
+        }
+        // SAFETY: P is lq×lk (fresh), V[b, kvh] lk×dv inside its view, O[b, h] lq×dv inside
+        // the checked output view and written by this head only. With lk = 0 the GEMM only
+        // writes zeros (k = 0, beta = 0).
+        unsafe {
+            sgemm_with(
+                p.isa,
+                inner_par,
+                lq,
+                lk,
+                p.dv,
+                1.0,
+                s.as_ptr(),
+                lk as isize,
+                1,
+                v.data().as_ptr().wrapping_add(v.offset(b, kvh, 0, 0)),
+                vs[2] as isize,
+                vs[3] as isize,
+                0.0,
+                out_p.get().wrapping_add(b * os[0] + h * os[1]),
+                os[2] as isize,
+                os[3] as isize,
+            )?
+        };
+        Ok(())
+    };
+    if par_heads {
+        heads.par_iter().try_for_each(one)
+    } else {
+        heads.iter().try_for_each(one)
+    }
+}

@@ -1,0 +1,310 @@
+//! Attention against the f64 reference: shapes, options, layouts, paths and variants.
+
+use attention::reference::sdpa_ref;
+use attention::{
+    sdpa_into, AttnError, AttnPath, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
+};
+use kernels::{Isa, Parallelism};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn rand_vec(rng: &mut StdRng, len: usize, amp: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-amp..amp)).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MaskKind {
+    None,
+    Causal,
+    Bool,
+    Additive,
+    BoolPerHead,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    dv: usize,
+    mask: MaskKind,
+    padding: bool,
+    window: Option<(Option<usize>, Option<usize>)>,
+    alibi: bool,
+    softcap: Option<f32>,
+    blhd: bool,
+    amp: f32,
+    seed: u64,
+}
+
+impl Case {
+    fn new(b: usize, hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, dv: usize) -> Self {
+        Case {
+            b,
+            hq,
+            hkv,
+            lq,
+            lk,
+            d,
+            dv,
+            mask: MaskKind::None,
+            padding: false,
+            window: None,
+            alibi: false,
+            softcap: None,
+            blhd: false,
+            amp: 1.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Runs `c` on every path and variant and compares with the reference.
+fn check(c: &Case) {
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    let (qd, kd, vd) = (
+        [c.b, c.hq, c.lq, c.d],
+        [c.b, c.hkv, c.lk, c.d],
+        [c.b, c.hkv, c.lk, c.dv],
+    );
+    let n = |d: [usize; 4]| d.iter().product::<usize>();
+    let qb = rand_vec(&mut rng, n(qd), c.amp);
+    let kb = rand_vec(&mut rng, n(kd), c.amp);
+    let vb = rand_vec(&mut rng, n(vd), 1.0);
+    fn mk(blhd: bool, data: &[f32], dims: [usize; 4]) -> TensorRef<'_> {
+        if blhd {
+            TensorRef::from_blhd(data, dims).unwrap()
+        } else {
+            TensorRef::contiguous(data, dims).unwrap()
+        }
+    }
+    let (q, k, v) = (mk(c.blhd, &qb, qd), mk(c.blhd, &kb, kd), mk(c.blhd, &vb, vd));
+    let lens: Vec<usize> = (0..c.b).map(|i| if c.padding { (c.lk * (i + 1)) / (c.b + 1) + i % 2 } else { c.lk }).collect();
+    let bool_mask: Vec<bool> = (0..c.b * c.hq * c.lq * c.lk).map(|_| rng.random_bool(0.7)).collect();
+    let add_mask: Vec<f32> = (0..c.lq * c.lk)
+        .map(|_| if rng.random_bool(0.2) { f32::NEG_INFINITY } else { rng.random_range(-2.0..2.0) })
+        .collect();
+    let slopes: Vec<f32> = (0..c.hq).map(|h| 0.5f32.powi(h as i32 + 1)).collect();
+    let mask = match c.mask {
+        MaskKind::Bool => Some(Mask::Bool(
+            TensorRef::new(&bool_mask, [1, 1, c.lq, c.lk], [0, 0, c.lk, 1]).unwrap(),
+        )),
+        MaskKind::BoolPerHead => Some(Mask::Bool(
+            TensorRef::contiguous(&bool_mask, [c.b, c.hq, c.lq, c.lk]).unwrap(),
+        )),
+        MaskKind::Additive => Some(Mask::Additive(
+            TensorRef::new(&add_mask, [1, 1, c.lq, c.lk], [0, 0, c.lk, 1]).unwrap(),
+        )),
+        _ => None,
+    };
+    let base = SdpaOptions {
+        causal: c.mask == MaskKind::Causal,
+        mask,
+        kv_lengths: c.padding.then_some(&lens[..]),
+        window_left: c.window.and_then(|w| w.0),
+        window_right: c.window.and_then(|w| w.1),
+        alibi_slopes: c.alibi.then_some(&slopes[..]),
+        softcap: c.softcap,
+        ..Default::default()
+    };
+    let want = sdpa_ref(q, k, v, &base).unwrap();
+    let label = format!("{c:?}");
+    for isa in Isa::available() {
+        for path in [AttnPath::Flash, AttnPath::Materialized] {
+            let opts = SdpaOptions { isa: Some(isa), path, ..base.clone() };
+            let od = [c.b, c.hq, c.lq, c.dv];
+            let mut ob = vec![f32::NAN; n(od)];
+            let mut lse = vec![f32::NAN; c.b * c.hq * c.lq];
+            let mut wb = vec![f32::NAN; c.b * c.hq * c.lq * c.lk];
+            {
+                let out = if c.blhd {
+                    TensorMut::from_blhd(&mut ob, od).unwrap()
+                } else {
+                    TensorMut::contiguous(&mut ob, od).unwrap()
+                };
+                let weights = (path == AttnPath::Materialized)
+                    .then(|| TensorMut::contiguous(&mut wb, [c.b, c.hq, c.lq, c.lk]).unwrap());
+                sdpa_into(q, k, v, out, &opts, SdpaOutputs { weights, lse: Some(&mut lse) })
+                    .unwrap_or_else(|e| panic!("{label} isa={isa} {path:?}: {e}"));
+            }
+            let ov = if c.blhd {
+                TensorRef::from_blhd(&ob, od).unwrap()
+            } else {
+                TensorRef::contiguous(&ob, od).unwrap()
+            };
+            let tol = 2e-4 * (1.0 + (c.d as f32).sqrt() * c.amp * c.amp / 8.0).min(50.0);
+            for bb in 0..c.b {
+                for h in 0..c.hq {
+                    for i in 0..c.lq {
+                        let row = (bb * c.hq + h) * c.lq + i;
+                        for x in 0..c.dv {
+                            let (got, w) = (ov.get(bb, h, i, x), want.out[row * c.dv + x]);
+                            assert!(
+                                (got - w).abs() <= tol,
+                                "{label} isa={isa} {path:?}: out[{bb},{h},{i},{x}] = {got}, want {w}"
+                            );
+                        }
+                        let (gl, wl) = (lse[row], want.lse[row]);
+                        assert!(
+                            (gl == wl) || (gl - wl).abs() <= tol * (1.0 + wl.abs()),
+                            "{label} isa={isa} {path:?}: lse[{row}] = {gl}, want {wl}"
+                        );
+                        if path == AttnPath::Materialized {
+                            for j in 0..c.lk {
+                                let (g, w) = (wb[row * c.lk + j], want.weights[row * c.lk + j]);
+                                assert!((g - w).abs() <= tol, "{label} isa={isa}: weight[{row},{j}] = {g}, want {w}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sdpa_matches_ref_over_shapes() {
+    let mut seed = 0;
+    for &(b, h, lq, lk) in &[(1, 1, 1, 1), (2, 3, 17, 17), (1, 2, 64, 65), (1, 1, 65, 257), (3, 1, 2, 64), (1, 2, 257, 3)] {
+        for &(d, dv) in &[(1, 1), (8, 8), (63, 80), (64, 64), (128, 128)] {
+            if lq * lk * d > 65 * 257 * 64 && d > 64 {
+                continue;
+            }
+            seed += 1;
+            check(&Case { seed, ..Case::new(b, h, h, lq, lk, d, dv) });
+        }
+    }
+    check(&Case { seed: 99, ..Case::new(1, 1, 1, 17, 17, 256, 256) });
+}
+
+#[test]
+fn sdpa_matches_ref_for_every_mask_kind() {
+    let mut seed = 100;
+    for mask in [MaskKind::Causal, MaskKind::Bool, MaskKind::Additive, MaskKind::BoolPerHead] {
+        for &(lq, lk) in &[(17, 17), (64, 65), (65, 300), (300, 65), (1, 257)] {
+            seed += 1;
+            check(&Case { mask, seed, ..Case::new(2, 2, 2, lq, lk, 16, 24) });
+        }
+    }
+}
+
+#[test]
+fn sdpa_matches_ref_with_padding_windows_gqa_alibi_softcap() {
+    let mut seed = 200;
+    let mut cases = vec![];
+    for &(lq, lk) in &[(33, 33), (1, 300), (70, 600), (5, 3)] {
+        cases.push(Case { padding: true, mask: MaskKind::Causal, ..Case::new(3, 2, 1, lq, lk, 16, 16) });
+        cases.push(Case { window: Some((Some(20), Some(0))), ..Case::new(1, 4, 2, lq, lk, 32, 32) });
+        cases.push(Case { window: Some((Some(7), Some(300))), padding: true, ..Case::new(2, 2, 2, lq, lk, 8, 8) });
+        cases.push(Case { alibi: true, mask: MaskKind::Causal, ..Case::new(1, 4, 4, lq, lk, 16, 16) });
+        cases.push(Case { softcap: Some(5.0), amp: 3.0, ..Case::new(1, 8, 2, lq, lk, 16, 8) });
+        cases.push(Case { blhd: true, mask: MaskKind::Causal, ..Case::new(2, 6, 3, lq, lk, 16, 16) });
+        cases.push(Case { alibi: true, softcap: Some(20.0), mask: MaskKind::Additive, padding: true, ..Case::new(2, 4, 1, lq, lk, 8, 8) });
+    }
+    for c in cases {
+        seed += 1;
+        check(&Case { seed, ..c });
+    }
+}
+
+#[test]
+fn sdpa_huge_logits_stay_finite() {
+    // Logits scaled ×1e3 (q and k entries up to ~31): no overflow, no NaN.
+    check(&Case { amp: 31.6, seed: 300, mask: MaskKind::Causal, ..Case::new(1, 2, 2, 40, 70, 16, 16) });
+    check(&Case { amp: 31.6, seed: 301, ..Case::new(1, 1, 1, 3, 5000, 8, 8) });
+}
+
+#[test]
+fn sdpa_decode_split_matches_ref() {
+    // Lq small, Lk long: the flash-decoding split runs (tiles < 16, Lk ≥ 2 chunks).
+    check(&Case { seed: 400, ..Case::new(1, 4, 1, 1, 5000, 32, 32) });
+    check(&Case { seed: 401, mask: MaskKind::Causal, padding: true, ..Case::new(2, 4, 2, 3, 4500, 16, 16) });
+    check(&Case { seed: 402, window: Some((Some(3000), None)), ..Case::new(1, 2, 2, 2, 4200, 8, 8) });
+}
+
+#[test]
+fn fully_masked_rows_give_zeros_not_nan() {
+    let (lq, lk, d) = (4, 6, 8);
+    let x = vec![0.5f32; lq * lk.max(lq) * d];
+    let q = TensorRef::contiguous(&x[..lq * d], [1, 1, lq, d]).unwrap();
+    let k = TensorRef::contiguous(&x[..lk * d], [1, 1, lk, d]).unwrap();
+    let mask = vec![false; lq * lk];
+    let m = TensorRef::contiguous(&mask, [1, 1, lq, lk]).unwrap();
+    for path in [AttnPath::Flash, AttnPath::Materialized] {
+        let opts = SdpaOptions { mask: Some(Mask::Bool(m)), path, ..Default::default() };
+        let out = attention::sdpa(q, k, k, &opts).unwrap();
+        assert!(out.iter().all(|&v| v == 0.0), "{path:?}: {out:?}");
+    }
+    // Zero valid keys through padding.
+    let opts = SdpaOptions { kv_lengths: Some(&[0]), ..Default::default() };
+    assert!(attention::sdpa(q, k, k, &opts).unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn results_are_bit_identical_at_1_2_3_threads() {
+    let mut rng = StdRng::seed_from_u64(500);
+    for &(hq, hkv, lq, lk, causal) in &[(4, 2, 300, 300, true), (8, 2, 1, 9000, false), (2, 2, 130, 70, false)] {
+        let d = 32;
+        let qb = rand_vec(&mut rng, hq * lq * d, 1.0);
+        let kb = rand_vec(&mut rng, hkv * lk * d, 1.0);
+        let vb = rand_vec(&mut rng, hkv * lk * d, 1.0);
+        let q = TensorRef::contiguous(&qb, [1, hq, lq, d]).unwrap();
+        let k = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
+        let v = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
+        for path in [AttnPath::Flash, AttnPath::Materialized] {
+            let opts = SdpaOptions { causal, path, ..Default::default() };
+            let run = |t: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                pool.install(|| attention::sdpa(q, k, v, &opts).unwrap())
+            };
+            let one = run(1);
+            for t in [2, 3] {
+                assert!(one == run(t), "hq={hq} lq={lq} lk={lk} {path:?}: {t} threads differ");
+            }
+            let seq = attention::sdpa(q, k, v, &SdpaOptions { parallelism: Parallelism::Sequential, ..opts.clone() }).unwrap();
+            assert!(one == seq, "{path:?}: sequential differs");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_any_work() {
+    let x = vec![0.0f32; 4 * 8 * 16];
+    let q = TensorRef::contiguous(&x[..2 * 8 * 4], [1, 2, 8, 4]).unwrap();
+    let k3 = TensorRef::contiguous(&x[..3 * 8 * 4], [1, 3, 8, 4]).unwrap();
+    let k = TensorRef::contiguous(&x[..8 * 4], [1, 1, 8, 4]).unwrap();
+    let kd = TensorRef::contiguous(&x[..8 * 5], [1, 1, 8, 5]).unwrap();
+    let d = SdpaOptions::default();
+    let e = attention::sdpa(q, k3, k3, &d).unwrap_err();
+    assert!(matches!(e, AttnError::HeadGroups { hq: 2, hkv: 3 }), "{e}");
+    assert!(matches!(attention::sdpa(q, kd, kd, &d), Err(AttnError::Shape { .. })));
+    assert!(matches!(TensorRef::contiguous(&x, [2, 2, 64, 4]), Err(AttnError::Layout { .. })));
+    assert!(matches!(TensorRef::contiguous(&x, [usize::MAX, 2, 2, 2]), Err(AttnError::Overflow { .. })));
+    let mut o = vec![0.0f32; 64];
+    assert!(matches!(TensorMut::new(&mut o, [1, 2, 8, 4], [0, 0, 4, 1]), Err(AttnError::Layout { .. })));
+    let bad_mask = vec![true; 8 * 7];
+    let m = TensorRef::contiguous(&bad_mask, [1, 1, 8, 7]).unwrap();
+    let o1 = SdpaOptions { mask: Some(Mask::Bool(m)), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o1), Err(AttnError::Option { .. })));
+    let o2 = SdpaOptions { kv_lengths: Some(&[9]), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o2), Err(AttnError::Option { .. })));
+    let o3 = SdpaOptions { kv_lengths: Some(&[1, 2]), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o3), Err(AttnError::Option { .. })));
+    let o4 = SdpaOptions { alibi_slopes: Some(&[1.0]), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o4), Err(AttnError::Option { .. })));
+    let o5 = SdpaOptions { softcap: Some(0.0), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o5), Err(AttnError::Option { .. })));
+    let o6 = SdpaOptions { isa: Some(Isa::Neon), ..Default::default() };
+    assert!(matches!(attention::sdpa(q, k, k, &o6), Err(AttnError::Kernel(_))));
+    let mut w = vec![0.0f32; 2 * 8 * 8];
+    let o7 = SdpaOptions { path: AttnPath::Flash, ..Default::default() };
+    let mut ob = vec![0.0f32; 2 * 8 * 4];
+    let r = sdpa_into(q, k, k, TensorMut::contiguous(&mut ob, [1, 2, 8, 4]).unwrap(), &o7,
+        SdpaOutputs { weights: Some(TensorMut::contiguous(&mut w, [1, 2, 8, 8]).unwrap()), lse: None });
+    assert!(matches!(r, Err(AttnError::Option { .. })));
+    let r = sdpa_into(q, k, k, TensorMut::contiguous(&mut ob, [1, 2, 4, 8]).unwrap(), &d, SdpaOutputs::default());
+    assert!(matches!(r, Err(AttnError::Shape { .. })));
+}
