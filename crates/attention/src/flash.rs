@@ -28,6 +28,7 @@ use crate::tensor::{TensorMut, TensorRef};
 use crate::SyncPtr;
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
+use kernels::gemv::{axpy_rows_with, dot_rows_with};
 use kernels::softmax::online::exp_row_update;
 use kernels::{Isa, Parallelism};
 use rayon::prelude::*;
@@ -35,8 +36,15 @@ use std::cell::RefCell;
 
 /// Keys per block (a multiple of every microkernel's `NR`).
 pub const KEY_BLOCK: usize = 256;
-/// Query rows per tile.
+/// Target query rows per tile; the tile is rounded up to a multiple of the microkernel's
+/// `MR` ([`query_tile`]) so that no row group runs as a partial edge tile.
 pub const QUERY_TILE: usize = 64;
+
+/// Query rows per tile for `isa`: [`QUERY_TILE`] rounded up to a multiple of its `MR`.
+pub fn query_tile(isa: Isa) -> usize {
+    let (mr, _) = kernels::gemm::tile_of(isa);
+    QUERY_TILE.div_ceil(mr) * mr
+}
 /// Keys per chunk of the flash-decoding split.
 pub const DECODE_CHUNK: usize = 2048;
 /// Total key/value packing memory above which query groups are processed one at a time.
@@ -90,6 +98,39 @@ impl KvPacks {
     }
 }
 
+/// Where a tile reads its keys and values: packed panels, or (for decoding, when a tile
+/// has at most [`DIRECT_MAX_ROWS`] rows) the caller's K and V rows in place.
+enum Kv<'a, 'p> {
+    Packed(&'p KvPacks),
+    Direct {
+        k: &'p TensorRef<'a>,
+        v: &'p TensorRef<'a>,
+        origin: usize,
+        end: usize,
+    },
+}
+
+impl Kv<'_, '_> {
+    fn range(&self) -> (usize, usize) {
+        match self {
+            Kv::Packed(p) => (p.origin, p.end),
+            Kv::Direct { origin, end, .. } => (*origin, *end),
+        }
+    }
+}
+
+/// Tiles of at most this many rows read K and V in place (no packing).
+pub const DIRECT_MAX_ROWS: usize = 8;
+
+/// Whether tiles of `p` use the in-place (decode) kernels.
+fn direct_ok(p: &Problem<'_>, k: &TensorRef<'_>, v: &TensorRef<'_>) -> bool {
+    p.group() * p.lq <= DIRECT_MAX_ROWS
+        && k.strides()[3] == 1
+        && v.strides()[3] == 1
+        && p.d > 0
+        && p.dv > 0
+}
+
 /// Per-thread scratch of one tile.
 struct Ws {
     q: Vec<f32>,
@@ -141,23 +182,24 @@ struct Tile {
 /// reads each key once for all heads of the group), else tiles within a head.
 fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
     let rows = p.group() * p.lq;
+    let qt = query_tile(p.isa);
     if p.lq == 0 {
         return;
     }
-    if p.lq >= QUERY_TILE {
+    if p.lq >= qt {
         for h in 0..p.group() {
-            for i0 in (0..p.lq).step_by(QUERY_TILE) {
+            for i0 in (0..p.lq).step_by(qt) {
                 let r0 = h * p.lq + i0;
                 out.push(Tile {
                     b,
                     kvh,
                     r0,
-                    r1: r0 + QUERY_TILE.min(p.lq - i0),
+                    r1: r0 + qt.min(p.lq - i0),
                 });
             }
         }
     } else {
-        let step = (QUERY_TILE / p.lq) * p.lq;
+        let step = (qt / p.lq) * p.lq;
         for r0 in (0..rows).step_by(step) {
             out.push(Tile {
                 b,
@@ -171,7 +213,8 @@ fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
 
 /// Attends the rows of `t` over the keys in `packs`, leaving unnormalised `O`, the running
 /// max `m` and sum `l` in `ws`.
-fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, packs: &KvPacks, ws: &mut Ws) -> Result<()> {
+fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws) -> Result<()> {
+    let (origin, end) = kv.range();
     let rows = t.r1 - t.r0;
     let (d, dv) = (p.d, p.dv);
     ws.q.resize(rows * d, 0.0);
@@ -197,7 +240,7 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, packs: &KvPacks, ws: &mut
             }
         }
         let (lo, hi) = p.key_interval(t.b, i);
-        let (lo, hi) = (lo.max(packs.origin), hi.min(packs.end));
+        let (lo, hi) = (lo.max(origin), hi.min(end));
         ws.iv.push((lo, hi));
         if lo < hi {
             tile_lo = tile_lo.min(lo);
@@ -208,24 +251,26 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, packs: &KvPacks, ws: &mut
         return Ok(());
     }
     let mods = p.has_score_mods();
-    let first = (tile_lo - packs.origin) / KEY_BLOCK;
-    let last = (tile_hi - packs.origin).div_ceil(KEY_BLOCK);
+    let first = (tile_lo - origin) / KEY_BLOCK;
+    let last = (tile_hi - origin).div_ceil(KEY_BLOCK);
     for blk in first..last {
-        let j0 = packs.origin + blk * KEY_BLOCK;
-        let j1 = (j0 + KEY_BLOCK).min(packs.end);
+        let j0 = origin + blk * KEY_BLOCK;
+        let j1 = (j0 + KEY_BLOCK).min(end);
         if ws.iv.iter().all(|&(lo, hi)| hi <= j0 || lo >= j1 || lo >= hi) {
             continue;
         }
         let clean = !mods && ws.iv.iter().all(|&(lo, hi)| lo <= j0 && hi >= j1);
         let kbn = j1 - j0;
-        gemm_packed_b(
-            p.scale,
-            MatRef::new(&ws.q, rows, d, d, 1)?,
-            &packs.k,
-            j0 - packs.origin,
-            0.0,
-            MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?,
-        )?;
+        let qm = MatRef::new(&ws.q, rows, d, d, 1)?;
+        let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
+        match kv {
+            Kv::Packed(packs) => gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?,
+            Kv::Direct { k, .. } => {
+                let kd = &k.data()[k.offset(t.b, t.kvh, j0, 0)..];
+                let km = MatRef::new(kd, kbn, d, k.strides()[2], 1)?;
+                dot_rows_with(p.isa, p.scale, qm, km, sm)?
+            }
+        }
         for r in 0..rows {
             let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
             if !clean {
@@ -249,14 +294,16 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, packs: &KvPacks, ws: &mut
             ws.m[r] = m_new;
             ws.l[r] += sum;
         }
-        gemm_packed_b(
-            1.0,
-            MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?,
-            &packs.v[blk],
-            0,
-            1.0,
-            MatMut::new(&mut ws.o, rows, dv, dv, 1)?,
-        )?;
+        let pm = MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?;
+        let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+        match kv {
+            Kv::Packed(packs) => gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?,
+            Kv::Direct { v, .. } => {
+                let vd = &v.data()[v.offset(t.b, t.kvh, j0, 0)..];
+                let vm = MatRef::new(vd, kbn, dv, v.strides()[2], 1)?;
+                axpy_rows_with(p.isa, pm, vm, om)?
+            }
+        }
     }
     Ok(())
 }
@@ -343,14 +390,27 @@ pub(crate) fn run(
             .filter(|t| t.b == b && t.kvh == kvh)
             .collect()
     };
+    let direct = direct_ok(p, k, v);
     let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
         let n = p.kv_len(b);
         let mut packs = with_ws(|ws| ws.packs.take())
             .map_or_else(|| KvPacks::new(p.isa), Ok)?;
-        packs.pack(p, k, v, b, kvh, 0, n)?;
+        if !direct {
+            packs.pack(p, k, v, b, kvh, 0, n)?;
+        }
+        let kv = if direct {
+            Kv::Direct {
+                k,
+                v,
+                origin: 0,
+                end: n,
+            }
+        } else {
+            Kv::Packed(&packs)
+        };
         let one = |t: &Tile| -> Result<()> {
             with_ws(|ws| {
-                attend(p, q, *t, &packs, ws)?;
+                attend(p, q, *t, &kv, ws)?;
                 // SAFETY: this tile's rows are written by this task only.
                 unsafe { finish_rows(p, *t, &ws.o, &ws.m, &ws.l, out_p, os, lse_p) };
                 Ok(())
@@ -388,7 +448,8 @@ fn run_split(
     lse_p: Option<SyncPtr>,
 ) -> Result<()> {
     let chunks = p.lk.div_ceil(DECODE_CHUNK);
-    let (qt, dv) = (QUERY_TILE, p.dv);
+    let direct = direct_ok(p, k, v);
+    let (qt, dv) = (query_tile(p.isa), p.dv);
     let tasks = tiles.len() * chunks;
     let mut part_o = vec![0.0f32; tasks * qt * dv];
     let mut part_ml = vec![0.0f32; tasks * 2 * qt];
@@ -412,15 +473,25 @@ fn run_split(
             return Ok(());
         }
         with_ws(|ws| {
-            let mut packs = ws
-                .packs
-                .take()
-                .map_or_else(|| KvPacks::new(p.isa), Ok)?;
-            let r = packs
-                .pack(p, k, v, t.b, t.kvh, lo, hi)
-                .and_then(|_| attend(p, q, t, &packs, ws));
-            ws.packs = Some(packs);
-            r?;
+            if direct {
+                let kv = Kv::Direct {
+                    k,
+                    v,
+                    origin: lo,
+                    end: hi,
+                };
+                attend(p, q, t, &kv, ws)?;
+            } else {
+                let mut packs = ws
+                    .packs
+                    .take()
+                    .map_or_else(|| KvPacks::new(p.isa), Ok)?;
+                let r = packs
+                    .pack(p, k, v, t.b, t.kvh, lo, hi)
+                    .and_then(|_| attend(p, q, t, &Kv::Packed(&packs), ws));
+                ws.packs = Some(packs);
+                r?;
+            }
             po[..rows * dv].copy_from_slice(&ws.o[..rows * dv]);
             pm[..rows].copy_from_slice(&ws.m[..rows]);
             pl[..rows].copy_from_slice(&ws.l[..rows]);

@@ -1,14 +1,14 @@
-//! Quick GEMM timing of every variant at one size: `cargo run --release --example gemm_speed -- 512`.
+//! Quick GEMM timing of every variant at one shape:
+//! `cargo run --release --example gemm_speed -- M [K N]` (row-major, median of 7 runs).
 
 use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use std::time::Instant;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512);
-    let (m, k) = (n, n);
+    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<usize>().ok());
+    let m = arg(1).unwrap_or(512);
+    let (k, n) = (arg(2).unwrap_or(m), arg(3).unwrap_or(m));
+    let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(1.0, 1000.0) as usize;
     let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
     let mut c = vec![0.0f32; m * n];
@@ -17,22 +17,24 @@ fn main() {
             let mut times = Vec::new();
             for _ in 0..7 {
                 let t = Instant::now();
-                gemm_with(
-                    isa,
-                    par,
-                    1.0,
-                    MatRef::row_major(&a, m, k).unwrap(),
-                    MatRef::row_major(&b, k, n).unwrap(),
-                    0.0,
-                    MatMut::row_major(&mut c, m, n).unwrap(),
-                )
-                .unwrap();
-                times.push(t.elapsed().as_secs_f64());
+                for _ in 0..reps {
+                    gemm_with(
+                        isa,
+                        par,
+                        1.0,
+                        MatRef::row_major(&a, m, k).unwrap(),
+                        MatRef::row_major(&b, k, n).unwrap(),
+                        0.0,
+                        MatMut::row_major(&mut c, m, n).unwrap(),
+                    )
+                    .unwrap();
+                }
+                times.push(t.elapsed().as_secs_f64() / reps as f64);
             }
             times.sort_by(|x, y| x.partial_cmp(y).unwrap());
             let gf = 2.0 * (m * n * k) as f64 / times[3] / 1e9;
             println!(
-                "{isa:>9} {par:?}: n={n} median {:.3} ms  {gf:.1} GFLOP/s",
+                "{isa:>9} {par:?}: {m}x{k}x{n} median {:.3} ms  {gf:.1} GFLOP/s",
                 times[3] * 1e3
             );
         }

@@ -104,6 +104,11 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// The ISA is present.
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn reduce_add(a: Self::V) -> f32;
 }
 
 /// The `k` loop: `ab += A·B` over one micro-panel pair. With `PACKED` A is a packed
@@ -250,7 +255,7 @@ pub(crate) unsafe fn store_tile(
             unsafe {
                 let p = c.offset(i as isize * rsc + j as isize * csc);
                 let t = tile[i * ld + j];
-                *p = if beta == 0.0 { t } else { beta.mul_add(*p, t) };
+                *p = if beta == 0.0 { t } else { beta * *p + t };
             }
         }
     }

@@ -35,6 +35,10 @@ impl SimdOps for WideOps {
     unsafe fn mul(a: f32x8, b: f32x8) -> f32x8 {
         a * b
     }
+    #[inline(always)]
+    unsafe fn reduce_add(a: f32x8) -> f32 {
+        a.reduce_add()
+    }
 }
 
 /// # Safety

@@ -35,6 +35,10 @@ impl SimdOps for ScalarOps {
     unsafe fn mul(a: f32, b: f32) -> f32 {
         a * b
     }
+    #[inline(always)]
+    unsafe fn reduce_add(a: f32) -> f32 {
+        a
+    }
 }
 
 /// # Safety

@@ -39,6 +39,16 @@ impl SimdOps for Avx2Ops {
         // SAFETY: AVX is present (caller contract).
         unsafe { _mm256_mul_ps(a, b) }
     }
+    #[inline(always)]
+    unsafe fn reduce_add(a: __m256) -> f32 {
+        // SAFETY: AVX is present (caller contract).
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
 }
 
 /// 512-bit AVX-512F vectors.
@@ -76,6 +86,11 @@ impl SimdOps for Avx512Ops {
     unsafe fn mul(a: __m512, b: __m512) -> __m512 {
         // SAFETY: AVX-512F is present (caller contract).
         unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(a: __m512) -> f32 {
+        // SAFETY: AVX-512F is present (caller contract).
+        unsafe { _mm512_reduce_add_ps(a) }
     }
 }
 
