@@ -241,8 +241,15 @@ pub(crate) unsafe fn gemm_unchecked(
         Parallelism::Rayon if flops < PAR_MIN_FLOPS => 1,
         Parallelism::Rayon => rayon::current_num_threads().max(1),
     };
-    // Row blocks of equal size (a multiple of MR), so no worker gets a sliver.
-    let n_ic = m.div_ceil(bs.mc);
+    // Row blocks of equal size (a multiple of MR), so no worker gets a sliver; with several
+    // threads, at least two blocks per thread where each keeps at least 4·MR rows (fewer
+    // blocks are made up for by splitting the columns below).
+    let min_blocks = if threads > 1 {
+        (2 * threads).min(m / (4 * mr)).max(1)
+    } else {
+        1
+    };
+    let n_ic = m.div_ceil(bs.mc).max(min_blocks);
     let mc = m.div_ceil(n_ic).next_multiple_of(mr);
     let n_ic = m.div_ceil(mc);
     // SAFETY: shared across tasks only for disjoint tiles of C (each task owns a different
@@ -305,21 +312,38 @@ pub(crate) unsafe fn gemm_unchecked(
                     if q0 >= q1 {
                         return;
                     }
-                    with_scratch(mcb.div_ceil(mr) * mr * kcb, |apack| {
-                        // SAFETY: rows ic..ic+mcb, columns pc..pc+kcb of A are in the view.
-                        unsafe {
-                            pack::pack_a_dyn(
-                                mr,
-                                mcb,
-                                kcb,
-                                a_p.get().offset(ic as isize * rsa + pc as isize * csa),
-                                rsa,
-                                csa,
-                                apack,
-                            )
+                    // Row-major A (unit column stride) is read in place: its rows are
+                    // contiguous along k, which is what the kernel streams. Only a partial
+                    // last group of rows is packed (zero-padded); other layouts pack all.
+                    let in_place = csa == 1;
+                    let full = if in_place { mcb / mr } else { 0 };
+                    let packed_rows = mcb - full * mr;
+                    // SAFETY: (ic, pc) is inside A's view.
+                    let a_blk = unsafe { a_p.get().offset(ic as isize * rsa + pc as isize * csa) };
+                    with_scratch(packed_rows.div_ceil(mr) * mr * kcb, |apack| {
+                        if packed_rows > 0 {
+                            // SAFETY: rows ic+full·mr .. ic+mcb, columns pc..pc+kcb of A are
+                            // in the view.
+                            unsafe {
+                                pack::pack_a_dyn(
+                                    mr,
+                                    packed_rows,
+                                    kcb,
+                                    a_blk.offset((full * mr) as isize * rsa),
+                                    rsa,
+                                    csa,
+                                    apack,
+                                )
+                            };
+                        }
+                        let a_src = ASource {
+                            in_place: a_blk,
+                            lda: rsa,
+                            full,
+                            packed: apack,
                         };
                         // SAFETY: the tile range (ic.., jc + q0·nr ..) is inside C and owned
-                        // by this task alone.
+                        // by this task alone; A rows of the block are in the view.
                         unsafe {
                             macro_kernel(
                                 &ukr,
@@ -328,7 +352,7 @@ pub(crate) unsafe fn gemm_unchecked(
                                 ncb,
                                 q0..q1,
                                 alpha,
-                                apack,
+                                &a_src,
                                 bpack,
                                 beta_step,
                                 c_p.get().offset(ic as isize * rsc + jc as isize * csc),
@@ -348,7 +372,16 @@ pub(crate) unsafe fn gemm_unchecked(
     }
 }
 
-/// Loops 2 and 1 over one packed A block and the B panels `panels`.
+/// The A block of one task: its first `full` groups of MR rows read in place (row stride
+/// `lda`, unit column stride), the rest from `packed` micro-panels.
+struct ASource<'a> {
+    in_place: *const f32,
+    lda: isize,
+    full: usize,
+    packed: &'a [f32],
+}
+
+/// Loops 2 and 1 over one A block and the B panels `panels`.
 ///
 /// # Safety
 /// `c` points at element (0, 0) of the `mcb × ncb` block of C, which is writable (readable
@@ -362,7 +395,7 @@ unsafe fn macro_kernel(
     ncb: usize,
     panels: std::ops::Range<usize>,
     alpha: f32,
-    apack: &[f32],
+    a_src: &ASource<'_>,
     bpack: &[f32],
     beta: f32,
     c: *mut f32,
@@ -378,20 +411,26 @@ unsafe fn macro_kernel(
         for r in 0..mcb.div_ceil(mr) {
             let i0 = r * mr;
             let rows = mr.min(mcb - i0);
-            let ap = &apack[r * mr * kcb..(r + 1) * mr * kcb];
+            let (ap, lda) = if r < a_src.full {
+                // SAFETY: group r of the block's rows, inside A's view.
+                (unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) }, a_src.lda)
+            } else {
+                let q = r - a_src.full;
+                (a_src.packed[q * mr * kcb..(q + 1) * mr * kcb].as_ptr(), 0)
+            };
             // SAFETY: (i0, j0) is inside the block.
             let cp = unsafe { c.offset(i0 as isize * rsc + j0 as isize * csc) };
             if rows == mr && cols == nr {
                 // SAFETY: a full tile inside C; panels hold kcb·mr and kcb·nr values.
-                unsafe { (ukr.run)(kcb, alpha, ap.as_ptr(), 0, bp.as_ptr(), beta, cp, rsc, csc) };
+                unsafe { (ukr.run)(kcb, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
             } else {
                 // SAFETY: the scratch tile is mr × nr ≤ 512 values, row-major.
                 unsafe {
                     (ukr.run)(
                         kcb,
                         alpha,
-                        ap.as_ptr(),
-                        0,
+                        ap,
+                        lda,
                         bp.as_ptr(),
                         0.0,
                         tmp.as_mut_ptr(),
@@ -706,4 +745,37 @@ pub fn gemm_with(
         )
     };
     Ok(())
+}
+
+/// Runs `isa`'s microkernel `iters` times on one pair of `k`-deep panels (L1-resident) and
+/// returns the seconds taken: the kernel's ceiling, for profiling (`cargo xtask profile`).
+///
+/// # Errors
+/// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+#[doc(hidden)]
+pub fn microkernel_seconds(isa: Isa, k: usize, iters: usize) -> Result<f64> {
+    isa.check()?;
+    let u = ukr_for(isa);
+    let a = vec![0.5f32; u.mr * k];
+    let b = vec![0.25f32; u.nr * k];
+    let mut c = vec![0.0f32; u.mr * u.nr];
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        // SAFETY: panels of k·mr and k·nr values, a full mr×nr row-major C; ISA checked.
+        unsafe {
+            (u.run)(
+                k,
+                1.0,
+                std::hint::black_box(a.as_ptr()),
+                0,
+                b.as_ptr(),
+                1.0,
+                c.as_mut_ptr(),
+                u.nr as isize,
+                1,
+            )
+        };
+    }
+    std::hint::black_box(&c);
+    Ok(t.elapsed().as_secs_f64())
 }

@@ -134,7 +134,7 @@ pub fn gemm_packed_b(
     let (m, n, k) = (c.rows(), c.cols(), b.k);
     let ukr = b.ukr;
     let (mr, nr) = (ukr.mr, ukr.nr);
-    if a.rows() != m || a.cols() != k || col0 % nr != 0 || col0.saturating_add(n) > b.n {
+    if a.rows() != m || a.cols() != k || !col0.is_multiple_of(nr) || col0.saturating_add(n) > b.n {
         return Err(KernelError::ShapeMismatch {
             op: "gemm_packed_b",
             expected: format!(

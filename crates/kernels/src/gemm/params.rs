@@ -130,8 +130,8 @@ mod tests {
     fn block_sizes_are_multiples_of_the_tile() {
         for (mr, nr) in [(6, 16), (12, 32), (4, 4)] {
             let b = block_sizes_for(mr, nr, cache_sizes());
-            assert!(b.mc % mr == 0 && b.mc >= mr);
-            assert!(b.nc % nr == 0 && b.nc >= nr);
+            assert!(b.mc.is_multiple_of(mr) && b.mc >= mr);
+            assert!(b.nc.is_multiple_of(nr) && b.nc >= nr);
             assert!(b.kc >= 128 && b.kc <= 512);
         }
     }

@@ -57,6 +57,7 @@ pub(crate) struct Avx512Ops;
 impl SimdOps for Avx512Ops {
     type V = __m512;
     const LANES: usize = 16;
+    const UNROLL: usize = 1;
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         // SAFETY: AVX-512F is present (caller contract).
