@@ -259,8 +259,11 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         if ws.iv.iter().all(|&(lo, hi)| hi <= j0 || lo >= j1 || lo >= hi) {
             continue;
         }
-        let clean = !mods && ws.iv.iter().all(|&(lo, hi)| lo <= j0 && hi >= j1);
-        let kbn = j1 - j0;
+        // Columns past every row's last visible key (the causal diagonal) are not computed:
+        // S stops there and P·V uses only that leading part of the packed V block.
+        let jend = j1.min(tile_hi);
+        let kbn = jend - j0;
+        let clean = !mods && ws.iv.iter().all(|&(lo, hi)| lo <= j0 && hi >= jend);
         let qm = MatRef::new(&ws.q, rows, d, d, 1)?;
         let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
         match kv {

@@ -116,12 +116,14 @@ impl PackedB {
     }
 }
 
-/// `C ← alpha·A·B[:, col0 .. col0 + n] + beta·C` on the calling thread, with B packed.
+/// `C ← alpha·A·B[..k, col0 .. col0 + n] + beta·C` on the calling thread, with B packed
+/// (`k = A.cols() ≤ B.k()`: A may use a leading part of B's depth, which attention uses to
+/// stop at the causal diagonal).
 /// A is read in place when its rows are contiguous (`col_stride == 1`), else packed into a
 /// per-thread scratch; edge rows are always packed (zero-padded).
 ///
 /// # Errors
-/// [`KernelError::ShapeMismatch`] if A is not m×k (k = `b.k()`), C not m×n, the columns
+/// [`KernelError::ShapeMismatch`] if A is not m×k with k ≤ `b.k()`, C not m×n, the columns
 /// run past B, or `col0` is not a multiple of [`PackedB::nr`].
 pub fn gemm_packed_b(
     alpha: f32,
@@ -131,14 +133,16 @@ pub fn gemm_packed_b(
     beta: f32,
     mut c: MatMut<'_>,
 ) -> Result<()> {
-    let (m, n, k) = (c.rows(), c.cols(), b.k);
+    // A may use a leading part of B's depth (the first `k` rows of every panel).
+    let (m, n, k) = (c.rows(), c.cols(), a.cols());
     let ukr = b.ukr;
     let (mr, nr) = (ukr.mr, ukr.nr);
-    if a.rows() != m || a.cols() != k || !col0.is_multiple_of(nr) || col0.saturating_add(n) > b.n {
+    if a.rows() != m || k > b.k || !col0.is_multiple_of(nr) || col0.saturating_add(n) > b.n {
         return Err(KernelError::ShapeMismatch {
             op: "gemm_packed_b",
             expected: format!(
-                "A {m}×{k}, columns {col0}..{} within B's {} (col0 a multiple of {nr})",
+                "A {m}×k with k ≤ {}, columns {col0}..{} within B's {} (col0 a multiple of {nr})",
+                b.k,
                 col0.saturating_add(n),
                 b.n
             ),
@@ -181,7 +185,7 @@ pub fn gemm_packed_b(
         for q in 0..n.div_ceil(nr) {
             let j0 = q * nr;
             let cols = nr.min(n - j0);
-            let bp = &b.data[(col0 / nr + q) * nr * k..][..nr * k];
+            let bp = &b.data[(col0 / nr + q) * nr * b.k..][..nr * k];
             for r in 0..m.div_ceil(mr) {
                 let i0 = r * mr;
                 let rows = mr.min(m - i0);
