@@ -79,3 +79,72 @@ pub fn matrixmultiply_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], 
         )
     }
 }
+
+/// The baseline attention: per head, `S = Q·Kᵀ/√d` with matrixmultiply, a scalar softmax
+/// with `f32::exp`, then `O = P·V` with matrixmultiply. Contiguous `[H, L, D]` inputs.
+pub fn naive_attention(
+    h: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; h * lq * d];
+    let mut s = vec![0.0f32; lq * lk];
+    let scale = 1.0 / (d as f32).sqrt();
+    for hh in 0..h {
+        let (qh, kh, vh) = (&q[hh * lq * d..], &k[hh * lk * d..], &v[hh * lk * d..]);
+        // SAFETY: Q is lq×d, K lk×d (read transposed), S lq×lk, all inside their slices.
+        unsafe {
+            matrixmultiply::sgemm(
+                lq,
+                d,
+                lk,
+                scale,
+                qh.as_ptr(),
+                d as isize,
+                1,
+                kh.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                s.as_mut_ptr(),
+                lk as isize,
+                1,
+            )
+        };
+        for row in s.chunks_mut(lk) {
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in row.iter_mut() {
+                *x = (*x - mx).exp();
+                sum += *x;
+            }
+            for x in row.iter_mut() {
+                *x /= sum;
+            }
+        }
+        // SAFETY: P is lq×lk, V lk×d, O lq×d, all inside their slices.
+        unsafe {
+            matrixmultiply::sgemm(
+                lq,
+                lk,
+                d,
+                1.0,
+                s.as_ptr(),
+                lk as isize,
+                1,
+                vh.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                out[hh * lq * d..].as_mut_ptr(),
+                d as isize,
+                1,
+            )
+        };
+    }
+    out
+}

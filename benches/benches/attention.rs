@@ -2,9 +2,10 @@
 //! materialised baseline on matrixmultiply + scalar softmax; causal; decode.
 
 use attention::{sdpa, AttnPath, SdpaOptions, TensorRef};
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastattn_benches::{naive_attention, random_vec};
 use kernels::Parallelism;
+use std::hint::black_box;
 
 fn prefill(c: &mut Criterion) {
     let (h, d) = (8, 64);

@@ -1,9 +1,10 @@
 //! Criterion: square and attention-shaped SGEMM, every variant the CPU runs against
 //! matrixmultiply and the `gemm` crate, one thread, in one group per shape.
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastattn_benches::{gemm_crate, matrixmultiply_sgemm, random_vec, RECT, SQUARES};
 use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
+use std::hint::black_box;
 
 fn bench_shape(c: &mut Criterion, group: &str, m: usize, k: usize, n: usize) {
     let a = random_vec(m * k, 1);

@@ -5,18 +5,38 @@ use attention::{sdpa, AttnPath, SdpaOptions, TensorRef};
 use std::time::Instant;
 
 fn main() {
-    let arg = |i: usize, d: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (l, h, d, causal, threads) = (arg(1, 1024), arg(2, 8), arg(3, 64), arg(4, 0) == 1, arg(5, 1));
-    let x: Vec<f32> = (0..h * l * d).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let (l, h, d, causal, threads) = (
+        arg(1, 1024),
+        arg(2, 8),
+        arg(3, 64),
+        arg(4, 0) == 1,
+        arg(5, 1),
+    );
+    let x: Vec<f32> = (0..h * l * d)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let t = TensorRef::contiguous(&x, [1, h, l, d]).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let flops = 4.0 * (h * l * l * d) as f64 / if causal { 2.0 } else { 1.0 };
     let only = std::env::args().nth(6).unwrap_or_default();
     for path in [AttnPath::Flash, AttnPath::Materialized] {
         if !only.is_empty() && !format!("{path:?}").to_lowercase().starts_with(&only) {
             continue;
         }
-        let opts = SdpaOptions { causal, path, ..Default::default() };
+        let opts = SdpaOptions {
+            causal,
+            path,
+            ..Default::default()
+        };
         let mut times = vec![];
         for _ in 0..5 {
             let s = Instant::now();

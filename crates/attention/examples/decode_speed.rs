@@ -5,15 +5,25 @@ use attention::{sdpa, SdpaOptions, TensorRef};
 use std::time::Instant;
 
 fn main() {
-    let arg = |i: usize, d: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
     let (lk, hq, hkv, d, threads) = (arg(1, 32768), arg(2, 32), arg(3, 8), arg(4, 128), arg(5, 1));
-    let kv: Vec<f32> = (0..hkv * lk * d).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let kv: Vec<f32> = (0..hkv * lk * d)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let q: Vec<f32> = (0..hq * d).map(|i| (i % 17) as f32 / 17.0).collect();
     let (qt, kt) = (
         TensorRef::contiguous(&q, [1, hq, 1, d]).unwrap(),
         TensorRef::contiguous(&kv, [1, hkv, lk, d]).unwrap(),
     );
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let opts = SdpaOptions::default();
     let mut times = vec![];
     for _ in 0..7 {

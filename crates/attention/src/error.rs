@@ -33,6 +33,15 @@ pub enum AttnError {
         /// Where.
         what: &'static str,
     },
+    /// A KV cache has no room for the positions being appended (nothing was appended).
+    CacheFull {
+        /// Positions the cache can hold.
+        capacity: usize,
+        /// Positions already cached.
+        len: usize,
+        /// Positions the call tried to add.
+        adding: usize,
+    },
     /// A kernel refused (e.g. a forced ISA this CPU lacks).
     Kernel(KernelError),
 }
@@ -48,6 +57,14 @@ impl fmt::Display for AttnError {
             ),
             AttnError::Option { what } => write!(f, "attention: invalid option: {what}"),
             AttnError::Overflow { what } => write!(f, "attention: size overflow in {what}"),
+            AttnError::CacheFull {
+                capacity,
+                len,
+                adding,
+            } => write!(
+                f,
+                "attention: KV cache full: {len} cached + {adding} new exceeds capacity {capacity}"
+            ),
             AttnError::Kernel(e) => write!(f, "attention: {e}"),
         }
     }

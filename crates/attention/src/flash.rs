@@ -68,6 +68,7 @@ impl KvPacks {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pack(
         &mut self,
         p: &Problem<'_>,
@@ -256,7 +257,11 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
     for blk in first..last {
         let j0 = origin + blk * KEY_BLOCK;
         let j1 = (j0 + KEY_BLOCK).min(end);
-        if ws.iv.iter().all(|&(lo, hi)| hi <= j0 || lo >= j1 || lo >= hi) {
+        if ws
+            .iv
+            .iter()
+            .all(|&(lo, hi)| hi <= j0 || lo >= j1 || lo >= hi)
+        {
             continue;
         }
         // Columns past every row's last visible key (the causal diagonal) are not computed:
@@ -396,8 +401,7 @@ pub(crate) fn run(
     let direct = direct_ok(p, k, v);
     let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
         let n = p.kv_len(b);
-        let mut packs = with_ws(|ws| ws.packs.take())
-            .map_or_else(|| KvPacks::new(p.isa), Ok)?;
+        let mut packs = with_ws(|ws| ws.packs.take()).map_or_else(|| KvPacks::new(p.isa), Ok)?;
         if !direct {
             packs.pack(p, k, v, b, kvh, 0, n)?;
         }
@@ -485,10 +489,7 @@ fn run_split(
                 };
                 attend(p, q, t, &kv, ws)?;
             } else {
-                let mut packs = ws
-                    .packs
-                    .take()
-                    .map_or_else(|| KvPacks::new(p.isa), Ok)?;
+                let mut packs = ws.packs.take().map_or_else(|| KvPacks::new(p.isa), Ok)?;
                 let r = packs
                     .pack(p, k, v, t.b, t.kvh, lo, hi)
                     .and_then(|_| attend(p, q, t, &Kv::Packed(&packs), ws));

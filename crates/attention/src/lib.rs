@@ -13,6 +13,9 @@
 //! * Two paths ([`AttnPath`]): the fused flash path (tiled online softmax, per-thread
 //!   scratch only; see [`flash`]) and the materialised path, which can hand back the
 //!   attention weights `[B, Hq, Lq, Lk]` (row = query token, column = the key it looks at).
+//! * A Transformer attention layer on top ([`mha`]): [`MultiHeadAttention`] with fused,
+//!   packed-once Q|K|V and output projections ([`Linear`]), GQA/MQA, biases, rotary
+//!   embeddings ([`rope`]), cross-attention, and a fixed-capacity [`KvCache`] for decoding.
 //!
 //! ```
 //! use attention::{sdpa, SdpaOptions, TensorRef};
@@ -28,13 +31,21 @@
 
 pub mod error;
 pub mod flash;
+pub mod kv_cache;
+pub mod linear;
 mod materialized;
+pub mod mha;
 pub mod options;
 pub mod reference;
+pub mod rope;
 pub mod tensor;
 
 pub use error::{AttnError, Result};
+pub use kv_cache::KvCache;
+pub use linear::{Linear, WeightLayout};
+pub use mha::{MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights};
 pub use options::{AttnPath, Mask, SdpaOptions};
+pub use rope::{Rope, RopeConfig};
 pub use tensor::{TensorMut, TensorRef};
 
 use options::Problem;

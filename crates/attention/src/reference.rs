@@ -93,14 +93,13 @@ pub fn sdpa_ref(
                 }
                 let sum: f64 = logits.iter().map(|&s| (s - mx).exp()).sum();
                 lse[row] = (mx + sum.ln()) as f32;
-                for j in 0..lk {
-                    let w = (logits[j] - mx).exp() / sum;
-                    weights[row * lk + j] = w as f32;
+                for (w, &s) in weights[row * lk..(row + 1) * lk].iter_mut().zip(&logits) {
+                    *w = ((s - mx).exp() / sum) as f32;
                 }
                 for x in 0..dv {
                     let mut acc = 0.0f64;
-                    for j in 0..lk {
-                        let w = (logits[j] - mx).exp() / sum;
+                    for (j, &s) in logits.iter().enumerate() {
+                        let w = (s - mx).exp() / sum;
                         if w != 0.0 {
                             acc += w * v.get(b, kvh, j, x) as f64;
                         }

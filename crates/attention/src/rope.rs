@@ -78,7 +78,7 @@ impl Rope {
     /// [`AttnError::Option`] if `head_dim` is odd or zero or the base is not finite and
     /// positive; [`AttnError::Overflow`] if the table size overflows.
     pub fn new(head_dim: usize, cfg: RopeConfig) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(AttnError::Option {
                 what: format!("RoPE needs an even, non-zero head dim, got {head_dim}"),
             });
@@ -130,7 +130,7 @@ impl Rope {
     /// # Errors
     /// [`AttnError::Shape`] if `x.len()` is not a multiple of `D`.
     pub fn apply(&self, x: &mut [f32], pos: usize) -> Result<()> {
-        if x.len() % self.head_dim != 0 {
+        if !x.len().is_multiple_of(self.head_dim) {
             return Err(AttnError::Shape {
                 what: format!(
                     "RoPE input has {} values, not a multiple of head dim {}",
@@ -164,7 +164,7 @@ impl Rope {
 
     /// Rotates the heads of `x` (`x.len()` a multiple of `D`) at `pos`.
     pub(crate) fn apply_heads(&self, x: &mut [f32], pos: usize, scratch: &mut Vec<f32>) {
-        debug_assert_eq!(x.len() % self.head_dim, 0);
+        debug_assert!(x.len().is_multiple_of(self.head_dim));
         let (cos, sin) = self.cos_sin(pos, scratch);
         for head in x.chunks_exact_mut(self.head_dim) {
             rotate_half(head, cos, sin);

@@ -81,11 +81,31 @@ fn check(c: &Case) {
             TensorRef::contiguous(data, dims).unwrap()
         }
     }
-    let (q, k, v) = (mk(c.blhd, &qb, qd), mk(c.blhd, &kb, kd), mk(c.blhd, &vb, vd));
-    let lens: Vec<usize> = (0..c.b).map(|i| if c.padding { (c.lk * (i + 1)) / (c.b + 1) + i % 2 } else { c.lk }).collect();
-    let bool_mask: Vec<bool> = (0..c.b * c.hq * c.lq * c.lk).map(|_| rng.random_bool(0.7)).collect();
+    let (q, k, v) = (
+        mk(c.blhd, &qb, qd),
+        mk(c.blhd, &kb, kd),
+        mk(c.blhd, &vb, vd),
+    );
+    let lens: Vec<usize> = (0..c.b)
+        .map(|i| {
+            if c.padding {
+                (c.lk * (i + 1)) / (c.b + 1) + i % 2
+            } else {
+                c.lk
+            }
+        })
+        .collect();
+    let bool_mask: Vec<bool> = (0..c.b * c.hq * c.lq * c.lk)
+        .map(|_| rng.random_bool(0.7))
+        .collect();
     let add_mask: Vec<f32> = (0..c.lq * c.lk)
-        .map(|_| if rng.random_bool(0.2) { f32::NEG_INFINITY } else { rng.random_range(-2.0..2.0) })
+        .map(|_| {
+            if rng.random_bool(0.2) {
+                f32::NEG_INFINITY
+            } else {
+                rng.random_range(-2.0..2.0)
+            }
+        })
         .collect();
     let slopes: Vec<f32> = (0..c.hq).map(|h| 0.5f32.powi(h as i32 + 1)).collect();
     let mask = match c.mask {
@@ -114,7 +134,11 @@ fn check(c: &Case) {
     let label = format!("{c:?}");
     for isa in Isa::available() {
         for path in [AttnPath::Flash, AttnPath::Materialized] {
-            let opts = SdpaOptions { isa: Some(isa), path, ..base.clone() };
+            let opts = SdpaOptions {
+                isa: Some(isa),
+                path,
+                ..base.clone()
+            };
             let od = [c.b, c.hq, c.lq, c.dv];
             let mut ob = vec![f32::NAN; n(od)];
             let mut lse = vec![f32::NAN; c.b * c.hq * c.lq];
@@ -127,8 +151,18 @@ fn check(c: &Case) {
                 };
                 let weights = (path == AttnPath::Materialized)
                     .then(|| TensorMut::contiguous(&mut wb, [c.b, c.hq, c.lq, c.lk]).unwrap());
-                sdpa_into(q, k, v, out, &opts, SdpaOutputs { weights, lse: Some(&mut lse) })
-                    .unwrap_or_else(|e| panic!("{label} isa={isa} {path:?}: {e}"));
+                sdpa_into(
+                    q,
+                    k,
+                    v,
+                    out,
+                    &opts,
+                    SdpaOutputs {
+                        weights,
+                        lse: Some(&mut lse),
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{label} isa={isa} {path:?}: {e}"));
             }
             let ov = if c.blhd {
                 TensorRef::from_blhd(&ob, od).unwrap()
@@ -155,7 +189,10 @@ fn check(c: &Case) {
                         if path == AttnPath::Materialized {
                             for j in 0..c.lk {
                                 let (g, w) = (wb[row * c.lk + j], want.weights[row * c.lk + j]);
-                                assert!((g - w).abs() <= tol, "{label} isa={isa}: weight[{row},{j}] = {g}, want {w}");
+                                assert!(
+                                    (g - w).abs() <= tol,
+                                    "{label} isa={isa}: weight[{row},{j}] = {g}, want {w}"
+                                );
                             }
                         }
                     }
@@ -168,25 +205,47 @@ fn check(c: &Case) {
 #[test]
 fn sdpa_matches_ref_over_shapes() {
     let mut seed = 0;
-    for &(b, h, lq, lk) in &[(1, 1, 1, 1), (2, 3, 17, 17), (1, 2, 64, 65), (1, 1, 65, 257), (3, 1, 2, 64), (1, 2, 257, 3)] {
+    for &(b, h, lq, lk) in &[
+        (1, 1, 1, 1),
+        (2, 3, 17, 17),
+        (1, 2, 64, 65),
+        (1, 1, 65, 257),
+        (3, 1, 2, 64),
+        (1, 2, 257, 3),
+    ] {
         for &(d, dv) in &[(1, 1), (8, 8), (63, 80), (64, 64), (128, 128)] {
             if lq * lk * d > 65 * 257 * 64 && d > 64 {
                 continue;
             }
             seed += 1;
-            check(&Case { seed, ..Case::new(b, h, h, lq, lk, d, dv) });
+            check(&Case {
+                seed,
+                ..Case::new(b, h, h, lq, lk, d, dv)
+            });
         }
     }
-    check(&Case { seed: 99, ..Case::new(1, 1, 1, 17, 17, 256, 256) });
+    check(&Case {
+        seed: 99,
+        ..Case::new(1, 1, 1, 17, 17, 256, 256)
+    });
 }
 
 #[test]
 fn sdpa_matches_ref_for_every_mask_kind() {
     let mut seed = 100;
-    for mask in [MaskKind::Causal, MaskKind::Bool, MaskKind::Additive, MaskKind::BoolPerHead] {
+    for mask in [
+        MaskKind::Causal,
+        MaskKind::Bool,
+        MaskKind::Additive,
+        MaskKind::BoolPerHead,
+    ] {
         for &(lq, lk) in &[(17, 17), (64, 65), (65, 300), (300, 65), (1, 257)] {
             seed += 1;
-            check(&Case { mask, seed, ..Case::new(2, 2, 2, lq, lk, 16, 24) });
+            check(&Case {
+                mask,
+                seed,
+                ..Case::new(2, 2, 2, lq, lk, 16, 24)
+            });
         }
     }
 }
@@ -196,13 +255,42 @@ fn sdpa_matches_ref_with_padding_windows_gqa_alibi_softcap() {
     let mut seed = 200;
     let mut cases = vec![];
     for &(lq, lk) in &[(33, 33), (1, 300), (70, 600), (5, 3)] {
-        cases.push(Case { padding: true, mask: MaskKind::Causal, ..Case::new(3, 2, 1, lq, lk, 16, 16) });
-        cases.push(Case { window: Some((Some(20), Some(0))), ..Case::new(1, 4, 2, lq, lk, 32, 32) });
-        cases.push(Case { window: Some((Some(7), Some(300))), padding: true, ..Case::new(2, 2, 2, lq, lk, 8, 8) });
-        cases.push(Case { alibi: true, mask: MaskKind::Causal, ..Case::new(1, 4, 4, lq, lk, 16, 16) });
-        cases.push(Case { softcap: Some(5.0), amp: 3.0, ..Case::new(1, 8, 2, lq, lk, 16, 8) });
-        cases.push(Case { blhd: true, mask: MaskKind::Causal, ..Case::new(2, 6, 3, lq, lk, 16, 16) });
-        cases.push(Case { alibi: true, softcap: Some(20.0), mask: MaskKind::Additive, padding: true, ..Case::new(2, 4, 1, lq, lk, 8, 8) });
+        cases.push(Case {
+            padding: true,
+            mask: MaskKind::Causal,
+            ..Case::new(3, 2, 1, lq, lk, 16, 16)
+        });
+        cases.push(Case {
+            window: Some((Some(20), Some(0))),
+            ..Case::new(1, 4, 2, lq, lk, 32, 32)
+        });
+        cases.push(Case {
+            window: Some((Some(7), Some(300))),
+            padding: true,
+            ..Case::new(2, 2, 2, lq, lk, 8, 8)
+        });
+        cases.push(Case {
+            alibi: true,
+            mask: MaskKind::Causal,
+            ..Case::new(1, 4, 4, lq, lk, 16, 16)
+        });
+        cases.push(Case {
+            softcap: Some(5.0),
+            amp: 3.0,
+            ..Case::new(1, 8, 2, lq, lk, 16, 8)
+        });
+        cases.push(Case {
+            blhd: true,
+            mask: MaskKind::Causal,
+            ..Case::new(2, 6, 3, lq, lk, 16, 16)
+        });
+        cases.push(Case {
+            alibi: true,
+            softcap: Some(20.0),
+            mask: MaskKind::Additive,
+            padding: true,
+            ..Case::new(2, 4, 1, lq, lk, 8, 8)
+        });
     }
     for c in cases {
         seed += 1;
@@ -213,18 +301,43 @@ fn sdpa_matches_ref_with_padding_windows_gqa_alibi_softcap() {
 #[test]
 fn sdpa_huge_logits_stay_finite() {
     // Logits scaled ×1e3 (q and k entries up to ~31): no overflow, no NaN.
-    check(&Case { amp: 31.6, seed: 300, mask: MaskKind::Causal, ..Case::new(1, 2, 2, 40, 70, 16, 16) });
-    check(&Case { amp: 31.6, seed: 301, ..Case::new(1, 1, 1, 3, 5000, 8, 8) });
+    check(&Case {
+        amp: 31.6,
+        seed: 300,
+        mask: MaskKind::Causal,
+        ..Case::new(1, 2, 2, 40, 70, 16, 16)
+    });
+    check(&Case {
+        amp: 31.6,
+        seed: 301,
+        ..Case::new(1, 1, 1, 3, 5000, 8, 8)
+    });
 }
 
 #[test]
 fn sdpa_decode_split_matches_ref() {
     // Lq small, Lk long: the flash-decoding split runs (tiles < 16, Lk ≥ 2 chunks).
-    check(&Case { seed: 400, ..Case::new(1, 4, 1, 1, 5000, 32, 32) });
-    check(&Case { seed: 401, mask: MaskKind::Causal, padding: true, ..Case::new(2, 4, 2, 3, 4500, 16, 16) });
-    check(&Case { seed: 402, window: Some((Some(3000), None)), ..Case::new(1, 2, 2, 2, 4200, 8, 8) });
+    check(&Case {
+        seed: 400,
+        ..Case::new(1, 4, 1, 1, 5000, 32, 32)
+    });
+    check(&Case {
+        seed: 401,
+        mask: MaskKind::Causal,
+        padding: true,
+        ..Case::new(2, 4, 2, 3, 4500, 16, 16)
+    });
+    check(&Case {
+        seed: 402,
+        window: Some((Some(3000), None)),
+        ..Case::new(1, 2, 2, 2, 4200, 8, 8)
+    });
     // More rows than the in-place decode kernels take: the split runs on packed K/V.
-    check(&Case { seed: 403, mask: MaskKind::Causal, ..Case::new(1, 2, 1, 12, 4500, 16, 16) });
+    check(&Case {
+        seed: 403,
+        mask: MaskKind::Causal,
+        ..Case::new(1, 2, 1, 12, 4500, 16, 16)
+    });
 }
 
 #[test]
@@ -236,19 +349,34 @@ fn fully_masked_rows_give_zeros_not_nan() {
     let mask = vec![false; lq * lk];
     let m = TensorRef::contiguous(&mask, [1, 1, lq, lk]).unwrap();
     for path in [AttnPath::Flash, AttnPath::Materialized] {
-        let opts = SdpaOptions { mask: Some(Mask::Bool(m)), path, ..Default::default() };
+        let opts = SdpaOptions {
+            mask: Some(Mask::Bool(m)),
+            path,
+            ..Default::default()
+        };
         let out = attention::sdpa(q, k, k, &opts).unwrap();
         assert!(out.iter().all(|&v| v == 0.0), "{path:?}: {out:?}");
     }
     // Zero valid keys through padding.
-    let opts = SdpaOptions { kv_lengths: Some(&[0]), ..Default::default() };
-    assert!(attention::sdpa(q, k, k, &opts).unwrap().iter().all(|&v| v == 0.0));
+    let opts = SdpaOptions {
+        kv_lengths: Some(&[0]),
+        ..Default::default()
+    };
+    assert!(attention::sdpa(q, k, k, &opts)
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
 }
 
 #[test]
 fn results_are_bit_identical_at_1_2_3_threads() {
     let mut rng = StdRng::seed_from_u64(500);
-    for &(hq, hkv, lq, lk, causal) in &[(4, 2, 300, 300, true), (8, 2, 1, 9000, false), (4, 1, 5, 9000, true), (2, 2, 130, 70, false)] {
+    for &(hq, hkv, lq, lk, causal) in &[
+        (4, 2, 300, 300, true),
+        (8, 2, 1, 9000, false),
+        (4, 1, 5, 9000, true),
+        (2, 2, 130, 70, false),
+    ] {
         let d = 32;
         let qb = rand_vec(&mut rng, hq * lq * d, 1.0);
         let kb = rand_vec(&mut rng, hkv * lk * d, 1.0);
@@ -257,16 +385,35 @@ fn results_are_bit_identical_at_1_2_3_threads() {
         let k = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
         let v = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
         for path in [AttnPath::Flash, AttnPath::Materialized] {
-            let opts = SdpaOptions { causal, path, ..Default::default() };
+            let opts = SdpaOptions {
+                causal,
+                path,
+                ..Default::default()
+            };
             let run = |t: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap();
                 pool.install(|| attention::sdpa(q, k, v, &opts).unwrap())
             };
             let one = run(1);
             for t in [2, 3] {
-                assert!(one == run(t), "hq={hq} lq={lq} lk={lk} {path:?}: {t} threads differ");
+                assert!(
+                    one == run(t),
+                    "hq={hq} lq={lq} lk={lk} {path:?}: {t} threads differ"
+                );
             }
-            let seq = attention::sdpa(q, k, v, &SdpaOptions { parallelism: Parallelism::Sequential, ..opts.clone() }).unwrap();
+            let seq = attention::sdpa(
+                q,
+                k,
+                v,
+                &SdpaOptions {
+                    parallelism: Parallelism::Sequential,
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
             assert!(one == seq, "{path:?}: sequential differs");
         }
     }
@@ -282,31 +429,98 @@ fn bad_input_is_refused_before_any_work() {
     let d = SdpaOptions::default();
     let e = attention::sdpa(q, k3, k3, &d).unwrap_err();
     assert!(matches!(e, AttnError::HeadGroups { hq: 2, hkv: 3 }), "{e}");
-    assert!(matches!(attention::sdpa(q, kd, kd, &d), Err(AttnError::Shape { .. })));
-    assert!(matches!(TensorRef::contiguous(&x, [2, 2, 64, 4]), Err(AttnError::Layout { .. })));
-    assert!(matches!(TensorRef::contiguous(&x, [usize::MAX, 2, 2, 2]), Err(AttnError::Overflow { .. })));
+    assert!(matches!(
+        attention::sdpa(q, kd, kd, &d),
+        Err(AttnError::Shape { .. })
+    ));
+    assert!(matches!(
+        TensorRef::contiguous(&x, [2, 2, 64, 4]),
+        Err(AttnError::Layout { .. })
+    ));
+    assert!(matches!(
+        TensorRef::contiguous(&x, [usize::MAX, 2, 2, 2]),
+        Err(AttnError::Overflow { .. })
+    ));
     let mut o = vec![0.0f32; 64];
-    assert!(matches!(TensorMut::new(&mut o, [1, 2, 8, 4], [0, 0, 4, 1]), Err(AttnError::Layout { .. })));
+    assert!(matches!(
+        TensorMut::new(&mut o, [1, 2, 8, 4], [0, 0, 4, 1]),
+        Err(AttnError::Layout { .. })
+    ));
     let bad_mask = vec![true; 8 * 7];
     let m = TensorRef::contiguous(&bad_mask, [1, 1, 8, 7]).unwrap();
-    let o1 = SdpaOptions { mask: Some(Mask::Bool(m)), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o1), Err(AttnError::Option { .. })));
-    let o2 = SdpaOptions { kv_lengths: Some(&[9]), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o2), Err(AttnError::Option { .. })));
-    let o3 = SdpaOptions { kv_lengths: Some(&[1, 2]), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o3), Err(AttnError::Option { .. })));
-    let o4 = SdpaOptions { alibi_slopes: Some(&[1.0]), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o4), Err(AttnError::Option { .. })));
-    let o5 = SdpaOptions { softcap: Some(0.0), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o5), Err(AttnError::Option { .. })));
-    let o6 = SdpaOptions { isa: Some(Isa::Neon), ..Default::default() };
-    assert!(matches!(attention::sdpa(q, k, k, &o6), Err(AttnError::Kernel(_))));
+    let o1 = SdpaOptions {
+        mask: Some(Mask::Bool(m)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o1),
+        Err(AttnError::Option { .. })
+    ));
+    let o2 = SdpaOptions {
+        kv_lengths: Some(&[9]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o2),
+        Err(AttnError::Option { .. })
+    ));
+    let o3 = SdpaOptions {
+        kv_lengths: Some(&[1, 2]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o3),
+        Err(AttnError::Option { .. })
+    ));
+    let o4 = SdpaOptions {
+        alibi_slopes: Some(&[1.0]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o4),
+        Err(AttnError::Option { .. })
+    ));
+    let o5 = SdpaOptions {
+        softcap: Some(0.0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o5),
+        Err(AttnError::Option { .. })
+    ));
+    let o6 = SdpaOptions {
+        isa: Some(Isa::Neon),
+        ..Default::default()
+    };
+    assert!(matches!(
+        attention::sdpa(q, k, k, &o6),
+        Err(AttnError::Kernel(_))
+    ));
     let mut w = vec![0.0f32; 2 * 8 * 8];
-    let o7 = SdpaOptions { path: AttnPath::Flash, ..Default::default() };
+    let o7 = SdpaOptions {
+        path: AttnPath::Flash,
+        ..Default::default()
+    };
     let mut ob = vec![0.0f32; 2 * 8 * 4];
-    let r = sdpa_into(q, k, k, TensorMut::contiguous(&mut ob, [1, 2, 8, 4]).unwrap(), &o7,
-        SdpaOutputs { weights: Some(TensorMut::contiguous(&mut w, [1, 2, 8, 8]).unwrap()), lse: None });
+    let r = sdpa_into(
+        q,
+        k,
+        k,
+        TensorMut::contiguous(&mut ob, [1, 2, 8, 4]).unwrap(),
+        &o7,
+        SdpaOutputs {
+            weights: Some(TensorMut::contiguous(&mut w, [1, 2, 8, 8]).unwrap()),
+            lse: None,
+        },
+    );
     assert!(matches!(r, Err(AttnError::Option { .. })));
-    let r = sdpa_into(q, k, k, TensorMut::contiguous(&mut ob, [1, 2, 4, 8]).unwrap(), &d, SdpaOutputs::default());
+    let r = sdpa_into(
+        q,
+        k,
+        k,
+        TensorMut::contiguous(&mut ob, [1, 2, 4, 8]).unwrap(),
+        &d,
+        SdpaOutputs::default(),
+    );
     assert!(matches!(r, Err(AttnError::Shape { .. })));
 }

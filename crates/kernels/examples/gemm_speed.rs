@@ -5,7 +5,11 @@ use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use std::time::Instant;
 
 fn main() {
-    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<usize>().ok());
+    let arg = |i: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse::<usize>().ok())
+    };
     let m = arg(1).unwrap_or(512);
     let (k, n) = (arg(2).unwrap_or(m), arg(3).unwrap_or(m));
     let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(1.0, 1000.0) as usize;

@@ -1,7 +1,10 @@
 //! Microkernel ceiling per variant: `cargo run --release --example ukr_speed -- [K]`.
 
 fn main() {
-    let k: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let k: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
     for isa in kernels::Isa::available() {
         let (mr, nr) = kernels::gemm::tile_of(isa);
         let iters = 200_000;

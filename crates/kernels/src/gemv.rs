@@ -198,29 +198,9 @@ unsafe fn axpy_rows_body<S: SimdOps>(
     }
 }
 
-type DotFn = unsafe fn(
-    usize,
-    usize,
-    usize,
-    f32,
-    *const f32,
-    usize,
-    *const f32,
-    usize,
-    *mut f32,
-    usize,
-);
-type AxpyFn = unsafe fn(
-    usize,
-    usize,
-    usize,
-    *const f32,
-    usize,
-    *const f32,
-    usize,
-    *mut f32,
-    usize,
-);
+type DotFn =
+    unsafe fn(usize, usize, usize, f32, *const f32, usize, *const f32, usize, *mut f32, usize);
+type AxpyFn = unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize);
 
 macro_rules! gemv_variant {
     ($dot:ident, $axpy:ident, $ops:ty $(, $feat:literal)?) => {
@@ -249,12 +229,30 @@ macro_rules! gemv_variant {
     };
 }
 
-gemv_variant!(dot_scalar, axpy_scalar, crate::gemm::microkernel::scalar::ScalarOps);
-gemv_variant!(dot_portable, axpy_portable, crate::gemm::microkernel::portable::WideOps);
+gemv_variant!(
+    dot_scalar,
+    axpy_scalar,
+    crate::gemm::microkernel::scalar::ScalarOps
+);
+gemv_variant!(
+    dot_portable,
+    axpy_portable,
+    crate::gemm::microkernel::portable::WideOps
+);
 #[cfg(target_arch = "x86_64")]
-gemv_variant!(dot_avx2, axpy_avx2, crate::gemm::microkernel::x86::Avx2Ops, "avx2,fma");
+gemv_variant!(
+    dot_avx2,
+    axpy_avx2,
+    crate::gemm::microkernel::x86::Avx2Ops,
+    "avx2,fma"
+);
 #[cfg(target_arch = "x86_64")]
-gemv_variant!(dot_avx512, axpy_avx512, crate::gemm::microkernel::x86::Avx512Ops, "avx512f,avx2,fma");
+gemv_variant!(
+    dot_avx512,
+    axpy_avx512,
+    crate::gemm::microkernel::x86::Avx512Ops,
+    "avx512f,avx2,fma"
+);
 
 fn kernels_for(isa: Isa) -> (DotFn, AxpyFn) {
     match isa {
@@ -352,7 +350,10 @@ pub fn axpy_rows_with(isa: Isa, p: MatRef<'_>, v: MatRef<'_>, mut o: MatMut<'_>)
     if v.rows() != n || o.rows() != rows || o.cols() != dv {
         return Err(KernelError::ShapeMismatch {
             op,
-            expected: format!("P r×n, V n×dv, O r×dv (P is {rows}×{n}, V {}×{dv})", v.rows()),
+            expected: format!(
+                "P r×n, V n×dv, O r×dv (P is {rows}×{n}, V {}×{dv})",
+                v.rows()
+            ),
             got: format!("O {}×{}", o.rows(), o.cols()),
         });
     }

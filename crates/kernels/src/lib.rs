@@ -1,8 +1,11 @@
 //! # fastattn kernels
 //!
 //! The compute kernels under fastattn's attention: a cache-blocked, packed, SIMD f32 GEMM
-//! ([`gemm`], [`sgemm`]), with one microkernel per instruction set chosen at run time
+//! ([`gemm`](mod@gemm), [`sgemm`]), with one microkernel per instruction set chosen at run time
 //! ([`Isa`], [`current_isa`], `FASTATTN_ISA`).
+//! Beside it: a vectorised `exp` with a measured ulp bound ([`exp`]), and a fused,
+//! numerically stable softmax / log-softmax with the online-softmax building blocks of
+//! flash attention ([`softmax`], [`softmax::online`]).
 //!
 //! Every fast kernel has a plain reference twin (`*_ref`, f64 accumulation) that the tests
 //! compare it against, and every variant the CPU can run is tested directly.
@@ -21,8 +24,11 @@
 mod buffer;
 pub mod dispatch;
 pub mod error;
+pub mod exp;
 pub mod gemm;
+pub mod gemv;
 pub mod parallel;
+pub mod softmax;
 
 pub use dispatch::{current_isa, set_isa, Isa};
 pub use error::{KernelError, Result};

@@ -26,10 +26,20 @@ fn dot_and_axpy_rows_match_ref_for_every_variant() {
                     let qv = MatRef::new(&q, rows, d, ld, 1).unwrap();
                     let kv = MatRef::new(&k, n, d, ld, 1).unwrap();
                     let (mut s, mut s_ref) = (vec![0.0; rows * n], vec![0.0; rows * n]);
-                    dot_rows_with(isa, 0.5, qv, kv, MatMut::row_major(&mut s, rows, n).unwrap()).unwrap();
+                    dot_rows_with(
+                        isa,
+                        0.5,
+                        qv,
+                        kv,
+                        MatMut::row_major(&mut s, rows, n).unwrap(),
+                    )
+                    .unwrap();
                     dot_rows_ref(0.5, qv, kv, MatMut::row_major(&mut s_ref, rows, n).unwrap());
                     for (a, b) in s.iter().zip(&s_ref) {
-                        assert!((a - b).abs() <= 1e-5 * (d as f32 + 1.0), "{label}: dot {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (d as f32 + 1.0),
+                            "{label}: dot {a} vs {b}"
+                        );
                     }
                     // P with some exact zeros (masked keys) and V with NaN behind them.
                     let mut p = rand_vec(&mut rng, rows * n);
@@ -44,10 +54,14 @@ fn dot_and_axpy_rows_match_ref_for_every_variant() {
                     let vv = MatRef::new(&v, n, d, ld, 1).unwrap();
                     let o0 = rand_vec(&mut rng, rows * d);
                     let (mut o, mut o_ref) = (o0.clone(), o0);
-                    axpy_rows_with(isa, pv, vv, MatMut::row_major(&mut o, rows, d).unwrap()).unwrap();
+                    axpy_rows_with(isa, pv, vv, MatMut::row_major(&mut o, rows, d).unwrap())
+                        .unwrap();
                     axpy_rows_ref(pv, vv, MatMut::row_major(&mut o_ref, rows, d).unwrap());
                     for (a, b) in o.iter().zip(&o_ref) {
-                        assert!((a - b).abs() <= 1e-5 * (n as f32 + 1.0), "{label}: axpy {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (n as f32 + 1.0),
+                            "{label}: axpy {a} vs {b}"
+                        );
                     }
                 }
             }
@@ -61,9 +75,21 @@ fn gemv_kernels_refuse_bad_shapes_and_strides() {
     let mut s = vec![0.0f32; 64];
     let q = MatRef::row_major(&x, 2, 4).unwrap();
     let k = MatRef::row_major(&x, 3, 5).unwrap();
-    let r = dot_rows_with(Isa::Scalar, 1.0, q, k, MatMut::row_major(&mut s, 2, 3).unwrap());
+    let r = dot_rows_with(
+        Isa::Scalar,
+        1.0,
+        q,
+        k,
+        MatMut::row_major(&mut s, 2, 3).unwrap(),
+    );
     assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })));
     let kt = MatRef::col_major(&x, 3, 4).unwrap();
-    let r = dot_rows_with(Isa::Scalar, 1.0, q, kt, MatMut::row_major(&mut s, 2, 3).unwrap());
+    let r = dot_rows_with(
+        Isa::Scalar,
+        1.0,
+        q,
+        kt,
+        MatMut::row_major(&mut s, 2, 3).unwrap(),
+    );
     assert!(matches!(r, Err(KernelError::BadStride { .. })));
 }

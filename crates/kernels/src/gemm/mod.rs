@@ -413,7 +413,10 @@ unsafe fn macro_kernel(
             let rows = mr.min(mcb - i0);
             let (ap, lda) = if r < a_src.full {
                 // SAFETY: group r of the block's rows, inside A's view.
-                (unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) }, a_src.lda)
+                (
+                    unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) },
+                    a_src.lda,
+                )
             } else {
                 let q = r - a_src.full;
                 (a_src.packed[q * mr * kcb..(q + 1) * mr * kcb].as_ptr(), 0)

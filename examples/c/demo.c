@@ -1,0 +1,476 @@
+/*
+ * fastattn from C: cblas_sgemm, fa_sgemm, fa_softmax, fa_sdpa and the attention layer with
+ * its KV cache, checked against naive C loops, and every error code.
+ *
+ * Build and run (from the repository root):
+ *   cargo build --release -p fastattn-capi
+ *   cc -O2 -std=c99 examples/c/demo.c -I crates/capi/include \
+ *      target/release/libfastattn.a -lpthread -ldl -lm -o fastattn_demo
+ *   ./fastattn_demo
+ *
+ * Exits 0 when every check passes, 1 otherwise (each failure is printed).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastattn.h"
+
+static int checks = 0;
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        checks++;                                                          \
+        if (!(cond)) {                                                     \
+            failures++;                                                    \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, " (last error: %s)\n", fa_last_error());       \
+        }                                                                  \
+    } while (0)
+
+/* Deterministic data: xorshift32 mapped to [-1, 1). */
+static uint32_t rng_state = 0x2545F491u;
+static float rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 17;
+    rng_state ^= rng_state << 5;
+    return (float)((rng_state >> 8) * (2.0 / 16777216.0) - 1.0);
+}
+static float *rnd_buf(size_t n) {
+    float *p = malloc(n * sizeof *p);
+    if (!p) {
+        perror("malloc");
+        exit(2);
+    }
+    for (size_t i = 0; i < n; i++) p[i] = rnd();
+    return p;
+}
+static double max_abs_diff(const float *a, const double *b, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+/* ---------------------------------------------------------------- GEMM */
+
+/* Element (i, j) of a stored matrix with leading dimension ld. */
+static double at(const float *x, int row_major, int ld, int i, int j) {
+    return row_major ? x[(size_t)i * ld + j] : x[i + (size_t)j * ld];
+}
+
+static void test_cblas_sgemm(void) {
+    const int M = 7, N = 5, K = 13;
+    const float alpha = 1.5f, beta = 0.5f;
+    for (int order = 0; order < 2; order++) {
+        for (int ta = 0; ta < 2; ta++) {
+            for (int tb = 0; tb < 2; tb++) {
+                int rm = order == 0;
+                /* Stored shapes: A is M x K or (ta) K x M; padded leading dimensions. */
+                int a_rows = ta ? K : M, a_cols = ta ? M : K;
+                int b_rows = tb ? N : K, b_cols = tb ? K : N;
+                int lda = (rm ? a_cols : a_rows) + 3;
+                int ldb = (rm ? b_cols : b_rows) + 1;
+                int ldc = (rm ? N : M) + 2;
+                size_t na = (size_t)lda * (rm ? a_rows : a_cols);
+                size_t nb = (size_t)ldb * (rm ? b_rows : b_cols);
+                size_t nc = (size_t)ldc * (rm ? M : N);
+                float *a = rnd_buf(na), *b = rnd_buf(nb), *c = rnd_buf(nc);
+                double *want = malloc(nc * sizeof *want);
+                for (size_t i = 0; i < nc; i++) want[i] = c[i]; /* padding must survive */
+                for (int i = 0; i < M; i++) {
+                    for (int j = 0; j < N; j++) {
+                        double s = 0.0;
+                        for (int p = 0; p < K; p++) {
+                            double x = ta ? at(a, rm, lda, p, i) : at(a, rm, lda, i, p);
+                            double y = tb ? at(b, rm, ldb, j, p) : at(b, rm, ldb, p, j);
+                            s += x * y;
+                        }
+                        size_t o = rm ? (size_t)i * ldc + j : i + (size_t)j * ldc;
+                        want[o] = alpha * s + beta * (double)c[o];
+                    }
+                }
+                cblas_sgemm(rm ? CblasRowMajor : CblasColMajor, ta ? CblasTrans : CblasNoTrans,
+                            tb ? CblasConjTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb,
+                            beta, c, ldc);
+                double err = max_abs_diff(c, want, nc);
+                CHECK(err < 1e-4, "cblas_sgemm order=%s ta=%d tb=%d: max error %g",
+                      rm ? "row" : "col", ta, tb, err);
+                free(a);
+                free(b);
+                free(c);
+                free(want);
+            }
+        }
+    }
+
+    /* A larger square product that takes the blocked, multi-threaded path. */
+    const int n = 160;
+    float *a = rnd_buf((size_t)n * n), *b = rnd_buf((size_t)n * n);
+    float *c = calloc((size_t)n * n, sizeof *c);
+    double *want = malloc((size_t)n * n * sizeof *want);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0.0;
+            for (int p = 0; p < n; p++) s += (double)a[i * n + p] * b[p * n + j];
+            want[i * n + j] = s;
+        }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
+                n);
+    double err = max_abs_diff(c, want, (size_t)n * n);
+    CHECK(err < 1e-3, "cblas_sgemm %dx%dx%d: max error %g", n, n, n, err);
+
+    /* Invalid argument: lda < K. C is left alone and the last error names parameter 9. */
+    c[0] = 42.0f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n - 1, b, n, 0.0f,
+                c, n);
+    CHECK(c[0] == 42.0f, "cblas_sgemm with a bad lda wrote C");
+    CHECK(strstr(fa_last_error(), "parameter 9") != NULL, "cblas_sgemm bad lda message");
+    cblas_sgemm(99, CblasNoTrans, CblasNoTrans, 1, 1, 1, 1.0f, a, 1, b, 1, 0.0f, c, 1);
+    CHECK(c[0] == 42.0f && strstr(fa_last_error(), "parameter 1") != NULL,
+          "cblas_sgemm with a bad order");
+    free(a);
+    free(b);
+    free(c);
+    free(want);
+}
+
+static void test_fa_sgemm(void) {
+    /* C (5 x 4, column stride 7, row stride 1) = A^T B with A stored 3 x 5 row-major
+     * (so A^T has rs = 1, cs = 5) and B 3 x 4 row-major. beta = 0: NaN in C is ignored. */
+    const size_t m = 5, k = 3, n = 4;
+    float *a = rnd_buf(k * m), *b = rnd_buf(k * n), *c = malloc(7 * n * sizeof(float));
+    for (size_t i = 0; i < 7 * n; i++) c[i] = NAN;
+    int rc = fa_sgemm(m, k, n, 2.0f, a, 1, 5, b, 4, 1, 0.0f, c, 1, 7);
+    CHECK(rc == FA_OK, "fa_sgemm returned %d", rc);
+    double worst = 0.0;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0.0;
+            for (size_t p = 0; p < k; p++) s += (double)a[p * m + i] * b[p * n + j];
+            double d = fabs(c[i + j * 7] - 2.0 * s);
+            if (!(d <= worst)) worst = d;
+        }
+    CHECK(worst < 1e-5, "fa_sgemm max error %g", worst);
+    CHECK(isnan(c[5]) && isnan(c[6]), "fa_sgemm wrote outside the view");
+
+    CHECK(fa_sgemm(m, k, n, 1.0f, NULL, 1, 5, b, 4, 1, 0.0f, c, 1, 7) == FA_ERR_NULL_POINTER,
+          "fa_sgemm NULL A");
+    /* C whose rows and columns collide (rs = cs = 1) aliases itself. */
+    CHECK(fa_sgemm(m, k, n, 1.0f, a, 1, 5, b, 4, 1, 0.0f, c, 1, 1) == FA_ERR_BAD_STRIDE,
+          "fa_sgemm self-aliasing C");
+    /* C overlapping B. */
+    CHECK(fa_sgemm(2, 2, 2, 1.0f, a, 2, 1, b, 2, 1, 0.0f, b, 2, 1) == FA_ERR_BAD_STRIDE,
+          "fa_sgemm C overlapping B");
+    free(a);
+    free(b);
+    free(c);
+}
+
+/* ------------------------------------------------------------- softmax */
+
+static void test_softmax(void) {
+    const size_t rows = 3, len = 37;
+    float *x = rnd_buf(rows * len);
+    double *want = malloc(rows * len * sizeof *want);
+    for (size_t i = 0; i < rows * len; i++) x[i] *= 20.0f;
+    for (size_t r = 0; r < rows; r++) {
+        double mx = -INFINITY, sum = 0.0;
+        for (size_t j = 0; j < len; j++) mx = fmax(mx, x[r * len + j]);
+        for (size_t j = 0; j < len; j++) sum += exp(x[r * len + j] - mx);
+        for (size_t j = 0; j < len; j++) want[r * len + j] = exp(x[r * len + j] - mx) / sum;
+    }
+    int rc = fa_softmax(x, rows, len);
+    CHECK(rc == FA_OK, "fa_softmax returned %d", rc);
+    double err = max_abs_diff(x, want, rows * len);
+    CHECK(err < 1e-6, "fa_softmax max error %g", err);
+    CHECK(fa_softmax(NULL, 2, 3) == FA_ERR_NULL_POINTER, "fa_softmax NULL");
+    CHECK(fa_softmax(NULL, 0, 3) == FA_OK, "fa_softmax of no rows");
+    CHECK(fa_softmax(x, SIZE_MAX, 2) == FA_ERR_BAD_SHAPE, "fa_softmax overflowing size");
+    free(x);
+    free(want);
+}
+
+/* ----------------------------------------------------------- attention */
+
+enum { B = 2, HQ = 4, HKV = 2, LQ = 5, LK = 9, D = 16, DV = 8 };
+
+static fa_tensor tensor(float *data, size_t b, size_t h, size_t l, size_t d) {
+    fa_tensor t = {data, {b, h, l, d}, {(ptrdiff_t)(h * l * d), (ptrdiff_t)(l * d), (ptrdiff_t)d, 1}};
+    return t;
+}
+
+/* Naive attention with the library's semantics (bottom-right causal, key lengths, additive
+ * mask indexed [b|0][h|0][i][j] through strides, GQA). */
+static void sdpa_naive(const fa_tensor *q, const fa_tensor *k, const fa_tensor *v, int causal,
+                       const fa_tensor *mask, const int64_t *kv_len, double *out, double *w,
+                       double *lse) {
+    double scale = 1.0 / sqrt((double)D);
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < HQ; h++)
+            for (size_t i = 0; i < LQ; i++) {
+                size_t hk = h / (HQ / HKV);
+                long n = kv_len ? (long)kv_len[b] : LK;
+                long pos = (long)i + n - LQ;
+                double s[LK], mx = -INFINITY, sum = 0.0;
+                for (size_t j = 0; j < LK; j++) {
+                    int visible = (long)j < n && (!causal || (long)j <= pos);
+                    double dot = 0.0;
+                    for (size_t d = 0; d < D; d++)
+                        dot += (double)q->data[b * q->strides[0] + h * q->strides[1] +
+                                               i * q->strides[2] + d * q->strides[3]] *
+                               k->data[b * k->strides[0] + hk * k->strides[1] +
+                                       j * k->strides[2] + d * k->strides[3]];
+                    s[j] = dot * scale;
+                    if (mask)
+                        s[j] += mask->data[b * mask->strides[0] + h * mask->strides[1] +
+                                           i * mask->strides[2] + j * mask->strides[3]];
+                    if (!visible) s[j] = -INFINITY;
+                    if (s[j] > mx) mx = s[j];
+                }
+                size_t row = (b * HQ + h) * LQ + i;
+                for (size_t j = 0; j < LK; j++) {
+                    s[j] = mx == -INFINITY ? 0.0 : exp(s[j] - mx);
+                    sum += s[j];
+                }
+                if (lse) lse[row] = sum > 0 ? mx + log(sum) : -INFINITY;
+                for (size_t j = 0; j < LK; j++) {
+                    s[j] = sum > 0 ? s[j] / sum : 0.0;
+                    if (w) w[row * LK + j] = s[j];
+                }
+                for (size_t e = 0; e < DV; e++) {
+                    double acc = 0.0;
+                    for (size_t j = 0; j < LK; j++)
+                        acc += s[j] * v->data[b * v->strides[0] + hk * v->strides[1] +
+                                              j * v->strides[2] + e * v->strides[3]];
+                    out[row * DV + e] = acc;
+                }
+            }
+}
+
+static void test_sdpa(void) {
+    /* Q in the [B, L, H, D] layout of model code; K, V dense [B, H, L, D]. */
+    float *qd = rnd_buf(B * LQ * HQ * D), *kd = rnd_buf(B * HKV * LK * D),
+          *vd = rnd_buf(B * HKV * LK * DV);
+    fa_tensor q = {qd, {B, HQ, LQ, D}, {LQ * HQ * D, D, HQ * D, 1}};
+    fa_tensor k = tensor(kd, B, HKV, LK, D), v = tensor(vd, B, HKV, LK, DV);
+    float *od = malloc(B * HQ * LQ * DV * sizeof(float));
+    float *wd = malloc(B * HQ * LQ * LK * sizeof(float));
+    float lse[B * HQ * LQ];
+    fa_tensor out = tensor(od, B, HQ, LQ, DV), w = tensor(wd, B, HQ, LQ, LK);
+    double want[B * HQ * LQ * DV], want_w[B * HQ * LQ * LK], want_lse[B * HQ * LQ];
+
+    /* 1. Defaults (opts = NULL). */
+    sdpa_naive(&q, &k, &v, 0, NULL, NULL, want, NULL, NULL);
+    int rc = fa_sdpa(&q, &k, &v, &out, NULL);
+    CHECK(rc == FA_OK, "fa_sdpa(defaults) returned %d", rc);
+    double err = max_abs_diff(od, want, B * HQ * LQ * DV);
+    CHECK(err < 1e-5, "fa_sdpa(defaults) max error %g", err);
+
+    /* 2. Causal with weights and log-sum-exp. */
+    fa_sdpa_options o = fa_sdpa_options_default();
+    o.causal = 1;
+    o.weights = &w;
+    o.lse = lse;
+    sdpa_naive(&q, &k, &v, 1, NULL, NULL, want, want_w, want_lse);
+    rc = fa_sdpa(&q, &k, &v, &out, &o);
+    CHECK(rc == FA_OK, "fa_sdpa(causal) returned %d", rc);
+    err = max_abs_diff(od, want, B * HQ * LQ * DV);
+    CHECK(err < 1e-5, "fa_sdpa(causal) max error %g", err);
+    err = max_abs_diff(wd, want_w, B * HQ * LQ * LK);
+    CHECK(err < 1e-5, "fa_sdpa(causal) weights max error %g", err);
+    err = max_abs_diff(lse, want_lse, B * HQ * LQ);
+    CHECK(err < 1e-4, "fa_sdpa(causal) lse max error %g", err);
+
+    /* 3. An additive mask [1, 1, Lq, Lk] broadcast with stride 0, and key lengths. */
+    float *md = rnd_buf(LQ * LK);
+    md[3] = -INFINITY;
+    fa_tensor mask = {md, {1, 1, LQ, LK}, {0, 0, LK, 1}};
+    int64_t kv_len[B] = {LK, 6};
+    fa_sdpa_options o2 = fa_sdpa_options_default();
+    o2.mask = &mask;
+    o2.kv_lengths = kv_len;
+    sdpa_naive(&q, &k, &v, 0, &mask, kv_len, want, NULL, NULL);
+    rc = fa_sdpa(&q, &k, &v, &out, &o2);
+    CHECK(rc == FA_OK, "fa_sdpa(mask, kv_lengths) returned %d", rc);
+    err = max_abs_diff(od, want, B * HQ * LQ * DV);
+    CHECK(err < 1e-5, "fa_sdpa(mask, kv_lengths) max error %g", err);
+
+    /* 4. The same results on 2 threads, and with the scalar kernels. */
+    float *again = malloc(B * HQ * LQ * DV * sizeof(float));
+    fa_tensor out2 = tensor(again, B, HQ, LQ, DV);
+    CHECK(fa_set_num_threads(2) == FA_OK && fa_num_threads() == 2, "fa_set_num_threads(2)");
+    rc = fa_sdpa(&q, &k, &v, &out2, &o2);
+    err = max_abs_diff(again, want, B * HQ * LQ * DV);
+    CHECK(rc == FA_OK && err < 1e-5, "fa_sdpa on 2 threads: max error %g", err);
+    CHECK(fa_set_num_threads(0) == FA_OK, "fa_set_num_threads(0)");
+    CHECK(fa_set_variant("scalar") == FA_OK, "fa_set_variant(scalar)");
+    CHECK(strcmp(fa_variant_name(), "scalar") == 0, "fa_variant_name after forcing scalar");
+    rc = fa_sdpa(&q, &k, &v, &out2, &o2);
+    err = max_abs_diff(again, want, B * HQ * LQ * DV);
+    CHECK(rc == FA_OK && err < 1e-5, "fa_sdpa(scalar) max error %g", err);
+    CHECK(fa_set_variant(NULL) == FA_OK, "fa_set_variant(NULL)");
+
+    /* 5. Error codes; nothing is written on failure. */
+    od[0] = 42.0f;
+    CHECK(fa_sdpa(NULL, &k, &v, &out, NULL) == FA_ERR_NULL_POINTER, "NULL q");
+    fa_tensor no_data = q;
+    no_data.data = NULL;
+    CHECK(fa_sdpa(&no_data, &k, &v, &out, NULL) == FA_ERR_NULL_POINTER, "NULL q->data");
+    fa_tensor bad_k = tensor(kd, B, HKV, LK, D / 2);
+    CHECK(fa_sdpa(&q, &bad_k, &v, &out, NULL) == FA_ERR_BAD_SHAPE, "head dims differ");
+    CHECK(strstr(fa_last_error(), "fa_sdpa") != NULL, "last error names the function");
+    fa_tensor neg = q;
+    neg.strides[2] = -(ptrdiff_t)(HQ * D);
+    CHECK(fa_sdpa(&neg, &k, &v, &out, NULL) == FA_ERR_BAD_STRIDE, "negative stride");
+    fa_tensor alias = tensor(qd, B, HQ, LQ, DV);
+    CHECK(fa_sdpa(&q, &k, &v, &alias, NULL) == FA_ERR_BAD_STRIDE, "output overlapping q");
+    fa_sdpa_options bad = fa_sdpa_options_default();
+    bad.causal = 2;
+    CHECK(fa_sdpa(&q, &k, &v, &out, &bad) == FA_ERR_INVALID_ARGUMENT, "causal = 2");
+    CHECK(od[0] == 42.0f, "a failed fa_sdpa wrote its output");
+    CHECK(fa_set_variant("sse9") == FA_ERR_UNSUPPORTED_VARIANT, "unknown variant");
+    CHECK(fa_test_panic_boundary() == FA_ERR_INTERNAL, "panic boundary");
+    CHECK(strstr(fa_last_error(), "panic") != NULL, "panic message");
+
+    free(qd);
+    free(kd);
+    free(vd);
+    free(od);
+    free(wd);
+    free(md);
+    free(again);
+}
+
+/* --------------------------------------------------------------- layer */
+
+enum { DM = 12, NH = 2, NKV = 1, HD = 4, SEQ = 6, BATCH = 2 };
+
+/* Naive causal multi-head attention with [d_in, d_out] weights and no biases. */
+static void mha_naive(const float *x, const float *wq, const float *wk, const float *wv,
+                      const float *wo, double *y) {
+    static double q[BATCH * SEQ][NH * HD], k[BATCH * SEQ][NKV * HD], v[BATCH * SEQ][NKV * HD],
+        a[BATCH * SEQ][NH * HD];
+    for (int r = 0; r < BATCH * SEQ; r++) {
+        for (int c = 0; c < NH * HD; c++) {
+            double s = 0.0;
+            for (int i = 0; i < DM; i++) s += (double)x[r * DM + i] * wq[i * NH * HD + c];
+            q[r][c] = s;
+        }
+        for (int c = 0; c < NKV * HD; c++) {
+            double sk = 0.0, sv = 0.0;
+            for (int i = 0; i < DM; i++) {
+                sk += (double)x[r * DM + i] * wk[i * NKV * HD + c];
+                sv += (double)x[r * DM + i] * wv[i * NKV * HD + c];
+            }
+            k[r][c] = sk;
+            v[r][c] = sv;
+        }
+    }
+    for (int b = 0; b < BATCH; b++)
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < SEQ; i++) {
+                int hk = h / (NH / NKV);
+                double s[SEQ], mx = -INFINITY, sum = 0.0;
+                for (int j = 0; j <= i; j++) {
+                    double dot = 0.0;
+                    for (int d = 0; d < HD; d++)
+                        dot += q[b * SEQ + i][h * HD + d] * k[b * SEQ + j][hk * HD + d];
+                    s[j] = dot / sqrt((double)HD);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j <= i; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int d = 0; d < HD; d++) {
+                    double acc = 0.0;
+                    for (int j = 0; j <= i; j++) acc += s[j] / sum * v[b * SEQ + j][hk * HD + d];
+                    a[b * SEQ + i][h * HD + d] = acc;
+                }
+            }
+    for (int r = 0; r < BATCH * SEQ; r++)
+        for (int c = 0; c < DM; c++) {
+            double acc = 0.0;
+            for (int i = 0; i < NH * HD; i++) acc += a[r][i] * wo[i * DM + c];
+            y[r * DM + c] = acc;
+        }
+}
+
+static void test_layer(void) {
+    float *x = rnd_buf(BATCH * SEQ * DM);
+    float *wq = rnd_buf(DM * NH * HD), *wk = rnd_buf(DM * NKV * HD), *wv = rnd_buf(DM * NKV * HD),
+          *wo = rnd_buf(NH * HD * DM);
+    float y[BATCH * SEQ * DM], step[BATCH * DM], xs[BATCH * DM];
+    double want[BATCH * SEQ * DM];
+    fa_mha_config cfg = {DM, NH, NKV, HD, 0, 0.0f};
+    fa_mha_weights w = {wq, wk, wv, wo, NULL, NULL, NULL, NULL, 0};
+    fa_mha *layer = NULL;
+    int rc = fa_mha_new(&cfg, &w, &layer);
+    CHECK(rc == FA_OK && layer != NULL, "fa_mha_new returned %d", rc);
+    if (!layer) return;
+    fa_sdpa_options causal = fa_sdpa_options_default();
+    causal.causal = 1;
+    mha_naive(x, wq, wk, wv, wo, want);
+    rc = fa_mha_forward(layer, x, BATCH, SEQ, y, &causal);
+    double err = max_abs_diff(y, want, BATCH * SEQ * DM);
+    CHECK(rc == FA_OK && err < 1e-4, "fa_mha_forward: rc %d, max error %g", rc, err);
+
+    /* Decoding token by token through a KV cache gives the same rows. */
+    fa_kv_cache *cache = NULL;
+    rc = fa_kv_cache_new(layer, BATCH, SEQ, &cache);
+    CHECK(rc == FA_OK && cache != NULL, "fa_kv_cache_new returned %d", rc);
+    double worst = 0.0;
+    for (int t = 0; t < SEQ && cache; t++) {
+        for (int b = 0; b < BATCH; b++) memcpy(xs + b * DM, x + (b * SEQ + t) * DM, DM * sizeof(float));
+        rc = fa_mha_forward_cached(layer, cache, xs, BATCH, 1, step, &causal);
+        CHECK(rc == FA_OK, "fa_mha_forward_cached step %d returned %d", t, rc);
+        for (int b = 0; b < BATCH; b++)
+            for (int c = 0; c < DM; c++) {
+                double d = fabs(step[b * DM + c] - want[(b * SEQ + t) * DM + c]);
+                if (!(d <= worst)) worst = d;
+            }
+    }
+    CHECK(worst < 1e-4, "cached decoding max error %g", worst);
+    CHECK(fa_kv_cache_len(cache) == SEQ, "fa_kv_cache_len");
+    /* A full cache refuses more tokens and stays as it was. */
+    CHECK(fa_mha_forward_cached(layer, cache, xs, BATCH, 1, step, &causal) == FA_ERR_CACHE_FULL,
+          "full cache");
+    CHECK(fa_kv_cache_len(cache) == SEQ, "a refused step changed the cache");
+    CHECK(fa_kv_cache_truncate(cache, 0) == FA_OK && fa_kv_cache_len(cache) == 0,
+          "fa_kv_cache_truncate");
+    fa_kv_cache_free(cache);
+
+    /* A cache of 2^60 bytes cannot be allocated: an error code, not an abort. */
+    fa_kv_cache *huge = NULL;
+    rc = fa_kv_cache_new(layer, (size_t)1 << 26, (size_t)1 << 28, &huge);
+    CHECK(rc == FA_ERR_ALLOC && huge == NULL, "huge KV cache returned %d", rc);
+    CHECK(fa_mha_forward(layer, x, BATCH, SEQ, x, NULL) == FA_ERR_BAD_STRIDE,
+          "layer output overlapping its input");
+    fa_mha_config bad = {DM, NH, 3, HD, 0, 0.0f};
+    fa_mha *none = NULL;
+    CHECK(fa_mha_new_random(&bad, 0, 1, &none) == FA_ERR_BAD_SHAPE && none == NULL,
+          "Hq not a multiple of Hkv");
+    fa_mha_free(layer);
+    fa_mha_free(NULL);
+    free(x);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wo);
+}
+
+int main(void) {
+    printf("fastattn %s, kernels: %s, threads: %d\n", fa_version(), fa_variant_name(),
+           fa_num_threads());
+    test_cblas_sgemm();
+    test_fa_sgemm();
+    test_softmax();
+    test_sdpa();
+    test_layer();
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures == 0 ? 0 : 1;
+}

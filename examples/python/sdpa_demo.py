@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""fastattn from Python: ``fa_sdpa`` on numpy arrays through ctypes, checked against numpy.
+
+Build the shared library, then run this script from anywhere::
+
+    cargo build --release -p fastattn-capi
+    python3 examples/python/sdpa_demo.py
+
+The library is ``$FASTATTN_LIB`` if set, else the newest of ``target/release`` and
+``target/debug`` under the repository root (``libfastattn.so``, ``.dylib`` or
+``fastattn.dll``). Exits 0 when every check passes. Needs numpy.
+"""
+
+import ctypes
+import math
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+FA_OK = 0
+FA_ERR_NULL_POINTER = -1
+FA_ERR_BAD_SHAPE = -2
+FA_ERR_BAD_STRIDE = -3
+FA_ERR_UNSUPPORTED_VARIANT = -4
+FA_ERR_INVALID_ARGUMENT = -7
+
+
+class FaTensor(ctypes.Structure):
+    """``fa_tensor``: a strided [B, H, L, D] view of float32 values."""
+
+    _fields_ = [
+        ("data", ctypes.POINTER(ctypes.c_float)),
+        ("dims", ctypes.c_size_t * 4),
+        ("strides", ctypes.c_ssize_t * 4),  # ptrdiff_t, in elements
+    ]
+
+
+class FaSdpaOptions(ctypes.Structure):
+    """``fa_sdpa_options``, field for field."""
+
+    _fields_ = [
+        ("scale", ctypes.c_float),
+        ("causal", ctypes.c_int32),
+        ("mask", ctypes.POINTER(FaTensor)),
+        ("kv_lengths", ctypes.POINTER(ctypes.c_int64)),
+        ("window_left", ctypes.c_int64),
+        ("window_right", ctypes.c_int64),
+        ("softcap", ctypes.c_float),
+        ("alibi_slopes", ctypes.POINTER(ctypes.c_float)),
+        ("weights", ctypes.POINTER(FaTensor)),
+        ("lse", ctypes.POINTER(ctypes.c_float)),
+    ]
+
+
+def find_library():
+    """``$FASTATTN_LIB``, else the newest build under target/ of the repository."""
+    env = os.environ.get("FASTATTN_LIB")
+    if env:
+        return env
+    root = pathlib.Path(__file__).resolve().parents[2]
+    names = {"darwin": "libfastattn.dylib", "win32": "fastattn.dll"}
+    name = names.get(sys.platform, "libfastattn.so")
+    found = [root / "target" / p / name for p in ("release", "debug")]
+    found = [p for p in found if p.exists()]
+    if not found:
+        sys.exit(
+            f"{name} not found under {root / 'target'}: run "
+            "`cargo build --release -p fastattn-capi` or set FASTATTN_LIB"
+        )
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def load(path):
+    lib = ctypes.CDLL(path)
+    t_ptr = ctypes.POINTER(FaTensor)
+    lib.fa_sdpa.argtypes = [t_ptr, t_ptr, t_ptr, t_ptr, ctypes.POINTER(FaSdpaOptions)]
+    lib.fa_sdpa.restype = ctypes.c_int
+    lib.fa_sdpa_options_default.argtypes = []
+    lib.fa_sdpa_options_default.restype = FaSdpaOptions
+    lib.fa_softmax.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_size_t]
+    lib.fa_softmax.restype = ctypes.c_int
+    lib.fa_set_num_threads.argtypes = [ctypes.c_int]
+    lib.fa_set_num_threads.restype = ctypes.c_int
+    lib.fa_set_variant.argtypes = [ctypes.c_char_p]
+    lib.fa_set_variant.restype = ctypes.c_int
+    for f in ("fa_version", "fa_variant_name", "fa_last_error"):
+        getattr(lib, f).argtypes = []
+        getattr(lib, f).restype = ctypes.c_char_p
+    return lib
+
+
+def tensor(a):
+    """An ``FaTensor`` viewing the float32 numpy array ``a`` (any non-negative strides).
+
+    The array must stay alive while the tensor is used."""
+    assert a.dtype == np.float32 and a.ndim == 4
+    t = FaTensor()
+    t.data = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    t.dims[:] = a.shape
+    t.strides[:] = [s // a.itemsize for s in a.strides]
+    return t
+
+
+class FastAttn:
+    """A small Pythonic wrapper over the C functions."""
+
+    def __init__(self, path):
+        self.lib = load(path)
+
+    def check(self, rc):
+        if rc != FA_OK:
+            raise RuntimeError(f"fastattn error {rc}: {self.lib.fa_last_error().decode()}")
+
+    def sdpa(self, q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=0.0,
+             want_weights=False, want_lse=False):
+        """Attention of [B, H, L, D] float32 arrays; returns (out, weights, lse)."""
+        b, hq, lq, _ = q.shape
+        lk, dv = k.shape[2], v.shape[3]
+        out = np.empty((b, hq, lq, dv), np.float32)
+        opts = self.lib.fa_sdpa_options_default()
+        opts.scale = scale
+        opts.causal = int(causal)
+        keep = []  # keeps the ctypes objects the options point to alive
+        if mask is not None:
+            mt = tensor(mask)
+            keep.append(mt)
+            opts.mask = ctypes.pointer(mt)
+        if kv_lengths is not None:
+            lens = np.ascontiguousarray(kv_lengths, np.int64)
+            keep.append(lens)
+            opts.kv_lengths = lens.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+        weights = lse = None
+        if want_weights:
+            weights = np.empty((b, hq, lq, lk), np.float32)
+            wt = tensor(weights)
+            keep.append(wt)
+            opts.weights = ctypes.pointer(wt)
+        if want_lse:
+            lse = np.empty((b, hq, lq), np.float32)
+            opts.lse = lse.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        qt, kt, vt, ot = tensor(q), tensor(k), tensor(v), tensor(out)
+        self.check(self.lib.fa_sdpa(qt, kt, vt, ot, ctypes.byref(opts)))
+        return out, weights, lse
+
+
+def sdpa_ref(q, k, v, causal=False, mask=None, kv_lengths=None):
+    """numpy reference in float64, with fastattn's semantics (bottom-right causal, GQA)."""
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    b, hq, lq, d = q.shape
+    lk = k.shape[2]
+    group = hq // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
+    if mask is not None:
+        s = s + mask
+    lens = kv_lengths if kv_lengths is not None else [lk] * b
+    j = np.arange(lk)[None, :]
+    for bi in range(b):
+        pos = np.arange(lq)[:, None] + lens[bi] - lq
+        visible = j < lens[bi]
+        if causal:
+            visible = visible & (j <= pos)
+        s[bi] = np.where(visible, s[bi], -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+    total = p.sum(axis=-1, keepdims=True)
+    w = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(total > 0, m + np.log(total), -np.inf)[..., 0]
+    return w @ v, w, lse
+
+
+def main():
+    fa = FastAttn(find_library())
+    lib = fa.lib
+    print(f"fastattn {lib.fa_version().decode()}, kernels: {lib.fa_variant_name().decode()}")
+    rng = np.random.default_rng(7)
+    results = []
+
+    def expect(ok, what):
+        print(("ok   " if ok else "FAIL ") + what)
+        results.append(bool(ok))
+
+    b, hq, hkv, lq, lk, d, dv = 2, 8, 2, 7, 19, 32, 24
+    # Q kept [B, L, H, D] as model code does, and passed as a [B, H, L, D] view (no copy).
+    q = rng.standard_normal((b, lq, hq, d), dtype=np.float32).transpose(0, 2, 1, 3)
+    k = rng.standard_normal((b, hkv, lk, d), dtype=np.float32)
+    v = rng.standard_normal((b, hkv, lk, dv), dtype=np.float32)
+
+    out, _, _ = fa.sdpa(q, k, v)
+    want, _, _ = sdpa_ref(q, k, v)
+    err = np.abs(out - want).max()
+    expect(err < 1e-5, f"fa_sdpa defaults, GQA 8:2, [B, L, H, D] query view: max error {err:.2e}")
+
+    out, w, lse = fa.sdpa(q, k, v, causal=True, want_weights=True, want_lse=True)
+    want, want_w, want_lse = sdpa_ref(q, k, v, causal=True)
+    err = max(np.abs(out - want).max(), np.abs(w - want_w).max(), np.abs(lse - want_lse).max())
+    expect(err < 1e-4, f"fa_sdpa causal with weights and log-sum-exp: max error {err:.2e}")
+
+    # An additive [1, 1, Lq, Lk] mask broadcast over batch and heads (stride 0), and padding.
+    mask = np.broadcast_to(rng.standard_normal((1, 1, lq, lk), dtype=np.float32), (b, hq, lq, lk))
+    lens = [lk, 11]
+    out, _, _ = fa.sdpa(q, k, v, mask=mask, kv_lengths=lens)
+    want, _, _ = sdpa_ref(q, k, v, mask=mask, kv_lengths=lens)
+    err = np.abs(out - want).max()
+    expect(err < 1e-5, f"fa_sdpa additive mask and key lengths: max error {err:.2e}")
+
+    x = rng.standard_normal((5, 33), dtype=np.float32) * 10
+    y = x.copy()
+    fa.check(lib.fa_softmax(y.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 5, 33))
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    err = np.abs(y - e / e.sum(axis=1, keepdims=True)).max()
+    expect(err < 1e-6, f"fa_softmax: max error {err:.2e}")
+
+    # Errors come back as codes, with a message.
+    bad_k = np.zeros((b, hkv, lk, d + 1), np.float32)
+    try:
+        fa.sdpa(q, bad_k, v)
+        expect(False, "mismatched head dims are refused")
+    except RuntimeError as e:
+        expect(f"error {FA_ERR_BAD_SHAPE}:" in str(e), f"mismatched head dims are refused ({e})")
+    rc = lib.fa_sdpa(None, None, None, None, None)
+    expect(rc == FA_ERR_NULL_POINTER, "NULL tensors are refused")
+    expect(lib.fa_set_variant(b"sse9") == FA_ERR_UNSUPPORTED_VARIANT, "unknown variant refused")
+    expect(lib.fa_set_num_threads(2) == FA_OK, "fa_set_num_threads(2)")
+    out, _, _ = fa.sdpa(q, k, v, causal=True)
+    want, _, _ = sdpa_ref(q, k, v, causal=True)
+    expect(np.abs(out - want).max() < 1e-5, "fa_sdpa on a 2-thread pool")
+    lib.fa_set_num_threads(0)
+
+    failed = results.count(False)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,934 @@
+//! `cargo xtask bench`: the runner.
+//!
+//! A benchmark is a list of [`Case`]s (built by the suites in [`crate::suites`]). A case
+//! knows its work (floating-point operations, bytes moved, whether compute or memory bounds
+//! it) and how to build its inputs and one [`Impl`] per implementation: each kernel variant
+//! this CPU can run and the peers. The runner
+//!
+//! 1. selects cases (`--filter`), implementations (`--variant`) and thread counts
+//!    (`--threads`);
+//! 2. measures the machine first ([`crate::peak`]: FMA peak per ISA and thread count,
+//!    memory bandwidth);
+//! 3. times every (case, thread count, implementation) inside a rayon pool of exactly that
+//!    many threads ([`measure`]: warm-up, then batched samples until a minimum time and
+//!    sample count; median, min and max of the per-call time);
+//! 4. streams the table to stdout (a progress bar on stderr) and writes `report.json`,
+//!    `report.csv` and `gemm.svg` under `target/bench/`; `--compare OLD.json` then prints
+//!    the change per case.
+
+use crate::report::{self, Machine, Record, Report};
+use crate::{chart, peak, suites, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kernels::Isa;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Names of the peer implementations a suite may register (besides our ISA variants).
+pub const PEERS: &[&str] = &[MATRIXMULTIPLY, GEMM_CRATE, MATERIALIZED_MM, STD];
+
+/// The `matrixmultiply` crate's `sgemm`.
+pub const MATRIXMULTIPLY: &str = "matrixmultiply";
+/// The `gemm` crate (`gemm::gemm`, f32).
+pub const GEMM_CRATE: &str = "gemm-crate";
+/// Plain attention that materialises the score matrix, its GEMMs on `matrixmultiply`.
+pub const MATERIALIZED_MM: &str = "materialized-mm";
+/// A plain Rust loop on the standard library's `f32::exp` (exp and softmax baseline).
+pub const STD: &str = "std";
+
+/// Environment variable that sets `matrixmultiply`'s thread count, once per process.
+pub const MATMUL_THREADS_VAR: &str = "MATMUL_NUM_THREADS";
+
+/// The thread count `matrixmultiply` runs with in this process, if it is known.
+///
+/// matrixmultiply's `threading` feature starts its own pool on first use, sized by
+/// `MATMUL_NUM_THREADS` (default: the physical core count), and never resizes it. So it is
+/// measured at exactly that many threads and reported under that count only; `main` sets
+/// the variable to 1 when it is unset. `None` when the variable is unset or not a number.
+pub fn matrixmultiply_threads() -> Option<usize> {
+    std::env::var(MATMUL_THREADS_VAR)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map(|n| n.max(1))
+}
+
+/// Which resource limits a case, and so what its result is a percentage of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Arithmetic: reported as % of the measured FMA peak (`pct_peak`).
+    Compute,
+    /// Memory traffic: reported as % of the measured bandwidth (`pct_peak` is null).
+    Memory,
+    /// Neither: a working set that fits in cache, with no measured ceiling to compare
+    /// against (no cache bandwidth is measured). GB/s only; `pct_peak` is null.
+    Cache,
+}
+
+/// One call of an implementation on the case's inputs. The argument is the thread count of
+/// the rayon pool the call runs in (for peers that take a thread count themselves).
+pub type RunFn = Box<dyn FnMut(usize) + Send>;
+
+/// One implementation of a case: a kernel variant or a peer, with its inputs captured.
+pub struct Impl {
+    /// Name in reports: the ISA's short name (`avx2`) or the peer's (`matrixmultiply`).
+    pub name: String,
+    /// The variant, for ours; `None` for a peer (compared with the best ISA's peak).
+    pub isa: Option<Isa>,
+    /// `Some(t)`: this implementation can only run with `t` threads (see
+    /// [`matrixmultiply_threads`]); it is skipped at every other thread count.
+    pub fixed_threads: Option<usize>,
+    /// `false`: too slow for the quick run; runs with `--full`, or when `--variant` names it.
+    pub quick: bool,
+    /// Performs one call.
+    pub run: RunFn,
+}
+
+impl Impl {
+    /// Our kernel variant `isa`.
+    pub fn ours(isa: Isa, run: impl FnMut(usize) + Send + 'static) -> Impl {
+        Impl {
+            name: isa.name().to_string(),
+            isa: Some(isa),
+            fixed_threads: None,
+            quick: true,
+            run: Box::new(run),
+        }
+    }
+
+    /// A peer named `name` (one of [`PEERS`]).
+    pub fn peer(name: &str, run: impl FnMut(usize) + Send + 'static) -> Impl {
+        debug_assert!(PEERS.contains(&name), "register {name} in PEERS");
+        Impl {
+            name: name.to_string(),
+            isa: None,
+            fixed_threads: None,
+            quick: true,
+            run: Box::new(run),
+        }
+    }
+
+    /// Runs only with `threads` threads.
+    pub fn at_threads(mut self, threads: usize) -> Impl {
+        self.fixed_threads = Some(threads);
+        self
+    }
+
+    /// Skipped in the quick run when `slow` is true.
+    pub fn slow_if(mut self, slow: bool) -> Impl {
+        self.quick = !slow;
+        self
+    }
+}
+
+/// Builds a case's inputs and implementations; called only when the case is selected.
+pub type SetupFn = Box<dyn Fn() -> Vec<Impl>>;
+
+/// One benchmark case.
+pub struct Case {
+    /// Suite name (`gemm`).
+    pub suite: &'static str,
+    /// Case name inside the suite (`512`, `64x64x256`); `suite/name` is its id.
+    pub name: String,
+    /// Human-readable shape (`m=512 k=512 n=512`).
+    pub shape: String,
+    /// Floating-point operations of one call (a multiply-add counts 2).
+    pub flops: f64,
+    /// Bytes one call must move at least (inputs read once, outputs written once).
+    pub bytes: f64,
+    /// What limits it.
+    pub bound: Bound,
+    /// Runs only with `--full` (or when a filter names its id exactly).
+    pub full_only: bool,
+    /// Builds inputs and implementations.
+    pub setup: SetupFn,
+}
+
+impl Case {
+    /// A quick case.
+    pub fn new(
+        suite: &'static str,
+        name: impl Into<String>,
+        shape: impl Into<String>,
+        flops: f64,
+        bytes: f64,
+        bound: Bound,
+        setup: impl Fn() -> Vec<Impl> + 'static,
+    ) -> Case {
+        Case {
+            suite,
+            name: name.into(),
+            shape: shape.into(),
+            flops,
+            bytes,
+            bound,
+            full_only: false,
+            setup: Box::new(setup),
+        }
+    }
+
+    /// Marks the case as `--full` only.
+    pub fn full_only(mut self) -> Case {
+        self.full_only = true;
+        self
+    }
+
+    /// `suite/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.suite, self.name)
+    }
+}
+
+/// How long and how often each measurement runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Seconds of untimed calls first (at least one call).
+    pub warmup_s: f64,
+    /// Keep sampling until this many seconds have been sampled...
+    pub min_time_s: f64,
+    /// ...and at least this many samples were taken...
+    pub min_samples: usize,
+    /// ...but never more than this many.
+    pub max_samples: usize,
+    /// Calls are batched so one sample lasts about this long (timer overhead stays small).
+    pub sample_s: f64,
+}
+
+impl Timing {
+    /// The default: about 0.3 s per measurement, at least 5 samples.
+    pub const QUICK: Timing = Timing {
+        warmup_s: 0.05,
+        min_time_s: 0.3,
+        min_samples: 5,
+        max_samples: 1000,
+        sample_s: 0.002,
+    };
+    /// `--full`: about 1 s per measurement, at least 10 samples.
+    pub const FULL: Timing = Timing {
+        warmup_s: 0.2,
+        min_time_s: 1.0,
+        min_samples: 10,
+        max_samples: 5000,
+        sample_s: 0.002,
+    };
+}
+
+/// Summary of one measurement. Each sample is the mean time of one call over a batch of
+/// `calls_per_sample` back-to-back calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Median of the samples, seconds per call.
+    pub median_s: f64,
+    /// Fastest sample.
+    pub min_s: f64,
+    /// Slowest sample.
+    pub max_s: f64,
+    /// Number of samples.
+    pub samples: usize,
+    /// Calls per sample.
+    pub calls_per_sample: u64,
+}
+
+impl Stats {
+    /// Median (mean of the two middle values for an even count), min and max. `None` for no
+    /// samples or a NaN.
+    ///
+    /// ```
+    /// let s = xtask::bench::Stats::from_samples(&[3.0, 1.0, 2.0, 10.0], 1).unwrap();
+    /// assert_eq!((s.median_s, s.min_s, s.max_s), (2.5, 1.0, 10.0));
+    /// ```
+    pub fn from_samples(samples: &[f64], calls_per_sample: u64) -> Option<Stats> {
+        if samples.is_empty() || samples.iter().any(|x| x.is_nan()) {
+            return None;
+        }
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            median_s: median,
+            min_s: v[0],
+            max_s: v[n - 1],
+            samples: n,
+            calls_per_sample,
+        })
+    }
+}
+
+/// Times `f`: warm-up, then samples of `calls_per_sample` calls each (chosen from the
+/// warm-up so a sample lasts about `timing.sample_s`) until `min_time_s` and `min_samples`
+/// are both reached, or `max_samples`.
+pub fn measure(f: &mut dyn FnMut(), timing: &Timing) -> Stats {
+    let start = Instant::now();
+    let mut warm_calls = 0u64;
+    loop {
+        f();
+        warm_calls += 1;
+        if start.elapsed().as_secs_f64() >= timing.warmup_s {
+            break;
+        }
+    }
+    let per_call = start.elapsed().as_secs_f64() / warm_calls as f64;
+    let batch = if per_call > 0.0 {
+        ((timing.sample_s / per_call).floor() as u64).clamp(1, 1 << 20)
+    } else {
+        1 << 20
+    };
+    let mut samples = Vec::with_capacity(timing.min_samples.max(16));
+    let sampling = Instant::now();
+    while samples.len() < timing.max_samples.max(1)
+        && (samples.len() < timing.min_samples
+            || sampling.elapsed().as_secs_f64() < timing.min_time_s)
+    {
+        let t0 = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        samples.push(t0.elapsed().as_secs_f64() / batch as f64);
+    }
+    Stats::from_samples(&samples, batch).expect("at least one finite sample")
+}
+
+/// Whether glob `pattern` (`*` matches any run of characters) matches all of `text`.
+///
+/// ```
+/// use xtask::bench::glob_match;
+/// assert!(glob_match("gemm/*x*", "gemm/64x64x256"));
+/// assert!(!glob_match("gemm/64", "gemm/64x64x256"));
+/// ```
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Whether `--filter` item `pattern` selects `case`: a pattern with a `/` is matched
+/// against the case id (`gemm/512`), one without against the suite name (`gemm`).
+pub fn filter_matches(pattern: &str, case: &Case) -> bool {
+    if pattern.contains('/') {
+        glob_match(pattern, &case.id())
+    } else {
+        glob_match(pattern, case.suite)
+    }
+}
+
+/// Keeps the cases the filters select (all of them without filters). `--full`-only cases
+/// need `full`, or a filter naming their id exactly.
+///
+/// # Errors
+/// A filter that matches no case at all (the message lists the case ids).
+pub fn select_cases(cases: Vec<Case>, filters: &[String], full: bool) -> Result<Vec<Case>> {
+    let filters: Vec<&str> = filters
+        .iter()
+        .map(|f| f.trim())
+        .filter(|f| !f.is_empty())
+        .collect();
+    for f in &filters {
+        if !cases.iter().any(|c| filter_matches(f, c)) {
+            let ids: Vec<String> = cases.iter().map(Case::id).collect();
+            return Err(format!(
+                "--filter {f:?} matches no case; cases are: {}",
+                ids.join(", ")
+            )
+            .into());
+        }
+    }
+    let selected: Vec<Case> = cases
+        .into_iter()
+        .filter(|c| {
+            let named = filters.iter().any(|f| *f == c.id());
+            let matched = filters.is_empty() || filters.iter().any(|f| filter_matches(f, c));
+            matched && (full || !c.full_only || named)
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err("the filters select only --full cases: add --full".into());
+    }
+    Ok(selected)
+}
+
+/// Parses `--threads` items: positive integers or `all` (`all_threads`). Sorted, deduplicated.
+///
+/// # Errors
+/// An item that is neither, or 0.
+pub fn parse_threads(items: &[String], all_threads: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim();
+        let t = if item.eq_ignore_ascii_case("all") {
+            all_threads
+        } else {
+            match item.parse::<usize>() {
+                Ok(t) if t > 0 => t,
+                _ => {
+                    return Err(
+                        format!("--threads {item:?}: expected a positive number or `all`").into(),
+                    )
+                }
+            }
+        };
+        out.push(t);
+    }
+    if out.is_empty() {
+        return Err("--threads: give at least one thread count".into());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Parses `--variant` items into canonical implementation names. Empty: `None` (all).
+///
+/// # Errors
+/// An unknown name, or an ISA this CPU cannot run.
+pub fn parse_variants(items: &[String]) -> Result<Option<Vec<String>>> {
+    let mut out = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if let Some(p) = PEERS.iter().find(|p| p.eq_ignore_ascii_case(item)) {
+            out.push(p.to_string());
+            continue;
+        }
+        match Isa::from_name(item) {
+            Ok(isa) if isa.is_supported() => out.push(isa.name().to_string()),
+            Ok(isa) => {
+                return Err(format!(
+                    "--variant {}: not on this CPU (available: {})",
+                    isa.name(),
+                    available_names().join(", ")
+                )
+                .into())
+            }
+            Err(_) => {
+                return Err(format!(
+                    "--variant {item:?}: unknown; use one of {} or {}",
+                    available_names().join(", "),
+                    PEERS.join(", ")
+                )
+                .into())
+            }
+        }
+    }
+    out.dedup();
+    Ok(if out.is_empty() { None } else { Some(out) })
+}
+
+fn available_names() -> Vec<&'static str> {
+    Isa::available().into_iter().map(Isa::name).collect()
+}
+
+/// What to run.
+pub struct Plan {
+    /// Selected cases, in registry order.
+    pub cases: Vec<Case>,
+    /// `Some`: only these implementations (canonical names); they run even when slow.
+    pub variants: Option<Vec<String>>,
+    /// Thread counts, ascending.
+    pub threads: Vec<usize>,
+    /// `--full`.
+    pub full: bool,
+    /// Sampling.
+    pub timing: Timing,
+}
+
+impl Plan {
+    /// The plan `args` describe, over `cases` (normally every suite's cases).
+    ///
+    /// # Errors
+    /// Bad `--filter`, `--variant`, `--threads` or `--min-time`.
+    pub fn from_args(args: &BenchArgs, cases: Vec<Case>) -> Result<Plan> {
+        let threads = parse_threads(&args.threads, crate::all_threads())?;
+        let variants = parse_variants(&args.variant)?;
+        let mut timing = if args.full {
+            Timing::FULL
+        } else {
+            Timing::QUICK
+        };
+        if let Some(t) = args.min_time {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(format!("--min-time {t}: expected seconds ≥ 0").into());
+            }
+            timing.min_time_s = t;
+            timing.warmup_s = timing.warmup_s.min(t);
+        }
+        let cases = select_cases(cases, &args.filter, args.full)?;
+        Ok(Plan {
+            cases,
+            variants,
+            threads,
+            full: args.full,
+            timing,
+        })
+    }
+
+    /// Whether implementation `imp` runs at all under this plan (thread count aside).
+    pub fn wants(&self, imp: &Impl) -> bool {
+        match &self.variants {
+            Some(v) => v.contains(&imp.name),
+            None => imp.quick || self.full,
+        }
+    }
+}
+
+/// Turns one measurement into a report record.
+pub fn record(case: &Case, imp: &Impl, threads: usize, stats: &Stats, machine: &Machine) -> Record {
+    let per_s = |x: f64| {
+        if stats.median_s > 0.0 {
+            x / stats.median_s / 1e9
+        } else {
+            0.0
+        }
+    };
+    let gflops = per_s(case.flops);
+    let pct_peak = match case.bound {
+        Bound::Compute => machine
+            .peak(imp.isa.map(Isa::name), threads)
+            .filter(|p| *p > 0.0)
+            .map(|p| 100.0 * gflops / p),
+        Bound::Memory | Bound::Cache => None,
+    };
+    Record {
+        suite: case.suite.to_string(),
+        case: case.name.clone(),
+        imp: imp.name.clone(),
+        threads,
+        shape: case.shape.clone(),
+        median_s: stats.median_s,
+        min_s: stats.min_s,
+        max_s: stats.max_s,
+        gflops,
+        pct_peak,
+        gbs: per_s(case.bytes),
+    }
+}
+
+/// Runs every selected (case, thread count, implementation), in that nesting, each inside
+/// the pool of its thread count, calling `on_record` after each measurement. `pools` holds
+/// one pool per entry of `plan.threads`. The progress bar advances once per (case, thread
+/// count).
+pub fn run_plan(
+    plan: &Plan,
+    pools: &[(usize, rayon::ThreadPool)],
+    machine: &Machine,
+    progress: &ProgressBar,
+    on_record: &mut dyn FnMut(&Record, Bound),
+) -> Vec<Record> {
+    let mut records = Vec::new();
+    for case in &plan.cases {
+        progress.set_message(format!("{} (preparing inputs)", case.id()));
+        let mut impls: Vec<Impl> = (case.setup)()
+            .into_iter()
+            .filter(|i| plan.wants(i))
+            .collect();
+        for (threads, pool) in pools {
+            let threads = *threads;
+            for imp in impls.iter_mut() {
+                if imp.fixed_threads.is_some_and(|t| t != threads) {
+                    continue;
+                }
+                progress.set_message(format!("{} {} t={threads}", case.id(), imp.name));
+                let timing = plan.timing;
+                let run = &mut imp.run;
+                let stats = pool.install(move || measure(&mut || run(threads), &timing));
+                let rec = record(case, imp, threads, &stats, machine);
+                on_record(&rec, case.bound);
+                records.push(rec);
+            }
+            progress.inc(1);
+        }
+    }
+    records
+}
+
+/// `cargo xtask bench` arguments.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BenchArgs {
+    /// Run every case (adds GEMM 2048 and the slow scalar variant on large GEMMs) with
+    /// longer sampling (about 1 s per measurement instead of 0.3 s).
+    #[arg(long)]
+    pub full: bool,
+
+    /// Suites or cases to run, comma-separated. Without a `/` a suite (`gemm`); with one a
+    /// case id (`gemm/512`); `*` is a wildcard (`gemm/*x*`). A case id named exactly also
+    /// runs when it is --full only.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN,...")]
+    pub filter: Vec<String>,
+
+    /// Implementations to run, comma-separated: ISA variants (scalar, portable, avx2,
+    /// avx512, ...) and peers (matrixmultiply, gemm-crate, materialized-mm, std). Default:
+    /// every variant this CPU runs, and the peers. Named variants run even where the quick
+    /// run would skip them as too slow.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub variant: Vec<String>,
+
+    /// Thread counts, comma-separated; `all` is every hardware thread. matrixmultiply runs
+    /// only at MATMUL_NUM_THREADS threads (1 unless set).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,all",
+        value_name = "N,..."
+    )]
+    pub threads: Vec<String>,
+
+    /// A report.json from an earlier run: after this run, print the change of every
+    /// (suite, case, impl, threads) found in both, flagging slowdowns past --threshold.
+    #[arg(long, value_name = "OLD.json")]
+    pub compare: Option<PathBuf>,
+
+    /// Slowdown of the median, in %, that --compare flags as a REGRESSION.
+    #[arg(long, default_value_t = report::REGRESSION_PCT, value_name = "PCT")]
+    pub threshold: f64,
+
+    /// Where report.json, report.csv and gemm.svg go [default: WORKSPACE/target/bench].
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+
+    /// Seconds of samples per measurement [default: 0.3, or 1.0 with --full].
+    #[arg(long, value_name = "SECONDS")]
+    pub min_time: Option<f64>,
+
+    /// List the cases and implementations, then exit without measuring.
+    #[arg(long)]
+    pub list: bool,
+}
+
+fn print_list(cases: &[Case]) {
+    println!("cases (suite/case  shape):");
+    for c in cases {
+        let full = if c.full_only { "  [--full]" } else { "" };
+        println!("  {:<24} {}{full}", c.id(), c.shape);
+    }
+    println!("variants on this CPU: {}", available_names().join(", "));
+    println!("peers: {}", PEERS.join(", "));
+    let names: Vec<&str> = suites::suites().iter().map(|s| s.name).collect();
+    println!("suites: {}", names.join(", "));
+}
+
+/// Runs `cargo xtask bench`.
+///
+/// # Errors
+/// Bad arguments, an unreadable `--compare` file, or files that cannot be written.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let cases: Vec<Case> = suites::suites().iter().flat_map(|s| (s.cases)()).collect();
+    if args.list {
+        print_list(&cases);
+        return Ok(());
+    }
+    let plan = Plan::from_args(args, cases)?;
+    if !(args.threshold.is_finite() && args.threshold >= 0.0) {
+        return Err(format!("--threshold {}: expected a percentage ≥ 0", args.threshold).into());
+    }
+    // Read the old report and create the output directory before spending minutes.
+    let old = match &args.compare {
+        Some(p) => Some(report::read_json(p)?),
+        None => None,
+    };
+    let out_dir = args.out_dir.clone().unwrap_or_else(crate::default_out_dir);
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+
+    let pools = plan
+        .threads
+        .iter()
+        .map(|&t| Ok((t, crate::thread_pool(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let wants_mm = match &plan.variants {
+        Some(v) => v.iter().any(|n| n == MATRIXMULTIPLY),
+        None => true,
+    };
+    if wants_mm {
+        match matrixmultiply_threads() {
+            Some(t) if !plan.threads.contains(&t) => eprintln!(
+                "note: matrixmultiply runs only at {MATMUL_THREADS_VAR}={t} threads, \
+                 which --threads does not include: it is skipped"
+            ),
+            Some(t) => eprintln!(
+                "note: matrixmultiply sizes its own pool once per process \
+                 ({MATMUL_THREADS_VAR}={t}): it is measured at {t} thread(s) only"
+            ),
+            None => {
+                eprintln!("note: {MATMUL_THREADS_VAR} unset or invalid: matrixmultiply is skipped")
+            }
+        }
+    }
+
+    eprintln!("measuring FMA peak and memory bandwidth ...");
+    let machine = peak::measure_machine(&pools);
+    print!("{}", report::machine_summary(&machine));
+
+    let units = (plan.cases.len() * pools.len()) as u64;
+    let progress = ProgressBar::with_draw_target(Some(units), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid progress template"),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    println!("{}", report::table_header());
+    let records = run_plan(&plan, &pools, &machine, &progress, &mut |r, bound| {
+        progress.suspend(|| println!("{}", report::table_row(r, &machine, bound)));
+    });
+    progress.finish_and_clear();
+
+    let rep = Report {
+        machine,
+        results: records,
+    };
+    let json = out_dir.join("report.json");
+    let csv = out_dir.join("report.csv");
+    report::write_json(&json, &rep)?;
+    report::write_csv(&csv, &rep.results)?;
+    println!("\nwrote {}", json.display());
+    println!("wrote {}", csv.display());
+    let svg = out_dir.join("gemm.svg");
+    if chart::gemm_chart(&svg, &rep.results, &rep.machine)? {
+        println!("wrote {}", svg.display());
+    } else {
+        println!(
+            "no square GEMM results at 1 thread: {} not drawn",
+            svg.display()
+        );
+    }
+
+    if let Some(old) = old {
+        let cmp = report::compare(&old.results, &rep.results);
+        println!();
+        if old.machine.cpu != rep.machine.cpu {
+            println!(
+                "warning: comparing across machines ({} vs {})",
+                old.machine.cpu, rep.machine.cpu
+            );
+        }
+        print!("{}", report::format_comparison(&cmp, args.threshold));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(suite: &'static str, name: &str) -> Case {
+        Case::new(suite, name, "s", 1.0, 1.0, Bound::Compute, Vec::new)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let s = Stats::from_samples(&[5.0, 1.0, 3.0], 7).unwrap();
+        assert_eq!(
+            (s.median_s, s.min_s, s.max_s, s.samples),
+            (3.0, 1.0, 5.0, 3)
+        );
+        assert_eq!(s.calls_per_sample, 7);
+        let s = Stats::from_samples(&[4.0, 1.0, 2.0, 3.0], 1).unwrap();
+        assert_eq!((s.median_s, s.min_s, s.max_s), (2.5, 1.0, 4.0));
+        let s = Stats::from_samples(&[2.0], 1).unwrap();
+        assert_eq!((s.median_s, s.min_s, s.max_s), (2.0, 2.0, 2.0));
+    }
+
+    #[test]
+    fn stats_refuse_empty_and_nan() {
+        assert!(Stats::from_samples(&[], 1).is_none());
+        assert!(Stats::from_samples(&[1.0, f64::NAN], 1).is_none());
+    }
+
+    #[test]
+    fn measure_takes_min_samples_and_orders_stats() {
+        let mut calls = 0u64;
+        let timing = Timing {
+            warmup_s: 0.0,
+            min_time_s: 0.0,
+            min_samples: 7,
+            max_samples: 100,
+            sample_s: 0.0,
+        };
+        let s = measure(&mut || calls += 1, &timing);
+        assert_eq!(s.samples, 7);
+        assert_eq!(s.calls_per_sample, 1);
+        assert_eq!(calls, 1 + 7);
+        assert!(s.min_s <= s.median_s && s.median_s <= s.max_s);
+    }
+
+    #[test]
+    fn measure_batches_fast_calls_and_respects_max_samples() {
+        let timing = Timing {
+            warmup_s: 0.001,
+            min_time_s: 10.0,
+            min_samples: 1,
+            max_samples: 3,
+            sample_s: 0.001,
+        };
+        let mut x = 0u64;
+        let s = measure(&mut || x = std::hint::black_box(x + 1), &timing);
+        assert_eq!(s.samples, 3);
+        assert!(s.calls_per_sample > 1, "{s:?}");
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("gemm", "gemm"));
+        assert!(!glob_match("gemm", "gemm2"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("g*", "gemm"));
+        assert!(glob_match("*/512", "gemm/512"));
+        assert!(glob_match("a*b*c", "a_b_b_c"));
+        assert!(!glob_match("a*b*c", "a_c"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn filters_pick_suites_and_cases() {
+        let all = || {
+            vec![
+                case("gemm", "64"),
+                case("gemm", "64x64x256"),
+                case("gemm", "2048").full_only(),
+                case("softmax", "64"),
+            ]
+        };
+        let ids = |v: Vec<Case>| v.iter().map(Case::id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(select_cases(all(), &[], false).unwrap()),
+            ["gemm/64", "gemm/64x64x256", "softmax/64"]
+        );
+        assert_eq!(ids(select_cases(all(), &[], true).unwrap()).len(), 4);
+        assert_eq!(
+            ids(select_cases(all(), &strings(&["gemm/64"]), false).unwrap()),
+            ["gemm/64"]
+        );
+        assert_eq!(
+            ids(select_cases(all(), &strings(&["gemm"]), false).unwrap()),
+            ["gemm/64", "gemm/64x64x256"]
+        );
+        assert_eq!(
+            ids(select_cases(all(), &strings(&["*/64"]), false).unwrap()),
+            ["gemm/64", "softmax/64"]
+        );
+        // An exact id runs a --full case in the quick run; a pattern does not.
+        assert_eq!(
+            ids(select_cases(all(), &strings(&["gemm/2048"]), false).unwrap()),
+            ["gemm/2048"]
+        );
+        assert!(select_cases(all(), &strings(&["gemm/20*"]), false).is_err());
+    }
+
+    #[test]
+    fn unknown_filter_is_an_error_listing_cases() {
+        let err = select_cases(vec![case("gemm", "64")], &strings(&["gem"]), false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("\"gem\"") && err.contains("gemm/64"), "{err}");
+    }
+
+    #[test]
+    fn threads_parse_all_numbers_and_refuse_junk() {
+        assert_eq!(
+            parse_threads(&strings(&["1", "all"]), 8).unwrap(),
+            vec![1, 8]
+        );
+        assert_eq!(parse_threads(&strings(&["all", "1"]), 1).unwrap(), vec![1]);
+        assert_eq!(
+            parse_threads(&strings(&["4", "2", "ALL"]), 2).unwrap(),
+            vec![2, 4]
+        );
+        for bad in ["0", "-1", "two", ""] {
+            assert!(parse_threads(&strings(&[bad]), 2).is_err(), "{bad:?}");
+        }
+        assert!(parse_threads(&[], 2).is_err());
+    }
+
+    #[test]
+    fn variants_are_canonicalised_and_checked() {
+        assert_eq!(parse_variants(&[]).unwrap(), None);
+        assert_eq!(
+            parse_variants(&strings(&["SCALAR", "MatrixMultiply", "gemm-crate"])).unwrap(),
+            Some(strings(&["scalar", "matrixmultiply", "gemm-crate"]))
+        );
+        let err = parse_variants(&strings(&["sse9"])).unwrap_err().to_string();
+        assert!(err.contains("unknown") && err.contains("scalar"), "{err}");
+        // NEON is never supported by this build, so it is always refused as unavailable.
+        let err = parse_variants(&strings(&["neon"])).unwrap_err().to_string();
+        assert!(err.contains("not on this CPU"), "{err}");
+    }
+
+    #[test]
+    fn plan_skips_slow_impls_unless_full_or_named() {
+        let slow = Impl::ours(Isa::Scalar, |_| {}).slow_if(true);
+        let fast = Impl::peer(GEMM_CRATE, |_| {});
+        let args = BenchArgs {
+            threads: strings(&["1"]),
+            ..Default::default()
+        };
+        let mk = |a: &BenchArgs| Plan::from_args(a, vec![case("gemm", "64")]).unwrap();
+        let quick = mk(&args);
+        assert!(!quick.wants(&slow) && quick.wants(&fast));
+        let full = mk(&BenchArgs {
+            full: true,
+            ..args.clone()
+        });
+        assert!(full.wants(&slow) && full.wants(&fast));
+        assert_eq!(full.timing, Timing::FULL);
+        let named = mk(&BenchArgs {
+            variant: strings(&["scalar"]),
+            ..args.clone()
+        });
+        assert!(named.wants(&slow) && !named.wants(&fast));
+        let bad = Plan::from_args(
+            &BenchArgs {
+                min_time: Some(-1.0),
+                ..args
+            },
+            vec![case("gemm", "64")],
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn records_report_percent_of_peak_only_when_compute_bound() {
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            peak_gflops: [(
+                "avx2".to_string(),
+                [("1".to_string(), 100.0)].into_iter().collect(),
+            )]
+            .into_iter()
+            .collect(),
+            bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
+        };
+        let stats = Stats::from_samples(&[0.5, 1.0, 2.0], 1).unwrap();
+        let c = Case::new("gemm", "x", "s", 50e9, 2e9, Bound::Compute, Vec::new);
+        let ours = Impl::ours(Isa::Avx2Fma, |_| {});
+        let r = record(&c, &ours, 1, &stats, &machine);
+        assert_eq!((r.gflops, r.gbs, r.pct_peak), (50.0, 2.0, Some(50.0)));
+        assert_eq!((r.median_s, r.min_s, r.max_s), (1.0, 0.5, 2.0));
+        // A peer is measured against the best ISA's peak.
+        let peer = Impl::peer(MATRIXMULTIPLY, |_| {});
+        assert_eq!(record(&c, &peer, 1, &stats, &machine).pct_peak, Some(50.0));
+        // No peak known for 2 threads: null rather than a made-up number.
+        assert_eq!(record(&c, &ours, 2, &stats, &machine).pct_peak, None);
+        let m = Case::new("exp", "x", "s", 1e9, 8e9, Bound::Memory, Vec::new);
+        assert_eq!(record(&m, &ours, 1, &stats, &machine).pct_peak, None);
+    }
+}

@@ -1,0 +1,586 @@
+//! What `bench` writes and reads: `report.json`, `report.csv`, the stdout table, and the
+//! `--compare` / `cargo xtask compare` diff of two reports.
+//!
+//! `report.json` is `{"machine": {...}, "results": [...]}`. `machine` has `cpu`, `cores`,
+//! `peak_gflops` (measured, per ISA then per thread count: `{"avx2": {"1": 98.1, "2":
+//! 190.3}}`) and `bandwidth_gbs` (measured streaming bandwidth, bytes read + written, per
+//! thread count: `{"1": 11.2}`; see [`crate::peak`]).
+//! Each result has exactly the keys of [`Record`].
+
+use crate::bench::Bound;
+use crate::Result;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Default slowdown of the median (in %) that `--compare` flags as a regression.
+pub const REGRESSION_PCT: f64 = 5.0;
+
+/// One measurement: one (suite, case, impl, threads). Serialised with exactly these keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Suite (`gemm`).
+    pub suite: String,
+    /// Case name inside the suite (`512`).
+    pub case: String,
+    /// Our variant (`avx2`) or the peer's name (`matrixmultiply`); `impl` in JSON/CSV.
+    #[serde(rename = "impl")]
+    pub imp: String,
+    /// Threads of the pool it ran in.
+    pub threads: usize,
+    /// Shape in words (`m=512 k=512 n=512`).
+    pub shape: String,
+    /// Median seconds per call.
+    pub median_s: f64,
+    /// Fastest sample, seconds per call.
+    pub min_s: f64,
+    /// Slowest sample, seconds per call.
+    pub max_s: f64,
+    /// Floating-point operations per second at the median, in 1e9.
+    pub gflops: f64,
+    /// `gflops` as % of the measured peak of this variant at this thread count (peers: of
+    /// the best variant); `None` (null) where the case is not compute-bound.
+    pub pct_peak: Option<f64>,
+    /// Minimum bytes moved per second at the median, in 1e9.
+    pub gbs: f64,
+}
+
+impl Record {
+    /// The key `--compare` matches records by: suite, case, impl, threads.
+    pub fn key(&self) -> (String, String, String, usize) {
+        (
+            self.suite.clone(),
+            self.case.clone(),
+            self.imp.clone(),
+            self.threads,
+        )
+    }
+
+    /// `suite/case`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.suite, self.case)
+    }
+}
+
+/// The machine the results were measured on, with its measured limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Machine {
+    /// CPU model name.
+    pub cpu: String,
+    /// Hardware threads available to the process.
+    pub cores: usize,
+    /// Measured FMA peak in GFLOP/s: ISA name → thread count (as a string) → GFLOP/s.
+    pub peak_gflops: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Measured streaming bandwidth (bytes read + written) in GB/s: thread count (as a
+    /// string) → GB/s.
+    pub bandwidth_gbs: BTreeMap<String, f64>,
+}
+
+impl Machine {
+    /// Peak GFLOP/s of `isa` at `threads`; `None` for the isa: the best over all ISAs.
+    pub fn peak(&self, isa: Option<&str>, threads: usize) -> Option<f64> {
+        let key = threads.to_string();
+        match isa {
+            Some(isa) => self.peak_gflops.get(isa)?.get(&key).copied(),
+            None => self
+                .peak_gflops
+                .values()
+                .filter_map(|m| m.get(&key).copied())
+                .reduce(f64::max),
+        }
+    }
+
+    /// Bandwidth in GB/s at `threads`.
+    pub fn bandwidth(&self, threads: usize) -> Option<f64> {
+        self.bandwidth_gbs.get(&threads.to_string()).copied()
+    }
+}
+
+/// The whole of `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// One record per measurement.
+    pub results: Vec<Record>,
+}
+
+/// Writes `report` as pretty JSON.
+///
+/// # Errors
+/// I/O errors, with the path.
+pub fn write_json(path: &Path, report: &Report) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a `report.json`.
+///
+/// # Errors
+/// A missing file, or one that is not a report (with the path in the message).
+pub fn read_json(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a bench report: {e}", path.display()).into())
+}
+
+/// CSV header, the [`Record`] keys in order.
+pub const CSV_HEADER: &str =
+    "suite,case,impl,threads,shape,median_s,min_s,max_s,gflops,pct_peak,gbs";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The records as CSV (RFC 4180 quoting; an empty `pct_peak` is null).
+pub fn to_csv(records: &[Record]) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    for r in records {
+        let pct = r.pct_peak.map(|p| p.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            csv_field(&r.suite),
+            csv_field(&r.case),
+            csv_field(&r.imp),
+            r.threads,
+            csv_field(&r.shape),
+            r.median_s,
+            r.min_s,
+            r.max_s,
+            r.gflops,
+            pct,
+            r.gbs
+        );
+    }
+    out
+}
+
+/// Writes [`to_csv`] to `path`.
+///
+/// # Errors
+/// I/O errors, with the path.
+pub fn write_csv(path: &Path, records: &[Record]) -> Result<()> {
+    std::fs::write(path, to_csv(records))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Seconds with a readable unit (`12.3 µs`).
+pub fn fmt_time(s: f64) -> String {
+    if !s.is_finite() {
+        return format!("{s}");
+    }
+    let (v, unit) = if s >= 1.0 {
+        (s, "s")
+    } else if s >= 1e-3 {
+        (s * 1e3, "ms")
+    } else if s >= 1e-6 {
+        (s * 1e6, "µs")
+    } else {
+        (s * 1e9, "ns")
+    };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {unit}")
+}
+
+/// The table's column titles.
+pub fn table_header() -> String {
+    format!(
+        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8}",
+        "case", "impl", "thr", "median", "min … max", "GFLOP/s", "% limit", "GB/s"
+    )
+}
+
+/// One table row. `% limit` is `% pk` of the FMA peak for compute-bound cases, `% bw` of
+/// the measured bandwidth at the same thread count for memory-bound ones, `-` otherwise.
+/// GFLOP/s is `-` for cases that count no flops (exp, softmax).
+pub fn table_row(r: &Record, machine: &Machine, bound: Bound) -> String {
+    let limit = match (bound, r.pct_peak, machine.bandwidth(r.threads)) {
+        (Bound::Compute, Some(p), _) => format!("{p:.0}% pk"),
+        (Bound::Memory, _, Some(bw)) if bw > 0.0 => format!("{:.0}% bw", 100.0 * r.gbs / bw),
+        _ => "-".to_string(),
+    };
+    let gflops = if r.gflops > 0.0 {
+        format!("{:.1}", r.gflops)
+    } else {
+        "-".to_string()
+    };
+    format!(
+        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8.1}",
+        r.id(),
+        r.imp,
+        r.threads,
+        fmt_time(r.median_s),
+        format!("{} … {}", fmt_time(r.min_s), fmt_time(r.max_s)),
+        gflops,
+        limit,
+        r.gbs
+    )
+}
+
+/// The machine block printed above the table.
+pub fn machine_summary(m: &Machine) -> String {
+    let mut out = format!("CPU: {} ({} threads)\n", m.cpu, m.cores);
+    for (isa, by_t) in &m.peak_gflops {
+        let cols: Vec<String> = by_t
+            .iter()
+            .map(|(t, g)| format!("{g:.1} GFLOP/s at {t}t"))
+            .collect();
+        let _ = writeln!(out, "  FMA peak {isa:<9} {}", cols.join(", "));
+    }
+    let bw: Vec<String> = m
+        .bandwidth_gbs
+        .iter()
+        .map(|(t, g)| format!("{g:.1} GB/s at {t}t"))
+        .collect();
+    let _ = writeln!(out, "  memory bandwidth (read + write) {}", bw.join(", "));
+    out
+}
+
+/// A case found in both reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// `suite/case`.
+    pub id: String,
+    /// Implementation.
+    pub imp: String,
+    /// Threads.
+    pub threads: usize,
+    /// Old median, seconds.
+    pub old_s: f64,
+    /// New median, seconds.
+    pub new_s: f64,
+    /// Change of the median time in % (positive: slower).
+    pub pct: f64,
+}
+
+impl Change {
+    /// Slower by more than `threshold_pct`.
+    pub fn is_regression(&self, threshold_pct: f64) -> bool {
+        self.pct > threshold_pct
+    }
+}
+
+/// Two reports side by side.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Comparison {
+    /// Records in both, in the new report's order.
+    pub changes: Vec<Change>,
+    /// `id impl tN` of records only in the old report.
+    pub only_old: Vec<String>,
+    /// `id impl tN` of records only in the new report.
+    pub only_new: Vec<String>,
+}
+
+fn label(r: &Record) -> String {
+    format!("{} {} t{}", r.id(), r.imp, r.threads)
+}
+
+/// Matches records by (suite, case, impl, threads) and computes the change of the median.
+pub fn compare(old: &[Record], new: &[Record]) -> Comparison {
+    let old_by_key: HashMap<_, &Record> = old.iter().map(|r| (r.key(), r)).collect();
+    let new_keys: std::collections::HashSet<_> = new.iter().map(Record::key).collect();
+    let mut cmp = Comparison::default();
+    for r in new {
+        match old_by_key.get(&r.key()) {
+            Some(o) => cmp.changes.push(Change {
+                id: r.id(),
+                imp: r.imp.clone(),
+                threads: r.threads,
+                old_s: o.median_s,
+                new_s: r.median_s,
+                pct: if o.median_s > 0.0 {
+                    100.0 * (r.median_s / o.median_s - 1.0)
+                } else {
+                    f64::NAN
+                },
+            }),
+            None => cmp.only_new.push(label(r)),
+        }
+    }
+    cmp.only_old = old
+        .iter()
+        .filter(|r| !new_keys.contains(&r.key()))
+        .map(label)
+        .collect();
+    cmp
+}
+
+/// The comparison as text: one line per case, `REGRESSION` past `threshold_pct`, then a
+/// summary line.
+pub fn format_comparison(cmp: &Comparison, threshold_pct: f64) -> String {
+    let mut out =
+        format!("change of the median time (+ is slower; REGRESSION past +{threshold_pct}%)\n");
+    let _ = writeln!(
+        out,
+        "{:<22} {:<15} {:>3} {:>10} {:>10} {:>9}",
+        "case", "impl", "thr", "old", "new", "change"
+    );
+    let mut regressions = 0;
+    let mut improvements = 0;
+    for c in &cmp.changes {
+        let flag = if c.is_regression(threshold_pct) {
+            regressions += 1;
+            "  REGRESSION"
+        } else if c.pct < -threshold_pct {
+            improvements += 1;
+            "  faster"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:<15} {:>3} {:>10} {:>10} {:>+8.1}%{flag}",
+            c.id,
+            c.imp,
+            c.threads,
+            fmt_time(c.old_s),
+            fmt_time(c.new_s),
+            c.pct
+        );
+    }
+    if !cmp.only_new.is_empty() {
+        let _ = writeln!(
+            out,
+            "new (not in the old report): {}",
+            cmp.only_new.join(", ")
+        );
+    }
+    if !cmp.only_old.is_empty() {
+        let _ = writeln!(
+            out,
+            "missing (only in the old report): {}",
+            cmp.only_old.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} compared, {regressions} regression(s), {improvements} faster by more than {threshold_pct}%",
+        cmp.changes.len()
+    );
+    out
+}
+
+/// `cargo xtask compare` arguments: two existing reports, no measuring.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The baseline report.json.
+    pub old: PathBuf,
+    /// The report to judge [default: WORKSPACE/target/bench/report.json].
+    pub new: Option<PathBuf>,
+    /// Slowdown of the median, in %, flagged as a REGRESSION.
+    #[arg(long, default_value_t = REGRESSION_PCT, value_name = "PCT")]
+    pub threshold: f64,
+}
+
+/// Runs `cargo xtask compare`.
+///
+/// # Errors
+/// Unreadable reports.
+pub fn run(args: &CompareArgs) -> Result<()> {
+    let old = read_json(&args.old)?;
+    let new_path = args
+        .new
+        .clone()
+        .unwrap_or_else(|| crate::default_out_dir().join("report.json"));
+    let new = read_json(&new_path)?;
+    if old.machine.cpu != new.machine.cpu {
+        println!(
+            "warning: comparing across machines ({} vs {})",
+            old.machine.cpu, new.machine.cpu
+        );
+    }
+    print!(
+        "{}",
+        format_comparison(&compare(&old.results, &new.results), args.threshold)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(case: &str, imp: &str, threads: usize, median_s: f64) -> Record {
+        Record {
+            suite: "gemm".into(),
+            case: case.into(),
+            imp: imp.into(),
+            threads,
+            shape: format!("m={case} k={case} n={case}"),
+            median_s,
+            min_s: median_s * 0.9,
+            max_s: median_s * 1.2,
+            gflops: 1.0 / median_s,
+            pct_peak: Some(42.0),
+            gbs: 2.0,
+        }
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            peak_gflops: [(
+                "avx2".to_string(),
+                [("1".to_string(), 100.0), ("2".to_string(), 190.0)]
+                    .into_iter()
+                    .collect(),
+            )]
+            .into_iter()
+            .collect(),
+            bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
+        }
+    }
+
+    const KEYS: [&str; 11] = [
+        "suite", "case", "impl", "threads", "shape", "median_s", "min_s", "max_s", "gflops",
+        "pct_peak", "gbs",
+    ];
+
+    #[test]
+    fn json_records_have_exactly_the_documented_keys() {
+        let mut r = rec("64", "avx2", 1, 1e-3);
+        r.pct_peak = None;
+        let report = Report {
+            machine: machine(),
+            results: vec![r],
+        };
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let obj = v["results"][0].as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut want = KEYS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert!(obj["pct_peak"].is_null());
+        assert_eq!(v["machine"]["peak_gflops"]["avx2"]["2"], 190.0);
+        assert_eq!(v["machine"]["bandwidth_gbs"]["1"], 10.0);
+        assert_eq!(v["machine"]["cpu"], "Test CPU");
+    }
+
+    #[test]
+    fn json_round_trips_through_a_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.json");
+        let report = Report {
+            machine: machine(),
+            results: vec![rec("64", "avx2", 1, 1e-3), rec("128", "scalar", 2, 0.5)],
+        };
+        write_json(&path, &report).unwrap();
+        assert_eq!(read_json(&path).unwrap(), report);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reading_a_missing_or_foreign_file_names_it() {
+        let err = read_json(Path::new("/nonexistent/old.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/old.json"), "{err}");
+        let dir = std::env::temp_dir().join(format!("xtask-foreign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.json");
+        std::fs::write(&path, r#"{"results": 3}"#).unwrap();
+        let err = read_json(&path).unwrap_err().to_string();
+        assert!(err.contains("not a bench report"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn csv_has_header_quotes_and_empty_nulls() {
+        let mut r = rec("64", "avx2", 1, 0.25);
+        r.shape = "a,\"b\"".into();
+        r.pct_peak = None;
+        let csv = to_csv(&[r, rec("128", "scalar", 2, 0.5)]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[0].split(',').collect::<Vec<_>>(), KEYS);
+        assert!(
+            lines[1].starts_with("gemm,64,avx2,1,\"a,\"\"b\"\"\",0.25,"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].ends_with(",4,,2"), "{}", lines[1]);
+        assert!(lines[2].starts_with("gemm,128,scalar,2,m=128 k=128 n=128,0.5,"));
+        assert!(lines[2].contains(",42,2"));
+        assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn compare_matches_by_key_and_flags_regressions() {
+        let old = vec![
+            rec("64", "avx2", 1, 1.0),
+            rec("64", "avx2", 2, 1.0),
+            rec("128", "avx2", 1, 1.0),
+            rec("256", "avx2", 1, 1.0),
+        ];
+        let new = vec![
+            rec("64", "avx2", 1, 1.10), // +10%: regression
+            rec("64", "avx2", 2, 1.04), // +4%: within threshold
+            rec("128", "avx2", 1, 0.5), // -50%: faster
+            rec("512", "avx2", 1, 1.0), // new
+        ];
+        let cmp = compare(&old, &new);
+        assert_eq!(cmp.changes.len(), 3);
+        assert!((cmp.changes[0].pct - 10.0).abs() < 1e-9);
+        assert!(cmp.changes[0].is_regression(REGRESSION_PCT));
+        assert!(!cmp.changes[1].is_regression(REGRESSION_PCT));
+        assert!((cmp.changes[2].pct + 50.0).abs() < 1e-9);
+        assert_eq!(cmp.only_new, ["gemm/512 avx2 t1"]);
+        assert_eq!(cmp.only_old, ["gemm/256 avx2 t1"]);
+        let text = format_comparison(&cmp, REGRESSION_PCT);
+        assert_eq!(text.matches("REGRESSION").count(), 2, "{text}"); // title + one case
+        assert!(text.contains("+10.0%  REGRESSION"), "{text}");
+        assert!(text.contains("-50.0%  faster"), "{text}");
+        assert!(text.contains("3 compared, 1 regression(s)"), "{text}");
+        // A stricter threshold flags the +4% too.
+        assert!(cmp.changes[1].is_regression(3.0));
+    }
+
+    #[test]
+    fn peaks_and_bandwidth_lookups() {
+        let m = machine();
+        assert_eq!(m.peak(Some("avx2"), 2), Some(190.0));
+        assert_eq!(m.peak(Some("avx512"), 1), None);
+        assert_eq!(m.peak(None, 1), Some(100.0));
+        assert_eq!(m.peak(None, 3), None);
+        assert_eq!(m.bandwidth(1), Some(10.0));
+    }
+
+    #[test]
+    fn table_shows_percent_of_peak_or_of_bandwidth() {
+        let m = machine();
+        let r = rec("64", "avx2", 1, 1e-3);
+        assert!(table_row(&r, &m, Bound::Compute).contains("42% pk"));
+        let mut mem = r.clone();
+        mem.pct_peak = None; // memory-bound: 2 GB/s of 10
+        mem.gflops = 0.0;
+        let row = table_row(&mem, &m, Bound::Memory);
+        assert!(row.contains("20% bw") && row.contains(" - "), "{row}");
+        let row = table_row(&mem, &m, Bound::Cache);
+        assert!(!row.contains('%'), "{row}");
+        assert_eq!(fmt_time(1.5e-5), "15.0 µs");
+        assert_eq!(fmt_time(0.25), "250 ms");
+        assert_eq!(fmt_time(2.0), "2.00 s");
+        assert_eq!(fmt_time(5e-9), "5.00 ns");
+    }
+}

@@ -1,0 +1,396 @@
+//! The registry of benchmark suites: what `cargo xtask bench` measures and what
+//! `cargo xtask profile <kernel>` can run.
+//!
+//! # Adding a suite
+//! Write a function listing its cases and one building a case from a `--shape` string,
+//! then add a [`Suite`] entry to [`suites`]. A case is a [`Case`]: its work (flops, bytes,
+//! [`Bound`]) and a setup closure that builds the inputs once and returns one [`Impl`] per
+//! implementation, each a closure performing one call. Setup runs only when the case is
+//! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
+//!
+//! Suites still to come: `attention` (prefill causal / non-causal at several L, decode with
+//! a long cache, GQA, against [`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)) and the
+//! layer. Their entries go at the end of [`suites`].
+
+use crate::bench::{matrixmultiply_threads, Bound, Case, Impl, GEMM_CRATE, MATRIXMULTIPLY, STD};
+use crate::Result;
+use fastattn_benches::{gemm_crate, matrixmultiply_sgemm, random_vec, RECT, SQUARES};
+use kernels::exp::exp_slice_with;
+use kernels::gemm::{MatMut, MatRef};
+use kernels::softmax::{softmax_with, RowOptions};
+use kernels::{gemm_with, Isa, Parallelism};
+use std::sync::{Arc, Mutex};
+
+/// A suite: its cases, and how `profile` builds one case from a shape.
+pub struct Suite {
+    /// Name (`gemm`): the `--filter` word and the `profile` kernel name.
+    pub name: &'static str,
+    /// Every case, quick and `--full` only.
+    pub cases: fn() -> Vec<Case>,
+    /// One case from a `--shape` string, for `cargo xtask profile`.
+    pub from_shape: fn(&str) -> Result<Case>,
+    /// What `--shape` looks like for this suite (shown in errors).
+    pub shape_help: &'static str,
+    /// The shape `profile` uses when none is given.
+    pub default_shape: &'static str,
+}
+
+/// Every suite, in the order `bench` runs them.
+pub fn suites() -> Vec<Suite> {
+    vec![
+        Suite {
+            name: "gemm",
+            cases: gemm_cases,
+            from_shape: gemm_from_shape,
+            shape_help: "MxKxN (C is MxN, A MxK, B KxN) or N for a square",
+            default_shape: "512x512x512",
+        },
+        Suite {
+            name: "exp",
+            cases: exp_cases,
+            from_shape: exp_from_shape,
+            shape_help: "N (elements)",
+            default_shape: "262144",
+        },
+        Suite {
+            name: "softmax",
+            cases: softmax_cases,
+            from_shape: softmax_from_shape,
+            shape_help: "ROWSxLEN (rows of LEN values)",
+            default_shape: "64x1024",
+        },
+        // attention / layer: add their `Suite` entries here.
+    ]
+}
+
+/// The suite called `name`.
+///
+/// # Errors
+/// An unknown name (the message lists the suites).
+pub fn suite(name: &str) -> Result<Suite> {
+    let all = suites();
+    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+    let names = names.join(", ");
+    all.into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("unknown kernel {name:?}; known: {names}").into())
+}
+
+/// Largest GEMM (in flops) the scalar variant runs in the quick run: 2·256³. Above it the
+/// scalar kernel takes seconds per call; `--full` or `--variant scalar` still runs it.
+pub const SCALAR_QUICK_MAX_FLOPS: f64 = 2.0 * 256.0 * 256.0 * 256.0;
+
+/// Square sizes only `--full` adds.
+pub const FULL_SQUARES: &[usize] = &[2048];
+
+/// The GEMM suite: squares (64 … 1024, and 2048 with `--full`) and the attention- and
+/// layer-shaped products of `fastattn_benches::RECT`.
+pub fn gemm_cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = SQUARES
+        .iter()
+        .map(|&n| gemm_case(n, n, n))
+        .chain(FULL_SQUARES.iter().map(|&n| gemm_case(n, n, n).full_only()))
+        .collect();
+    cases.extend(RECT.iter().map(|&(m, k, n)| gemm_case(m, k, n)));
+    cases
+}
+
+/// Parses a GEMM `--shape`: `MxKxN` or `N` (square).
+///
+/// # Errors
+/// Anything else, or a zero dimension.
+pub fn parse_gemm_shape(shape: &str) -> Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = shape
+        .split(['x', 'X', '*', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("--shape {shape:?}: expected MxKxN or N"))?;
+    let (m, k, n) = match dims[..] {
+        [n] => (n, n, n),
+        [m, k, n] => (m, k, n),
+        _ => return Err(format!("--shape {shape:?}: expected MxKxN or N").into()),
+    };
+    if m == 0 || k == 0 || n == 0 {
+        return Err(format!("--shape {shape:?}: dimensions must be positive").into());
+    }
+    Ok((m, k, n))
+}
+
+fn gemm_from_shape(shape: &str) -> Result<Case> {
+    let (m, k, n) = parse_gemm_shape(shape)?;
+    Ok(gemm_case(m, k, n))
+}
+
+/// `C = A·B` for a row-major `m×k` A and `k×n` B: every variant this CPU runs through
+/// `gemm_with(isa, Parallelism::Rayon, ..)` (so it uses the pool it is timed in), the
+/// `gemm` crate at the pool's thread count, and matrixmultiply at its fixed thread count.
+/// Named `N` when square, else `MxKxN`.
+pub fn gemm_case(m: usize, k: usize, n: usize) -> Case {
+    let name = if m == k && k == n {
+        n.to_string()
+    } else {
+        format!("{m}x{k}x{n}")
+    };
+    let flops = 2.0 * m as f64 * k as f64 * n as f64;
+    let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    Case::new(
+        "gemm",
+        name,
+        format!("m={m} k={k} n={n}"),
+        flops,
+        bytes,
+        Bound::Compute,
+        move || {
+            let a = Arc::new(random_vec(m * k, 1));
+            let b = Arc::new(random_vec(k * n, 2));
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let (a, b) = (a.clone(), b.clone());
+                let mut c = vec![0.0f32; m * n];
+                let run = move |_threads: usize| {
+                    let am = MatRef::row_major(&a, m, k).expect("A fits");
+                    let bm = MatRef::row_major(&b, k, n).expect("B fits");
+                    let cm = MatMut::row_major(&mut c, m, n).expect("C fits");
+                    gemm_with(isa, Parallelism::Rayon, 1.0, am, bm, 0.0, cm)
+                        .expect("an available ISA runs");
+                };
+                let slow = isa == Isa::Scalar && flops > SCALAR_QUICK_MAX_FLOPS;
+                impls.push(Impl::ours(isa, run).slow_if(slow));
+            }
+            if let Some(t) = matrixmultiply_threads() {
+                let (a, b) = (a.clone(), b.clone());
+                let mut c = vec![0.0f32; m * n];
+                let run = move |_threads: usize| matrixmultiply_sgemm(m, k, n, &a, &b, &mut c);
+                impls.push(Impl::peer(MATRIXMULTIPLY, run).at_threads(t));
+            }
+            let mut c = vec![0.0f32; m * n];
+            let run = move |threads: usize| gemm_crate(m, k, n, &a, &b, &mut c, threads);
+            impls.push(Impl::peer(GEMM_CRATE, run));
+            impls
+        },
+    )
+}
+
+/// Parses `N` or `AxB` (`dims` numbers, positive) for the exp / softmax shapes.
+fn parse_dims(shape: &str, dims: usize, help: &str) -> Result<Vec<usize>> {
+    let v: Vec<usize> = shape
+        .split(['x', 'X', '*', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("--shape {shape:?}: expected {help}"))?;
+    if v.len() != dims || v.contains(&0) {
+        return Err(format!("--shape {shape:?}: expected {help}, all positive").into());
+    }
+    Ok(v)
+}
+
+/// Elementwise exp sizes: in L1 (16 KiB), in L2 (1 MiB), and streaming from memory
+/// (64 MiB in, 64 MiB out).
+pub const EXP_SIZES: &[(usize, Bound)] = &[
+    (4096, Bound::Cache),
+    (1 << 18, Bound::Cache),
+    (1 << 24, Bound::Memory),
+];
+
+/// The exp suite: [`EXP_SIZES`].
+pub fn exp_cases() -> Vec<Case> {
+    EXP_SIZES.iter().map(|&(n, b)| exp_case(n, b)).collect()
+}
+
+fn exp_from_shape(shape: &str) -> Result<Case> {
+    let n = parse_dims(shape, 1, "N (elements)")?[0];
+    let bound = if n >= 1 << 22 {
+        Bound::Memory
+    } else {
+        Bound::Cache
+    };
+    Ok(exp_case(n, bound))
+}
+
+/// `out[i] = exp(x[i])` on `n` values in [−20, 20): every variant through
+/// `kernels::exp::exp_slice_with` (one thread: it takes no `Parallelism`), and `std`, a
+/// loop on `f32::exp`. Counts no flops (GFLOP/s is 0); bytes are 4n read + 4n written.
+pub fn exp_case(n: usize, bound: Bound) -> Case {
+    Case::new(
+        "exp",
+        n.to_string(),
+        format!("n={n}"),
+        0.0,
+        8.0 * n as f64,
+        bound,
+        move || {
+            let x: Arc<Vec<f32>> = Arc::new(random_vec(n, 3).iter().map(|v| 20.0 * v).collect());
+            // One output buffer shared by the implementations (they never run at once).
+            let out = Arc::new(Mutex::new(vec![0.0f32; n]));
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let (x, out) = (x.clone(), out.clone());
+                let run = move |_t: usize| {
+                    let mut o = out.lock().expect("not poisoned");
+                    exp_slice_with(isa, &x, &mut o).expect("an available ISA runs");
+                };
+                impls.push(Impl::ours(isa, run).at_threads(1));
+            }
+            let run = move |_t: usize| {
+                let mut o = out.lock().expect("not poisoned");
+                for (o, x) in o.iter_mut().zip(x.iter()) {
+                    *o = x.exp();
+                }
+            };
+            impls.push(Impl::peer(STD, run).at_threads(1));
+            impls
+        },
+    )
+}
+
+/// Softmax shapes `(rows, row_len, bound)`: heads × a 1024-key score row (in L2), a
+/// decode-like 32 heads × 8192 keys, and a 4096 × 4096 score matrix streamed from memory.
+pub const SOFTMAX_SHAPES: &[(usize, usize, Bound)] = &[
+    (64, 1024, Bound::Cache),
+    (32, 8192, Bound::Cache),
+    (4096, 4096, Bound::Memory),
+];
+
+/// The softmax suite: [`SOFTMAX_SHAPES`].
+pub fn softmax_cases() -> Vec<Case> {
+    SOFTMAX_SHAPES
+        .iter()
+        .map(|&(r, l, b)| softmax_case(r, l, b))
+        .collect()
+}
+
+fn softmax_from_shape(shape: &str) -> Result<Case> {
+    let d = parse_dims(shape, 2, "ROWSxLEN")?;
+    let bound = if d[0] * d[1] >= 1 << 22 {
+        Bound::Memory
+    } else {
+        Bound::Cache
+    };
+    Ok(softmax_case(d[0], d[1], bound))
+}
+
+/// Row softmax of a `rows × row_len` matrix of logits in [−8, 8), out of place (the input
+/// stays the same between calls): every variant through `kernels::softmax::softmax_with`
+/// with `Parallelism::Rayon` (so at every thread count), and `std`, a plain loop (max,
+/// `f32::exp`, sum, divide) on one thread. Counts no flops; bytes are 4n read + 4n written.
+pub fn softmax_case(rows: usize, row_len: usize, bound: Bound) -> Case {
+    let n = rows * row_len;
+    Case::new(
+        "softmax",
+        format!("{rows}x{row_len}"),
+        format!("rows={rows} len={row_len}"),
+        0.0,
+        8.0 * n as f64,
+        bound,
+        move || {
+            let x: Arc<Vec<f32>> = Arc::new(random_vec(n, 4).iter().map(|v| 8.0 * v).collect());
+            let out = Arc::new(Mutex::new(vec![0.0f32; n]));
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let (x, out) = (x.clone(), out.clone());
+                let run = move |_t: usize| {
+                    let mut o = out.lock().expect("not poisoned");
+                    let opts = RowOptions::new();
+                    softmax_with(isa, Parallelism::Rayon, &x, &mut o, row_len, &opts)
+                        .expect("an available ISA runs");
+                };
+                impls.push(Impl::ours(isa, run));
+            }
+            let run = move |_t: usize| {
+                let mut o = out.lock().expect("not poisoned");
+                for (o, x) in o.chunks_mut(row_len).zip(x.chunks(row_len)) {
+                    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f32;
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = (v - m).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    for o in o.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            };
+            impls.push(Impl::peer(STD, run).at_threads(1));
+            impls
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_shapes_parse() {
+        assert_eq!(parse_gemm_shape("512").unwrap(), (512, 512, 512));
+        assert_eq!(parse_gemm_shape("64x256x128").unwrap(), (64, 256, 128));
+        assert_eq!(parse_gemm_shape("64X2X3").unwrap(), (64, 2, 3));
+        for bad in ["", "64x64", "ax1x1", "0x4x4", "1x2x3x4", "-1"] {
+            assert!(parse_gemm_shape(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn gemm_suite_names_and_work() {
+        let cases = gemm_cases();
+        let ids: Vec<String> = cases.iter().map(Case::id).collect();
+        assert!(ids.contains(&"gemm/64".to_string()));
+        assert!(ids.contains(&"gemm/512x768x2304".to_string()));
+        let big = cases.iter().find(|c| c.name == "2048").unwrap();
+        assert!(big.full_only);
+        let c = gemm_case(2, 3, 4);
+        assert_eq!((c.name.as_str(), c.flops, c.bytes), ("2x3x4", 48.0, 104.0));
+        assert_eq!(c.shape, "m=2 k=3 n=4");
+    }
+
+    #[test]
+    fn every_gemm_impl_runs_on_odd_shapes() {
+        let case = gemm_case(5, 7, 3);
+        let mut impls = (case.setup)();
+        let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
+        assert!(
+            names.contains(&"scalar") && names.contains(&GEMM_CRATE),
+            "{names:?}"
+        );
+        for imp in impls.iter_mut() {
+            (imp.run)(1);
+            (imp.run)(2);
+        }
+    }
+
+    #[test]
+    fn exp_and_softmax_impls_run_and_shapes_parse() {
+        for (case, elems) in [
+            (exp_case(37, Bound::Cache), 37.0),
+            (softmax_case(3, 13, Bound::Cache), 39.0),
+        ] {
+            assert_eq!((case.flops, case.bytes), (0.0, 8.0 * elems));
+            let mut impls = (case.setup)();
+            let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
+            assert!(
+                names.contains(&"scalar") && names.contains(&STD),
+                "{names:?}"
+            );
+            for imp in impls.iter_mut() {
+                (imp.run)(1);
+            }
+        }
+        assert_eq!(exp_from_shape("4096").unwrap().id(), "exp/4096");
+        assert!(exp_from_shape("1x2").is_err());
+        let c = softmax_from_shape("2048x2048").unwrap();
+        assert_eq!(
+            (c.id().as_str(), c.bound),
+            ("softmax/2048x2048", Bound::Memory)
+        );
+        assert!(softmax_from_shape("64").is_err());
+        assert!(softmax_from_shape("0x4").is_err());
+    }
+
+    #[test]
+    fn unknown_kernel_lists_the_suites() {
+        let err = suite("gemv").err().unwrap().to_string();
+        assert!(err.contains("gemm"), "{err}");
+        assert!(suite("gemm").is_ok());
+    }
+}
