@@ -8,11 +8,13 @@
 //! implementation, each a closure performing one call. Setup runs only when the case is
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
 //!
-//! Suites still to come: `attention` (prefill causal / non-causal at several L, decode with
-//! a long cache, GQA, against [`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)) and the
-//! layer. Their entries go at the end of [`suites`].
+//! The `attention` suite compares every variant's fused path with a materialised attention
+//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)); the layer suite
+//! is still to come (its entry goes at the end of [`suites`]).
 
-use crate::bench::{matrixmultiply_threads, Bound, Case, Impl, GEMM_CRATE, MATRIXMULTIPLY, STD};
+use crate::bench::{
+    matrixmultiply_threads, Bound, Case, Impl, GEMM_CRATE, MATERIALIZED_MM, MATRIXMULTIPLY, STD,
+};
 use crate::Result;
 use fastattn_benches::{gemm_crate, matrixmultiply_sgemm, random_vec, RECT, SQUARES};
 use kernels::exp::exp_slice_with;
@@ -59,7 +61,13 @@ pub fn suites() -> Vec<Suite> {
             shape_help: "ROWSxLEN (rows of LEN values)",
             default_shape: "64x1024",
         },
-        // attention / layer: add their `Suite` entries here.
+        Suite {
+            name: "attention",
+            cases: attention_cases,
+            from_shape: attention_from_shape,
+            shape_help: "HQxHKVxLQxLKxD[c] (append c for causal), e.g. 8x8x1024x1024x64c",
+            default_shape: "8x8x1024x1024x64",
+        },
     ]
 }
 
@@ -393,4 +401,95 @@ mod tests {
         assert!(err.contains("gemm"), "{err}");
         assert!(suite("gemm").is_ok());
     }
+}
+
+fn tensor(x: &[f32], dims: [usize; 4]) -> attention::TensorRef<'_> {
+    attention::TensorRef::contiguous(x, dims).expect("the buffer fits the shape")
+}
+
+/// Attention cases (B = 1): prefill at several L, causal, D = 128, GQA, and decoding one
+/// token against a long cache (memory-bound).
+pub fn attention_cases() -> Vec<Case> {
+    vec![
+        attention_case(8, 8, 512, 512, 64, false),
+        attention_case(8, 8, 1024, 1024, 64, false),
+        attention_case(8, 8, 2048, 2048, 64, false),
+        attention_case(8, 8, 2048, 2048, 64, true),
+        attention_case(8, 8, 1024, 1024, 128, false),
+        attention_case(8, 2, 1024, 1024, 64, true),
+        attention_case(32, 8, 1, 32768, 128, false),
+        attention_case(8, 8, 4096, 4096, 64, false).full_only(),
+        attention_case(8, 8, 4096, 4096, 64, true).full_only(),
+        attention_case(8, 8, 2048, 2048, 128, false).full_only(),
+    ]
+}
+
+fn attention_from_shape(shape: &str) -> Result<Case> {
+    let causal = shape.ends_with('c');
+    let d = parse_dims(
+        shape.trim_end_matches('c'),
+        5,
+        "HQxHKVxLQxLKxD[c] (append c for causal)",
+    )?;
+    Ok(attention_case(d[0], d[1], d[2], d[3], d[4], causal))
+}
+
+/// One attention case: Q `[1, hq, lq, d]`, K and V `[1, hkv, lk, d]`, contiguous; every
+/// variant on the default (fused) path, and for plain prefill the materialised baseline on
+/// matrixmultiply with a scalar softmax. Flops: `4·hq·lq·lk·d`, halved when causal.
+pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, causal: bool) -> Case {
+    let full = 4.0 * (hq * lq) as f64 * (lk * d) as f64;
+    let flops = if causal { full / 2.0 } else { full };
+    let bytes = 4.0 * (2 * hq * lq * d + 2 * hkv * lk * d) as f64;
+    let name = format!("{hq}x{hkv}x{lq}x{lk}x{d}{}", if causal { "c" } else { "" });
+    let bound = if lq == 1 {
+        Bound::Memory
+    } else {
+        Bound::Compute
+    };
+    Case::new(
+        "attention",
+        name,
+        format!("hq={hq} hkv={hkv} lq={lq} lk={lk} d={d} causal={causal}"),
+        flops,
+        bytes,
+        bound,
+        move || {
+            let q = Arc::new(random_vec(hq * lq * d, 5));
+            let k = Arc::new(random_vec(hkv * lk * d, 6));
+            let v = Arc::new(random_vec(hkv * lk * d, 7));
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                let mut out = vec![0.0f32; hq * lq * d];
+                let run = move |_threads: usize| {
+                    let opts = attention::SdpaOptions {
+                        causal,
+                        isa: Some(isa),
+                        ..Default::default()
+                    };
+                    attention::sdpa_into(
+                        tensor(&q, [1, hq, lq, d]),
+                        tensor(&k, [1, hkv, lk, d]),
+                        tensor(&v, [1, hkv, lk, d]),
+                        attention::TensorMut::contiguous(&mut out, [1, hq, lq, d]).expect("fits"),
+                        &opts,
+                        attention::SdpaOutputs::default(),
+                    )
+                    .expect("valid problem");
+                };
+                let slow = matches!(isa, Isa::Scalar | Isa::Portable) && flops > 2e8;
+                impls.push(Impl::ours(isa, run).slow_if(slow));
+            }
+            if !causal && hq == hkv && lq > 1 {
+                let run = move |_threads: usize| {
+                    std::hint::black_box(fastattn_benches::naive_attention(
+                        hq, lq, lk, d, &q, &k, &v,
+                    ));
+                };
+                impls.push(Impl::peer(MATERIALIZED_MM, run).at_threads(1));
+            }
+            impls
+        },
+    )
 }
