@@ -325,83 +325,6 @@ pub fn softmax_case(rows: usize, row_len: usize, bound: Bound) -> Case {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gemm_shapes_parse() {
-        assert_eq!(parse_gemm_shape("512").unwrap(), (512, 512, 512));
-        assert_eq!(parse_gemm_shape("64x256x128").unwrap(), (64, 256, 128));
-        assert_eq!(parse_gemm_shape("64X2X3").unwrap(), (64, 2, 3));
-        for bad in ["", "64x64", "ax1x1", "0x4x4", "1x2x3x4", "-1"] {
-            assert!(parse_gemm_shape(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn gemm_suite_names_and_work() {
-        let cases = gemm_cases();
-        let ids: Vec<String> = cases.iter().map(Case::id).collect();
-        assert!(ids.contains(&"gemm/64".to_string()));
-        assert!(ids.contains(&"gemm/512x768x2304".to_string()));
-        let big = cases.iter().find(|c| c.name == "2048").unwrap();
-        assert!(big.full_only);
-        let c = gemm_case(2, 3, 4);
-        assert_eq!((c.name.as_str(), c.flops, c.bytes), ("2x3x4", 48.0, 104.0));
-        assert_eq!(c.shape, "m=2 k=3 n=4");
-    }
-
-    #[test]
-    fn every_gemm_impl_runs_on_odd_shapes() {
-        let case = gemm_case(5, 7, 3);
-        let mut impls = (case.setup)();
-        let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
-        assert!(
-            names.contains(&"scalar") && names.contains(&GEMM_CRATE),
-            "{names:?}"
-        );
-        for imp in impls.iter_mut() {
-            (imp.run)(1);
-            (imp.run)(2);
-        }
-    }
-
-    #[test]
-    fn exp_and_softmax_impls_run_and_shapes_parse() {
-        for (case, elems) in [
-            (exp_case(37, Bound::Cache), 37.0),
-            (softmax_case(3, 13, Bound::Cache), 39.0),
-        ] {
-            assert_eq!((case.flops, case.bytes), (0.0, 8.0 * elems));
-            let mut impls = (case.setup)();
-            let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
-            assert!(
-                names.contains(&"scalar") && names.contains(&STD),
-                "{names:?}"
-            );
-            for imp in impls.iter_mut() {
-                (imp.run)(1);
-            }
-        }
-        assert_eq!(exp_from_shape("4096").unwrap().id(), "exp/4096");
-        assert!(exp_from_shape("1x2").is_err());
-        let c = softmax_from_shape("2048x2048").unwrap();
-        assert_eq!(
-            (c.id().as_str(), c.bound),
-            ("softmax/2048x2048", Bound::Memory)
-        );
-        assert!(softmax_from_shape("64").is_err());
-        assert!(softmax_from_shape("0x4").is_err());
-    }
-
-    #[test]
-    fn unknown_kernel_lists_the_suites() {
-        let err = suite("gemv").err().unwrap().to_string();
-        assert!(err.contains("gemm"), "{err}");
-        assert!(suite("gemm").is_ok());
-    }
-}
 
 fn tensor(x: &[f32], dims: [usize; 4]) -> attention::TensorRef<'_> {
     attention::TensorRef::contiguous(x, dims).expect("the buffer fits the shape")
@@ -492,4 +415,82 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
             impls
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_shapes_parse() {
+        assert_eq!(parse_gemm_shape("512").unwrap(), (512, 512, 512));
+        assert_eq!(parse_gemm_shape("64x256x128").unwrap(), (64, 256, 128));
+        assert_eq!(parse_gemm_shape("64X2X3").unwrap(), (64, 2, 3));
+        for bad in ["", "64x64", "ax1x1", "0x4x4", "1x2x3x4", "-1"] {
+            assert!(parse_gemm_shape(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn gemm_suite_names_and_work() {
+        let cases = gemm_cases();
+        let ids: Vec<String> = cases.iter().map(Case::id).collect();
+        assert!(ids.contains(&"gemm/64".to_string()));
+        assert!(ids.contains(&"gemm/512x768x2304".to_string()));
+        let big = cases.iter().find(|c| c.name == "2048").unwrap();
+        assert!(big.full_only);
+        let c = gemm_case(2, 3, 4);
+        assert_eq!((c.name.as_str(), c.flops, c.bytes), ("2x3x4", 48.0, 104.0));
+        assert_eq!(c.shape, "m=2 k=3 n=4");
+    }
+
+    #[test]
+    fn every_gemm_impl_runs_on_odd_shapes() {
+        let case = gemm_case(5, 7, 3);
+        let mut impls = (case.setup)();
+        let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
+        assert!(
+            names.contains(&"scalar") && names.contains(&GEMM_CRATE),
+            "{names:?}"
+        );
+        for imp in impls.iter_mut() {
+            (imp.run)(1);
+            (imp.run)(2);
+        }
+    }
+
+    #[test]
+    fn exp_and_softmax_impls_run_and_shapes_parse() {
+        for (case, elems) in [
+            (exp_case(37, Bound::Cache), 37.0),
+            (softmax_case(3, 13, Bound::Cache), 39.0),
+        ] {
+            assert_eq!((case.flops, case.bytes), (0.0, 8.0 * elems));
+            let mut impls = (case.setup)();
+            let names: Vec<&str> = impls.iter().map(|i| i.name.as_str()).collect();
+            assert!(
+                names.contains(&"scalar") && names.contains(&STD),
+                "{names:?}"
+            );
+            for imp in impls.iter_mut() {
+                (imp.run)(1);
+            }
+        }
+        assert_eq!(exp_from_shape("4096").unwrap().id(), "exp/4096");
+        assert!(exp_from_shape("1x2").is_err());
+        let c = softmax_from_shape("2048x2048").unwrap();
+        assert_eq!(
+            (c.id().as_str(), c.bound),
+            ("softmax/2048x2048", Bound::Memory)
+        );
+        assert!(softmax_from_shape("64").is_err());
+        assert!(softmax_from_shape("0x4").is_err());
+    }
+
+    #[test]
+    fn unknown_kernel_lists_the_suites() {
+        let err = suite("gemv").err().unwrap().to_string();
+        assert!(err.contains("gemm"), "{err}");
+        assert!(suite("gemm").is_ok());
+    }
 }
