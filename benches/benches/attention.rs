@@ -39,5 +39,34 @@ fn prefill(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, prefill);
+fn decode(c: &mut Criterion) {
+    // One token against a 32k cache: Hq = 32, Hkv = 8, D = 128 (memory-bound: K and V read
+    // once; throughput counted in bytes of K and V).
+    let (hq, hkv, lk, d) = (32, 8, 32768, 128);
+    let q = random_vec(hq * d, 4);
+    let kv = random_vec(hkv * lk * d, 5);
+    let mut g = c.benchmark_group("attention_decode");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((2 * hkv * lk * d * 4) as u64));
+    for (name, par) in [("1thread", Parallelism::Sequential), ("all_threads", Parallelism::Rayon)] {
+        let opts = SdpaOptions {
+            parallelism: par,
+            ..Default::default()
+        };
+        g.bench_with_input(BenchmarkId::new(name, lk), &(), |b, _| {
+            b.iter(|| {
+                sdpa(
+                    TensorRef::contiguous(black_box(&q), [1, hq, 1, d]).unwrap(),
+                    TensorRef::contiguous(&kv, [1, hkv, lk, d]).unwrap(),
+                    TensorRef::contiguous(&kv, [1, hkv, lk, d]).unwrap(),
+                    &opts,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, prefill, decode);
 criterion_main!(benches);

@@ -1,0 +1,84 @@
+//! # fastattn C ABI
+//!
+//! `libfastattn.so` / `libfastattn.a` and the header `include/fastattn.h`: fastattn's GEMM,
+//! softmax and scaled dot-product attention for C, C++ and Python (ctypes) programs.
+//!
+//! * `cblas_sgemm` (cargo feature `cblas`, on by default): standard CBLAS, so a program
+//!   that links CBLAS for `sgemm` can link this library instead.
+//! * `fa_sgemm`: GEMM with element strides (matrixmultiply's model), returning a status.
+//! * `fa_softmax`: in-place row softmax.
+//! * `fa_sdpa`: attention over strided `[B, H, L, D]` tensors (`fa_tensor`) with the options
+//!   of `attention::SdpaOptions` (`fa_sdpa_options`): causal, additive mask, key lengths,
+//!   sliding windows, soft-capping, ALiBi, GQA/MQA, and optional weights and log-sum-exp.
+//! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE) behind an opaque
+//!   handle, and `fa_kv_cache_*`, its KV cache for incremental decoding.
+//! * `fa_set_num_threads`, `fa_num_threads`, `fa_set_variant`, `fa_variant_name`,
+//!   `fa_version`, `fa_last_error`.
+//!
+//! # Error model
+//! Functions returning `int` return `FA_OK` (0) or a negative `fa_status` code; the
+//! message of the last failure on the calling thread is `fa_last_error()`. Every pointer
+//! and size is checked before use: NULLs, misalignment, overflowing extents, negative or
+//! aliasing strides, and outputs overlapping inputs are refused before any write. Every
+//! exported function runs its body through one guard (the `ffi_guard!` macro in `status`)
+//! that catches panics (`FA_ERR_INTERNAL`), so no unwind crosses into C. The library
+//! must be built with `panic = "unwind"` (the default).
+//!
+//! C gives no buffer lengths, so a tensor's memory is taken to be exactly the range its
+//! extents and strides reach (`1 + sum (dims[i] - 1)*strides[i]` elements); the caller
+//! guarantees that range is valid, as documented on each function (`# Safety`).
+//!
+//! # Header
+//! `build.rs` generates the header with cbindgen from these sources into `$OUT_DIR` and,
+//! outside CI, refreshes the checked-in `include/fastattn.h`; the test `header_is_current`
+//! fails when the checked-in header differs from the generated one.
+//!
+//! ```
+//! use fastattn::{fa_sdpa, fa_sdpa_options_default, fa_tensor, fa_status};
+//! let (b, h, l, d) = (1, 2, 3, 4);
+//! let mut x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 5) as f32 * 0.25).collect();
+//! let mut out = vec![0.0f32; x.len()];
+//! let dims = [b, h, l, d];
+//! let strides = [(h * l * d) as isize, (l * d) as isize, d as isize, 1];
+//! let t = fa_tensor { data: x.as_mut_ptr(), dims, strides };
+//! let mut o = fa_tensor { data: out.as_mut_ptr(), dims, strides };
+//! let mut opts = fa_sdpa_options_default();
+//! opts.causal = 1;
+//! // SAFETY: every tensor describes a live, dense buffer of its size.
+//! let rc = unsafe { fa_sdpa(&t, &t, &t, &mut o, &opts) };
+//! assert_eq!(rc, fa_status::FA_OK as i32);
+//! // The first query sees only the first key: its output is that key's value.
+//! assert_eq!(&out[..d], &x[..d]);
+//! ```
+
+#![allow(non_camel_case_types, non_upper_case_globals)]
+
+#[cfg(feature = "cblas")]
+pub mod cblas;
+pub mod gemm;
+pub mod mha;
+mod pool;
+mod raw;
+pub mod runtime;
+pub mod sdpa;
+pub mod softmax;
+pub mod status;
+
+#[cfg(feature = "cblas")]
+pub use cblas::{
+    cblas_sgemm, CblasColMajor, CblasConjTrans, CblasNoTrans, CblasRowMajor, CblasTrans,
+    CBLAS_ORDER, CBLAS_TRANSPOSE,
+};
+pub use gemm::fa_sgemm;
+pub use mha::{
+    fa_kv_cache, fa_kv_cache_capacity, fa_kv_cache_free, fa_kv_cache_len, fa_kv_cache_new,
+    fa_kv_cache_truncate, fa_mha, fa_mha_config, fa_mha_forward, fa_mha_forward_cached,
+    fa_mha_free, fa_mha_new, fa_mha_new_random, fa_mha_weights,
+};
+pub use runtime::{
+    fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant, fa_test_panic_boundary,
+    fa_variant_name, fa_version,
+};
+pub use sdpa::{fa_sdpa, fa_sdpa_options, fa_sdpa_options_default, fa_tensor};
+pub use softmax::fa_softmax;
+pub use status::{fa_status, FfiError, FfiResult};

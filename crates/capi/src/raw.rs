@@ -1,0 +1,193 @@
+//! Checks on raw arguments before any slice or view is built from them: NULL, alignment,
+//! the memory a strided view spans, and overlaps between outputs and other arguments.
+
+use crate::status::{fa_status, FfiError, FfiResult};
+use std::mem::{align_of, size_of};
+
+/// The bytes `[start, end)` an argument spans (`start == end` for an empty one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    /// Whether two spans share a byte (empty spans share none).
+    pub fn overlaps(self, other: Span) -> bool {
+        self.start < self.end
+            && other.start < other.end
+            && self.start < other.end
+            && other.start < self.end
+    }
+}
+
+/// Checks that `p` is non-NULL and aligned for `T`.
+pub(crate) fn check_ptr<T>(p: *const T, what: &str) -> FfiResult<()> {
+    if p.is_null() {
+        return Err(FfiError::null(what));
+    }
+    if !p.is_aligned() {
+        return Err(FfiError::new(
+            fa_status::FA_ERR_INVALID_ARGUMENT,
+            format!("{what} is not aligned to {} bytes", align_of::<T>()),
+        ));
+    }
+    Ok(())
+}
+
+/// The span of `len` values of `T` at `p` (already checked by [`check_ptr`] when `len > 0`),
+/// refusing sizes that do not fit in `isize` bytes or wrap the address space.
+pub(crate) fn span_of<T>(p: *const T, len: usize, what: &str) -> FfiResult<Span> {
+    if len == 0 {
+        return Ok(Span::default());
+    }
+    let too_big = || {
+        FfiError::new(
+            fa_status::FA_ERR_BAD_SHAPE,
+            format!("{what} spans {len} elements: too large for the address space"),
+        )
+    };
+    let bytes = len.checked_mul(size_of::<T>()).ok_or_else(too_big)?;
+    if bytes > isize::MAX as usize {
+        return Err(too_big());
+    }
+    let start = p as usize;
+    let end = start.checked_add(bytes).ok_or_else(too_big)?;
+    Ok(Span { start, end })
+}
+
+/// The element offsets `(lowest, highest)` a strided view with extents `dims` reaches
+/// (both 0 for a view with a zero extent), or `FA_ERR_BAD_SHAPE` when they overflow.
+pub(crate) fn offset_range(
+    dims: &[usize],
+    strides: &[isize],
+    what: &str,
+) -> FfiResult<(i128, i128)> {
+    debug_assert_eq!(dims.len(), strides.len());
+    if dims.contains(&0) {
+        return Ok((0, 0));
+    }
+    let (mut lo, mut hi) = (0i128, 0i128);
+    for (&d, &s) in dims.iter().zip(strides) {
+        let reach = (d as i128 - 1) * s as i128;
+        if reach < 0 {
+            lo += reach;
+        } else {
+            hi += reach;
+        }
+    }
+    // Offsets must stay within isize (pointer::offset) even for a view at address 0.
+    if lo < isize::MIN as i128 / 4 || hi > isize::MAX as i128 / 4 {
+        return Err(FfiError::new(
+            fa_status::FA_ERR_BAD_SHAPE,
+            format!("{what}: extents {dims:?} with strides {strides:?} overflow"),
+        ));
+    }
+    Ok((lo, hi))
+}
+
+/// Checks that distinct in-range indices of a strided view (any stride signs) address
+/// distinct elements, for output views: taking the extents > 1 in increasing `|stride|`
+/// order, each `|stride|` must be at least the previous one times its extent.
+pub(crate) fn check_no_self_alias(dims: &[usize], strides: &[isize], what: &str) -> FfiResult<()> {
+    if dims.contains(&0) {
+        return Ok(());
+    }
+    let mut ds: Vec<(u128, u128)> = dims
+        .iter()
+        .zip(strides)
+        .filter(|(&d, _)| d > 1)
+        .map(|(&d, &s)| (s.unsigned_abs() as u128, d as u128))
+        .collect();
+    ds.sort_unstable();
+    let mut need = 1u128;
+    for (s, d) in ds {
+        if s < need {
+            return Err(FfiError::new(
+                fa_status::FA_ERR_BAD_STRIDE,
+                format!("{what}: extents {dims:?} with strides {strides:?} make elements alias"),
+            ));
+        }
+        need = s * d;
+    }
+    Ok(())
+}
+
+/// Refuses an output span that overlaps any of `others` (`(name, span)` pairs).
+pub(crate) fn check_disjoint(out: (&str, Span), others: &[(&str, Span)]) -> FfiResult<()> {
+    for &(name, span) in others {
+        if out.1.overlaps(span) {
+            return Err(FfiError::new(
+                fa_status::FA_ERR_BAD_STRIDE,
+                format!("output {} overlaps {name} in memory", out.0),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The span of a strided view of `f32` at `p` (any stride signs; `p` already checked when
+/// the view is non-empty).
+pub(crate) fn strided_span(
+    p: *const f32,
+    dims: &[usize],
+    strides: &[isize],
+    what: &str,
+) -> FfiResult<Span> {
+    if dims.contains(&0) {
+        return Ok(Span::default());
+    }
+    let (lo, hi) = offset_range(dims, strides, what)?;
+    let elem = size_of::<f32>() as i128;
+    let base = p as usize as i128;
+    let (start, end) = (base + lo * elem, base + (hi + 1) * elem);
+    if start < 0 || end > usize::MAX as i128 {
+        return Err(FfiError::new(
+            fa_status::FA_ERR_BAD_SHAPE,
+            format!("{what}: the view reaches outside the address space"),
+        ));
+    }
+    Ok(Span {
+        start: start as usize,
+        end: end as usize,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_overlap_only_when_sharing_a_byte() {
+        let s = |start, end| Span { start, end };
+        assert!(s(0, 8).overlaps(s(4, 12)));
+        assert!(!s(0, 8).overlaps(s(8, 12)));
+        assert!(!s(0, 0).overlaps(s(0, 8)));
+        assert!(s(4, 5).overlaps(s(0, 8)));
+    }
+
+    #[test]
+    fn offset_range_covers_negative_strides_and_refuses_overflow() {
+        assert_eq!(offset_range(&[3, 4], &[-4, 1], "x").unwrap(), (-8, 3));
+        assert_eq!(offset_range(&[0, 4], &[-4, 1], "x").unwrap(), (0, 0));
+        let e = offset_range(&[3, 2], &[isize::MAX / 2, 1], "x").unwrap_err();
+        assert_eq!(e.code, fa_status::FA_ERR_BAD_SHAPE);
+    }
+
+    #[test]
+    fn self_alias_check_accepts_dense_padded_and_permuted_views() {
+        assert!(check_no_self_alias(&[3, 4], &[4, 1], "c").is_ok());
+        assert!(check_no_self_alias(&[3, 4], &[1, 5], "c").is_ok());
+        assert!(check_no_self_alias(&[3, 4], &[-4, -1], "c").is_ok());
+        assert!(check_no_self_alias(&[1, 4], &[0, 1], "c").is_ok());
+        assert!(check_no_self_alias(&[3, 4], &[2, 1], "c").is_err());
+        assert!(check_no_self_alias(&[3, 4], &[0, 1], "c").is_err());
+    }
+
+    #[test]
+    fn strided_span_is_the_exact_byte_range() {
+        let base = 4096 as *const f32;
+        let s = strided_span(base, &[2, 3], &[-3, 1], "a").unwrap();
+        assert_eq!((s.start, s.end), (4096 - 12, 4096 + 12));
+    }
+}

@@ -1,0 +1,107 @@
+//! Process-wide settings and introspection: threads, kernel variant, version, last error.
+
+use crate::pool;
+use crate::status::{fa_status, ffi_guard, last_error_ptr, FfiError, OK};
+use kernels::Isa;
+use std::ffi::{c_char, c_int, CStr};
+
+/// Sets the number of threads later calls use: `n > 0` runs every later call of the
+/// process in a dedicated pool of `n` threads; `n <= 0` returns to the default (rayon's
+/// global pool: `RAYON_NUM_THREADS`, else one thread per CPU). Results do not depend on the
+/// thread count. Returns `FA_OK` or `FA_ERR_ALLOC` (the threads could not be started).
+#[no_mangle]
+pub extern "C" fn fa_set_num_threads(n: c_int) -> c_int {
+    ffi_guard!("fa_set_num_threads", {
+        pool::set_num_threads(i64::from(n))?;
+        Ok(OK)
+    })
+}
+
+/// The number of threads calls run on now (at least 1).
+#[no_mangle]
+pub extern "C" fn fa_num_threads() -> c_int {
+    ffi_guard!("fa_num_threads", {
+        Ok(c_int::try_from(pool::num_threads())
+            .unwrap_or(c_int::MAX)
+            .max(1))
+    })
+}
+
+fn variant_c_name(isa: Isa) -> &'static CStr {
+    match isa {
+        Isa::Scalar => c"scalar",
+        Isa::Portable => c"portable",
+        Isa::Avx2Fma => c"avx2",
+        Isa::Avx512 => c"avx512",
+        Isa::Neon => c"neon",
+    }
+}
+
+/// Name of the kernel variant calls use now: `"scalar"`, `"portable"`, `"avx2"`,
+/// `"avx512"` or `"neon"` (a static string). NULL if the environment variable
+/// `FASTATTN_ISA` names a variant this CPU lacks (see `fa_last_error()`).
+#[no_mangle]
+pub extern "C" fn fa_variant_name() -> *const c_char {
+    ffi_guard!("fa_variant_name", {
+        Ok(variant_c_name(kernels::current_isa()?).as_ptr())
+    })
+}
+
+/// Forces the kernel variant of every later call of the process: `"scalar"`,
+/// `"portable"`, `"avx2"`, `"avx512"` or `"neon"` (case-insensitive). NULL, `""` or
+/// `"auto"` return to automatic choice (or to `FASTATTN_ISA` if that is set). Returns
+/// `FA_OK`, or `FA_ERR_UNSUPPORTED_VARIANT` for an unknown name or a variant this CPU
+/// cannot run (the setting is then unchanged).
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
+    ffi_guard!("fa_set_variant", {
+        let choice = if name.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and NUL-terminated (caller contract).
+            let raw = unsafe { CStr::from_ptr(name) };
+            let s = raw.to_str().map_err(|_| {
+                FfiError::new(
+                    fa_status::FA_ERR_UNSUPPORTED_VARIANT,
+                    format!("variant name {raw:?} is not UTF-8"),
+                )
+            })?;
+            match s.trim() {
+                "" | "auto" => None,
+                s => Some(Isa::from_name(s)?),
+            }
+        };
+        kernels::set_isa(choice)?;
+        Ok(OK)
+    })
+}
+
+/// The library version, e.g. `"0.1.0"` (a static string).
+#[no_mangle]
+pub extern "C" fn fa_version() -> *const c_char {
+    ffi_guard!("fa_version", {
+        Ok(concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+    })
+}
+
+/// The message of the last failure on the calling thread (`""` if none), e.g.
+/// `"fa_sdpa: attention: shape mismatch: head dims differ: Q 8, K 4"`. Successful calls do
+/// not clear it. The string stays valid until the next failing call on this thread.
+#[no_mangle]
+pub extern "C" fn fa_last_error() -> *const c_char {
+    ffi_guard!("fa_last_error", { Ok(last_error_ptr()) })
+}
+
+/// Always returns `FA_ERR_INTERNAL`: it raises a Rust panic inside the library, which the
+/// panic boundary catches. For bindings' tests that the boundary holds (nothing is
+/// printed; `fa_last_error()` names the panic).
+#[no_mangle]
+pub extern "C" fn fa_test_panic_boundary() -> c_int {
+    ffi_guard!("fa_test_panic_boundary", {
+        // `resume_unwind` unwinds like a panic but skips the panic hook (no stderr noise).
+        std::panic::resume_unwind(Box::new("deliberate panic from fa_test_panic_boundary"))
+    })
+}
