@@ -354,6 +354,7 @@ pub(crate) unsafe fn gemm_unchecked(
                                 alpha,
                                 &a_src,
                                 bpack,
+                                nr * kcb,
                                 beta_step,
                                 c_p.get().offset(ic as isize * rsc + jc as isize * csc),
                                 rsc,
@@ -374,21 +375,22 @@ pub(crate) unsafe fn gemm_unchecked(
 
 /// The A block of one task: its first `full` groups of MR rows read in place (row stride
 /// `lda`, unit column stride), the rest from `packed` micro-panels.
-struct ASource<'a> {
-    in_place: *const f32,
-    lda: isize,
-    full: usize,
-    packed: &'a [f32],
+pub(crate) struct ASource<'a> {
+    pub(crate) in_place: *const f32,
+    pub(crate) lda: isize,
+    pub(crate) full: usize,
+    pub(crate) packed: &'a [f32],
 }
 
-/// Loops 2 and 1 over one A block and the B panels `panels`.
+/// Loops 2 and 1 over one A block and the B panels `panels` (panel `q` starts at
+/// `bpack[q·b_stride]` and is used to depth `kcb`).
 ///
 /// # Safety
 /// `c` points at element (0, 0) of the `mcb × ncb` block of C, which is writable (readable
-/// if `beta != 0`); the packed buffers hold `kcb`-deep panels; the CPU has `ukr`'s ISA.
+/// if `beta != 0`); A's groups are readable to depth `kcb`; the CPU has `ukr`'s ISA.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn macro_kernel(
+pub(crate) unsafe fn macro_kernel(
     ukr: &Ukr,
     mcb: usize,
     kcb: usize,
@@ -397,6 +399,7 @@ unsafe fn macro_kernel(
     alpha: f32,
     a_src: &ASource<'_>,
     bpack: &[f32],
+    b_stride: usize,
     beta: f32,
     c: *mut f32,
     rsc: isize,
@@ -407,7 +410,7 @@ unsafe fn macro_kernel(
     for q in panels {
         let j0 = q * nr;
         let cols = nr.min(ncb - j0);
-        let bp = &bpack[q * nr * kcb..(q + 1) * nr * kcb];
+        let bp = &bpack[q * b_stride..][..nr * kcb];
         for r in 0..mcb.div_ceil(mr) {
             let i0 = r * mr;
             let rows = mr.min(mcb - i0);

@@ -1,8 +1,8 @@
 //! GEMM against a B operand packed once and reused: the building block of the attention
 //! tiles (Kᵀ and V are packed once per head and multiplied by many query tiles).
 
-use super::microkernel::{store_tile, ukr_for, Ukr};
-use super::{pack, MatMut, MatRef};
+use super::microkernel::{ukr_for, Ukr};
+use super::{macro_kernel, pack, ASource, MatMut, MatRef};
 use crate::buffer::with_scratch;
 use crate::dispatch::Isa;
 use crate::error::{KernelError, Result};
@@ -181,50 +181,32 @@ pub fn gemm_packed_b(
                 )
             };
         }
-        let mut tmp = [0.0f32; 512];
-        for q in 0..n.div_ceil(nr) {
-            let j0 = q * nr;
-            let cols = nr.min(n - j0);
-            let bp = &b.data[(col0 / nr + q) * nr * b.k..][..nr * k];
-            for r in 0..m.div_ceil(mr) {
-                let i0 = r * mr;
-                let rows = mr.min(m - i0);
-                let (ap, lda) = if r < full_groups {
-                    (
-                        a.data()[i0 * a.row_stride()..].as_ptr(),
-                        a.row_stride() as isize,
-                    )
-                } else {
-                    (apack[(r - full_groups) * mr * k..].as_ptr(), 0)
-                };
-                // SAFETY: (i0, j0) is inside C's checked view.
-                let cp = unsafe { c_ptr.offset(i0 as isize * rsc + j0 as isize * csc) };
-                if rows == mr && cols == nr {
-                    // SAFETY: full tile inside C; A rows i0..i0+mr (in place, `lda`) or a
-                    // packed panel, and a B panel of depth k; the ISA was checked by
-                    // PackedB::new.
-                    unsafe { (ukr.run)(k, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
-                } else {
-                    // SAFETY: scratch tile of mr·nr ≤ 512 values; operands as above (edge
-                    // rows come from the zero-padded packed panel).
-                    unsafe {
-                        (ukr.run)(
-                            k,
-                            alpha,
-                            ap,
-                            lda,
-                            bp.as_ptr(),
-                            0.0,
-                            tmp.as_mut_ptr(),
-                            nr as isize,
-                            1,
-                        )
-                    };
-                    // SAFETY: only the part inside C is written.
-                    unsafe { store_tile(rows, cols, &tmp, nr, beta, cp, rsc, csc) };
-                }
-            }
-        }
+        let a_src = ASource {
+            in_place: a.data().as_ptr(),
+            lda: a.row_stride() as isize,
+            full: full_groups,
+            packed: apack,
+        };
+        // SAFETY: C's checked view is m × n; A's rows are in its checked view (in place) or
+        // packed; B's panels from column col0 on hold depth b.k ≥ k; the ISA was checked by
+        // PackedB::new.
+        unsafe {
+            macro_kernel(
+                &ukr,
+                m,
+                k,
+                n,
+                0..n.div_ceil(nr),
+                alpha,
+                &a_src,
+                &b.data[col0 / nr * nr * b.k..],
+                nr * b.k,
+                beta,
+                c_ptr,
+                rsc,
+                csc,
+            )
+        };
     });
     Ok(())
 }
