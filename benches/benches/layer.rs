@@ -3,7 +3,9 @@
 //!
 //! * `layer_prefill`: d_model 768, 12 heads of 64, causal, B = 1, L = 512 (GPT-2 small).
 //! * `layer_decode`: d_model 2048, 16 query / 4 key-value heads of 128, RoPE, one token
-//!   against 4096 cached tokens (throughput in tokens).
+//!   against 4096 cached tokens (throughput in tokens), `hot` (back-to-back calls) and
+//!   `cold` (caches flushed before each call, the fair comparison for this memory-bound
+//!   step; see the comment in `decode`).
 //!
 //! All threads of the global rayon pool; the parts use the same calls the layer makes. The
 //! prefill group also times the fused QKV product with the blocked GEMM on the unpacked
@@ -13,7 +15,7 @@ use attention::{
     sdpa_into, KvCache, MhaConfig, MultiHeadAttention, OwnedMhaWeights, RopeConfig, SdpaOptions,
     SdpaOutputs, TensorMut, TensorRef,
 };
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use fastattn_benches::random_vec;
 use kernels::gemm::{gemm_with, MatMut, MatRef};
 use kernels::Parallelism;
@@ -167,25 +169,47 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("layer_decode_d{dm}_h{hq}_kv{hkv}_ctx{ctx}"));
     g.sample_size(20);
     g.throughput(Throughput::Elements(1)); // tokens
-    let shape = format!("ctx{ctx}");
-    g.bench_function(BenchmarkId::new("layer_step", &shape), |b| {
-        b.iter(|| {
+                                           // `hot`: back-to-back calls, so each part's data (25 MB of QKV weight, 16 MB of cache,
+                                           // 16 MB of Wo) may stay in L3 between its own calls while the layer streams all 57 MB.
+                                           // `cold`: caches flushed before every call (untimed), as for one layer of a model
+                                           // whose other layers evict it: the fair basis for layer / sum of parts.
+    let mut junk = vec![1.0f32; FLUSH_BYTES / 4];
+    for cold in [false, true] {
+        let shape = format!("{}_ctx{ctx}", if cold { "cold" } else { "hot" });
+        let mut bench = |name: &str, f: &mut dyn FnMut()| {
+            g.bench_function(BenchmarkId::new(name, &shape), |b| {
+                if cold {
+                    b.iter_batched(|| flush(&mut junk), |()| f(), BatchSize::PerIteration)
+                } else {
+                    b.iter(&mut *f)
+                }
+            });
+        };
+        bench("layer_step", &mut || {
             layer
                 .forward_cached_into(&mut cache, black_box(&x), 1, 1, &mut y, &causal())
                 .unwrap();
             cache.truncate(ctx);
-        })
-    });
-    g.bench_function(BenchmarkId::new("qkv_proj", &shape), |b| {
-        b.iter(|| parts.qkv(black_box(&x), 1, &mut qkv))
-    });
-    g.bench_function(BenchmarkId::new("attention", &shape), |b| {
-        b.iter(|| parts.attend(black_box(&qkv), 1, Some(&full), &mut attn))
-    });
-    g.bench_function(BenchmarkId::new("out_proj", &shape), |b| {
-        b.iter(|| parts.out(black_box(&attn), 1, &mut y))
-    });
+        });
+        bench("qkv_proj", &mut || parts.qkv(black_box(&x), 1, &mut qkv));
+        bench("attention", &mut || {
+            parts.attend(black_box(&qkv), 1, Some(&full), &mut attn)
+        });
+        bench("out_proj", &mut || parts.out(black_box(&attn), 1, &mut y));
+    }
     g.finish();
+}
+
+/// Bytes written to evict the caches in the `cold` decode variants (well above the L3 this
+/// process can hold).
+const FLUSH_BYTES: usize = 256 << 20;
+
+/// Touches every cache line of `junk`.
+fn flush(junk: &mut [f32]) {
+    for v in junk.iter_mut().step_by(16) {
+        *v += 1.0;
+    }
+    black_box(&junk);
 }
 
 criterion_group!(benches, prefill, decode);

@@ -1,6 +1,8 @@
 //! Autoregressive decoding with a KV cache: prefill a prompt, then feed each step's output
 //! back in as the next token, and print tokens/s; then time one step's parts (QKV
-//! projection, attention over the cache, output projection) to show what the glue costs.
+//! projection, attention over the cache, output projection) to show what the glue costs,
+//! with warm caches (`hot`) and with caches flushed before every call (`cold`: what one
+//! layer of a many-layer model sees, and the fair comparison for this memory-bound step).
 //!
 //! `cargo run --release -p fastattn-attention --example mha_decode -- \
 //!     [d_model=2048 heads=16 kv_heads=4 prompt=1024 steps=64 threads=all]`
@@ -81,67 +83,78 @@ fn run(d_model: usize, hq: usize, hkv: usize, prompt: usize, steps: usize) -> Re
         sorted[steps / 2] * 1e3
     );
 
-    // One step's parts, measured separately on the final cache (median of `reps`).
-    let reps = 21;
-    let median = |f: &mut dyn FnMut()| {
-        let mut v: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[reps / 2]
-    };
+    // One step's parts, measured separately on the final cache (median of `reps`), twice:
+    // hot (back-to-back calls: each part's data may stay in L3 between its own calls) and
+    // cold (caches flushed before every call, untimed, as for one layer of a deep model).
+    let n = cache.len();
     let [w, _, _] = layer.qkv_layout();
     let mut qkv = vec![0.0f32; w];
     let mut attn = vec![0.0f32; hq * hd];
+    let mut junk = vec![1.0f32; 64 << 20];
     let par = Parallelism::Rayon;
-    let t_qkv = median(&mut || {
-        layer
-            .qkv_projection()
-            .forward_into(&tok, 1, &mut qkv, par)
-            .unwrap()
-    });
-    let n = cache.len();
-    cache.truncate(n - 1);
-    let t_layer = median(&mut || {
-        layer
-            .forward_cached_into(&mut cache, &tok, 1, 1, &mut next, &causal)
-            .unwrap();
+    for cold in [false, true] {
+        let reps = 21;
+        let mut median = |f: &mut dyn FnMut()| {
+            let mut v: Vec<f64> = (0..reps)
+                .map(|_| {
+                    if cold {
+                        junk.iter_mut().step_by(16).for_each(|x| *x += 1.0);
+                        std::hint::black_box(&junk);
+                    }
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[reps / 2]
+        };
         cache.truncate(n - 1);
-    });
-    layer.forward_cached_into(&mut cache, &tok, 1, 1, &mut next, &causal)?;
-    let t_attn = median(&mut || {
-        let q = TensorRef::new(&qkv, [1, hq, 1, hd], [w, hd, w, 1]).unwrap();
-        let o = TensorMut::from_blhd(&mut attn, [1, hq, 1, hd]).unwrap();
-        attention::sdpa_into(
-            q,
-            cache.keys(),
-            cache.values(),
-            o,
-            &causal,
-            Default::default(),
-        )
-        .unwrap()
-    });
-    let t_out = median(&mut || {
-        layer
-            .out_projection()
-            .forward_into(&attn, 1, &mut next, par)
+        let t_layer = median(&mut || {
+            layer
+                .forward_cached_into(&mut cache, &tok, 1, 1, &mut next, &causal)
+                .unwrap();
+            cache.truncate(n - 1);
+        });
+        layer.forward_cached_into(&mut cache, &tok, 1, 1, &mut next, &causal)?;
+        let t_qkv = median(&mut || {
+            layer
+                .qkv_projection()
+                .forward_into(&tok, 1, &mut qkv, par)
+                .unwrap()
+        });
+        let t_attn = median(&mut || {
+            let q = TensorRef::new(&qkv, [1, hq, 1, hd], [w, hd, w, 1]).unwrap();
+            let o = TensorMut::from_blhd(&mut attn, [1, hq, 1, hd]).unwrap();
+            attention::sdpa_into(
+                q,
+                cache.keys(),
+                cache.values(),
+                o,
+                &causal,
+                Default::default(),
+            )
             .unwrap()
-    });
-    let parts = t_qkv + t_attn + t_out;
-    println!(
-        "one step at context {n}: layer {:.3} ms; parts: qkv {:.3} + attention {:.3} + out {:.3} \
-         = {:.3} ms; layer / parts = {:.2}",
-        t_layer * 1e3,
-        t_qkv * 1e3,
-        t_attn * 1e3,
-        t_out * 1e3,
-        parts * 1e3,
-        t_layer / parts
-    );
+        });
+        let t_out = median(&mut || {
+            layer
+                .out_projection()
+                .forward_into(&attn, 1, &mut next, par)
+                .unwrap()
+        });
+        let parts = t_qkv + t_attn + t_out;
+        println!(
+            "one step at context {n}, {}: layer {:.3} ms ({:.0} tokens/s); parts: qkv {:.3} + \
+             attention {:.3} + out {:.3} = {:.3} ms; layer / parts = {:.2}",
+            if cold { "cold" } else { "hot " },
+            t_layer * 1e3,
+            1.0 / t_layer,
+            t_qkv * 1e3,
+            t_attn * 1e3,
+            t_out * 1e3,
+            parts * 1e3,
+            t_layer / parts
+        );
+    }
     Ok(())
 }

@@ -383,7 +383,10 @@ pub(crate) fn run(
     }
     let parallel = p.par == Parallelism::Rayon
         && rayon::current_num_threads() > 1
-        && 4 * p.b * p.hq * p.lq * p.lk * (p.d + p.dv) >= 1 << 22;
+        && [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
+            .iter()
+            .fold(4usize, |a, &x| a.saturating_mul(x))
+            >= 1 << 22;
     let split = tiles.len() < 16 && p.lk >= 2 * DECODE_CHUNK;
     if split {
         return run_split(p, q, k, v, &tiles, parallel, out_p, os, lse_p);

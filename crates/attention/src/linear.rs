@@ -121,7 +121,7 @@ impl Linear {
         self.packed.isa()
     }
 
-    /// Panel width `NR` of the packed weight: column ranges start at multiples of it.
+    /// Panel width `NR` of the packed weight (the microkernel's tile width).
     pub fn nr(&self) -> usize {
         self.packed.nr()
     }

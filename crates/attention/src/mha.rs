@@ -124,8 +124,9 @@ impl MhaConfig {
         if !hq.is_multiple_of(hkv) {
             return Err(AttnError::HeadGroups { hq, hkv });
         }
-        let w = hq
-            .checked_add(2 * hkv)
+        let w = hkv
+            .checked_mul(2)
+            .and_then(|k| k.checked_add(hq))
             .and_then(|h| h.checked_mul(self.head_dim))
             .and_then(|w| w.checked_add(64))
             .and_then(|w| w.checked_mul(self.d_model));

@@ -129,6 +129,13 @@ impl<'a> Problem<'a> {
         if hkv == 0 && hq > 0 || hkv > 0 && hq % hkv != 0 {
             return Err(AttnError::HeadGroups { hq, hkv });
         }
+        // Every size product the paths form (scores, work estimates, buffers) must fit.
+        [b, hq, lq, lk, d.max(1) + dv.max(1)]
+            .iter()
+            .try_fold(4usize, |acc, &x| acc.checked_mul(x.max(1)))
+            .ok_or(AttnError::Overflow {
+                what: "problem size (B·Hq·Lq·Lk·(D + Dv))",
+            })?;
         let scale = match opts.scale {
             Some(s) if !s.is_finite() => {
                 return Err(AttnError::Option {
