@@ -9,8 +9,8 @@
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
 //!
 //! The `attention` suite compares every variant's fused path with a materialised attention
-//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)); the layer suite
-//! is still to come (its entry goes at the end of [`suites`]).
+//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)); the `layer` suite
+//! times the whole multi-head attention layer (prefill, and decoding against a cache).
 
 use crate::bench::{
     matrixmultiply_threads, Bound, Case, Impl, GEMM_CRATE, MATERIALIZED_MM, MATRIXMULTIPLY, STD,
@@ -67,6 +67,13 @@ pub fn suites() -> Vec<Suite> {
             from_shape: attention_from_shape,
             shape_help: "HQxHKVxLQxLKxD[c] (append c for causal), e.g. 8x8x1024x1024x64c",
             default_shape: "8x8x1024x1024x64",
+        },
+        Suite {
+            name: "layer",
+            cases: layer_cases,
+            from_shape: layer_from_shape,
+            shape_help: "DMODELxHQxHKVxL[+CACHE] (L tokens; +CACHE: decode after CACHE cached tokens)",
+            default_shape: "768x12x12x512",
         },
     ]
 }
@@ -411,6 +418,94 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
                     ));
                 };
                 impls.push(Impl::peer(MATERIALIZED_MM, run).at_threads(1));
+            }
+            impls
+        },
+    )
+}
+
+/// Layer cases: GPT-2-small-shaped prefill (d_model 768, 12 heads, L = 512, causal) and
+/// decoding one token against 4096 cached tokens (d_model 2048, 16 query / 4 key-value
+/// heads of 128, RoPE).
+pub fn layer_cases() -> Vec<Case> {
+    vec![layer_case(768, 12, 12, 512, 0), layer_case(2048, 16, 4, 1, 4096)]
+}
+
+fn layer_from_shape(shape: &str) -> Result<Case> {
+    let (dims, cache) = match shape.split_once('+') {
+        Some((d, c)) => (d, parse_dims(c, 1, "CACHE")?[0]),
+        None => (shape, 0),
+    };
+    let d = parse_dims(dims, 4, "DMODELxHQxHKVxL[+CACHE]")?;
+    Ok(layer_case(d[0], d[1], d[2], d[3], cache))
+}
+
+/// One layer case: `l` new tokens (batch 1) after `cache` cached ones (`cache = 0`: a causal
+/// prefill of `l` tokens without a cache). Flops count the projections and the attention.
+pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize) -> Case {
+    let hd = d_model / hq;
+    let proj = 2.0 * l as f64 * d_model as f64 * ((hq + 2 * hkv) * hd + hq * hd) as f64;
+    let keys = (cache + l) as f64;
+    let attn = if cache == 0 {
+        2.0 * (hq * l) as f64 * keys * hd as f64
+    } else {
+        4.0 * (hq * l) as f64 * keys * hd as f64
+    };
+    let weights = (d_model * (hq + 2 * hkv) * hd + hq * hd * d_model) as f64;
+    let bytes = 4.0 * (weights + 2.0 * (hkv * hd) as f64 * keys + 2.0 * (l * d_model) as f64);
+    let name = if cache == 0 {
+        format!("{d_model}x{hq}x{hkv}x{l}")
+    } else {
+        format!("{d_model}x{hq}x{hkv}x{l}+{cache}")
+    };
+    let bound = if cache == 0 { Bound::Compute } else { Bound::Memory };
+    Case::new(
+        "layer",
+        name,
+        format!("d_model={d_model} hq={hq} hkv={hkv} tokens={l} cached={cache}"),
+        proj + attn,
+        bytes,
+        bound,
+        move || {
+            let x = Arc::new(random_vec(l * d_model, 8));
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let mut cfg = attention::MhaConfig::new(d_model, hq)
+                    .with_kv_heads(hkv)
+                    .with_isa(isa);
+                if cache > 0 {
+                    cfg = cfg.with_rope(attention::RopeConfig::default());
+                }
+                let layer = attention::MultiHeadAttention::random(cfg, false, 9)
+                    .expect("valid layer shape");
+                let x = x.clone();
+                let opts = attention::SdpaOptions {
+                    causal: true,
+                    ..Default::default()
+                };
+                let mut kv = None;
+                if cache > 0 {
+                    let mut c = layer.new_cache(1, cache + l).expect("cache fits");
+                    let prompt = random_vec(cache * d_model, 10);
+                    layer
+                        .forward_cached(&mut c, &prompt, 1, cache, &opts)
+                        .expect("prefill fits");
+                    kv = Some(c);
+                }
+                let mut y = vec![0.0f32; l * d_model];
+                let run = move |_threads: usize| match kv.as_mut() {
+                    Some(c) => {
+                        layer
+                            .forward_cached_into(c, &x, 1, l, &mut y, &opts)
+                            .expect("step fits");
+                        c.truncate(cache);
+                    }
+                    None => layer
+                        .forward_into(&x, 1, l, &mut y, &opts)
+                        .expect("valid input"),
+                };
+                let slow = matches!(isa, Isa::Scalar | Isa::Portable) && proj + attn > 2e8;
+                impls.push(Impl::ours(isa, run).slow_if(slow));
             }
             impls
         },
