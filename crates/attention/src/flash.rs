@@ -68,6 +68,15 @@ impl KvPacks {
         })
     }
 
+    /// `old` if it was packed for `isa`'s microkernel, else a new one: a thread's cached
+    /// packs may come from a call that forced another variant.
+    fn reuse(old: Option<KvPacks>, isa: Isa) -> Result<Self> {
+        match old {
+            Some(p) if p.k.isa() == isa => Ok(p),
+            _ => KvPacks::new(isa),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn pack(
         &mut self,
@@ -404,7 +413,7 @@ pub(crate) fn run(
     let direct = direct_ok(p, k, v);
     let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
         let n = p.kv_len(b);
-        let mut packs = with_ws(|ws| ws.packs.take()).map_or_else(|| KvPacks::new(p.isa), Ok)?;
+        let mut packs = KvPacks::reuse(with_ws(|ws| ws.packs.take()), p.isa)?;
         if !direct {
             packs.pack(p, k, v, b, kvh, 0, n)?;
         }
@@ -492,7 +501,7 @@ fn run_split(
                 };
                 attend(p, q, t, &kv, ws)?;
             } else {
-                let mut packs = ws.packs.take().map_or_else(|| KvPacks::new(p.isa), Ok)?;
+                let mut packs = KvPacks::reuse(ws.packs.take(), p.isa)?;
                 let r = packs
                     .pack(p, k, v, t.b, t.kvh, lo, hi)
                     .and_then(|_| attend(p, q, t, &Kv::Packed(&packs), ws));

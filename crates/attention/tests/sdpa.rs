@@ -524,3 +524,41 @@ fn bad_input_is_refused_before_any_work() {
     );
     assert!(matches!(r, Err(AttnError::Shape { .. })));
 }
+
+#[test]
+fn a_forced_variant_is_used_even_after_another_on_the_same_thread() {
+    // Each thread caches packed K/V between calls; a call forcing another variant must not
+    // reuse panels packed for the previous one (it would silently run the wrong kernel).
+    let (h, l, d) = (2, 300, 32);
+    let mut rng = StdRng::seed_from_u64(600);
+    let x = rand_vec(&mut rng, h * l * d, 1.0);
+    let t = TensorRef::contiguous(&x, [1, h, l, d]).unwrap();
+    let run = |isa: Isa| {
+        let opts = SdpaOptions {
+            isa: Some(isa),
+            parallelism: Parallelism::Sequential,
+            ..Default::default()
+        };
+        attention::sdpa(t, t, t, &opts).unwrap()
+    };
+    let isas = Isa::available();
+    for &first in &isas {
+        for &second in &isas {
+            let (fresh, after) = std::thread::scope(|sc| {
+                let fresh = sc.spawn(|| run(second)).join().unwrap();
+                let after = sc
+                    .spawn(|| {
+                        run(first);
+                        run(second)
+                    })
+                    .join()
+                    .unwrap();
+                (fresh, after)
+            });
+            assert!(
+                fresh == after,
+                "{second} after {first} differs from {second} alone"
+            );
+        }
+    }
+}
