@@ -315,7 +315,9 @@ pub(crate) unsafe fn gemm_unchecked(
                     // Row-major A (unit column stride) is read in place: its rows are
                     // contiguous along k, which is what the kernel streams. Only a partial
                     // last group of rows is packed (zero-padded); other layouts pack all.
-                    let in_place = csa == 1;
+                    // Rows whose stride is a multiple of 2 KiB land in the same one or
+                    // two L1 sets and evict each other (and the B micro-panel): pack those.
+                    let in_place = csa == 1 && (rsa.unsigned_abs() % 512 != 0);
                     let full = if in_place { mcb / mr } else { 0 };
                     let packed_rows = mcb - full * mr;
                     // SAFETY: (ic, pc) is inside A's view.
