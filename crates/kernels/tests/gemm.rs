@@ -570,3 +570,39 @@ fn gemm_packed_b_matches_ref_for_every_variant_and_a_layout() {
         }
     }
 }
+
+#[test]
+fn gemm_row_stride_multiple_of_2kib_takes_the_packed_a_path_and_matches_ref() {
+    // A row stride of 512 floats (2 KiB) makes the driver pack A instead of reading it in
+    // place; 37 rows leave a partial row group on every variant.
+    let (m, k, n, lda) = (37, 300, 45, 512);
+    let mut rng = StdRng::seed_from_u64(1000);
+    let a = rand_vec(&mut rng, m * lda);
+    let b = rand_vec(&mut rng, k * n);
+    let av = MatRef::new(&a, m, k, lda, 1).unwrap();
+    let bv = MatRef::row_major(&b, k, n).unwrap();
+    let mut want = vec![0.0; m * n];
+    gemm_ref(
+        1.0,
+        av,
+        bv,
+        0.0,
+        MatMut::row_major(&mut want, m, n).unwrap(),
+    );
+    for isa in variants() {
+        let mut c = vec![f32::NAN; m * n];
+        gemm_with(
+            isa,
+            Parallelism::Rayon,
+            1.0,
+            av,
+            bv,
+            0.0,
+            MatMut::row_major(&mut c, m, n).unwrap(),
+        )
+        .unwrap();
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() <= 1e-4, "isa={isa}: {x} vs {y}");
+        }
+    }
+}
