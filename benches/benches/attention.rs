@@ -48,7 +48,10 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_decode");
     g.sample_size(10);
     g.throughput(Throughput::Bytes((2 * hkv * lk * d * 4) as u64));
-    for (name, par) in [("1thread", Parallelism::Sequential), ("all_threads", Parallelism::Rayon)] {
+    for (name, par) in [
+        ("1thread", Parallelism::Sequential),
+        ("all_threads", Parallelism::Rayon),
+    ] {
         let opts = SdpaOptions {
             parallelism: par,
             ..Default::default()

@@ -72,7 +72,8 @@ pub fn suites() -> Vec<Suite> {
             name: "layer",
             cases: layer_cases,
             from_shape: layer_from_shape,
-            shape_help: "DMODELxHQxHKVxL[+CACHE] (L tokens; +CACHE: decode after CACHE cached tokens)",
+            shape_help:
+                "DMODELxHQxHKVxL[+CACHE] (L tokens; +CACHE: decode after CACHE cached tokens)",
             default_shape: "768x12x12x512",
         },
     ]
@@ -332,7 +333,6 @@ pub fn softmax_case(rows: usize, row_len: usize, bound: Bound) -> Case {
     )
 }
 
-
 fn tensor(x: &[f32], dims: [usize; 4]) -> attention::TensorRef<'_> {
     attention::TensorRef::contiguous(x, dims).expect("the buffer fits the shape")
 }
@@ -428,7 +428,10 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
 /// decoding one token against 4096 cached tokens (d_model 2048, 16 query / 4 key-value
 /// heads of 128, RoPE).
 pub fn layer_cases() -> Vec<Case> {
-    vec![layer_case(768, 12, 12, 512, 0), layer_case(2048, 16, 4, 1, 4096)]
+    vec![
+        layer_case(768, 12, 12, 512, 0),
+        layer_case(2048, 16, 4, 1, 4096),
+    ]
 }
 
 fn layer_from_shape(shape: &str) -> Result<Case> {
@@ -458,7 +461,11 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
     } else {
         format!("{d_model}x{hq}x{hkv}x{l}+{cache}")
     };
-    let bound = if cache == 0 { Bound::Compute } else { Bound::Memory };
+    let bound = if cache == 0 {
+        Bound::Compute
+    } else {
+        Bound::Memory
+    };
     Case::new(
         "layer",
         name,
