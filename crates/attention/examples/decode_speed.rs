@@ -15,10 +15,14 @@ fn main() {
     let kv: Vec<f32> = (0..hkv * lk * d)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
+    let vv: Vec<f32> = (0..hkv * lk * d)
+        .map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let q: Vec<f32> = (0..hq * d).map(|i| (i % 17) as f32 / 17.0).collect();
-    let (qt, kt) = (
+    let (qt, kt, vt) = (
         TensorRef::contiguous(&q, [1, hq, 1, d]).unwrap(),
         TensorRef::contiguous(&kv, [1, hkv, lk, d]).unwrap(),
+        TensorRef::contiguous(&vv, [1, hkv, lk, d]).unwrap(),
     );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -28,7 +32,7 @@ fn main() {
     let mut times = vec![];
     for _ in 0..7 {
         let s = Instant::now();
-        pool.install(|| sdpa(qt, kt, kt, &opts).unwrap());
+        pool.install(|| sdpa(qt, kt, vt, &opts).unwrap());
         times.push(s.elapsed().as_secs_f64());
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -242,7 +242,9 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         let (h, i) = row_hi(p, t, r);
         let base = q.offset(t.b, h, i, 0);
         let dst = &mut ws.q[r * d..(r + 1) * d];
-        if qs[3] == 1 {
+        if d == 0 {
+            // Nothing to gather (the view may describe no memory at all).
+        } else if qs[3] == 1 {
             dst.copy_from_slice(&q.data()[base..base + d]);
         } else {
             for (x, v) in dst.iter_mut().enumerate() {
@@ -468,7 +470,10 @@ fn run_split(
 ) -> Result<()> {
     let chunks = p.lk.div_ceil(DECODE_CHUNK);
     let direct = direct_ok(p, k, v);
-    let (qt, dv) = (query_tile(p.isa), p.dv);
+    // Partial results are sized by the largest tile, not the tile target (decode tiles
+    // hold a few rows).
+    let qt = tiles.iter().map(|t| t.r1 - t.r0).max().unwrap_or(0).max(1);
+    let dv = p.dv;
     let tasks = tiles.len() * chunks;
     let mut part_o = vec![0.0f32; tasks * qt * dv];
     let mut part_ml = vec![0.0f32; tasks * 2 * qt];

@@ -173,7 +173,8 @@ pub fn sdpa_into(
         (AttnPath::Auto, true) | (AttnPath::Materialized, _) => AttnPath::Materialized,
         _ => AttnPath::Flash,
     };
-    if p.b * p.hq * p.lq == 0 || p.dv == 0 {
+    // Nothing to compute; with Dv = 0 the weights and LSE may still be asked for.
+    if p.b * p.hq * p.lq == 0 || (p.dv == 0 && weights.is_none() && lse.is_none()) {
         return Ok(());
     }
     match path {

@@ -181,9 +181,10 @@ impl<'a> Problem<'a> {
             }
         }
         if let Some(c) = opts.softcap {
-            if !(c.is_finite() && c > 0.0) {
+            // A subnormal cap would make 1/cap infinite.
+            if !(c.is_finite() && c >= f32::MIN_POSITIVE) {
                 return Err(AttnError::Option {
-                    what: format!("softcap must be finite and > 0, got {c}"),
+                    what: format!("softcap must be finite and a normal positive number, got {c}"),
                 });
             }
         }
@@ -233,10 +234,10 @@ impl<'a> Problem<'a> {
             hi = hi.min(pos + 1);
         }
         if let Some(r) = self.window_right {
-            hi = hi.min(pos.saturating_add(r as i64) + 1);
+            hi = hi.min(pos.saturating_add(window_i64(r)) + 1);
         }
         if let Some(l) = self.window_left {
-            lo = lo.max(pos.saturating_sub(l as i64));
+            lo = lo.max(pos.saturating_sub(window_i64(l)));
         }
         let hi = hi.clamp(0, n) as usize;
         let lo = (lo.max(0) as usize).min(hi);
@@ -301,6 +302,12 @@ impl<'a> Problem<'a> {
             row[cut_hi..].fill(f32::NEG_INFINITY);
         }
     }
+}
+
+/// A window length as i64, capped at 2^62 (beyond any sequence: effectively unbounded), so
+/// `usize::MAX` neither wraps negative nor overflows the `+ 1` of an inclusive bound.
+pub(crate) fn window_i64(w: usize) -> i64 {
+    w.min(1 << 62) as i64
 }
 
 /// Index into a dimension that may broadcast (size 1).

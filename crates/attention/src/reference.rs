@@ -48,12 +48,12 @@ pub fn sdpa_ref(
                         visible = false;
                     }
                     if let Some(l) = opts.window_left {
-                        if jj < pos - l as i64 {
+                        if jj < pos - (l.min(1 << 62) as i64) {
                             visible = false;
                         }
                     }
                     if let Some(r) = opts.window_right {
-                        if jj > pos + r as i64 {
+                        if jj > pos + (r.min(1 << 62) as i64) {
                             visible = false;
                         }
                     }

@@ -32,9 +32,18 @@ fn extent(what: &'static str, len: usize, dims: [usize; 4], strides: [usize; 4])
     Ok(())
 }
 
-/// Contiguous strides of `[B, H, L, D]`.
+/// Contiguous strides of `[B, H, L, D]` (saturating: a view whose size overflows is then
+/// refused with [`AttnError::Overflow`] when it is built).
 pub fn contiguous_strides(dims: [usize; 4]) -> [usize; 4] {
-    [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1]
+    let hld = dims[1].saturating_mul(dims[2]).saturating_mul(dims[3]);
+    [hld, dims[2].saturating_mul(dims[3]), dims[3], 1]
+}
+
+/// Strides of `[B, L, H, D]` memory seen as `[B, H, L, D]` (saturating, as above).
+fn blhd_strides(dims: [usize; 4]) -> [usize; 4] {
+    let [_, h, l, d] = dims;
+    let hd = h.saturating_mul(d);
+    [l.saturating_mul(hd), d, hd, 1]
 }
 
 /// A read-only `[B, H, L, D]` view of `T` (f32 for tensors, `bool` for masks).
@@ -74,8 +83,7 @@ impl<'a, T: Copy> TensorRef<'a, T> {
     /// A view of memory laid out `[B, L, H, D]` (as most model code keeps it), seen as
     /// `[B, H, L, D]`. `dims` is given as `[B, H, L, D]`.
     pub fn from_blhd(data: &'a [T], dims: [usize; 4]) -> Result<Self> {
-        let [_, h, l, d] = dims;
-        Self::new(data, dims, [l * h * d, d, h * d, 1])
+        Self::new(data, dims, blhd_strides(dims))
     }
 
     /// `[B, H, L, D]`.
@@ -154,8 +162,7 @@ impl<'a> TensorMut<'a> {
 
     /// A view of `[B, L, H, D]` memory seen as `[B, H, L, D]` (`dims` given as B, H, L, D).
     pub fn from_blhd(data: &'a mut [f32], dims: [usize; 4]) -> Result<Self> {
-        let [_, h, l, d] = dims;
-        Self::new(data, dims, [l * h * d, d, h * d, 1])
+        Self::new(data, dims, blhd_strides(dims))
     }
 
     /// `[B, H, L, D]`.

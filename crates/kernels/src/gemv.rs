@@ -15,6 +15,23 @@ use crate::error::{KernelError, Result};
 use crate::gemm::microkernel::SimdOps;
 use crate::gemm::{MatMut, MatRef};
 
+/// How many rows ahead the decode kernels prefetch K and V.
+const PREFETCH_ROWS: usize = 16;
+
+/// Prefetches `rows` rows of `len` values at `p` (stride `ld`), one request per cache line.
+///
+/// # Safety
+/// The ISA of `S` is present (`p` need not be valid: prefetches never fault).
+#[inline(always)]
+unsafe fn prefetch_rows<S: SimdOps>(p: *const f32, rows: usize, ld: usize, len: usize) {
+    for r in 0..rows {
+        for x in (0..len).step_by(16) {
+            // SAFETY: prefetching never faults; the ISA is present.
+            unsafe { S::prefetch(p.wrapping_add(r * ld + x)) };
+        }
+    }
+}
+
 /// # Safety
 /// `q` readable for `R` rows of `d` (stride `ldq`), `kj` for `d` values, `s` writable at
 /// `r·lds` for `r < R`; the ISA of `S` is present.
@@ -122,6 +139,9 @@ unsafe fn dot_rows_body<S: SimdOps>(
         // SAFETY: rows j..j+4 ≤ n of K; rows r0.. of Q and S; forwarded contract.
         unsafe {
             let kj = k.add(j * ldk);
+            // Ask for the key rows PREFETCH_ROWS ahead: one stream per query group is too
+            // little memory-level parallelism for the hardware prefetcher alone.
+            prefetch_rows::<S>(kj.wrapping_add(PREFETCH_ROWS * ldk), 4, ldk, d);
             let mut r0 = 0;
             while r0 < rows {
                 let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
@@ -175,6 +195,7 @@ unsafe fn axpy_rows_body<S: SimdOps>(
         // SAFETY: row j < n of V, rows r < rows of P and O; forwarded contract.
         unsafe {
             let vj = v.add(j * ldv);
+            prefetch_rows::<S>(vj.wrapping_add(PREFETCH_ROWS * ldv), 1, ldv, dv);
             for r in 0..rows {
                 let pr = *p.add(r * ldp + j);
                 if pr == 0.0 {

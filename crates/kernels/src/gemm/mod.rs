@@ -317,7 +317,7 @@ pub(crate) unsafe fn gemm_unchecked(
                     // last group of rows is packed (zero-padded); other layouts pack all.
                     // Rows whose stride is a multiple of 2 KiB land in the same one or
                     // two L1 sets and evict each other (and the B micro-panel): pack those.
-                    let in_place = csa == 1 && (rsa.unsigned_abs() % 512 != 0);
+                    let in_place = csa == 1 && rsa != 0 && !rsa.unsigned_abs().is_multiple_of(512);
                     let full = if in_place { mcb / mr } else { 0 };
                     let packed_rows = mcb - full * mr;
                     // SAFETY: (ic, pc) is inside A's view.

@@ -106,6 +106,14 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// The ISA is present.
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Hint that the cache line holding `p` will be read soon (no-op where unsupported).
+    ///
+    /// # Safety
+    /// The ISA is present (`p` need not be valid: prefetches never fault).
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        let _ = p;
+    }
     /// Sum of the lanes.
     ///
     /// # Safety

@@ -40,6 +40,11 @@ impl SimdOps for Avx2Ops {
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: SSE is baseline on x86-64; prefetches never fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[inline(always)]
     unsafe fn reduce_add(a: __m256) -> f32 {
         // SAFETY: AVX is present (caller contract).
         unsafe {
@@ -87,6 +92,11 @@ impl SimdOps for Avx512Ops {
     unsafe fn mul(a: __m512, b: __m512) -> __m512 {
         // SAFETY: AVX-512F is present (caller contract).
         unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: SSE is baseline on x86-64; prefetches never fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
     #[inline(always)]
     unsafe fn reduce_add(a: __m512) -> f32 {
