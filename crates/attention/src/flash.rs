@@ -149,6 +149,7 @@ struct Ws {
     m: Vec<f32>,
     l: Vec<f32>,
     iv: Vec<(usize, usize)>,
+    lim: Vec<usize>,
     packs: Option<KvPacks>,
 }
 
@@ -166,6 +167,7 @@ fn with_ws<R>(f: impl FnOnce(&mut Ws) -> R) -> R {
         m: Vec::new(),
         l: Vec::new(),
         iv: Vec::new(),
+        lim: Vec::new(),
         packs: None,
     });
     let r = f(&mut ws);
@@ -263,6 +265,7 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         return Ok(());
     }
     let mods = p.has_score_mods();
+    let mr = kernels::gemm::tile_of(p.isa).0;
     let first = (tile_lo - origin) / KEY_BLOCK;
     let last = (tile_hi - origin).div_ceil(KEY_BLOCK);
     for blk in first..last {
@@ -280,9 +283,39 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         let jend = j1.min(tile_hi);
         let kbn = jend - j0;
         let clean = !mods && ws.iv.iter().all(|&(lo, hi)| lo <= j0 && hi >= jend);
+        // Row groups of MR rows (the microkernel's height) that see fewer keys of this
+        // block than the tile's last row (the causal diagonal, a window) stop earlier:
+        // their S and P·V use only their own leading width `lim[g]`.
+        ws.lim.clear();
+        for g in 0..rows.div_ceil(mr) {
+            let grp = &ws.iv[g * mr..((g + 1) * mr).min(rows)];
+            let hi = grp
+                .iter()
+                .filter(|(lo, hi)| lo < hi)
+                .map(|&(_, hi)| hi)
+                .max()
+                .unwrap_or(j0);
+            ws.lim.push(hi.clamp(j0, jend) - j0);
+        }
+        let staircase = matches!(kv, Kv::Packed(_)) && ws.lim.iter().any(|&w| w < kbn);
         let qm = MatRef::new(&ws.q, rows, d, d, 1)?;
         let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
         match kv {
+            Kv::Packed(packs) if staircase => {
+                for (g, &w) in ws.lim.iter().enumerate() {
+                    let (r0, rg) = (g * mr, mr.min(rows - g * mr));
+                    if w > 0 {
+                        gemm_packed_b(
+                            p.scale,
+                            MatRef::new(&ws.q[r0 * d..], rg, d, d, 1)?,
+                            &packs.k,
+                            j0 - origin,
+                            0.0,
+                            MatMut::new(&mut ws.s[r0 * KEY_BLOCK..], rg, w, KEY_BLOCK, 1)?,
+                        )?;
+                    }
+                }
+            }
             Kv::Packed(packs) => gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?,
             Kv::Direct { k, .. } => {
                 let kd = &k.data()[k.offset(t.b, t.kvh, j0, 0)..];
@@ -292,6 +325,10 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         }
         for r in 0..rows {
             let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
+            if staircase {
+                // Columns past the group's width were not computed (all invisible).
+                row[ws.lim[r / mr]..].fill(f32::NEG_INFINITY);
+            }
             if !clean {
                 let (h, i) = row_hi(p, t, r);
                 p.modify_row(t.b, h, i, j0, row);
@@ -316,6 +353,21 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         let pm = MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?;
         let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
         match kv {
+            Kv::Packed(packs) if staircase => {
+                for (g, &w) in ws.lim.iter().enumerate() {
+                    let (r0, rg) = (g * mr, mr.min(rows - g * mr));
+                    if w > 0 {
+                        gemm_packed_b(
+                            1.0,
+                            MatRef::new(&ws.s[r0 * KEY_BLOCK..], rg, w, KEY_BLOCK, 1)?,
+                            &packs.v[blk],
+                            0,
+                            1.0,
+                            MatMut::new(&mut ws.o[r0 * dv..], rg, dv, dv, 1)?,
+                        )?;
+                    }
+                }
+            }
             Kv::Packed(packs) => gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?,
             Kv::Direct { v, .. } => {
                 let vd = &v.data()[v.offset(t.b, t.kvh, j0, 0)..];
