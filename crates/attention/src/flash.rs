@@ -331,12 +331,8 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
             }
             if !clean {
                 let (h, i) = row_hi(p, t, r);
+                // Blocks lie inside the pack, so the row's own interval covers any clipping.
                 p.modify_row(t.b, h, i, j0, row);
-                // Keys of this chunk/pack the row may not see (interval clipped to the pack).
-                let (lo, hi) = ws.iv[r];
-                if lo >= hi {
-                    row.fill(f32::NEG_INFINITY);
-                }
             }
             let m_old = ws.m[r];
             let (m_new, sum) = exp_row_update(p.isa, row, 1.0, m_old)?;

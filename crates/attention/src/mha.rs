@@ -561,6 +561,35 @@ impl MultiHeadAttention {
             .ok_or(AttnError::Overflow { what: "output" })
     }
 
+    /// The attention call's checks, done before any projection: the options against the
+    /// head shapes, and the length of the weights buffer if one is given.
+    fn check_attention(
+        &self,
+        batch: usize,
+        lq: usize,
+        lk: usize,
+        opts: &SdpaOptions<'_>,
+        weights: Option<&[f32]>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (hq, hkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        Problem::new(
+            [batch, hq, lq, hd],
+            [batch, hkv, lk, hd],
+            [batch, hkv, lk, hd],
+            opts,
+        )?;
+        if let Some(w) = weights {
+            expect_len(
+                "weights",
+                w.len(),
+                self.weights_len(batch, lq, lk)?,
+                "B·Hq·Lq·Lk",
+            )?;
+        }
+        Ok(())
+    }
+
     fn weights_len(&self, batch: usize, lq: usize, lk: usize) -> Result<usize> {
         [batch, self.cfg.n_heads, lq, lk]
             .iter()
@@ -605,20 +634,7 @@ impl MultiHeadAttention {
             None => 0,
         };
         let lk = pos0 + seq;
-        Problem::new(
-            [batch, hq, seq, hd],
-            [batch, hkv, lk, hd],
-            [batch, hkv, lk, hd],
-            opts,
-        )?;
-        if let Some(w) = &weights {
-            expect_len(
-                "weights",
-                w.len(),
-                self.weights_len(batch, seq, lk)?,
-                "B·Hq·Lq·Lk",
-            )?;
-        }
+        self.check_attention(batch, seq, lk, opts, weights.as_deref())?;
         if rows == 0 {
             return Ok(());
         }
@@ -696,20 +712,7 @@ impl MultiHeadAttention {
         self.check_io("input", x.len(), rows_q)?;
         self.check_io("context", ctx.len(), rows_k)?;
         self.check_io("output", y.len(), rows_q)?;
-        Problem::new(
-            [batch, hq, seq_q, hd],
-            [batch, hkv, seq_kv, hd],
-            [batch, hkv, seq_kv, hd],
-            opts,
-        )?;
-        if let Some(w) = &weights {
-            expect_len(
-                "weights",
-                w.len(),
-                self.weights_len(batch, seq_q, seq_kv)?,
-                "B·Hq·Lq·Lk",
-            )?;
-        }
+        self.check_attention(batch, seq_q, seq_kv, opts, weights.as_deref())?;
         if rows_q == 0 {
             return Ok(());
         }
