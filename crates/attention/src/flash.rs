@@ -435,9 +435,12 @@ pub(crate) fn run(
     // SAFETY: as above.
     let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
     let mut tiles = Vec::new();
+    // Tiles are built group by group: `group_start[g] .. group_start[g + 1]` are group g's.
+    let mut group_start = vec![0];
     for b in 0..p.b {
         for kvh in 0..p.hkv {
             group_tiles(p, b, kvh, &mut tiles);
+            group_start.push(tiles.len());
         }
     }
     let parallel = p.par == Parallelism::Rayon
@@ -453,12 +456,9 @@ pub(crate) fn run(
     let groups: Vec<(usize, usize)> = (0..p.b)
         .flat_map(|b| (0..p.hkv).map(move |h| (b, h)))
         .collect();
-    let tiles_of = |b: usize, kvh: usize| -> Vec<Tile> {
-        tiles
-            .iter()
-            .copied()
-            .filter(|t| t.b == b && t.kvh == kvh)
-            .collect()
+    let tiles_of = |b: usize, kvh: usize| -> &[Tile] {
+        let g = b * p.hkv + kvh;
+        &tiles[group_start[g]..group_start[g + 1]]
     };
     let direct = direct_ok(p, k, v);
     let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
