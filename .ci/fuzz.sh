@@ -55,6 +55,12 @@ for t in "${TARGETS[@]}"; do
 done
 
 for t in "${TARGETS[@]}"; do
+  # Inputs that once crashed a target (committed under fuzz/regressions/<target>/) are
+  # replayed first, every run, whatever the random search finds or misses this time.
+  if [ -d "fuzz/regressions/$t" ] && [ -n "$(ls -A "fuzz/regressions/$t")" ]; then
+    echo "== fuzz: replay $(ls "fuzz/regressions/$t" | wc -l) regression input(s) of $t"
+    cargo fuzz run --release "$t" "fuzz/regressions/$t"/* -- -runs=1
+  fi
   echo "== fuzz: run $t for ${SECONDS_EACH} s"
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   # -timeout: one input may take at most 10 s (a hang fails the run);

@@ -523,7 +523,10 @@ fn run_split(
     let qt = tiles.iter().map(|t| t.r1 - t.r0).max().unwrap_or(0).max(1);
     let dv = p.dv;
     let tasks = tiles.len() * chunks;
-    let mut part_o = vec![0.0f32; tasks * qt * dv];
+    // One partial output block per task; at least one element wide so that Dv = 0 still
+    // gives one chunk per task (the max and sum partials are needed for the LSE).
+    let po_len = (qt * dv).max(1);
+    let mut part_o = vec![0.0f32; tasks * po_len];
     let mut part_ml = vec![0.0f32; tasks * 2 * qt];
     let task = |(idx, (po, pml)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
         let (t, c) = (tiles[idx / chunks], idx % chunks);
@@ -567,10 +570,10 @@ fn run_split(
             Ok(())
         })
     };
-    let it = part_o.chunks_mut(qt * dv).zip(part_ml.chunks_mut(2 * qt));
+    let it = part_o.chunks_mut(po_len).zip(part_ml.chunks_mut(2 * qt));
     if parallel {
         part_o
-            .par_chunks_mut(qt * dv)
+            .par_chunks_mut(po_len)
             .zip(part_ml.par_chunks_mut(2 * qt))
             .enumerate()
             .try_for_each(task)?;
@@ -597,7 +600,7 @@ fn run_split(
                     }
                     let w = (mc - mx).exp();
                     sum += lc * w;
-                    let po = &part_o[(ti * chunks + c) * qt * dv + r * dv..][..dv];
+                    let po = &part_o[(ti * chunks + c) * po_len + r * dv..][..dv];
                     for (x, y) in orow.iter_mut().zip(po) {
                         *x += w * y;
                     }

@@ -1191,3 +1191,42 @@ fn a25_layer_configs_weights_and_inputs_of_the_wrong_size_are_refused() {
         AttnError::Shape { .. }
     );
 }
+
+#[test]
+fn a15b_decode_split_with_empty_dv_fills_lse() {
+    // Found by the sdpa fuzz target: the flash-decoding split (one query, keys beyond one
+    // chunk) sized its partial outputs by Dv and panicked when Dv = 0.
+    let lk = 5000;
+    let x = qkv([1, 2, lk, 3]);
+    let k = TensorRef::contiguous(&x, [1, 2, lk, 3]).unwrap();
+    let q = TensorRef::contiguous(&x[..6], [1, 2, 1, 3]).unwrap();
+    let v0 = TensorRef::contiguous(&[], [1, 2, lk, 0]).unwrap();
+    let want = sdpa_ref(q, k, v0, &SdpaOptions::default()).unwrap();
+    for path in [AttnPath::Flash, AttnPath::Auto] {
+        let d = SdpaOptions {
+            path,
+            ..Default::default()
+        };
+        let mut lse = [0.0f32; 2];
+        let mut o: [f32; 0] = [];
+        sdpa_into(
+            q,
+            k,
+            v0,
+            TensorMut::contiguous(&mut o, [1, 2, 1, 0]).unwrap(),
+            &d,
+            SdpaOutputs {
+                weights: None,
+                lse: Some(&mut lse),
+            },
+        )
+        .unwrap();
+        for (g, r) in lse.iter().zip(&want.lse) {
+            assert!(
+                (g - r).abs() < 1e-4 * r.abs().max(1.0),
+                "{lse:?} vs {:?}",
+                want.lse
+            );
+        }
+    }
+}
