@@ -262,11 +262,18 @@ pub(crate) unsafe fn gemm_unchecked(
         )
     };
 
+    // Depth blocks of equal size (at most KC, a multiple of 8 where possible): k = 512 with
+    // KC = 384 would otherwise run a 128-deep block whose C traffic is paid for with only a
+    // quarter of the FMAs (measured 8% slower at n = 512 than two 256-deep blocks).
+    let kc = k
+        .div_ceil(k.div_ceil(bs.kc).max(1))
+        .next_multiple_of(8)
+        .min(bs.kc);
     for jc in (0..n).step_by(bs.nc) {
         let ncb = bs.nc.min(n - jc);
         let n_panels = ncb.div_ceil(nr);
-        for pc in (0..k).step_by(bs.kc) {
-            let kcb = bs.kc.min(k - pc);
+        for pc in (0..k).step_by(kc) {
+            let kcb = kc.min(k - pc);
             let beta_step = if pc == 0 { beta } else { 1.0 };
             with_scratch(n_panels * nr * kcb, |bpack| {
                 // Pack B[pc.., jc..] panel by panel (in parallel when worth it).
