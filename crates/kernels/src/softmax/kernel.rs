@@ -7,8 +7,8 @@
 //! stored: one multiply (or FMA) per vector is cheaper than another pass over memory, and
 //! the same instructions give the same `s` in every pass.
 
-use crate::exp::exp_v;
 use crate::exp::simd::ExpOps;
+use crate::exp::{exp2_v, exp_v};
 
 /// What a row pass produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +152,60 @@ pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool>(
             if STORE {
                 S::store_partial(dst.add(j), k, e);
             }
+            a1 = S::add(a1, e);
+        }
+        S::hsum(S::add(a0, a1))
+    }
+}
+
+/// The online softmax's tile pass, in place: `x_j ← exp(scale·x_j − shift)` for `j < n`
+/// and `Σ_j x_j`, computed as `2^((scale·x_j − shift)·log2 e)` with [`exp2_v`], which is
+/// cheaper than [`exp_v`]. `shift` must be at least every `scale·x_j` (as f32 products,
+/// the way [`max_logit`] forms them), or 0 when all are −inf: then every
+/// difference is exactly ≤ 0 (rounding is monotone), the max's own is exactly 0, and the
+/// difference rounds as in [`exp_sum`] (exact when it is small), so the error stays
+/// relative to `|scale·x_j − shift|`, not to `|shift|`.
+///
+/// # Safety
+/// `x` readable and writable for `n` values; the ISA is present.
+#[inline(always)]
+pub(crate) unsafe fn exp2_sum_in_place<S: ExpOps>(
+    x: *mut f32,
+    n: usize,
+    scale: f32,
+    shift: f32,
+) -> f32 {
+    let l = S::LANES;
+    let mut j = 0;
+    // SAFETY: accesses at `j .. j + 2l`, `j .. j + l`, `j .. n`, inside `0..n` by the loop
+    // conditions; each range is loaded before it is stored.
+    unsafe {
+        let sv = S::splat(scale);
+        let hv = S::splat(shift);
+        let log2e = S::splat(std::f32::consts::LOG2_E);
+        let arg = |v: S::V| S::mul(S::sub(S::mul(v, sv), hv), log2e);
+        let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
+        while j + 2 * l <= n {
+            let e0 = exp2_v::<S>(arg(S::load(x.add(j))));
+            let e1 = exp2_v::<S>(arg(S::load(x.add(j + l))));
+            S::store(x.add(j), e0);
+            S::store(x.add(j + l), e1);
+            a0 = S::add(a0, e0);
+            a1 = S::add(a1, e1);
+            j += 2 * l;
+        }
+        if j + l <= n {
+            let e0 = exp2_v::<S>(arg(S::load(x.add(j))));
+            S::store(x.add(j), e0);
+            a0 = S::add(a0, e0);
+            j += l;
+        }
+        if j < n {
+            let k = n - j;
+            // Lanes k.. are −inf, which give 0.
+            let a = arg(S::load_partial(x.add(j), k));
+            let e = exp2_v::<S>(S::fill_tail(a, k, f32::NEG_INFINITY));
+            S::store_partial(x.add(j), k, e);
             a1 = S::add(a1, e);
         }
         S::hsum(S::add(a0, a1))

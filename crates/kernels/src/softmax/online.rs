@@ -51,7 +51,7 @@
 //! # Ok::<(), kernels::KernelError>(())
 //! ```
 
-use super::kernel::{exp_sum, max_logit, scale_in_place};
+use super::kernel::{exp2_sum_in_place, max_logit, scale_in_place};
 use crate::dispatch::Isa;
 use crate::error::{KernelError, Result};
 use crate::exp::exp_scalar;
@@ -209,7 +209,8 @@ impl IsaKernel for RowUpdate<'_> {
             } else {
                 new_max
             };
-            let sum = exp_sum::<S, false, true>(p, std::ptr::null(), p, n, self.scale, shift);
+            // Base 2 (see `exp2_sum_in_place`): about 20% fewer vector ops than `exp_sum`.
+            let sum = exp2_sum_in_place::<S>(p, n, self.scale, shift);
             if sum.is_nan() {
                 (f32::NAN, f32::NAN)
             } else {
@@ -226,6 +227,11 @@ impl IsaKernel for RowUpdate<'_> {
 /// If `new_max` is −inf (everything masked so far) the row becomes zeros and the result is
 /// `(−inf, 0)`. A NaN in the row or in `prev_max` gives `(NaN, NaN)` (and NaN values in
 /// the row). An empty row returns `(prev_max, 0)`. Two passes over the row, no allocation.
+///
+/// Accuracy: the exponential is evaluated in base 2 (`2^(d·log2 e)` with
+/// `d = s_j − new_max`, which is exact or correctly rounded), so an element's relative error
+/// is about `(1 + 1.5·|d|)·2^-24`; measured against its size `e^d` that is at most about
+/// `2^-24` of the row's largest term, the same as one rounding of the sum.
 ///
 /// # Errors
 /// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
