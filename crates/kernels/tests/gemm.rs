@@ -574,9 +574,15 @@ fn gemm_packed_b_matches_ref_for_every_variant_and_a_layout() {
 #[test]
 fn gemm_row_stride_multiple_of_2kib_takes_the_packed_a_path_and_matches_ref() {
     // A row stride of 512 floats (2 KiB) makes the driver pack A instead of reading it in
-    // place; 37 rows leave a partial row group on every variant.
-    let (m, k, n, lda) = (37, 300, 45, 512);
-    let mut rng = StdRng::seed_from_u64(1000);
+    // place (full row groups by 4×4 transposes on x86-64); 37 rows leave a partial row
+    // group on every variant, and k = 299, 301 leave columns past the last 4×4 block.
+    for k in [300, 299, 301, 3] {
+        packed_a_case(37, k, 45, 512);
+    }
+}
+
+fn packed_a_case(m: usize, k: usize, n: usize, lda: usize) {
+    let mut rng = StdRng::seed_from_u64(1000 + k as u64);
     let a = rand_vec(&mut rng, m * lda);
     let b = rand_vec(&mut rng, k * n);
     let av = MatRef::new(&a, m, k, lda, 1).unwrap();
@@ -602,7 +608,7 @@ fn gemm_row_stride_multiple_of_2kib_takes_the_packed_a_path_and_matches_ref() {
         )
         .unwrap();
         for (x, y) in c.iter().zip(&want) {
-            assert!((x - y).abs() <= 1e-4, "isa={isa}: {x} vs {y}");
+            assert!((x - y).abs() <= 1e-4, "isa={isa} k={k}: {x} vs {y}");
         }
     }
 }

@@ -29,6 +29,17 @@ pub(crate) unsafe fn pack_a<const MR: usize>(
         let rows = (mc - q * MR).min(MR);
         // SAFETY: the caller guarantees the block is readable; the row offset stays inside it.
         let a_q = unsafe { a.offset((q * MR) as isize * rsa) };
+        #[cfg(target_arch = "x86_64")]
+        if rows == MR && csa == 1 && MR.is_multiple_of(4) {
+            // Row-major A: 4×4 transposes (SSE, baseline on x86-64).
+            // SAFETY: the MR rows of the panel are readable for `kc` columns; `o` has room
+            // for the panel's MR·kc values (assert above).
+            unsafe {
+                pack_a_rows_sse::<MR>(kc, a_q, rsa, o);
+                o = o.add(MR * kc);
+            }
+            continue;
+        }
         if rows == MR && rsa == 1 {
             // Column-major A: each column of the panel is MR contiguous values.
             for p in 0..kc {
@@ -53,6 +64,53 @@ pub(crate) unsafe fn pack_a<const MR: usize>(
                         *o = v;
                         o = o.add(1);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// One full panel of row-major A (unit column stride): `out[p·MR + i] = a[i·rsa + p]`,
+/// four rows × four columns per SSE transpose, the last `kc % 4` columns one by one.
+///
+/// # Safety
+/// `a.offset(i·rsa + p)` readable for `i < MR`, `p < kc`; `out` writable for `MR·kc`
+/// values; `MR` a multiple of 4.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn pack_a_rows_sse<const MR: usize>(kc: usize, a: *const f32, rsa: isize, out: *mut f32) {
+    use std::arch::x86_64::{
+        _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
+    };
+    let full = kc / 4 * 4;
+    for g in (0..MR).step_by(4) {
+        // SAFETY: rows g..g+4 < MR of the panel, columns p..p+4 ≤ full ≤ kc: inside the
+        // caller's readable block; stores go to out[(p + c)·MR + g .. + 4] with
+        // p + c < kc: inside the caller's MR·kc values. SSE is baseline on x86-64.
+        unsafe {
+            let r = |i: usize| a.offset((g + i) as isize * rsa);
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let mut p = 0;
+            while p < full {
+                let x0 = _mm_loadu_ps(r0.add(p));
+                let x1 = _mm_loadu_ps(r1.add(p));
+                let x2 = _mm_loadu_ps(r2.add(p));
+                let x3 = _mm_loadu_ps(r3.add(p));
+                // [a0 b0 a1 b1], [a2 b2 a3 b3], [c0 d0 c1 d1], [c2 d2 c3 d3]
+                let t0 = _mm_unpacklo_ps(x0, x1);
+                let t1 = _mm_unpackhi_ps(x0, x1);
+                let t2 = _mm_unpacklo_ps(x2, x3);
+                let t3 = _mm_unpackhi_ps(x2, x3);
+                let o = out.add(p * MR + g);
+                _mm_storeu_ps(o, _mm_movelh_ps(t0, t2));
+                _mm_storeu_ps(o.add(MR), _mm_movehl_ps(t2, t0));
+                _mm_storeu_ps(o.add(2 * MR), _mm_movelh_ps(t1, t3));
+                _mm_storeu_ps(o.add(3 * MR), _mm_movehl_ps(t3, t1));
+                p += 4;
+            }
+            for p in full..kc {
+                for i in 0..4 {
+                    *out.add(p * MR + g + i) = *a.offset((g + i) as isize * rsa + p as isize);
                 }
             }
         }
