@@ -75,6 +75,10 @@ pub(crate) trait SimdOps {
     const LANES: usize;
     /// Unroll factor of the microkernel's `k` loop (tuned per ISA with `ukr_speed`).
     const UNROLL: usize = 4;
+    /// How many `k` steps ahead the kernel prefetches its B micro-panel (0: not at all).
+    /// Worth it only where the micro-panel (`KC·NR·4` bytes) outgrows L1 and streams from
+    /// L2: the AVX-512 kernel (64 KiB at KC = 512; +3% at n = 1024), not AVX2 (−2%).
+    const PREFETCH_B_STEPS: usize = 0;
     /// All zeros.
     ///
     /// # Safety
@@ -129,7 +133,13 @@ pub(crate) trait SimdOps {
 /// # Safety
 /// As [`UkrFn`]; the ISA of `S` is present.
 #[inline(always)]
-unsafe fn k_loop<S: SimdOps, const MR: usize, const NV: usize, const PACKED: bool>(
+unsafe fn k_loop<
+    S: SimdOps,
+    const MR: usize,
+    const NV: usize,
+    const PACKED: bool,
+    const PF: bool,
+>(
     k: usize,
     a: *const f32,
     lda: isize,
@@ -139,9 +149,18 @@ unsafe fn k_loop<S: SimdOps, const MR: usize, const NV: usize, const PACKED: boo
     let nr = NV * S::LANES;
     let (mut a, mut b) = (a, b);
     let a_step = if PACKED { MR } else { 1 };
+    let pf = S::PREFETCH_B_STEPS;
     // Unrolled by 4: fewer loop-control uops between the FMAs.
     for _ in 0..k / S::UNROLL {
         for u in 0..S::UNROLL {
+            if PF && pf > 0 {
+                // One prefetch per cache line of the B row `pf` steps ahead (past the
+                // panel's end it touches the next panel or nothing: prefetches never fault).
+                for line in (0..nr).step_by(16) {
+                    // SAFETY: the ISA is present; the address is only a hint.
+                    unsafe { S::prefetch(b.wrapping_add((u + pf) * nr + line)) };
+                }
+            }
             // SAFETY: steps p..p+4 of the panels exist (k / 4 full groups).
             unsafe { step::<S, MR, NV, PACKED>(a.add(u * a_step), lda, b.add(u * nr), ab) };
         }
@@ -216,12 +235,41 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
     // alpha and beta are parked in memory across the k loop: kept in registers they would
     // push an accumulator out of the 16 ymm registers of the AVX2 kernel (a spill per step).
     let scalars = [alpha, beta];
-    if lda == 0 {
-        // SAFETY: forwarded contract (packed A micro-panel).
-        unsafe { k_loop::<S, MR, NV, true>(k, a, 0, b, &mut ab) };
+    // Prefetching pays only in deep k loops: in short ones (attention's S = Q·Kᵀ at
+    // D = 64, small products) C and B are in L1 or L2 and the hints cost 2–3%.
+    let deep = k >= 128;
+    if deep && csc == 1 {
+        // Ask for the C tile now: it is read (beta != 0) or written only after the k loop,
+        // and in large products it has left L2 since the previous depth block; without the
+        // hint its loads stall the end of every tile (AVX2, n = 2048: 73 → 85 GFLOP/s;
+        // AVX-512 +3%). First, middle and last element of a row cover all of its (up to
+        // three, when unaligned) cache lines for NR ≤ 32.
+        for i in 0..MR {
+            // SAFETY: the ISA is present; prefetches never fault.
+            unsafe {
+                let p = c.wrapping_offset(i as isize * rsc);
+                S::prefetch(p);
+                if nr > 16 {
+                    S::prefetch(p.wrapping_add(nr / 2));
+                }
+                S::prefetch(p.wrapping_add(nr - 1));
+            }
+        }
+    }
+    // `lda == 0` means a packed A micro-panel, otherwise row-major A with row stride `lda`.
+    let (packed, pf) = (lda == 0, deep && S::PREFETCH_B_STEPS > 0);
+    if packed && pf {
+        // SAFETY: forwarded contract (packed A).
+        unsafe { k_loop::<S, MR, NV, true, true>(k, a, 0, b, &mut ab) }
+    } else if packed {
+        // SAFETY: forwarded contract (packed A).
+        unsafe { k_loop::<S, MR, NV, true, false>(k, a, 0, b, &mut ab) }
+    } else if pf {
+        // SAFETY: forwarded contract (row-major A with row stride `lda`).
+        unsafe { k_loop::<S, MR, NV, false, true>(k, a, lda, b, &mut ab) }
     } else {
         // SAFETY: forwarded contract (row-major A with row stride `lda`).
-        unsafe { k_loop::<S, MR, NV, false>(k, a, lda, b, &mut ab) };
+        unsafe { k_loop::<S, MR, NV, false, false>(k, a, lda, b, &mut ab) }
     }
     // SAFETY: reading two initialised locals; the ISA is present.
     let (alpha, beta) = unsafe {

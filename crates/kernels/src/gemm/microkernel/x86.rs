@@ -63,6 +63,7 @@ impl SimdOps for Avx512Ops {
     type V = __m512;
     const LANES: usize = 16;
     const UNROLL: usize = 1;
+    const PREFETCH_B_STEPS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         // SAFETY: AVX-512F is present (caller contract).
