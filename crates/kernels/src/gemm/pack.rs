@@ -71,7 +71,8 @@ pub(crate) unsafe fn pack_a<const MR: usize>(
 }
 
 /// One full panel of row-major A (unit column stride): `out[p·MR + i] = a[i·rsa + p]`,
-/// four rows × four columns per SSE transpose, the last `kc % 4` columns one by one.
+/// four rows × four columns per SSE transpose, the last `kc % 4` columns one by one. Also
+/// packs a column-major B panel (`MR` = NR columns, `rsa` = the column stride).
 ///
 /// # Safety
 /// `a.offset(i·rsa + p)` readable for `i < MR`, `p < kc`; `out` writable for `MR·kc`
@@ -130,7 +131,16 @@ pub(crate) unsafe fn pack_b_panel<const NR: usize>(
     csb: isize,
     panel: &mut [f32],
 ) {
-    debug_assert!(cols <= NR && panel.len() >= NR * kc);
+    assert!(cols <= NR && panel.len() >= NR * kc);
+    #[cfg(target_arch = "x86_64")]
+    if cols == NR && rsb == 1 && NR.is_multiple_of(4) {
+        // Column-major B (attention's Kᵀ): column j is contiguous along p, so the panel is
+        // the transpose of NR such columns, as a row-major A panel is of MR rows.
+        // SAFETY: columns 0..NR of the panel are readable for `kc` rows (caller contract);
+        // the panel holds NR·kc values (asserted above).
+        unsafe { pack_a_rows_sse::<NR>(kc, b, csb, panel.as_mut_ptr()) };
+        return;
+    }
     if cols == NR && csb == 1 {
         for (p, dst) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
             // SAFETY: row `p` of the panel holds NR contiguous readable values.
