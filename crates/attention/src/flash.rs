@@ -35,10 +35,15 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Keys per block (a multiple of every microkernel's `NR`).
-pub const KEY_BLOCK: usize = 256;
+///
+/// Bench-tuned with [`QUERY_TILE`] on the dev Xeon (1 thread, H = 8, D = 64, best of 5 on
+/// a noisy host): 96 × 512 beat the 64 × 256 starting point by 6% at L = 512 (one block:
+/// no online rescaling at all), 1.5–2% at L = 1024, causal 2048 and D = 128; 128-key
+/// blocks were slower. The tile's S (96 × 512 f32, 192 KiB) lives in L2.
+pub const KEY_BLOCK: usize = 512;
 /// Target query rows per tile; the tile is rounded up to a multiple of the microkernel's
 /// `MR` ([`query_tile`]) so that no row group runs as a partial edge tile.
-pub const QUERY_TILE: usize = 64;
+pub const QUERY_TILE: usize = 96;
 
 /// Query rows per tile for `isa`: [`QUERY_TILE`] rounded up to a multiple of its `MR`.
 pub fn query_tile(isa: Isa) -> usize {

@@ -239,7 +239,14 @@ fn sdpa_matches_ref_for_every_mask_kind() {
         MaskKind::Additive,
         MaskKind::BoolPerHead,
     ] {
-        for &(lq, lk) in &[(17, 17), (64, 65), (65, 300), (300, 65), (1, 257)] {
+        for &(lq, lk) in &[
+            (17, 17),
+            (64, 65),
+            (65, 300),
+            (300, 65),
+            (1, 257),
+            (200, 1100),
+        ] {
             seed += 1;
             check(&Case {
                 mask,
