@@ -103,13 +103,37 @@ pub(crate) unsafe fn max_logit<S: ExpOps, const M: bool>(
     }
 }
 
-/// `e_j = exp(s_j − shift)` for `j < n`, stored to `dst` when `STORE`, and `Σ e_j`.
+/// `exp(d)` of `d = s − shift` (one vector): with `BASE2` as `2^(d·log2 e)` by [`exp2_v`].
+///
+/// The base-2 form is the online softmax's: about 20% fewer vector ops than [`exp_v`]
+/// (no Cody–Waite split, no upper clamp). It needs `d ≤ 0`, which holds exactly when
+/// `shift` is at least every `s` as f32 values (rounding is monotone), and it rounds
+/// `d·log2 e` once, so an element's error grows to about `(1 + 1.5·|d|)·2^-24` relative:
+/// at most ~`2^-24` of the row's largest term, `e^0 = 1`.
+///
+/// # Safety
+/// The ISA of `S` is present.
+#[inline(always)]
+unsafe fn exp_shifted<S: ExpOps, const BASE2: bool>(s: S::V, shift: S::V) -> S::V {
+    // SAFETY: register-only ops; the ISA is present (caller contract).
+    unsafe {
+        if BASE2 {
+            exp2_v::<S>(S::mul(S::sub(s, shift), S::splat(std::f32::consts::LOG2_E)))
+        } else {
+            exp_v::<S>(S::sub(s, shift))
+        }
+    }
+}
+
+/// `e_j = exp(s_j − shift)` for `j < n`, stored to `dst` when `STORE`, and `Σ e_j`; with
+/// `BASE2` through [`exp_shifted`]'s base-2 form, which needs `shift ≥ s_j` for every `j`
+/// (or 0 when every `s_j` is −inf).
 ///
 /// # Safety
 /// `x` (and `mask` when `M`) readable for `n` values, `dst` writable for `n` values when
 /// `STORE` (it may equal `x`, but must not overlap it otherwise); the ISA is present.
 #[inline(always)]
-pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool>(
+pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool, const BASE2: bool>(
     x: *const f32,
     mask: *const f32,
     dst: *mut f32,
@@ -126,8 +150,8 @@ pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool>(
         let hv = S::splat(shift);
         let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
         while j + 2 * l <= n {
-            let e0 = exp_v::<S>(S::sub(logits::<S, M>(x, mask, j, sv), hv));
-            let e1 = exp_v::<S>(S::sub(logits::<S, M>(x, mask, j + l, sv), hv));
+            let e0 = exp_shifted::<S, BASE2>(logits::<S, M>(x, mask, j, sv), hv);
+            let e1 = exp_shifted::<S, BASE2>(logits::<S, M>(x, mask, j + l, sv), hv);
             if STORE {
                 S::store(dst.add(j), e0);
                 S::store(dst.add(j + l), e1);
@@ -137,7 +161,7 @@ pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool>(
             j += 2 * l;
         }
         if j + l <= n {
-            let e0 = exp_v::<S>(S::sub(logits::<S, M>(x, mask, j, sv), hv));
+            let e0 = exp_shifted::<S, BASE2>(logits::<S, M>(x, mask, j, sv), hv);
             if STORE {
                 S::store(dst.add(j), e0);
             }
@@ -148,64 +172,10 @@ pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool>(
             let k = n - j;
             // Lanes k.. are −inf − shift = −inf (or NaN only if shift is NaN, which makes
             // the whole row NaN anyway), so they add exp(−inf) = 0.
-            let e = exp_v::<S>(S::sub(logits_tail::<S, M>(x, mask, j, k, sv), hv));
+            let e = exp_shifted::<S, BASE2>(logits_tail::<S, M>(x, mask, j, k, sv), hv);
             if STORE {
                 S::store_partial(dst.add(j), k, e);
             }
-            a1 = S::add(a1, e);
-        }
-        S::hsum(S::add(a0, a1))
-    }
-}
-
-/// The online softmax's tile pass, in place: `x_j ← exp(scale·x_j − shift)` for `j < n`
-/// and `Σ_j x_j`, computed as `2^((scale·x_j − shift)·log2 e)` with [`exp2_v`], which is
-/// cheaper than [`exp_v`]. `shift` must be at least every `scale·x_j` (as f32 products,
-/// the way [`max_logit`] forms them), or 0 when all are −inf: then every
-/// difference is exactly ≤ 0 (rounding is monotone), the max's own is exactly 0, and the
-/// difference rounds as in [`exp_sum`] (exact when it is small), so the error stays
-/// relative to `|scale·x_j − shift|`, not to `|shift|`.
-///
-/// # Safety
-/// `x` readable and writable for `n` values; the ISA is present.
-#[inline(always)]
-pub(crate) unsafe fn exp2_sum_in_place<S: ExpOps>(
-    x: *mut f32,
-    n: usize,
-    scale: f32,
-    shift: f32,
-) -> f32 {
-    let l = S::LANES;
-    let mut j = 0;
-    // SAFETY: accesses at `j .. j + 2l`, `j .. j + l`, `j .. n`, inside `0..n` by the loop
-    // conditions; each range is loaded before it is stored.
-    unsafe {
-        let sv = S::splat(scale);
-        let hv = S::splat(shift);
-        let log2e = S::splat(std::f32::consts::LOG2_E);
-        let arg = |v: S::V| S::mul(S::sub(S::mul(v, sv), hv), log2e);
-        let (mut a0, mut a1) = (S::splat(0.0), S::splat(0.0));
-        while j + 2 * l <= n {
-            let e0 = exp2_v::<S>(arg(S::load(x.add(j))));
-            let e1 = exp2_v::<S>(arg(S::load(x.add(j + l))));
-            S::store(x.add(j), e0);
-            S::store(x.add(j + l), e1);
-            a0 = S::add(a0, e0);
-            a1 = S::add(a1, e1);
-            j += 2 * l;
-        }
-        if j + l <= n {
-            let e0 = exp2_v::<S>(arg(S::load(x.add(j))));
-            S::store(x.add(j), e0);
-            a0 = S::add(a0, e0);
-            j += l;
-        }
-        if j < n {
-            let k = n - j;
-            // Lanes k.. are −inf, which give 0.
-            let a = arg(S::load_partial(x.add(j), k));
-            let e = exp2_v::<S>(S::fill_tail(a, k, f32::NEG_INFINITY));
-            S::store_partial(x.add(j), k, e);
             a1 = S::add(a1, e);
         }
         S::hsum(S::add(a0, a1))
@@ -374,7 +344,7 @@ unsafe fn row_m<S: ExpOps, const M: bool>(
         let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
         match mode {
             Mode::Softmax => {
-                let sum = exp_sum::<S, M, true>(x, mask, dst, nv, scale, shift);
+                let sum = exp_sum::<S, M, true, false>(x, mask, dst, nv, scale, shift);
                 // sum >= 1 whenever the max is finite (its own term is exp(0) = 1); 0 only
                 // for a fully masked row, whose exps are already stored as zeros.
                 if sum != 0.0 {
@@ -382,7 +352,7 @@ unsafe fn row_m<S: ExpOps, const M: bool>(
                 }
             }
             Mode::LogSoftmax => {
-                let sum = exp_sum::<S, M, false>(x, mask, dst, nv, scale, shift);
+                let sum = exp_sum::<S, M, false, false>(x, mask, dst, nv, scale, shift);
                 if sum == 0.0 {
                     for j in 0..nv {
                         *dst.add(j) = f32::NEG_INFINITY;
