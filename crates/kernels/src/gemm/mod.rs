@@ -438,6 +438,32 @@ pub(crate) unsafe fn macro_kernel(
             if rows == mr && cols == nr {
                 // SAFETY: a full tile inside C; panels hold kcb·mr and kcb·nr values.
                 unsafe { (ukr.run)(kcb, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
+            } else if let Some((h, edge)) = ukr.edge_for(rows).filter(|_| lda == 0) {
+                // A short last row group: a kernel of `h ≥ rows` rows on the same packed A
+                // panel, whose rows past `rows` are zero padding (only packed panels: rows
+                // past the group in place may lie outside A).
+                if h == rows && cols == nr {
+                    // SAFETY: a full `h × nr` tile inside C; the packed A panel (mr high)
+                    // holds these rows to depth kcb.
+                    unsafe { edge(kcb, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
+                } else {
+                    // SAFETY: the scratch tile holds h × nr ≤ 512 values, row-major; then
+                    // only the rows × cols part that lies inside C is written.
+                    unsafe {
+                        edge(
+                            kcb,
+                            alpha,
+                            ap,
+                            lda,
+                            bp.as_ptr(),
+                            0.0,
+                            tmp.as_mut_ptr(),
+                            nr as isize,
+                            1,
+                        );
+                        store_tile(rows, cols, &tmp, nr, beta, cp, rsc, csc);
+                    }
+                }
             } else {
                 // SAFETY: the scratch tile is mr × nr ≤ 512 values, row-major.
                 unsafe {

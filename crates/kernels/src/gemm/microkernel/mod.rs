@@ -52,6 +52,17 @@ pub(crate) struct Ukr {
     pub run: UkrFn,
     /// XNNPACK-style name (`ukr_6x16_avx2`).
     pub name: &'static str,
+    /// Kernels for a last row group shorter than `mr`, by ascending height: each computes
+    /// `rows × NR` from the same `mr`-high packed A panels (or in-place rows), so an edge
+    /// group of, say, 4 rows costs a 4-row kernel instead of a full tile on scratch.
+    pub edges: &'static [(usize, UkrFn)],
+}
+
+impl Ukr {
+    /// The smallest edge kernel that covers `rows < mr` rows, and its height.
+    pub fn edge_for(&self, rows: usize) -> Option<(usize, UkrFn)> {
+        self.edges.iter().copied().find(|&(h, _)| h >= rows)
+    }
 }
 
 /// The microkernel of `isa`. `isa` must be supported (checked by the callers' dispatch).
@@ -137,6 +148,7 @@ unsafe fn k_loop<
     S: SimdOps,
     const MR: usize,
     const NV: usize,
+    const PANEL: usize,
     const PACKED: bool,
     const PF: bool,
 >(
@@ -148,7 +160,7 @@ unsafe fn k_loop<
 ) {
     let nr = NV * S::LANES;
     let (mut a, mut b) = (a, b);
-    let a_step = if PACKED { MR } else { 1 };
+    let a_step = if PACKED { PANEL } else { 1 };
     let pf = S::PREFETCH_B_STEPS;
     // Unrolled by 4: fewer loop-control uops between the FMAs.
     for _ in 0..k / S::UNROLL {
@@ -213,11 +225,15 @@ unsafe fn step<S: SimdOps, const MR: usize, const NV: usize, const PACKED: bool>
 /// The microkernel body, generic over the vector ops, tile height `MR` and `NV` vectors
 /// per tile row (`NR = NV·LANES`). Inlined into each ISA's `#[target_feature]` wrapper.
 ///
+/// `PANEL ≥ MR` is the height of the packed A micro-panel it reads (element `(i, p)` at
+/// `p·PANEL + i`): the main kernels have `PANEL = MR`; the edge kernels compute only the
+/// first `MR` rows of a full-height panel (see [`Ukr::edges`]).
+///
 /// # Safety
 /// As [`UkrFn`], with `NR = NV·S::LANES`; `MR·NR ≤ 512`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize, const PANEL: usize>(
     k: usize,
     alpha: f32,
     a: *const f32,
@@ -260,16 +276,16 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize>(
     let (packed, pf) = (lda == 0, deep && S::PREFETCH_B_STEPS > 0);
     if packed && pf {
         // SAFETY: forwarded contract (packed A).
-        unsafe { k_loop::<S, MR, NV, true, true>(k, a, 0, b, &mut ab) }
+        unsafe { k_loop::<S, MR, NV, PANEL, true, true>(k, a, 0, b, &mut ab) }
     } else if packed {
         // SAFETY: forwarded contract (packed A).
-        unsafe { k_loop::<S, MR, NV, true, false>(k, a, 0, b, &mut ab) }
+        unsafe { k_loop::<S, MR, NV, PANEL, true, false>(k, a, 0, b, &mut ab) }
     } else if pf {
         // SAFETY: forwarded contract (row-major A with row stride `lda`).
-        unsafe { k_loop::<S, MR, NV, false, true>(k, a, lda, b, &mut ab) }
+        unsafe { k_loop::<S, MR, NV, PANEL, false, true>(k, a, lda, b, &mut ab) }
     } else {
         // SAFETY: forwarded contract (row-major A with row stride `lda`).
-        unsafe { k_loop::<S, MR, NV, false, false>(k, a, lda, b, &mut ab) }
+        unsafe { k_loop::<S, MR, NV, PANEL, false, false>(k, a, lda, b, &mut ab) }
     }
     // SAFETY: reading two initialised locals; the ISA is present.
     let (alpha, beta) = unsafe {

@@ -56,7 +56,7 @@ unsafe fn ukr_6x16_portable(
     csc: isize,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { ukr_body::<WideOps, 6, 2>(k, alpha, a, lda, b, beta, c, rsc, csc) }
+    unsafe { ukr_body::<WideOps, 6, 2, 6>(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 pub(crate) const UKR_PORTABLE: Ukr = Ukr {
@@ -64,4 +64,5 @@ pub(crate) const UKR_PORTABLE: Ukr = Ukr {
     nr: 16,
     run: ukr_6x16_portable,
     name: "ukr_6x16_portable",
+    edges: &[],
 };

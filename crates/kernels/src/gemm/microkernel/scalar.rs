@@ -56,7 +56,7 @@ unsafe fn ukr_4x4_scalar(
     csc: isize,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { ukr_body::<ScalarOps, 4, 4>(k, alpha, a, lda, b, beta, c, rsc, csc) }
+    unsafe { ukr_body::<ScalarOps, 4, 4, 4>(k, alpha, a, lda, b, beta, c, rsc, csc) }
 }
 
 pub(crate) const UKR_SCALAR: Ukr = Ukr {
@@ -64,4 +64,5 @@ pub(crate) const UKR_SCALAR: Ukr = Ukr {
     nr: 4,
     run: ukr_4x4_scalar,
     name: "ukr_4x4_scalar",
+    edges: &[],
 };

@@ -106,81 +106,111 @@ impl SimdOps for Avx512Ops {
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_6x16_avx2_tf(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY: AVX2+FMA enabled on this function; pointer contract forwarded.
-    unsafe { ukr_body::<Avx2Ops, 6, 2>(k, alpha, a, lda, b, beta, c, rsc, csc) }
+/// Defines one microkernel: a `#[target_feature]` body (`$tf`) and the plain `unsafe fn`
+/// (`$name`) of type [`super::UkrFn`] that calls it, computing `$mr` rows of a tile from
+/// packed A panels `$panel` rows high.
+macro_rules! ukr_fn {
+    ($name:ident, $tf:ident, $feat:literal, $ops:ty, $mr:literal, $nv:literal, $panel:literal) => {
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $tf(
+            k: usize,
+            alpha: f32,
+            a: *const f32,
+            lda: isize,
+            b: *const f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+            csc: isize,
+        ) {
+            // SAFETY: the ISA is enabled on this function; pointer contract forwarded.
+            unsafe { ukr_body::<$ops, $mr, $nv, $panel>(k, alpha, a, lda, b, beta, c, rsc, csc) }
+        }
+
+        /// # Safety
+        /// See [`super::UkrFn`] (the tile is this kernel's rows × its ISA's NR, A panels
+        /// are its ISA's MR high); the CPU has the kernel's ISA.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            k: usize,
+            alpha: f32,
+            a: *const f32,
+            lda: isize,
+            b: *const f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+            csc: isize,
+        ) {
+            // SAFETY: forwarded contract (the dispatcher only hands this out when the ISA
+            // exists).
+            unsafe { $tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
+        }
+    };
 }
 
-/// # Safety
-/// See [`super::UkrFn`] (MR = 6, NR = 16); AVX2 and FMA present.
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_6x16_avx2(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY: forwarded contract (the dispatcher only hands this out when AVX2+FMA exist).
-    unsafe { ukr_6x16_avx2_tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
-}
-
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_12x32_avx512_tf(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY: AVX-512F enabled on this function; pointer contract forwarded.
-    unsafe { ukr_body::<Avx512Ops, 12, 2>(k, alpha, a, lda, b, beta, c, rsc, csc) }
-}
-
-/// # Safety
-/// See [`super::UkrFn`] (MR = 12, NR = 32); AVX-512F present.
-#[allow(clippy::too_many_arguments)]
-unsafe fn ukr_12x32_avx512(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY: forwarded contract (the dispatcher only hands this out when AVX-512F exists).
-    unsafe { ukr_12x32_avx512_tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
-}
+ukr_fn!(
+    ukr_6x16_avx2,
+    ukr_6x16_avx2_tf,
+    "avx2,fma",
+    Avx2Ops,
+    6,
+    2,
+    6
+);
+ukr_fn!(
+    ukr_2x16_avx2,
+    ukr_2x16_avx2_tf,
+    "avx2,fma",
+    Avx2Ops,
+    2,
+    2,
+    6
+);
+ukr_fn!(
+    ukr_4x16_avx2,
+    ukr_4x16_avx2_tf,
+    "avx2,fma",
+    Avx2Ops,
+    4,
+    2,
+    6
+);
+ukr_fn!(
+    ukr_12x32_avx512,
+    ukr_12x32_avx512_tf,
+    "avx512f,avx2,fma",
+    Avx512Ops,
+    12,
+    2,
+    12
+);
+ukr_fn!(
+    ukr_4x32_avx512,
+    ukr_4x32_avx512_tf,
+    "avx512f,avx2,fma",
+    Avx512Ops,
+    4,
+    2,
+    12
+);
+ukr_fn!(
+    ukr_8x32_avx512,
+    ukr_8x32_avx512_tf,
+    "avx512f,avx2,fma",
+    Avx512Ops,
+    8,
+    2,
+    12
+);
 
 pub(crate) const UKR_AVX2: Ukr = Ukr {
     mr: 6,
     nr: 16,
     run: ukr_6x16_avx2,
     name: "ukr_6x16_avx2",
+    edges: &[(2, ukr_2x16_avx2), (4, ukr_4x16_avx2)],
 };
 
 pub(crate) const UKR_AVX512: Ukr = Ukr {
@@ -188,4 +218,5 @@ pub(crate) const UKR_AVX512: Ukr = Ukr {
     nr: 32,
     run: ukr_12x32_avx512,
     name: "ukr_12x32_avx512",
+    edges: &[(4, ukr_4x32_avx512), (8, ukr_8x32_avx512)],
 };
