@@ -40,6 +40,18 @@ fn main() {
                 }
                 times.push(t.elapsed().as_secs_f64() / reps as f64);
             }
+            // A speed figure is worthless if the kernel skipped work: spot-check C.
+            let spots = [(0, 0), (m / 2, n / 3), (m - 1, n - 1), (m * 5 / 7, n - 1)];
+            for (i, j) in spots.into_iter().filter(|_| m > 0 && n > 0) {
+                let want: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{isa} {par:?}: C[{i},{j}] = {got}, want {want}"
+                );
+            }
             times.sort_by(|x, y| x.partial_cmp(y).unwrap());
             let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
             println!(
