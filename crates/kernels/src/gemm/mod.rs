@@ -283,30 +283,61 @@ pub(crate) unsafe fn gemm_unchecked(
             let kcb = kc.min(k - pc);
             let beta_step = if pc == 0 { beta } else { 1.0 };
             with_scratch(n_panels * nr * kcb, |bpack| {
-                // Pack B[pc.., jc..] panel by panel (in parallel when worth it).
-                let pack_one = |(q, panel): (usize, &mut [f32])| {
-                    let j0 = jc + q * nr;
-                    // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside the
-                    // caller's view (cols ≤ n - j0).
-                    unsafe {
-                        pack::pack_b_panel_dyn(
-                            nr,
-                            kcb,
-                            nr.min(ncb - q * nr),
-                            b_p.get().offset(pc as isize * rsb + j0 as isize * csb),
-                            rsb,
-                            csb,
-                            panel,
-                        )
+                // Pack B[pc.., jc..]: groups of panels (one group per task when threads
+                // share the work); a row-major B's full panels row by row, the rest (and
+                // other layouts) panel by panel.
+                let group = if threads > 1 {
+                    n_panels.div_ceil(2 * threads)
+                } else {
+                    n_panels
+                };
+                let pack_group = |(g, chunk): (usize, &mut [f32])| {
+                    let q0 = g * group;
+                    let count = chunk.len() / (nr * kcb);
+                    // Panels q0 .. q0 + full are whole (nr columns inside the block).
+                    let full = if csb == 1 {
+                        count.min((ncb / nr).saturating_sub(q0))
+                    } else {
+                        0
+                    };
+                    if full > 0 {
+                        // SAFETY: rows pc..pc+kcb and columns jc + q0·nr .. + full·nr of B
+                        // are inside the caller's view; the chunk holds count ≥ full panels.
+                        unsafe {
+                            pack::pack_b_rows_dyn(
+                                nr,
+                                kcb,
+                                full,
+                                b_p.get()
+                                    .offset(pc as isize * rsb + (jc + q0 * nr) as isize),
+                                rsb,
+                                chunk,
+                            )
+                        };
+                    }
+                    for (i, panel) in chunk.chunks_mut(nr * kcb).enumerate().skip(full) {
+                        let q = q0 + i;
+                        let j0 = jc + q * nr;
+                        // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside
+                        // the caller's view (cols ≤ n - j0).
+                        unsafe {
+                            pack::pack_b_panel_dyn(
+                                nr,
+                                kcb,
+                                nr.min(ncb - q * nr),
+                                b_p.get().offset(pc as isize * rsb + j0 as isize * csb),
+                                rsb,
+                                csb,
+                                panel,
+                            )
+                        }
                     }
                 };
+                let chunk = group * nr * kcb;
                 if threads > 1 {
-                    bpack
-                        .par_chunks_mut(nr * kcb)
-                        .enumerate()
-                        .for_each(pack_one);
+                    bpack.par_chunks_mut(chunk).enumerate().for_each(pack_group);
                 } else {
-                    bpack.chunks_mut(nr * kcb).enumerate().for_each(pack_one);
+                    bpack.chunks_mut(chunk).enumerate().for_each(pack_group);
                 }
                 let bpack: &[f32] = bpack;
 

@@ -118,6 +118,60 @@ unsafe fn pack_a_rows_sse<const MR: usize>(kc: usize, a: *const f32, rsa: isize,
     }
 }
 
+/// Packs `panels` consecutive full panels of a row-major B (unit column stride) row by
+/// row: row `p` of the block is read once, contiguously, and its `NR`-wide pieces go to
+/// row `p` of each panel (panel `q` at `out[q·NR·kc ..]`). Reading B down one panel at a
+/// time instead walks `kc` rows at B's row stride for every panel, which the hardware
+/// prefetcher follows poorly (B packing was 5.7% of a 512³ product that way).
+///
+/// # Safety
+/// `b.offset(p·rsb + j)` readable for `p < kc`, `j < panels·NR`.
+#[inline]
+pub(crate) unsafe fn pack_b_rows<const NR: usize>(
+    kc: usize,
+    panels: usize,
+    b: *const f32,
+    rsb: isize,
+    out: &mut [f32],
+) {
+    assert!(out.len() >= panels * NR * kc);
+    let o = out.as_mut_ptr();
+    for p in 0..kc {
+        // SAFETY: row `p`, columns `q·NR .. q·NR + NR` for `q < panels` are readable
+        // (caller contract); the destination `q·NR·kc + p·NR .. + NR` lies inside `out`
+        // (asserted above) and does not overlap B.
+        unsafe {
+            let src = b.offset(p as isize * rsb);
+            for q in 0..panels {
+                std::ptr::copy_nonoverlapping(src.add(q * NR), o.add(q * NR * kc + p * NR), NR);
+            }
+        }
+    }
+}
+
+/// [`pack_b_rows`] with the panel width chosen at run time.
+///
+/// # Safety
+/// As [`pack_b_rows`] with `NR = nr`.
+pub(crate) unsafe fn pack_b_rows_dyn(
+    nr: usize,
+    kc: usize,
+    panels: usize,
+    b: *const f32,
+    rsb: isize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match nr {
+            4 => pack_b_rows::<4>(kc, panels, b, rsb, out),
+            16 => pack_b_rows::<16>(kc, panels, b, rsb, out),
+            32 => pack_b_rows::<32>(kc, panels, b, rsb, out),
+            _ => unreachable!("no microkernel has NR = {nr}"),
+        }
+    }
+}
+
 /// Packs one `kc × cols` panel (`cols ≤ NR`) of B into `panel` (`NR·kc` values).
 ///
 /// # Safety
