@@ -362,12 +362,20 @@ pub(crate) unsafe fn gemm_unchecked(
                     // last group of rows is packed (zero-padded); other layouts pack all.
                     // Rows whose stride is a multiple of 2 KiB land in the same one or
                     // two L1 sets and evict each other (and the B micro-panel): pack those.
-                    let in_place = csa == 1 && rsa != 0 && !rsa.unsigned_abs().is_multiple_of(512);
-                    let full = if in_place { mcb / mr } else { 0 };
+                    // Those are packed by the kernel calls on the task's first B panel (a
+                    // fused kernel reads the rows in place and writes the packed panel).
+                    let row_major = csa == 1 && rsa != 0;
+                    let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
+                    let fuse_a = row_major && !in_place && ukr.fused.is_some();
+                    let full = if in_place || fuse_a { mcb / mr } else { 0 };
                     let packed_rows = mcb - full * mr;
+                    // With `fuse_a` the buffer holds every group (the full ones filled by
+                    // the fused calls), otherwise only the packed ones.
+                    let first_packed = if fuse_a { full } else { 0 };
                     // SAFETY: (ic, pc) is inside A's view.
                     let a_blk = unsafe { a_p.get().offset(ic as isize * rsa + pc as isize * csa) };
-                    with_scratch(packed_rows.div_ceil(mr) * mr * kcb, |apack| {
+                    let groups_packed = first_packed + packed_rows.div_ceil(mr);
+                    with_scratch(groups_packed * mr * kcb, |apack| {
                         if packed_rows > 0 {
                             // SAFETY: rows ic+full·mr .. ic+mcb, columns pc..pc+kcb of A are
                             // in the view.
@@ -379,7 +387,7 @@ pub(crate) unsafe fn gemm_unchecked(
                                     a_blk.offset((full * mr) as isize * rsa),
                                     rsa,
                                     csa,
-                                    apack,
+                                    &mut apack[first_packed * mr * kcb..],
                                 )
                             };
                         }
@@ -387,7 +395,8 @@ pub(crate) unsafe fn gemm_unchecked(
                             in_place: a_blk,
                             lda: rsa,
                             full,
-                            packed: apack,
+                            packed: apack.as_mut_ptr(),
+                            fuse: fuse_a,
                         };
                         // SAFETY: the tile range (ic.., jc + q0·nr ..) is inside C and owned
                         // by this task alone; A rows of the block are in the view.
@@ -421,12 +430,17 @@ pub(crate) unsafe fn gemm_unchecked(
 }
 
 /// The A block of one task: its first `full` groups of MR rows read in place (row stride
-/// `lda`, unit column stride), the rest from `packed` micro-panels.
-pub(crate) struct ASource<'a> {
+/// `lda`, unit column stride), the rest from packed micro-panels. With `fuse` the packed
+/// buffer holds every group: the first `full` are read in place by the calls on the first
+/// B panel, which also write them packed, and from the packed buffer afterwards.
+pub(crate) struct ASource {
     pub(crate) in_place: *const f32,
     pub(crate) lda: isize,
     pub(crate) full: usize,
-    pub(crate) packed: &'a [f32],
+    /// Packed micro-panels of `MR·kcb` values: groups `full..` (at index `g − full`), or
+    /// with `fuse` all groups (at index `g`).
+    pub(crate) packed: *mut f32,
+    pub(crate) fuse: bool,
 }
 
 /// Loops 2 and 1 over one A block and the B panels `panels` (panel `q` starts at
@@ -434,7 +448,8 @@ pub(crate) struct ASource<'a> {
 ///
 /// # Safety
 /// `c` points at element (0, 0) of the `mcb × ncb` block of C, which is writable (readable
-/// if `beta != 0`); A's groups are readable to depth `kcb`; the CPU has `ukr`'s ISA.
+/// if `beta != 0`); A's groups are readable to depth `kcb`, and `a_src.packed` is writable
+/// for its fused groups and touched by nothing else meanwhile; the CPU has `ukr`'s ISA.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) unsafe fn macro_kernel(
@@ -444,7 +459,7 @@ pub(crate) unsafe fn macro_kernel(
     ncb: usize,
     panels: std::ops::Range<usize>,
     alpha: f32,
-    a_src: &ASource<'_>,
+    a_src: &ASource,
     bpack: &[f32],
     b_stride: usize,
     beta: f32,
@@ -454,28 +469,73 @@ pub(crate) unsafe fn macro_kernel(
 ) {
     let (mr, nr) = (ukr.mr, ukr.nr);
     let mut tmp = [0.0f32; 512];
+    let first_panel = panels.start;
+    let null = std::ptr::null_mut::<f32>();
     for q in panels {
         let j0 = q * nr;
         let cols = nr.min(ncb - j0);
-        let bp = &bpack[q * b_stride..][..nr * kcb];
+        let bp = bpack[q * b_stride..][..nr * kcb].as_ptr();
         for r in 0..mcb.div_ceil(mr) {
             let i0 = r * mr;
             let rows = mr.min(mcb - i0);
-            let (ap, lda) = if r < a_src.full {
-                // SAFETY: group r of the block's rows, inside A's view.
-                (
-                    unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) },
-                    a_src.lda,
-                )
+            // (A pointer, its row stride or 0 when packed, where to pack it or null.)
+            let (ap, lda, a_out) = if r < a_src.full {
+                // SAFETY: group r of the block's rows lies inside A's view.
+                let here = unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) };
+                if !a_src.fuse {
+                    (here, a_src.lda, null)
+                } else {
+                    // SAFETY: with `fuse` the packed buffer holds every group.
+                    let dst = unsafe { a_src.packed.add(r * mr * kcb) };
+                    if q == first_panel {
+                        (here, a_src.lda, dst)
+                    } else {
+                        (dst.cast_const(), 0, null)
+                    }
+                }
             } else {
-                let q = r - a_src.full;
-                (a_src.packed[q * mr * kcb..(q + 1) * mr * kcb].as_ptr(), 0)
+                let g = if a_src.fuse { r } else { r - a_src.full };
+                (
+                    // SAFETY: packed group g lies inside the packed buffer.
+                    unsafe { a_src.packed.add(g * mr * kcb).cast_const() },
+                    0,
+                    null,
+                )
             };
             // SAFETY: (i0, j0) is inside the block.
             let cp = unsafe { c.offset(i0 as isize * rsc + j0 as isize * csc) };
+            if let Some(fused) = ukr.fused.filter(|_| !a_out.is_null()) {
+                // A fused call (the driver fuses only where the kernel exists, on full row
+                // groups): it packs the A rows it reads in place.
+                debug_assert_eq!(rows, mr);
+                if cols == nr {
+                    // SAFETY: a full tile inside C; A and B as described above; the packed
+                    // destinations hold kcb·mr and kcb·nr values.
+                    unsafe { fused(kcb, alpha, ap, lda, a_out, bp, beta, cp, rsc, csc) };
+                } else {
+                    // SAFETY: as above, on the mr × nr scratch tile; then only the
+                    // rows × cols part that lies inside C is written.
+                    unsafe {
+                        fused(
+                            kcb,
+                            alpha,
+                            ap,
+                            lda,
+                            a_out,
+                            bp,
+                            0.0,
+                            tmp.as_mut_ptr(),
+                            nr as isize,
+                            1,
+                        );
+                        store_tile(rows, cols, &tmp, nr, beta, cp, rsc, csc);
+                    }
+                }
+                continue;
+            }
             if rows == mr && cols == nr {
                 // SAFETY: a full tile inside C; panels hold kcb·mr and kcb·nr values.
-                unsafe { (ukr.run)(kcb, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
+                unsafe { (ukr.run)(kcb, alpha, ap, lda, bp, beta, cp, rsc, csc) };
             } else if let Some((h, edge)) = ukr.edge_for(rows).filter(|_| lda == 0) {
                 // A short last row group: a kernel of `h ≥ rows` rows on the same packed A
                 // panel, whose rows past `rows` are zero padding (only packed panels: rows
@@ -483,7 +543,7 @@ pub(crate) unsafe fn macro_kernel(
                 if h == rows && cols == nr {
                     // SAFETY: a full `h × nr` tile inside C; the packed A panel (mr high)
                     // holds these rows to depth kcb.
-                    unsafe { edge(kcb, alpha, ap, lda, bp.as_ptr(), beta, cp, rsc, csc) };
+                    unsafe { edge(kcb, alpha, ap, lda, bp, beta, cp, rsc, csc) };
                 } else {
                     // SAFETY: the scratch tile holds h × nr ≤ 512 values, row-major; then
                     // only the rows × cols part that lies inside C is written.
@@ -493,7 +553,7 @@ pub(crate) unsafe fn macro_kernel(
                             alpha,
                             ap,
                             lda,
-                            bp.as_ptr(),
+                            bp,
                             0.0,
                             tmp.as_mut_ptr(),
                             nr as isize,
@@ -510,7 +570,7 @@ pub(crate) unsafe fn macro_kernel(
                         alpha,
                         ap,
                         lda,
-                        bp.as_ptr(),
+                        bp,
                         0.0,
                         tmp.as_mut_ptr(),
                         nr as isize,

@@ -185,7 +185,8 @@ pub fn gemm_packed_b(
             in_place: a.data().as_ptr(),
             lda: a.row_stride() as isize,
             full: full_groups,
-            packed: apack,
+            packed: apack.as_mut_ptr(),
+            fuse: false,
         };
         // SAFETY: C's checked view is m × n; A's rows are in its checked view (in place) or
         // packed; B's panels from column col0 on hold depth b.k ≥ k; the ISA was checked by

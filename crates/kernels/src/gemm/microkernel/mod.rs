@@ -41,6 +41,27 @@ pub(crate) type UkrFn = unsafe fn(
     csc: isize,
 );
 
+/// Signature of the fused microkernels, which compute a full tile like [`UkrFn`] from A
+/// rows read in place (row stride `lda != 0`, unit column stride) while writing them to
+/// `a_out` as a packed `k × MR` micro-panel for the calls that follow: the driver then needs
+/// no separate packing pass over A. (A null `a_out` runs the plain kernel.)
+///
+/// # Safety (of every function of this type)
+/// As [`UkrFn`], plus: `a_out` (if not null) writable for `k·MR` values, overlapping
+/// neither A, B nor C.
+pub(crate) type UkrFusedFn = unsafe fn(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    lda: isize,
+    a_out: *mut f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+);
+
 /// A microkernel and its tile.
 #[derive(Clone, Copy)]
 pub(crate) struct Ukr {
@@ -56,6 +77,8 @@ pub(crate) struct Ukr {
     /// `rows × NR` from the same `mr`-high packed A panels (or in-place rows), so an edge
     /// group of, say, 4 rows costs a 4-row kernel instead of a full tile on scratch.
     pub edges: &'static [(usize, UkrFn)],
+    /// The fused variant of `run` (see [`UkrFusedFn`]), where the ISA has one.
+    pub fused: Option<UkrFusedFn>,
 }
 
 impl Ukr {
@@ -254,12 +277,17 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize, cons
     // Prefetching pays only in deep k loops: in short ones (attention's S = Q·Kᵀ at
     // D = 64, small products) C and B are in L1 or L2 and the hints cost 2–3%.
     let deep = k >= 128;
-    if deep && csc == 1 {
-        // Ask for the C tile now: it is read (beta != 0) or written only after the k loop,
-        // and in large products it has left L2 since the previous depth block; without the
-        // hint its loads stall the end of every tile (AVX2, n = 2048: 73 → 85 GFLOP/s;
-        // AVX-512 +3%). First, middle and last element of a row cover all of its (up to
-        // three, when unaligned) cache lines for NR ≤ 32.
+    // SAFETY: forwarded contract; `k_run` steps from the start of the panels.
+    let run = |k_run: usize, a: *const f32, b: *const f32, ab: &mut [[S::V; NV]; MR]| unsafe {
+        run_k::<S, MR, NV, PANEL>(k_run, a, lda, b, deep, ab)
+    };
+    let tail = if deep && csc == 1 {
+        C_PREFETCH_STEPS.min(k)
+    } else {
+        0
+    };
+    run(k - tail, a, b, &mut ab);
+    if tail > 0 {
         for i in 0..MR {
             // SAFETY: the ISA is present; prefetches never fault.
             unsafe {
@@ -271,22 +299,36 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize, cons
                 S::prefetch(p.wrapping_add(nr - 1));
             }
         }
+        let a_off = if lda == 0 {
+            (k - tail) * PANEL
+        } else {
+            k - tail
+        };
+        run(
+            tail,
+            a.wrapping_add(a_off),
+            b.wrapping_add((k - tail) * nr),
+            &mut ab,
+        );
     }
-    // `lda == 0` means a packed A micro-panel, otherwise row-major A with row stride `lda`.
-    let (packed, pf) = (lda == 0, deep && S::PREFETCH_B_STEPS > 0);
-    if packed && pf {
-        // SAFETY: forwarded contract (packed A).
-        unsafe { k_loop::<S, MR, NV, PANEL, true, true>(k, a, 0, b, &mut ab) }
-    } else if packed {
-        // SAFETY: forwarded contract (packed A).
-        unsafe { k_loop::<S, MR, NV, PANEL, true, false>(k, a, 0, b, &mut ab) }
-    } else if pf {
-        // SAFETY: forwarded contract (row-major A with row stride `lda`).
-        unsafe { k_loop::<S, MR, NV, PANEL, false, true>(k, a, lda, b, &mut ab) }
-    } else {
-        // SAFETY: forwarded contract (row-major A with row stride `lda`).
-        unsafe { k_loop::<S, MR, NV, PANEL, false, false>(k, a, lda, b, &mut ab) }
-    }
+    // SAFETY: forwarded contract (the C tile).
+    unsafe { write_tile::<S, MR, NV>(&ab, &scalars, c, rsc, csc) }
+}
+
+/// The end of every kernel: `C ← alpha·ab + beta·C` for the `MR × NR` tile (`beta == 0`
+/// does not read C); `scalars` is `[alpha, beta]`, read from memory only now.
+///
+/// # Safety
+/// The tile of C as in [`UkrFn`]; the ISA of `S` is present.
+#[inline(always)]
+unsafe fn write_tile<S: SimdOps, const MR: usize, const NV: usize>(
+    ab: &[[S::V; NV]; MR],
+    scalars: &[f32; 2],
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let nr = NV * S::LANES;
     // SAFETY: reading two initialised locals; the ISA is present.
     let (alpha, beta) = unsafe {
         (
@@ -329,6 +371,39 @@ pub(crate) unsafe fn ukr_body<S: SimdOps, const MR: usize, const NV: usize, cons
     }
 }
 
+/// Steps before the end of a deep `k` loop at which the kernel prefetches its C tile.
+const C_PREFETCH_STEPS: usize = 48;
+
+/// The `k` loop for `k` steps, choosing the packed / in-place and prefetching variants.
+///
+/// # Safety
+/// As [`UkrFn`] for `k` steps from `a` and `b`; the ISA of `S` is present.
+#[inline(always)]
+unsafe fn run_k<S: SimdOps, const MR: usize, const NV: usize, const PANEL: usize>(
+    k: usize,
+    a: *const f32,
+    lda: isize,
+    b: *const f32,
+    deep: bool,
+    ab: &mut [[S::V; NV]; MR],
+) {
+    // `lda == 0` means a packed A micro-panel, otherwise row-major A with row stride `lda`.
+    let (packed, pf) = (lda == 0, deep && S::PREFETCH_B_STEPS > 0);
+    if packed && pf {
+        // SAFETY: forwarded contract (packed A).
+        unsafe { k_loop::<S, MR, NV, PANEL, true, true>(k, a, 0, b, ab) }
+    } else if packed {
+        // SAFETY: forwarded contract (packed A).
+        unsafe { k_loop::<S, MR, NV, PANEL, true, false>(k, a, 0, b, ab) }
+    } else if pf {
+        // SAFETY: forwarded contract (row-major A with row stride `lda`).
+        unsafe { k_loop::<S, MR, NV, PANEL, false, true>(k, a, lda, b, ab) }
+    } else {
+        // SAFETY: forwarded contract (row-major A with row stride `lda`).
+        unsafe { k_loop::<S, MR, NV, PANEL, false, false>(k, a, lda, b, ab) }
+    }
+}
+
 /// `C[i, j] ← tile[i·ld + j] + beta·C[i, j]` for `i < rows`, `j < cols`; `beta == 0` does
 /// not read C.
 ///
@@ -356,4 +431,64 @@ pub(crate) unsafe fn store_tile(
             }
         }
     }
+}
+
+/// The body of the fused kernels ([`UkrFusedFn`]): a full `MR × NR` tile from A rows in
+/// place, packing them as it reads them, and a packed B micro-panel.
+///
+/// # Safety
+/// As [`UkrFusedFn`], with `NR = NV·S::LANES`; the ISA of `S` is present.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn ukr_fused_body<S: SimdOps, const MR: usize, const NV: usize>(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    lda: isize,
+    a_out: *mut f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if a_out.is_null() {
+        // Nothing to pack: the plain kernel.
+        // SAFETY: forwarded contract.
+        return unsafe { ukr_body::<S, MR, NV, MR>(k, alpha, a, lda, b, beta, c, rsc, csc) };
+    }
+    let nr = NV * S::LANES;
+    // SAFETY: the ISA of `S` is present.
+    let zero = unsafe { S::zero() };
+    let mut ab = [[zero; NV]; MR];
+    let scalars = [alpha, beta];
+    // One cache line of an A row holds 16 steps: ask for each row's line this many steps
+    // ahead once per line (rows far apart are not all followed by the hardware prefetcher).
+    const A_AHEAD: usize = 64;
+    for p in 0..k {
+        if p % 16 == 0 {
+            for i in 0..MR {
+                let ahead = a.wrapping_offset(i as isize * lda + (p + A_AHEAD) as isize);
+                // SAFETY: the ISA is present; the address is only a hint (never faults).
+                unsafe { S::prefetch(ahead) };
+            }
+        }
+        // SAFETY: step p < k of A (in place), `a_out` and B exists (caller contract).
+        unsafe {
+            let mut bv = [S::zero(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = S::load(b.add(p * nr + v * S::LANES));
+            }
+            for (i, row) in ab.iter_mut().enumerate() {
+                let x = *a.offset(i as isize * lda + p as isize);
+                *a_out.add(p * MR + i) = x;
+                let ai = S::splat(x);
+                for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
+                    *acc = S::fma(ai, bv, *acc);
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded contract (the C tile).
+    unsafe { write_tile::<S, MR, NV>(&ab, &scalars, c, rsc, csc) }
 }

@@ -65,4 +65,5 @@ pub(crate) const UKR_SCALAR: Ukr = Ukr {
     run: ukr_4x4_scalar,
     name: "ukr_4x4_scalar",
     edges: &[],
+    fused: None,
 };

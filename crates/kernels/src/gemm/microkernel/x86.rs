@@ -1,6 +1,6 @@
 //! x86-64 microkernels: AVX2+FMA 6 × 16 and AVX-512F 12 × 32.
 
-use super::{ukr_body, SimdOps, Ukr};
+use super::{ukr_body, ukr_fused_body, SimdOps, Ukr};
 use std::arch::x86_64::*;
 
 /// 256-bit AVX2/FMA vectors.
@@ -150,6 +150,68 @@ macro_rules! ukr_fn {
     };
 }
 
+/// Defines a fused microkernel ([`super::UkrFusedFn`]) like [`ukr_fn`].
+macro_rules! ukr_fused_fn {
+    ($name:ident, $tf:ident, $feat:literal, $ops:ty, $mr:literal, $nv:literal) => {
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $tf(
+            k: usize,
+            alpha: f32,
+            a: *const f32,
+            lda: isize,
+            a_out: *mut f32,
+            b: *const f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+            csc: isize,
+        ) {
+            // SAFETY: the ISA is enabled on this function; pointer contract forwarded.
+            unsafe {
+                ukr_fused_body::<$ops, $mr, $nv>(k, alpha, a, lda, a_out, b, beta, c, rsc, csc)
+            }
+        }
+
+        /// # Safety
+        /// See [`super::UkrFusedFn`]; the CPU has the kernel's ISA.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            k: usize,
+            alpha: f32,
+            a: *const f32,
+            lda: isize,
+            a_out: *mut f32,
+            b: *const f32,
+            beta: f32,
+            c: *mut f32,
+            rsc: isize,
+            csc: isize,
+        ) {
+            // SAFETY: forwarded contract (the dispatcher only hands this out when the ISA
+            // exists).
+            unsafe { $tf(k, alpha, a, lda, a_out, b, beta, c, rsc, csc) }
+        }
+    };
+}
+
+ukr_fused_fn!(
+    ukr_6x16_avx2_fused,
+    ukr_6x16_avx2_fused_tf,
+    "avx2,fma",
+    Avx2Ops,
+    6,
+    2
+);
+ukr_fused_fn!(
+    ukr_12x32_avx512_fused,
+    ukr_12x32_avx512_fused_tf,
+    "avx512f,avx2,fma",
+    Avx512Ops,
+    12,
+    2
+);
+
 ukr_fn!(
     ukr_6x16_avx2,
     ukr_6x16_avx2_tf,
@@ -211,6 +273,7 @@ pub(crate) const UKR_AVX2: Ukr = Ukr {
     run: ukr_6x16_avx2,
     name: "ukr_6x16_avx2",
     edges: &[(2, ukr_2x16_avx2), (4, ukr_4x16_avx2)],
+    fused: Some(ukr_6x16_avx2_fused),
 };
 
 pub(crate) const UKR_AVX512: Ukr = Ukr {
@@ -219,4 +282,5 @@ pub(crate) const UKR_AVX512: Ukr = Ukr {
     run: ukr_12x32_avx512,
     name: "ukr_12x32_avx512",
     edges: &[(4, ukr_4x32_avx512), (8, ukr_8x32_avx512)],
+    fused: Some(ukr_12x32_avx512_fused),
 };
