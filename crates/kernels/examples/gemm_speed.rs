@@ -23,6 +23,16 @@ fn main() {
             continue;
         }
         for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            // GEMM_PAR=seq (or rayon) limits the run to one of the two.
+            let want = std::env::var("GEMM_PAR").unwrap_or_default();
+            let tag = if par == Parallelism::Sequential {
+                "seq"
+            } else {
+                "rayon"
+            };
+            if !want.is_empty() && want != tag {
+                continue;
+            }
             let mut times = Vec::new();
             for _ in 0..7 {
                 let t = Instant::now();
