@@ -629,7 +629,7 @@ fn gemm_fused_packing_matches_ref_across_blocks_and_edges() {
         for (m, k, n, lda) in [
             (bs.mc + mr + 5, bs.kc + 7, 3 * nr + 5, 2048),
             (2 * bs.mc + 1, 40, 2 * nr, 512),
-            (mr, 2 * bs.kc + 3, nr + 1, 2048),
+            (mr, 2 * bs.kc + 3, nr + 1, 4096),
             (mr - 1, 50, 2 * nr + 3, 512),
             (3 * mr, 33, nr - 1, 512),
             (3 * mr + 2, 300, 5 * nr, 700),
