@@ -276,156 +276,168 @@ pub(crate) unsafe fn gemm_unchecked(
         .div_ceil(k.div_ceil(bs.kc).max(1))
         .next_multiple_of(8)
         .min(bs.kc);
-    for jc in (0..n).step_by(bs.nc) {
-        let ncb = bs.nc.min(n - jc);
-        let n_panels = ncb.div_ceil(nr);
-        for pc in (0..k).step_by(kc) {
-            let kcb = kc.min(k - pc);
-            let beta_step = if pc == 0 { beta } else { 1.0 };
-            with_scratch(n_panels * nr * kcb, |bpack| {
-                // Pack B[pc.., jc..]: groups of panels (one group per task when threads
-                // share the work); a row-major B's full panels row by row, the rest (and
-                // other layouts) panel by panel.
-                let group = if threads > 1 {
-                    n_panels.div_ceil(2 * threads)
-                } else {
-                    n_panels
-                };
-                let pack_group = |(g, chunk): (usize, &mut [f32])| {
-                    let q0 = g * group;
-                    let count = chunk.len() / (nr * kcb);
-                    // Panels q0 .. q0 + full are whole (nr columns inside the block).
-                    let full = if csb == 1 {
-                        count.min((ncb / nr).saturating_sub(q0))
+    // The blocks. With several threads they run inside the pool as one job (`scope`), so
+    // a call from outside it crosses into the pool and back once, not once per parallel
+    // region (two per depth block): on this VM each crossing costs tens of microseconds,
+    // which held n = 512 on two threads to about 1.5x.
+    let blocks = || {
+        for jc in (0..n).step_by(bs.nc) {
+            let ncb = bs.nc.min(n - jc);
+            let n_panels = ncb.div_ceil(nr);
+            for pc in (0..k).step_by(kc) {
+                let kcb = kc.min(k - pc);
+                let beta_step = if pc == 0 { beta } else { 1.0 };
+                with_scratch(n_panels * nr * kcb, |bpack| {
+                    // Pack B[pc.., jc..]: groups of panels (one group per task when threads
+                    // share the work); a row-major B's full panels row by row, the rest (and
+                    // other layouts) panel by panel.
+                    let group = if threads > 1 {
+                        n_panels.div_ceil(2 * threads)
                     } else {
-                        0
+                        n_panels
                     };
-                    if full > 0 {
-                        // SAFETY: rows pc..pc+kcb and columns jc + q0·nr .. + full·nr of B
-                        // are inside the caller's view; the chunk holds count ≥ full panels.
-                        unsafe {
-                            pack::pack_b_rows_dyn(
-                                nr,
-                                kcb,
-                                full,
-                                b_p.get()
-                                    .offset(pc as isize * rsb + (jc + q0 * nr) as isize),
-                                rsb,
-                                chunk,
-                            )
+                    let pack_group = |(g, chunk): (usize, &mut [f32])| {
+                        let q0 = g * group;
+                        let count = chunk.len() / (nr * kcb);
+                        // Panels q0 .. q0 + full are whole (nr columns inside the block).
+                        let full = if csb == 1 {
+                            count.min((ncb / nr).saturating_sub(q0))
+                        } else {
+                            0
                         };
-                    }
-                    for (i, panel) in chunk.chunks_mut(nr * kcb).enumerate().skip(full) {
-                        let q = q0 + i;
-                        let j0 = jc + q * nr;
-                        // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside
-                        // the caller's view (cols ≤ n - j0).
-                        unsafe {
-                            pack::pack_b_panel_dyn(
-                                nr,
-                                kcb,
-                                nr.min(ncb - q * nr),
-                                b_p.get().offset(pc as isize * rsb + j0 as isize * csb),
-                                rsb,
-                                csb,
-                                panel,
-                            )
-                        }
-                    }
-                };
-                let chunk = group * nr * kcb;
-                if threads > 1 {
-                    bpack.par_chunks_mut(chunk).enumerate().for_each(pack_group);
-                } else {
-                    bpack.chunks_mut(chunk).enumerate().for_each(pack_group);
-                }
-                let bpack: &[f32] = bpack;
-
-                // Tasks: (row block, group of B panels).
-                let jsplit = if threads > 1 && n_ic < 2 * threads {
-                    (2 * threads).div_ceil(n_ic).min(n_panels)
-                } else {
-                    1
-                };
-                let per_split = n_panels.div_ceil(jsplit);
-                let task = |t: usize| {
-                    let (ib, js) = (t / jsplit, t % jsplit);
-                    let ic = row0(ib);
-                    let mcb = row0(ib + 1) - ic;
-                    let q0 = js * per_split;
-                    let q1 = (q0 + per_split).min(n_panels);
-                    if q0 >= q1 {
-                        return;
-                    }
-                    // Row-major A (unit column stride) is read in place: its rows are
-                    // contiguous along k, which is what the kernel streams. Only a partial
-                    // last group of rows is packed (zero-padded); other layouts pack all.
-                    // Rows whose stride is a multiple of 2 KiB land in the same one or
-                    // two L1 sets and evict each other (and the B micro-panel): pack those.
-                    // Those are packed by the kernel calls on the task's first B panel (a
-                    // fused kernel reads the rows in place and writes the packed panel).
-                    let row_major = csa == 1 && rsa != 0;
-                    let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
-                    let fuse_a = row_major && !in_place && ukr.fused.is_some();
-                    let full = if in_place || fuse_a { mcb / mr } else { 0 };
-                    let packed_rows = mcb - full * mr;
-                    // With `fuse_a` the buffer holds every group (the full ones filled by
-                    // the fused calls), otherwise only the packed ones.
-                    let first_packed = if fuse_a { full } else { 0 };
-                    // SAFETY: (ic, pc) is inside A's view.
-                    let a_blk = unsafe { a_p.get().offset(ic as isize * rsa + pc as isize * csa) };
-                    let groups_packed = first_packed + packed_rows.div_ceil(mr);
-                    with_scratch(groups_packed * mr * kcb, |apack| {
-                        if packed_rows > 0 {
-                            // SAFETY: rows ic+full·mr .. ic+mcb, columns pc..pc+kcb of A are
-                            // in the view.
+                        if full > 0 {
+                            // SAFETY: rows pc..pc+kcb and columns jc + q0·nr .. + full·nr of B
+                            // are inside the caller's view; the chunk holds count ≥ full panels.
                             unsafe {
-                                pack::pack_a_dyn(
-                                    mr,
-                                    packed_rows,
+                                pack::pack_b_rows_dyn(
+                                    nr,
                                     kcb,
-                                    a_blk.offset((full * mr) as isize * rsa),
-                                    rsa,
-                                    csa,
-                                    &mut apack[first_packed * mr * kcb..],
+                                    full,
+                                    b_p.get()
+                                        .offset(pc as isize * rsb + (jc + q0 * nr) as isize),
+                                    rsb,
+                                    chunk,
                                 )
                             };
                         }
-                        let a_src = ASource {
-                            in_place: a_blk,
-                            lda: rsa,
-                            full,
-                            packed: apack.as_mut_ptr(),
-                            fuse: fuse_a,
-                        };
-                        // SAFETY: the tile range (ic.., jc + q0·nr ..) is inside C and owned
-                        // by this task alone; A rows of the block are in the view.
-                        unsafe {
-                            macro_kernel(
-                                &ukr,
-                                mcb,
-                                kcb,
-                                ncb,
-                                q0..q1,
-                                alpha,
-                                &a_src,
-                                bpack,
-                                nr * kcb,
-                                beta_step,
-                                c_p.get().offset(ic as isize * rsc + jc as isize * csc),
-                                rsc,
-                                csc,
-                            )
-                        };
-                    });
-                };
-                if threads > 1 && n_ic * jsplit > 1 {
-                    (0..n_ic * jsplit).into_par_iter().for_each(task);
-                } else {
-                    (0..n_ic * jsplit).for_each(task);
-                }
-            });
+                        for (i, panel) in chunk.chunks_mut(nr * kcb).enumerate().skip(full) {
+                            let q = q0 + i;
+                            let j0 = jc + q * nr;
+                            // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside
+                            // the caller's view (cols ≤ n - j0).
+                            unsafe {
+                                pack::pack_b_panel_dyn(
+                                    nr,
+                                    kcb,
+                                    nr.min(ncb - q * nr),
+                                    b_p.get().offset(pc as isize * rsb + j0 as isize * csb),
+                                    rsb,
+                                    csb,
+                                    panel,
+                                )
+                            }
+                        }
+                    };
+                    let chunk = group * nr * kcb;
+                    if threads > 1 {
+                        bpack.par_chunks_mut(chunk).enumerate().for_each(pack_group);
+                    } else {
+                        bpack.chunks_mut(chunk).enumerate().for_each(pack_group);
+                    }
+                    let bpack: &[f32] = bpack;
+
+                    // Tasks: (row block, group of B panels).
+                    let jsplit = if threads > 1 && n_ic < 2 * threads {
+                        (2 * threads).div_ceil(n_ic).min(n_panels)
+                    } else {
+                        1
+                    };
+                    let per_split = n_panels.div_ceil(jsplit);
+                    let task = |t: usize| {
+                        let (ib, js) = (t / jsplit, t % jsplit);
+                        let ic = row0(ib);
+                        let mcb = row0(ib + 1) - ic;
+                        let q0 = js * per_split;
+                        let q1 = (q0 + per_split).min(n_panels);
+                        if q0 >= q1 {
+                            return;
+                        }
+                        // Row-major A (unit column stride) is read in place: its rows are
+                        // contiguous along k, which is what the kernel streams. Only a partial
+                        // last group of rows is packed (zero-padded); other layouts pack all.
+                        // Rows whose stride is a multiple of 2 KiB land in the same one or
+                        // two L1 sets and evict each other (and the B micro-panel): pack those.
+                        // Those are packed by the kernel calls on the task's first B panel (a
+                        // fused kernel reads the rows in place and writes the packed panel).
+                        let row_major = csa == 1 && rsa != 0;
+                        let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
+                        let fuse_a = row_major && !in_place && ukr.fused.is_some();
+                        let full = if in_place || fuse_a { mcb / mr } else { 0 };
+                        let packed_rows = mcb - full * mr;
+                        // With `fuse_a` the buffer holds every group (the full ones filled by
+                        // the fused calls), otherwise only the packed ones.
+                        let first_packed = if fuse_a { full } else { 0 };
+                        // SAFETY: (ic, pc) is inside A's view.
+                        let a_blk =
+                            unsafe { a_p.get().offset(ic as isize * rsa + pc as isize * csa) };
+                        let groups_packed = first_packed + packed_rows.div_ceil(mr);
+                        with_scratch(groups_packed * mr * kcb, |apack| {
+                            if packed_rows > 0 {
+                                // SAFETY: rows ic+full·mr .. ic+mcb, columns pc..pc+kcb of A are
+                                // in the view.
+                                unsafe {
+                                    pack::pack_a_dyn(
+                                        mr,
+                                        packed_rows,
+                                        kcb,
+                                        a_blk.offset((full * mr) as isize * rsa),
+                                        rsa,
+                                        csa,
+                                        &mut apack[first_packed * mr * kcb..],
+                                    )
+                                };
+                            }
+                            let a_src = ASource {
+                                in_place: a_blk,
+                                lda: rsa,
+                                full,
+                                packed: apack.as_mut_ptr(),
+                                fuse: fuse_a,
+                            };
+                            // SAFETY: the tile range (ic.., jc + q0·nr ..) is inside C and owned
+                            // by this task alone; A rows of the block are in the view.
+                            unsafe {
+                                macro_kernel(
+                                    &ukr,
+                                    mcb,
+                                    kcb,
+                                    ncb,
+                                    q0..q1,
+                                    alpha,
+                                    &a_src,
+                                    bpack,
+                                    nr * kcb,
+                                    beta_step,
+                                    c_p.get().offset(ic as isize * rsc + jc as isize * csc),
+                                    rsc,
+                                    csc,
+                                )
+                            };
+                        });
+                    };
+                    if threads > 1 && n_ic * jsplit > 1 {
+                        (0..n_ic * jsplit).into_par_iter().for_each(task);
+                    } else {
+                        (0..n_ic * jsplit).for_each(task);
+                    }
+                });
+            }
         }
+    };
+    if threads > 1 {
+        rayon::scope(|_| blocks());
+    } else {
+        blocks();
     }
 }
 
