@@ -18,19 +18,19 @@ fn main() {
     let mut c = vec![0.0f32; m * n];
     // GEMM_ONLY=avx512 (for example) limits the run to one variant, for profilers.
     let only = std::env::var("GEMM_ONLY").ok();
+    // GEMM_PAR=seq (or rayon) limits the run to one parallelism.
+    let only_par = std::env::var("GEMM_PAR").ok();
     for isa in Isa::available() {
         if only.as_deref().is_some_and(|o| o != isa.name()) {
             continue;
         }
         for par in [Parallelism::Sequential, Parallelism::Rayon] {
-            // GEMM_PAR=seq (or rayon) limits the run to one of the two.
-            let want = std::env::var("GEMM_PAR").unwrap_or_default();
             let tag = if par == Parallelism::Sequential {
                 "seq"
             } else {
                 "rayon"
             };
-            if !want.is_empty() && want != tag {
+            if only_par.as_deref().is_some_and(|p| p != tag) {
                 continue;
             }
             let mut times = Vec::new();

@@ -276,6 +276,13 @@ pub(crate) unsafe fn gemm_unchecked(
         .div_ceil(k.div_ceil(bs.kc).max(1))
         .next_multiple_of(8)
         .min(bs.kc);
+    // How a task gets its A block (the same for every block): row-major A (unit column
+    // stride) is read in place unless its row stride is a multiple of 2 KiB, where a
+    // fused kernel packs it on the task's first B panel (see `task` below).
+    let row_major = csa == 1 && rsa != 0;
+    let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
+    let fuse_a = row_major && !in_place && ukr.fused.is_some();
+
     // The blocks. With several threads they run inside the pool as one job (`scope`), so
     // a call from outside it crosses into the pool and back once, not once per parallel
     // region (two per depth block): on this VM each crossing costs tens of microseconds,
@@ -369,9 +376,6 @@ pub(crate) unsafe fn gemm_unchecked(
                         // two L1 sets and evict each other (and the B micro-panel): pack those.
                         // Those are packed by the kernel calls on the task's first B panel (a
                         // fused kernel reads the rows in place and writes the packed panel).
-                        let row_major = csa == 1 && rsa != 0;
-                        let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
-                        let fuse_a = row_major && !in_place && ukr.fused.is_some();
                         let full = if in_place || fuse_a { mcb / mr } else { 0 };
                         let packed_rows = mcb - full * mr;
                         // With `fuse_a` the buffer holds every group (the full ones filled by
@@ -482,7 +486,6 @@ pub(crate) unsafe fn macro_kernel(
     let (mr, nr) = (ukr.mr, ukr.nr);
     let mut tmp = [0.0f32; 512];
     let first_panel = panels.start;
-    let null = std::ptr::null_mut::<f32>();
     for q in panels {
         let j0 = q * nr;
         let cols = nr.min(ncb - j0);
@@ -490,19 +493,19 @@ pub(crate) unsafe fn macro_kernel(
         for r in 0..mcb.div_ceil(mr) {
             let i0 = r * mr;
             let rows = mr.min(mcb - i0);
-            // (A pointer, its row stride or 0 when packed, where to pack it or null.)
+            // (A pointer, its row stride or 0 when packed, where a fused call packs it.)
             let (ap, lda, a_out) = if r < a_src.full {
                 // SAFETY: group r of the block's rows lies inside A's view.
                 let here = unsafe { a_src.in_place.offset((r * mr) as isize * a_src.lda) };
                 if !a_src.fuse {
-                    (here, a_src.lda, null)
+                    (here, a_src.lda, None)
                 } else {
                     // SAFETY: with `fuse` the packed buffer holds every group.
                     let dst = unsafe { a_src.packed.add(r * mr * kcb) };
                     if q == first_panel {
-                        (here, a_src.lda, dst)
+                        (here, a_src.lda, Some(dst))
                     } else {
-                        (dst.cast_const(), 0, null)
+                        (dst.cast_const(), 0, None)
                     }
                 }
             } else {
@@ -511,12 +514,12 @@ pub(crate) unsafe fn macro_kernel(
                     // SAFETY: packed group g lies inside the packed buffer.
                     unsafe { a_src.packed.add(g * mr * kcb).cast_const() },
                     0,
-                    null,
+                    None,
                 )
             };
             // SAFETY: (i0, j0) is inside the block.
             let cp = unsafe { c.offset(i0 as isize * rsc + j0 as isize * csc) };
-            if let Some(fused) = ukr.fused.filter(|_| !a_out.is_null()) {
+            if let Some((fused, a_out)) = ukr.fused.zip(a_out) {
                 // A fused call (the driver fuses only where the kernel exists, on full row
                 // groups): it packs the A rows it reads in place.
                 debug_assert_eq!(rows, mr);

@@ -44,10 +44,10 @@ pub(crate) type UkrFn = unsafe fn(
 /// Signature of the fused microkernels, which compute a full tile like [`UkrFn`] from A
 /// rows read in place (row stride `lda != 0`, unit column stride) while writing them to
 /// `a_out` as a packed `k × MR` micro-panel for the calls that follow: the driver then needs
-/// no separate packing pass over A. (A null `a_out` runs the plain kernel.)
+/// no separate packing pass over A.
 ///
 /// # Safety (of every function of this type)
-/// As [`UkrFn`], plus: `a_out` (if not null) writable for `k·MR` values, overlapping
+/// As [`UkrFn`] with A in place, plus: `a_out` writable for `k·MR` values, overlapping
 /// neither A, B nor C.
 pub(crate) type UkrFusedFn = unsafe fn(
     k: usize,
@@ -197,7 +197,15 @@ unsafe fn k_loop<
                 }
             }
             // SAFETY: steps p..p+4 of the panels exist (k / 4 full groups).
-            unsafe { step::<S, MR, NV, PACKED>(a.add(u * a_step), lda, b.add(u * nr), ab) };
+            unsafe {
+                step::<S, MR, NV, PACKED, false>(
+                    a.add(u * a_step),
+                    lda,
+                    std::ptr::null_mut(),
+                    b.add(u * nr),
+                    ab,
+                )
+            };
         }
         // SAFETY: advancing by 4 steps within (or one past) the panels.
         unsafe {
@@ -208,21 +216,30 @@ unsafe fn k_loop<
     for _ in 0..k % S::UNROLL {
         // SAFETY: advancing within (or one past) the panels; step p < k exists.
         unsafe {
-            step::<S, MR, NV, PACKED>(a, lda, b, ab);
+            step::<S, MR, NV, PACKED, false>(a, lda, std::ptr::null_mut(), b, ab);
             a = a.add(a_step);
             b = b.add(nr);
         }
     }
 }
 
-/// One step of the `k` loop: `ab += A[:, p]·B[p, :]`.
+/// One step of the `k` loop: `ab += A[:, p]·B[p, :]`. With `AOUT` the step's `MR` values
+/// of A are also written to `a_out[0..MR]` (the fused kernels pack A as they read it).
 ///
 /// # Safety
-/// `a` (layout as in [`k_loop`]) and `b` point at an existing step; the ISA is present.
+/// `a` (layout as in [`k_loop`]) and `b` point at an existing step; with `AOUT`, `a_out`
+/// is writable for `MR` values; the ISA is present.
 #[inline(always)]
-unsafe fn step<S: SimdOps, const MR: usize, const NV: usize, const PACKED: bool>(
+unsafe fn step<
+    S: SimdOps,
+    const MR: usize,
+    const NV: usize,
+    const PACKED: bool,
+    const AOUT: bool,
+>(
     a: *const f32,
     lda: isize,
+    a_out: *mut f32,
     b: *const f32,
     ab: &mut [[S::V; NV]; MR],
 ) {
@@ -233,11 +250,15 @@ unsafe fn step<S: SimdOps, const MR: usize, const NV: usize, const PACKED: bool>
             *bv = S::load(b.add(v * S::LANES));
         }
         for (i, row) in ab.iter_mut().enumerate() {
-            let ai = S::splat(if PACKED {
+            let x = if PACKED {
                 *a.add(i)
             } else {
                 *a.offset(i as isize * lda)
-            });
+            };
+            if AOUT {
+                *a_out.add(i) = x;
+            }
+            let ai = S::splat(x);
             for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
                 *acc = S::fma(ai, bv, *acc);
             }
@@ -452,11 +473,6 @@ pub(crate) unsafe fn ukr_fused_body<S: SimdOps, const MR: usize, const NV: usize
     rsc: isize,
     csc: isize,
 ) {
-    if a_out.is_null() {
-        // Nothing to pack: the plain kernel.
-        // SAFETY: forwarded contract.
-        return unsafe { ukr_body::<S, MR, NV, MR>(k, alpha, a, lda, b, beta, c, rsc, csc) };
-    }
     let nr = NV * S::LANES;
     // SAFETY: the ISA of `S` is present.
     let zero = unsafe { S::zero() };
@@ -475,19 +491,8 @@ pub(crate) unsafe fn ukr_fused_body<S: SimdOps, const MR: usize, const NV: usize
         }
         // SAFETY: step p < k of A (in place), `a_out` and B exists (caller contract).
         unsafe {
-            let mut bv = [S::zero(); NV];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = S::load(b.add(p * nr + v * S::LANES));
-            }
-            for (i, row) in ab.iter_mut().enumerate() {
-                let x = *a.offset(i as isize * lda + p as isize);
-                *a_out.add(p * MR + i) = x;
-                let ai = S::splat(x);
-                for (acc, &bv) in row.iter_mut().zip(bv.iter()) {
-                    *acc = S::fma(ai, bv, *acc);
-                }
-            }
-        }
+            step::<S, MR, NV, false, true>(a.add(p), lda, a_out.add(p * MR), b.add(p * nr), &mut ab)
+        };
     }
     // SAFETY: forwarded contract (the C tile).
     unsafe { write_tile::<S, MR, NV>(&ab, &scalars, c, rsc, csc) }

@@ -106,92 +106,74 @@ impl SimdOps for Avx512Ops {
     }
 }
 
-/// Defines one microkernel: a `#[target_feature]` body (`$tf`) and the plain `unsafe fn`
-/// (`$name`) of type [`super::UkrFn`] that calls it, computing `$mr` rows of a tile from
-/// packed A panels `$panel` rows high.
-macro_rules! ukr_fn {
-    ($name:ident, $tf:ident, $feat:literal, $ops:ty, $mr:literal, $nv:literal, $panel:literal) => {
+/// Defines a kernel of any signature: a `#[target_feature]` function (`$tf`) whose body is
+/// `$body`, and the plain `unsafe fn` (`$name`, storable as a function pointer) that calls
+/// it. The dispatcher only hands `$name` out where the CPU has the ISA.
+macro_rules! isa_fn {
+    ($name:ident, $tf:ident, $feat:literal, ($($arg:ident: $ty:ty),* $(,)?), $body:expr) => {
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $tf(
-            k: usize,
-            alpha: f32,
-            a: *const f32,
-            lda: isize,
-            b: *const f32,
-            beta: f32,
-            c: *mut f32,
-            rsc: isize,
-            csc: isize,
-        ) {
+        unsafe fn $tf($($arg: $ty),*) {
             // SAFETY: the ISA is enabled on this function; pointer contract forwarded.
-            unsafe { ukr_body::<$ops, $mr, $nv, $panel>(k, alpha, a, lda, b, beta, c, rsc, csc) }
+            unsafe { $body }
         }
 
         /// # Safety
-        /// See [`super::UkrFn`] (the tile is this kernel's rows × its ISA's NR, A panels
-        /// are its ISA's MR high); the CPU has the kernel's ISA.
+        /// See the kernel's function type; the CPU has the kernel's ISA.
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $name(
-            k: usize,
-            alpha: f32,
-            a: *const f32,
-            lda: isize,
-            b: *const f32,
-            beta: f32,
-            c: *mut f32,
-            rsc: isize,
-            csc: isize,
-        ) {
+        unsafe fn $name($($arg: $ty),*) {
             // SAFETY: forwarded contract (the dispatcher only hands this out when the ISA
             // exists).
-            unsafe { $tf(k, alpha, a, lda, b, beta, c, rsc, csc) }
+            unsafe { $tf($($arg),*) }
         }
     };
 }
 
-/// Defines a fused microkernel ([`super::UkrFusedFn`]) like [`ukr_fn`].
+/// Defines one microkernel of type [`super::UkrFn`] computing `$mr` rows of a tile from
+/// packed A panels `$panel` rows high.
+macro_rules! ukr_fn {
+    ($name:ident, $tf:ident, $feat:literal, $ops:ty, $mr:literal, $nv:literal, $panel:literal) => {
+        isa_fn!(
+            $name,
+            $tf,
+            $feat,
+            (
+                k: usize,
+                alpha: f32,
+                a: *const f32,
+                lda: isize,
+                b: *const f32,
+                beta: f32,
+                c: *mut f32,
+                rsc: isize,
+                csc: isize,
+            ),
+            ukr_body::<$ops, $mr, $nv, $panel>(k, alpha, a, lda, b, beta, c, rsc, csc)
+        );
+    };
+}
+
+/// Defines a fused microkernel of type [`super::UkrFusedFn`].
 macro_rules! ukr_fused_fn {
     ($name:ident, $tf:ident, $feat:literal, $ops:ty, $mr:literal, $nv:literal) => {
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $tf(
-            k: usize,
-            alpha: f32,
-            a: *const f32,
-            lda: isize,
-            a_out: *mut f32,
-            b: *const f32,
-            beta: f32,
-            c: *mut f32,
-            rsc: isize,
-            csc: isize,
-        ) {
-            // SAFETY: the ISA is enabled on this function; pointer contract forwarded.
-            unsafe {
-                ukr_fused_body::<$ops, $mr, $nv>(k, alpha, a, lda, a_out, b, beta, c, rsc, csc)
-            }
-        }
-
-        /// # Safety
-        /// See [`super::UkrFusedFn`]; the CPU has the kernel's ISA.
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name(
-            k: usize,
-            alpha: f32,
-            a: *const f32,
-            lda: isize,
-            a_out: *mut f32,
-            b: *const f32,
-            beta: f32,
-            c: *mut f32,
-            rsc: isize,
-            csc: isize,
-        ) {
-            // SAFETY: forwarded contract (the dispatcher only hands this out when the ISA
-            // exists).
-            unsafe { $tf(k, alpha, a, lda, a_out, b, beta, c, rsc, csc) }
-        }
+        isa_fn!(
+            $name,
+            $tf,
+            $feat,
+            (
+                k: usize,
+                alpha: f32,
+                a: *const f32,
+                lda: isize,
+                a_out: *mut f32,
+                b: *const f32,
+                beta: f32,
+                c: *mut f32,
+                rsc: isize,
+                csc: isize,
+            ),
+            ukr_fused_body::<$ops, $mr, $nv>(k, alpha, a, lda, a_out, b, beta, c, rsc, csc)
+        );
     };
 }
 
