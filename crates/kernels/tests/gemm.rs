@@ -328,47 +328,78 @@ fn gemm_integer_inputs_give_exact_results() {
 
 #[test]
 fn gemm_results_are_bit_identical_at_any_thread_count() {
-    let (m, k, n) = (390, 700, 333);
-    let mut rng = StdRng::seed_from_u64(600);
-    let a = rand_vec(&mut rng, m * k);
-    let b = rand_vec(&mut rng, k * n);
-    for isa in variants() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut c = vec![0.0; m * n];
-            pool.install(|| {
-                gemm_with(
-                    isa,
-                    Parallelism::Rayon,
-                    1.0,
-                    MatRef::row_major(&a, m, k).unwrap(),
-                    MatRef::row_major(&b, k, n).unwrap(),
-                    0.0,
-                    MatMut::row_major(&mut c, m, n).unwrap(),
-                )
-                .unwrap()
-            });
-            c
+    // One depth block; several depth blocks with a column-major B (packed panel by panel)
+    // and few rows (columns split between tasks); A rows at a 2 KiB stride (packed by the
+    // fused kernels) with more columns than one NC block. Threads claim and pack the B
+    // panels as they first need them, so each case runs on pools of several sizes.
+    let cases = [
+        (390, 700, 333, false),
+        (97, 2100, 170, true),
+        (150, 512, 4100, false),
+    ];
+    for (case, &(m, k, n, b_col_major)) in cases.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(600 + case as u64);
+        let a = rand_vec(&mut rng, m * k);
+        let b = rand_vec(&mut rng, k * n);
+        let b_view = || {
+            if b_col_major {
+                MatRef::col_major(&b, k, n).unwrap()
+            } else {
+                MatRef::row_major(&b, k, n).unwrap()
+            }
         };
-        let one = run(1);
-        for t in [2, 3, 7] {
-            assert!(one == run(t), "isa={isa}: {t} threads differ from 1");
+        for isa in variants() {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = vec![0.0; m * n];
+                pool.install(|| {
+                    gemm_with(
+                        isa,
+                        Parallelism::Rayon,
+                        1.0,
+                        MatRef::row_major(&a, m, k).unwrap(),
+                        b_view(),
+                        0.0,
+                        MatMut::row_major(&mut c, m, n).unwrap(),
+                    )
+                    .unwrap()
+                });
+                c
+            };
+            let one = run(1);
+            let tag = format!("isa={isa} {m}x{k}x{n}");
+            for t in [2, 3, 7] {
+                assert!(one == run(t), "{tag}: {t} threads differ from 1");
+            }
+            let mut seq = vec![0.0; m * n];
+            gemm_with(
+                isa,
+                Parallelism::Sequential,
+                1.0,
+                MatRef::row_major(&a, m, k).unwrap(),
+                b_view(),
+                0.0,
+                MatMut::row_major(&mut seq, m, n).unwrap(),
+            )
+            .unwrap();
+            assert!(one == seq, "{tag}: sequential differs");
+            // And right, not only repeatable (inputs in [-1, 1): |error| ≤ 4·k·ε·k).
+            let mut want = vec![0.0; m * n];
+            gemm_ref(
+                1.0,
+                MatRef::row_major(&a, m, k).unwrap(),
+                b_view(),
+                0.0,
+                MatMut::row_major(&mut want, m, n).unwrap(),
+            );
+            let tol = 4.0 * (k * k) as f32 * f32::EPSILON;
+            for (i, (x, y)) in seq.iter().zip(&want).enumerate() {
+                assert!((x - y).abs() <= tol, "{tag}: C[{i}] = {x}, reference {y}");
+            }
         }
-        let mut seq = vec![0.0; m * n];
-        gemm_with(
-            isa,
-            Parallelism::Sequential,
-            1.0,
-            MatRef::row_major(&a, m, k).unwrap(),
-            MatRef::row_major(&b, k, n).unwrap(),
-            0.0,
-            MatMut::row_major(&mut seq, m, n).unwrap(),
-        )
-        .unwrap();
-        assert!(one == seq, "isa={isa}: sequential differs");
     }
 }
 
