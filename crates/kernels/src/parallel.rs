@@ -16,24 +16,24 @@ pub enum Parallelism {
 /// A raw pointer that may cross threads. Built only through [`SyncPtr::new`], an `unsafe`
 /// call, so every pointer shared between threads is a deliberate choice.
 #[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr<T = f32>(*mut T);
 
 // SAFETY: a SyncPtr is only created (unsafe `new`) where the caller guarantees that the
 // threads sharing it access disjoint elements, or only read.
-unsafe impl Send for SyncPtr {}
+unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SyncPtr {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
-impl SyncPtr {
+impl<T> SyncPtr<T> {
     /// # Safety
     /// Every thread that receives the pointer must only read through it, or write elements
     /// no other thread touches during the sharing.
-    pub(crate) unsafe fn new(p: *mut f32) -> Self {
+    pub(crate) unsafe fn new(p: *mut T) -> Self {
         SyncPtr(p)
     }
 
     /// The pointer.
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -220,7 +220,8 @@ mod tests {
         // What the initialiser writes, read by every task after `ensure`: a plain store
         // through a shared pointer, as the packed B panels are.
         let mut data = vec![0usize; ITEMS];
-        let out = SyncPtrUsize(data.as_mut_ptr());
+        // SAFETY: the tasks below write disjoint elements, each before any read of it.
+        let out = unsafe { SyncPtr::new(data.as_mut_ptr()) };
         let bad = AtomicUsize::new(0);
         pool(4).install(|| {
             team(4, 400, |t| {
@@ -253,18 +254,5 @@ mod tests {
         claims.ensure(0, || ran = true);
         assert!(ran);
         claims.ensure(0, || unreachable!("already initialised"));
-    }
-
-    #[derive(Clone, Copy)]
-    struct SyncPtrUsize(*mut usize);
-    // SAFETY: the test's threads write disjoint elements, each before any read of it.
-    unsafe impl Send for SyncPtrUsize {}
-    // SAFETY: as above.
-    unsafe impl Sync for SyncPtrUsize {}
-
-    impl SyncPtrUsize {
-        fn get(self) -> *mut usize {
-            self.0
-        }
     }
 }

@@ -349,42 +349,33 @@ fn gemm_results_are_bit_identical_at_any_thread_count() {
             }
         };
         for isa in variants() {
+            let product = |par: Parallelism| {
+                let mut c = vec![0.0; m * n];
+                gemm_with(
+                    isa,
+                    par,
+                    1.0,
+                    MatRef::row_major(&a, m, k).unwrap(),
+                    b_view(),
+                    0.0,
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                )
+                .unwrap();
+                c
+            };
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .unwrap();
-                let mut c = vec![0.0; m * n];
-                pool.install(|| {
-                    gemm_with(
-                        isa,
-                        Parallelism::Rayon,
-                        1.0,
-                        MatRef::row_major(&a, m, k).unwrap(),
-                        b_view(),
-                        0.0,
-                        MatMut::row_major(&mut c, m, n).unwrap(),
-                    )
-                    .unwrap()
-                });
-                c
+                pool.install(|| product(Parallelism::Rayon))
             };
             let one = run(1);
             let tag = format!("isa={isa} {m}x{k}x{n}");
             for t in [2, 3, 7] {
                 assert!(one == run(t), "{tag}: {t} threads differ from 1");
             }
-            let mut seq = vec![0.0; m * n];
-            gemm_with(
-                isa,
-                Parallelism::Sequential,
-                1.0,
-                MatRef::row_major(&a, m, k).unwrap(),
-                b_view(),
-                0.0,
-                MatMut::row_major(&mut seq, m, n).unwrap(),
-            )
-            .unwrap();
+            let seq = product(Parallelism::Sequential);
             assert!(one == seq, "{tag}: sequential differs");
             // And right, not only repeatable (inputs in [-1, 1): |error| ≤ 4·k·ε·k).
             let mut want = vec![0.0; m * n];

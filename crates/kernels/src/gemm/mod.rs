@@ -311,7 +311,6 @@ pub(crate) unsafe fn gemm_unchecked(
                 } else {
                     n_panels
                 };
-                let n_groups = n_panels.div_ceil(group);
                 // Packs group g (a row-major B's full panels row by row, the rest, and other
                 // layouts, panel by panel).
                 // SAFETY (of the calls): no other thread touches group g's panels meanwhile.
@@ -450,17 +449,11 @@ pub(crate) unsafe fn gemm_unchecked(
                         };
                     });
                 };
-                if threads == 1 || ntasks == 1 {
-                    for g in 0..n_groups {
-                        pack_group(g);
-                    }
-                    (0..ntasks).for_each(|t| task(t, &|_| {}));
-                } else {
-                    // Each group is packed by the first task to need it.
-                    let claims = Claims::<MAX_PANELS>::new();
-                    let ready = |q: usize| claims.ensure(q / group, || pack_group(q / group));
-                    team(threads, ntasks, |t| task(t, &ready));
-                }
+                // Each group is packed by the first task to need it (on one thread: all of
+                // B, by the first task's first panel).
+                let claims = Claims::<MAX_PANELS>::new();
+                let ready = |q: usize| claims.ensure(q / group, || pack_group(q / group));
+                team(threads, ntasks, |t| task(t, &ready));
             });
         }
     }
