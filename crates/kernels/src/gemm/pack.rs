@@ -126,7 +126,7 @@ unsafe fn pack_a_rows_sse<const MR: usize>(kc: usize, a: *const f32, rsa: isize,
 ///
 /// # Safety
 /// `b.offset(p·rsb + j)` readable for `p < kc`, `j < panels·NR`.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn pack_b_rows<const NR: usize>(
     kc: usize,
     panels: usize,
@@ -149,6 +149,40 @@ pub(crate) unsafe fn pack_b_rows<const NR: usize>(
     }
 }
 
+/// [`pack_b_rows`] compiled for AVX (32-byte copies instead of the baseline's 16).
+///
+/// # Safety
+/// As [`pack_b_rows`]; the CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn pack_b_rows_avx<const NR: usize>(
+    kc: usize,
+    panels: usize,
+    b: *const f32,
+    rsb: isize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
+}
+
+/// [`pack_b_rows`] compiled for AVX-512 (64-byte copies).
+///
+/// # Safety
+/// As [`pack_b_rows`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b_rows_avx512<const NR: usize>(
+    kc: usize,
+    panels: usize,
+    b: *const f32,
+    rsb: isize,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
+}
+
 /// [`pack_b_rows`] with the panel width chosen at run time.
 ///
 /// # Safety
@@ -165,7 +199,15 @@ pub(crate) unsafe fn pack_b_rows_dyn(
     unsafe {
         match nr {
             4 => pack_b_rows::<4>(kc, panels, b, rsb, out),
+            #[cfg(target_arch = "x86_64")]
+            16 if std::arch::is_x86_feature_detected!("avx") => {
+                pack_b_rows_avx::<16>(kc, panels, b, rsb, out)
+            }
             16 => pack_b_rows::<16>(kc, panels, b, rsb, out),
+            #[cfg(target_arch = "x86_64")]
+            32 if std::arch::is_x86_feature_detected!("avx512f") => {
+                pack_b_rows_avx512::<32>(kc, panels, b, rsb, out)
+            }
             32 => pack_b_rows::<32>(kc, panels, b, rsb, out),
             _ => unreachable!("no microkernel has NR = {nr}"),
         }
