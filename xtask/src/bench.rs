@@ -916,6 +916,7 @@ mod tests {
             .into_iter()
             .collect(),
             bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
+            ..Machine::default()
         };
         let stats = Stats::from_samples(&[0.5, 1.0, 2.0], 1).unwrap();
         let c = Case::new("gemm", "x", "s", 50e9, 2e9, Bound::Compute, Vec::new);

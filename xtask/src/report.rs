@@ -2,9 +2,10 @@
 //! `--compare` / `cargo xtask compare` diff of two reports.
 //!
 //! `report.json` is `{"machine": {...}, "results": [...]}`. `machine` has `cpu`, `cores`,
-//! `peak_gflops` (measured, per ISA then per thread count: `{"avx2": {"1": 98.1, "2":
-//! 190.3}}`) and `bandwidth_gbs` (measured streaming bandwidth, bytes read + written, per
-//! thread count: `{"1": 11.2}`; see [`crate::peak`]).
+//! `peak_gflops` (measured, the median trial, per ISA then per thread count: `{"avx2":
+//! {"1": 98.1, "2": 190.3}}`), `peak_gflops_max` (the fastest trial, keyed alike) and
+//! `bandwidth_gbs` (measured streaming bandwidth, bytes read + written, per thread count:
+//! `{"1": 11.2}`; see [`crate::peak`]).
 //! Each result has exactly the keys of [`Record`].
 
 use crate::bench::Bound;
@@ -71,8 +72,13 @@ pub struct Machine {
     pub cpu: String,
     /// Hardware threads available to the process.
     pub cores: usize,
-    /// Measured FMA peak in GFLOP/s: ISA name → thread count (as a string) → GFLOP/s.
+    /// Measured FMA peak in GFLOP/s, the median trial: ISA name → thread count (as a
+    /// string) → GFLOP/s. `% of peak` is of this.
     pub peak_gflops: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The fastest peak trial, keyed like `peak_gflops` (empty in reports written before
+    /// it was recorded).
+    #[serde(default)]
+    pub peak_gflops_max: BTreeMap<String, BTreeMap<String, f64>>,
     /// Measured streaming bandwidth (bytes read + written) in GB/s: thread count (as a
     /// string) → GB/s.
     pub bandwidth_gbs: BTreeMap<String, f64>,
@@ -239,9 +245,13 @@ pub fn table_row(r: &Record, machine: &Machine, bound: Bound) -> String {
 pub fn machine_summary(m: &Machine) -> String {
     let mut out = format!("CPU: {} ({} threads)\n", m.cpu, m.cores);
     for (isa, by_t) in &m.peak_gflops {
+        let max = m.peak_gflops_max.get(isa);
         let cols: Vec<String> = by_t
             .iter()
-            .map(|(t, g)| format!("{g:.1} GFLOP/s at {t}t"))
+            .map(|(t, g)| match max.and_then(|x| x.get(t)) {
+                Some(x) => format!("{g:.1} GFLOP/s at {t}t (fastest trial {x:.1})"),
+                None => format!("{g:.1} GFLOP/s at {t}t"),
+            })
             .collect();
         let _ = writeln!(out, "  FMA peak {isa:<9} {}", cols.join(", "));
     }
@@ -447,6 +457,7 @@ mod tests {
             .into_iter()
             .collect(),
             bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
+            ..Machine::default()
         }
     }
 
