@@ -1,6 +1,6 @@
 //! Every GEMM variant the CPU can run against the f64 reference.
 
-use kernels::gemm::{block_sizes, reference::gemm_ref, tile_of};
+use kernels::gemm::{block_sizes, gemm_with_a_read, reference::gemm_ref, tile_of, ARead};
 use kernels::{gemm_with, Isa, KernelError, MatMut, MatRef, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -329,15 +329,15 @@ fn gemm_integer_inputs_give_exact_results() {
 #[test]
 fn gemm_results_are_bit_identical_at_any_thread_count() {
     // One depth block; several depth blocks with a column-major B (packed panel by panel)
-    // and few rows (columns split between tasks); A rows at a 2 KiB stride (packed by the
-    // fused kernels) with more columns than one NC block. Threads claim and pack the B
-    // panels as they first need them, so each case runs on pools of several sizes.
+    // and few rows (columns split between tasks); A packed (by the fused kernels) with
+    // more columns than one NC block. Threads claim and pack the B panels as they first
+    // need them, so each case runs on pools of several sizes.
     let cases = [
-        (390, 700, 333, false),
-        (97, 2100, 170, true),
-        (150, 512, 4100, false),
+        (390, 700, 333, false, ARead::Auto),
+        (97, 2100, 170, true, ARead::Auto),
+        (150, 512, 4100, false, ARead::Packed),
     ];
-    for (case, &(m, k, n, b_col_major)) in cases.iter().enumerate() {
+    for (case, &(m, k, n, b_col_major, a_read)) in cases.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(600 + case as u64);
         let a = rand_vec(&mut rng, m * k);
         let b = rand_vec(&mut rng, k * n);
@@ -351,9 +351,10 @@ fn gemm_results_are_bit_identical_at_any_thread_count() {
         for isa in variants() {
             let product = |par: Parallelism| {
                 let mut c = vec![0.0; m * n];
-                gemm_with(
+                gemm_with_a_read(
                     isa,
                     par,
+                    a_read,
                     1.0,
                     MatRef::row_major(&a, m, k).unwrap(),
                     b_view(),
@@ -594,10 +595,10 @@ fn gemm_packed_b_matches_ref_for_every_variant_and_a_layout() {
 }
 
 #[test]
-fn gemm_row_stride_multiple_of_2kib_takes_the_packed_a_path_and_matches_ref() {
-    // A row stride of 512 floats (2 KiB) makes the driver pack A instead of reading it in
-    // place (full row groups by 4×4 transposes on x86-64); 37 rows leave a partial row
-    // group on every variant, and k = 299, 301 leave columns past the last 4×4 block.
+fn gemm_packed_row_major_a_matches_ref() {
+    // Row-major A packed instead of read in place (by the fused kernels, or for the scalar
+    // variant by 4×4 transposes on x86-64); 37 rows leave a partial row group on every
+    // variant, and k = 299, 301 leave columns past the last 4×4 block.
     for k in [300, 299, 301, 3] {
         packed_a_case(37, k, 45, 512);
     }
@@ -619,9 +620,10 @@ fn packed_a_case(m: usize, k: usize, n: usize, lda: usize) {
     );
     for isa in variants() {
         let mut c = vec![f32::NAN; m * n];
-        gemm_with(
+        gemm_with_a_read(
             isa,
             Parallelism::Rayon,
+            ARead::Packed,
             1.0,
             av,
             bv,
@@ -637,13 +639,13 @@ fn packed_a_case(m: usize, k: usize, n: usize, lda: usize) {
 
 #[test]
 fn gemm_fused_packing_matches_ref_across_blocks_and_edges() {
-    // Row strides that are multiples of 2 KiB make the driver pack A inside the kernel
-    // calls on each task's first B panel (fused kernels), which later panels then read
-    // packed. Cover several row blocks (m > MC), depth blocks (k > KC, later blocks
-    // accumulate onto C), a partial last row group and B panel, exactly one row group,
-    // fewer rows than that (nothing fused), a B narrower than one panel (the fused call
-    // writes a scratch tile) and a stride read in place (700); on one thread and on the
-    // pool; with beta ≠ 0 over a random C.
+    // Packed row-major A is packed inside the kernel calls on each task's first B panel
+    // (fused kernels), which later panels then read packed. Cover several row blocks
+    // (m > MC), depth blocks (k > KC, later blocks accumulate onto C), a partial last row
+    // group and B panel, exactly one row group, fewer rows than that (nothing fused) and a
+    // B narrower than one panel (the fused call writes a scratch tile); on one thread and
+    // on the pool; with beta ≠ 0 over a random C; packed, in place and by the automatic
+    // choice (strides of 2, 8 and 16 KiB and one of 2800 bytes).
     for isa in variants() {
         let bs = block_sizes(isa);
         let (mr, nr) = tile_of(isa);
@@ -656,7 +658,12 @@ fn gemm_fused_packing_matches_ref_across_blocks_and_edges() {
             (3 * mr, 33, nr - 1, 512),
             (3 * mr + 2, 300, 5 * nr, 700),
         ] {
-            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+            for (par, a_read) in [
+                (Parallelism::Sequential, ARead::Packed),
+                (Parallelism::Rayon, ARead::Packed),
+                (Parallelism::Rayon, ARead::InPlace),
+                (Parallelism::Sequential, ARead::Auto),
+            ] {
                 seed += 1;
                 let mut rng = StdRng::seed_from_u64(seed);
                 let a = rand_vec(&mut rng, m * lda);
@@ -673,9 +680,10 @@ fn gemm_fused_packing_matches_ref_across_blocks_and_edges() {
                     MatMut::row_major(&mut want, m, n).unwrap(),
                 );
                 let mut c = c0.clone();
-                gemm_with(
+                gemm_with_a_read(
                     isa,
                     par,
+                    a_read,
                     0.75,
                     av,
                     bv,
@@ -687,7 +695,7 @@ fn gemm_fused_packing_matches_ref_across_blocks_and_edges() {
                 for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                     assert!(
                         (x - y).abs() <= tol,
-                        "{isa} {par:?} m={m} k={k} n={n} lda={lda}: C[{}, {}] = {x}, want {y}",
+                        "{isa} {par:?} {a_read:?} m={m} k={k} n={n} lda={lda}: C[{}, {}] = {x}, want {y}",
                         i / n,
                         i % n
                     );

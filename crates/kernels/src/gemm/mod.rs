@@ -155,6 +155,7 @@ pub unsafe fn sgemm(
         gemm_unchecked(
             isa,
             Parallelism::Rayon,
+            ARead::Auto,
             m,
             k,
             n,
@@ -203,7 +204,23 @@ pub unsafe fn sgemm_with(
     // SAFETY: forwarded contract; `isa` checked above.
     unsafe {
         gemm_unchecked(
-            isa, par, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+            isa,
+            par,
+            ARead::Auto,
+            m,
+            k,
+            n,
+            alpha,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            beta,
+            c,
+            rsc,
+            csc,
         )
     };
     Ok(())
@@ -217,6 +234,7 @@ pub unsafe fn sgemm_with(
 pub(crate) unsafe fn gemm_unchecked(
     isa: Isa,
     par: Parallelism,
+    a_read: ARead,
     m: usize,
     k: usize,
     n: usize,
@@ -285,10 +303,16 @@ pub(crate) unsafe fn gemm_unchecked(
         .next_multiple_of(8)
         .min(bs.kc);
     // How a task gets its A block (the same for every block): row-major A (unit column
-    // stride) is read in place unless its row stride is a multiple of 2 KiB, where a
-    // fused kernel packs it on the task's first B panel (see `task` below).
+    // stride) is read in place unless MR rows at its row stride crowd one L1 set
+    // (`params::rows_crowd_l1`), where a fused kernel packs it on the task's first B panel
+    // (see `task` below).
     let row_major = csa == 1 && rsa != 0;
-    let in_place = row_major && !rsa.unsigned_abs().is_multiple_of(512);
+    let in_place = row_major
+        && match a_read {
+            ARead::Auto => !params::rows_crowd_l1(rsa.unsigned_abs(), mr, &params::cache_sizes()),
+            ARead::InPlace => true,
+            ARead::Packed => false,
+        };
     let fuse_a = row_major && !in_place && ukr.fused.is_some();
 
     for jc in (0..n).step_by(bs.nc) {
@@ -390,8 +414,8 @@ pub(crate) unsafe fn gemm_unchecked(
                     // Row-major A (unit column stride) is read in place: its rows are
                     // contiguous along k, which is what the kernel streams. Only a partial
                     // last group of rows is packed (zero-padded); other layouts pack all.
-                    // Rows whose stride is a multiple of 2 KiB land in the same one or
-                    // two L1 sets and evict each other (and the B micro-panel): pack those.
+                    // Rows that crowd one L1 set evict each other (and the B micro-panel):
+                    // pack those.
                     // Those are packed by the kernel calls on the task's first B panel (a
                     // fused kernel reads the rows in place and writes the packed panel).
                     let full = if in_place || fuse_a { mcb / mr } else { 0 };
@@ -891,6 +915,38 @@ pub fn gemm_with(
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {
+    gemm_with_a_read(isa, par, ARead::Auto, alpha, a, b, beta, c)
+}
+
+/// How the GEMM reads a row-major A (unit column stride); other layouts are always packed.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ARead {
+    /// In place unless `MR` rows crowd one L1 set ([`params::rows_crowd_l1`]).
+    Auto,
+    /// Always in place.
+    InPlace,
+    /// Always packed (by the fused kernels, where the variant has them).
+    Packed,
+}
+
+/// [`gemm_with`] with the choice of [`ARead`] forced, so that tests reach every path of
+/// every variant on any machine (the automatic choice depends on its L1 geometry).
+///
+/// # Errors
+/// As [`gemm_with`].
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with_a_read(
+    isa: Isa,
+    par: Parallelism,
+    a_read: ARead,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
     isa.check()?;
     let op = "gemm";
     if a.cols != b.rows || a.rows != c.rows || b.cols != c.cols {
@@ -907,6 +963,7 @@ pub fn gemm_with(
         gemm_unchecked(
             isa,
             par,
+            a_read,
             c.rows,
             a.cols,
             c.cols,
