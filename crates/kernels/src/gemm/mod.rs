@@ -389,9 +389,23 @@ pub(crate) unsafe fn gemm_unchecked(
                     }
                 };
 
-                // Tasks: (row block, group of B panels).
-                let jsplit = if threads > 1 && n_ic < 2 * threads {
-                    (2 * threads).div_ceil(n_ic).min(n_panels)
+                // Tasks: (row block, share of the B panels). With several threads the
+                // panels are split into one share per thread (where each gets at least 4
+                // panels): tasks are claimed in turn, so the threads working at the same
+                // time take the same row block's different shares, and each tends to keep
+                // to its share of the packed B, which then stays in its own L2 across row
+                // blocks instead of every thread streaming all of it. Measured on two
+                // threads, AVX-512: n = 256 +17%, 512 +3%, 2048 +5.6%, 512×768×2304
+                // +2.7%, 1024 unchanged; AVX2 n = 512 +2.4%. Fewer row blocks than two per
+                // thread are made up for by more shares.
+                let jsplit = if threads > 1 {
+                    let share = threads.min(n_panels / 4).max(1);
+                    let fill = if n_ic < 2 * threads {
+                        (2 * threads).div_ceil(n_ic)
+                    } else {
+                        1
+                    };
+                    share.max(fill).min(n_panels)
                 } else {
                     1
                 };
@@ -408,9 +422,15 @@ pub(crate) unsafe fn gemm_unchecked(
                         return;
                     }
                     // Tasks that run at the same time start at different panels (and so
-                    // pack different groups first): the t-th of each `threads` at the
-                    // t-th share of its panels.
-                    let first = q0 + (t % threads) * (q1 - q0) / threads;
+                    // pack different groups first): with a share per thread they have
+                    // different shares already (staggering within them measured 3% slower
+                    // at n = 256); otherwise the t-th of each `threads` starts at the t-th
+                    // part of its panels.
+                    let first = if jsplit >= threads {
+                        q0
+                    } else {
+                        q0 + (t % threads) * (q1 - q0) / threads
+                    };
                     // Row-major A (unit column stride) is read in place: its rows are
                     // contiguous along k, which is what the kernel streams. Only a partial
                     // last group of rows is packed (zero-padded); other layouts pack all.
