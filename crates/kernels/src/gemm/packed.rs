@@ -165,7 +165,11 @@ pub fn gemm_packed_b(
     }
     let in_place = a.col_stride() == 1 && a.row_stride() > 0;
     let full_groups = if in_place { m / mr } else { 0 };
-    let packed_rows = m - full_groups * mr;
+    // A short last group with an edge kernel of exactly its height is read in place too
+    // (see `gemm_unchecked`).
+    let rem = m - full_groups * mr;
+    let edge_in_place = in_place && ukr.edge_for(rem).is_some_and(|(h, _)| h == rem);
+    let packed_rows = if edge_in_place { 0 } else { rem };
     with_scratch(packed_rows.div_ceil(mr) * mr * k, |apack| {
         if packed_rows > 0 {
             // SAFETY: rows full_groups·mr .. m and columns 0..k are inside A's checked view.
@@ -185,6 +189,7 @@ pub fn gemm_packed_b(
             in_place: a.data().as_ptr(),
             lda: a.row_stride() as isize,
             full: full_groups,
+            edge_in_place,
             packed: apack.as_mut_ptr(),
             fuse: false,
         };
