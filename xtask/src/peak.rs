@@ -246,21 +246,9 @@ pub fn fma_peak_gflops(lp: PeakLoop, pool: &rayon::ThreadPool) -> (f64, f64) {
             threads * iters as f64 * lp.flops_per_iter / dt / 1e9
         })
         .collect();
-    median_and_max(&trials)
-}
-
-/// The median (mean of the middle two for an even count) and the largest of `xs`
-/// (non-empty, no NaN).
-fn median_and_max(xs: &[f64]) -> (f64, f64) {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (median, v[n - 1])
+    // The same statistics as a case's samples (`max_s` is the fastest trial here).
+    let s = crate::bench::Stats::from_samples(&trials, 1).expect("PEAK_TRIALS > 0 finite trials");
+    (s.median_s, s.max_s)
 }
 
 /// `dst[i] = src[i] + 1`: a streaming read and an ordinary (write-allocate) store per
@@ -333,13 +321,6 @@ pub fn measure_machine(pools: &[(usize, rayon::ThreadPool)]) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peak_is_the_median_trial_and_max_the_best() {
-        assert_eq!(median_and_max(&[3.0, 9.0, 1.0]), (3.0, 9.0));
-        assert_eq!(median_and_max(&[4.0, 1.0, 2.0, 8.0]), (3.0, 8.0));
-        assert_eq!(median_and_max(&[5.0]), (5.0, 5.0));
-    }
 
     #[test]
     fn bandwidth_pass_writes_every_element() {

@@ -150,12 +150,11 @@ pub unsafe fn sgemm(
     csc: isize,
 ) {
     let isa = current_isa().unwrap_or_else(|e| panic!("{e}"));
-    // SAFETY: forwarded contract; `isa` is supported (current_isa only returns those).
+    // SAFETY: forwarded contract.
     unsafe {
-        gemm_unchecked(
+        sgemm_with(
             isa,
             Parallelism::Rayon,
-            ARead::Auto,
             m,
             k,
             n,
@@ -172,6 +171,7 @@ pub unsafe fn sgemm(
             csc,
         )
     }
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`sgemm`] with the variant and the parallelism chosen by the caller.
@@ -439,14 +439,11 @@ pub(crate) unsafe fn gemm_unchecked(
                     // Those are packed by the kernel calls on the task's first B panel (a
                     // fused kernel reads the rows in place and writes the packed panel).
                     let full = if in_place || fuse_a { mcb / mr } else { 0 };
-                    // A last, short group that an edge kernel covers exactly (4 or 8 rows
-                    // of AVX-512, 2 or 4 of AVX2) is read in place too: that kernel reads
-                    // no row past A's (at n = 64 packing it cost 3.5% of the call).
-                    let edge_in_place = (in_place || fuse_a)
-                        && ukr
-                            .edge_for(mcb - full * mr)
-                            .is_some_and(|(h, _)| h == mcb - full * mr);
-                    let packed_rows = if edge_in_place { 0 } else { mcb - full * mr };
+                    // A last, short group that an edge kernel covers exactly is read in
+                    // place too (at n = 64 packing it cost 3.5% of the call).
+                    let rem = mcb - full * mr;
+                    let edge_in_place = (in_place || fuse_a) && ukr.exact_edge(rem);
+                    let packed_rows = if edge_in_place { 0 } else { rem };
                     // With `fuse_a` the buffer holds every group (the full ones filled by
                     // the fused calls), otherwise only the packed ones.
                     let first_packed = if fuse_a { full } else { 0 };

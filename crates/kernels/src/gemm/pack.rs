@@ -149,39 +149,30 @@ pub(crate) unsafe fn pack_b_rows<const NR: usize>(
     }
 }
 
-/// [`pack_b_rows`] compiled for AVX (32-byte copies instead of the baseline's 16).
-///
-/// # Safety
-/// As [`pack_b_rows`]; the CPU has AVX.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn pack_b_rows_avx<const NR: usize>(
-    kc: usize,
-    panels: usize,
-    b: *const f32,
-    rsb: isize,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
+/// Defines [`pack_b_rows`] compiled with the target feature `$feat` (wider copies than the
+/// baseline's 16-byte ones).
+macro_rules! pack_b_rows_for {
+    ($name:ident, $feat:literal) => {
+        /// [`pack_b_rows`] compiled for the named target feature.
+        ///
+        /// # Safety
+        /// As [`pack_b_rows`]; the CPU has the feature.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name<const NR: usize>(
+            kc: usize,
+            panels: usize,
+            b: *const f32,
+            rsb: isize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
+        }
+    };
 }
-
-/// [`pack_b_rows`] compiled for AVX-512 (64-byte copies).
-///
-/// # Safety
-/// As [`pack_b_rows`]; the CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_b_rows_avx512<const NR: usize>(
-    kc: usize,
-    panels: usize,
-    b: *const f32,
-    rsb: isize,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
-}
+pack_b_rows_for!(pack_b_rows_avx, "avx");
+pack_b_rows_for!(pack_b_rows_avx512, "avx512f");
 
 /// [`pack_b_rows`] with the panel width chosen at run time.
 ///

@@ -168,7 +168,7 @@ pub fn gemm_packed_b(
     // A short last group with an edge kernel of exactly its height is read in place too
     // (see `gemm_unchecked`).
     let rem = m - full_groups * mr;
-    let edge_in_place = in_place && ukr.edge_for(rem).is_some_and(|(h, _)| h == rem);
+    let edge_in_place = in_place && ukr.exact_edge(rem);
     let packed_rows = if edge_in_place { 0 } else { rem };
     with_scratch(packed_rows.div_ceil(mr) * mr * k, |apack| {
         if packed_rows > 0 {

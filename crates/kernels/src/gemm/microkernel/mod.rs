@@ -86,6 +86,12 @@ impl Ukr {
     pub fn edge_for(&self, rows: usize) -> Option<(usize, UkrFn)> {
         self.edges.iter().copied().find(|&(h, _)| h >= rows)
     }
+
+    /// Whether an edge kernel is exactly `rows` high (4 or 8 rows of AVX-512, 2 or 4 of
+    /// AVX2): it reads no row past the group's, so it can take A rows in place.
+    pub fn exact_edge(&self, rows: usize) -> bool {
+        self.edge_for(rows).is_some_and(|(h, _)| h == rows)
+    }
 }
 
 /// The microkernel of `isa`. `isa` must be supported (checked by the callers' dispatch).
