@@ -18,7 +18,7 @@
 
 use crate::error::{AttnError, Result};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
-use kernels::gemm::{tile_of, MatMut, MatRef, PAR_MIN_FLOPS};
+use kernels::gemm::{tile_of, MatMut, MatRef};
 use kernels::{Isa, Parallelism};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -29,6 +29,13 @@ use std::ops::Range;
 /// 2-core dev machine (293 GFLOP/s against 256 at 64 rows and 240 for the blocked GEMM on
 /// the unpacked weight).
 pub const ROW_CHUNK: usize = 128;
+
+/// Products (`2·rows·d_out·d_in` flops) smaller than this run on the calling thread. The
+/// row and column splits below run on a rayon `par_iter`, which waits for every task to be
+/// taken, so a sleeping worker's wake-up (tens of microseconds on a virtual machine) is paid
+/// in full: hence a higher bar than the GEMM's own [`kernels::gemm::PAR_MIN_FLOPS`], whose
+/// caller never waits for a helper that has not started.
+pub const PAR_MIN_FLOPS: usize = 1 << 22;
 
 /// Columns per task of the column split (a multiple of every microkernel's `NR`).
 pub const COL_BLOCK: usize = 256;
