@@ -30,11 +30,9 @@ use std::ops::Range;
 /// the unpacked weight).
 pub const ROW_CHUNK: usize = 128;
 
-/// Products (`2·rows·d_out·d_in` flops) smaller than this run on the calling thread. The
-/// row and column splits below run on a rayon `par_iter`, which waits for every task to be
-/// taken, so a sleeping worker's wake-up (tens of microseconds on a virtual machine) is paid
-/// in full: hence a higher bar than the GEMM's own [`kernels::gemm::PAR_MIN_FLOPS`], whose
-/// caller never waits for a helper that has not started.
+/// Products (`2·rows·d_out·d_in` flops) smaller than this run on the calling thread: the
+/// bar the GEMM had (4 Mflop) when this split was measured, kept when the GEMM's own
+/// ([`kernels::gemm::PAR_MIN_FLOPS`]) was lowered to 2 Mflop; not re-measured since.
 pub const PAR_MIN_FLOPS: usize = 1 << 22;
 
 /// Columns per task of the column split (a multiple of every microkernel's `NR`).

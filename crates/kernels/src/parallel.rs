@@ -1,9 +1,6 @@
 //! Who runs the work: the calling thread alone, or the current rayon pool.
 
-use std::any::Any;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// How a kernel call may use threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,128 +50,54 @@ fn backoff(spins: &mut u32) {
     *spins = spins.saturating_add(1);
 }
 
-/// The door helpers of one [`team`] call pass through: open until the caller has finished
-/// its own share, then closed. A helper that got in may use the call's borrowed state; one
-/// that arrives after the door closed (a worker that was asleep, or busy with other jobs)
-/// leaves without touching it, so the caller never waits for a helper that has not started.
-struct Door {
-    /// `CLOSED` bit, plus the number of helpers inside.
-    state: AtomicUsize,
-    /// The first panic of a helper, for the caller to resume.
-    panic: Mutex<Option<Box<dyn Any + Send>>>,
-}
+/// Adds one to a counter when dropped (also while unwinding, so waiters never hang).
+struct CountOnDrop<'a>(&'a AtomicUsize);
 
-const CLOSED: usize = 1 << (usize::BITS - 1);
-
-impl Door {
-    /// Lets a helper in, unless the door is closed.
-    fn enter(&self) -> bool {
-        let mut s = self.state.load(Ordering::Acquire);
-        loop {
-            if s & CLOSED != 0 {
-                return false;
-            }
-            match self
-                .state
-                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => return true,
-                Err(now) => s = now,
-            }
-        }
-    }
-
-    /// A helper that got in is done with the borrowed state.
-    fn leave(&self) {
-        self.state.fetch_sub(1, Ordering::Release);
-    }
-
-    /// Closes the door and waits (spinning: the helpers inside are finishing their last
-    /// task) until every helper that got in has left.
-    fn close_and_wait(&self) {
-        self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        let mut spins = 0;
-        while self.state.load(Ordering::Acquire) != CLOSED {
-            backoff(&mut spins);
-        }
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
-
-/// The caller's work loop, as helpers see it: its lifetime erased so that it can travel in
-/// a `'static` rayon job, and only called by a helper the [`Door`] let in.
-struct ErasedWork(*const (dyn Fn() + Sync + 'static));
-
-// SAFETY: the pointee is `Sync` (it is only ever called through a shared reference), and it
-// is only dereferenced by helpers the door admitted, before the caller returns.
-unsafe impl Send for ErasedWork {}
 
 /// Runs `task(t)` for every `t` in `0..ntasks` on up to `threads` threads: the calling
 /// thread and `threads − 1` jobs spawned into the current rayon pool claim tasks in order
-/// from a shared counter. Returns when every task has run; a panic of any task is resumed
-/// on the calling thread once no thread is running a task any more.
+/// from a shared counter, so a helper that starts late (a sleeping worker takes tens of
+/// microseconds to wake) simply claims fewer. Returns when every task has run.
 ///
-/// The caller never waits for a helper that has not started: when it runs out of tasks it
-/// closes the door ([`Door`]), waits (spinning) for the helpers inside to finish the tasks
-/// they claimed, and returns. A helper that starts later (a sleeping worker takes tens of
-/// microseconds to wake on a virtual machine, a busy one longer) finds the door closed
-/// and returns at once. So a team costs the caller only the spawns when no helper comes,
-/// cannot deadlock when the pool is busy (from inside a rayon task, the caller does the
-/// work), and is worth it for problems of a few microseconds.
+/// No task waits for a task that has not started, so this cannot deadlock when the pool
+/// is busy (from inside a rayon task, unclaimed work is done by the caller). The caller
+/// spins, instead of sleeping, while the last claimed tasks finish.
 pub(crate) fn team(threads: usize, ntasks: usize, task: impl Fn(usize) + Sync) {
     let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
     let work = || loop {
         let t = next.fetch_add(1, Ordering::Relaxed);
         if t >= ntasks {
             break;
         }
+        let _done = CountOnDrop(&done);
         task(t);
     };
     if threads <= 1 || ntasks <= 1 {
         work();
         return;
     }
-    let door = Arc::new(Door {
-        state: AtomicUsize::new(0),
-        panic: Mutex::new(None),
-    });
-    let short: &(dyn Fn() + Sync) = &work;
-    // SAFETY: only the lifetime is changed (same fat-pointer layout). The pointer is
-    // dereferenced only by a helper that entered the door, and this function does not
-    // return or unwind before every such helper has left (`close_and_wait` below runs on
-    // both paths, the caller's own panic being caught first).
-    let erased: *const (dyn Fn() + Sync + 'static) = unsafe {
-        std::mem::transmute::<*const (dyn Fn() + Sync + '_), *const (dyn Fn() + Sync + 'static)>(
-            short,
-        )
+    let wait_all = || {
+        let mut spins = 0;
+        while done.load(Ordering::Acquire) < ntasks {
+            backoff(&mut spins);
+        }
     };
-    for _ in 1..threads.min(ntasks) {
-        let door = Arc::clone(&door);
-        let work = ErasedWork(erased);
-        rayon::spawn(move || {
-            let work = work;
-            if door.enter() {
-                // SAFETY: the door let this helper in, so the caller is still inside
-                // `team` and `work` is alive until `leave`.
-                let run = unsafe { &*work.0 };
-                if let Err(p) = catch_unwind(AssertUnwindSafe(run)) {
-                    door.panic
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(p);
-                }
-                door.leave();
-            }
-        });
-    }
-    let mine = catch_unwind(AssertUnwindSafe(work));
-    door.close_and_wait();
-    if let Err(p) = mine {
-        resume_unwind(p);
-    }
-    let helper_panic = door.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(p) = helper_panic {
-        resume_unwind(p);
-    }
+    rayon::in_place_scope(|s| {
+        for _ in 1..threads.min(ntasks) {
+            s.spawn(|_| {
+                work();
+                wait_all();
+            });
+        }
+        work();
+        wait_all();
+    });
 }
 
 /// One-time initialisation of numbered items shared by a [`team`]: the first thread to
@@ -287,51 +210,6 @@ mod tests {
             });
             assert!(r.is_err());
         }
-    }
-
-    #[test]
-    fn team_does_not_wait_for_helpers_that_cannot_start() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::mpsc;
-        use std::time::Duration;
-        // Occupy every worker of the global pool (where a caller outside any pool sends its
-        // helpers), so that no helper can start while the team runs.
-        let workers = rayon::current_num_threads();
-        let started = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(AtomicBool::new(false));
-        for _ in 0..workers {
-            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-            rayon::spawn(move || {
-                started.fetch_add(1, Ordering::SeqCst);
-                while !release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            });
-        }
-        while started.load(Ordering::SeqCst) < workers {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let me = std::thread::current().id();
-            let ran: Vec<AtomicUsize> = (0..20).map(|_| AtomicUsize::new(0)).collect();
-            let elsewhere = AtomicUsize::new(0);
-            team(4, 20, |t| {
-                ran[t].fetch_add(1, Ordering::Relaxed);
-                if std::thread::current().id() != me {
-                    elsewhere.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            let once = ran.iter().all(|c| c.load(Ordering::Relaxed) == 1);
-            let _ = tx.send((once, elsewhere.into_inner()));
-        });
-        let got = rx.recv_timeout(Duration::from_secs(10));
-        // The helpers, stuck in the queue until now, start after the team has returned and
-        // must leave without running anything.
-        release.store(true, Ordering::SeqCst);
-        let (once, elsewhere) = got.expect("team waited for helpers that could not start");
-        assert!(once, "a task ran twice or never");
-        assert_eq!(elsewhere, 0, "no helper could have run a task");
     }
 
     #[test]

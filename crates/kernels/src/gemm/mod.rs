@@ -52,15 +52,15 @@ use std::sync::OnceLock;
 /// Problems with fewer floating-point operations (`2·m·n·k`) than this run on the calling
 /// thread.
 ///
-/// The caller never waits for a helper that has not started (see `parallel::team`), so a
-/// split costs little when no worker comes, and pays when workers are awake (calls back to
-/// back, as in a model's forward pass). Measured on a 2-core Zen 4 VM (avx512 kernel,
-/// interleaved runs, medians): back to back, two threads against one at 64×256×64 (2
-/// Mflop) 180 against 109 GFLOP/s, 96³ 148 against 109, 64³ 130 against 103; with 1 ms of
-/// sleep between calls (the worker asleep) the split loses at every size up to 128³ (64³:
-/// 29 against 93 GFLOP/s, 128³: 65 against 90; before the door, 19 and 52). The bar sits
-/// at 2 Mflop, so the per-head shapes of attention (64×64×256, 64×256×64) are split and
-/// the smallest ones, which gain least and lose most, are not.
+/// A split pays when the pool's workers are awake (calls back to back, as in a model's
+/// forward pass) and costs a worker's wake-up (tens of microseconds on a virtual machine)
+/// when they sleep. Measured on a 2-core Zen 4 VM (avx512 kernel, interleaved runs,
+/// medians, GFLOP/s, two threads against one): back to back, 64×256×64 (2 Mflop) 178
+/// against 109, 96³ 148 against 109, 64³ 118 against 104; with 1 ms of sleep between calls
+/// the split loses at every size up to 128³ (64³: 19 against 93, 64×256×64 47 against 89,
+/// 128³ 52 against 90). The bar sits at 2 Mflop, so the per-head shapes of attention
+/// (64×64×256, 64×256×64) are split and the smallest ones, which gain least and lose most,
+/// are not.
 pub const PAR_MIN_FLOPS: usize = 1 << 21;
 
 /// The microkernel tile `(MR, NR)` a variant uses.
