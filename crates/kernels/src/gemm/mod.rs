@@ -401,15 +401,20 @@ pub(crate) unsafe fn gemm_unchecked(
 
                 // Tasks: (row block, share of the B panels). With several threads the
                 // panels are split into one share per thread (where each gets at least 4
-                // panels): tasks are claimed in turn, so the threads working at the same
-                // time take the same row block's different shares, and each tends to keep
-                // to its share of the packed B, which then stays in its own L2 across row
-                // blocks instead of every thread streaming all of it. Measured on two
-                // threads, AVX-512: n = 256 +17%, 512 +3%, 2048 +5.6%, 512×768×2304
-                // +2.7%, 1024 unchanged; AVX2 n = 512 +2.4%. Fewer row blocks than two per
-                // thread are made up for by more shares.
+                // panels, or 2 where there are fewer than 4 row blocks per thread): tasks
+                // are claimed in turn, so the threads working at the same time take the
+                // same row block's different shares, and each tends to keep to its share
+                // of the packed B, which then stays in its own L2 across row blocks
+                // instead of every thread streaming all of it. Measured on two threads,
+                // AVX-512 (Xeon): n = 256 +17%, 512 +3%, 2048 +5.6%, 512×768×2304 +2.7%,
+                // 1024 unchanged; AVX2 n = 512 +2.4%. The 2-panel shares, on Zen 4 (few
+                // row blocks, 4–7 panels): 128³ +13%, 160³ +6%, 192³ +7%, 256×256×128
+                // +22%, 128×512×128 +20%; with many row blocks they lose (1024×512×128
+                // −4%, 18 blocks), where the row split alone balances the threads. Fewer
+                // row blocks than two per thread are made up for by more shares.
                 let jsplit = if threads > 1 {
-                    let share = threads.min(n_panels / 4).max(1);
+                    let min_share = if n_ic < 4 * threads { 2 } else { 4 };
+                    let share = threads.min(n_panels / min_share).max(1);
                     let fill = if n_ic < 2 * threads {
                         (2 * threads).div_ceil(n_ic)
                     } else {
