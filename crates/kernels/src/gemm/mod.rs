@@ -413,8 +413,8 @@ pub(crate) unsafe fn gemm_unchecked(
                 // −4%, 18 blocks), where the row split alone balances the threads. Fewer
                 // row blocks than two per thread are made up for by more shares.
                 let jsplit = if threads > 1 {
-                    let min_share = if n_ic < 4 * threads { 2 } else { 4 };
-                    let share = threads.min(n_panels / min_share).max(1);
+                    let min_panels = if n_ic < 4 * threads { 2 } else { 4 };
+                    let share = threads.min(n_panels / min_panels).max(1);
                     let fill = if n_ic < 2 * threads {
                         (2 * threads).div_ceil(n_ic)
                     } else {

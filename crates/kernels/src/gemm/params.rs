@@ -27,8 +27,8 @@
 //! L1d, at most 512 deep (to leave room for the A block; it streams from L2, helped by the
 //! hardware prefetcher). The depth is split into equal blocks of at most `KC`; `MC` fills
 //! about a quarter of L2 with the A block (96–240 rows measured within 2% of each other at
-//! KC = 512); `NC` keeps the B panel within a share of L3, capped at 4080 columns (smaller NC measured
-//! slower). For reference, BLIS uses MC = 144, KC = 256, NC = 4080 with a 6×16 AVX2 kernel
+//! KC = 512); `NC` keeps the B panel within a share of L3, capped at 4080 columns
+//! (smaller NC measured slower). For reference, BLIS uses MC = 144, KC = 256, NC = 4080 with a 6×16 AVX2 kernel
 //! on Zen 3 (32 KiB L1d, 512 KiB L2). If the sizes cannot be read (non-Linux systems), the
 //! defaults are 32 KiB / 512 KiB / 8 MiB, which are safe everywhere.
 
