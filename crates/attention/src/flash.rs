@@ -31,7 +31,6 @@ use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::{axpy_rows_with, dot_rows_with};
 use kernels::softmax::online::exp_row_update;
 use kernels::{Isa, Parallelism};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Keys per block (a multiple of every microkernel's `NR`).
@@ -449,11 +448,16 @@ pub(crate) fn run(
         }
     }
     let parallel = p.par == Parallelism::Rayon
-        && rayon::current_num_threads() > 1
+        && kernels::parallel::current_threads() > 1
         && [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
             .iter()
             .fold(4usize, |a, &x| a.saturating_mul(x))
             >= 1 << 22;
+    let threads = if parallel {
+        kernels::parallel::current_threads()
+    } else {
+        1
+    };
     let split = tiles.len() < 16 && p.lk >= 2 * DECODE_CHUNK;
     if split {
         return run_split(p, q, k, v, &tiles, parallel, out_p, os, lse_p);
@@ -491,20 +495,17 @@ pub(crate) fn run(
             })
         };
         let ts = tiles_of(b, kvh);
-        let r = if parallel {
-            ts.par_iter().try_for_each(one)
-        } else {
-            ts.iter().try_for_each(one)
-        };
+        let r = kernels::parallel::try_for_each(threads, ts.len(), |i| one(&ts[i]));
         with_ws(|ws| ws.packs = Some(packs));
         r
     };
     let pack_bytes = p.lk * (p.d + p.dv) * 4;
-    if parallel && pack_bytes.saturating_mul(rayon::current_num_threads()) <= PACK_BUDGET_BYTES {
-        groups.par_iter().try_for_each(run_group)
+    let outer = if pack_bytes.saturating_mul(threads) <= PACK_BUDGET_BYTES {
+        threads
     } else {
-        groups.iter().try_for_each(run_group)
-    }
+        1
+    };
+    kernels::parallel::try_for_each(outer, groups.len(), |i| run_group(&groups[i]))
 }
 
 /// Flash-decoding: every (tile, key chunk) is a task; partial results are merged in chunk
@@ -575,16 +576,19 @@ fn run_split(
             Ok(())
         })
     };
-    let it = part_o.chunks_mut(po_len).zip(part_ml.chunks_mut(2 * qt));
-    if parallel {
-        part_o
-            .par_chunks_mut(po_len)
-            .zip(part_ml.par_chunks_mut(2 * qt))
-            .enumerate()
-            .try_for_each(task)?;
+    let threads = if parallel {
+        kernels::parallel::current_threads()
     } else {
-        it.enumerate().try_for_each(task)?;
-    }
+        1
+    };
+    kernels::parallel::try_for_each_chunk_mut2(
+        threads,
+        &mut part_o,
+        po_len,
+        &mut part_ml,
+        2 * qt,
+        |i, po, pml| task((i, (po, pml))),
+    )?;
     // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order.
     let mut o = vec![0.0f32; qt * dv];
     let (mut m, mut l) = (vec![0.0f32; qt], vec![0.0f32; qt]);

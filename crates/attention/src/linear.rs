@@ -20,7 +20,6 @@ use crate::error::{AttnError, Result};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{tile_of, MatMut, MatRef};
 use kernels::{Isa, Parallelism};
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// Rows per task of the row split, at most (before rounding up to a multiple of the
@@ -201,13 +200,15 @@ impl Linear {
         }
         let bias = self.bias.as_ref().map(|b| &b[cols.clone()]);
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        let threads = kernels::parallel::current_threads();
         let parallel = par == Parallelism::Rayon
-            && rayon::current_num_threads() > 1
+            && threads > 1
             && 2usize
                 .saturating_mul(rows)
                 .saturating_mul(n)
                 .saturating_mul(k)
                 >= PAR_MIN_FLOPS;
+        let threads = if parallel { threads } else { 1 };
         // One block: rows r0.. of x times columns c0 + j0 .. c0 + j0 + nb, into `dst`
         // (`[rows_b, nb]` row-major).
         let block = |r0: usize, rows_b: usize, j0: usize, nb: usize, dst: &mut [f32]| {
@@ -231,7 +232,7 @@ impl Linear {
             let rc = rows
                 .div_ceil(rows.div_ceil(ROW_CHUNK))
                 .next_multiple_of(tile_of(self.packed.isa()).0);
-            let task = |(i, chunk): (usize, &mut [f32])| -> Result<()> {
+            let task = |i: usize, chunk: &mut [f32]| -> Result<()> {
                 let r0 = i * rc;
                 block(r0, chunk.len() / n, 0, n, chunk)?;
                 if let Some(f) = epilogue {
@@ -239,11 +240,7 @@ impl Linear {
                 }
                 Ok(())
             };
-            if parallel {
-                y.par_chunks_mut(rc * n).enumerate().try_for_each(task)
-            } else {
-                y.chunks_mut(rc * n).enumerate().try_for_each(task)
-            }
+            kernels::parallel::try_for_each_chunk_mut(threads, y, rc * n, task)
         } else {
             let blocks = n.div_ceil(COL_BLOCK);
             let one = |q: usize| -> Result<Vec<f32>> {
@@ -252,14 +249,11 @@ impl Linear {
                 block(0, rows, j0, nb, &mut t)?;
                 Ok(t)
             };
-            let parts: Vec<Vec<f32>> = if parallel {
-                (0..blocks)
-                    .into_par_iter()
-                    .map(one)
-                    .collect::<Result<_>>()?
-            } else {
-                (0..blocks).map(one).collect::<Result<_>>()?
-            };
+            let mut parts: Vec<Vec<f32>> = vec![Vec::new(); blocks];
+            kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, 1, |q, slot| {
+                slot[0] = one(q)?;
+                Ok::<(), AttnError>(())
+            })?;
             for (q, t) in parts.iter().enumerate() {
                 let (j0, nb) = (q * COL_BLOCK, COL_BLOCK.min(n - q * COL_BLOCK));
                 for (dst, src) in y.chunks_exact_mut(n).zip(t.chunks_exact(nb)) {

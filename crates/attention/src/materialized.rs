@@ -8,7 +8,6 @@ use crate::tensor::{TensorMut, TensorRef};
 use crate::SyncPtr;
 use kernels::softmax::online::exp_row_update;
 use kernels::{sgemm_with, Parallelism};
-use rayon::prelude::*;
 
 /// Runs the materialised path, writing the output, and the weights / LSE when given.
 pub(crate) fn run(
@@ -23,7 +22,7 @@ pub(crate) fn run(
     let heads: Vec<(usize, usize)> = (0..p.b)
         .flat_map(|b| (0..p.hq).map(move |h| (b, h)))
         .collect();
-    let threads = rayon::current_num_threads();
+    let threads = kernels::parallel::current_threads();
     let par_heads = p.par == Parallelism::Rayon && threads > 1 && heads.len() >= threads;
     let inner_par = if par_heads {
         Parallelism::Sequential
@@ -122,9 +121,6 @@ pub(crate) fn run(
         };
         Ok(())
     };
-    if par_heads {
-        heads.par_iter().try_for_each(one)
-    } else {
-        heads.iter().try_for_each(one)
-    }
+    let team = if par_heads { threads } else { 1 };
+    kernels::parallel::try_for_each(team, heads.len(), |i| one(&heads[i]))
 }

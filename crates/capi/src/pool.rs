@@ -1,9 +1,13 @@
 //! The thread pool C calls run in, set by `fa_set_num_threads`.
 //!
-//! Without a call to `fa_set_num_threads` (or after `fa_set_num_threads(0)`) work runs in
-//! rayon's global pool, sized by `RAYON_NUM_THREADS` or the number of CPUs. A positive
-//! count builds a dedicated pool that every later call of the process runs in
-//! (`ThreadPool::install`); calls already running keep the pool they started with.
+//! Every call runs on the calling thread. Its parallel parts (teams that the calling thread
+//! works in, helped by pool threads: `kernels::parallel`) draw their helpers from rayon's
+//! global pool, sized by `RAYON_NUM_THREADS` or the number of CPUs, until
+//! `fa_set_num_threads(n > 0)` builds a dedicated pool of `n` threads; from then on the
+//! parallel parts of every later call use at most `n` threads, the caller's included,
+//! with helpers from that pool (`kernels::parallel::with_pool`). A call is never handed to
+//! a pool thread as a whole, so a call too small to split never waits for a sleeping
+//! thread to wake. Calls already running keep the pool they started with.
 
 use crate::status::{fa_status, FfiError, FfiResult};
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -15,11 +19,11 @@ fn current() -> Option<Arc<ThreadPool>> {
     POOL.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// Runs `f` in the configured pool (or on the calling thread, using rayon's global pool for
-/// its parallel parts, when none is configured).
-pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` on the calling thread, its parallel parts drawing helpers from the configured
+/// pool (rayon's global pool when none is configured).
+pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
     match current() {
-        Some(pool) => pool.install(f),
+        Some(pool) => kernels::parallel::with_pool(&pool, f),
         None => f(),
     }
 }

@@ -275,7 +275,7 @@ pub(crate) unsafe fn gemm_unchecked(
     let threads = match par {
         Parallelism::Sequential => 1,
         Parallelism::Rayon if flops < PAR_MIN_FLOPS => 1,
-        Parallelism::Rayon => rayon::current_num_threads().max(1),
+        Parallelism::Rayon => crate::parallel::current_threads(),
     };
     // Row blocks of equal size (a multiple of MR), so no worker gets a sliver; with several
     // threads, at least two blocks per thread where each keeps at least 4·MR rows (fewer
@@ -517,7 +517,8 @@ pub(crate) unsafe fn gemm_unchecked(
                 // B, by the first task's first panel).
                 let claims = Claims::<MAX_PANELS>::new();
                 let ready = |q: usize| claims.ensure(q / group, || pack_group(q / group));
-                team(threads, ntasks, |t| task(t, &ready));
+                // Leaf tasks: a tile waits for nothing but another tile's B packing.
+                team(threads, ntasks, true, |t| task(t, &ready));
             });
         }
     }

@@ -60,7 +60,6 @@ use crate::error::{KernelError, Result};
 use crate::exp::simd::{dispatch, ExpOps, IsaKernel};
 use crate::parallel::Parallelism;
 use kernel::Mode;
-use rayon::prelude::*;
 
 /// Inputs with fewer values than this run on the calling thread even with
 /// [`Parallelism::Rayon`]: at ~2 G values/s that is ~30 µs of work, below which waking
@@ -283,7 +282,7 @@ fn run_rows(
     let parallel = par == Parallelism::Rayon
         && rows > 1
         && dst.len() >= PAR_MIN_ELEMENTS
-        && rayon::current_num_threads() > 1;
+        && crate::parallel::current_threads() > 1;
     if !parallel {
         let k = RowsKernel {
             mode,
@@ -320,17 +319,10 @@ fn run_rows(
         // SAFETY: `isa` was checked above.
         unsafe { dispatch(isa, k) };
     };
-    match src {
-        None => dst
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(t, d)| task(t, None, d)),
-        Some(s) => s
-            .par_chunks(chunk)
-            .zip(dst.par_chunks_mut(chunk))
-            .enumerate()
-            .for_each(|(t, (s, d))| task(t, Some(s), d)),
-    }
+    let threads = crate::parallel::current_threads();
+    crate::parallel::for_each_chunk_mut(threads, dst, chunk, |t, d| {
+        task(t, src.map(|s| &s[t * chunk..][..d.len()]), d)
+    });
     Ok(())
 }
 
