@@ -274,7 +274,8 @@ static void test_sdpa(void) {
     CHECK(err < 1e-5, "fa_sdpa(defaults) max error %g", err);
 
     /* 2. Causal with weights and log-sum-exp. */
-    fa_sdpa_options o = fa_sdpa_options_default();
+    fa_sdpa_options o;
+    fa_sdpa_options_init(&o, sizeof o);
     o.causal = 1;
     o.weights = &w;
     o.lse = lse;
@@ -293,7 +294,8 @@ static void test_sdpa(void) {
     md[3] = -INFINITY;
     fa_tensor mask = {md, {1, 1, LQ, LK}, {0, 0, LK, 1}};
     int64_t kv_len[B] = {LK, 6};
-    fa_sdpa_options o2 = fa_sdpa_options_default();
+    fa_sdpa_options o2;
+    fa_sdpa_options_init(&o2, sizeof o2);
     o2.mask = &mask;
     o2.kv_lengths = kv_len;
     sdpa_naive(&q, &k, &v, 0, &mask, kv_len, want, NULL, NULL);
@@ -331,7 +333,8 @@ static void test_sdpa(void) {
     CHECK(fa_sdpa(&neg, &k, &v, &out, NULL) == FA_ERR_BAD_STRIDE, "negative stride");
     fa_tensor alias = tensor(qd, B, HQ, LQ, DV);
     CHECK(fa_sdpa(&q, &k, &v, &alias, NULL) == FA_ERR_BAD_STRIDE, "output overlapping q");
-    fa_sdpa_options bad = fa_sdpa_options_default();
+    fa_sdpa_options bad;
+    fa_sdpa_options_init(&bad, sizeof bad);
     bad.causal = 2;
     CHECK(fa_sdpa(&q, &k, &v, &out, &bad) == FA_ERR_INVALID_ARGUMENT, "causal = 2");
     CHECK(od[0] == 42.0f, "a failed fa_sdpa wrote its output");
@@ -406,13 +409,24 @@ static void test_layer(void) {
           *wo = rnd_buf(NH * HD * DM);
     float y[BATCH * SEQ * DM], step[BATCH * DM], xs[BATCH * DM];
     double want[BATCH * SEQ * DM];
-    fa_mha_config cfg = {DM, NH, NKV, HD, 0, 0.0f};
-    fa_mha_weights w = {wq, wk, wv, wo, NULL, NULL, NULL, NULL, 0};
+    fa_mha_config cfg;
+    fa_mha_config_init(&cfg, sizeof cfg);
+    cfg.d_model = DM;
+    cfg.n_heads = NH;
+    cfg.n_kv_heads = NKV;
+    cfg.head_dim = HD;
+    fa_mha_weights w;
+    fa_mha_weights_init(&w, sizeof w);
+    w.wq = wq;
+    w.wk = wk;
+    w.wv = wv;
+    w.wo = wo;
     fa_mha *layer = NULL;
     int rc = fa_mha_new(&cfg, &w, &layer);
     CHECK(rc == FA_OK && layer != NULL, "fa_mha_new returned %d", rc);
     if (!layer) return;
-    fa_sdpa_options causal = fa_sdpa_options_default();
+    fa_sdpa_options causal;
+    fa_sdpa_options_init(&causal, sizeof causal);
     causal.causal = 1;
     mha_naive(x, wq, wk, wv, wo, want);
     rc = fa_mha_forward(layer, x, BATCH, SEQ, y, &causal);
@@ -450,7 +464,8 @@ static void test_layer(void) {
     CHECK(rc == FA_ERR_ALLOC && huge == NULL, "huge KV cache returned %d", rc);
     CHECK(fa_mha_forward(layer, x, BATCH, SEQ, x, NULL) == FA_ERR_BAD_STRIDE,
           "layer output overlapping its input");
-    fa_mha_config bad = {DM, NH, 3, HD, 0, 0.0f};
+    fa_mha_config bad = cfg;
+    bad.n_kv_heads = 3;
     fa_mha *none = NULL;
     CHECK(fa_mha_new_random(&bad, 0, 1, &none) == FA_ERR_BAD_SHAPE && none == NULL,
           "Hq not a multiple of Hkv");
@@ -464,8 +479,20 @@ static void test_layer(void) {
 }
 
 int main(void) {
-    printf("fastattn %s, kernels: %s, threads: %d\n", fa_version(), fa_variant_name(),
-           fa_num_threads());
+    printf("fastattn %s (ABI %u), kernels: %s, threads: %d\n", fa_version(), fa_abi_version(),
+           fa_variant_name(), fa_num_threads());
+    CHECK(fa_abi_version() == FA_ABI_VERSION, "library ABI %u, header ABI %d", fa_abi_version(),
+          FA_ABI_VERSION);
+    {
+        /* An uninitialised (zeroed) options struct is refused, not read as defaults. */
+        fa_sdpa_options zero;
+        memset(&zero, 0, sizeof zero);
+        float one = 1.0f, o1 = 0.0f;
+        fa_tensor t = {&one, {1, 1, 1, 1}, {1, 1, 1, 1}};
+        fa_tensor to = {&o1, {1, 1, 1, 1}, {1, 1, 1, 1}};
+        CHECK(fa_sdpa(&t, &t, &t, &to, &zero) == FA_ERR_INVALID_ARGUMENT, "struct_size 0");
+        CHECK(strstr(fa_last_error(), "fa_sdpa_options_init") != NULL, "struct_size message");
+    }
     test_cblas_sgemm();
     test_fa_sgemm();
     test_softmax();

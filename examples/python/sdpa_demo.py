@@ -41,6 +41,7 @@ class FaSdpaOptions(ctypes.Structure):
     """``fa_sdpa_options``, field for field."""
 
     _fields_ = [
+        ("struct_size", ctypes.c_size_t),
         ("scale", ctypes.c_float),
         ("causal", ctypes.c_int32),
         ("mask", ctypes.POINTER(FaTensor)),
@@ -77,8 +78,10 @@ def load(path):
     t_ptr = ctypes.POINTER(FaTensor)
     lib.fa_sdpa.argtypes = [t_ptr, t_ptr, t_ptr, t_ptr, ctypes.POINTER(FaSdpaOptions)]
     lib.fa_sdpa.restype = ctypes.c_int
-    lib.fa_sdpa_options_default.argtypes = []
-    lib.fa_sdpa_options_default.restype = FaSdpaOptions
+    lib.fa_sdpa_options_init.argtypes = [ctypes.POINTER(FaSdpaOptions), ctypes.c_size_t]
+    lib.fa_sdpa_options_init.restype = ctypes.c_int
+    lib.fa_abi_version.argtypes = []
+    lib.fa_abi_version.restype = ctypes.c_uint32
     lib.fa_softmax.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_size_t]
     lib.fa_softmax.restype = ctypes.c_int
     lib.fa_set_num_threads.argtypes = [ctypes.c_int]
@@ -106,8 +109,14 @@ def tensor(a):
 class FastAttn:
     """A small Pythonic wrapper over the C functions."""
 
+    #: The C ABI version these ctypes declarations match (``FA_ABI_VERSION``).
+    ABI_VERSION = 2
+
     def __init__(self, path):
         self.lib = load(path)
+        got = self.lib.fa_abi_version()
+        if got != self.ABI_VERSION:
+            raise RuntimeError(f"{path} has C ABI {got}; this script speaks {self.ABI_VERSION}")
 
     def check(self, rc):
         if rc != FA_OK:
@@ -119,7 +128,8 @@ class FastAttn:
         b, hq, lq, _ = q.shape
         lk, dv = k.shape[2], v.shape[3]
         out = np.empty((b, hq, lq, dv), np.float32)
-        opts = self.lib.fa_sdpa_options_default()
+        opts = FaSdpaOptions()
+        self.check(self.lib.fa_sdpa_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
         opts.scale = scale
         opts.causal = int(causal)
         keep = []  # keeps the ctypes objects the options point to alive

@@ -584,7 +584,7 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
         strides: os,
     };
     // Options, valid by construction.
-    let mut opts = fa_sdpa_options_default();
+    let mut opts = fa_sdpa_options::default();
     opts.causal = u.arbitrary::<bool>()? as i32;
     opts.scale = if u.arbitrary()? { 0.0 } else { small(u)? };
     opts.window_left = u.int_in_range(-1..=6)?;
@@ -824,6 +824,7 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
 fn handles(u: &mut Unstructured<'_>) -> Result<()> {
     use fa_status::*;
     let cfg = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: 4 * u.int_in_range(1..=4)?,
         n_heads: *u.choose(&[1usize, 2, 4, 0])?,
         n_kv_heads: *u.choose(&[0usize, 1, 2, 3])?,

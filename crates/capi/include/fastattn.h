@@ -21,6 +21,17 @@
 #endif
 
 /**
+ * The version of the C ABI this header and library describe: `fa_abi_version()` returns
+ * it. It goes up whenever a declaration in the header changes incompatibly (a struct
+ * layout, a signature, a removed function, a changed meaning); adding functions, or
+ * fields at the end of a struct with `struct_size`, leaves it unchanged.
+ *
+ * History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
+ * and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`.
+ */
+#define FA_ABI_VERSION 2
+
+/**
  * Status codes of fastattn's `int` functions: `FA_OK` (0) or a negative error code.
  * After a failure, `fa_last_error()` describes it.
  */
@@ -95,10 +106,15 @@ typedef int CBLAS_TRANSPOSE;
 #endif
 
 /**
- * Sizes of an `fa_mha` layer. Zero fields take their defaults, so `{d_model, n_heads}`
- * alone is plain multi-head attention.
+ * Sizes of an `fa_mha` layer. Initialise with `fa_mha_config_init(&cfg, sizeof cfg)`
+ * (every size 0, no RoPE), then set the sizes; zero fields take their defaults, so
+ * `d_model` and `n_heads` alone give plain multi-head attention.
  */
 typedef struct fa_mha_config {
+  /**
+   * `sizeof(fa_mha_config)` as the caller was compiled; set by `fa_mha_config_init`.
+   */
+  size_t struct_size;
   /**
    * Model width: input and output features.
    */
@@ -130,9 +146,14 @@ typedef struct fa_mha_config {
  * ownership). Every projection is `y = x*W + b`. With `layout == 0` the matrices are
  * row-major `[d_in, d_out]`: wq `[d_model, Hq*D]`, wk and wv `[d_model, Hkv*D]`, wo
  * `[Hq*D, d_model]`; with `layout == 1` they are PyTorch's `nn.Linear.weight`
- * `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq.
+ * `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. Initialise with
+ * `fa_mha_weights_init(&w, sizeof w)` (every pointer NULL, layout 0), then set them.
  */
 typedef struct fa_mha_weights {
+  /**
+   * `sizeof(fa_mha_weights)` as the caller was compiled; set by `fa_mha_weights_init`.
+   */
+  size_t struct_size;
   /**
    * Query projection.
    */
@@ -196,7 +217,10 @@ typedef struct fa_tensor {
 } fa_tensor;
 
 /**
- * Options of `fa_sdpa`. Start from `fa_sdpa_options_default()` and set what you need.
+ * Options of `fa_sdpa`. Initialise with `fa_sdpa_options_init(&opts, sizeof opts)`, then
+ * set what you need. `struct_size` lets later versions add fields without breaking
+ * programs built against this header: a field the caller's struct does not have takes its
+ * default.
  *
  * For batch `b`, query head `h`, query `i` and key `j`, with `n_b` the batch's valid key
  * count (`kv_lengths[b]`, else Lk) and `off = n_b - Lq` (queries aligned to the bottom
@@ -208,6 +232,10 @@ typedef struct fa_tensor {
  * Query head `h` reads key/value head `h / (Hq / Hkv)` (GQA/MQA).
  */
 typedef struct fa_sdpa_options {
+  /**
+   * `sizeof(fa_sdpa_options)` as the caller was compiled; set by `fa_sdpa_options_init`.
+   */
+  size_t struct_size;
   /**
    * 0 means 1/sqrt(D).
    */
@@ -358,6 +386,25 @@ int fa_sgemm(size_t m,
              float *c,
              ptrdiff_t rsc,
              ptrdiff_t csc);
+
+/**
+ * Initialises `*cfg`: every size 0 (its default), no RoPE, `cfg->struct_size = size`.
+ * Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
+ * `FA_ERR_INVALID_ARGUMENT` (`size` is not a layout this library knows).
+ *
+ * # Safety
+ * `cfg` is NULL or points to `size` writable bytes.
+ */
+int fa_mha_config_init(struct fa_mha_config *cfg, size_t size);
+
+/**
+ * Initialises `*w`: every pointer NULL, layout 0, `w->struct_size = size`. Pass
+ * `sizeof *w`. Returns as `fa_mha_config_init`.
+ *
+ * # Safety
+ * `w` is NULL or points to `size` writable bytes.
+ */
+int fa_mha_weights_init(struct fa_mha_weights *w, size_t size);
 
 /**
  * Builds a layer from caller-given weights (copied and packed; the arrays may be freed
@@ -524,6 +571,13 @@ const char *fa_variant_name(void);
 int fa_set_variant(const char *name);
 
 /**
+ * The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
+ * can check at start-up that the library it loaded matches the header it was compiled
+ * with: `fa_abi_version() == FA_ABI_VERSION`.
+ */
+uint32_t fa_abi_version(void);
+
+/**
  * The library version, e.g. `"0.1.0"` (a static string).
  */
 const char *fa_version(void);
@@ -543,17 +597,24 @@ const char *fa_last_error(void);
 int fa_test_panic_boundary(void);
 
 /**
- * The default options: scale 1/sqrt(D), not causal, no mask, no key lengths, unbounded
- * windows, no soft-capping, no ALiBi, no weights or log-sum-exp outputs.
+ * Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
+ * lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
+ * outputs) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+ *
+ * Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
+ * layout this library knows).
+ *
+ * # Safety
+ * `opts` is NULL or points to `size` writable bytes.
  */
-struct fa_sdpa_options fa_sdpa_options_default(void);
+int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
 
 /**
  * Scaled dot-product attention `out = softmax(scale*Q*K^T + mask)*V` per batch and head.
  *
  * Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, out `[B, Hq, Lq, Dv]`,
  * each in any layout its strides describe (`Hq` a multiple of `Hkv`). `opts` may be NULL
- * for `fa_sdpa_options_default()`; see `fa_sdpa_options` for the semantics. Q, K and V may
+ * for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
  * share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
  * inputs nor each other (checked by address range: `FA_ERR_BAD_STRIDE`).
  *
@@ -561,7 +622,8 @@ struct fa_sdpa_options fa_sdpa_options_default(void);
  * NULL where values are needed), `FA_ERR_BAD_SHAPE` (extents disagree, Hq is not a
  * multiple of Hkv, sizes overflow), `FA_ERR_BAD_STRIDE` (a negative stride, a zero stride
  * outside a mask, an output aliasing itself or overlapping another argument),
- * `FA_ERR_INVALID_ARGUMENT` (a non-finite scale, a causal flag other than 0/1, a window
+ * `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
+ * from a newer header, a non-finite scale, a causal flag other than 0/1, a window
  * below -1, a key length outside 0..=Lk, a non-positive or non-finite softcap, non-finite
  * slopes, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written unless
  * every check passes.

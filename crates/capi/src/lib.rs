@@ -8,12 +8,24 @@
 //! * `fa_sgemm`: GEMM with element strides (matrixmultiply's model), returning a status.
 //! * `fa_softmax`: in-place row softmax.
 //! * `fa_sdpa`: attention over strided `[B, H, L, D]` tensors (`fa_tensor`) with the options
-//!   of `attention::SdpaOptions` (`fa_sdpa_options`): causal, additive mask, key lengths,
+//!   of `attention::SdpaOptions` (`fa_sdpa_options`, initialised by `fa_sdpa_options_init`): causal, additive mask, key lengths,
 //!   sliding windows, soft-capping, ALiBi, GQA/MQA, and optional weights and log-sum-exp.
 //! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE) behind an opaque
 //!   handle, and `fa_kv_cache_*`, its KV cache for incremental decoding.
 //! * `fa_set_num_threads`, `fa_num_threads`, `fa_set_variant`, `fa_variant_name`,
-//!   `fa_version`, `fa_last_error`.
+//!   `fa_version`, `fa_abi_version`, `fa_last_error`.
+//!
+//! # Threads
+//! Every call runs on the calling thread; only its parallel parts (row blocks of a large
+//! GEMM, heads and tiles of attention) are shared with helper threads, which join as they
+//! wake. `fa_set_num_threads(n)` bounds those parts to `n` threads, the caller's included,
+//! without moving calls to a pool thread, so small calls cost the same with or without it.
+//!
+//! # ABI stability
+//! `FA_ABI_VERSION` / `fa_abi_version()` name the ABI. The structs that may grow
+//! (`fa_sdpa_options`, `fa_mha_config`, `fa_mha_weights`) start with `struct_size`, set by
+//! their `*_init(&s, sizeof s)` function; fields a caller's older struct lacks take their
+//! defaults, and a zero `struct_size` (an uninitialised struct) is refused.
 //!
 //! # Error model
 //! Functions returning `int` return `FA_OK` (0) or a negative `fa_status` code; the
@@ -34,7 +46,7 @@
 //! fails when the checked-in header differs from the generated one.
 //!
 //! ```
-//! use fastattn::{fa_sdpa, fa_sdpa_options_default, fa_tensor, fa_status};
+//! use fastattn::{fa_sdpa, fa_sdpa_options, fa_tensor, fa_status};
 //! let (b, h, l, d) = (1, 2, 3, 4);
 //! let mut x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 5) as f32 * 0.25).collect();
 //! let mut out = vec![0.0f32; x.len()];
@@ -42,7 +54,7 @@
 //! let strides = [(h * l * d) as isize, (l * d) as isize, d as isize, 1];
 //! let t = fa_tensor { data: x.as_mut_ptr(), dims, strides };
 //! let mut o = fa_tensor { data: out.as_mut_ptr(), dims, strides };
-//! let mut opts = fa_sdpa_options_default();
+//! let mut opts = fa_sdpa_options::default(); // C: fa_sdpa_options_init(&opts, sizeof opts)
 //! opts.causal = 1;
 //! // SAFETY: every tensor describes a live, dense buffer of its size.
 //! let rc = unsafe { fa_sdpa(&t, &t, &t, &mut o, &opts) };
@@ -72,13 +84,14 @@ pub use cblas::{
 pub use gemm::fa_sgemm;
 pub use mha::{
     fa_kv_cache, fa_kv_cache_capacity, fa_kv_cache_free, fa_kv_cache_len, fa_kv_cache_new,
-    fa_kv_cache_truncate, fa_mha, fa_mha_config, fa_mha_forward, fa_mha_forward_cached,
-    fa_mha_free, fa_mha_new, fa_mha_new_random, fa_mha_weights,
+    fa_kv_cache_truncate, fa_mha, fa_mha_config, fa_mha_config_init, fa_mha_forward,
+    fa_mha_forward_cached, fa_mha_free, fa_mha_new, fa_mha_new_random, fa_mha_weights,
+    fa_mha_weights_init,
 };
 pub use runtime::{
-    fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant, fa_test_panic_boundary,
-    fa_variant_name, fa_version,
+    fa_abi_version, fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant,
+    fa_test_panic_boundary, fa_variant_name, fa_version, FA_ABI_VERSION,
 };
-pub use sdpa::{fa_sdpa, fa_sdpa_options, fa_sdpa_options_default, fa_tensor};
+pub use sdpa::{fa_sdpa, fa_sdpa_options, fa_sdpa_options_init, fa_tensor};
 pub use softmax::fa_softmax;
 pub use status::{fa_status, FfiError, FfiResult};

@@ -2,7 +2,7 @@
 //! handles.
 
 use crate::pool;
-use crate::raw::{check_disjoint, check_ptr, span_of};
+use crate::raw::{check_disjoint, check_ptr, init_versioned, read_versioned, span_of, Versioned};
 use crate::sdpa::{attn_options, fa_sdpa_options, read_options};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
 use attention::{KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig, WeightLayout};
@@ -21,11 +21,14 @@ pub struct fa_kv_cache {
     cache: KvCache,
 }
 
-/// Sizes of an `fa_mha` layer. Zero fields take their defaults, so `{d_model, n_heads}`
-/// alone is plain multi-head attention.
+/// Sizes of an `fa_mha` layer. Initialise with `fa_mha_config_init(&cfg, sizeof cfg)`
+/// (every size 0, no RoPE), then set the sizes; zero fields take their defaults, so
+/// `d_model` and `n_heads` alone give plain multi-head attention.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_mha_config {
+    /// `sizeof(fa_mha_config)` as the caller was compiled; set by `fa_mha_config_init`.
+    pub struct_size: usize,
     /// Model width: input and output features.
     pub d_model: usize,
     /// Query heads Hq.
@@ -44,10 +47,13 @@ pub struct fa_mha_config {
 /// ownership). Every projection is `y = x*W + b`. With `layout == 0` the matrices are
 /// row-major `[d_in, d_out]`: wq `[d_model, Hq*D]`, wk and wv `[d_model, Hkv*D]`, wo
 /// `[Hq*D, d_model]`; with `layout == 1` they are PyTorch's `nn.Linear.weight`
-/// `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq.
+/// `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. Initialise with
+/// `fa_mha_weights_init(&w, sizeof w)` (every pointer NULL, layout 0), then set them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_mha_weights {
+    /// `sizeof(fa_mha_weights)` as the caller was compiled; set by `fa_mha_weights_init`.
+    pub struct_size: usize,
     /// Query projection.
     pub wq: *const f32,
     /// Key projection.
@@ -66,6 +72,90 @@ pub struct fa_mha_weights {
     pub bo: *const f32,
     /// 0: `[d_in, d_out]`; 1: `[d_out, d_in]` (PyTorch).
     pub layout: i32,
+}
+
+const DEFAULT_CONFIG: fa_mha_config = fa_mha_config {
+    struct_size: std::mem::size_of::<fa_mha_config>(),
+    d_model: 0,
+    n_heads: 0,
+    n_kv_heads: 0,
+    head_dim: 0,
+    rope: 0,
+    rope_base: 0.0,
+};
+
+// SAFETY: repr(C), plain data only, first field `struct_size: usize`.
+unsafe impl Versioned for fa_mha_config {
+    const DEFAULT: Self = DEFAULT_CONFIG;
+    // The layout of ABI version 2, the first with `struct_size`.
+    const MIN_SIZE: usize = std::mem::size_of::<fa_mha_config>();
+    const NAME: &'static str = "fa_mha_config";
+    const INIT: &'static str = "fa_mha_config_init(&cfg, sizeof cfg)";
+}
+
+impl Default for fa_mha_config {
+    /// What `fa_mha_config_init` writes (for Rust callers of the C ABI).
+    fn default() -> Self {
+        DEFAULT_CONFIG
+    }
+}
+
+const DEFAULT_WEIGHTS: fa_mha_weights = fa_mha_weights {
+    struct_size: std::mem::size_of::<fa_mha_weights>(),
+    wq: std::ptr::null(),
+    wk: std::ptr::null(),
+    wv: std::ptr::null(),
+    wo: std::ptr::null(),
+    bq: std::ptr::null(),
+    bk: std::ptr::null(),
+    bv: std::ptr::null(),
+    bo: std::ptr::null(),
+    layout: 0,
+};
+
+// SAFETY: repr(C), plain data only, first field `struct_size: usize`.
+unsafe impl Versioned for fa_mha_weights {
+    const DEFAULT: Self = DEFAULT_WEIGHTS;
+    // The layout of ABI version 2, the first with `struct_size`.
+    const MIN_SIZE: usize = std::mem::size_of::<fa_mha_weights>();
+    const NAME: &'static str = "fa_mha_weights";
+    const INIT: &'static str = "fa_mha_weights_init(&w, sizeof w)";
+}
+
+impl Default for fa_mha_weights {
+    /// What `fa_mha_weights_init` writes (for Rust callers of the C ABI).
+    fn default() -> Self {
+        DEFAULT_WEIGHTS
+    }
+}
+
+/// Initialises `*cfg`: every size 0 (its default), no RoPE, `cfg->struct_size = size`.
+/// Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
+/// `FA_ERR_INVALID_ARGUMENT` (`size` is not a layout this library knows).
+///
+/// # Safety
+/// `cfg` is NULL or points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fa_mha_config_init(cfg: *mut fa_mha_config, size: usize) -> c_int {
+    ffi_guard!("fa_mha_config_init", {
+        // SAFETY: NULL or `size` writable bytes (caller contract).
+        unsafe { init_versioned(cfg, size, "config") }?;
+        Ok(OK)
+    })
+}
+
+/// Initialises `*w`: every pointer NULL, layout 0, `w->struct_size = size`. Pass
+/// `sizeof *w`. Returns as `fa_mha_config_init`.
+///
+/// # Safety
+/// `w` is NULL or points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fa_mha_weights_init(w: *mut fa_mha_weights, size: usize) -> c_int {
+    ffi_guard!("fa_mha_weights_init", {
+        // SAFETY: NULL or `size` writable bytes (caller contract).
+        unsafe { init_versioned(w, size, "weights") }?;
+        Ok(OK)
+    })
 }
 
 impl Boundary for usize {
@@ -159,8 +249,13 @@ pub unsafe extern "C" fn fa_mha_new(
         check_ptr(config, "config")?;
         check_ptr(weights, "weights")?;
         check_ptr(out, "out")?;
-        // SAFETY: non-NULL, aligned, readable (caller contract).
-        let (c, w) = unsafe { (*config, *weights) };
+        // SAFETY: readable for their `struct_size` bytes (caller contract).
+        let (c, w) = unsafe {
+            (
+                read_versioned(config, "config")?,
+                read_versioned(weights, "weights")?,
+            )
+        };
         let cfg = mha_config(&c)?;
         let layout = match w.layout {
             0 => WeightLayout::InOut,
@@ -222,8 +317,8 @@ pub unsafe extern "C" fn fa_mha_new_random(
     ffi_guard!("fa_mha_new_random", {
         check_ptr(config, "config")?;
         check_ptr(out, "out")?;
-        // SAFETY: non-NULL, aligned, readable (caller contract).
-        let cfg = mha_config(&unsafe { *config })?;
+        // SAFETY: readable for its `struct_size` bytes (caller contract).
+        let cfg = mha_config(&unsafe { read_versioned(config, "config") }?)?;
         let bias = match bias {
             0 => false,
             1 => true,

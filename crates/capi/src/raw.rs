@@ -153,6 +153,97 @@ pub(crate) fn strided_span(
     })
 }
 
+/// A `#[repr(C)]` argument struct that can grow: its first field is `struct_size: size_t`,
+/// the number of bytes of the struct the caller was compiled with, set by its `*_init`
+/// function. Fields beyond `struct_size` (added after the caller was built) take their
+/// defaults, so a caller built against an older header keeps working.
+///
+/// # Safety
+/// The implementing type is `#[repr(C)]`, holds only plain data (integers, floats, raw
+/// pointers) so that any bytes copied from a caller's struct form a valid value, and its
+/// first field is a `usize` named `struct_size`.
+pub(crate) unsafe trait Versioned: Copy {
+    /// The value `*_init` writes: every option at its default, `struct_size` the full size.
+    const DEFAULT: Self;
+    /// The smallest `struct_size` this library accepts: the size of the first released
+    /// layout of the struct.
+    const MIN_SIZE: usize;
+    /// The struct's C name, for messages.
+    const NAME: &'static str;
+    /// The C function that initialises it, for messages.
+    const INIT: &'static str;
+}
+
+/// Checks a caller's `struct_size` against what this library can read or write.
+fn check_struct_size<T: Versioned>(size: usize, what: &str) -> FfiResult<()> {
+    let invalid = |m: String| FfiError::new(fa_status::FA_ERR_INVALID_ARGUMENT, m);
+    if size == 0 {
+        return Err(invalid(format!(
+            "{what}->struct_size is 0: initialise the {} with {}",
+            T::NAME,
+            T::INIT
+        )));
+    }
+    if size < T::MIN_SIZE {
+        return Err(invalid(format!(
+            "{what}->struct_size is {size}, below the {} bytes of the first {} layout",
+            T::MIN_SIZE,
+            T::NAME
+        )));
+    }
+    if size > size_of::<T>() {
+        return Err(invalid(format!(
+            "{what}->struct_size is {size}, but this library's {} has {} bytes (built \
+             against a newer fastattn.h?)",
+            T::NAME,
+            size_of::<T>()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the versioned struct at `p`: the caller's first `struct_size` bytes over
+/// [`Versioned::DEFAULT`].
+///
+/// # Safety
+/// `p` is NULL or points to a readable `T` whose first `struct_size` bytes are readable.
+pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, what: &str) -> FfiResult<T> {
+    check_ptr(p, what)?;
+    // SAFETY: `p` is non-NULL and aligned for `T` (checked), whose first field is a
+    // `usize` (trait contract), and at least that field is readable (caller contract).
+    let size = unsafe { p.cast::<usize>().read() };
+    check_struct_size::<T>(size, what)?;
+    let mut out = T::DEFAULT;
+    // SAFETY: `size <= size_of::<T>()` (checked) readable bytes at `p` (caller contract);
+    // `out` is a distinct local of `size_of::<T>()` bytes; any bytes make a valid `T`
+    // (trait contract).
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&raw mut out).cast::<u8>(), size) };
+    Ok(out)
+}
+
+/// Writes the defaults into the first `size` bytes of the versioned struct at `p`, with
+/// `struct_size = size`.
+///
+/// # Safety
+/// `p` is NULL or points to `size` writable bytes.
+pub(crate) unsafe fn init_versioned<T: Versioned>(
+    p: *mut T,
+    size: usize,
+    what: &str,
+) -> FfiResult<()> {
+    check_ptr(p, what)?;
+    check_struct_size::<T>(size, &format!("{what} (size argument)"))?;
+    let src = T::DEFAULT;
+    // SAFETY: `size <= size_of::<T>()` bytes (checked) are read from a local `T` and
+    // written to `p`, which has that many writable bytes (caller contract); they are
+    // distinct objects.
+    unsafe { std::ptr::copy_nonoverlapping((&raw const src).cast::<u8>(), p.cast::<u8>(), size) };
+    // SAFETY: the first field is a `usize` (trait contract), aligned (checked) and
+    // writable (caller contract; `size >= MIN_SIZE >= size_of::<usize>()`).
+    unsafe { p.cast::<usize>().write(size) };
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

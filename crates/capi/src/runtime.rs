@@ -79,6 +79,23 @@ pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
     })
 }
 
+/// The version of the C ABI this header and library describe: `fa_abi_version()` returns
+/// it. It goes up whenever a declaration in the header changes incompatibly (a struct
+/// layout, a signature, a removed function, a changed meaning); adding functions, or
+/// fields at the end of a struct with `struct_size`, leaves it unchanged.
+///
+/// History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
+/// and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`.
+pub const FA_ABI_VERSION: u32 = 2;
+
+/// The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
+/// can check at start-up that the library it loaded matches the header it was compiled
+/// with: `fa_abi_version() == FA_ABI_VERSION`.
+#[no_mangle]
+pub extern "C" fn fa_abi_version() -> u32 {
+    ffi_guard!("fa_abi_version", { Ok(FA_ABI_VERSION) })
+}
+
 /// The library version, e.g. `"0.1.0"` (a static string).
 #[no_mangle]
 pub extern "C" fn fa_version() -> *const c_char {

@@ -1,7 +1,10 @@
 //! `fa_sdpa`: scaled dot-product attention over strided `[B, H, L, D]` tensors.
 
 use crate::pool;
-use crate::raw::{check_disjoint, check_ptr, span_of, strided_span, Span};
+use crate::raw::{
+    check_disjoint, check_ptr, init_versioned, read_versioned, span_of, strided_span, Span,
+    Versioned,
+};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
 use attention::{Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
 use std::ffi::c_int;
@@ -26,7 +29,10 @@ pub struct fa_tensor {
     pub strides: [isize; 4],
 }
 
-/// Options of `fa_sdpa`. Start from `fa_sdpa_options_default()` and set what you need.
+/// Options of `fa_sdpa`. Initialise with `fa_sdpa_options_init(&opts, sizeof opts)`, then
+/// set what you need. `struct_size` lets later versions add fields without breaking
+/// programs built against this header: a field the caller's struct does not have takes its
+/// default.
 ///
 /// For batch `b`, query head `h`, query `i` and key `j`, with `n_b` the batch's valid key
 /// count (`kv_lengths[b]`, else Lk) and `off = n_b - Lq` (queries aligned to the bottom
@@ -39,6 +45,8 @@ pub struct fa_tensor {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_sdpa_options {
+    /// `sizeof(fa_sdpa_options)` as the caller was compiled; set by `fa_sdpa_options_init`.
+    pub struct_size: usize,
     /// 0 means 1/sqrt(D).
     pub scale: f32,
     /// 0 or 1, bottom-right aligned.
@@ -62,6 +70,7 @@ pub struct fa_sdpa_options {
 }
 
 const DEFAULT_OPTIONS: fa_sdpa_options = fa_sdpa_options {
+    struct_size: size_of::<fa_sdpa_options>(),
     scale: 0.0,
     causal: 0,
     mask: std::ptr::null(),
@@ -80,11 +89,38 @@ impl Boundary for fa_sdpa_options {
     }
 }
 
-/// The default options: scale 1/sqrt(D), not causal, no mask, no key lengths, unbounded
-/// windows, no soft-capping, no ALiBi, no weights or log-sum-exp outputs.
+// SAFETY: repr(C), plain data only, first field `struct_size: usize`.
+unsafe impl Versioned for fa_sdpa_options {
+    const DEFAULT: Self = DEFAULT_OPTIONS;
+    // The layout of ABI version 2, the first with `struct_size`.
+    const MIN_SIZE: usize = size_of::<fa_sdpa_options>();
+    const NAME: &'static str = "fa_sdpa_options";
+    const INIT: &'static str = "fa_sdpa_options_init(&opts, sizeof opts)";
+}
+
+impl Default for fa_sdpa_options {
+    /// What `fa_sdpa_options_init` writes (for Rust callers of the C ABI).
+    fn default() -> Self {
+        DEFAULT_OPTIONS
+    }
+}
+
+/// Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
+/// lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
+/// outputs) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+///
+/// Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
+/// layout this library knows).
+///
+/// # Safety
+/// `opts` is NULL or points to `size` writable bytes.
 #[no_mangle]
-pub extern "C" fn fa_sdpa_options_default() -> fa_sdpa_options {
-    ffi_guard!("fa_sdpa_options_default", { Ok(DEFAULT_OPTIONS) })
+pub unsafe extern "C" fn fa_sdpa_options_init(opts: *mut fa_sdpa_options, size: usize) -> c_int {
+    ffi_guard!("fa_sdpa_options_init", {
+        // SAFETY: NULL or `size` writable bytes (caller contract).
+        unsafe { init_versioned(opts, size, "opts") }?;
+        Ok(OK)
+    })
 }
 
 /// A checked `fa_tensor`: the exact element range it spans, as `usize` strides.
@@ -197,9 +233,8 @@ pub(crate) unsafe fn read_options(opts: *const fa_sdpa_options) -> FfiResult<fa_
     if opts.is_null() {
         return Ok(DEFAULT_OPTIONS);
     }
-    check_ptr(opts, "opts")?;
-    // SAFETY: non-NULL, aligned; readable per the caller's contract.
-    Ok(unsafe { *opts })
+    // SAFETY: readable for its `struct_size` bytes per the caller's contract.
+    unsafe { read_versioned(opts, "opts") }
 }
 
 /// The attention options of `o` (everything but the `weights` and `lse` outputs) for a
@@ -275,7 +310,7 @@ pub(crate) unsafe fn attn_options<'a>(
 ///
 /// Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, out `[B, Hq, Lq, Dv]`,
 /// each in any layout its strides describe (`Hq` a multiple of `Hkv`). `opts` may be NULL
-/// for `fa_sdpa_options_default()`; see `fa_sdpa_options` for the semantics. Q, K and V may
+/// for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
 /// share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
 /// inputs nor each other (checked by address range: `FA_ERR_BAD_STRIDE`).
 ///
@@ -283,7 +318,8 @@ pub(crate) unsafe fn attn_options<'a>(
 /// NULL where values are needed), `FA_ERR_BAD_SHAPE` (extents disagree, Hq is not a
 /// multiple of Hkv, sizes overflow), `FA_ERR_BAD_STRIDE` (a negative stride, a zero stride
 /// outside a mask, an output aliasing itself or overlapping another argument),
-/// `FA_ERR_INVALID_ARGUMENT` (a non-finite scale, a causal flag other than 0/1, a window
+/// `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
+/// from a newer header, a non-finite scale, a causal flag other than 0/1, a window
 /// below -1, a key length outside 0..=Lk, a non-positive or non-finite softcap, non-finite
 /// slopes, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written unless
 /// every check passes.

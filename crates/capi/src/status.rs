@@ -130,6 +130,13 @@ impl Boundary for c_int {
     }
 }
 
+impl Boundary for u32 {
+    /// 0: never a valid version or count.
+    fn failed(_: fa_status) -> Self {
+        0
+    }
+}
+
 impl Boundary for () {
     fn failed(_: fa_status) -> Self {}
 }

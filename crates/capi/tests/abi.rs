@@ -1,12 +1,17 @@
 //! The C ABI called from Rust: results against the oracles (`sdpa_ref`, f64 GEMM and
 //! softmax loops) over strided layouts and every option, and each refusal's status code.
 
+// Options are set field by field after their defaults, as a C caller does after
+// `fa_sdpa_options_init`.
+#![allow(clippy::field_reassign_with_default)]
+
 use attention::reference::sdpa_ref;
 use attention::{Mask, SdpaOptions, TensorRef};
 use fastattn::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::ffi::{c_int, CStr};
+use std::mem::size_of;
 use std::ptr::{null, null_mut};
 
 const OK: c_int = fa_status::FA_OK as c_int;
@@ -117,7 +122,7 @@ fn run_case(c: Case, seed: u64) {
         dense_strides([b, hq, lq, lk]),
     );
 
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.scale = c.scale;
     o.causal = c.causal as i32;
     if c.mask {
@@ -324,7 +329,7 @@ impl Fixture {
 fn sdpa_refuses_bad_arguments_with_distinct_codes() {
     use fa_status::*;
     let mut f = Fixture::new();
-    let d = fa_sdpa_options_default();
+    let d = fa_sdpa_options::default();
     f.expect(FA_OK, "valid", |_| {}, &d);
     f.out.fill(42.0);
 
@@ -459,11 +464,98 @@ fn status_codes_are_distinct_and_negative() {
 
 #[test]
 fn default_options_are_the_documented_ones() {
-    let o = fa_sdpa_options_default();
+    // What `fa_sdpa_options_init` writes, into a struct full of garbage.
+    // SAFETY: all-ones bytes are a valid fa_sdpa_options (plain data only).
+    let mut o: fa_sdpa_options =
+        unsafe { std::mem::transmute([0xffu8; size_of::<fa_sdpa_options>()]) };
+    // SAFETY: `o` is a writable fa_sdpa_options of the size passed.
+    let rc = unsafe { fa_sdpa_options_init(&mut o, size_of::<fa_sdpa_options>()) };
+    assert_eq!(rc, 0);
+    assert_eq!(o.struct_size, size_of::<fa_sdpa_options>());
     assert_eq!((o.scale, o.causal, o.softcap), (0.0, 0, 0.0));
     assert_eq!((o.window_left, o.window_right), (-1, -1));
     assert!(o.mask.is_null() && o.kv_lengths.is_null() && o.alibi_slopes.is_null());
     assert!(o.weights.is_null() && o.lse.is_null());
+    let d = fa_sdpa_options::default();
+    assert_eq!(format!("{o:?}"), format!("{d:?}"));
+}
+
+#[test]
+fn abi_version_matches_the_header_constant() {
+    assert_eq!(fa_abi_version(), FA_ABI_VERSION);
+    let header = include_str!("../include/fastattn.h");
+    assert!(header.contains(&format!("#define FA_ABI_VERSION {FA_ABI_VERSION}")));
+}
+
+#[test]
+fn versioned_structs_refuse_a_size_they_do_not_know() {
+    use fa_status::*;
+    let full = size_of::<fa_sdpa_options>();
+    let mut o = fa_sdpa_options::default();
+    for bad in [0, 1, full - 1, full + 8] {
+        // SAFETY: `o` is writable for `full` bytes; other sizes are refused before any
+        // write (checked below: `o` stays the defaults).
+        let rc = unsafe { fa_sdpa_options_init(&mut o, bad) };
+        assert_eq!(rc, code(FA_ERR_INVALID_ARGUMENT), "size {bad}");
+        assert_eq!(o.struct_size, full);
+    }
+    assert_eq!(
+        // SAFETY: NULL is refused before any write.
+        unsafe { fa_sdpa_options_init(null_mut(), full) },
+        code(FA_ERR_NULL_POINTER)
+    );
+
+    // fa_sdpa refuses an uninitialised (zeroed) or a newer, larger options struct, and
+    // names the init function.
+    let mut x = vec![0.5f32; 4];
+    let mut out = vec![0.0f32; 4];
+    let t = tensor(&mut x, [1, 1, 1, 4], dense_strides([1, 1, 1, 4]));
+    let mut to = tensor(&mut out, [1, 1, 1, 4], dense_strides([1, 1, 1, 4]));
+    for size in [0, full + 8] {
+        let bad = fa_sdpa_options {
+            struct_size: size,
+            ..fa_sdpa_options::default()
+        };
+        // SAFETY: valid tensors; the options are refused before any other field is read.
+        let rc = unsafe { fa_sdpa(&t, &t, &t, &mut to, &bad) };
+        assert_eq!(rc, code(FA_ERR_INVALID_ARGUMENT), "struct_size {size}");
+        assert!(last_error().contains("struct_size"), "{}", last_error());
+    }
+    assert!(
+        out.iter().all(|&v| v == 0.0),
+        "a refused call wrote its output"
+    );
+
+    // The layer's structs follow the same rules.
+    let mut cfg = fa_mha_config::default();
+    let mut w = fa_mha_weights::default();
+    // SAFETY: writable structs of the sizes passed.
+    unsafe {
+        assert_eq!(fa_mha_config_init(&mut cfg, size_of::<fa_mha_config>()), 0);
+        assert_eq!(fa_mha_weights_init(&mut w, size_of::<fa_mha_weights>()), 0);
+        assert_eq!(
+            fa_mha_config_init(&mut cfg, 0),
+            code(FA_ERR_INVALID_ARGUMENT)
+        );
+    }
+    assert_eq!((cfg.d_model, cfg.n_heads, cfg.rope), (0, 0, 0));
+    assert!(w.wq.is_null() && w.bo.is_null() && w.layout == 0);
+    let zeroed = fa_mha_config {
+        struct_size: 0,
+        d_model: 8,
+        n_heads: 2,
+        ..cfg
+    };
+    let mut layer = null_mut();
+    // SAFETY: valid pointers; the config is refused before use.
+    let rc = unsafe { fa_mha_new_random(&zeroed, 0, 1, &mut layer) };
+    assert_eq!(rc, code(FA_ERR_INVALID_ARGUMENT));
+    assert!(layer.is_null());
+    assert!(
+        last_error().contains("fa_mha_config_init"),
+        "{}",
+        last_error()
+    );
 }
 
 /// `C = alpha·op(A)·op(B) + beta·C` in f64 from accessor closures.

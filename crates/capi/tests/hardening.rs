@@ -7,6 +7,10 @@
 //! Tests that need a process of their own (the leak count, the environment variable) run
 //! this binary again with `FASTATTN_HARDENING_CHILD` naming the test.
 
+// Options are set field by field after their defaults, as a C caller does after
+// `fa_sdpa_options_init`.
+#![allow(clippy::field_reassign_with_default)]
+
 use fastattn::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::{c_int, CStr};
@@ -318,7 +322,7 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
         dims: [1, 1, 3, 5],
         strides: [0, 0, 5, 1],
     };
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.mask = &mt;
     assert_eq!(
         run(&o, &mut out),
@@ -346,13 +350,13 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
     out.fill(9.0);
     // Non-finite ALiBi slopes.
     let slopes = [0.5f32, f32::NAN];
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.alibi_slopes = slopes.as_ptr();
     assert_eq!(run(&o, &mut out), code(FA_ERR_INVALID_ARGUMENT));
     // Weights of the wrong shape.
     let mut w = vec![0.0f32; 2 * 3 * 4];
     let mut wt = tensor(&mut w, [1, 2, 3, 4]);
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.weights = &mut wt;
     assert_eq!(
         run(&o, &mut out),
@@ -361,12 +365,12 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
         last_error()
     );
     // A window that does not fit in size_t is impossible (i64); i64::MAX is accepted.
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.window_left = i64::MAX;
     assert_eq!(run(&o, &mut out), OK, "{}", last_error());
     out.fill(9.0);
     // Nothing was written by the refused calls.
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.softcap = f32::INFINITY;
     assert_eq!(run(&o, &mut out), code(FA_ERR_INVALID_ARGUMENT));
     assert!(out.iter().all(|&x| x == 9.0));
@@ -376,6 +380,7 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
 fn kv_cache_full_is_cache_full_and_leaves_the_cache_unchanged() {
     use fa_status::*;
     let cfg = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: 8,
         n_heads: 2,
         n_kv_heads: 1,
@@ -387,7 +392,7 @@ fn kv_cache_full_is_cache_full_and_leaves_the_cache_unchanged() {
     let mut cache = null_mut();
     let x = seq(3 * 8, 0.2);
     let mut y = vec![0.0f32; 3 * 8];
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.causal = 1;
     // SAFETY: valid config, handles from the library, buffers of 3·8 floats.
     unsafe {
@@ -475,6 +480,7 @@ fn fastattn_isa_naming_a_missing_variant_makes_calls_fail_not_crash() {
 /// One create/use/free cycle of every handle, with failing calls in between.
 fn handle_cycle(seed: u64) {
     let cfg = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: 16,
         n_heads: 4,
         n_kv_heads: 2,
@@ -485,10 +491,11 @@ fn handle_cycle(seed: u64) {
     let (b, l) = (2, 5);
     let x = seq(b * l * 16, 0.1 + seed as f32 * 1e-3);
     let mut y = vec![0.0f32; b * l * 16];
-    let mut o = fa_sdpa_options_default();
+    let mut o = fa_sdpa_options::default();
     o.causal = 1;
     let w = seq(16 * 16, 0.05);
     let weights = fa_mha_weights {
+        struct_size: std::mem::size_of::<fa_mha_weights>(),
         wq: w.as_ptr(),
         wk: w.as_ptr(),
         wv: w.as_ptr(),
@@ -500,6 +507,7 @@ fn handle_cycle(seed: u64) {
         layout: 1,
     };
     let cfg_mha = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         n_kv_heads: 4,
         ..cfg
     };
@@ -550,6 +558,7 @@ fn handle_cycle(seed: u64) {
         // Failing constructors leave nothing behind.
         let mut none = null_mut();
         let huge = fa_mha_config {
+            struct_size: std::mem::size_of::<fa_mha_config>(),
             d_model: 1 << 30,
             head_dim: 1 << 29,
             ..cfg
@@ -614,7 +623,7 @@ fn calls_from_many_threads_while_the_thread_count_changes_give_identical_bits() 
         let mut out = vec![0.0f32; n];
         let qt = tensor(&mut q, dims);
         let mut ot = tensor(&mut out, dims);
-        let mut o = fa_sdpa_options_default();
+        let mut o = fa_sdpa_options::default();
         o.causal = 1;
         // SAFETY: live dense tensors.
         let rc = unsafe { fa_sdpa(&qt, &qt, &qt, &mut ot, &o) };

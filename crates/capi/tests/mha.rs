@@ -32,9 +32,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn causal() -> fa_sdpa_options {
-    let mut o = fa_sdpa_options_default();
-    o.causal = 1;
-    o
+    fa_sdpa_options {
+        causal: 1,
+        ..fa_sdpa_options::default()
+    }
 }
 
 fn new_random(cfg: &fa_mha_config, bias: bool, seed: u64) -> *mut fa_mha {
@@ -51,6 +52,7 @@ fn random_layer_matches_the_rust_layer() {
     let seed = 21;
     let (b, l, dm) = (2, 7, 24);
     let c = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: dm,
         n_heads: 4,
         n_kv_heads: 2,
@@ -141,6 +143,7 @@ fn caller_weights_in_pytorch_layout_match_the_rust_layer() {
     let wo = rand_vec(&mut rng, dm * qd);
     let bo = rand_vec(&mut rng, dm);
     let w = fa_mha_weights {
+        struct_size: std::mem::size_of::<fa_mha_weights>(),
         wq: wq.as_ptr(),
         wk: wk.as_ptr(),
         wv: wv.as_ptr(),
@@ -152,6 +155,7 @@ fn caller_weights_in_pytorch_layout_match_the_rust_layer() {
         layout: 1,
     };
     let c = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: dm,
         n_heads: hq,
         n_kv_heads: hkv,
@@ -186,6 +190,7 @@ fn caller_weights_in_pytorch_layout_match_the_rust_layer() {
 fn layer_refusals_have_their_codes() {
     use fa_status::*;
     let c = fa_mha_config {
+        struct_size: std::mem::size_of::<fa_mha_config>(),
         d_model: 8,
         n_heads: 2,
         n_kv_heads: 0,
@@ -226,6 +231,7 @@ fn layer_refusals_have_their_codes() {
         );
         // Weights of 2^62 floats cannot be allocated: an error, not an abort.
         let huge = fa_mha_config {
+            struct_size: std::mem::size_of::<fa_mha_config>(),
             d_model: 1 << 30,
             head_dim: 1 << 29,
             ..c

@@ -29,8 +29,10 @@ fn attention() -> Vec<f32> {
         dims,
         strides,
     };
-    let mut opts = fa_sdpa_options_default();
-    opts.causal = 1;
+    let opts = fa_sdpa_options {
+        causal: 1,
+        ..fa_sdpa_options::default()
+    };
     // SAFETY: dense views of live buffers; `out` is distinct from `x`.
     let rc = unsafe { fa_sdpa(&t, &t, &t, &mut o, &opts) };
     assert_eq!(rc, 0);
