@@ -596,7 +596,9 @@ impl Plan {
     }
 
     fn named(&self, imp: &Impl) -> bool {
-        self.variants.as_ref().is_some_and(|v| v.contains(&imp.name))
+        self.variants
+            .as_ref()
+            .is_some_and(|v| v.contains(&imp.name))
     }
 
     /// Whether the torch peer is wanted for some selected case.
@@ -853,8 +855,13 @@ fn torch_impl(case: &Case, peer: &Arc<Mutex<TorchPeer>>) -> Option<Result<Impl>>
     let peer = peer.clone();
     let mut failed = false;
     let id = case.id();
-    Some(Ok(Impl::self_timed(TORCH, move |threads, calls| {
-        match peer.lock().expect("not poisoned").sample(&op, threads, calls) {
+    Some(Ok(Impl::self_timed(
+        TORCH,
+        move |threads, calls| match peer
+            .lock()
+            .expect("not poisoned")
+            .sample(&op, threads, calls)
+        {
             Ok(t) => t,
             Err(e) => {
                 if !failed {
@@ -863,8 +870,8 @@ fn torch_impl(case: &Case, peer: &Arc<Mutex<TorchPeer>>) -> Option<Result<Impl>>
                 }
                 f64::NAN
             }
-        }
-    })))
+        },
+    )))
 }
 
 /// Runs every selected (case, thread count) as one rotation ([`measure_case`]), calling
@@ -913,7 +920,10 @@ pub fn run_plan(
 
 /// GFLOP/s of the drift reference: our best variant on GEMM 256³ at one thread, measured
 /// like any case (its median).
-pub fn reference_gflops(pool1: &rayon::ThreadPool, timing: &Timing) -> Option<(String, String, f64)> {
+pub fn reference_gflops(
+    pool1: &rayon::ThreadPool,
+    timing: &Timing,
+) -> Option<(String, String, f64)> {
     let case = suites::gemm_case(256, 256, 256);
     let best = Isa::best();
     let mut imp = (case.setup)().into_iter().find(|i| i.isa == Some(best))?;
@@ -1019,10 +1029,7 @@ fn start_torch(plan: &Plan) -> (Option<Arc<Mutex<TorchPeer>>>, Option<TorchInfo>
     let shown = python.display().to_string();
     match TorchPeer::start(python) {
         Ok(peer) => {
-            eprintln!(
-                "torch: {} ({shown}), OMP_WAIT_POLICY=PASSIVE",
-                peer.version
-            );
+            eprintln!("torch: {} ({shown}), OMP_WAIT_POLICY=PASSIVE", peer.version);
             let info = TorchInfo {
                 available: true,
                 python: shown,
@@ -1046,7 +1053,10 @@ fn start_torch(plan: &Plan) -> (Option<Arc<Mutex<TorchPeer>>>, Option<TorchInfo>
 
 /// The command line that reproduces this run (`cargo xtask bench ...`), shell-quoted.
 pub fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).map(|a| markdown::shell_quote(&a)).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| markdown::shell_quote(&a))
+        .collect();
     format!("cargo xtask {}", args.join(" "))
 }
 
@@ -1126,13 +1136,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          % limit: of the peak or bandwidth measured in the same rotation"
     );
     println!("{}", report::table_header());
-    let records = run_plan(&plan, &pools, torch.as_ref(), &progress, &mut |group, bound| {
-        progress.suspend(|| {
-            for r in group {
-                println!("{}", report::table_row(r, &machine, bound));
-            }
-        });
-    });
+    let records = run_plan(
+        &plan,
+        &pools,
+        torch.as_ref(),
+        &progress,
+        &mut |group, bound| {
+            progress.suspend(|| {
+                for r in group {
+                    println!("{}", report::table_row(r, &machine, bound));
+                }
+            });
+        },
+    );
     progress.finish_and_clear();
     drop(torch);
 
@@ -1379,31 +1395,172 @@ mod tests {
     }
 
     #[test]
-    fn records_report_percent_of_peak_only_when_compute_bound() {
-        let machine = Machine {
-            cpu: "test".into(),
-            cores: 2,
-            peak_gflops: [(
-                "avx2".to_string(),
-                [("1".to_string(), 100.0)].into_iter().collect(),
-            )]
-            .into_iter()
-            .collect(),
-            bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
-            ..Machine::default()
+    fn records_report_percent_of_the_rotation_bounds() {
+        let bounds = RotationBounds {
+            peak_gflops: [("avx2".to_string(), 100.0), ("scalar".to_string(), 40.0)]
+                .into_iter()
+                .collect(),
+            bandwidth_gbs: Some(10.0),
         };
         let stats = Stats::from_samples(&[0.5, 1.0, 2.0], 1).unwrap();
         let c = Case::new("gemm", "x", "s", 50e9, 2e9, Bound::Compute, Vec::new);
         let ours = Impl::ours(Isa::Avx2Fma, |_| {});
-        let r = record(&c, &ours, 1, &stats, &machine);
+        let r = record(&c, &ours, 1, &stats, &bounds);
         assert_eq!((r.gflops, r.gbs, r.pct_peak), (50.0, 2.0, Some(50.0)));
-        assert_eq!((r.median_s, r.min_s, r.max_s), (1.0, 0.5, 2.0));
-        // A peer is measured against the best ISA's peak.
+        assert_eq!((r.median_s, r.min_s, r.max_s, r.rounds), (1.0, 0.5, 2.0, 3));
+        assert_eq!((r.rotation_peak_gflops, r.pct_bw), (Some(100.0), None));
+        assert!(!r.measuring_error);
+        // A peer is measured against the best variant's peak.
         let peer = Impl::peer(MATRIXMULTIPLY, |_| {});
-        assert_eq!(record(&c, &peer, 1, &stats, &machine).pct_peak, Some(50.0));
-        // No peak known for 2 threads: null rather than a made-up number.
-        assert_eq!(record(&c, &ours, 2, &stats, &machine).pct_peak, None);
+        assert_eq!(record(&c, &peer, 1, &stats, &bounds).pct_peak, Some(50.0));
+        // Above its bound: flagged as a measuring error, the number kept beside the flag.
+        let r = record(&c, &Impl::ours(Isa::Scalar, |_| {}), 1, &stats, &bounds);
+        assert_eq!(r.pct_peak, Some(125.0));
+        assert!(r.measuring_error);
+        // No peak measured: null rather than a made-up number.
+        let none = RotationBounds::default();
+        assert_eq!(record(&c, &ours, 2, &stats, &none).pct_peak, None);
         let m = Case::new("exp", "x", "s", 1e9, 8e9, Bound::Memory, Vec::new);
-        assert_eq!(record(&m, &ours, 1, &stats, &machine).pct_peak, None);
+        let r = record(&m, &ours, 1, &stats, &bounds);
+        assert_eq!(
+            (r.pct_peak, r.pct_bw, r.rotation_bw_gbs),
+            (None, Some(80.0), Some(10.0))
+        );
+        let cache = Case::new("exp", "x", "s", 1e9, 8e9, Bound::Cache, Vec::new);
+        assert_eq!(record(&cache, &ours, 1, &stats, &bounds).pct_bw, None);
+    }
+
+    #[test]
+    fn ratios_use_our_fastest_variant_as_baseline() {
+        let rec = |imp: &str, median_s: f64| Record {
+            imp: imp.into(),
+            median_s,
+            ..Record::default()
+        };
+        let mut recs = vec![
+            rec("scalar", 4.0),
+            rec("avx2", 1.0),
+            rec("matrixmultiply", 0.5),
+        ];
+        let (s, a, m) = ([4.0, 4.0, 8.0], [1.0, 1.0, 2.0], [0.5, 0.6, 1.0]);
+        add_ratios(&mut recs, &[&s, &a, &m], &[true, true, false]);
+        assert!(recs.iter().all(|r| r.baseline.as_deref() == Some("avx2")));
+        assert_eq!(
+            (recs[0].ratio, recs[0].ratio_min, recs[0].ratio_max),
+            (Some(4.0), Some(4.0), Some(4.0))
+        );
+        assert_eq!(recs[1].ratio, Some(1.0));
+        assert_eq!(
+            (recs[2].ratio, recs[2].ratio_min, recs[2].ratio_max),
+            (Some(0.5), Some(0.5), Some(0.6))
+        );
+        // Peers only: no baseline, no ratios.
+        let mut peers = vec![rec("matrixmultiply", 1.0)];
+        add_ratios(&mut peers, &[&m], &[false]);
+        assert_eq!((peers[0].ratio, peers[0].baseline.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn peers_parse_all_none_and_names() {
+        assert_eq!(parse_peers(&[]).unwrap(), None);
+        assert_eq!(parse_peers(&strings(&["none"])).unwrap(), Some(vec![]));
+        assert_eq!(
+            parse_peers(&strings(&["all"])).unwrap().unwrap().len(),
+            PEERS.len()
+        );
+        assert_eq!(
+            parse_peers(&strings(&["Torch", "matrixmultiply", "torch"])).unwrap(),
+            Some(strings(&["matrixmultiply", "torch"]))
+        );
+        let err = parse_peers(&strings(&["numpy"])).unwrap_err().to_string();
+        assert!(err.contains("numpy") && err.contains("torch"), "{err}");
+    }
+
+    #[test]
+    fn peers_choose_the_peers_and_variant_keeps_its_meaning() {
+        let args = BenchArgs {
+            threads: strings(&["1"]),
+            ..Default::default()
+        };
+        let mk = |a: &BenchArgs| Plan::from_args(a, vec![case("gemm", "64")]).unwrap();
+        let (avx2, mm, torch) = (
+            Impl::ours(Isa::Avx2Fma, |_| {}),
+            Impl::peer(MATRIXMULTIPLY, |_| {}),
+            Impl::peer(TORCH, |_| {}),
+        );
+        let all = mk(&args);
+        assert!(all.wants(&avx2) && all.wants(&mm) && all.wants(&torch));
+        let only_torch = mk(&BenchArgs {
+            peers: strings(&["torch"]),
+            ..args.clone()
+        });
+        assert!(only_torch.wants(&avx2) && !only_torch.wants(&mm) && only_torch.wants(&torch));
+        let none = mk(&BenchArgs {
+            peers: strings(&["none"]),
+            ..args.clone()
+        });
+        assert!(none.wants(&avx2) && !none.wants(&mm) && !none.wants(&torch));
+        // --variant alone: as before, only what it names (peers included).
+        let v = mk(&BenchArgs {
+            variant: strings(&["avx2", "matrixmultiply"]),
+            ..args.clone()
+        });
+        assert!(v.wants(&avx2) && v.wants(&mm) && !v.wants(&torch));
+        // --variant picks ours, --peers the peers.
+        let both = mk(&BenchArgs {
+            variant: strings(&["scalar"]),
+            peers: strings(&["torch"]),
+            ..args.clone()
+        });
+        assert!(!both.wants(&avx2) && !both.wants(&mm) && both.wants(&torch));
+        // No case has a torch op here, so torch is not started.
+        assert!(!all.wants_torch());
+        assert!(parse_peers(&strings(&["bogus"])).is_err());
+    }
+
+    /// A deterministic amount of work: `n` rounds of a black-boxed integer recurrence.
+    fn spin(n: u64) {
+        let mut x = black_box(1u64);
+        for i in 0..n {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        black_box(x);
+    }
+
+    /// The rotation through the real runner: a fake variant of ours and a fake peer doing
+    /// exactly twice its work. Samples of 3 ms, the median of the per-round ratios: robust
+    /// to a busy host, which slows both alike within a round.
+    #[test]
+    fn twice_the_work_reads_a_ratio_close_to_two() {
+        let c = Case::new("fake", "spin", "n", 1e6, 1.0, Bound::Compute, Vec::new);
+        let mut ours = Impl::ours(Isa::Scalar, |_| spin(20_000));
+        let mut peer = Impl::peer(STD, |_| spin(40_000));
+        let pool = crate::thread_pool(1).unwrap();
+        let timing = Timing {
+            warmup_s: 0.02,
+            min_time_s: 0.1,
+            min_samples: 15,
+            max_samples: 1000,
+            sample_s: 0.003,
+        };
+        let recs = measure_case(
+            &c,
+            &mut [&mut ours, &mut peer],
+            1,
+            &pool,
+            &timing,
+            &mut BandwidthBuffers::default(),
+        );
+        assert_eq!(recs.len(), 2);
+        let (a, b) = (&recs[0], &recs[1]);
+        assert_eq!((a.imp.as_str(), b.imp.as_str()), ("scalar", STD));
+        assert_eq!(a.ratio, Some(1.0));
+        assert_eq!(b.baseline.as_deref(), Some("scalar"));
+        let r = b.ratio.unwrap();
+        assert!((1.6..2.5).contains(&r), "ratio {r}: {b:?}");
+        assert!(b.ratio_min.unwrap() <= r && r <= b.ratio_max.unwrap());
+        assert!(a.rounds >= 15 && a.rounds == b.rounds);
+        // The scalar peak loop rode along: both have a bound, from the same rotation.
+        assert!(a.rotation_peak_gflops.is_some() && a.pct_peak.is_some());
     }
 }

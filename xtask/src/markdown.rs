@@ -211,8 +211,14 @@ mod tests {
             md.contains("| gemm/64 | m=64 k=64 n=64 | 1 | avx2 | 50.0 GFLOP/s | 50 % peak | 1.00× (1.00–1.00) |"),
             "{md}"
         );
-        assert!(md.contains("| torch | 50.0 GFLOP/s | meas. error | 1.25× (1.20–1.30) |"), "{md}");
+        assert!(
+            md.contains("| torch | 50.0 GFLOP/s | meas. error | 1.25× (1.20–1.30) |"),
+            "{md}"
+        );
         assert!(md.contains("Drift: -2.0 %"), "{md}");
-        assert!(md.contains("not available (No module named 'torch')"), "{md}");
+        assert!(
+            md.contains("not available (No module named 'torch')"),
+            "{md}"
+        );
     }
 }

@@ -255,7 +255,8 @@ pub fn read_json(path: &Path) -> Result<Report> {
 }
 
 /// CSV header, the [`Record`] keys in order.
-pub const CSV_HEADER: &str = "suite,case,impl,threads,shape,median_s,min_s,max_s,gflops,pct_peak,gbs,\
+pub const CSV_HEADER: &str =
+    "suite,case,impl,threads,shape,median_s,min_s,max_s,gflops,pct_peak,gbs,\
      ratio,ratio_min,ratio_max,baseline,rounds,rotation_peak_gflops,rotation_bw_gbs,pct_bw,\
      measuring_error";
 
@@ -361,9 +362,12 @@ pub fn limit_cell(r: &Record, machine: &Machine, bound: Bound) -> String {
     if r.measuring_error {
         return "MEAS.ERR".to_string();
     }
-    let bw = r
-        .pct_bw
-        .or_else(|| machine.bandwidth(r.threads).filter(|b| *b > 0.0).map(|b| 100.0 * r.gbs / b));
+    let bw = r.pct_bw.or_else(|| {
+        machine
+            .bandwidth(r.threads)
+            .filter(|b| *b > 0.0)
+            .map(|b| 100.0 * r.gbs / b)
+    });
     match (bound, r.pct_peak, bw) {
         (Bound::Compute, Some(p), _) => format!("{p:.0}% pk"),
         (Bound::Memory, _, Some(p)) => format!("{p:.0}% bw"),
@@ -604,6 +608,7 @@ mod tests {
             gflops: 1.0 / median_s,
             pct_peak: Some(42.0),
             gbs: 2.0,
+            ..Record::default()
         }
     }
 
@@ -624,9 +629,27 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 11] = [
-        "suite", "case", "impl", "threads", "shape", "median_s", "min_s", "max_s", "gflops",
-        "pct_peak", "gbs",
+    const KEYS: [&str; 20] = [
+        "suite",
+        "case",
+        "impl",
+        "threads",
+        "shape",
+        "median_s",
+        "min_s",
+        "max_s",
+        "gflops",
+        "pct_peak",
+        "gbs",
+        "ratio",
+        "ratio_min",
+        "ratio_max",
+        "baseline",
+        "rounds",
+        "rotation_peak_gflops",
+        "rotation_bw_gbs",
+        "pct_bw",
+        "measuring_error",
     ];
 
     #[test]
@@ -636,6 +659,9 @@ mod tests {
         let report = Report {
             machine: machine(),
             results: vec![r],
+            run: None,
+            drift: None,
+            torch: None,
         };
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         let obj = v["results"][0].as_object().unwrap();
@@ -658,6 +684,12 @@ mod tests {
         let report = Report {
             machine: machine(),
             results: vec![rec("64", "avx2", 1, 1e-3), rec("128", "scalar", 2, 0.5)],
+            run: Some(RunInfo {
+                date_utc: "2026-01-01 00:00 UTC".into(),
+                command: "cargo xtask bench".into(),
+            }),
+            drift: Some(Drift::new("gemm/256", "avx2", 1, 10.0, 11.0)),
+            torch: None,
         };
         write_json(&path, &report).unwrap();
         assert_eq!(read_json(&path).unwrap(), report);
@@ -693,9 +725,10 @@ mod tests {
             "{}",
             lines[1]
         );
-        assert!(lines[1].ends_with(",4,,2"), "{}", lines[1]);
+        assert!(lines[1].contains(",4,,2,"), "{}", lines[1]);
+        assert!(lines[1].ends_with(",,0,,,,false"), "{}", lines[1]);
         assert!(lines[2].starts_with("gemm,128,scalar,2,m=128 k=128 n=128,0.5,"));
-        assert!(lines[2].contains(",42,2"));
+        assert!(lines[2].contains(",42,2,"));
         assert_eq!(lines.len(), 3);
     }
 
@@ -728,6 +761,45 @@ mod tests {
         assert!(text.contains("3 compared, 1 regression(s)"), "{text}");
         // A stricter threshold flags the +4% too.
         assert!(cmp.changes[1].is_regression(3.0));
+    }
+
+    #[test]
+    fn reports_without_the_rotation_keys_still_read() {
+        // A report.json as written before ratios existed: the new keys default.
+        let old = r#"{"machine": {"cpu": "c", "cores": 1, "peak_gflops": {},
+            "bandwidth_gbs": {}}, "results": [{"suite": "gemm", "case": "64",
+            "impl": "avx2", "threads": 1, "shape": "s", "median_s": 1.0, "min_s": 1.0,
+            "max_s": 1.0, "gflops": 1.0, "pct_peak": null, "gbs": 1.0}]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(r.results[0].ratio, None);
+        assert!(!r.results[0].measuring_error);
+        assert_eq!((r.run, r.drift, r.torch), (None, None, None));
+    }
+
+    #[test]
+    fn table_flags_measuring_errors_and_shows_ratios() {
+        let m = machine();
+        let mut r = rec("64", "torch", 1, 1e-3);
+        r.ratio = Some(1.2345);
+        r.ratio_min = Some(1.1);
+        r.ratio_max = Some(1.3);
+        let row = table_row(&r, &m, Bound::Compute);
+        assert!(row.contains("42% pk") && row.contains("1.23×") && row.contains("1.10–1.30"));
+        r.pct_peak = Some(104.0);
+        r.measuring_error = true;
+        let row = table_row(&r, &m, Bound::Compute);
+        assert!(row.contains("MEAS.ERR") && !row.contains("104"), "{row}");
+        // Memory-bound: the rotation's bandwidth wins over the machine's.
+        let mut mem = rec("64", "avx2", 1, 1e-3);
+        mem.pct_peak = None;
+        mem.pct_bw = Some(87.0);
+        assert!(table_row(&mem, &m, Bound::Memory).contains("87% bw"));
+        let d = Drift::new("gemm/256", "avx2", 1, 100.0, 95.0);
+        assert!((d.pct + 5.0).abs() < 1e-9);
+        assert_eq!(
+            d.line(),
+            "drift: -5.0 % (start 100.0 GFLOP/s, end 95.0 GFLOP/s; gemm/256 avx2 t=1)"
+        );
     }
 
     #[test]

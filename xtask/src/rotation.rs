@@ -178,7 +178,10 @@ mod tests {
         let base = [1.0, 1.0, 5.0, 1.0];
         let twice = [2.0, 2.0, 10.0, 2.0];
         let r = ratio_stats(&twice, &base).unwrap();
-        assert_eq!((r.median_s, r.min_s, r.max_s, r.samples), (2.0, 2.0, 2.0, 4));
+        assert_eq!(
+            (r.median_s, r.min_s, r.max_s, r.samples),
+            (2.0, 2.0, 2.0, 4)
+        );
         // The baseline against itself is exactly 1.
         let r = ratio_stats(&base, &base).unwrap();
         assert_eq!((r.median_s, r.min_s, r.max_s), (1.0, 1.0, 1.0));
