@@ -340,7 +340,7 @@ pub fn fmt_time(s: f64) -> String {
 /// The table's column titles.
 pub fn table_header() -> String {
     format!(
-        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8} {:>7} {:>11}",
+        "{:<27} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8} {:>7} {:>11}",
         "case",
         "impl",
         "thr",
@@ -394,7 +394,7 @@ pub fn table_row(r: &Record, machine: &Machine, bound: Bound) -> String {
     };
     let (ratio, range) = ratio_cells(r);
     format!(
-        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8.1} {:>7} {:>11}",
+        "{:<27} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8.1} {:>7} {:>11}",
         r.id(),
         r.imp,
         r.threads,
