@@ -1029,7 +1029,7 @@ fn start_torch(plan: &Plan) -> (Option<Arc<Mutex<TorchPeer>>>, Option<TorchInfo>
     let shown = python.display().to_string();
     match TorchPeer::start(python) {
         Ok(peer) => {
-            eprintln!("torch: {} ({shown}), OMP_WAIT_POLICY=PASSIVE", peer.version);
+            println!("torch: {} ({shown}), OMP_WAIT_POLICY=PASSIVE", peer.version);
             let info = TorchInfo {
                 available: true,
                 python: shown,
