@@ -3,29 +3,43 @@
 //! A benchmark is a list of [`Case`]s (built by the suites in [`crate::suites`]). A case
 //! knows its work (floating-point operations, bytes moved, whether compute or memory bounds
 //! it) and how to build its inputs and one [`Impl`] per implementation: each kernel variant
-//! this CPU can run and the peers. The runner
+//! this CPU can run and the peers (matrixmultiply, the gemm crate, a materialised
+//! attention, std, and torch through a helper process, [`crate::torch`]). The runner
 //!
-//! 1. selects cases (`--filter`), implementations (`--variant`) and thread counts
-//!    (`--threads`);
+//! 1. selects cases (`--filter`), implementations (`--variant`, `--peers`) and thread
+//!    counts (`--threads`);
 //! 2. measures the machine first ([`crate::peak`]: FMA peak per ISA and thread count,
-//!    memory bandwidth);
-//! 3. times every (case, thread count, implementation) inside a rayon pool of exactly that
-//!    many threads ([`measure`]: warm-up, then batched samples until a minimum time and
-//!    sample count; median, min and max of the per-call time);
+//!    memory bandwidth) for the report's `machine` block, and times a reference case (our
+//!    best variant on GEMM 256, one thread) that it times again at the end: the **drift**;
+//! 3. for every (case, thread count) samples the implementations **in rotation**
+//!    ([`crate::rotation`]: `A B C`, `B C A`, …, a few milliseconds a sample), together
+//!    with an FMA-peak trial per ISA involved (compute-bound cases) or a bandwidth trial
+//!    (memory-bound cases). Each implementation gets its median and min–max per call, its
+//!    **ratio** to the baseline (our fastest variant by median), computed round by round
+//!    (time / baseline time: > 1 is slower), and its **% of peak** against the best peak
+//!    trial of the same rotation; above 100 % it is flagged as a measuring error;
 //! 4. streams the table to stdout (a progress bar on stderr) and writes `report.json`,
-//!    `report.csv` and `gemm.svg` under `target/bench/`; `--compare OLD.json` then prints
-//!    the change per case.
+//!    `report.csv` and `gemm.svg` under `target/bench/` (and with `--markdown` the README's
+//!    table); `--compare OLD.json` then prints the change per case.
 
-use crate::report::{self, Machine, Record, Report};
-use crate::{chart, peak, suites, Result};
+use crate::report::{self, Drift, Record, Report, RunInfo, TorchInfo};
+use crate::rotation::{self, Member};
+use crate::torch::{TorchOp, TorchPeer};
+use crate::{chart, markdown, peak, suites, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kernels::Isa;
+use std::collections::BTreeMap;
+use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Names of the peer implementations a suite may register (besides our ISA variants).
-pub const PEERS: &[&str] = &[MATRIXMULTIPLY, GEMM_CRATE, MATERIALIZED_MM, STD];
+pub const PEERS: &[&str] = &[MATRIXMULTIPLY, GEMM_CRATE, MATERIALIZED_MM, STD, TORCH];
+
+/// PyTorch: `torch.mm` on GEMM cases, SDPA on attention cases ([`crate::torch`]).
+pub const TORCH: &str = "torch";
 
 /// The `matrixmultiply` crate's `sgemm`.
 pub const MATRIXMULTIPLY: &str = "matrixmultiply";
@@ -68,6 +82,10 @@ pub enum Bound {
 /// the rayon pool the call runs in (for peers that take a thread count themselves).
 pub type RunFn = Box<dyn FnMut(usize) + Send>;
 
+/// A self-timed implementation: `(threads, calls)` performs `calls` calls and returns the
+/// seconds they took by its own clock (NaN when it failed).
+pub type TimedFn = Box<dyn FnMut(usize, u64) -> f64 + Send>;
+
 /// One implementation of a case: a kernel variant or a peer, with its inputs captured.
 pub struct Impl {
     /// Name in reports: the ISA's short name (`avx2`) or the peer's (`matrixmultiply`).
@@ -81,6 +99,9 @@ pub struct Impl {
     pub quick: bool,
     /// Performs one call.
     pub run: RunFn,
+    /// `Some`: the implementation times itself (the torch helper); `run` is then unused by
+    /// the runner.
+    pub timed: Option<TimedFn>,
 }
 
 impl Impl {
@@ -92,6 +113,7 @@ impl Impl {
             fixed_threads: None,
             quick: true,
             run: Box::new(run),
+            timed: None,
         }
     }
 
@@ -104,7 +126,38 @@ impl Impl {
             fixed_threads: None,
             quick: true,
             run: Box::new(run),
+            timed: None,
         }
+    }
+
+    /// A peer that times itself: `timed(threads, calls)` returns the seconds of `calls`
+    /// calls (see [`TimedFn`]).
+    pub fn self_timed(name: &str, timed: impl FnMut(usize, u64) -> f64 + Send + 'static) -> Impl {
+        let timed: Arc<Mutex<dyn FnMut(usize, u64) -> f64 + Send>> = Arc::new(Mutex::new(timed));
+        let t2 = timed.clone();
+        let mut imp = Impl::peer(name, move |threads| {
+            (t2.lock().expect("not poisoned"))(threads, 1);
+        });
+        imp.timed = Some(Box::new(move |threads, calls| {
+            (timed.lock().expect("not poisoned"))(threads, calls)
+        }));
+        imp
+    }
+
+    /// Seconds of `calls` back-to-back calls at `threads` threads, in `pool` (rayon-based
+    /// implementations) or by the implementation's own clock ([`Impl::timed`]).
+    pub fn sample(&mut self, threads: usize, calls: u64, pool: &rayon::ThreadPool) -> f64 {
+        if let Some(timed) = self.timed.as_mut() {
+            return timed(threads, calls);
+        }
+        let run = &mut self.run;
+        pool.install(move || {
+            let t0 = Instant::now();
+            for _ in 0..calls {
+                run(threads);
+            }
+            t0.elapsed().as_secs_f64()
+        })
     }
 
     /// Runs only with `threads` threads.
@@ -141,6 +194,8 @@ pub struct Case {
     pub full_only: bool,
     /// Builds inputs and implementations.
     pub setup: SetupFn,
+    /// What the torch peer runs for this case; `None`: torch has no row here.
+    pub torch: Option<TorchOp>,
 }
 
 impl Case {
@@ -163,7 +218,14 @@ impl Case {
             bound,
             full_only: false,
             setup: Box::new(setup),
+            torch: None,
         }
+    }
+
+    /// Adds a torch row computing `op`.
+    pub fn with_torch(mut self, op: TorchOp) -> Case {
+        self.torch = Some(op);
+        self
     }
 
     /// Marks the case as `--full` only.
@@ -178,14 +240,16 @@ impl Case {
     }
 }
 
-/// How long and how often each measurement runs.
+/// How long and how often each measurement runs. For a rotation
+/// ([`crate::rotation::measure_rotation`]) a "sample" is a round (one sample of every
+/// member) and the time is per counted member.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
-    /// Seconds of untimed calls first (at least one call).
+    /// Seconds of untimed calls first (at least one call), per member.
     pub warmup_s: f64,
-    /// Keep sampling until this many seconds have been sampled...
+    /// Keep sampling until this many seconds have been sampled (per member)...
     pub min_time_s: f64,
-    /// ...and at least this many samples were taken...
+    /// ...and at least this many samples (rounds) were taken...
     pub min_samples: usize,
     /// ...but never more than this many.
     pub max_samples: usize,
@@ -194,21 +258,22 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The default: about 0.3 s per measurement, at least 5 samples.
+    /// The default: about 0.3 s of samples per implementation, at least 7 rounds, samples
+    /// of about 3 ms.
     pub const QUICK: Timing = Timing {
         warmup_s: 0.05,
         min_time_s: 0.3,
-        min_samples: 5,
+        min_samples: 7,
         max_samples: 1000,
-        sample_s: 0.002,
+        sample_s: 0.003,
     };
-    /// `--full`: about 1 s per measurement, at least 10 samples.
+    /// `--full`: about 1 s per implementation, at least 15 rounds.
     pub const FULL: Timing = Timing {
         warmup_s: 0.2,
         min_time_s: 1.0,
-        min_samples: 10,
+        min_samples: 15,
         max_samples: 5000,
-        sample_s: 0.002,
+        sample_s: 0.003,
     };
 }
 
@@ -432,12 +497,49 @@ fn available_names() -> Vec<&'static str> {
     Isa::available().into_iter().map(Isa::name).collect()
 }
 
+/// Parses `--peers` items: peer names (case-insensitive), `all`, or `none`.
+/// `None` (all, subject to `--variant`) when no items are given.
+///
+/// # Errors
+/// An unknown name (the message lists the peers).
+pub fn parse_peers(items: &[String]) -> Result<Option<Vec<String>>> {
+    let items: Vec<&str> = items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if item.eq_ignore_ascii_case("all") {
+            out.extend(PEERS.iter().map(|p| p.to_string()));
+        } else if item.eq_ignore_ascii_case("none") {
+            continue;
+        } else if let Some(p) = PEERS.iter().find(|p| p.eq_ignore_ascii_case(item)) {
+            out.push(p.to_string());
+        } else {
+            return Err(format!(
+                "--peers {item:?}: unknown; use all, none or some of {}",
+                PEERS.join(", ")
+            )
+            .into());
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(Some(out))
+}
+
 /// What to run.
 pub struct Plan {
     /// Selected cases, in registry order.
     pub cases: Vec<Case>,
     /// `Some`: only these implementations (canonical names); they run even when slow.
     pub variants: Option<Vec<String>>,
+    /// `Some`: `--peers` was given and chooses the peers (overriding `--variant` for them).
+    pub peers: Option<Vec<String>>,
     /// Thread counts, ascending.
     pub threads: Vec<usize>,
     /// `--full`.
@@ -450,10 +552,11 @@ impl Plan {
     /// The plan `args` describe, over `cases` (normally every suite's cases).
     ///
     /// # Errors
-    /// Bad `--filter`, `--variant`, `--threads` or `--min-time`.
+    /// Bad `--filter`, `--variant`, `--peers`, `--threads` or `--min-time`.
     pub fn from_args(args: &BenchArgs, cases: Vec<Case>) -> Result<Plan> {
         let threads = parse_threads(&args.threads, crate::all_threads())?;
         let variants = parse_variants(&args.variant)?;
+        let peers = parse_peers(&args.peers)?;
         let mut timing = if args.full {
             Timing::FULL
         } else {
@@ -470,6 +573,7 @@ impl Plan {
         Ok(Plan {
             cases,
             variants,
+            peers,
             threads,
             full: args.full,
             timing,
@@ -477,16 +581,63 @@ impl Plan {
     }
 
     /// Whether implementation `imp` runs at all under this plan (thread count aside).
+    /// Ours: named by `--variant`, or quick (or `--full`) without it. Peers: named by
+    /// `--peers` when given, else as ours.
     pub fn wants(&self, imp: &Impl) -> bool {
+        if imp.isa.is_none() {
+            if let Some(p) = &self.peers {
+                return p.contains(&imp.name) && (imp.quick || self.full || self.named(imp));
+            }
+        }
         match &self.variants {
             Some(v) => v.contains(&imp.name),
             None => imp.quick || self.full,
         }
     }
+
+    fn named(&self, imp: &Impl) -> bool {
+        self.variants
+            .as_ref()
+            .is_some_and(|v| v.contains(&imp.name))
+    }
+
+    /// Whether the torch peer is wanted for some selected case.
+    pub fn wants_torch(&self) -> bool {
+        self.cases.iter().any(|c| c.torch.is_some()) && self.wants(&Impl::peer(TORCH, |_| {}))
+    }
 }
 
-/// Turns one measurement into a report record.
-pub fn record(case: &Case, imp: &Impl, threads: usize, stats: &Stats, machine: &Machine) -> Record {
+/// The bounds measured inside one rotation: the best FMA-peak trial per variant (ISA name)
+/// and the best bandwidth trial.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RotationBounds {
+    /// ISA name → best trial of its peak loop, GFLOP/s.
+    pub peak_gflops: BTreeMap<String, f64>,
+    /// Best bandwidth trial, GB/s (memory-bound cases).
+    pub bandwidth_gbs: Option<f64>,
+}
+
+impl RotationBounds {
+    /// The bound of `isa`; `None` (a peer): the best over the measured variants.
+    pub fn peak(&self, isa: Option<&str>) -> Option<f64> {
+        match isa {
+            Some(isa) => self.peak_gflops.get(isa).copied(),
+            None => self.peak_gflops.values().copied().reduce(f64::max),
+        }
+        .filter(|p| *p > 0.0)
+    }
+}
+
+/// Turns one implementation's samples into a report record: `pct_peak` (compute-bound)
+/// and `pct_bw` (memory-bound) against the bounds of its rotation, `measuring_error` when
+/// either exceeds 100. The ratio fields are left empty ([`add_ratios`] fills them).
+pub fn record(
+    case: &Case,
+    imp: &Impl,
+    threads: usize,
+    stats: &Stats,
+    bounds: &RotationBounds,
+) -> Record {
     let per_s = |x: f64| {
         if stats.median_s > 0.0 {
             x / stats.median_s / 1e9
@@ -495,13 +646,19 @@ pub fn record(case: &Case, imp: &Impl, threads: usize, stats: &Stats, machine: &
         }
     };
     let gflops = per_s(case.flops);
-    let pct_peak = match case.bound {
-        Bound::Compute => machine
-            .peak(imp.isa.map(Isa::name), threads)
-            .filter(|p| *p > 0.0)
-            .map(|p| 100.0 * gflops / p),
-        Bound::Memory | Bound::Cache => None,
+    let gbs = per_s(case.bytes);
+    let (peak, pct_peak) = match case.bound {
+        Bound::Compute => {
+            let p = bounds.peak(imp.isa.map(Isa::name));
+            (p, p.map(|p| 100.0 * gflops / p))
+        }
+        Bound::Memory | Bound::Cache => (None, None),
     };
+    let (bw, pct_bw) = match (case.bound, bounds.bandwidth_gbs.filter(|b| *b > 0.0)) {
+        (Bound::Memory, Some(b)) => (Some(b), Some(100.0 * gbs / b)),
+        _ => (None, None),
+    };
+    let measuring_error = pct_peak.is_some_and(|p| p > 100.0) || pct_bw.is_some_and(|p| p > 100.0);
     Record {
         suite: case.suite.to_string(),
         case: case.name.clone(),
@@ -513,53 +670,283 @@ pub fn record(case: &Case, imp: &Impl, threads: usize, stats: &Stats, machine: &
         max_s: stats.max_s,
         gflops,
         pct_peak,
-        gbs: per_s(case.bytes),
+        gbs,
+        rounds: stats.samples,
+        rotation_peak_gflops: peak,
+        rotation_bw_gbs: bw,
+        pct_bw,
+        measuring_error,
+        ..Record::default()
     }
 }
 
-/// Runs every selected (case, thread count, implementation), in that nesting, each inside
-/// the pool of its thread count, calling `on_record` after each measurement. `pools` holds
-/// one pool per entry of `plan.threads`. The progress bar advances once per (case, thread
-/// count).
+/// Fills the ratio fields of `records` (one per entry of `samples`, the per-round times of
+/// one rotation): the baseline is our fastest variant by median (`is_ours[i]`), each
+/// record's ratio the per-round `time / baseline time` ([`rotation::ratio_stats`]). Leaves
+/// them empty when no variant of ours is among them.
+pub fn add_ratios(records: &mut [Record], samples: &[&[f64]], is_ours: &[bool]) {
+    let base = (0..records.len())
+        .filter(|&i| is_ours[i])
+        .min_by(|&a, &b| records[a].median_s.total_cmp(&records[b].median_s));
+    let Some(base) = base else { return };
+    let name = records[base].imp.clone();
+    for i in 0..records.len() {
+        if let Some(r) = rotation::ratio_stats(samples[i], samples[base]) {
+            let rec = &mut records[i];
+            rec.ratio = Some(r.median_s);
+            rec.ratio_min = Some(r.min_s);
+            rec.ratio_max = Some(r.max_s);
+            rec.baseline = Some(name.clone());
+        }
+    }
+}
+
+/// Buffers of the bandwidth trial ([`peak::BANDWIDTH_BYTES`] in all), made on first use.
+#[derive(Default)]
+pub struct BandwidthBuffers(Option<(Vec<u64>, Vec<u64>)>);
+
+impl BandwidthBuffers {
+    fn get(&mut self) -> (&[u64], &mut [u64]) {
+        let (src, dst) = self.0.get_or_insert_with(|| {
+            (
+                vec![1u64; peak::BANDWIDTH_BYTES / 16],
+                vec![0u64; peak::BANDWIDTH_BYTES / 16],
+            )
+        });
+        (src, dst)
+    }
+}
+
+/// What one bound trial of a rotation measures.
+enum BoundTrial {
+    /// An FMA-peak loop for these ISA names, `iters` iterations per thread per call.
+    Peak(peak::PeakLoop, Vec<&'static str>, u64),
+    /// One bandwidth pass.
+    Bandwidth,
+}
+
+/// Samples one (case, thread count) in rotation: `impls` (those that run at `threads`)
+/// plus the bound trials its [`Bound`] calls for, and returns one record per implementation
+/// with a valid measurement, ratios filled.
+pub fn measure_case(
+    case: &Case,
+    impls: &mut [&mut Impl],
+    threads: usize,
+    pool: &rayon::ThreadPool,
+    timing: &Timing,
+    bw: &mut BandwidthBuffers,
+) -> Vec<Record> {
+    if impls.is_empty() {
+        return Vec::new();
+    }
+    // The bound trials: one FMA loop per distinct loop of the variants present (and of the
+    // best variant when a peer is present: peers are compared with it), or a bandwidth pass.
+    let mut trials: Vec<BoundTrial> = Vec::new();
+    match case.bound {
+        Bound::Compute => {
+            let mut isas: Vec<Isa> = impls.iter().filter_map(|i| i.isa).collect();
+            if impls.iter().any(|i| i.isa.is_none()) {
+                isas.push(Isa::best());
+            }
+            for isa in isas {
+                let Some(lp) = peak::peak_loop(isa) else {
+                    continue;
+                };
+                match trials.iter_mut().find_map(|t| match t {
+                    BoundTrial::Peak(l, names, _) if l.kind == lp.kind => Some(names),
+                    _ => None,
+                }) {
+                    Some(names) if names.contains(&isa.name()) => {}
+                    Some(names) => names.push(isa.name()),
+                    None => {
+                        let iters = peak::calibrate(lp.run, timing.sample_s);
+                        trials.push(BoundTrial::Peak(lp, vec![isa.name()], iters));
+                    }
+                }
+            }
+        }
+        Bound::Memory => trials.push(BoundTrial::Bandwidth),
+        Bound::Cache => {}
+    }
+    let n_impls = impls.len();
+    let mut bw_bufs = trials
+        .iter()
+        .any(|t| matches!(t, BoundTrial::Bandwidth))
+        .then(|| bw.get());
+    let rot = {
+        let mut samplers: Vec<Box<dyn FnMut(u64) -> f64 + '_>> = Vec::new();
+        for imp in impls.iter_mut() {
+            samplers.push(Box::new(move |calls| imp.sample(threads, calls, pool)));
+        }
+        for t in &trials {
+            match t {
+                BoundTrial::Peak(lp, _, iters) => {
+                    let (run, iters) = (lp.run, *iters);
+                    samplers.push(Box::new(move |calls| {
+                        let t0 = Instant::now();
+                        for _ in 0..calls {
+                            pool.broadcast(|_| black_box(run(black_box(iters))));
+                        }
+                        t0.elapsed().as_secs_f64()
+                    }));
+                }
+                BoundTrial::Bandwidth => {
+                    let Some((src, dst)) = bw_bufs.take() else {
+                        continue;
+                    };
+                    samplers.push(Box::new(move |calls| {
+                        (0..calls)
+                            .map(|_| peak::bandwidth_pass(src, dst, pool))
+                            .sum()
+                    }));
+                }
+            }
+        }
+        let mut members: Vec<Member<'_>> = samplers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| Member {
+                sample: s.as_mut(),
+                counted: i < n_impls,
+            })
+            .collect();
+        rotation::measure_rotation(&mut members, timing)
+    };
+    let mut bounds = RotationBounds::default();
+    for (j, t) in trials.iter().enumerate() {
+        let best_s = rot.samples[n_impls + j]
+            .iter()
+            .copied()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .reduce(f64::min);
+        let Some(best_s) = best_s else { continue };
+        match t {
+            BoundTrial::Peak(lp, names, iters) => {
+                let g = threads as f64 * *iters as f64 * lp.flops_per_iter / best_s / 1e9;
+                for name in names {
+                    bounds.peak_gflops.insert(name.to_string(), g);
+                }
+            }
+            BoundTrial::Bandwidth => {
+                bounds.bandwidth_gbs = Some(peak::BANDWIDTH_BYTES as f64 / best_s / 1e9);
+            }
+        }
+    }
+    let mut records = Vec::new();
+    let mut samples: Vec<&[f64]> = Vec::new();
+    let mut ours = Vec::new();
+    for (i, imp) in impls.iter().enumerate() {
+        let Some(stats) = rot.stats(i) else { continue };
+        records.push(record(case, imp, threads, &stats, &bounds));
+        samples.push(&rot.samples[i]);
+        ours.push(imp.isa.is_some());
+    }
+    add_ratios(&mut records, &samples, &ours);
+    records
+}
+
+/// The torch implementation of `case`, when the peer runs and torch can express it;
+/// `Err` says why torch has no row (printed by the caller).
+fn torch_impl(case: &Case, peer: &Arc<Mutex<TorchPeer>>) -> Option<Result<Impl>> {
+    let op = case.torch.clone()?;
+    if let Err(e) = peer.lock().expect("not poisoned").prepare(&op) {
+        return Some(Err(e));
+    }
+    let peer = peer.clone();
+    let mut failed = false;
+    let id = case.id();
+    Some(Ok(Impl::self_timed(
+        TORCH,
+        move |threads, calls| match peer
+            .lock()
+            .expect("not poisoned")
+            .sample(&op, threads, calls)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                if !failed {
+                    eprintln!("torch: {id}: {e}");
+                    failed = true;
+                }
+                f64::NAN
+            }
+        },
+    )))
+}
+
+/// Runs every selected (case, thread count) as one rotation ([`measure_case`]), calling
+/// `on_group` with the records of each. `pools` holds one pool per entry of
+/// `plan.threads`. The progress bar advances once per (case, thread count). `torch`: the
+/// torch peer, when it runs.
 pub fn run_plan(
     plan: &Plan,
     pools: &[(usize, rayon::ThreadPool)],
-    machine: &Machine,
+    torch: Option<&Arc<Mutex<TorchPeer>>>,
     progress: &ProgressBar,
-    on_record: &mut dyn FnMut(&Record, Bound),
+    on_group: &mut dyn FnMut(&[Record], Bound),
 ) -> Vec<Record> {
     let mut records = Vec::new();
+    let mut bw = BandwidthBuffers::default();
     for case in &plan.cases {
         progress.set_message(format!("{} (preparing inputs)", case.id()));
         let mut impls: Vec<Impl> = (case.setup)()
             .into_iter()
             .filter(|i| plan.wants(i))
             .collect();
+        if let Some(peer) = torch.filter(|_| plan.wants(&Impl::peer(TORCH, |_| {}))) {
+            match torch_impl(case, peer) {
+                Some(Ok(imp)) => impls.push(imp),
+                Some(Err(e)) => {
+                    progress.suspend(|| eprintln!("torch: {}: {e}; no torch row", case.id()))
+                }
+                None => {}
+            }
+        }
         for (threads, pool) in pools {
             let threads = *threads;
-            for imp in impls.iter_mut() {
-                if imp.fixed_threads.is_some_and(|t| t != threads) {
-                    continue;
-                }
-                progress.set_message(format!("{} {} t={threads}", case.id(), imp.name));
-                let timing = plan.timing;
-                let run = &mut imp.run;
-                let stats = pool.install(move || measure(&mut || run(threads), &timing));
-                let rec = record(case, imp, threads, &stats, machine);
-                on_record(&rec, case.bound);
-                records.push(rec);
-            }
+            progress.set_message(format!("{} t={threads}", case.id()));
+            let mut here: Vec<&mut Impl> = impls
+                .iter_mut()
+                .filter(|i| i.fixed_threads.is_none_or(|t| t == threads))
+                .collect();
+            let group = measure_case(case, &mut here, threads, pool, &plan.timing, &mut bw);
+            on_group(&group, case.bound);
+            records.extend(group);
             progress.inc(1);
         }
     }
     records
 }
 
+/// GFLOP/s of the drift reference: our best variant on GEMM 256³ at one thread, measured
+/// like any case (its median).
+pub fn reference_gflops(
+    pool1: &rayon::ThreadPool,
+    timing: &Timing,
+) -> Option<(String, String, f64)> {
+    let case = suites::gemm_case(256, 256, 256);
+    let best = Isa::best();
+    let mut imp = (case.setup)().into_iter().find(|i| i.isa == Some(best))?;
+    let rec = measure_case(
+        &case,
+        &mut [&mut imp],
+        1,
+        pool1,
+        &Timing {
+            min_samples: timing.min_samples,
+            ..*timing
+        },
+        &mut BandwidthBuffers::default(),
+    )
+    .pop()?;
+    Some((case.id(), rec.imp, rec.gflops))
+}
+
 /// `cargo xtask bench` arguments.
 #[derive(Args, Debug, Clone, Default)]
 pub struct BenchArgs {
     /// Run every case (adds GEMM 2048 and the slow scalar variant on large GEMMs) with
-    /// longer sampling (about 1 s per measurement instead of 0.3 s).
+    /// longer sampling (about 1 s per implementation instead of 0.3 s, at least 15 rounds).
     #[arg(long)]
     pub full: bool,
 
@@ -575,6 +962,17 @@ pub struct BenchArgs {
     /// run would skip them as too slow.
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub variant: Vec<String>,
+
+    /// Peers to run, comma-separated: `all` (the default), `none`, or names
+    /// (matrixmultiply, gemm-crate, materialized-mm, std, torch). Given, it chooses the
+    /// peers whatever --variant says (--variant then picks only our variants).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub peers: Vec<String>,
+
+    /// Also write the README's performance table (Markdown, with the date, the CPU and the
+    /// command that reproduces it) to PATH [default: OUT_DIR/README-table.md].
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
+    pub markdown: Option<String>,
 
     /// Thread counts, comma-separated; `all` is every hardware thread. matrixmultiply runs
     /// only at MATMUL_NUM_THREADS threads (1 unless set).
@@ -599,7 +997,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
 
-    /// Seconds of samples per measurement [default: 0.3, or 1.0 with --full].
+    /// Seconds of samples per implementation and (case, thread count) [default: 0.3, or
+    /// 1.0 with --full]; at least 7 rounds (15 with --full) are taken whatever it says.
     #[arg(long, value_name = "SECONDS")]
     pub min_time: Option<f64>,
 
@@ -618,6 +1017,47 @@ fn print_list(cases: &[Case]) {
     println!("peers: {}", PEERS.join(", "));
     let names: Vec<&str> = suites::suites().iter().map(|s| s.name).collect();
     println!("suites: {}", names.join(", "));
+}
+
+/// Starts the torch peer when the plan wants it: `(peer, info)`; prints one line either
+/// way (`torch: not available (...); skipping torch peers` when it cannot).
+fn start_torch(plan: &Plan) -> (Option<Arc<Mutex<TorchPeer>>>, Option<TorchInfo>) {
+    if !plan.wants_torch() {
+        return (None, None);
+    }
+    let python = crate::torch::python();
+    let shown = python.display().to_string();
+    match TorchPeer::start(python) {
+        Ok(peer) => {
+            println!("torch: {} ({shown}), OMP_WAIT_POLICY=PASSIVE", peer.version);
+            let info = TorchInfo {
+                available: true,
+                python: shown,
+                version: Some(peer.version.clone()),
+                note: None,
+            };
+            (Some(Arc::new(Mutex::new(peer))), Some(info))
+        }
+        Err(e) => {
+            println!("torch: not available ({shown}: {e}); skipping torch peers");
+            let info = TorchInfo {
+                available: false,
+                python: shown,
+                version: None,
+                note: Some(e.to_string()),
+            };
+            (None, Some(info))
+        }
+    }
+}
+
+/// The command line that reproduces this run (`cargo xtask bench ...`), shell-quoted.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| markdown::shell_quote(&a))
+        .collect();
+    format!("cargo xtask {}", args.join(" "))
 }
 
 /// Runs `cargo xtask bench`.
@@ -642,17 +1082,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let out_dir = args.out_dir.clone().unwrap_or_else(crate::default_out_dir);
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let md_path = args.markdown.as_ref().map(|p| {
+        if p.trim().is_empty() {
+            out_dir.join("README-table.md")
+        } else {
+            PathBuf::from(p)
+        }
+    });
+    let run_info = RunInfo {
+        date_utc: markdown::utc_date(std::time::SystemTime::now()),
+        command: command_line(),
+    };
 
     let pools = plan
         .threads
         .iter()
         .map(|&t| Ok((t, crate::thread_pool(t)?)))
         .collect::<Result<Vec<_>>>()?;
+    let pool1 = crate::thread_pool(1)?;
 
-    let wants_mm = match &plan.variants {
-        Some(v) => v.iter().any(|n| n == MATRIXMULTIPLY),
-        None => true,
-    };
+    let wants_mm = plan.wants(&Impl::peer(MATRIXMULTIPLY, |_| {}));
     if wants_mm {
         match matrixmultiply_threads() {
             Some(t) if !plan.threads.contains(&t) => eprintln!(
@@ -668,10 +1117,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    let (torch, torch_info) = start_torch(&plan);
 
     eprintln!("measuring FMA peak and memory bandwidth ...");
     let machine = peak::measure_machine(&pools);
     print!("{}", report::machine_summary(&machine));
+    let drift_start = reference_gflops(&pool1, &plan.timing);
 
     let units = (plan.cases.len() * pools.len()) as u64;
     let progress = ProgressBar::with_draw_target(Some(units), ProgressDrawTarget::stderr());
@@ -680,15 +1131,49 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .expect("valid progress template"),
     );
     progress.enable_steady_tick(Duration::from_millis(200));
+    println!(
+        "ratios: t/best = time / time of our fastest variant, per round (> 1: slower); \
+         % limit: of the peak or bandwidth measured in the same rotation"
+    );
     println!("{}", report::table_header());
-    let records = run_plan(&plan, &pools, &machine, &progress, &mut |r, bound| {
-        progress.suspend(|| println!("{}", report::table_row(r, &machine, bound)));
-    });
+    let records = run_plan(
+        &plan,
+        &pools,
+        torch.as_ref(),
+        &progress,
+        &mut |group, bound| {
+            progress.suspend(|| {
+                for r in group {
+                    println!("{}", report::table_row(r, &machine, bound));
+                }
+            });
+        },
+    );
     progress.finish_and_clear();
+    drop(torch);
+
+    let drift = match (drift_start, reference_gflops(&pool1, &plan.timing)) {
+        (Some((case, imp, a)), Some((_, _, b))) => {
+            let d = Drift::new(&case, &imp, 1, a, b);
+            println!("\n{}", d.line());
+            Some(d)
+        }
+        _ => None,
+    };
+    let errors = records.iter().filter(|r| r.measuring_error).count();
+    if errors > 0 {
+        println!(
+            "{errors} result(s) above 100 % of the bound measured beside them: MEAS.ERR \
+             (measuring_error in report.json), not results"
+        );
+    }
 
     let rep = Report {
         machine,
         results: records,
+        run: Some(run_info),
+        drift,
+        torch: torch_info,
     };
     let json = out_dir.join("report.json");
     let csv = out_dir.join("report.csv");
@@ -704,6 +1189,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "no square GEMM results at 1 thread: {} not drawn",
             svg.display()
         );
+    }
+    if let Some(md) = md_path {
+        std::fs::write(&md, markdown::table(&rep))
+            .map_err(|e| format!("cannot write {}: {e}", md.display()))?;
+        println!("wrote {}", md.display());
     }
 
     if let Some(old) = old {
@@ -905,31 +1395,172 @@ mod tests {
     }
 
     #[test]
-    fn records_report_percent_of_peak_only_when_compute_bound() {
-        let machine = Machine {
-            cpu: "test".into(),
-            cores: 2,
-            peak_gflops: [(
-                "avx2".to_string(),
-                [("1".to_string(), 100.0)].into_iter().collect(),
-            )]
-            .into_iter()
-            .collect(),
-            bandwidth_gbs: [("1".to_string(), 10.0)].into_iter().collect(),
-            ..Machine::default()
+    fn records_report_percent_of_the_rotation_bounds() {
+        let bounds = RotationBounds {
+            peak_gflops: [("avx2".to_string(), 100.0), ("scalar".to_string(), 40.0)]
+                .into_iter()
+                .collect(),
+            bandwidth_gbs: Some(10.0),
         };
         let stats = Stats::from_samples(&[0.5, 1.0, 2.0], 1).unwrap();
         let c = Case::new("gemm", "x", "s", 50e9, 2e9, Bound::Compute, Vec::new);
         let ours = Impl::ours(Isa::Avx2Fma, |_| {});
-        let r = record(&c, &ours, 1, &stats, &machine);
+        let r = record(&c, &ours, 1, &stats, &bounds);
         assert_eq!((r.gflops, r.gbs, r.pct_peak), (50.0, 2.0, Some(50.0)));
-        assert_eq!((r.median_s, r.min_s, r.max_s), (1.0, 0.5, 2.0));
-        // A peer is measured against the best ISA's peak.
+        assert_eq!((r.median_s, r.min_s, r.max_s, r.rounds), (1.0, 0.5, 2.0, 3));
+        assert_eq!((r.rotation_peak_gflops, r.pct_bw), (Some(100.0), None));
+        assert!(!r.measuring_error);
+        // A peer is measured against the best variant's peak.
         let peer = Impl::peer(MATRIXMULTIPLY, |_| {});
-        assert_eq!(record(&c, &peer, 1, &stats, &machine).pct_peak, Some(50.0));
-        // No peak known for 2 threads: null rather than a made-up number.
-        assert_eq!(record(&c, &ours, 2, &stats, &machine).pct_peak, None);
+        assert_eq!(record(&c, &peer, 1, &stats, &bounds).pct_peak, Some(50.0));
+        // Above its bound: flagged as a measuring error, the number kept beside the flag.
+        let r = record(&c, &Impl::ours(Isa::Scalar, |_| {}), 1, &stats, &bounds);
+        assert_eq!(r.pct_peak, Some(125.0));
+        assert!(r.measuring_error);
+        // No peak measured: null rather than a made-up number.
+        let none = RotationBounds::default();
+        assert_eq!(record(&c, &ours, 2, &stats, &none).pct_peak, None);
         let m = Case::new("exp", "x", "s", 1e9, 8e9, Bound::Memory, Vec::new);
-        assert_eq!(record(&m, &ours, 1, &stats, &machine).pct_peak, None);
+        let r = record(&m, &ours, 1, &stats, &bounds);
+        assert_eq!(
+            (r.pct_peak, r.pct_bw, r.rotation_bw_gbs),
+            (None, Some(80.0), Some(10.0))
+        );
+        let cache = Case::new("exp", "x", "s", 1e9, 8e9, Bound::Cache, Vec::new);
+        assert_eq!(record(&cache, &ours, 1, &stats, &bounds).pct_bw, None);
+    }
+
+    #[test]
+    fn ratios_use_our_fastest_variant_as_baseline() {
+        let rec = |imp: &str, median_s: f64| Record {
+            imp: imp.into(),
+            median_s,
+            ..Record::default()
+        };
+        let mut recs = vec![
+            rec("scalar", 4.0),
+            rec("avx2", 1.0),
+            rec("matrixmultiply", 0.5),
+        ];
+        let (s, a, m) = ([4.0, 4.0, 8.0], [1.0, 1.0, 2.0], [0.5, 0.6, 1.0]);
+        add_ratios(&mut recs, &[&s, &a, &m], &[true, true, false]);
+        assert!(recs.iter().all(|r| r.baseline.as_deref() == Some("avx2")));
+        assert_eq!(
+            (recs[0].ratio, recs[0].ratio_min, recs[0].ratio_max),
+            (Some(4.0), Some(4.0), Some(4.0))
+        );
+        assert_eq!(recs[1].ratio, Some(1.0));
+        assert_eq!(
+            (recs[2].ratio, recs[2].ratio_min, recs[2].ratio_max),
+            (Some(0.5), Some(0.5), Some(0.6))
+        );
+        // Peers only: no baseline, no ratios.
+        let mut peers = vec![rec("matrixmultiply", 1.0)];
+        add_ratios(&mut peers, &[&m], &[false]);
+        assert_eq!((peers[0].ratio, peers[0].baseline.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn peers_parse_all_none_and_names() {
+        assert_eq!(parse_peers(&[]).unwrap(), None);
+        assert_eq!(parse_peers(&strings(&["none"])).unwrap(), Some(vec![]));
+        assert_eq!(
+            parse_peers(&strings(&["all"])).unwrap().unwrap().len(),
+            PEERS.len()
+        );
+        assert_eq!(
+            parse_peers(&strings(&["Torch", "matrixmultiply", "torch"])).unwrap(),
+            Some(strings(&["matrixmultiply", "torch"]))
+        );
+        let err = parse_peers(&strings(&["numpy"])).unwrap_err().to_string();
+        assert!(err.contains("numpy") && err.contains("torch"), "{err}");
+    }
+
+    #[test]
+    fn peers_choose_the_peers_and_variant_keeps_its_meaning() {
+        let args = BenchArgs {
+            threads: strings(&["1"]),
+            ..Default::default()
+        };
+        let mk = |a: &BenchArgs| Plan::from_args(a, vec![case("gemm", "64")]).unwrap();
+        let (avx2, mm, torch) = (
+            Impl::ours(Isa::Avx2Fma, |_| {}),
+            Impl::peer(MATRIXMULTIPLY, |_| {}),
+            Impl::peer(TORCH, |_| {}),
+        );
+        let all = mk(&args);
+        assert!(all.wants(&avx2) && all.wants(&mm) && all.wants(&torch));
+        let only_torch = mk(&BenchArgs {
+            peers: strings(&["torch"]),
+            ..args.clone()
+        });
+        assert!(only_torch.wants(&avx2) && !only_torch.wants(&mm) && only_torch.wants(&torch));
+        let none = mk(&BenchArgs {
+            peers: strings(&["none"]),
+            ..args.clone()
+        });
+        assert!(none.wants(&avx2) && !none.wants(&mm) && !none.wants(&torch));
+        // --variant alone: as before, only what it names (peers included).
+        let v = mk(&BenchArgs {
+            variant: strings(&["avx2", "matrixmultiply"]),
+            ..args.clone()
+        });
+        assert!(v.wants(&avx2) && v.wants(&mm) && !v.wants(&torch));
+        // --variant picks ours, --peers the peers.
+        let both = mk(&BenchArgs {
+            variant: strings(&["scalar"]),
+            peers: strings(&["torch"]),
+            ..args.clone()
+        });
+        assert!(!both.wants(&avx2) && !both.wants(&mm) && both.wants(&torch));
+        // No case has a torch op here, so torch is not started.
+        assert!(!all.wants_torch());
+        assert!(parse_peers(&strings(&["bogus"])).is_err());
+    }
+
+    /// A deterministic amount of work: `n` rounds of a black-boxed integer recurrence.
+    fn spin(n: u64) {
+        let mut x = black_box(1u64);
+        for i in 0..n {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        black_box(x);
+    }
+
+    /// The rotation through the real runner: a fake variant of ours and a fake peer doing
+    /// exactly twice its work. Samples of 3 ms, the median of the per-round ratios: robust
+    /// to a busy host, which slows both alike within a round.
+    #[test]
+    fn twice_the_work_reads_a_ratio_close_to_two() {
+        let c = Case::new("fake", "spin", "n", 1e6, 1.0, Bound::Compute, Vec::new);
+        let mut ours = Impl::ours(Isa::Scalar, |_| spin(20_000));
+        let mut peer = Impl::peer(STD, |_| spin(40_000));
+        let pool = crate::thread_pool(1).unwrap();
+        let timing = Timing {
+            warmup_s: 0.02,
+            min_time_s: 0.1,
+            min_samples: 15,
+            max_samples: 1000,
+            sample_s: 0.003,
+        };
+        let recs = measure_case(
+            &c,
+            &mut [&mut ours, &mut peer],
+            1,
+            &pool,
+            &timing,
+            &mut BandwidthBuffers::default(),
+        );
+        assert_eq!(recs.len(), 2);
+        let (a, b) = (&recs[0], &recs[1]);
+        assert_eq!((a.imp.as_str(), b.imp.as_str()), ("scalar", STD));
+        assert_eq!(a.ratio, Some(1.0));
+        assert_eq!(b.baseline.as_deref(), Some("scalar"));
+        let r = b.ratio.unwrap();
+        assert!((1.6..2.5).contains(&r), "ratio {r}: {b:?}");
+        assert!(b.ratio_min.unwrap() <= r && r <= b.ratio_max.unwrap());
+        assert!(a.rounds >= 15 && a.rounds == b.rounds);
+        // The scalar peak loop rode along: both have a bound, from the same rotation.
+        assert!(a.rotation_peak_gflops.is_some() && a.pct_peak.is_some());
     }
 }

@@ -152,6 +152,7 @@ mod tests {
             gflops,
             pct_peak: None,
             gbs: 0.0,
+            ..Record::default()
         }
     }
 

@@ -6,25 +6,32 @@
 //! cargo xtask bench                 # quick suite (about two minutes), table on stdout
 //! cargo xtask bench --full          # every case, every variant, longer sampling
 //! cargo xtask bench --filter gemm/512 --variant avx2,matrixmultiply --threads 1
+//! cargo xtask bench --peers torch,matrixmultiply   # peers to run (all | none | names)
+//! cargo xtask bench --markdown README-table.md      # the README's table, with date and CPU
 //! cargo xtask bench --compare old.json
 //! cargo xtask compare old.json target/bench/report.json
 //! cargo xtask profile gemm --variant avx2 --shape 512x512x512 --seconds 5 [--perf|--callgrind]
 //! ```
 //!
-//! Modules: [`bench`](mod@bench) (the runner: selection, timing, statistics), [`suites`] (the registry
-//! of benchmark cases; add a suite there), [`peak`] (this machine's measured FMA peak and
-//! memory bandwidth), [`report`] (JSON, CSV, the table and `--compare`), [`chart`] (the
-//! SVG chart) and [`profile`] (one kernel in a loop, optionally under `perf` or callgrind).
+//! Modules: [`bench`](mod@bench) (the runner: selection, statistics), [`rotation`] (the
+//! interleaved sampling and the per-round ratios), [`suites`] (the registry of benchmark
+//! cases; add a suite there), [`peak`] (this machine's measured FMA peak and memory
+//! bandwidth), [`torch`] (the PyTorch peer's helper process), [`report`] (JSON, CSV, the
+//! table and `--compare`), [`markdown`] (the README's table), [`chart`] (the SVG chart) and
+//! [`profile`] (one kernel in a loop, optionally under `perf` or callgrind).
 //!
 //! The binary is a thin `clap` front end (`main.rs`); everything it does lives in this
 //! library so that the tests can drive it.
 
 pub mod bench;
 pub mod chart;
+pub mod markdown;
 pub mod peak;
 pub mod profile;
 pub mod report;
+pub mod rotation;
 pub mod suites;
+pub mod torch;
 
 use std::path::{Path, PathBuf};
 

@@ -89,6 +89,29 @@ mod tests {
     }
 
     #[test]
+    fn peers_and_markdown_parse() {
+        let Task::Bench(b) = parse(&["bench"]).unwrap().task else {
+            panic!("not bench")
+        };
+        assert!(b.peers.is_empty() && b.markdown.is_none());
+        let Task::Bench(b) = parse(&["bench", "--peers", "torch,matrixmultiply", "--markdown"])
+            .unwrap()
+            .task
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(b.peers, ["torch", "matrixmultiply"]);
+        assert_eq!(b.markdown.as_deref(), Some(""));
+        let Task::Bench(b) = parse(&["bench", "--markdown", "t.md", "--peers", "none"])
+            .unwrap()
+            .task
+        else {
+            panic!("not bench")
+        };
+        assert_eq!((b.markdown.as_deref(), b.peers.len()), (Some("t.md"), 1));
+    }
+
+    #[test]
     fn bad_command_lines_are_refused() {
         assert!(parse(&[]).is_err());
         assert!(parse(&["bench", "--nope"]).is_err());

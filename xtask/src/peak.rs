@@ -1,5 +1,16 @@
 //! This machine's measured limits: FMA peak per ISA and thread count, and memory bandwidth.
 //!
+//! These are measured twice. Once at the start of a run, for the `machine` block of the
+//! report (`peak_gflops`, `peak_gflops_max`, `bandwidth_gbs`). And once more inside every
+//! case's rotation ([`crate::rotation`]): the runner adds a trial of the same loops (one
+//! sample of [`crate::bench::Timing::sample_s`] per round) as members of the rotation, and
+//! a case's `% of peak` is of the best trial of *its* rotation, taken within milliseconds
+//! of its own samples. On a shared host the peak of the start can be far from the peak of
+//! the moment (one run: a two-thread peak of 109.6 GFLOP/s at the start, a fastest trial of
+//! 163.8), which put kernels at 124 % of "their peak"; against the bound measured beside
+//! them they cannot exceed 100 % unless the measurement itself went wrong, and the runner
+//! flags that case as a measuring error.
+//!
 //! **Peak.** For each variant a loop of independent multiply-adds on as many accumulators
 //! as it takes to hide the latency (`acc = acc·x + y`, which neither overflows nor goes
 //! subnormal: it converges to `y / (1 − x)`), in the instructions that variant's GEMM
@@ -220,7 +231,7 @@ mod x86 {
 }
 
 /// Iterations of `run` that take about `target_s` on one thread.
-fn calibrate(run: fn(u64) -> f32, target_s: f64) -> u64 {
+pub fn calibrate(run: fn(u64) -> f32, target_s: f64) -> u64 {
     let mut iters = 1000u64;
     loop {
         let t0 = Instant::now();
@@ -259,25 +270,28 @@ fn stream_add_one(src: &[u64], dst: &mut [u64]) {
     }
 }
 
+/// Seconds of one pass of `dst[i] = src[i] + 1` by `pool`'s threads over disjoint parts of
+/// `src` → `dst` together (the bytes it moves: `2 · size_of_val(src)`).
+pub fn bandwidth_pass(src: &[u64], dst: &mut [u64], pool: &rayon::ThreadPool) -> f64 {
+    use rayon::prelude::*;
+    let per = src.len().div_ceil(pool.current_num_threads()).max(1);
+    let t0 = Instant::now();
+    pool.install(|| {
+        dst.par_chunks_mut(per)
+            .zip(src.par_chunks(per))
+            .for_each(|(d, s)| stream_add_one(s, d))
+    });
+    black_box(&dst[0]);
+    t0.elapsed().as_secs_f64()
+}
+
 /// Measured streaming bandwidth in GB/s, bytes read plus bytes written, of `pool`'s
 /// threads running `dst[i] = src[i] + 1` over disjoint parts of `src` → `dst` together.
 pub fn bandwidth_gbs(src: &[u64], dst: &mut [u64], pool: &rayon::ThreadPool) -> f64 {
-    use rayon::prelude::*;
     let bytes = 2.0 * std::mem::size_of_val(src) as f64;
-    let per = src.len().div_ceil(pool.current_num_threads()).max(1);
-    let pass = |dst: &mut [u64]| {
-        let t0 = Instant::now();
-        pool.install(|| {
-            dst.par_chunks_mut(per)
-                .zip(src.par_chunks(per))
-                .for_each(|(d, s)| stream_add_one(s, d))
-        });
-        black_box(&dst[0]);
-        t0.elapsed().as_secs_f64()
-    };
-    pass(dst); // untimed: faults the pages in
+    bandwidth_pass(src, dst, pool); // untimed: faults the pages in
     (0..TRIALS)
-        .map(|_| bytes / pass(dst) / 1e9)
+        .map(|_| bytes / bandwidth_pass(src, dst, pool) / 1e9)
         .fold(0.0, f64::max)
 }
 

@@ -6,7 +6,19 @@
 //! {"1": 98.1, "2": 190.3}}`), `peak_gflops_max` (the fastest trial, keyed alike) and
 //! `bandwidth_gbs` (measured streaming bandwidth, bytes read + written, per thread count:
 //! `{"1": 11.2}`; see [`crate::peak`]).
-//! Each result has exactly the keys of [`Record`].
+//! Each result has exactly the keys of [`Record`]: the original eleven (`suite` … `gbs`,
+//! meanings unchanged except that `pct_peak` is now of the peak measured in the case's own
+//! rotation) and, beside them, the rotation's: `ratio`, `ratio_min`, `ratio_max`,
+//! `baseline`, `rounds`, `rotation_peak_gflops`, `rotation_bw_gbs`, `pct_bw` and
+//! `measuring_error` (see [`Record`]).
+//!
+//! Beside `machine` and `results`, the top level has `run` (UTC date and the command),
+//! `drift` (the reference case timed at the start and at the end) and `torch` (whether the
+//! torch peer ran, with which python and version); all three are null in older reports.
+//!
+//! **Ratios** are *time relative to the baseline* (our fastest variant of that case and
+//! thread count by median), computed round by round ([`crate::rotation`]): 2.0 takes
+//! twice as long as the baseline, 0.8 is faster than it, the baseline itself is 1.
 
 use crate::bench::Bound;
 use crate::Result;
@@ -20,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub const REGRESSION_PCT: f64 = 5.0;
 
 /// One measurement: one (suite, case, impl, threads). Serialised with exactly these keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Record {
     /// Suite (`gemm`).
     pub suite: String,
@@ -46,6 +58,37 @@ pub struct Record {
     pub pct_peak: Option<f64>,
     /// Minimum bytes moved per second at the median, in 1e9.
     pub gbs: f64,
+    /// Median over the rounds of this implementation's time divided by the baseline's time
+    /// in the same round (> 1: slower than the baseline). `None` without a baseline (no
+    /// variant of ours in the case) or in reports written before ratios existed.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// Smallest per-round ratio.
+    #[serde(default)]
+    pub ratio_min: Option<f64>,
+    /// Largest per-round ratio.
+    #[serde(default)]
+    pub ratio_max: Option<f64>,
+    /// The baseline the ratios are of: our fastest variant by median (`avx2`).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Rounds of the rotation (samples of this implementation).
+    #[serde(default)]
+    pub rounds: usize,
+    /// The best FMA-peak trial taken in this case's rotation (for this variant's loop;
+    /// peers: the best variant's), GFLOP/s: what `pct_peak` is a percentage of.
+    #[serde(default)]
+    pub rotation_peak_gflops: Option<f64>,
+    /// The best bandwidth trial taken in this case's rotation, GB/s (memory-bound cases).
+    #[serde(default)]
+    pub rotation_bw_gbs: Option<f64>,
+    /// `gbs` as % of `rotation_bw_gbs` (memory-bound cases; else null).
+    #[serde(default)]
+    pub pct_bw: Option<f64>,
+    /// True when `pct_peak` or `pct_bw` came out above 100: the bound measured beside it
+    /// was too low (a noisy moment), so that percentage is a measuring error, not a result.
+    #[serde(default)]
+    pub measuring_error: bool,
 }
 
 impl Record {
@@ -111,6 +154,82 @@ pub struct Report {
     pub machine: Machine,
     /// One record per measurement.
     pub results: Vec<Record>,
+    /// When and how it ran.
+    #[serde(default)]
+    pub run: Option<RunInfo>,
+    /// The reference case at the start and at the end of the run.
+    #[serde(default)]
+    pub drift: Option<Drift>,
+    /// The torch peer: whether it ran, and why not.
+    #[serde(default)]
+    pub torch: Option<TorchInfo>,
+}
+
+/// When and how a report was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunInfo {
+    /// `YYYY-MM-DD HH:MM UTC` at the start of the run.
+    pub date_utc: String,
+    /// The command that reproduces it (`cargo xtask bench ...`).
+    pub command: String,
+}
+
+/// How far the machine moved during a run: one reference case (our best variant on a
+/// fixed shape, one thread) timed before the first case and after the last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Drift {
+    /// `suite/case` of the reference.
+    pub case: String,
+    /// Implementation.
+    pub imp: String,
+    /// Threads.
+    pub threads: usize,
+    /// GFLOP/s at the median, at the start.
+    pub start_gflops: f64,
+    /// GFLOP/s at the median, at the end.
+    pub end_gflops: f64,
+    /// `100 · (end / start − 1)`: negative when the machine got slower.
+    pub pct: f64,
+}
+
+impl Drift {
+    /// The reference's drift from `start_gflops` to `end_gflops`.
+    pub fn new(case: &str, imp: &str, threads: usize, start_gflops: f64, end_gflops: f64) -> Drift {
+        let pct = if start_gflops > 0.0 {
+            100.0 * (end_gflops / start_gflops - 1.0)
+        } else {
+            f64::NAN
+        };
+        Drift {
+            case: case.to_string(),
+            imp: imp.to_string(),
+            threads,
+            start_gflops,
+            end_gflops,
+            pct,
+        }
+    }
+
+    /// `drift: -1.2 % (start 100.0 GFLOP/s, end 98.8 GFLOP/s; gemm/256 avx2 t=1)`.
+    pub fn line(&self) -> String {
+        format!(
+            "drift: {:+.1} % (start {:.1} GFLOP/s, end {:.1} GFLOP/s; {} {} t={})",
+            self.pct, self.start_gflops, self.end_gflops, self.case, self.imp, self.threads
+        )
+    }
+}
+
+/// Whether the torch peer ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TorchInfo {
+    /// It was imported and timed.
+    pub available: bool,
+    /// The python it was tried with.
+    pub python: String,
+    /// `torch X.Y.Z` when available.
+    pub version: Option<String>,
+    /// Why not, when not (`No module named 'torch'`).
+    pub note: Option<String>,
 }
 
 /// Writes `report` as pretty JSON.
@@ -137,7 +256,9 @@ pub fn read_json(path: &Path) -> Result<Report> {
 
 /// CSV header, the [`Record`] keys in order.
 pub const CSV_HEADER: &str =
-    "suite,case,impl,threads,shape,median_s,min_s,max_s,gflops,pct_peak,gbs";
+    "suite,case,impl,threads,shape,median_s,min_s,max_s,gflops,pct_peak,gbs,\
+     ratio,ratio_min,ratio_max,baseline,rounds,rotation_peak_gflops,rotation_bw_gbs,pct_bw,\
+     measuring_error";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -147,15 +268,16 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// The records as CSV (RFC 4180 quoting; an empty `pct_peak` is null).
+/// The records as CSV (RFC 4180 quoting; an empty field is a null), the original columns
+/// first, the rotation's after them.
 pub fn to_csv(records: &[Record]) -> String {
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     for r in records {
-        let pct = r.pct_peak.map(|p| p.to_string()).unwrap_or_default();
+        let opt = |x: Option<f64>| x.map(|p| p.to_string()).unwrap_or_default();
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             csv_field(&r.suite),
             csv_field(&r.case),
             csv_field(&r.imp),
@@ -165,8 +287,17 @@ pub fn to_csv(records: &[Record]) -> String {
             r.min_s,
             r.max_s,
             r.gflops,
-            pct,
-            r.gbs
+            opt(r.pct_peak),
+            r.gbs,
+            opt(r.ratio),
+            opt(r.ratio_min),
+            opt(r.ratio_max),
+            csv_field(r.baseline.as_deref().unwrap_or_default()),
+            r.rounds,
+            opt(r.rotation_peak_gflops),
+            opt(r.rotation_bw_gbs),
+            opt(r.pct_bw),
+            r.measuring_error
         );
     }
     out
@@ -209,35 +340,71 @@ pub fn fmt_time(s: f64) -> String {
 /// The table's column titles.
 pub fn table_header() -> String {
     format!(
-        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8}",
-        "case", "impl", "thr", "median", "min … max", "GFLOP/s", "% limit", "GB/s"
+        "{:<27} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8} {:>7} {:>11}",
+        "case",
+        "impl",
+        "thr",
+        "median",
+        "min … max",
+        "GFLOP/s",
+        "% limit",
+        "GB/s",
+        "t/best",
+        "min–max"
     )
 }
 
-/// One table row. `% limit` is `% pk` of the FMA peak for compute-bound cases, `% bw` of
-/// the measured bandwidth at the same thread count for memory-bound ones, `-` otherwise.
-/// GFLOP/s is `-` for cases that count no flops (exp, softmax).
-pub fn table_row(r: &Record, machine: &Machine, bound: Bound) -> String {
-    let limit = match (bound, r.pct_peak, machine.bandwidth(r.threads)) {
+/// The `% limit` cell: `% pk` of the FMA peak for compute-bound cases, `% bw` of the
+/// bandwidth for memory-bound ones (both measured in the case's rotation; older records:
+/// the bandwidth measured at the start), `MEAS.ERR` where that came out above 100, `-`
+/// otherwise.
+pub fn limit_cell(r: &Record, machine: &Machine, bound: Bound) -> String {
+    if r.measuring_error {
+        return "MEAS.ERR".to_string();
+    }
+    let bw = r.pct_bw.or_else(|| {
+        machine
+            .bandwidth(r.threads)
+            .filter(|b| *b > 0.0)
+            .map(|b| 100.0 * r.gbs / b)
+    });
+    match (bound, r.pct_peak, bw) {
         (Bound::Compute, Some(p), _) => format!("{p:.0}% pk"),
-        (Bound::Memory, _, Some(bw)) if bw > 0.0 => format!("{:.0}% bw", 100.0 * r.gbs / bw),
+        (Bound::Memory, _, Some(p)) => format!("{p:.0}% bw"),
         _ => "-".to_string(),
-    };
+    }
+}
+
+/// The ratio cells: `1.22×` and `1.18–1.25` (time relative to the baseline), `-` without.
+pub fn ratio_cells(r: &Record) -> (String, String) {
+    match (r.ratio, r.ratio_min, r.ratio_max) {
+        (Some(m), Some(lo), Some(hi)) => (format!("{m:.2}×"), format!("{lo:.2}–{hi:.2}")),
+        (Some(m), _, _) => (format!("{m:.2}×"), "-".to_string()),
+        _ => ("-".to_string(), "-".to_string()),
+    }
+}
+
+/// One table row (see [`limit_cell`] and [`ratio_cells`]). GFLOP/s is `-` for cases that
+/// count no flops (exp, softmax).
+pub fn table_row(r: &Record, machine: &Machine, bound: Bound) -> String {
     let gflops = if r.gflops > 0.0 {
         format!("{:.1}", r.gflops)
     } else {
         "-".to_string()
     };
+    let (ratio, range) = ratio_cells(r);
     format!(
-        "{:<22} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8.1}",
+        "{:<27} {:<15} {:>3} {:>10} {:>23} {:>9} {:>9} {:>8.1} {:>7} {:>11}",
         r.id(),
         r.imp,
         r.threads,
         fmt_time(r.median_s),
         format!("{} … {}", fmt_time(r.min_s), fmt_time(r.max_s)),
         gflops,
-        limit,
-        r.gbs
+        limit_cell(r, machine, bound),
+        r.gbs,
+        ratio,
+        range
     )
 }
 
@@ -441,6 +608,7 @@ mod tests {
             gflops: 1.0 / median_s,
             pct_peak: Some(42.0),
             gbs: 2.0,
+            ..Record::default()
         }
     }
 
@@ -461,9 +629,27 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 11] = [
-        "suite", "case", "impl", "threads", "shape", "median_s", "min_s", "max_s", "gflops",
-        "pct_peak", "gbs",
+    const KEYS: [&str; 20] = [
+        "suite",
+        "case",
+        "impl",
+        "threads",
+        "shape",
+        "median_s",
+        "min_s",
+        "max_s",
+        "gflops",
+        "pct_peak",
+        "gbs",
+        "ratio",
+        "ratio_min",
+        "ratio_max",
+        "baseline",
+        "rounds",
+        "rotation_peak_gflops",
+        "rotation_bw_gbs",
+        "pct_bw",
+        "measuring_error",
     ];
 
     #[test]
@@ -473,6 +659,9 @@ mod tests {
         let report = Report {
             machine: machine(),
             results: vec![r],
+            run: None,
+            drift: None,
+            torch: None,
         };
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         let obj = v["results"][0].as_object().unwrap();
@@ -495,6 +684,12 @@ mod tests {
         let report = Report {
             machine: machine(),
             results: vec![rec("64", "avx2", 1, 1e-3), rec("128", "scalar", 2, 0.5)],
+            run: Some(RunInfo {
+                date_utc: "2026-01-01 00:00 UTC".into(),
+                command: "cargo xtask bench".into(),
+            }),
+            drift: Some(Drift::new("gemm/256", "avx2", 1, 10.0, 11.0)),
+            torch: None,
         };
         write_json(&path, &report).unwrap();
         assert_eq!(read_json(&path).unwrap(), report);
@@ -530,9 +725,10 @@ mod tests {
             "{}",
             lines[1]
         );
-        assert!(lines[1].ends_with(",4,,2"), "{}", lines[1]);
+        assert!(lines[1].contains(",4,,2,"), "{}", lines[1]);
+        assert!(lines[1].ends_with(",,0,,,,false"), "{}", lines[1]);
         assert!(lines[2].starts_with("gemm,128,scalar,2,m=128 k=128 n=128,0.5,"));
-        assert!(lines[2].contains(",42,2"));
+        assert!(lines[2].contains(",42,2,"));
         assert_eq!(lines.len(), 3);
     }
 
@@ -565,6 +761,45 @@ mod tests {
         assert!(text.contains("3 compared, 1 regression(s)"), "{text}");
         // A stricter threshold flags the +4% too.
         assert!(cmp.changes[1].is_regression(3.0));
+    }
+
+    #[test]
+    fn reports_without_the_rotation_keys_still_read() {
+        // A report.json as written before ratios existed: the new keys default.
+        let old = r#"{"machine": {"cpu": "c", "cores": 1, "peak_gflops": {},
+            "bandwidth_gbs": {}}, "results": [{"suite": "gemm", "case": "64",
+            "impl": "avx2", "threads": 1, "shape": "s", "median_s": 1.0, "min_s": 1.0,
+            "max_s": 1.0, "gflops": 1.0, "pct_peak": null, "gbs": 1.0}]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(r.results[0].ratio, None);
+        assert!(!r.results[0].measuring_error);
+        assert_eq!((r.run, r.drift, r.torch), (None, None, None));
+    }
+
+    #[test]
+    fn table_flags_measuring_errors_and_shows_ratios() {
+        let m = machine();
+        let mut r = rec("64", "torch", 1, 1e-3);
+        r.ratio = Some(1.2345);
+        r.ratio_min = Some(1.1);
+        r.ratio_max = Some(1.3);
+        let row = table_row(&r, &m, Bound::Compute);
+        assert!(row.contains("42% pk") && row.contains("1.23×") && row.contains("1.10–1.30"));
+        r.pct_peak = Some(104.0);
+        r.measuring_error = true;
+        let row = table_row(&r, &m, Bound::Compute);
+        assert!(row.contains("MEAS.ERR") && !row.contains("104"), "{row}");
+        // Memory-bound: the rotation's bandwidth wins over the machine's.
+        let mut mem = rec("64", "avx2", 1, 1e-3);
+        mem.pct_peak = None;
+        mem.pct_bw = Some(87.0);
+        assert!(table_row(&mem, &m, Bound::Memory).contains("87% bw"));
+        let d = Drift::new("gemm/256", "avx2", 1, 100.0, 95.0);
+        assert!((d.pct + 5.0).abs() < 1e-9);
+        assert_eq!(
+            d.line(),
+            "drift: -5.0 % (start 100.0 GFLOP/s, end 95.0 GFLOP/s; gemm/256 avx2 t=1)"
+        );
     }
 
     #[test]

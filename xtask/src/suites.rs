@@ -9,12 +9,15 @@
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
 //!
 //! The `attention` suite compares every variant's fused path with a materialised attention
-//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)); the `layer` suite
+//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)). GEMM and attention
+//! cases also name what the torch peer computes on them ([`Case::with_torch`]: `torch.mm`,
+//! SDPA). The `layer` suite
 //! times the whole multi-head attention layer (prefill, and decoding against a cache).
 
 use crate::bench::{
     matrixmultiply_threads, Bound, Case, Impl, GEMM_CRATE, MATERIALIZED_MM, MATRIXMULTIPLY, STD,
 };
+use crate::torch::TorchOp;
 use crate::Result;
 use fastattn_benches::{gemm_crate, matrixmultiply_sgemm, random_vec, RECT, SQUARES};
 use kernels::exp::exp_slice_with;
@@ -185,6 +188,7 @@ pub fn gemm_case(m: usize, k: usize, n: usize) -> Case {
             impls
         },
     )
+    .with_torch(TorchOp::Mm { m, k, n })
 }
 
 /// Parses `N` or `AxB` (`dims` numbers, positive) for the exp / softmax shapes.
@@ -422,6 +426,14 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
             impls
         },
     )
+    .with_torch(TorchOp::Sdpa {
+        hq,
+        hkv,
+        lq,
+        lk,
+        d,
+        causal,
+    })
 }
 
 /// Layer cases: GPT-2-small-shaped prefill (d_model 768, 12 heads, L = 512, causal) and

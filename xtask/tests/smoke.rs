@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Runs the binary with a python that does not exist, so the torch peer is always
+/// skipped here (whether or not torch is installed) and the test means the same in CI.
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
         .env_remove("FASTATTN_ISA")
+        .env("FASTATTN_PYTHON", "/nonexistent/python3")
         .output()
         .expect("xtask runs")
 }
@@ -19,9 +22,27 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-const KEYS: [&str; 11] = [
-    "suite", "case", "impl", "threads", "shape", "median_s", "min_s", "max_s", "gflops",
-    "pct_peak", "gbs",
+const KEYS: [&str; 20] = [
+    "suite",
+    "case",
+    "impl",
+    "threads",
+    "shape",
+    "median_s",
+    "min_s",
+    "max_s",
+    "gflops",
+    "pct_peak",
+    "gbs",
+    "ratio",
+    "ratio_min",
+    "ratio_max",
+    "baseline",
+    "rounds",
+    "rotation_peak_gflops",
+    "rotation_bw_gbs",
+    "pct_bw",
+    "measuring_error",
 ];
 
 #[test]
@@ -38,6 +59,7 @@ fn bench_runs_a_tiny_gemm_case_end_to_end() {
         "0.01",
         "--out-dir",
         out,
+        "--markdown",
     ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -46,6 +68,14 @@ fn bench_runs_a_tiny_gemm_case_end_to_end() {
         stdout.contains("FMA peak") && stdout.contains("gemm/64"),
         "{stdout}"
     );
+    // torch is absent (see `xtask`): one line, and the run goes on.
+    let torch_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("torch:")).collect();
+    assert_eq!(torch_lines.len(), 1, "{stdout}");
+    assert!(
+        torch_lines[0].contains("not available") && torch_lines[0].contains("skipping torch"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("drift: "), "{stdout}");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
@@ -60,6 +90,12 @@ fn bench_runs_a_tiny_gemm_case_end_to_end() {
             > 0.0
     );
     assert!(json["machine"]["bandwidth_gbs"]["1"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["torch"]["available"], false);
+    assert!(json["drift"]["start_gflops"].as_f64().unwrap() > 0.0);
+    assert!(json["run"]["command"]
+        .as_str()
+        .unwrap()
+        .starts_with("cargo xtask bench --filter gemm/64"));
     let results = json["results"].as_array().unwrap();
     let impls: Vec<&str> = results
         .iter()
@@ -90,7 +126,27 @@ fn bench_runs_a_tiny_gemm_case_end_to_end() {
             r["pct_peak"].as_f64().unwrap() > 0.0,
             "gemm is compute-bound: {r}"
         );
+        assert!(r["rotation_peak_gflops"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["measuring_error"].is_boolean(), "{r}");
+        assert!(r["rounds"].as_u64().unwrap() >= 7, "{r}");
+        assert_eq!(
+            r["baseline"].as_str().map(str::len).map(|n| n > 0),
+            Some(true)
+        );
+        let (lo, med, hi) = (
+            r["ratio_min"].as_f64().unwrap(),
+            r["ratio"].as_f64().unwrap(),
+            r["ratio_max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < lo && lo <= med && med <= hi, "{r}");
     }
+    // The baseline reads exactly 1 against itself.
+    let base = results[0]["baseline"].as_str().unwrap();
+    let b = results.iter().find(|r| r["impl"] == base).unwrap();
+    assert_eq!(b["ratio"], 1.0);
+    let md = std::fs::read_to_string(dir.join("README-table.md")).unwrap();
+    assert!(md.starts_with("Measured ") && md.contains("`cargo xtask bench --filter gemm/64"));
+    assert!(md.contains("| gemm/64 | m=64 k=64 n=64 | 1 |"), "{md}");
 
     let csv = std::fs::read_to_string(dir.join("report.csv")).unwrap();
     assert_eq!(csv.lines().next().unwrap(), KEYS.join(","));
@@ -126,6 +182,10 @@ fn bad_arguments_fail_with_a_message() {
         err.contains("matches no case") && err.contains("gemm/64"),
         "{err}"
     );
+
+    let o = xtask(&["bench", "--peers", "numpy"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--peers"));
 
     let o = xtask(&["bench", "--variant", "sse9"]);
     assert!(!o.status.success());

@@ -1,0 +1,315 @@
+//! PyTorch as a peer: `torch.mm` on the GEMM shapes and
+//! `torch.nn.functional.scaled_dot_product_attention` on the attention shapes, timed in the
+//! same rotation as everyone else.
+//!
+//! One helper process per bench run (`xtask/torch_peer.py`, embedded here and run with
+//! `python -c`) reads a command per line on stdin and answers one line on stdout (the
+//! protocol is in the script's docstring). A sample is `run CALLS`: the helper makes the
+//! calls back to back and answers the seconds they took by its own clock, so the pipe's
+//! round trip is not in the time. What is in it is what a torch user pays: the Python call
+//! and torch's dispatch.
+//!
+//! **Which python**: `FASTATTN_PYTHON` if set, else `.venv/bin/python` at the workspace
+//! root if present (`bash xtask/peers-venv.sh` makes one with torch), else `python3`.
+//! Where it cannot start or cannot `import torch`, the run prints one line and goes on
+//! without torch.
+//!
+//! **Threads**: `torch.set_num_threads(t)` before each thread count's rotation. The helper
+//! runs with `OMP_WAIT_POLICY=PASSIVE`, so torch's OpenMP threads sleep instead of spinning
+//! between its samples and leave the cores to the members sampled next (on a 2-core host a
+//! spinning pool would otherwise slow every other implementation of the rotation). It costs
+//! torch a thread wake-up per parallel region, which matters only for the smallest shapes.
+
+use crate::Result;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// The helper script.
+pub const SCRIPT: &str = include_str!("../torch_peer.py");
+
+/// Environment variable naming the python to run the helper with.
+pub const PYTHON_VAR: &str = "FASTATTN_PYTHON";
+
+/// The python the helper runs with (see the [module docs](self)).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os(PYTHON_VAR).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = crate::workspace_root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// What torch computes for a case, as the helper's setup command (`mm 64 64 64`,
+/// `sdpa 8 2 1024 1024 64 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TorchOp {
+    /// `torch.mm` of a row-major `m×k` and `k×n`.
+    Mm {
+        /// Rows of A and C.
+        m: usize,
+        /// Columns of A, rows of B.
+        k: usize,
+        /// Columns of B and C.
+        n: usize,
+    },
+    /// SDPA on Q `[1, hq, lq, d]`, K and V `[1, hkv, lk, d]`.
+    Sdpa {
+        /// Query heads.
+        hq: usize,
+        /// Key/value heads (`enable_gqa` when it differs from `hq`).
+        hkv: usize,
+        /// Query length.
+        lq: usize,
+        /// Key length.
+        lk: usize,
+        /// Head dimension.
+        d: usize,
+        /// `is_causal`.
+        causal: bool,
+    },
+}
+
+impl TorchOp {
+    /// The helper's setup line.
+    pub fn command(&self) -> String {
+        match *self {
+            TorchOp::Mm { m, k, n } => format!("mm {m} {k} {n}"),
+            TorchOp::Sdpa {
+                hq,
+                hkv,
+                lq,
+                lk,
+                d,
+                causal,
+            } => format!("sdpa {hq} {hkv} {lq} {lk} {d} {}", u8::from(causal)),
+        }
+    }
+}
+
+/// A running helper with torch imported.
+pub struct TorchPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// `torch X.Y.Z` as the helper reported it.
+    pub version: String,
+    /// The python it runs with.
+    pub python: PathBuf,
+    threads: Option<usize>,
+    op: Option<String>,
+}
+
+impl TorchPeer {
+    /// Starts the helper with `python` and waits for it to import torch.
+    ///
+    /// # Errors
+    /// The python cannot be started, or torch cannot be imported (the message says why,
+    /// e.g. `No module named 'torch'`).
+    pub fn start(python: PathBuf) -> Result<TorchPeer> {
+        Self::start_with_env(python, &[])
+    }
+
+    /// [`TorchPeer::start`] with extra environment variables for the helper.
+    fn start_with_env(python: PathBuf, env: &[(&str, &std::path::Path)]) -> Result<TorchPeer> {
+        let mut child = Command::new(&python)
+            .envs(env.iter().copied())
+            .arg("-c")
+            .arg(SCRIPT)
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err("no pipes to the helper".into());
+        };
+        let mut peer = TorchPeer {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            version: String::new(),
+            python,
+            threads: None,
+            op: None,
+        };
+        match peer.read_reply() {
+            Ok(v) => {
+                peer.version = v;
+                Ok(peer)
+            }
+            Err(e) => Err(e), // `peer` drops: the child is reaped
+        }
+    }
+
+    fn read_reply(&mut self) -> Result<String> {
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the helper: {e}"))?;
+        if n == 0 {
+            return Err("the helper exited".into());
+        }
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("ok") {
+            Ok(rest.trim().to_string())
+        } else if let Some(rest) = line.strip_prefix("time ") {
+            Ok(rest.trim().to_string())
+        } else if let Some(rest) = line.strip_prefix("err ") {
+            Err(rest.trim().to_string().into())
+        } else {
+            Err(format!("unexpected answer {line:?}").into())
+        }
+    }
+
+    fn request(&mut self, line: &str) -> Result<String> {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("writing to the helper: {e}"))?;
+        self.read_reply()
+    }
+
+    /// Builds `op`'s inputs in the helper (and runs it once).
+    ///
+    /// # Errors
+    /// torch refuses the op (e.g. `enable_gqa` on a torch older than 2.5).
+    pub fn prepare(&mut self, op: &TorchOp) -> Result<()> {
+        let cmd = op.command();
+        if self.op.as_deref() != Some(cmd.as_str()) {
+            self.op = None;
+            self.request(&cmd)?;
+            self.op = Some(cmd);
+        }
+        Ok(())
+    }
+
+    /// `torch.set_num_threads(threads)` unless already set.
+    ///
+    /// # Errors
+    /// The helper failed.
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if self.threads != Some(threads) {
+            self.request(&format!("threads {threads}"))?;
+            self.threads = Some(threads);
+        }
+        Ok(())
+    }
+
+    /// Seconds of `calls` back-to-back calls of `op` at `threads` threads.
+    ///
+    /// # Errors
+    /// The helper failed or answered something that is not a time.
+    pub fn sample(&mut self, op: &TorchOp, threads: usize, calls: u64) -> Result<f64> {
+        self.prepare(op)?;
+        self.set_threads(threads)?;
+        let t = self.request(&format!("run {calls}"))?;
+        t.parse::<f64>()
+            .map_err(|_| format!("the helper's time {t:?} is not a number").into())
+    }
+}
+
+impl Drop for TorchPeer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit").and_then(|()| self.stdin.flush());
+        // It exits on `quit` (or at end of input); kill it if it is stuck in a call.
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_become_setup_commands() {
+        assert_eq!(TorchOp::Mm { m: 1, k: 2, n: 3 }.command(), "mm 1 2 3");
+        let op = TorchOp::Sdpa {
+            hq: 8,
+            hkv: 2,
+            lq: 16,
+            lk: 32,
+            d: 64,
+            causal: true,
+        };
+        assert_eq!(op.command(), "sdpa 8 2 16 32 64 1");
+    }
+
+    #[test]
+    fn a_missing_python_is_an_error_not_a_panic() {
+        let err = TorchPeer::start(PathBuf::from("/nonexistent/python3"))
+            .err()
+            .expect("cannot start")
+            .to_string();
+        assert!(err.contains("cannot start"), "{err}");
+    }
+
+    /// Uses a fake `torch` module that fails to import, so the test means the same
+    /// whether or not torch is installed. Skipped where no `python3` runs at all.
+    #[test]
+    fn torch_that_cannot_be_imported_is_reported_in_one_line() {
+        let dir = std::env::temp_dir().join(format!("xtask-faketorch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("torch.py"),
+            "raise ImportError(\"No module named 'torch'\")\n",
+        )
+        .unwrap();
+        let ok = Command::new("python3")
+            .arg("-c")
+            .arg("pass")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: no python3");
+            return;
+        }
+        // The script puts nothing before the import, so PYTHONPATH wins over a real torch.
+        let r = TorchPeer::start_with_env(PathBuf::from("python3"), &[("PYTHONPATH", &dir)]);
+        let err = r.err().expect("the fake torch fails").to_string();
+        assert!(err.contains("No module named 'torch'"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Runs only where the chosen python imports torch (never in CI, which has none).
+    #[test]
+    fn torch_answers_times_where_installed() {
+        let Ok(mut peer) = TorchPeer::start(python()) else {
+            eprintln!("skipped: torch not importable by {}", python().display());
+            return;
+        };
+        assert!(peer.version.starts_with("torch "), "{}", peer.version);
+        let mm = TorchOp::Mm { m: 8, k: 5, n: 3 };
+        assert!(peer.sample(&mm, 1, 3).unwrap() > 0.0);
+        let gqa = TorchOp::Sdpa {
+            hq: 4,
+            hkv: 2,
+            lq: 7,
+            lk: 7,
+            d: 16,
+            causal: true,
+        };
+        match peer.sample(&gqa, 2, 2) {
+            Ok(t) => assert!(t > 0.0),
+            Err(e) => assert!(e.to_string().contains("enable_gqa"), "{e}"),
+        }
+        // A refused command leaves the helper usable.
+        assert!(peer.request("bogus").is_err());
+        assert!(peer.sample(&mm, 1, 1).unwrap() > 0.0);
+    }
+}

@@ -1,0 +1,90 @@
+"""PyTorch peer of `cargo xtask bench` (see xtask/src/torch.rs, which embeds this file).
+
+Started once per bench run as a child process. It answers one line per command line read
+on stdin, so the runner can time torch in the same rotation as its own implementations:
+
+    threads N                       -> ok            torch.set_num_threads(N)
+    mm M K N                        -> ok            C = A @ B, row-major f32 (torch.mm, out=)
+    sdpa HQ HKV LQ LK D CAUSAL      -> ok            F.scaled_dot_product_attention, f32,
+                                                     [1, H, L, D]; enable_gqa when HQ != HKV
+    run CALLS                       -> time SECONDS  CALLS back-to-back calls of the last
+                                                     mm/sdpa, timed here (perf_counter)
+    quit                                             exits
+
+A failure answers `err <message>` on one line. The first line it writes is
+`ok torch <version>`, or `err <message>` (and it exits) when torch cannot be imported.
+
+The runner starts it with OMP_WAIT_POLICY=PASSIVE: OpenMP worker threads then sleep
+between parallel regions instead of spinning, so they do not take CPU from the samples of
+the other implementations that run between torch's samples.
+"""
+
+import sys
+import time
+
+
+def reply(text):
+    sys.stdout.write(text.replace("\n", " ") + "\n")
+    sys.stdout.flush()
+
+
+try:
+    import torch
+    import torch.nn.functional as F
+except Exception as e:  # ImportError, or a broken install (missing shared libraries)
+    reply("err %s" % (e,))
+    sys.exit(0)
+
+torch.set_grad_enabled(False)
+reply("ok torch %s" % torch.__version__)
+
+
+def uniform(gen, *shape):
+    return torch.rand(*shape, generator=gen, dtype=torch.float32) * 2.0 - 1.0
+
+
+fn = None
+for line in sys.stdin:
+    parts = line.split()
+    if not parts:
+        continue
+    cmd, args = parts[0], parts[1:]
+    try:
+        if cmd == "threads":
+            torch.set_num_threads(int(args[0]))
+            reply("ok")
+        elif cmd == "mm":
+            m, k, n = (int(x) for x in args[:3])
+            gen = torch.Generator().manual_seed(1)
+            a, b = uniform(gen, m, k), uniform(gen, k, n)
+            c = torch.empty(m, n, dtype=torch.float32)
+            fn = lambda a=a, b=b, c=c: torch.mm(a, b, out=c)
+            fn()
+            reply("ok")
+        elif cmd == "sdpa":
+            hq, hkv, lq, lk, d, causal = (int(x) for x in args[:6])
+            gen = torch.Generator().manual_seed(5)
+            q = uniform(gen, 1, hq, lq, d)
+            k, v = uniform(gen, 1, hkv, lk, d), uniform(gen, 1, hkv, lk, d)
+            kw = {"is_causal": bool(causal)}
+            if hq != hkv:
+                kw["enable_gqa"] = True  # TypeError on torch < 2.5: reported as err
+            fn = None
+            f = lambda q=q, k=k, v=v, kw=kw: F.scaled_dot_product_attention(q, k, v, **kw)
+            f()
+            fn = f
+            reply("ok")
+        elif cmd == "run":
+            if fn is None:
+                raise RuntimeError("run before a successful mm/sdpa")
+            calls = int(args[0])
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            reply("time %r" % (time.perf_counter() - t0))
+        elif cmd == "quit":
+            break
+        else:
+            reply("err unknown command %r" % cmd)
+    except Exception as e:
+        reply("err %s: %s" % (type(e).__name__, e))
