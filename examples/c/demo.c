@@ -5,7 +5,7 @@
  * Build and run (from the repository root):
  *   cargo build --release -p fastattn-capi
  *   cc -O2 -std=c99 examples/c/demo.c -I crates/capi/include \
- *      target/release/libfastattn.a -lpthread -ldl -lm -o fastattn_demo
+ *      target/release/libfastattn_capi.a -lpthread -ldl -lm -o fastattn_demo
  *   ./fastattn_demo
  *
  * Exits 0 when every check passes, 1 otherwise (each failure is printed).

@@ -7,8 +7,8 @@ Build the shared library, then run this script from anywhere::
     python3 examples/python/sdpa_demo.py
 
 The library is ``$FASTATTN_LIB`` if set, else the newest of ``target/release`` and
-``target/debug`` under the repository root (``libfastattn.so``, ``.dylib`` or
-``fastattn.dll``). Exits 0 when every check passes. Needs numpy.
+``target/debug`` under the repository root (``libfastattn_capi.so``, ``.dylib`` or
+``fastattn_capi.dll``). Exits 0 when every check passes. Needs numpy.
 """
 
 import ctypes
@@ -61,8 +61,8 @@ def find_library():
     if env:
         return env
     root = pathlib.Path(__file__).resolve().parents[2]
-    names = {"darwin": "libfastattn.dylib", "win32": "fastattn.dll"}
-    name = names.get(sys.platform, "libfastattn.so")
+    names = {"darwin": "libfastattn_capi.dylib", "win32": "fastattn_capi.dll"}
+    name = names.get(sys.platform, "libfastattn_capi.so")
     found = [root / "target" / p / name for p in ("release", "debug")]
     found = [p for p in found if p.exists()]
     if not found:

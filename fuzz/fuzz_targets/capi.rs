@@ -15,7 +15,7 @@ mod common;
 
 use arbitrary::{Result, Unstructured};
 use common::{small, values};
-use fastattn::*;
+use fastattn_capi::*;
 use libfuzzer_sys::fuzz_target;
 use std::ffi::{c_int, CStr};
 use std::ptr::{null, null_mut};

@@ -9,7 +9,7 @@
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
 //!
 //! The `attention` suite compares every variant's fused path with a materialised attention
-//! on matrixmultiply ([`MATERIALIZED_MM`](crate::bench::MATERIALIZED_MM)). GEMM and attention
+//! on matrixmultiply ([`MATERIALIZED_MM`]). GEMM and attention
 //! cases also name what the torch peer computes on them ([`Case::with_torch`]: `torch.mm`,
 //! SDPA). The `layer` suite
 //! times the whole multi-head attention layer (prefill, and decoding against a cache).

@@ -1,7 +1,7 @@
 //! Quick attention timing: `cargo run --release --example attn_speed -- L [H D causal(0|1) threads flash|mat]`.
 //! Prints GFLOP/s (4·H·L²·D per call, halved for causal) for the flash and materialised paths.
 
-use attention::{sdpa, AttnPath, SdpaOptions, TensorRef};
+use fastattn_attention::{sdpa, AttnPath, SdpaOptions, TensorRef};
 use std::time::Instant;
 
 fn main() {

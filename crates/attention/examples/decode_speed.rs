@@ -1,7 +1,7 @@
 //! Decode timing (Lq = 1 against a long cache):
 //! `cargo run --release --example decode_speed -- [Lk Hq Hkv D threads]`; prints GB/s of K+V read.
 
-use attention::{sdpa, SdpaOptions, TensorRef};
+use fastattn_attention::{sdpa, SdpaOptions, TensorRef};
 use std::time::Instant;
 
 fn main() {

@@ -2,7 +2,7 @@
 //! `cargo run --release --example long_context -- [L H D]` (default 32768 8 64).
 //! Prints the process's peak resident set (VmHWM) beyond the inputs and the output.
 
-use attention::{sdpa_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
+use fastattn_attention::{sdpa_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
 use std::time::Instant;
 
 fn vm_hwm_kib() -> Option<u64> {

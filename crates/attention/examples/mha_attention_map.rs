@@ -8,7 +8,7 @@
 //! how to read the matrix: every row sums to 1, the first token can only look at itself, and
 //! identical tokens ("the") get identical embeddings.
 
-use attention::{MhaConfig, MultiHeadAttention, OwnedMhaWeights, RopeConfig, SdpaOptions};
+use fastattn_attention::{MhaConfig, MultiHeadAttention, OwnedMhaWeights, RopeConfig, SdpaOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

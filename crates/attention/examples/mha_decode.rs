@@ -9,7 +9,9 @@
 //!
 //! The layer is Llama-shaped (GQA, RoPE, no biases) with random weights.
 
-use attention::{MhaConfig, MultiHeadAttention, RopeConfig, SdpaOptions, TensorMut, TensorRef};
+use fastattn_attention::{
+    MhaConfig, MultiHeadAttention, RopeConfig, SdpaOptions, TensorMut, TensorRef,
+};
 use kernels::Parallelism;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -126,7 +128,7 @@ fn run(d_model: usize, hq: usize, hkv: usize, prompt: usize, steps: usize) -> Re
         let t_attn = median(&mut || {
             let q = TensorRef::new(&qkv, [1, hq, 1, hd], [w, hd, w, 1]).unwrap();
             let o = TensorMut::from_blhd(&mut attn, [1, hq, 1, hd]).unwrap();
-            attention::sdpa_into(
+            fastattn_attention::sdpa_into(
                 q,
                 cache.keys(),
                 cache.values(),

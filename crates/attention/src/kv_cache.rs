@@ -17,7 +17,7 @@ use crate::tensor::TensorRef;
 /// valid.
 ///
 /// ```
-/// use attention::{KvCache, TensorRef};
+/// use fastattn_attention::{KvCache, TensorRef};
 /// let mut cache = KvCache::new(1, 2, 4, 8)?; // batch 1, 2 heads, head dim 4, 8 positions
 /// let kv = vec![1.0f32; 2 * 3 * 4];
 /// let t = TensorRef::contiguous(&kv, [1, 2, 3, 4])?;
@@ -27,7 +27,7 @@ use crate::tensor::TensorRef;
 /// let t6 = TensorRef::contiguous(&too_many, [1, 2, 6, 4])?;
 /// assert!(cache.append(t6, t6).is_err()); // 3 + 6 > 8
 /// assert_eq!(cache.len(), 3); // unchanged
-/// # Ok::<(), attention::AttnError>(())
+/// # Ok::<(), fastattn_attention::AttnError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct KvCache {

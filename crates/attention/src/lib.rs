@@ -18,7 +18,7 @@
 //!   embeddings ([`rope`]), cross-attention, and a fixed-capacity [`KvCache`] for decoding.
 //!
 //! ```
-//! use attention::{sdpa, SdpaOptions, TensorRef};
+//! use fastattn_attention::{sdpa, SdpaOptions, TensorRef};
 //! let (b, h, l, d) = (1, 2, 5, 4);
 //! let x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 7) as f32 * 0.1).collect();
 //! let t = TensorRef::contiguous(&x, [b, h, l, d])?;
@@ -26,7 +26,7 @@
 //! assert_eq!(out.len(), b * h * l * d);
 //! // The first query sees only the first key: its output is that key's value.
 //! assert!((out[0] - x[0]).abs() < 1e-6);
-//! # Ok::<(), attention::AttnError>(())
+//! # Ok::<(), fastattn_attention::AttnError>(())
 //! ```
 
 pub mod error;

@@ -54,13 +54,13 @@ pub(crate) type Epilogue<'e> = &'e (dyn Fn(usize, &mut [f32]) + Sync);
 /// A dense layer `y = x·W + b` with `W` packed once.
 ///
 /// ```
-/// use attention::{Linear, WeightLayout};
+/// use fastattn_attention::{Linear, WeightLayout};
 /// use kernels::{Isa, Parallelism};
 /// let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [d_in = 2, d_out = 3]
 /// let lin = Linear::new(Isa::best(), &w, 2, 3, WeightLayout::InOut, Some(&[0.5, 0.5, 0.5]))?;
 /// let y = lin.forward(&[1.0, 1.0], 1, Parallelism::Sequential)?;
 /// assert_eq!(y, [5.5, 7.5, 9.5]);
-/// # Ok::<(), attention::AttnError>(())
+/// # Ok::<(), fastattn_attention::AttnError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Linear {

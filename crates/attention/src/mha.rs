@@ -47,7 +47,7 @@ use std::cell::RefCell;
 /// Sizes and options of a [`MultiHeadAttention`] layer.
 ///
 /// ```
-/// use attention::{MhaConfig, RopeConfig};
+/// use fastattn_attention::{MhaConfig, RopeConfig};
 /// // Llama-style: 32 query heads, 8 key/value heads, rotary embeddings.
 /// let cfg = MhaConfig::new(4096, 32).with_kv_heads(8).with_rope(RopeConfig::default());
 /// assert_eq!((cfg.head_dim, cfg.q_dim(), cfg.kv_dim()), (128, 4096, 1024));
@@ -266,7 +266,7 @@ impl OwnedMhaWeights {
 /// batches, `causal` alone already gives the valid rows their correct result.
 ///
 /// ```
-/// use attention::{MhaConfig, MultiHeadAttention, SdpaOptions};
+/// use fastattn_attention::{MhaConfig, MultiHeadAttention, SdpaOptions};
 /// let cfg = MhaConfig::new(16, 4).with_kv_heads(2);
 /// let layer = MultiHeadAttention::random(cfg, true, 7)?;
 /// let (b, l) = (2, 5);
@@ -278,7 +278,7 @@ impl OwnedMhaWeights {
 /// let mut cache = layer.new_cache(b, 8)?;
 /// let step0 = layer.forward_cached(&mut cache, &x[..16], 1, 1, &causal);
 /// assert!(step0.is_err()); // the cache was made for batch 2
-/// # Ok::<(), attention::AttnError>(())
+/// # Ok::<(), fastattn_attention::AttnError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {

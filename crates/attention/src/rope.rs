@@ -26,8 +26,8 @@ pub const DEFAULT_ROPE_TABLE: usize = 4096;
 /// Settings of the rotary embedding.
 ///
 /// ```
-/// let cfg = attention::RopeConfig { base: 500_000.0, ..Default::default() };
-/// assert_eq!(cfg.table_positions, attention::rope::DEFAULT_ROPE_TABLE);
+/// let cfg = fastattn_attention::RopeConfig { base: 500_000.0, ..Default::default() };
+/// assert_eq!(cfg.table_positions, fastattn_attention::rope::DEFAULT_ROPE_TABLE);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeConfig {
@@ -50,14 +50,14 @@ impl Default for RopeConfig {
 /// Precomputed rotary embedding for one head dimension.
 ///
 /// ```
-/// use attention::{Rope, RopeConfig};
+/// use fastattn_attention::{Rope, RopeConfig};
 /// let rope = Rope::new(4, RopeConfig::default())?;
 /// let mut x = [1.0f32, 0.0, 0.0, 0.0];
 /// rope.apply(&mut x, 0)?; // position 0: identity
 /// assert_eq!(x, [1.0, 0.0, 0.0, 0.0]);
 /// rope.apply(&mut x, 1)?; // θ_0 = 1: (x0, x2) turns by one radian
 /// assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
-/// # Ok::<(), attention::AttnError>(())
+/// # Ok::<(), fastattn_attention::AttnError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Rope {

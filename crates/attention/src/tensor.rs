@@ -73,7 +73,7 @@ impl<'a, T: Copy> TensorRef<'a, T> {
     ///
     /// ```
     /// let q = vec![0.0f32; 2 * 4 * 16 * 8];
-    /// let t = attention::TensorRef::contiguous(&q, [2, 4, 16, 8]).unwrap();
+    /// let t = fastattn_attention::TensorRef::contiguous(&q, [2, 4, 16, 8]).unwrap();
     /// assert_eq!(t.strides(), [512, 128, 8, 1]);
     /// ```
     pub fn contiguous(data: &'a [T], dims: [usize; 4]) -> Result<Self> {

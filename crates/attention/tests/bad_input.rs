@@ -5,8 +5,8 @@
 //!
 //! Row ids (`K1`, `A7`, ...) are those of the catalogue.
 
-use attention::reference::sdpa_ref;
-use attention::{
+use fastattn_attention::reference::sdpa_ref;
+use fastattn_attention::{
     sdpa, sdpa_into, sdpa_with_weights, AttnError, AttnPath, KvCache, Mask, MhaConfig, MhaWeights,
     MultiHeadAttention, RopeConfig, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
 };

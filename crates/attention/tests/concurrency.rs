@@ -5,7 +5,7 @@
 //! the thread count never changes a value). A watchdog aborts the test binary when a test
 //! runs past its time limit, so a deadlock fails CI instead of hanging it.
 
-use attention::{
+use fastattn_attention::{
     sdpa_into, AttnPath, MhaConfig, MultiHeadAttention, SdpaOptions, SdpaOutputs, TensorMut,
     TensorRef,
 };

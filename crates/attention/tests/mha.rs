@@ -1,8 +1,8 @@
 //! The multi-head attention layer, its dense projections and the KV cache against a
 //! straightforward reference layer (f64 projections and RoPE, `sdpa_ref` attention).
 
-use attention::reference::sdpa_ref;
-use attention::{
+use fastattn_attention::reference::sdpa_ref;
+use fastattn_attention::{
     AttnError, KvCache, Linear, Mask, MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights,
     RopeConfig, SdpaOptions, TensorRef, WeightLayout,
 };

@@ -5,8 +5,10 @@
 //! broadcasting, ALiBi, soft-capping). Also: the flash-decoding split and the thread count
 //! do not change a bit.
 
-use attention::reference::sdpa_ref;
-use attention::{sdpa_into, AttnPath, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
+use fastattn_attention::reference::sdpa_ref;
+use fastattn_attention::{
+    sdpa_into, AttnPath, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
+};
 use kernels::{Isa, Parallelism};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -352,7 +354,7 @@ proptest! {
         path_flash in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let lk = 2 * attention::flash::DECODE_CHUNK + extra;
+        let lk = 2 * fastattn_attention::flash::DECODE_CHUNK + extra;
         let hq = hkv * group;
         let mut rng = StdRng::seed_from_u64(seed);
         let qb = rand_vec(&mut rng, hq * lq * d);
@@ -369,7 +371,7 @@ proptest! {
         let want = sdpa_ref(q, k, v, &base).unwrap();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| attention::sdpa(q, k, v, &base).unwrap())
+            pool.install(|| fastattn_attention::sdpa(q, k, v, &base).unwrap())
         };
         let one = run(1);
         let three = run(3);

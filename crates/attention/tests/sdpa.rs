@@ -1,7 +1,7 @@
 //! Attention against the f64 reference: shapes, options, layouts, paths and variants.
 
-use attention::reference::sdpa_ref;
-use attention::{
+use fastattn_attention::reference::sdpa_ref;
+use fastattn_attention::{
     sdpa_into, AttnError, AttnPath, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
 };
 use kernels::{Isa, Parallelism};
@@ -361,7 +361,7 @@ fn fully_masked_rows_give_zeros_not_nan() {
             path,
             ..Default::default()
         };
-        let out = attention::sdpa(q, k, k, &opts).unwrap();
+        let out = fastattn_attention::sdpa(q, k, k, &opts).unwrap();
         assert!(out.iter().all(|&v| v == 0.0), "{path:?}: {out:?}");
     }
     // Zero valid keys through padding.
@@ -369,7 +369,7 @@ fn fully_masked_rows_give_zeros_not_nan() {
         kv_lengths: Some(&[0]),
         ..Default::default()
     };
-    assert!(attention::sdpa(q, k, k, &opts)
+    assert!(fastattn_attention::sdpa(q, k, k, &opts)
         .unwrap()
         .iter()
         .all(|&v| v == 0.0));
@@ -402,7 +402,7 @@ fn results_are_bit_identical_at_1_2_3_threads() {
                     .num_threads(t)
                     .build()
                     .unwrap();
-                pool.install(|| attention::sdpa(q, k, v, &opts).unwrap())
+                pool.install(|| fastattn_attention::sdpa(q, k, v, &opts).unwrap())
             };
             let one = run(1);
             for t in [2, 3] {
@@ -411,7 +411,7 @@ fn results_are_bit_identical_at_1_2_3_threads() {
                     "hq={hq} lq={lq} lk={lk} {path:?}: {t} threads differ"
                 );
             }
-            let seq = attention::sdpa(
+            let seq = fastattn_attention::sdpa(
                 q,
                 k,
                 v,
@@ -434,10 +434,10 @@ fn bad_input_is_refused_before_any_work() {
     let k = TensorRef::contiguous(&x[..8 * 4], [1, 1, 8, 4]).unwrap();
     let kd = TensorRef::contiguous(&x[..8 * 5], [1, 1, 8, 5]).unwrap();
     let d = SdpaOptions::default();
-    let e = attention::sdpa(q, k3, k3, &d).unwrap_err();
+    let e = fastattn_attention::sdpa(q, k3, k3, &d).unwrap_err();
     assert!(matches!(e, AttnError::HeadGroups { hq: 2, hkv: 3 }), "{e}");
     assert!(matches!(
-        attention::sdpa(q, kd, kd, &d),
+        fastattn_attention::sdpa(q, kd, kd, &d),
         Err(AttnError::Shape { .. })
     ));
     assert!(matches!(
@@ -460,7 +460,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o1),
+        fastattn_attention::sdpa(q, k, k, &o1),
         Err(AttnError::Option { .. })
     ));
     let o2 = SdpaOptions {
@@ -468,7 +468,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o2),
+        fastattn_attention::sdpa(q, k, k, &o2),
         Err(AttnError::Option { .. })
     ));
     let o3 = SdpaOptions {
@@ -476,7 +476,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o3),
+        fastattn_attention::sdpa(q, k, k, &o3),
         Err(AttnError::Option { .. })
     ));
     let o4 = SdpaOptions {
@@ -484,7 +484,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o4),
+        fastattn_attention::sdpa(q, k, k, &o4),
         Err(AttnError::Option { .. })
     ));
     let o5 = SdpaOptions {
@@ -492,7 +492,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o5),
+        fastattn_attention::sdpa(q, k, k, &o5),
         Err(AttnError::Option { .. })
     ));
     let o6 = SdpaOptions {
@@ -500,7 +500,7 @@ fn bad_input_is_refused_before_any_work() {
         ..Default::default()
     };
     assert!(matches!(
-        attention::sdpa(q, k, k, &o6),
+        fastattn_attention::sdpa(q, k, k, &o6),
         Err(AttnError::Kernel(_))
     ));
     let mut w = vec![0.0f32; 2 * 8 * 8];
@@ -546,7 +546,7 @@ fn a_forced_variant_is_used_even_after_another_on_the_same_thread() {
             parallelism: Parallelism::Sequential,
             ..Default::default()
         };
-        attention::sdpa(t, t, t, &opts).unwrap()
+        fastattn_attention::sdpa(t, t, t, &opts).unwrap()
     };
     let isas = Isa::available();
     for &first in &isas {

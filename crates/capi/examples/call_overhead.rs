@@ -18,7 +18,9 @@
 //! min–max over the rounds.
 
 use attention::{SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
-use fastattn::{cblas_sgemm, fa_sdpa, fa_set_num_threads, fa_tensor, CblasNoTrans, CblasRowMajor};
+use fastattn_capi::{
+    cblas_sgemm, fa_sdpa, fa_set_num_threads, fa_tensor, CblasNoTrans, CblasRowMajor,
+};
 use kernels::{MatMut, MatRef};
 use std::hint::black_box;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 /*
  * fastattn: CPU GEMM, softmax and scaled dot-product attention behind a C ABI.
  *
- * Link: libfastattn.a (static; on Linux also -lpthread -ldl -lm) or libfastattn.so.
+ * Link: libfastattn_capi.a (static; on Linux also -lpthread -ldl -lm) or libfastattn_capi.so.
  * All functions are thread-safe. Functions returning `int` return FA_OK (0) or a negative
  * fa_status code; fa_last_error() then describes the failure (per thread).
  */

@@ -1,6 +1,6 @@
 //! # fastattn C ABI
 //!
-//! `libfastattn.so` / `libfastattn.a` and the header `include/fastattn.h`: fastattn's GEMM,
+//! `libfastattn_capi.so` / `libfastattn_capi.a` and the header `include/fastattn.h`: fastattn's GEMM,
 //! softmax and scaled dot-product attention for C, C++ and Python (ctypes) programs.
 //!
 //! * `cblas_sgemm` (cargo feature `cblas`, on by default): standard CBLAS, so a program
@@ -46,7 +46,7 @@
 //! fails when the checked-in header differs from the generated one.
 //!
 //! ```
-//! use fastattn::{fa_sdpa, fa_sdpa_options, fa_tensor, fa_status};
+//! use fastattn_capi::{fa_sdpa, fa_sdpa_options, fa_tensor, fa_status};
 //! let (b, h, l, d) = (1, 2, 3, 4);
 //! let mut x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 5) as f32 * 0.25).collect();
 //! let mut out = vec![0.0f32; x.len()];

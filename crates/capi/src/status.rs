@@ -1,4 +1,4 @@
-//! Status codes, the per-thread last-error message, and the panic boundary ([`ffi_guard!`])
+//! Status codes, the per-thread last-error message, and the panic boundary (`ffi_guard!`)
 //! that every exported function goes through.
 
 use attention::AttnError;

@@ -7,7 +7,7 @@
 
 use attention::reference::sdpa_ref;
 use attention::{Mask, SdpaOptions, TensorRef};
-use fastattn::*;
+use fastattn_capi::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::ffi::{c_int, CStr};

@@ -11,7 +11,7 @@
 // `fa_sdpa_options_init`.
 #![allow(clippy::field_reassign_with_default)]
 
-use fastattn::*;
+use fastattn_capi::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::{c_int, CStr};
 use std::ptr::{null, null_mut};

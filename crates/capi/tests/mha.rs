@@ -1,7 +1,7 @@
 //! The layer and KV cache handles against the Rust layer they wrap, and their refusals.
 
 use attention::{MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig, SdpaOptions, WeightLayout};
-use fastattn::*;
+use fastattn_capi::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::ffi::{c_int, CStr};

@@ -9,11 +9,11 @@ use std::process::Command;
 
 fn shared_lib_name() -> &'static str {
     if cfg!(target_os = "macos") {
-        "libfastattn.dylib"
+        "libfastattn_capi.dylib"
     } else if cfg!(windows) {
-        "fastattn.dll"
+        "fastattn_capi.dll"
     } else {
-        "libfastattn.so"
+        "libfastattn_capi.so"
     }
 }
 

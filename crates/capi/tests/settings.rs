@@ -1,7 +1,7 @@
 //! Process-wide settings (threads, kernel variant), in their own test binary because they
 //! change what every other call of the process does.
 
-use fastattn::*;
+use fastattn_capi::*;
 use std::ffi::{c_int, CStr};
 
 fn variant() -> String {

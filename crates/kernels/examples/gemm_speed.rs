@@ -1,7 +1,7 @@
 //! Quick GEMM timing of every variant at one shape:
 //! `cargo run --release --example gemm_speed -- M [K N]` (row-major, median of 7 runs).
 
-use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
+use fastattn_kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use std::time::Instant;
 
 fn main() {

@@ -3,8 +3,11 @@
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
-    match kernels::Isa::from_name(&name).and_then(kernels::Isa::check) {
-        Ok(isa) => println!("{isa} supported; current: {:?}", kernels::current_isa()),
+    match fastattn_kernels::Isa::from_name(&name).and_then(fastattn_kernels::Isa::check) {
+        Ok(isa) => println!(
+            "{isa} supported; current: {:?}",
+            fastattn_kernels::current_isa()
+        ),
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);

@@ -39,7 +39,7 @@ impl Isa {
     /// The short name used by `FASTATTN_ISA` and in reports.
     ///
     /// ```
-    /// assert_eq!(kernels::Isa::Avx2Fma.name(), "avx2");
+    /// assert_eq!(fastattn_kernels::Isa::Avx2Fma.name(), "avx2");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -54,7 +54,7 @@ impl Isa {
     /// Parses a short name (case-insensitive; `avx2fma` and `avx512f` are accepted too).
     ///
     /// ```
-    /// use kernels::Isa;
+    /// use fastattn_kernels::Isa;
     /// assert_eq!(Isa::from_name("AVX2").unwrap(), Isa::Avx2Fma);
     /// assert!(Isa::from_name("sse9").is_err());
     /// ```
@@ -84,7 +84,7 @@ impl Isa {
     /// Every variant this CPU can run, in increasing order of preference.
     ///
     /// ```
-    /// assert!(kernels::Isa::available().contains(&kernels::Isa::Scalar));
+    /// assert!(fastattn_kernels::Isa::available().contains(&fastattn_kernels::Isa::Scalar));
     /// ```
     pub fn available() -> Vec<Isa> {
         Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
@@ -160,7 +160,7 @@ fn env_choice() -> &'static Result<Option<Isa>> {
 /// choice, or to `FASTATTN_ISA` if that is set). Refuses an ISA the CPU lacks.
 ///
 /// ```
-/// use kernels::{set_isa, current_isa, Isa};
+/// use fastattn_kernels::{set_isa, current_isa, Isa};
 /// set_isa(Some(Isa::Scalar)).unwrap();
 /// assert_eq!(current_isa().unwrap(), Isa::Scalar);
 /// set_isa(None).unwrap();

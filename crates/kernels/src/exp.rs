@@ -47,13 +47,13 @@
 //! ```
 //! let x = [0.0f32, 1.0, -1.0, f32::NEG_INFINITY, 100.0, f32::NAN];
 //! let mut y = [0.0f32; 6];
-//! kernels::exp::exp_slice(&x, &mut y)?;
+//! fastattn_kernels::exp::exp_slice(&x, &mut y)?;
 //! assert_eq!(y[0], 1.0);
 //! assert!((y[1] - std::f32::consts::E).abs() <= 2.0 * f32::EPSILON * std::f32::consts::E);
 //! assert_eq!(y[3], 0.0);
 //! assert_eq!(y[4], f32::INFINITY);
 //! assert!(y[5].is_nan());
-//! # Ok::<(), kernels::KernelError>(())
+//! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
 pub(crate) mod simd;
@@ -199,7 +199,7 @@ pub(crate) unsafe fn exp_stream<S: ExpOps>(src: *const f32, dst: *mut f32, n: us
 /// variants, in plain f32 arithmetic (unfused multiply-adds), for one value.
 ///
 /// ```
-/// use kernels::exp::exp_scalar;
+/// use fastattn_kernels::exp::exp_scalar;
 /// assert_eq!(exp_scalar(0.0), 1.0);
 /// assert_eq!(exp_scalar(f32::NEG_INFINITY), 0.0);
 /// assert_eq!(exp_scalar(89.0), f32::INFINITY);
@@ -217,7 +217,7 @@ pub fn exp_scalar(x: f32) -> f32 {
 /// ulp). The accuracy tests measure every variant against it.
 ///
 /// ```
-/// assert_eq!(kernels::exp::exp_ref(0.0), 1.0);
+/// assert_eq!(fastattn_kernels::exp::exp_ref(0.0), 1.0);
 /// ```
 pub fn exp_ref(x: f32) -> f64 {
     (x as f64).exp()
@@ -253,9 +253,9 @@ impl IsaKernel for ExpSlice<'_> {
 ///
 /// ```
 /// let mut y = [0.0f32; 3];
-/// kernels::exp::exp_slice(&[0.0, f32::NEG_INFINITY, f32::INFINITY], &mut y)?;
+/// fastattn_kernels::exp::exp_slice(&[0.0, f32::NEG_INFINITY, f32::INFINITY], &mut y)?;
 /// assert_eq!(y, [1.0, 0.0, f32::INFINITY]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn exp_slice(x: &[f32], out: &mut [f32]) -> Result<()> {
     exp_slice_with(current_isa()?, x, out)
@@ -268,11 +268,11 @@ pub fn exp_slice(x: &[f32], out: &mut [f32]) -> Result<()> {
 /// the CPU lacks `isa`.
 ///
 /// ```
-/// use kernels::{exp::exp_slice_with, Isa};
+/// use fastattn_kernels::{exp::exp_slice_with, Isa};
 /// let mut y = [0.0f32; 2];
 /// exp_slice_with(Isa::Scalar, &[0.0, -1e9], &mut y)?;
 /// assert_eq!(y, [1.0, 0.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn exp_slice_with(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
     isa.check()?;
@@ -299,10 +299,10 @@ pub fn exp_slice_with(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
 ///
 /// ```
 /// let mut x = [0.0f32, f32::NAN];
-/// kernels::exp::exp_inplace(&mut x)?;
+/// fastattn_kernels::exp::exp_inplace(&mut x)?;
 /// assert_eq!(x[0], 1.0);
 /// assert!(x[1].is_nan());
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn exp_inplace(x: &mut [f32]) -> Result<()> {
     exp_inplace_with(current_isa()?, x)
@@ -314,11 +314,11 @@ pub fn exp_inplace(x: &mut [f32]) -> Result<()> {
 /// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
 ///
 /// ```
-/// use kernels::{exp::exp_inplace_with, Isa};
+/// use fastattn_kernels::{exp::exp_inplace_with, Isa};
 /// let mut x = [0.0f32; 5];
 /// exp_inplace_with(Isa::Portable, &mut x)?;
 /// assert_eq!(x, [1.0; 5]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn exp_inplace_with(isa: Isa, x: &mut [f32]) -> Result<()> {
     isa.check()?;

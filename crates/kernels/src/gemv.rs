@@ -305,14 +305,14 @@ fn contiguous_rows(op: &'static str, what: &str, cs: usize) -> Result<()> {
 /// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
 ///
 /// ```
-/// use kernels::{gemv::dot_rows_with, Isa, MatRef, MatMut};
+/// use fastattn_kernels::{gemv::dot_rows_with, Isa, MatRef, MatMut};
 /// let q = [1.0, 2.0];
 /// let k = [1.0, 1.0, 0.0, 3.0, 2.0, 0.5];
 /// let mut s = [0.0; 3];
 /// dot_rows_with(Isa::best(), 1.0, MatRef::row_major(&q, 1, 2)?, MatRef::row_major(&k, 3, 2)?,
 ///               MatMut::row_major(&mut s, 1, 3)?)?;
 /// assert_eq!(s, [3.0, 6.0, 3.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn dot_rows_with(
     isa: Isa,

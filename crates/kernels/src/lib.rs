@@ -11,14 +11,14 @@
 //! compare it against, and every variant the CPU can run is tested directly.
 //!
 //! ```
-//! use kernels::gemm::{gemm, MatRef, MatMut};
+//! use fastattn_kernels::gemm::{gemm, MatRef, MatMut};
 //! let a = vec![1.0f32; 64 * 32];
 //! let b = vec![0.5f32; 32 * 16];
 //! let mut c = vec![0.0f32; 64 * 16];
 //! gemm(1.0, MatRef::row_major(&a, 64, 32)?, MatRef::row_major(&b, 32, 16)?, 0.0,
 //!      MatMut::row_major(&mut c, 64, 16)?)?;
 //! assert!(c.iter().all(|&x| x == 16.0));
-//! # Ok::<(), kernels::KernelError>(())
+//! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
 mod buffer;

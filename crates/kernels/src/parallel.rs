@@ -106,7 +106,7 @@ impl Drop for RestorePool {
 /// ```
 /// use std::sync::Arc;
 /// let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap());
-/// let n = kernels::parallel::with_pool(&pool, kernels::parallel::current_threads);
+/// let n = fastattn_kernels::parallel::with_pool(&pool, fastattn_kernels::parallel::current_threads);
 /// assert_eq!(n, 3);
 /// ```
 pub fn with_pool<R>(pool: &Arc<rayon::ThreadPool>, f: impl FnOnce() -> R) -> R {
@@ -129,9 +129,9 @@ pub fn current_threads() -> usize {
         .max(1)
 }
 
-/// Runs `task(t)` for every `t` in `0..ntasks` on up to `threads` threads (see
-/// [`team`]); returns when all have run. Tasks may run parallel regions of their own
-/// (nested teams).
+/// Runs `task(t)` for every `t` in `0..ntasks` on up to `threads` threads, the calling
+/// one included, as a team (see the [module docs](self)); returns when all have run.
+/// Tasks may run parallel regions of their own (nested teams).
 ///
 /// Which task runs on which thread varies from call to call, so a task must write only
 /// what no other task touches; the result is then independent of `threads`.
@@ -139,7 +139,7 @@ pub fn current_threads() -> usize {
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 /// let sum = AtomicUsize::new(0);
-/// kernels::parallel::for_each(2, 100, |t| {
+/// fastattn_kernels::parallel::for_each(2, 100, |t| {
 ///     sum.fetch_add(t, Ordering::Relaxed);
 /// });
 /// assert_eq!(sum.into_inner(), 4950);
@@ -153,7 +153,7 @@ pub fn for_each(threads: usize, ntasks: usize, task: impl Fn(usize) + Sync) {
 /// failed, tasks not yet started are skipped.
 ///
 /// ```
-/// let r = kernels::parallel::try_for_each(2, 10, |t| if t % 4 == 3 { Err(t) } else { Ok(()) });
+/// let r = fastattn_kernels::parallel::try_for_each(2, 10, |t| if t % 4 == 3 { Err(t) } else { Ok(()) });
 /// assert_eq!(r, Err(3));
 /// ```
 ///
@@ -189,7 +189,7 @@ pub fn try_for_each<E: Send>(
 ///
 /// ```
 /// let mut v = vec![0usize; 10];
-/// kernels::parallel::for_each_chunk_mut(2, &mut v, 3, |i, c| c.fill(i));
+/// fastattn_kernels::parallel::for_each_chunk_mut(2, &mut v, 3, |i, c| c.fill(i));
 /// assert_eq!(v, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]);
 /// ```
 pub fn for_each_chunk_mut<T: Send>(
@@ -229,7 +229,7 @@ pub fn try_for_each_chunk_mut<T: Send, E: Send>(
 ///
 /// ```
 /// let (mut a, mut b) = (vec![0u8; 4], vec![0u32; 6]);
-/// let r = kernels::parallel::try_for_each_chunk_mut2(2, &mut a, 2, &mut b, 3, |i, x, y| {
+/// let r = fastattn_kernels::parallel::try_for_each_chunk_mut2(2, &mut a, 2, &mut b, 3, |i, x, y| {
 ///     x.fill(i as u8);
 ///     y.fill(10 + i as u32);
 ///     Ok::<(), ()>(())

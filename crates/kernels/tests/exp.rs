@@ -1,11 +1,11 @@
 //! The vector exp of every variant the CPU runs, against `f64::exp`: a dense sweep of the
 //! whole f32 range with the max ulp error asserted, the edge values, and tails.
 
-use kernels::exp::{
+use fastattn_kernels::exp::{
     exp_inplace, exp_inplace_with, exp_ref, exp_scalar, exp_slice, exp_slice_with, EXP_OVERFLOW,
     EXP_UNDERFLOW, MAX_ULP_ERROR,
 };
-use kernels::{current_isa, Isa, KernelError};
+use fastattn_kernels::{current_isa, Isa, KernelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;

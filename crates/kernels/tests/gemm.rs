@@ -1,7 +1,7 @@
 //! Every GEMM variant the CPU can run against the f64 reference.
 
-use kernels::gemm::{block_sizes, gemm_with_a_read, reference::gemm_ref, tile_of, ARead};
-use kernels::{gemm_with, Isa, KernelError, MatMut, MatRef, Parallelism};
+use fastattn_kernels::gemm::{block_sizes, gemm_with_a_read, reference::gemm_ref, tile_of, ARead};
+use fastattn_kernels::{gemm_with, Isa, KernelError, MatMut, MatRef, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -403,7 +403,7 @@ fn gemm_inside_rayon_tasks_does_not_deadlock() {
     let a = rand_vec(&mut rng, m * k);
     let b = rand_vec(&mut rng, k * n);
     let mut want = vec![0.0; m * n];
-    kernels::gemm(
+    fastattn_kernels::gemm(
         1.0,
         MatRef::row_major(&a, m, k).unwrap(),
         MatRef::row_major(&b, k, n).unwrap(),
@@ -415,7 +415,7 @@ fn gemm_inside_rayon_tasks_does_not_deadlock() {
         .into_par_iter()
         .map(|_| {
             let mut c = vec![0.0; m * n];
-            kernels::gemm(
+            fastattn_kernels::gemm(
                 1.0,
                 MatRef::row_major(&a, m, k).unwrap(),
                 MatRef::row_major(&b, k, n).unwrap(),
@@ -502,7 +502,7 @@ fn raw_sgemm_supports_negative_strides() {
     let mut c = vec![0.0; m * n];
     // SAFETY: the view starts at the last row and steps back by k: all inside `a`.
     unsafe {
-        kernels::sgemm(
+        fastattn_kernels::sgemm(
             m,
             k,
             n,
@@ -526,7 +526,7 @@ fn raw_sgemm_supports_negative_strides() {
 
 #[test]
 fn gemm_packed_b_matches_ref_for_every_variant_and_a_layout() {
-    use kernels::gemm::packed::{gemm_packed_b, PackedB};
+    use fastattn_kernels::gemm::packed::{gemm_packed_b, PackedB};
     let mut seed = 900;
     for isa in variants() {
         let (mr, nr) = tile_of(isa);

@@ -1,7 +1,7 @@
 //! Decode kernels (dot_rows, axpy_rows) of every variant against their f64 references.
 
-use kernels::gemv::{axpy_rows_ref, axpy_rows_with, dot_rows_ref, dot_rows_with};
-use kernels::{Isa, KernelError, MatMut, MatRef};
+use fastattn_kernels::gemv::{axpy_rows_ref, axpy_rows_with, dot_rows_ref, dot_rows_with};
+use fastattn_kernels::{Isa, KernelError, MatMut, MatRef};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

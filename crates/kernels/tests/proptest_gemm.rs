@@ -6,10 +6,10 @@
 //! Failures print the proptest seed and the shrunk case; rerun one with
 //! `PROPTEST_CASES=1` and the printed values.
 
-use kernels::gemm::packed::{gemm_packed_b, PackedB};
-use kernels::gemm::reference::gemm_ref;
-use kernels::gemv::{axpy_rows_ref, axpy_rows_with, dot_rows_ref, dot_rows_with};
-use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
+use fastattn_kernels::gemm::packed::{gemm_packed_b, PackedB};
+use fastattn_kernels::gemm::reference::gemm_ref;
+use fastattn_kernels::gemv::{axpy_rows_ref, axpy_rows_with, dot_rows_ref, dot_rows_with};
+use fastattn_kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -301,7 +301,7 @@ fn packed_case() -> impl Strategy<Value = PackedCase> {
     )
         .prop_map(
             |((m, k, fk, n, fp, fn_), (la, lb, lc), (alpha, beta, isa, seed))| {
-                let nr = kernels::gemm::tile_of(isa).1;
+                let nr = fastattn_kernels::gemm::tile_of(isa).1;
                 let k_used = ((k as f64) * fk) as usize;
                 let panel = ((n.div_ceil(nr) as f64) * fp) as usize;
                 let col0 = (panel * nr).min(n);
@@ -327,7 +327,7 @@ fn packed_case() -> impl Strategy<Value = PackedCase> {
 
 fn run_packed_case(c: &PackedCase) -> Result<(), TestCaseError> {
     let mut rng = StdRng::seed_from_u64(c.seed);
-    let nr = kernels::gemm::tile_of(c.isa).1;
+    let nr = fastattn_kernels::gemm::tile_of(c.isa).1;
     let col0 = c.panel * nr;
     let (a, rsa, csa) = input(&mut rng, c.m, c.k_used, c.la, false, 0, false);
     let (b, rsb, csb) = input(&mut rng, c.k, c.n, c.lb, false, 0, false);

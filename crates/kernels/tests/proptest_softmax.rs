@@ -2,12 +2,12 @@
 //! the f64 references over random row lengths, row counts, scales, masks (broadcast and
 //! per-row, with −inf entries), causal limits, special values, variants and parallelism.
 
-use kernels::softmax::reference::{log_softmax_ref, logits_ref, softmax_ref};
-use kernels::softmax::{
+use fastattn_kernels::softmax::reference::{log_softmax_ref, logits_ref, softmax_ref};
+use fastattn_kernels::softmax::{
     log_softmax_inplace_with, log_softmax_row_with, log_softmax_with, softmax_inplace_with,
     softmax_row_with, softmax_with, RowOptions,
 };
-use kernels::{Isa, Parallelism};
+use fastattn_kernels::{Isa, Parallelism};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -2,16 +2,16 @@
 //! against the f64 references: the row lengths, huge and tiny logits, masks, causal
 //! limits, the edge semantics, parallel splits, and online merges against one-shot rows.
 
-use kernels::softmax::online::{
+use fastattn_kernels::softmax::online::{
     exp_row_update, finish, merge, rescale, rescale_factor, OnlineState,
 };
-use kernels::softmax::reference::{log_softmax_ref, logits_ref, softmax_ref};
-use kernels::softmax::{
+use fastattn_kernels::softmax::reference::{log_softmax_ref, logits_ref, softmax_ref};
+use fastattn_kernels::softmax::{
     log_softmax, log_softmax_inplace, log_softmax_inplace_with, log_softmax_row_with,
     log_softmax_with, softmax, softmax_inplace, softmax_inplace_with, softmax_row_with,
     softmax_with, RowOptions, PAR_MIN_ELEMENTS,
 };
-use kernels::{current_isa, Isa, KernelError, Parallelism};
+use fastattn_kernels::{current_isa, Isa, KernelError, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// `target/<profile>/deps`, where the test binaries live. When cargo builds this package's
-/// lib for the tests, its `libfastattn.a` / `libfastattn.so` land here too (cargo copies
+/// lib for the tests, its `libfastattn_capi.a` / `libfastattn_capi.so` land here too (cargo copies
 /// them up to `target/<profile>/` only for `cargo build`).
 pub fn deps_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");

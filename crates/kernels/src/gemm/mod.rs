@@ -66,7 +66,7 @@ pub const PAR_MIN_FLOPS: usize = 1 << 21;
 /// The microkernel tile `(MR, NR)` a variant uses.
 ///
 /// ```
-/// let (mr, nr) = kernels::gemm::tile_of(kernels::Isa::Scalar);
+/// let (mr, nr) = fastattn_kernels::gemm::tile_of(fastattn_kernels::Isa::Scalar);
 /// assert_eq!((mr, nr), (4, 4));
 /// ```
 pub fn tile_of(isa: Isa) -> (usize, usize) {
@@ -139,7 +139,7 @@ pub fn block_sizes(isa: Isa) -> BlockSizes {
 /// let a = [1.0f32, 2.0, 3.0, 4.0]; // 2×2 row-major
 /// let mut c = [0.0f32; 4];
 /// // SAFETY: all three are 2×2 row-major arrays of 4 elements.
-/// unsafe { kernels::sgemm(2, 2, 2, 1.0, a.as_ptr(), 2, 1, a.as_ptr(), 2, 1, 0.0, c.as_mut_ptr(), 2, 1) };
+/// unsafe { fastattn_kernels::sgemm(2, 2, 2, 1.0, a.as_ptr(), 2, 1, a.as_ptr(), 2, 1, 0.0, c.as_mut_ptr(), 2, 1) };
 /// assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
 /// ```
 #[allow(clippy::too_many_arguments)]
@@ -775,7 +775,7 @@ impl<'a> MatRef<'a> {
     /// A dense row-major view (`rs = cols`, `cs = 1`).
     ///
     /// ```
-    /// let a = kernels::gemm::MatRef::row_major(&[1.0, 2.0, 3.0], 1, 3).unwrap();
+    /// let a = fastattn_kernels::gemm::MatRef::row_major(&[1.0, 2.0, 3.0], 1, 3).unwrap();
     /// assert_eq!(a.get(0, 2), 3.0);
     /// ```
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
@@ -939,14 +939,14 @@ impl<'a> MatMut<'a> {
 /// [`KernelError::UnsupportedIsa`] if `FASTATTN_ISA` forces an ISA this CPU lacks.
 ///
 /// ```
-/// use kernels::gemm::{gemm, MatRef, MatMut};
+/// use fastattn_kernels::gemm::{gemm, MatRef, MatMut};
 /// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2×3
 /// let mut c = [0.0; 4];
 /// // C = A·Aᵀ
 /// gemm(1.0, MatRef::row_major(&a, 2, 3)?, MatRef::row_major(&a, 2, 3)?.t(), 0.0,
 ///      MatMut::row_major(&mut c, 2, 2)?)?;
 /// assert_eq!(c, [14.0, 32.0, 32.0, 77.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
     gemm_with(current_isa()?, Parallelism::Rayon, alpha, a, b, beta, c)

@@ -12,15 +12,15 @@ use crate::error::{KernelError, Result};
 /// refilled block after block without allocating.
 ///
 /// ```
-/// use kernels::gemm::{packed::{PackedB, gemm_packed_b}, MatRef, MatMut};
-/// let isa = kernels::Isa::best();
+/// use fastattn_kernels::gemm::{packed::{PackedB, gemm_packed_b}, MatRef, MatMut};
+/// let isa = fastattn_kernels::Isa::best();
 /// let b = [1.0f32, 2.0, 3.0, 4.0]; // 2×2
 /// let mut pb = PackedB::new(isa)?;
 /// pb.pack(MatRef::row_major(&b, 2, 2)?)?;
 /// let mut c = [0.0f32; 4];
 /// gemm_packed_b(1.0, MatRef::row_major(&b, 2, 2)?, &pb, 0, 0.0, MatMut::row_major(&mut c, 2, 2)?)?;
 /// assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 #[derive(Clone)]
 pub struct PackedB {

@@ -162,7 +162,7 @@ pub fn block_sizes_for(mr: usize, nr: usize, caches: CacheSizes) -> BlockSizes {
 /// 2.8% at 2 KiB, tie at 4 KiB, win by 0.8% at 8 KiB.
 ///
 /// ```
-/// use kernels::gemm::params::{rows_crowd_l1, CacheSizes};
+/// use fastattn_kernels::gemm::params::{rows_crowd_l1, CacheSizes};
 /// let xeon = CacheSizes { l1d: 48 << 10, l1d_ways: 12, ..CacheSizes::default() };
 /// assert!(!rows_crowd_l1(512, 12, &xeon)); // 2 KiB: 6 rows a set of 12 ways
 /// assert!(rows_crowd_l1(1024, 12, &xeon)); // 4 KiB: all 12 in one set

@@ -7,7 +7,7 @@ use super::{MatMut, MatRef};
 /// (the views were checked when they were built); mismatches panic.
 ///
 /// ```
-/// use kernels::gemm::{MatRef, MatMut, reference::gemm_ref};
+/// use fastattn_kernels::gemm::{MatRef, MatMut, reference::gemm_ref};
 /// let a = [1.0, 2.0, 3.0, 4.0];
 /// let b = [1.0, 0.0, 0.0, 1.0];
 /// let mut c = [f32::NAN; 4];

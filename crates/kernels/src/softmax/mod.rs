@@ -43,12 +43,12 @@
 //! so results are bit-identical at any thread count. A single row is never split.
 //!
 //! ```
-//! use kernels::softmax::softmax_inplace;
+//! use fastattn_kernels::softmax::softmax_inplace;
 //! let mut x = vec![1.0f32, 2.0, 3.0, 1e4, 1e4, -1e4];
 //! softmax_inplace(&mut x, 3)?;
 //! assert!((x[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
 //! assert_eq!(&x[3..], &[0.5, 0.5, 0.0]);
-//! # Ok::<(), kernels::KernelError>(())
+//! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
 pub(crate) mod kernel;
@@ -81,7 +81,7 @@ const PAR_TASK_ELEMENTS: usize = 1 << 14;
 ///   keys (`c = 0` is the square lower-triangular mask).
 ///
 /// ```
-/// use kernels::softmax::RowOptions;
+/// use fastattn_kernels::softmax::RowOptions;
 /// let mask = [0.0, f32::NEG_INFINITY, 0.0];
 /// let opts = RowOptions::new().with_scale(0.125).with_mask(&mask);
 /// assert_eq!(opts.scale, 0.125);
@@ -347,14 +347,14 @@ fn check_row_mask(op: &'static str, n: usize, opts: &RowOptions<'_>) -> Result<(
 /// if the mask length is not `row.len()`.
 ///
 /// ```
-/// use kernels::softmax::{softmax_row_with, RowOptions};
-/// use kernels::Isa;
+/// use fastattn_kernels::softmax::{softmax_row_with, RowOptions};
+/// use fastattn_kernels::Isa;
 /// let mut scores = [2.0f32, 2.0, 50.0, -3.0];
 /// let mask = [0.0, 0.0, f32::NEG_INFINITY, 0.0];
 /// let opts = RowOptions::new().with_scale(0.5).with_mask(&mask).with_causal_limit(2);
 /// softmax_row_with(Isa::best(), &mut scores, &opts)?;
 /// assert_eq!(scores, [0.5, 0.5, 0.0, 0.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn softmax_row_with(isa: Isa, row: &mut [f32], opts: &RowOptions<'_>) -> Result<()> {
     row_with("softmax_row", Mode::Softmax, isa, row, opts)
@@ -367,11 +367,11 @@ pub fn softmax_row_with(isa: Isa, row: &mut [f32], opts: &RowOptions<'_>) -> Res
 /// As [`softmax_row_with`].
 ///
 /// ```
-/// use kernels::softmax::{log_softmax_row_with, RowOptions};
+/// use fastattn_kernels::softmax::{log_softmax_row_with, RowOptions};
 /// let mut x = [0.0f32, 0.0];
-/// log_softmax_row_with(kernels::Isa::Scalar, &mut x, &RowOptions::new())?;
+/// log_softmax_row_with(fastattn_kernels::Isa::Scalar, &mut x, &RowOptions::new())?;
 /// assert!(x.iter().all(|&v| (v + std::f32::consts::LN_2).abs() < 1e-6));
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn log_softmax_row_with(isa: Isa, row: &mut [f32], opts: &RowOptions<'_>) -> Result<()> {
     row_with("log_softmax_row", Mode::LogSoftmax, isa, row, opts)
@@ -415,10 +415,10 @@ fn row_with(
 ///
 /// ```
 /// let mut x = [f32::NEG_INFINITY; 4];
-/// kernels::softmax::softmax_inplace(&mut x, 2)?; // fully masked rows
+/// fastattn_kernels::softmax::softmax_inplace(&mut x, 2)?; // fully masked rows
 /// assert_eq!(x, [0.0; 4]);
-/// assert!(kernels::softmax::softmax_inplace(&mut [0.0; 5], 2).is_err());
-/// # Ok::<(), kernels::KernelError>(())
+/// assert!(fastattn_kernels::softmax::softmax_inplace(&mut [0.0; 5], 2).is_err());
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn softmax_inplace(x: &mut [f32], row_len: usize) -> Result<()> {
     softmax_inplace_with(
@@ -438,14 +438,14 @@ pub fn softmax_inplace(x: &mut [f32], row_len: usize) -> Result<()> {
 /// [`KernelError::ShapeMismatch`] if the mask holds neither `row_len` nor `x.len()` values.
 ///
 /// ```
-/// use kernels::softmax::{softmax_inplace_with, RowOptions};
-/// use kernels::{Isa, Parallelism};
+/// use fastattn_kernels::softmax::{softmax_inplace_with, RowOptions};
+/// use fastattn_kernels::{Isa, Parallelism};
 /// // Causal 3×3: row i sees columns 0..=i.
 /// let mut x = [0.0f32; 9];
 /// let opts = RowOptions::new().with_causal_limit(0);
 /// softmax_inplace_with(Isa::best(), Parallelism::Sequential, &mut x, 3, &opts)?;
 /// assert_eq!(x[..6], [1.0, 0.0, 0.0, 0.5, 0.5, 0.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn softmax_inplace_with(
     isa: Isa,
@@ -474,9 +474,9 @@ pub fn softmax_inplace_with(
 /// ```
 /// let x = [0.0f32, 0.0, 0.0, 0.0];
 /// let mut p = [9.0f32; 4];
-/// kernels::softmax::softmax(&x, &mut p, 4)?;
+/// fastattn_kernels::softmax::softmax(&x, &mut p, 4)?;
 /// assert_eq!(p, [0.25; 4]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn softmax(x: &[f32], out: &mut [f32], row_len: usize) -> Result<()> {
     softmax_with(
@@ -496,15 +496,15 @@ pub fn softmax(x: &[f32], out: &mut [f32], row_len: usize) -> Result<()> {
 /// `out.len() != x.len()`.
 ///
 /// ```
-/// use kernels::softmax::{softmax_with, RowOptions};
-/// use kernels::{Isa, Parallelism};
+/// use fastattn_kernels::softmax::{softmax_with, RowOptions};
+/// use fastattn_kernels::{Isa, Parallelism};
 /// let x = [1.0f32, 1.0, 1.0];
 /// let mut p = [0.0f32; 3];
 /// let mask = [0.0, 0.0, f32::NEG_INFINITY];
 /// softmax_with(Isa::Scalar, Parallelism::Sequential, &x, &mut p, 3,
 ///              &RowOptions::new().with_mask(&mask))?;
 /// assert_eq!(p, [0.5, 0.5, 0.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn softmax_with(
     isa: Isa,
@@ -534,11 +534,11 @@ pub fn softmax_with(
 ///
 /// ```
 /// let mut x = [0.0f32, 0.0, 1e4, -1e4];
-/// kernels::softmax::log_softmax_inplace(&mut x, 2)?;
+/// fastattn_kernels::softmax::log_softmax_inplace(&mut x, 2)?;
 /// assert!((x[0] + std::f32::consts::LN_2).abs() < 1e-6);
 /// assert_eq!(x[2], 0.0);
 /// assert_eq!(x[3], -2e4);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn log_softmax_inplace(x: &mut [f32], row_len: usize) -> Result<()> {
     log_softmax_inplace_with(
@@ -557,13 +557,13 @@ pub fn log_softmax_inplace(x: &mut [f32], row_len: usize) -> Result<()> {
 /// As [`softmax_inplace_with`].
 ///
 /// ```
-/// use kernels::softmax::{log_softmax_inplace_with, RowOptions};
-/// use kernels::{Isa, Parallelism};
+/// use fastattn_kernels::softmax::{log_softmax_inplace_with, RowOptions};
+/// use fastattn_kernels::{Isa, Parallelism};
 /// let mut x = [3.0f32, 3.0, 3.0, 3.0];
 /// let opts = RowOptions::new().with_causal_limit(1);
 /// log_softmax_inplace_with(Isa::Portable, Parallelism::Sequential, &mut x, 4, &opts)?;
 /// assert_eq!(x[2..], [f32::NEG_INFINITY, f32::NEG_INFINITY]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn log_softmax_inplace_with(
     isa: Isa,
@@ -592,9 +592,9 @@ pub fn log_softmax_inplace_with(
 /// ```
 /// let x = [5.0f32; 8];
 /// let mut y = [0.0f32; 8];
-/// kernels::softmax::log_softmax(&x, &mut y, 8)?;
+/// fastattn_kernels::softmax::log_softmax(&x, &mut y, 8)?;
 /// assert!(y.iter().all(|&v| (v + 8f32.ln()).abs() < 1e-6));
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn log_softmax(x: &[f32], out: &mut [f32], row_len: usize) -> Result<()> {
     log_softmax_with(
@@ -614,14 +614,14 @@ pub fn log_softmax(x: &[f32], out: &mut [f32], row_len: usize) -> Result<()> {
 /// As [`softmax_with`].
 ///
 /// ```
-/// use kernels::softmax::{log_softmax_with, RowOptions};
-/// use kernels::{Isa, Parallelism};
+/// use fastattn_kernels::softmax::{log_softmax_with, RowOptions};
+/// use fastattn_kernels::{Isa, Parallelism};
 /// let x = [1.0f32, 2.0];
 /// let mut y = [0.0f32; 2];
 /// log_softmax_with(Isa::Scalar, Parallelism::Rayon, &x, &mut y, 2,
 ///                  &RowOptions::new().with_scale(0.0))?;
 /// assert!(y.iter().all(|&v| (v + std::f32::consts::LN_2).abs() < 1e-6));
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn log_softmax_with(
     isa: Isa,

@@ -28,8 +28,8 @@
 //!   factor, sum and output is NaN.
 //!
 //! ```
-//! use kernels::softmax::online::{exp_row_update, finish, rescale, OnlineState};
-//! use kernels::Isa;
+//! use fastattn_kernels::softmax::online::{exp_row_update, finish, rescale, OnlineState};
+//! use fastattn_kernels::Isa;
 //! let isa = Isa::best();
 //! // One query row against two key tiles of values v = [1, 2] and [3, 4] (head_dim 1).
 //! let tiles = [([0.5f32, 1.5], [1.0f32, 2.0]), ([4.0, -1.0], [3.0, 4.0])];
@@ -45,10 +45,10 @@
 //! finish(&mut out, st);
 //! // The same with a one-shot softmax.
 //! let mut p = [0.5f32, 1.5, 4.0, -1.0];
-//! kernels::softmax::softmax_inplace(&mut p, 4)?;
+//! fastattn_kernels::softmax::softmax_inplace(&mut p, 4)?;
 //! let want = p[0] * 1.0 + p[1] * 2.0 + p[2] * 3.0 + p[3] * 4.0;
 //! assert!((out[0] - want).abs() < 1e-5);
-//! # Ok::<(), kernels::KernelError>(())
+//! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
 use super::kernel::{exp_sum, max_logit, scale_in_place};
@@ -61,7 +61,7 @@ use crate::exp::simd::{dispatch, ExpOps, IsaKernel};
 /// exps relative to that max.
 ///
 /// ```
-/// use kernels::softmax::online::OnlineState;
+/// use fastattn_kernels::softmax::online::OnlineState;
 /// let st = OnlineState::default();
 /// assert_eq!(st, OnlineState::EMPTY);
 /// assert_eq!(st.log_sum_exp(), f32::NEG_INFINITY);
@@ -92,7 +92,7 @@ impl OnlineState {
     /// ([`rescale`]); `ℓ ← α·ℓ + tile_sum`, `m ← new_max`.
     ///
     /// ```
-    /// use kernels::softmax::online::OnlineState;
+    /// use fastattn_kernels::softmax::online::OnlineState;
     /// let mut st = OnlineState::EMPTY;
     /// assert_eq!(st.advance(2.0, 1.5), 0.0); // nothing to rescale yet
     /// assert_eq!(st.advance(2.0, 1.0), 1.0); // the max did not move
@@ -113,7 +113,7 @@ impl OnlineState {
     /// empty state with weights 0; a NaN max gives a NaN state and NaN weights.
     ///
     /// ```
-    /// use kernels::softmax::online::OnlineState;
+    /// use fastattn_kernels::softmax::online::OnlineState;
     /// let a = OnlineState { max: 1.0, sum: 2.0 };
     /// let (m, wa, wb) = a.merge_weights(OnlineState::EMPTY);
     /// assert_eq!((m, wa, wb), (a, 1.0, 0.0));
@@ -143,7 +143,7 @@ impl OnlineState {
     /// split): −inf for the empty state.
     ///
     /// ```
-    /// use kernels::softmax::online::OnlineState;
+    /// use fastattn_kernels::softmax::online::OnlineState;
     /// let st = OnlineState { max: 3.0, sum: 1.0 };
     /// assert_eq!(st.log_sum_exp(), 3.0);
     /// ```
@@ -168,7 +168,7 @@ impl Default for OnlineState {
 /// `prev_max` is −inf and `new_max` is not, and NaN when either is NaN.
 ///
 /// ```
-/// use kernels::softmax::online::rescale_factor;
+/// use fastattn_kernels::softmax::online::rescale_factor;
 /// assert_eq!(rescale_factor(f32::NEG_INFINITY, f32::NEG_INFINITY), 1.0);
 /// assert_eq!(rescale_factor(f32::NEG_INFINITY, 0.0), 0.0);
 /// assert_eq!(rescale_factor(0.0, 0.0), 1.0);
@@ -237,15 +237,15 @@ impl IsaKernel for RowUpdate<'_> {
 /// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
 ///
 /// ```
-/// use kernels::softmax::online::exp_row_update;
-/// use kernels::Isa;
+/// use fastattn_kernels::softmax::online::exp_row_update;
+/// use fastattn_kernels::Isa;
 /// let mut row = [1.0f32, 3.0, f32::NEG_INFINITY];
 /// let (m, l) = exp_row_update(Isa::Scalar, &mut row, 1.0, 2.0)?;
 /// assert_eq!(m, 3.0);
 /// assert_eq!(row[1], 1.0);
 /// assert_eq!(row[2], 0.0);
 /// assert!((l - (1.0 + (-2.0f32).exp())).abs() < 1e-6);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn exp_row_update(isa: Isa, row: &mut [f32], scale: f32, prev_max: f32) -> Result<(f32, f32)> {
     isa.check()?;
@@ -285,9 +285,9 @@ impl IsaKernel for Rescale<'_> {
 ///
 /// ```
 /// let mut o = [2.0f32, 4.0, 6.0];
-/// kernels::softmax::online::rescale(kernels::Isa::best(), &mut o, 0.5)?;
+/// fastattn_kernels::softmax::online::rescale(fastattn_kernels::Isa::best(), &mut o, 0.5)?;
 /// assert_eq!(o, [1.0, 2.0, 3.0]);
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn rescale(isa: Isa, out_row: &mut [f32], factor: f32) -> Result<()> {
     isa.check()?;
@@ -309,7 +309,7 @@ pub fn rescale(isa: Isa, out_row: &mut [f32], factor: f32) -> Result<()> {
 /// [`KernelError::ShapeMismatch`] if the three rows differ in length.
 ///
 /// ```
-/// use kernels::softmax::online::{finish, merge, OnlineState};
+/// use fastattn_kernels::softmax::online::{finish, merge, OnlineState};
 /// // Scores [0, ln 3] split in two halves; values 1 and 2.
 /// let a = OnlineState { max: 0.0, sum: 1.0 };
 /// let b = OnlineState { max: 3f32.ln(), sum: 1.0 };
@@ -317,7 +317,7 @@ pub fn rescale(isa: Isa, out_row: &mut [f32], factor: f32) -> Result<()> {
 /// let st = merge(a, &[1.0], b, &[2.0], &mut out)?;
 /// finish(&mut out, st);
 /// assert!((out[0] - 1.75).abs() < 1e-6); // 0.25·1 + 0.75·2
-/// # Ok::<(), kernels::KernelError>(())
+/// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
 pub fn merge(
     a: OnlineState,
@@ -348,7 +348,7 @@ pub fn merge(
 /// gives zeros; a NaN sum gives NaN.
 ///
 /// ```
-/// use kernels::softmax::online::{finish, OnlineState};
+/// use fastattn_kernels::softmax::online::{finish, OnlineState};
 /// let mut o = [3.0f32, 6.0];
 /// finish(&mut o, OnlineState { max: 0.0, sum: 3.0 });
 /// assert_eq!(o, [1.0, 2.0]);

@@ -9,7 +9,7 @@ use super::RowOptions;
 /// `x.len()` values.
 ///
 /// ```
-/// use kernels::softmax::{reference::logits_ref, RowOptions};
+/// use fastattn_kernels::softmax::{reference::logits_ref, RowOptions};
 /// let s = logits_ref(&[1.0, 2.0], 2, &RowOptions::new().with_scale(2.0).with_causal_limit(0));
 /// assert_eq!(s, [2.0, f64::NEG_INFINITY]);
 /// ```
@@ -68,7 +68,7 @@ fn row_stats(s: &[f64]) -> Option<Option<(f64, f64)>> {
 /// with a NaN (or a +inf logit) gives NaN. Panics like [`logits_ref`].
 ///
 /// ```
-/// use kernels::softmax::{reference::softmax_ref, RowOptions};
+/// use fastattn_kernels::softmax::{reference::softmax_ref, RowOptions};
 /// let p = softmax_ref(&[0.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY], 2, &RowOptions::new());
 /// assert_eq!(p, [0.5, 0.5, 0.0, 0.0]);
 /// ```
@@ -92,7 +92,7 @@ pub fn softmax_ref(x: &[f32], row_len: usize, opts: &RowOptions<'_>) -> Vec<f64>
 /// A fully masked row gives −inf, a row with a NaN gives NaN. Panics like [`logits_ref`].
 ///
 /// ```
-/// use kernels::softmax::{reference::log_softmax_ref, RowOptions};
+/// use fastattn_kernels::softmax::{reference::log_softmax_ref, RowOptions};
 /// let y = log_softmax_ref(&[1.0, 1.0], 2, &RowOptions::new());
 /// assert_eq!(y, [-std::f64::consts::LN_2; 2]);
 /// ```
