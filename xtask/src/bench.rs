@@ -258,14 +258,15 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The default: about 0.3 s of samples per implementation, at least 7 rounds, samples
-    /// of about 3 ms.
+    /// The default: about 0.4 s of samples per implementation, at least 11 rounds, samples
+    /// of about 2 ms (more, shorter rounds: each ratio is taken within one round, so more
+    /// rounds steady the median ratio on a noisy host).
     pub const QUICK: Timing = Timing {
         warmup_s: 0.05,
-        min_time_s: 0.3,
-        min_samples: 7,
+        min_time_s: 0.4,
+        min_samples: 11,
         max_samples: 1000,
-        sample_s: 0.003,
+        sample_s: 0.002,
     };
     /// `--full`: about 1 s per implementation, at least 15 rounds.
     pub const FULL: Timing = Timing {
@@ -946,7 +947,7 @@ pub fn reference_gflops(
 #[derive(Args, Debug, Clone, Default)]
 pub struct BenchArgs {
     /// Run every case (adds GEMM 2048 and the slow scalar variant on large GEMMs) with
-    /// longer sampling (about 1 s per implementation instead of 0.3 s, at least 15 rounds).
+    /// longer sampling (about 1 s per implementation instead of 0.4 s, at least 15 rounds).
     #[arg(long)]
     pub full: bool,
 

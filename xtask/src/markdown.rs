@@ -1,10 +1,11 @@
 //! `--markdown`: the performance table the README shows, generated from a run so that its
 //! numbers carry the date, the CPU and the command that reproduces them.
 //!
-//! One row per (case, thread count, implementation): the shape, GFLOP/s (GB/s where the
-//! case counts no flops), the percentage of the peak or bandwidth measured in the same
-//! rotation (`meas. error` where it came out above 100), and the time relative to our
-//! fastest variant, median and min–max over the rounds (> 1: slower).
+//! One row per (case, thread count): our fastest variant with its GFLOP/s (GB/s where the
+//! case counts no flops) and the percentage of the peak or bandwidth measured in the same
+//! rotation (`meas. error` where it came out above 100); then, per peer, its time relative
+//! to that variant, median and min–max over the rounds (> 1: the peer is slower); then our
+//! other variants' relative times. [`table_long`] has one row per implementation.
 
 use crate::report::{Record, Report};
 use std::fmt::Write as _;
@@ -76,10 +77,7 @@ fn ratio(r: &Record) -> String {
     }
 }
 
-/// The Markdown table of `report` with its header line (date, CPU, command) and, below
-/// it, the run's drift and whether torch ran.
-pub fn table(report: &Report) -> String {
-    let mut out = String::new();
+fn header(report: &Report, out: &mut String) {
     let (date, cmd) = report
         .run
         .as_ref()
@@ -92,6 +90,94 @@ pub fn table(report: &Report) -> String {
         report.machine.cpu, report.machine.cores
     );
     out.push('\n');
+}
+
+/// The compact Markdown table of `report` (see the [module docs](self)) with its header
+/// line (date, CPU, command) and, below it, the run's drift and whether torch ran.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    header(report, &mut out);
+    // Peer columns: every peer with a result, in the order of `PEERS`.
+    let peers: Vec<&str> = crate::bench::PEERS
+        .iter()
+        .copied()
+        .filter(|p| report.results.iter().any(|r| r.imp == *p))
+        .collect();
+    out.push_str("| case | shape | threads | ours: best variant | % of limit |");
+    for p in &peers {
+        let _ = write!(out, " {p} |");
+    }
+    out.push_str(" our other variants |\n|---|---|---:|---|---:|");
+    out.push_str(&"---:|".repeat(peers.len()));
+    out.push_str("---|\n");
+    // Rows in the order the run measured them.
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for r in &report.results {
+        let k = (r.id(), r.threads);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for (id, threads) in keys {
+        let rows: Vec<&Record> = report
+            .results
+            .iter()
+            .filter(|r| r.id() == id && r.threads == threads)
+            .collect();
+        let best = rows
+            .iter()
+            .find(|r| r.baseline.as_deref() == Some(r.imp.as_str()))
+            .or_else(|| {
+                rows.iter()
+                    .find(|r| !crate::bench::PEERS.contains(&r.imp.as_str()))
+            });
+        let Some(best) = best else { continue };
+        let _ = write!(
+            out,
+            "| {id} | {} | {threads} | {} {} | {} |",
+            best.shape,
+            best.imp,
+            throughput(best),
+            limit(best)
+        );
+        for p in &peers {
+            match rows.iter().find(|r| r.imp == *p) {
+                Some(r) => {
+                    let _ = write!(out, " {} |", ratio(r));
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        let others: Vec<String> = rows
+            .iter()
+            .filter(|r| r.imp != best.imp && !crate::bench::PEERS.contains(&r.imp.as_str()))
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r.imp,
+                    r.ratio.map_or("–".into(), |m| format!("{m:.2}×"))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            " {} |",
+            if others.is_empty() {
+                "–".into()
+            } else {
+                others.join(", ")
+            }
+        );
+    }
+    footer(report, &mut out);
+    out
+}
+
+/// One row per (case, thread count, implementation), with the same header and footer as
+/// [`table`].
+pub fn table_long(report: &Report) -> String {
+    let mut out = String::new();
+    header(report, &mut out);
     out.push_str(
         "| case | shape | threads | impl | throughput | % of limit | time vs best (min–max) |\n",
     );
@@ -109,6 +195,11 @@ pub fn table(report: &Report) -> String {
             ratio(r)
         );
     }
+    footer(report, &mut out);
+    out
+}
+
+fn footer(report: &Report, out: &mut String) {
     out.push('\n');
     out.push_str(
         "% of limit: of the FMA peak (compute-bound) or the streaming bandwidth \
@@ -130,7 +221,6 @@ pub fn table(report: &Report) -> String {
             _ => {}
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -199,7 +289,7 @@ mod tests {
                 note: Some("No module named 'torch'".into()),
             }),
         };
-        let md = table(&rep);
+        let md = table_long(&rep);
         assert!(
             md.starts_with(
                 "Measured 2026-01-02 03:04 UTC on Test CPU (2 threads) with \
@@ -220,5 +310,16 @@ mod tests {
             md.contains("not available (No module named 'torch')"),
             "{md}"
         );
+        // The compact table: one row for the case, the peer as a column.
+        let short = table(&rep);
+        assert!(
+            short.contains("| case | shape | threads | ours: best variant | % of limit | torch | our other variants |"),
+            "{short}"
+        );
+        assert!(
+            short.contains("| gemm/64 | m=64 k=64 n=64 | 1 | avx2 50.0 GFLOP/s | 50 % peak | 1.25× (1.20–1.30) | – |"),
+            "{short}"
+        );
+        assert_eq!(short.matches("| gemm/64 |").count(), 1, "{short}");
     }
 }
