@@ -22,12 +22,10 @@ fn prefill(c: &mut Criterion) {
             ("flash_causal", true, AttnPath::Flash),
             ("materialized", false, AttnPath::Materialized),
         ] {
-            let opts = SdpaOptions {
-                causal,
-                path,
-                parallelism: Parallelism::Sequential,
-                ..Default::default()
-            };
+            let opts = SdpaOptions::default()
+                .with_causal(causal)
+                .with_path(path)
+                .with_parallelism(Parallelism::Sequential);
             g.bench_with_input(BenchmarkId::new(name, l), &(), |b, _| {
                 b.iter(|| sdpa(t(black_box(&q)), t(&k), t(&v), &opts).unwrap())
             });
@@ -52,10 +50,7 @@ fn decode(c: &mut Criterion) {
         ("1thread", Parallelism::Sequential),
         ("all_threads", Parallelism::Rayon),
     ] {
-        let opts = SdpaOptions {
-            parallelism: par,
-            ..Default::default()
-        };
+        let opts = SdpaOptions::default().with_parallelism(par);
         g.bench_with_input(BenchmarkId::new(name, lk), &(), |b, _| {
             b.iter(|| {
                 sdpa(

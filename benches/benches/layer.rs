@@ -22,10 +22,7 @@ use kernels::Parallelism;
 use std::hint::black_box;
 
 fn causal() -> SdpaOptions<'static> {
-    SdpaOptions {
-        causal: true,
-        ..Default::default()
-    }
+    SdpaOptions::default().with_causal(true)
 }
 
 /// The layer's three calls on a prepared `[rows, W]` QKV buffer.

@@ -764,21 +764,19 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
         attention::TensorRef::new(&buf.data[buf.origin..], dims, st).unwrap()
     }
     let lens_u: Vec<usize> = lens.iter().map(|&n| n as usize).collect();
-    let ropts = attention::SdpaOptions {
-        scale: (opts.scale != 0.0).then_some(opts.scale),
-        causal: opts.causal == 1,
-        mask: (!opts.mask.is_null()).then(|| {
+    let ropts = attention::SdpaOptions::default()
+        .with_scale((opts.scale != 0.0).then_some(opts.scale))
+        .with_causal(opts.causal == 1)
+        .with_mask((!opts.mask.is_null()).then(|| {
             attention::Mask::Additive(
                 attention::TensorRef::new(&mask, [1, 1, lq, lk], [0, 0, lk, 1]).unwrap(),
             )
-        }),
-        kv_lengths: (!opts.kv_lengths.is_null()).then_some(&lens_u[..]),
-        window_left: usize::try_from(opts.window_left).ok(),
-        window_right: usize::try_from(opts.window_right).ok(),
-        alibi_slopes: (!opts.alibi_slopes.is_null()).then_some(&slopes[..]),
-        softcap: (opts.softcap != 0.0).then_some(opts.softcap),
-        ..Default::default()
-    };
+        }))
+        .with_kv_lengths((!opts.kv_lengths.is_null()).then_some(&lens_u[..]))
+        .with_window_left(usize::try_from(opts.window_left).ok())
+        .with_window_right(usize::try_from(opts.window_right).ok())
+        .with_alibi_slopes((!opts.alibi_slopes.is_null()).then_some(&slopes[..]))
+        .with_softcap((opts.softcap != 0.0).then_some(opts.softcap));
     let want = attention::reference::sdpa_ref(
         view(&qb, qd, qs),
         view(&kb, kd, ks),

@@ -204,27 +204,26 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         return Ok(());
     }
     let isa = *u.choose(&Isa::available())?;
-    let opts = SdpaOptions {
-        scale,
-        causal: u.arbitrary()?,
-        mask,
-        kv_lengths: if u.arbitrary()? { Some(&lens) } else { None },
-        window_left: wl,
-        window_right: wr,
-        alibi_slopes: if u.ratio(1u8, 4)? {
+    let opts = SdpaOptions::default()
+        .with_scale(scale)
+        .with_causal(u.arbitrary()?)
+        .with_mask(mask)
+        .with_kv_lengths(if u.arbitrary()? { Some(&lens) } else { None })
+        .with_window_left(wl)
+        .with_window_right(wr)
+        .with_alibi_slopes(if u.ratio(1u8, 4)? {
             Some(&slopes)
         } else {
             None
-        },
-        softcap,
-        path: *u.choose(&[AttnPath::Auto, AttnPath::Flash, AttnPath::Materialized])?,
-        isa: Some(isa),
-        parallelism: if u.arbitrary()? {
+        })
+        .with_softcap(softcap)
+        .with_path(*u.choose(&[AttnPath::Auto, AttnPath::Flash, AttnPath::Materialized])?)
+        .with_isa(Some(isa))
+        .with_parallelism(if u.arbitrary()? {
             Parallelism::Rayon
         } else {
             Parallelism::Sequential
-        },
-    };
+        });
 
     // Outputs.
     let mut ob = vec![SENTINEL; ol];
@@ -240,10 +239,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         v,
         out,
         &opts,
-        SdpaOutputs {
-            weights: want_w.then(|| TensorMut::contiguous(&mut wb, wd).unwrap()),
-            lse: want_lse.then_some(&mut lse[..]),
-        },
+        SdpaOutputs::default()
+            .with_weights(want_w.then(|| TensorMut::contiguous(&mut wb, wd).unwrap()))
+            .with_lse(want_lse.then_some(&mut lse[..])),
     );
     let out_view = TensorRef::new(&ob, od, os).unwrap();
     let mut in_view = vec![false; ob.len()];

@@ -397,11 +397,9 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
                 let (q, k, v) = (q.clone(), k.clone(), v.clone());
                 let mut out = vec![0.0f32; hq * lq * d];
                 let run = move |_threads: usize| {
-                    let opts = attention::SdpaOptions {
-                        causal,
-                        isa: Some(isa),
-                        ..Default::default()
-                    };
+                    let opts = attention::SdpaOptions::default()
+                        .with_causal(causal)
+                        .with_isa(Some(isa));
                     attention::sdpa_into(
                         tensor(&q, [1, hq, lq, d]),
                         tensor(&k, [1, hkv, lk, d]),
@@ -498,10 +496,7 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
                 let layer = attention::MultiHeadAttention::random(cfg, false, 9)
                     .expect("valid layer shape");
                 let x = x.clone();
-                let opts = attention::SdpaOptions {
-                    causal: true,
-                    ..Default::default()
-                };
+                let opts = attention::SdpaOptions::default().with_causal(true);
                 let mut kv = None;
                 if cache > 0 {
                     let mut c = layer.new_cache(1, cache + l).expect("cache fits");

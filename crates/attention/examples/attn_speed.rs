@@ -32,11 +32,7 @@ fn main() {
         if !only.is_empty() && !format!("{path:?}").to_lowercase().starts_with(&only) {
             continue;
         }
-        let opts = SdpaOptions {
-            causal,
-            path,
-            ..Default::default()
-        };
+        let opts = SdpaOptions::default().with_causal(causal).with_path(path);
         let mut times = vec![];
         for _ in 0..5 {
             let s = Instant::now();

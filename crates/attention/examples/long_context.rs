@@ -35,10 +35,7 @@ fn main() {
         TensorRef::contiguous(&k, [1, h, l, d]).unwrap(),
         TensorRef::contiguous(&v, [1, h, l, d]).unwrap(),
         TensorMut::contiguous(&mut out, [1, h, l, d]).unwrap(),
-        &SdpaOptions {
-            causal: true,
-            ..Default::default()
-        },
+        &SdpaOptions::default().with_causal(true),
         SdpaOutputs::default(),
     )
     .unwrap();

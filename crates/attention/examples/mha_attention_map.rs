@@ -42,10 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let l = tokens.len();
-    let causal = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let causal = SdpaOptions::default().with_causal(true);
     let (_y, w) = layer.forward_with_weights(&x, 1, l, &causal)?;
     println!(
         "causal self-attention, d_model = {d_model}, {heads} heads, RoPE, seed {seed}\n\

@@ -51,10 +51,7 @@ fn run(d_model: usize, hq: usize, hkv: usize, prompt: usize, steps: usize) -> Re
     let x: Vec<f32> = (0..prompt * d_model)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
-    let causal = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let causal = SdpaOptions::default().with_causal(true);
     let mut cache = layer.new_cache(1, prompt + steps)?;
 
     let t = Instant::now();

@@ -5,6 +5,7 @@ use std::fmt;
 
 /// Everything an attention call can refuse, each checked before any work is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AttnError {
     /// Shapes of the operands do not agree.
     Shape {

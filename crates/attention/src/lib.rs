@@ -22,7 +22,7 @@
 //! let (b, h, l, d) = (1, 2, 5, 4);
 //! let x: Vec<f32> = (0..b * h * l * d).map(|i| (i % 7) as f32 * 0.1).collect();
 //! let t = TensorRef::contiguous(&x, [b, h, l, d])?;
-//! let out = sdpa(t, t, t, &SdpaOptions { causal: true, ..Default::default() })?;
+//! let out = sdpa(t, t, t, &SdpaOptions::new().with_causal(true))?;
 //! assert_eq!(out.len(), b * h * l * d);
 //! // The first query sees only the first key: its output is that key's value.
 //! assert!((out[0] - x[0]).abs() < 1e-6);
@@ -50,13 +50,30 @@ pub use tensor::{TensorMut, TensorRef};
 
 use options::Problem;
 
-/// Optional extra outputs of [`sdpa_into`].
+/// Optional extra outputs of [`sdpa_into`]: `SdpaOutputs::default()` asks for none; add
+/// them with [`with_weights`](Self::with_weights) and [`with_lse`](Self::with_lse).
+/// `#[non_exhaustive]`, so outputs added later do not break callers.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct SdpaOutputs<'o> {
     /// The attention weights `[B, Hq, Lq, Lk]` (forces the materialised path).
     pub weights: Option<TensorMut<'o>>,
     /// The log-sum-exp of every row, `[B, Hq, Lq]` contiguous (`-inf` for fully masked rows).
     pub lse: Option<&'o mut [f32]>,
+}
+
+impl<'o> SdpaOutputs<'o> {
+    /// Sets [`weights`](Self::weights).
+    pub fn with_weights(mut self, weights: Option<TensorMut<'o>>) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// Sets [`lse`](Self::lse).
+    pub fn with_lse(mut self, lse: Option<&'o mut [f32]>) -> Self {
+        self.lse = lse;
+        self
+    }
 }
 
 /// Attention into a new contiguous `[B, Hq, Lq, Dv]` buffer.
@@ -206,3 +223,8 @@ impl SyncPtr {
         self.0
     }
 }
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

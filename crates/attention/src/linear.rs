@@ -39,6 +39,7 @@ pub const COL_BLOCK: usize = 256;
 
 /// How a caller-given weight matrix is laid out (both row-major).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WeightLayout {
     /// `[d_in, d_out]`: `y = x·W` (this crate's convention, and JAX/Flax's).
     #[default]

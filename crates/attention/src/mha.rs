@@ -53,6 +53,7 @@ use std::cell::RefCell;
 /// assert_eq!((cfg.head_dim, cfg.q_dim(), cfg.kv_dim()), (128, 4096, 1024));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct MhaConfig {
     /// Model width (input and output features).
     pub d_model: usize,
@@ -271,7 +272,7 @@ impl OwnedMhaWeights {
 /// let layer = MultiHeadAttention::random(cfg, true, 7)?;
 /// let (b, l) = (2, 5);
 /// let x = vec![0.1f32; b * l * 16];
-/// let causal = SdpaOptions { causal: true, ..Default::default() };
+/// let causal = SdpaOptions::new().with_causal(true);
 /// let y = layer.forward(&x, b, l, &causal)?;
 /// assert_eq!(y.len(), b * l * 16);
 /// // The same layer decoding token by token through a KV cache.
@@ -661,12 +662,13 @@ impl MultiHeadAttention {
             let k_new = TensorRef::new(&qkv[k_off..], [batch, hkv, seq, hd], st)?;
             let v_new = TensorRef::new(&qkv[v_off..], [batch, hkv, seq, hd], st)?;
             let out = TensorMut::from_blhd(&mut attn, [batch, hq, seq, hd])?;
-            let extras = SdpaOutputs {
-                weights: weights
-                    .map(|wb| TensorMut::contiguous(wb, [batch, hq, seq, lk]))
-                    .transpose()?,
-                lse: None,
-            };
+            let extras = SdpaOutputs::default()
+                .with_weights(
+                    weights
+                        .map(|wb| TensorMut::contiguous(wb, [batch, hq, seq, lk]))
+                        .transpose()?,
+                )
+                .with_lse(None);
             match cache {
                 Some(cache) => {
                     let old = cache.len();
@@ -735,12 +737,13 @@ impl MultiHeadAttention {
                 st,
             )?;
             let out = TensorMut::from_blhd(&mut attn, [batch, hq, seq_q, hd])?;
-            let extras = SdpaOutputs {
-                weights: weights
-                    .map(|wb| TensorMut::contiguous(wb, [batch, hq, seq_q, seq_kv]))
-                    .transpose()?,
-                lse: None,
-            };
+            let extras = SdpaOutputs::default()
+                .with_weights(
+                    weights
+                        .map(|wb| TensorMut::contiguous(wb, [batch, hq, seq_q, seq_kv]))
+                        .transpose()?,
+                )
+                .with_lse(None);
             sdpa_into(q, k, v, out, opts, extras)?;
             self.out
                 .forward_cols(&attn, rows_q, 0..c.d_model, y, par, None)

@@ -7,6 +7,7 @@ use kernels::{Isa, Parallelism};
 /// An explicit mask over `[B|1, Hq|1, Lq, Lk]`. Batch and head dimensions of size 1 (or
 /// stride 0) broadcast.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Mask<'a> {
     /// `true` = the query may look at the key (PyTorch's convention); `false` = masked out.
     Bool(TensorRef<'a, bool>),
@@ -25,6 +26,7 @@ impl Mask<'_> {
 
 /// Which implementation runs the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AttnPath {
     /// The library chooses: the fused flash path, or the materialised one when the
     /// attention weights are requested.
@@ -51,7 +53,18 @@ pub enum AttnPath {
 ///   `− slope_h·|i + off − j|` with ALiBi, then `+ mask` for an additive mask;
 /// * weights are the softmax of the visible scores; a row with no visible key gets zero
 ///   weights and a zero output (and log-sum-exp `−inf`), never NaN.
+///
+/// Build one from [`SdpaOptions::new`] (or `default()`) with the `with_*` methods; the
+/// fields stay public to read and to set. The struct is `#[non_exhaustive]`, so options
+/// added later do not break callers.
+///
+/// ```
+/// use fastattn_attention::SdpaOptions;
+/// let opts = SdpaOptions::new().with_causal(true).with_scale(0.125).with_window(Some(256), Some(0));
+/// assert!(opts.causal && opts.scale == Some(0.125) && opts.window_left == Some(256));
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SdpaOptions<'a> {
     /// Score scale; `None` means `1/√D`.
     pub scale: Option<f32>,
@@ -75,6 +88,87 @@ pub struct SdpaOptions<'a> {
     pub isa: Option<Isa>,
     /// Threads: the current rayon pool (default) or the calling thread only.
     pub parallelism: Parallelism,
+}
+
+impl<'a> SdpaOptions<'a> {
+    /// Plain non-causal attention with scale `1/√D` (the same as `default()`).
+    pub fn new() -> Self {
+        SdpaOptions::default()
+    }
+
+    /// Sets [`scale`](Self::scale) (`None`: `1/√D`).
+    pub fn with_scale(mut self, scale: impl Into<Option<f32>>) -> Self {
+        self.scale = scale.into();
+        self
+    }
+
+    /// Sets [`causal`](Self::causal).
+    pub fn with_causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    /// Sets [`mask`](Self::mask).
+    pub fn with_mask(mut self, mask: impl Into<Option<Mask<'a>>>) -> Self {
+        self.mask = mask.into();
+        self
+    }
+
+    /// Sets [`kv_lengths`](Self::kv_lengths).
+    pub fn with_kv_lengths(mut self, kv_lengths: Option<&'a [usize]>) -> Self {
+        self.kv_lengths = kv_lengths;
+        self
+    }
+
+    /// Sets [`window_left`](Self::window_left) and [`window_right`](Self::window_right)
+    /// (`None`: unbounded on that side).
+    pub fn with_window(mut self, left: Option<usize>, right: Option<usize>) -> Self {
+        self.window_left = left;
+        self.window_right = right;
+        self
+    }
+
+    /// Sets [`window_left`](Self::window_left).
+    pub fn with_window_left(mut self, left: Option<usize>) -> Self {
+        self.window_left = left;
+        self
+    }
+
+    /// Sets [`window_right`](Self::window_right).
+    pub fn with_window_right(mut self, right: Option<usize>) -> Self {
+        self.window_right = right;
+        self
+    }
+
+    /// Sets [`alibi_slopes`](Self::alibi_slopes).
+    pub fn with_alibi_slopes(mut self, slopes: Option<&'a [f32]>) -> Self {
+        self.alibi_slopes = slopes;
+        self
+    }
+
+    /// Sets [`softcap`](Self::softcap).
+    pub fn with_softcap(mut self, softcap: impl Into<Option<f32>>) -> Self {
+        self.softcap = softcap.into();
+        self
+    }
+
+    /// Sets [`path`](Self::path).
+    pub fn with_path(mut self, path: AttnPath) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// Sets [`isa`](Self::isa) (`None`: the current variant).
+    pub fn with_isa(mut self, isa: impl Into<Option<Isa>>) -> Self {
+        self.isa = isa.into();
+        self
+    }
+
+    /// Sets [`parallelism`](Self::parallelism).
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
 }
 
 /// The validated problem: sizes and options, with the semantics above as methods.

@@ -26,16 +26,36 @@ pub const DEFAULT_ROPE_TABLE: usize = 4096;
 /// Settings of the rotary embedding.
 ///
 /// ```
-/// let cfg = fastattn_attention::RopeConfig { base: 500_000.0, ..Default::default() };
+/// let cfg = fastattn_attention::RopeConfig::new().with_base(500_000.0);
 /// assert_eq!(cfg.table_positions, fastattn_attention::rope::DEFAULT_ROPE_TABLE);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RopeConfig {
     /// Frequency base (`10000` by default; Llama 3 uses `500000`). Finite and `> 0`.
     pub base: f32,
     /// Positions `0 .. table_positions` get precomputed `cos`/`sin` rows (memory
     /// `table_positions·D·4` bytes); later positions are computed when needed.
     pub table_positions: usize,
+}
+
+impl RopeConfig {
+    /// The defaults: base 10000, a table of [`DEFAULT_ROPE_TABLE`] positions.
+    pub fn new() -> Self {
+        RopeConfig::default()
+    }
+
+    /// Sets the frequency [`base`](Self::base).
+    pub fn with_base(mut self, base: f32) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Sets [`table_positions`](Self::table_positions).
+    pub fn with_table_positions(mut self, positions: usize) -> Self {
+        self.table_positions = positions;
+        self
+    }
 }
 
 impl Default for RopeConfig {

@@ -341,10 +341,7 @@ fn k09_fastattn_isa_naming_a_missing_isa_makes_calls_fail_not_crash() {
             AttnError::Kernel(KernelError::UnsupportedIsa { .. })
         );
         // A per-call ISA still works.
-        let o = SdpaOptions {
-            isa: Some(Isa::Scalar),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_isa(Some(Isa::Scalar));
         sdpa(t, t, t, &o).unwrap();
         return;
     }
@@ -650,10 +647,9 @@ fn a07_wrong_output_weights_or_lse_sizes_are_shape() {
         run(
             &mut o,
             [1, 2, 4, 4],
-            SdpaOutputs {
-                weights: Some(TensorMut::contiguous(&mut w, [1, 2, 4, 3]).unwrap()),
-                lse: None,
-            }
+            SdpaOutputs::default()
+                .with_weights(Some(TensorMut::contiguous(&mut w, [1, 2, 4, 3]).unwrap()))
+                .with_lse(None)
         ),
         AttnError::Shape { .. }
     );
@@ -662,10 +658,9 @@ fn a07_wrong_output_weights_or_lse_sizes_are_shape() {
         run(
             &mut o,
             [1, 2, 4, 4],
-            SdpaOutputs {
-                weights: None,
-                lse: Some(&mut lse),
-            }
+            SdpaOutputs::default()
+                .with_weights(None)
+                .with_lse(Some(&mut lse))
         ),
         AttnError::Shape { .. }
     );
@@ -696,10 +691,7 @@ fn a08_mask_of_the_wrong_shape_is_option() {
             Mask::Additive(TensorRef::contiguous(&adds, [3, 1, 4, 4]).unwrap()),
         ),
     ] {
-        let o = SdpaOptions {
-            mask: Some(mask),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_mask(Some(mask));
         let r = sdpa(t, t, t, &o);
         assert!(matches!(r, Err(AttnError::Option { .. })), "{what}: {r:?}");
     }
@@ -710,10 +702,7 @@ fn a09_key_lengths_of_the_wrong_count_or_above_lk_are_option() {
     let x = qkv([2, 1, 4, 4]);
     let t = TensorRef::contiguous(&x, [2, 1, 4, 4]).unwrap();
     for lens in [&[4usize][..], &[4, 4, 4], &[4, 5]] {
-        let o = SdpaOptions {
-            kv_lengths: Some(lens),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_kv_lengths(Some(lens));
         assert_err!(sdpa(t, t, t, &o), AttnError::Option { .. });
     }
 }
@@ -728,10 +717,7 @@ fn a10_alibi_slopes_of_the_wrong_count_or_not_finite_are_option() {
         &[0.5, f32::NAN],
         &[f32::INFINITY, 0.5],
     ] {
-        let o = SdpaOptions {
-            alibi_slopes: Some(slopes),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_alibi_slopes(Some(slopes));
         assert_err!(sdpa(t, t, t, &o), AttnError::Option { .. });
     }
 }
@@ -741,17 +727,11 @@ fn a11_non_finite_scale_or_bad_softcap_are_option() {
     let x = qkv([1, 1, 4, 4]);
     let t = TensorRef::contiguous(&x, [1, 1, 4, 4]).unwrap();
     for scale in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let o = SdpaOptions {
-            scale: Some(scale),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_scale(Some(scale));
         assert_err!(sdpa(t, t, t, &o), AttnError::Option { .. });
     }
     for cap in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        let o = SdpaOptions {
-            softcap: Some(cap),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_softcap(Some(cap));
         assert_err!(sdpa(t, t, t, &o), AttnError::Option { .. });
     }
 }
@@ -760,10 +740,7 @@ fn a11_non_finite_scale_or_bad_softcap_are_option() {
 fn a12_weights_with_the_flash_path_forced_is_option() {
     let x = qkv([1, 1, 4, 4]);
     let t = TensorRef::contiguous(&x, [1, 1, 4, 4]).unwrap();
-    let o = SdpaOptions {
-        path: AttnPath::Flash,
-        ..Default::default()
-    };
+    let o = SdpaOptions::default().with_path(AttnPath::Flash);
     let mut out = vec![0.0f32; 16];
     let mut w = vec![0.0f32; 16];
     assert_err!(
@@ -773,10 +750,9 @@ fn a12_weights_with_the_flash_path_forced_is_option() {
             t,
             TensorMut::contiguous(&mut out, [1, 1, 4, 4]).unwrap(),
             &o,
-            SdpaOutputs {
-                weights: Some(TensorMut::contiguous(&mut w, [1, 1, 4, 4]).unwrap()),
-                lse: None,
-            },
+            SdpaOutputs::default()
+                .with_weights(Some(TensorMut::contiguous(&mut w, [1, 1, 4, 4]).unwrap()))
+                .with_lse(None),
         ),
         AttnError::Option { .. }
     );
@@ -788,10 +764,7 @@ fn a13_forcing_an_isa_the_cpu_lacks_is_a_kernel_error() {
     let isa = missing_isa();
     let x = qkv([1, 1, 4, 4]);
     let t = TensorRef::contiguous(&x, [1, 1, 4, 4]).unwrap();
-    let o = SdpaOptions {
-        isa: Some(isa),
-        ..Default::default()
-    };
+    let o = SdpaOptions::default().with_isa(Some(isa));
     assert_eq!(
         sdpa(t, t, t, &o),
         Err(AttnError::Kernel(KernelError::UnsupportedIsa {
@@ -826,11 +799,10 @@ fn a14_zero_sizes_give_defined_results() {
             k0,
             k0,
             TensorMut::contiguous(&mut out, [1, 2, 4, 4]).unwrap(),
-            &SdpaOptions { path, ..d.clone() },
-            SdpaOutputs {
-                weights: None,
-                lse: Some(&mut lse),
-            },
+            &d.clone().with_path(path),
+            SdpaOutputs::default()
+                .with_weights(None)
+                .with_lse(Some(&mut lse)),
         )
         .unwrap();
         assert_eq!(out, vec![0.0; 32], "{path:?}");
@@ -893,10 +865,7 @@ fn a17_broadcast_keys_whose_problem_size_overflows_are_overflow() {
     let qt = TensorRef::contiguous(&q, [1, 1, 16, 1]).unwrap();
     let kt = TensorRef::new(&one, [1, 1, 1 << 60, 1], [0, 0, 0, 0]).unwrap();
     for path in [AttnPath::Materialized, AttnPath::Flash] {
-        let o = SdpaOptions {
-            path,
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_path(path);
         assert_err!(sdpa(qt, kt, kt, &o), AttnError::Overflow { .. });
     }
 }
@@ -952,11 +921,7 @@ fn a19_huge_sizes_are_overflow_errors() {
 fn a20_nan_and_inf_inputs_poison_exactly_the_rows_that_see_them() {
     let (l, d) = (16, 4);
     for path in [AttnPath::Flash, AttnPath::Materialized] {
-        let o = SdpaOptions {
-            causal: true,
-            path,
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_causal(true).with_path(path);
         // NaN in Q row 3: output row 3 is NaN, the others are finite.
         let mut q = seq(l * d, 0.37);
         q[3 * d] = f32::NAN;
@@ -1009,11 +974,7 @@ fn a21_nan_in_a_value_row_no_query_can_see_changes_nothing() {
     let mut v_nan = v.clone();
     v_nan[(l - 1) * d] = f32::NAN; // only the last query sees the last key
     for path in [AttnPath::Flash, AttnPath::Materialized] {
-        let o = SdpaOptions {
-            causal: true,
-            path,
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_causal(true).with_path(path);
         let clean = sdpa(t1(&q, l, d), t1(&q, l, d), t1(&v, l, d), &o).unwrap();
         let out = sdpa(t1(&q, l, d), t1(&q, l, d), t1(&v_nan, l, d), &o).unwrap();
         assert_eq!(
@@ -1032,11 +993,9 @@ fn a22_windows_wider_than_any_sequence_are_no_window() {
     let t = TensorRef::contiguous(&x, [1, 2, 5, 4]).unwrap();
     let plain = sdpa(t, t, t, &SdpaOptions::default()).unwrap();
     for w in [usize::MAX, 1 << 63, i64::MAX as usize] {
-        let o = SdpaOptions {
-            window_left: Some(w),
-            window_right: Some(w),
-            ..Default::default()
-        };
+        let o = SdpaOptions::default()
+            .with_window_left(Some(w))
+            .with_window_right(Some(w));
         assert_eq!(sdpa(t, t, t, &o).unwrap(), plain, "window {w}");
     }
 }
@@ -1047,11 +1006,9 @@ fn a26_a_subnormal_softcap_is_refused() {
     let x = qkv([1, 1, 3, 4]);
     let t = TensorRef::contiguous(&x, [1, 1, 3, 4]).unwrap();
     for path in [AttnPath::Flash, AttnPath::Materialized] {
-        let o = SdpaOptions {
-            softcap: Some(1e-40),
-            path,
-            ..Default::default()
-        };
+        let o = SdpaOptions::default()
+            .with_softcap(Some(1e-40))
+            .with_path(path);
         assert!(
             matches!(sdpa(t, t, t, &o), Err(AttnError::Option { .. })),
             "{path:?}"
@@ -1094,10 +1051,7 @@ fn a23_kv_cache_overflowing_its_capacity_is_cache_full_and_unchanged() {
 #[test]
 fn a24_layer_decoding_past_its_cache_or_with_a_foreign_cache_is_refused_unchanged() {
     let layer = MultiHeadAttention::random(MhaConfig::new(8, 2), false, 3).unwrap();
-    let causal = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let causal = SdpaOptions::default().with_causal(true);
     let x = seq(3 * 8, 0.3);
     let mut cache = layer.new_cache(1, 4).unwrap();
     layer.forward_cached(&mut cache, &x, 1, 3, &causal).unwrap();
@@ -1123,10 +1077,7 @@ fn a24_layer_decoding_past_its_cache_or_with_a_foreign_cache_is_refused_unchange
     );
     assert_eq!((wrong_batch.len(), foreign.len()), (0, 0));
     // An option error after the room check leaves the cache unchanged too.
-    let bad = SdpaOptions {
-        kv_lengths: Some(&[1, 2]),
-        ..Default::default()
-    };
+    let bad = SdpaOptions::default().with_kv_lengths(Some(&[1, 2]));
     assert_err!(
         layer.forward_cached(&mut cache, &x[..8], 1, 1, &bad),
         AttnError::Option { .. }
@@ -1154,10 +1105,7 @@ fn a25_layer_configs_weights_and_inputs_of_the_wrong_size_are_refused() {
         ),
         AttnError::Option { .. }
     );
-    let bad_base = RopeConfig {
-        base: f32::NAN,
-        ..RopeConfig::default()
-    };
+    let bad_base = RopeConfig::new().with_base(f32::NAN);
     assert_err!(
         MultiHeadAttention::random(MhaConfig::new(8, 2).with_rope(bad_base), false, 1),
         AttnError::Option { .. }
@@ -1203,10 +1151,7 @@ fn a15b_decode_split_with_empty_dv_fills_lse() {
     let v0 = TensorRef::contiguous(&[], [1, 2, lk, 0]).unwrap();
     let want = sdpa_ref(q, k, v0, &SdpaOptions::default()).unwrap();
     for path in [AttnPath::Flash, AttnPath::Auto] {
-        let d = SdpaOptions {
-            path,
-            ..Default::default()
-        };
+        let d = SdpaOptions::default().with_path(path);
         let mut lse = [0.0f32; 2];
         let mut o: [f32; 0] = [];
         sdpa_into(
@@ -1215,10 +1160,9 @@ fn a15b_decode_split_with_empty_dv_fills_lse() {
             v0,
             TensorMut::contiguous(&mut o, [1, 2, 1, 0]).unwrap(),
             &d,
-            SdpaOutputs {
-                weights: None,
-                lse: Some(&mut lse),
-            },
+            SdpaOutputs::default()
+                .with_weights(None)
+                .with_lse(Some(&mut lse)),
         )
         .unwrap();
         for (g, r) in lse.iter().zip(&want.lse) {

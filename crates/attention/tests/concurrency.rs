@@ -201,23 +201,20 @@ fn run(job: &Job, par: Parallelism, mha: &MultiHeadAttention) -> Vec<f32> {
             let v = rand_vec(&mut rng, b * hkv * lk * d);
             let mut out = vec![0.0f32; b * hq * lq * d];
             let mut lse = vec![0.0f32; b * hq * lq];
-            let opts = SdpaOptions {
-                causal,
-                path,
-                isa: Some(isa),
-                parallelism: par,
-                ..Default::default()
-            };
+            let opts = SdpaOptions::default()
+                .with_causal(causal)
+                .with_path(path)
+                .with_isa(Some(isa))
+                .with_parallelism(par);
             sdpa_into(
                 TensorRef::contiguous(&q, [b, hq, lq, d]).unwrap(),
                 TensorRef::contiguous(&k, [b, hkv, lk, d]).unwrap(),
                 TensorRef::contiguous(&v, [b, hkv, lk, d]).unwrap(),
                 TensorMut::contiguous(&mut out, [b, hq, lq, d]).unwrap(),
                 &opts,
-                SdpaOutputs {
-                    weights: None,
-                    lse: Some(&mut lse),
-                },
+                SdpaOutputs::default()
+                    .with_weights(None)
+                    .with_lse(Some(&mut lse)),
             )
             .unwrap();
             out.extend(lse);
@@ -226,11 +223,9 @@ fn run(job: &Job, par: Parallelism, mha: &MultiHeadAttention) -> Vec<f32> {
         Job::Mha { b, l, seed } => {
             let mut rng = StdRng::seed_from_u64(seed);
             let x = rand_vec(&mut rng, b * l * 32);
-            let opts = SdpaOptions {
-                causal: true,
-                parallelism: par,
-                ..Default::default()
-            };
+            let opts = SdpaOptions::default()
+                .with_causal(true)
+                .with_parallelism(par);
             let mut y = mha.forward(&x, b, l, &opts).unwrap();
             // And the same sequence decoded token by token through a private cache.
             let mut cache = mha.new_cache(b, l).unwrap();

@@ -299,10 +299,11 @@ fn mha_rope_matches_reference_at_both_bases_and_past_the_table() {
     for base in [10_000.0f32, 500_000.0, 100.0] {
         for table_positions in [4096, 5, 0] {
             seed += 1;
-            let rope = Some(RopeConfig {
-                base,
-                table_positions,
-            });
+            let rope = Some(
+                RopeConfig::new()
+                    .with_base(base)
+                    .with_table_positions(table_positions),
+            );
             check(&Case {
                 rope,
                 mask: MaskKind::Causal,
@@ -391,19 +392,13 @@ fn kv_cache_prefill_and_decode_equal_the_full_causal_forward() {
         let seed = 600 + seed as u64;
         let mut cfg = MhaConfig::new(dm, hq).with_kv_heads(hkv).with_head_dim(hd);
         if rope {
-            cfg = cfg.with_rope(RopeConfig {
-                table_positions: 16,
-                ..Default::default()
-            });
+            cfg = cfg.with_rope(RopeConfig::new().with_table_positions(16));
         }
         let w = OwnedMhaWeights::random(&cfg, bias, seed).unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         let t = 29;
         let x = rand_vec(&mut rng, b * t * dm);
-        let causal = SdpaOptions {
-            causal: true,
-            ..Default::default()
-        };
+        let causal = SdpaOptions::default().with_causal(true);
         let (want, _) = layer_ref(&cfg, &w, &x, None, b, t, t, &causal);
         for isa in Isa::available() {
             let label = format!("seed={seed} b={b} dm={dm} hq={hq} hkv={hkv} hd={hd} bias={bias} rope={rope} isa={isa}");
@@ -454,10 +449,7 @@ fn kv_cache_long_decode_uses_the_split_path_and_matches_full_forward() {
     let layer = MultiHeadAttention::random(cfg, true, seed).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let x = rand_vec(&mut rng, b * t * dm);
-    let causal = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let causal = SdpaOptions::default().with_causal(true);
     let full = layer.forward(&x, b, t, &causal).unwrap();
     let mut cache = layer.new_cache(b, t).unwrap();
     let y = layer
@@ -487,10 +479,7 @@ fn kv_cache_overflow_is_an_error_and_leaves_the_cache_unchanged() {
     let cfg = MhaConfig::new(16, 2);
     let layer = MultiHeadAttention::random(cfg, false, 700).unwrap();
     let x = vec![0.25f32; 8 * 16];
-    let causal = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let causal = SdpaOptions::default().with_causal(true);
     let mut cache = layer.new_cache(1, 5).unwrap();
     layer
         .forward_cached(&mut cache, &x[..4 * 16], 1, 4, &causal)
@@ -511,10 +500,9 @@ fn kv_cache_overflow_is_an_error_and_leaves_the_cache_unchanged() {
     assert_eq!(cache.len(), 4);
     // An option error after the capacity check leaves it unchanged too.
     let m = vec![true; 3];
-    let bad = SdpaOptions {
-        mask: Some(Mask::Bool(TensorRef::contiguous(&m, [1, 1, 1, 3]).unwrap())),
-        ..causal.clone()
-    };
+    let bad = causal.clone().with_mask(Some(Mask::Bool(
+        TensorRef::contiguous(&m, [1, 1, 1, 3]).unwrap(),
+    )));
     assert!(matches!(
         layer.forward_cached(&mut cache, &x[..16], 1, 1, &bad),
         Err(AttnError::Option { .. })
@@ -627,10 +615,7 @@ fn mha_pytorch_layout_equals_the_row_major_layout() {
     let a = MultiHeadAttention::new(cfg.clone(), w.as_weights()).unwrap();
     let b = MultiHeadAttention::new(cfg, pt).unwrap();
     let x = rand_vec(&mut StdRng::seed_from_u64(801), 2 * 9 * dm);
-    let o = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let o = SdpaOptions::default().with_causal(true);
     assert!(
         a.forward(&x, 2, 9, &o).unwrap() == b.forward(&x, 2, 9, &o).unwrap(),
         "seed=800: layouts differ"
@@ -655,10 +640,7 @@ fn mha_results_are_bit_identical_at_1_2_3_threads() {
             .with_rope(RopeConfig::default());
         let layer = MultiHeadAttention::random(cfg, true, seed).unwrap();
         let x = rand_vec(&mut StdRng::seed_from_u64(seed), b * l * dm);
-        let o = SdpaOptions {
-            causal: true,
-            ..Default::default()
-        };
+        let o = SdpaOptions::default().with_causal(true);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -678,10 +660,7 @@ fn mha_results_are_bit_identical_at_1_2_3_threads() {
                 &x,
                 b,
                 l,
-                &SdpaOptions {
-                    parallelism: Parallelism::Sequential,
-                    ..o.clone()
-                },
+                &o.clone().with_parallelism(Parallelism::Sequential),
             )
             .unwrap();
         assert!(one == seq, "seed={seed}: sequential differs");
@@ -716,6 +695,7 @@ fn linear_matches_reference_on_both_split_paths() {
                     WeightLayout::OutIn => (0..d_in * d_out)
                         .map(|i| w[(i % d_out) * d_in + i / d_out])
                         .collect(),
+                    other => unreachable!("layout {other:?} is not in this test"),
                 };
                 let want = linear_ref(&x, rows, d_in, &w_io, d_out, bias.then_some(&bv[..]));
                 for isa in Isa::available() {
@@ -787,10 +767,7 @@ fn bad_weights_and_inputs_are_clear_errors() {
         Err(AttnError::Shape { .. })
     ));
     let lens = [4];
-    let o2 = SdpaOptions {
-        kv_lengths: Some(&lens),
-        ..Default::default()
-    };
+    let o2 = SdpaOptions::default().with_kv_lengths(Some(&lens));
     assert!(matches!(
         layer.forward(&x, 1, 3, &o2),
         Err(AttnError::Option { .. })

@@ -222,19 +222,18 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             TensorRef::new(&adds, [c.b, hq, lq, lk], [lq * lk, 0, lk, 1]).unwrap(),
         )),
     };
-    let opts = SdpaOptions {
-        scale: c.scale,
-        causal: c.causal,
-        mask,
-        kv_lengths: c.padding.then_some(&lens[..]),
-        window_left: c.window.0,
-        window_right: c.window.1,
-        alibi_slopes: c.alibi.then_some(&slopes[..]),
-        softcap: c.softcap,
-        path: c.path,
-        isa: Some(c.isa),
-        parallelism: c.par,
-    };
+    let opts = SdpaOptions::default()
+        .with_scale(c.scale)
+        .with_causal(c.causal)
+        .with_mask(mask)
+        .with_kv_lengths(c.padding.then_some(&lens[..]))
+        .with_window_left(c.window.0)
+        .with_window_right(c.window.1)
+        .with_alibi_slopes(c.alibi.then_some(&slopes[..]))
+        .with_softcap(c.softcap)
+        .with_path(c.path)
+        .with_isa(Some(c.isa))
+        .with_parallelism(c.par);
     let want = sdpa_ref(q, k, v, &opts).map_err(|e| TestCaseError::fail(format!("{e}")))?;
 
     let mut ob = vec![f32::NAN; st[3].1];
@@ -248,11 +247,11 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         v,
         TensorMut::new(&mut ob, dims[3], st[3].0).unwrap(),
         &opts,
-        SdpaOutputs {
-            weights: want_weights
-                .then(|| TensorMut::contiguous(&mut wb, [c.b, hq, lq, lk]).unwrap()),
-            lse: Some(&mut lse),
-        },
+        SdpaOutputs::default()
+            .with_weights(
+                want_weights.then(|| TensorMut::contiguous(&mut wb, [c.b, hq, lq, lk]).unwrap()),
+            )
+            .with_lse(Some(&mut lse)),
     )
     .map_err(|e| TestCaseError::fail(format!("{label}: {e}")))?;
 
@@ -363,11 +362,7 @@ proptest! {
         let q = TensorRef::contiguous(&qb, [1, hq, lq, d]).unwrap();
         let k = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
         let v = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
-        let base = SdpaOptions {
-            causal,
-            path: if path_flash { AttnPath::Flash } else { AttnPath::Auto },
-            ..Default::default()
-        };
+        let base = SdpaOptions::default().with_causal(causal).with_path(if path_flash { AttnPath::Flash } else { AttnPath::Auto });
         let want = sdpa_ref(q, k, v, &base).unwrap();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

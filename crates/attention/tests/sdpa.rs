@@ -120,25 +120,19 @@ fn check(c: &Case) {
         )),
         _ => None,
     };
-    let base = SdpaOptions {
-        causal: c.mask == MaskKind::Causal,
-        mask,
-        kv_lengths: c.padding.then_some(&lens[..]),
-        window_left: c.window.and_then(|w| w.0),
-        window_right: c.window.and_then(|w| w.1),
-        alibi_slopes: c.alibi.then_some(&slopes[..]),
-        softcap: c.softcap,
-        ..Default::default()
-    };
+    let base = SdpaOptions::default()
+        .with_causal(c.mask == MaskKind::Causal)
+        .with_mask(mask)
+        .with_kv_lengths(c.padding.then_some(&lens[..]))
+        .with_window_left(c.window.and_then(|w| w.0))
+        .with_window_right(c.window.and_then(|w| w.1))
+        .with_alibi_slopes(c.alibi.then_some(&slopes[..]))
+        .with_softcap(c.softcap);
     let want = sdpa_ref(q, k, v, &base).unwrap();
     let label = format!("{c:?}");
     for isa in Isa::available() {
         for path in [AttnPath::Flash, AttnPath::Materialized] {
-            let opts = SdpaOptions {
-                isa: Some(isa),
-                path,
-                ..base.clone()
-            };
+            let opts = base.clone().with_isa(Some(isa)).with_path(path);
             let od = [c.b, c.hq, c.lq, c.dv];
             let mut ob = vec![f32::NAN; n(od)];
             let mut lse = vec![f32::NAN; c.b * c.hq * c.lq];
@@ -157,10 +151,9 @@ fn check(c: &Case) {
                     v,
                     out,
                     &opts,
-                    SdpaOutputs {
-                        weights,
-                        lse: Some(&mut lse),
-                    },
+                    SdpaOutputs::default()
+                        .with_weights(weights)
+                        .with_lse(Some(&mut lse)),
                 )
                 .unwrap_or_else(|e| panic!("{label} isa={isa} {path:?}: {e}"));
             }
@@ -356,19 +349,14 @@ fn fully_masked_rows_give_zeros_not_nan() {
     let mask = vec![false; lq * lk];
     let m = TensorRef::contiguous(&mask, [1, 1, lq, lk]).unwrap();
     for path in [AttnPath::Flash, AttnPath::Materialized] {
-        let opts = SdpaOptions {
-            mask: Some(Mask::Bool(m)),
-            path,
-            ..Default::default()
-        };
+        let opts = SdpaOptions::default()
+            .with_mask(Some(Mask::Bool(m)))
+            .with_path(path);
         let out = fastattn_attention::sdpa(q, k, k, &opts).unwrap();
         assert!(out.iter().all(|&v| v == 0.0), "{path:?}: {out:?}");
     }
     // Zero valid keys through padding.
-    let opts = SdpaOptions {
-        kv_lengths: Some(&[0]),
-        ..Default::default()
-    };
+    let opts = SdpaOptions::default().with_kv_lengths(Some(&[0]));
     assert!(fastattn_attention::sdpa(q, k, k, &opts)
         .unwrap()
         .iter()
@@ -392,11 +380,7 @@ fn results_are_bit_identical_at_1_2_3_threads() {
         let k = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
         let v = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
         for path in [AttnPath::Flash, AttnPath::Materialized] {
-            let opts = SdpaOptions {
-                causal,
-                path,
-                ..Default::default()
-            };
+            let opts = SdpaOptions::default().with_causal(causal).with_path(path);
             let run = |t: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(t)
@@ -415,10 +399,7 @@ fn results_are_bit_identical_at_1_2_3_threads() {
                 q,
                 k,
                 v,
-                &SdpaOptions {
-                    parallelism: Parallelism::Sequential,
-                    ..opts.clone()
-                },
+                &opts.clone().with_parallelism(Parallelism::Sequential),
             )
             .unwrap();
             assert!(one == seq, "{path:?}: sequential differs");
@@ -455,59 +436,38 @@ fn bad_input_is_refused_before_any_work() {
     ));
     let bad_mask = vec![true; 8 * 7];
     let m = TensorRef::contiguous(&bad_mask, [1, 1, 8, 7]).unwrap();
-    let o1 = SdpaOptions {
-        mask: Some(Mask::Bool(m)),
-        ..Default::default()
-    };
+    let o1 = SdpaOptions::default().with_mask(Some(Mask::Bool(m)));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o1),
         Err(AttnError::Option { .. })
     ));
-    let o2 = SdpaOptions {
-        kv_lengths: Some(&[9]),
-        ..Default::default()
-    };
+    let o2 = SdpaOptions::default().with_kv_lengths(Some(&[9]));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o2),
         Err(AttnError::Option { .. })
     ));
-    let o3 = SdpaOptions {
-        kv_lengths: Some(&[1, 2]),
-        ..Default::default()
-    };
+    let o3 = SdpaOptions::default().with_kv_lengths(Some(&[1, 2]));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o3),
         Err(AttnError::Option { .. })
     ));
-    let o4 = SdpaOptions {
-        alibi_slopes: Some(&[1.0]),
-        ..Default::default()
-    };
+    let o4 = SdpaOptions::default().with_alibi_slopes(Some(&[1.0]));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o4),
         Err(AttnError::Option { .. })
     ));
-    let o5 = SdpaOptions {
-        softcap: Some(0.0),
-        ..Default::default()
-    };
+    let o5 = SdpaOptions::default().with_softcap(Some(0.0));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o5),
         Err(AttnError::Option { .. })
     ));
-    let o6 = SdpaOptions {
-        isa: Some(Isa::Neon),
-        ..Default::default()
-    };
+    let o6 = SdpaOptions::default().with_isa(Some(Isa::Neon));
     assert!(matches!(
         fastattn_attention::sdpa(q, k, k, &o6),
         Err(AttnError::Kernel(_))
     ));
     let mut w = vec![0.0f32; 2 * 8 * 8];
-    let o7 = SdpaOptions {
-        path: AttnPath::Flash,
-        ..Default::default()
-    };
+    let o7 = SdpaOptions::default().with_path(AttnPath::Flash);
     let mut ob = vec![0.0f32; 2 * 8 * 4];
     let r = sdpa_into(
         q,
@@ -515,10 +475,9 @@ fn bad_input_is_refused_before_any_work() {
         k,
         TensorMut::contiguous(&mut ob, [1, 2, 8, 4]).unwrap(),
         &o7,
-        SdpaOutputs {
-            weights: Some(TensorMut::contiguous(&mut w, [1, 2, 8, 8]).unwrap()),
-            lse: None,
-        },
+        SdpaOutputs::default()
+            .with_weights(Some(TensorMut::contiguous(&mut w, [1, 2, 8, 8]).unwrap()))
+            .with_lse(None),
     );
     assert!(matches!(r, Err(AttnError::Option { .. })));
     let r = sdpa_into(
@@ -541,11 +500,9 @@ fn a_forced_variant_is_used_even_after_another_on_the_same_thread() {
     let x = rand_vec(&mut rng, h * l * d, 1.0);
     let t = TensorRef::contiguous(&x, [1, h, l, d]).unwrap();
     let run = |isa: Isa| {
-        let opts = SdpaOptions {
-            isa: Some(isa),
-            parallelism: Parallelism::Sequential,
-            ..Default::default()
-        };
+        let opts = SdpaOptions::default()
+            .with_isa(Some(isa))
+            .with_parallelism(Parallelism::Sequential);
         fastattn_attention::sdpa(t, t, t, &opts).unwrap()
     };
     let isas = Isa::available();

@@ -46,6 +46,9 @@ pub(crate) fn set_num_threads(n: i64) -> FfiResult<()> {
                     format!("could not start a pool of {threads} threads: {e}"),
                 )
             })?;
+        // Return once every thread is running: its start-up (stack, thread-locals) then
+        // happens here, not during the first calls that use it.
+        pool.broadcast(|_| ());
         Some(Arc::new(pool))
     };
     *POOL.lock().unwrap_or_else(PoisonError::into_inner) = pool;

@@ -34,6 +34,8 @@ fn variant_c_name(isa: Isa) -> &'static CStr {
         Isa::Avx2Fma => c"avx2",
         Isa::Avx512 => c"avx512",
         Isa::Neon => c"neon",
+        // A variant added to the kernels after this table (Isa is non-exhaustive).
+        _ => c"unknown",
     }
 }
 

@@ -287,17 +287,15 @@ pub(crate) unsafe fn attn_options<'a>(
         let (s, span) = unsafe { input_slice(o.alibi_slopes, hq, "opts->alibi_slopes") }?;
         (Some(s), span)
     };
-    let options = SdpaOptions {
-        scale: (o.scale != 0.0).then_some(o.scale),
-        causal,
-        mask,
-        kv_lengths: kv_span.map(|_| lens),
-        window_left: window(o.window_left, "opts->window_left")?,
-        window_right: window(o.window_right, "opts->window_right")?,
-        alibi_slopes: alibi,
-        softcap: (o.softcap != 0.0).then_some(o.softcap),
-        ..SdpaOptions::default()
-    };
+    let options = SdpaOptions::default()
+        .with_scale((o.scale != 0.0).then_some(o.scale))
+        .with_causal(causal)
+        .with_mask(mask)
+        .with_kv_lengths(kv_span.map(|_| lens))
+        .with_window_left(window(o.window_left, "opts->window_left")?)
+        .with_window_right(window(o.window_right, "opts->window_right")?)
+        .with_alibi_slopes(alibi)
+        .with_softcap((o.softcap != 0.0).then_some(o.softcap));
     let spans = [
         ("opts->mask", mask_span),
         ("opts->kv_lengths", kv_span.unwrap_or_default()),
@@ -406,10 +404,9 @@ pub unsafe extern "C" fn fa_sdpa(
             Some((p, n)) => Some(unsafe { std::slice::from_raw_parts_mut(p, n) }),
             None => None,
         };
-        let extras = SdpaOutputs {
-            weights: weights_t,
-            lse: lse_s,
-        };
+        let extras = SdpaOutputs::default()
+            .with_weights(weights_t)
+            .with_lse(lse_s);
         pool::run(move || attention::sdpa_into(qt, kt, vt, ot, &options, extras))?;
         Ok(OK)
     })

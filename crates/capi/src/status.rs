@@ -71,6 +71,8 @@ impl From<KernelError> for FfiError {
             KernelError::BadStride { .. } => fa_status::FA_ERR_BAD_STRIDE,
             KernelError::InvalidArgument { .. } => fa_status::FA_ERR_INVALID_ARGUMENT,
             KernelError::UnsupportedIsa { .. } => fa_status::FA_ERR_UNSUPPORTED_VARIANT,
+            // An error kind added later (KernelError is non-exhaustive).
+            _ => fa_status::FA_ERR_INTERNAL,
         };
         FfiError::new(code, e.to_string())
     }
@@ -89,6 +91,8 @@ impl From<AttnError> for FfiError {
                     AttnError::Option { .. } => fa_status::FA_ERR_INVALID_ARGUMENT,
                     AttnError::CacheFull { .. } => fa_status::FA_ERR_CACHE_FULL,
                     AttnError::Kernel(_) => unreachable!("handled above"),
+                    // An error kind added later (AttnError is non-exhaustive).
+                    _ => fa_status::FA_ERR_INTERNAL,
                 };
                 FfiError::new(code, e.to_string())
             }

@@ -151,19 +151,17 @@ fn run_case(c: Case, seed: u64) {
     // The oracle on the same data through the safe views.
     let qs: Vec<usize> = q_strides.iter().map(|&s| s as usize).collect();
     let lens_u: Vec<usize> = lens.iter().map(|&n| n as usize).collect();
-    let opts = SdpaOptions {
-        scale: (c.scale != 0.0).then_some(c.scale),
-        causal: c.causal,
-        mask: c.mask.then(|| {
+    let opts = SdpaOptions::default()
+        .with_scale((c.scale != 0.0).then_some(c.scale))
+        .with_causal(c.causal)
+        .with_mask(c.mask.then(|| {
             Mask::Additive(TensorRef::new(&mask, [1, hq, lq, lk], [0, 0, lk, 1]).unwrap())
-        }),
-        kv_lengths: c.kv_lengths.then_some(&lens_u[..]),
-        window_left: c.window.and_then(|w| usize::try_from(w.0).ok()),
-        window_right: c.window.and_then(|w| usize::try_from(w.1).ok()),
-        softcap: c.softcap.then_some(2.5),
-        alibi_slopes: c.alibi.then_some(&slopes[..]),
-        ..Default::default()
-    };
+        }))
+        .with_kv_lengths(c.kv_lengths.then_some(&lens_u[..]))
+        .with_window_left(c.window.and_then(|w| usize::try_from(w.0).ok()))
+        .with_window_right(c.window.and_then(|w| usize::try_from(w.1).ok()))
+        .with_softcap(c.softcap.then_some(2.5))
+        .with_alibi_slopes(c.alibi.then_some(&slopes[..]));
     let want = sdpa_ref(
         TensorRef::new(&q, [b, hq, lq, d], [qs[0], qs[1], qs[2], qs[3]]).unwrap(),
         TensorRef::contiguous(&k, [b, hkv, lk, d]).unwrap(),

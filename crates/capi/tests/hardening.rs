@@ -587,9 +587,10 @@ fn create_use_free_cycles_of_the_handles_leak_nothing() {
         run_child(test, &[]);
         return;
     }
-    // All work on one pool thread: per-thread scratch buffers (kept for reuse, not leaks)
-    // then warm up on a fixed set of threads instead of whichever rayon worker steals a
-    // task first.
+    // One thread: every call then runs on this thread alone, so the per-thread scratch
+    // buffers (kept for reuse, not leaks) warm up on it instead of on whichever rayon
+    // worker takes a task first. fa_set_num_threads returns once its pool's thread runs,
+    // so that thread's start-up is not counted either.
     assert_eq!(fa_set_num_threads(1), OK);
     // Warm up the per-thread scratch buffers, the last-error string and the thread pool.
     for s in 0..3 {

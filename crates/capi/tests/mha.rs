@@ -75,10 +75,7 @@ fn random_layer_matches_the_rust_layer() {
     // SAFETY: x and y hold b·l·dm floats; the layer is live.
     let rc = unsafe { fa_mha_forward(layer, x.as_ptr(), b, l, y.as_mut_ptr(), &causal()) };
     assert_eq!(rc, OK, "{}", last_error());
-    let opts = SdpaOptions {
-        causal: true,
-        ..Default::default()
-    };
+    let opts = SdpaOptions::default().with_causal(true);
     let want = rust.forward(&x, b, l, &opts).unwrap();
     let err = max_diff(&y, &want);
     assert!(err < 1e-5, "seed {seed}: max error {err}");

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 /// A kernel variant, named by the instruction set it is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Isa {
     /// Plain scalar loops: the last-resort fallback, runs everywhere.
     Scalar,

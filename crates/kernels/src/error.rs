@@ -4,6 +4,7 @@ use std::fmt;
 
 /// Everything a kernel call can refuse. Every variant names the operation (`op`) that refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KernelError {
     /// Two sizes that must agree do not.
     ShapeMismatch {

@@ -34,3 +34,8 @@ pub use dispatch::{current_isa, set_isa, Isa};
 pub use error::{KernelError, Result};
 pub use gemm::{gemm, gemm_with, sgemm, sgemm_with, MatMut, MatRef};
 pub use parallel::Parallelism;
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// How a kernel call may use threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Parallelism {
     /// Only the calling thread.
     Sequential,

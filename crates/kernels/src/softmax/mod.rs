@@ -88,6 +88,7 @@ const PAR_TASK_ELEMENTS: usize = 1 << 14;
 /// assert_eq!(RowOptions::default().scale, 1.0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RowOptions<'a> {
     /// Multiplies every value before the mask is added (attention passes `1/√d`).
     pub scale: f32,
