@@ -58,6 +58,11 @@ const PACK_BUDGET_BYTES: usize = 64 << 20;
 struct KvPacks {
     k: PackedB,
     v: Vec<PackedB>,
+    /// Per V block: a dense row-major copy (`kb × dv`) where the block holds a NaN or an
+    /// infinity, else `None`. Such a block's P·V skips zero weights
+    /// ([`kernels::gemv::axpy_rows_with`]) instead of running the GEMM, where a key that a
+    /// row cannot see (weight 0) would still add `0·NaN = NaN` to it.
+    v_nonfinite: Vec<Option<Vec<f32>>>,
     origin: usize,
     end: usize,
 }
@@ -67,6 +72,7 @@ impl KvPacks {
         Ok(KvPacks {
             k: PackedB::new(isa)?,
             v: Vec::new(),
+            v_nonfinite: Vec::new(),
             origin: 0,
             end: 0,
         })
@@ -100,16 +106,54 @@ impl KvPacks {
         while self.v.len() < blocks {
             self.v.push(PackedB::new(p.isa)?);
         }
+        self.v_nonfinite.resize(blocks, None);
         for blk in 0..blocks {
             let j0 = origin + blk * KEY_BLOCK;
             let kb = KEY_BLOCK.min(end - j0);
             let vdata = v.data().get(v.offset(b, kvh, j0, 0)..).unwrap_or(&[]);
-            self.v[blk].pack(MatRef::new(vdata, kb, p.dv, vs[2], vs[3])?)?;
+            let vm = MatRef::new(vdata, kb, p.dv, vs[2], vs[3])?;
+            self.v[blk].pack(vm)?;
+            self.v_nonfinite[blk] = dense_if_nonfinite(vm);
         }
         self.origin = origin;
         self.end = end;
         Ok(())
     }
+}
+
+/// A dense row-major copy of `m` if it holds a NaN or an infinity, else `None` (one pass
+/// over the block, next to its packing; the copy is made only for such a block).
+pub(crate) fn dense_if_nonfinite(m: MatRef<'_>) -> Option<Vec<f32>> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let finite = if m.col_stride() == 1 && cols > 0 {
+        (0..rows).all(|r| all_finite(&m.data()[r * m.row_stride()..][..cols]))
+    } else {
+        (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).is_finite()))
+    };
+    if finite {
+        return None;
+    }
+    let mut d = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        d.extend((0..cols).map(|c| m.get(r, c)));
+    }
+    Some(d)
+}
+
+/// Whether every value of `x` is finite: `v − v` is 0 for a finite `v` and NaN for a NaN
+/// or an infinity, and the eight running sums vectorise (no branch per value).
+// `v - v` is the point: 0 for finite values, NaN otherwise.
+#[allow(clippy::eq_op)]
+fn all_finite(x: &[f32]) -> bool {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v - v;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| v - v).sum();
+    acc.iter().sum::<f32>() + tail == 0.0
 }
 
 /// Where a tile reads its keys and values: packed panels, or (for decoding, when a tile
@@ -352,7 +396,17 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         }
         let pm = MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?;
         let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+        let nonfinite = match kv {
+            Kv::Packed(packs) => packs.v_nonfinite[blk].as_deref(),
+            Kv::Direct { .. } => None,
+        };
         match kv {
+            // A NaN or infinity in this V block: skip zero weights (keys a row cannot see,
+            // whose columns of P are 0 here, staircase columns included).
+            Kv::Packed(_) if nonfinite.is_some() => {
+                let vd = nonfinite.unwrap_or_default();
+                axpy_rows_with(p.isa, pm, MatRef::new(vd, kbn, dv, dv, 1)?, om)?
+            }
             Kv::Packed(packs) if staircase => {
                 for (g, &w) in ws.lim.iter().enumerate() {
                     let (r0, rg) = (g * mr, mr.min(rows - g * mr));

@@ -6,6 +6,8 @@ use crate::error::Result;
 use crate::options::Problem;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::SyncPtr;
+use kernels::gemm::{MatMut, MatRef};
+use kernels::gemv::axpy_rows_with;
 use kernels::softmax::online::exp_row_update;
 use kernels::{sgemm_with, Parallelism};
 
@@ -95,6 +97,40 @@ pub(crate) fn run(
                     unsafe { *w.get().add(base + j * wst[3]) = x };
                 }
             }
+        }
+        let v_head = match (lk, p.dv) {
+            (0, _) | (_, 0) => None,
+            _ => crate::flash::dense_if_nonfinite(MatRef::new(
+                &v.data()[v.offset(b, kvh, 0, 0)..],
+                lk,
+                p.dv,
+                vs[2],
+                vs[3],
+            )?),
+        };
+        if let Some(vd) = v_head {
+            // A NaN or infinity in V: skip zero weights (keys a row cannot see), as the
+            // decode path and the reference do, instead of the GEMM's 0·NaN = NaN.
+            let mut o = vec![0.0f32; lq * p.dv];
+            axpy_rows_with(
+                p.isa,
+                MatRef::new(&s, lq, lk, lk, 1)?,
+                MatRef::new(&vd, lk, p.dv, p.dv, 1)?,
+                MatMut::new(&mut o, lq, p.dv, p.dv, 1)?,
+            )?;
+            for i in 0..lq {
+                for x in 0..p.dv {
+                    // SAFETY: (b, h, i, x) is inside the checked output view; this head
+                    // owns it.
+                    unsafe {
+                        *out_p
+                            .get()
+                            .wrapping_add(b * os[0] + h * os[1] + i * os[2] + x * os[3]) =
+                            o[i * p.dv + x]
+                    };
+                }
+            }
+            return Ok(());
         }
         // SAFETY: P is lq×lk (fresh), V[b, kvh] lk×dv inside its view, O[b, h] lq×dv inside
         // the checked output view and written by this head only. With lk = 0 the GEMM only
