@@ -591,6 +591,32 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// The keys of every record of `report.json`, in the order of the CSV columns: the eleven
+/// of the first report format (`suite` … `gbs`), then those the interleaved bench added.
+/// Tools reading the report may rely on them.
+pub const RECORD_KEYS: [&str; 20] = [
+    "suite",
+    "case",
+    "impl",
+    "threads",
+    "shape",
+    "median_s",
+    "min_s",
+    "max_s",
+    "gflops",
+    "pct_peak",
+    "gbs",
+    "ratio",
+    "ratio_min",
+    "ratio_max",
+    "baseline",
+    "rounds",
+    "rotation_peak_gflops",
+    "rotation_bw_gbs",
+    "pct_bw",
+    "measuring_error",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,29 +655,6 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 20] = [
-        "suite",
-        "case",
-        "impl",
-        "threads",
-        "shape",
-        "median_s",
-        "min_s",
-        "max_s",
-        "gflops",
-        "pct_peak",
-        "gbs",
-        "ratio",
-        "ratio_min",
-        "ratio_max",
-        "baseline",
-        "rounds",
-        "rotation_peak_gflops",
-        "rotation_bw_gbs",
-        "pct_bw",
-        "measuring_error",
-    ];
-
     #[test]
     fn json_records_have_exactly_the_documented_keys() {
         let mut r = rec("64", "avx2", 1, 1e-3);
@@ -666,7 +669,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         let obj = v["results"][0].as_object().unwrap();
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        let mut want = KEYS.to_vec();
+        let mut want = RECORD_KEYS.to_vec();
         keys.sort_unstable();
         want.sort_unstable();
         assert_eq!(keys, want);
@@ -719,7 +722,7 @@ mod tests {
         let csv = to_csv(&[r, rec("128", "scalar", 2, 0.5)]);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[0].split(',').collect::<Vec<_>>(), KEYS);
+        assert_eq!(lines[0].split(',').collect::<Vec<_>>(), RECORD_KEYS);
         assert!(
             lines[1].starts_with("gemm,64,avx2,1,\"a,\"\"b\"\"\",0.25,"),
             "{}",

@@ -22,28 +22,7 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-const KEYS: [&str; 20] = [
-    "suite",
-    "case",
-    "impl",
-    "threads",
-    "shape",
-    "median_s",
-    "min_s",
-    "max_s",
-    "gflops",
-    "pct_peak",
-    "gbs",
-    "ratio",
-    "ratio_min",
-    "ratio_max",
-    "baseline",
-    "rounds",
-    "rotation_peak_gflops",
-    "rotation_bw_gbs",
-    "pct_bw",
-    "measuring_error",
-];
+use xtask::report::RECORD_KEYS as KEYS;
 
 #[test]
 fn bench_runs_a_tiny_gemm_case_end_to_end() {
