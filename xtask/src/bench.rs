@@ -324,38 +324,25 @@ impl Stats {
     }
 }
 
-/// Times `f`: warm-up, then samples of `calls_per_sample` calls each (chosen from the
-/// warm-up so a sample lasts about `timing.sample_s`) until `min_time_s` and `min_samples`
-/// are both reached, or `max_samples`.
+/// Times `f` alone: a rotation of one member ([`rotation::measure_rotation`]), so
+/// warm-up, then samples of `calls_per_sample` calls each (chosen from the warm-up so a
+/// sample lasts about `timing.sample_s`) until `min_time_s` and `min_samples` are both
+/// reached, or `max_samples`.
 pub fn measure(f: &mut dyn FnMut(), timing: &Timing) -> Stats {
-    let start = Instant::now();
-    let mut warm_calls = 0u64;
-    loop {
-        f();
-        warm_calls += 1;
-        if start.elapsed().as_secs_f64() >= timing.warmup_s {
-            break;
-        }
-    }
-    let per_call = start.elapsed().as_secs_f64() / warm_calls as f64;
-    let batch = if per_call > 0.0 {
-        ((timing.sample_s / per_call).floor() as u64).clamp(1, 1 << 20)
-    } else {
-        1 << 20
-    };
-    let mut samples = Vec::with_capacity(timing.min_samples.max(16));
-    let sampling = Instant::now();
-    while samples.len() < timing.max_samples.max(1)
-        && (samples.len() < timing.min_samples
-            || sampling.elapsed().as_secs_f64() < timing.min_time_s)
-    {
+    let mut sample = |calls: u64| {
         let t0 = Instant::now();
-        for _ in 0..batch {
+        for _ in 0..calls {
             f();
         }
-        samples.push(t0.elapsed().as_secs_f64() / batch as f64);
-    }
-    Stats::from_samples(&samples, batch).expect("at least one finite sample")
+        t0.elapsed().as_secs_f64()
+    };
+    let mut members = [Member {
+        sample: &mut sample,
+        counted: true,
+    }];
+    rotation::measure_rotation(&mut members, timing)
+        .stats(0)
+        .expect("at least one finite sample")
 }
 
 /// Whether glob `pattern` (`*` matches any run of characters) matches all of `text`.

@@ -396,15 +396,11 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         }
         let pm = MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?;
         let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
-        let nonfinite = match kv {
-            Kv::Packed(packs) => packs.v_nonfinite[blk].as_deref(),
-            Kv::Direct { .. } => None,
-        };
         match kv {
             // A NaN or infinity in this V block: skip zero weights (keys a row cannot see,
             // whose columns of P are 0 here, staircase columns included).
-            Kv::Packed(_) if nonfinite.is_some() => {
-                let vd = nonfinite.unwrap_or_default();
+            Kv::Packed(packs) if packs.v_nonfinite[blk].is_some() => {
+                let vd = packs.v_nonfinite[blk].as_deref().unwrap_or_default();
                 axpy_rows_with(p.isa, pm, MatRef::new(vd, kbn, dv, dv, 1)?, om)?
             }
             Kv::Packed(packs) if staircase => {
@@ -501,20 +497,18 @@ pub(crate) fn run(
             group_start.push(tiles.len());
         }
     }
-    let parallel = p.par == Parallelism::Rayon
-        && kernels::parallel::current_threads() > 1
-        && [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
-            .iter()
-            .fold(4usize, |a, &x| a.saturating_mul(x))
-            >= 1 << 22;
-    let threads = if parallel {
-        kernels::parallel::current_threads()
-    } else {
-        1
+    // Threads for the call's teams: 1 (every team runs inline) unless the call may use
+    // the pool and is large enough to gain from it.
+    let work = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
+        .iter()
+        .fold(4usize, |a, &x| a.saturating_mul(x));
+    let threads = match p.par {
+        Parallelism::Rayon if work >= 1 << 22 => kernels::parallel::current_threads(),
+        _ => 1,
     };
     let split = tiles.len() < 16 && p.lk >= 2 * DECODE_CHUNK;
     if split {
-        return run_split(p, q, k, v, &tiles, parallel, out_p, os, lse_p);
+        return run_split(p, q, k, v, &tiles, threads, out_p, os, lse_p);
     }
     let groups: Vec<(usize, usize)> = (0..p.b)
         .flat_map(|b| (0..p.hkv).map(move |h| (b, h)))
@@ -571,7 +565,7 @@ fn run_split(
     k: &TensorRef<'_>,
     v: &TensorRef<'_>,
     tiles: &[Tile],
-    parallel: bool,
+    threads: usize,
     out_p: SyncPtr,
     os: [usize; 4],
     lse_p: Option<SyncPtr>,
@@ -588,7 +582,7 @@ fn run_split(
     let po_len = (qt * dv).max(1);
     let mut part_o = vec![0.0f32; tasks * po_len];
     let mut part_ml = vec![0.0f32; tasks * 2 * qt];
-    let task = |(idx, (po, pml)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
+    let task = |idx: usize, po: &mut [f32], pml: &mut [f32]| -> Result<()> {
         let (t, c) = (tiles[idx / chunks], idx % chunks);
         let rows = t.r1 - t.r0;
         let (pm, pl) = pml.split_at_mut(qt);
@@ -630,18 +624,13 @@ fn run_split(
             Ok(())
         })
     };
-    let threads = if parallel {
-        kernels::parallel::current_threads()
-    } else {
-        1
-    };
     kernels::parallel::try_for_each_chunk_mut2(
         threads,
         &mut part_o,
         po_len,
         &mut part_ml,
         2 * qt,
-        |i, po, pml| task((i, (po, pml))),
+        task,
     )?;
     // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order.
     let mut o = vec![0.0f32; qt * dv];

@@ -201,15 +201,14 @@ impl Linear {
         }
         let bias = self.bias.as_ref().map(|b| &b[cols.clone()]);
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
-        let threads = kernels::parallel::current_threads();
-        let parallel = par == Parallelism::Rayon
-            && threads > 1
-            && 2usize
-                .saturating_mul(rows)
-                .saturating_mul(n)
-                .saturating_mul(k)
-                >= PAR_MIN_FLOPS;
-        let threads = if parallel { threads } else { 1 };
+        let flops = 2usize
+            .saturating_mul(rows)
+            .saturating_mul(n)
+            .saturating_mul(k);
+        let threads = match par {
+            Parallelism::Rayon if flops >= PAR_MIN_FLOPS => kernels::parallel::current_threads(),
+            _ => 1,
+        };
         // One block: rows r0.. of x times columns c0 + j0 .. c0 + j0 + nb, into `dst`
         // (`[rows_b, nb]` row-major).
         let block = |r0: usize, rows_b: usize, j0: usize, nb: usize, dst: &mut [f32]| {

@@ -40,6 +40,23 @@ pub(crate) fn run(
     // SAFETY: as above.
     let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
     let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+    // Per (batch, key/value head): a dense copy of V where it holds a NaN or an infinity
+    // (found once here, not once per query head of the group).
+    let mut v_nonfinite = Vec::with_capacity(p.b * p.hkv);
+    for b in 0..p.b {
+        for kvh in 0..p.hkv {
+            v_nonfinite.push(match (p.lk, p.dv) {
+                (0, _) | (_, 0) => None,
+                (lk, dv) => crate::flash::dense_if_nonfinite(MatRef::new(
+                    &v.data()[v.offset(b, kvh, 0, 0)..],
+                    lk,
+                    dv,
+                    vs[2],
+                    vs[3],
+                )?),
+            });
+        }
+    }
     let one = |&(b, h): &(usize, usize)| -> Result<()> {
         let kvh = h / p.group();
         let (lq, lk) = (p.lq, p.lk);
@@ -98,24 +115,14 @@ pub(crate) fn run(
                 }
             }
         }
-        let v_head = match (lk, p.dv) {
-            (0, _) | (_, 0) => None,
-            _ => crate::flash::dense_if_nonfinite(MatRef::new(
-                &v.data()[v.offset(b, kvh, 0, 0)..],
-                lk,
-                p.dv,
-                vs[2],
-                vs[3],
-            )?),
-        };
-        if let Some(vd) = v_head {
+        if let Some(vd) = &v_nonfinite[b * p.hkv + kvh] {
             // A NaN or infinity in V: skip zero weights (keys a row cannot see), as the
             // decode path and the reference do, instead of the GEMM's 0·NaN = NaN.
             let mut o = vec![0.0f32; lq * p.dv];
             axpy_rows_with(
                 p.isa,
                 MatRef::new(&s, lq, lk, lk, 1)?,
-                MatRef::new(&vd, lk, p.dv, p.dv, 1)?,
+                MatRef::new(vd, lk, p.dv, p.dv, 1)?,
                 MatMut::new(&mut o, lq, p.dv, p.dv, 1)?,
             )?;
             for i in 0..lq {
