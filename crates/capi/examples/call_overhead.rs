@@ -4,7 +4,10 @@
 //!
 //! * `rust`: the Rust function called directly (`kernels::gemm`, `attention::sdpa_into`);
 //! * `c`: the C entry point with no thread count set (rayon's global pool);
-//! * `c+set`: the C entry point after `fa_set_num_threads(T)`, `T` the global pool's size.
+//! * `c+set`: the C entry point after `fa_set_num_threads(T)`, `T` the global pool's size;
+//! * `install`: the Rust call handed to a dedicated pool of `T` threads
+//!   (`ThreadPool::install`), which is what every C call did after `fa_set_num_threads`
+//!   before calls stayed on the calling thread.
 //!
 //! Run it at one and at two threads (the global pool is sized once per process):
 //!
@@ -89,14 +92,20 @@ fn compare(case: &str, threads: i32, impls: &mut [Impl<'_>]) {
 
 fn main() {
     let threads = rayon::current_num_threads() as i32;
+    // What fa_set_num_threads did before calls stayed on the calling thread: the whole
+    // call handed to a dedicated pool of T threads (ThreadPool::install).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads as usize)
+        .build()
+        .expect("a pool starts");
     println!("global pool: {threads} thread(s); c+set calls fa_set_num_threads({threads})");
     for n in [32usize, 64, 128] {
         let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
-        let c1 = std::cell::RefCell::new(vec![0.0f32; n * n]);
+        let c1 = std::sync::Mutex::new(vec![0.0f32; n * n]);
         let ni = n as i32;
         let cblas = || {
-            let mut c = c1.borrow_mut();
+            let mut c = c1.lock().unwrap();
             // SAFETY: dense row-major n x n matrices with leading dimension n.
             unsafe {
                 cblas_sgemm(
@@ -118,7 +127,7 @@ fn main() {
             };
         };
         let rust = || {
-            let mut c = c1.borrow_mut();
+            let mut c = c1.lock().unwrap();
             let (am, bm) = (
                 MatRef::row_major(black_box(&a), n, n),
                 MatRef::row_major(&b, n, n),
@@ -126,10 +135,12 @@ fn main() {
             let cm = MatMut::row_major(&mut c, n, n);
             kernels::gemm(1.0, am.unwrap(), bm.unwrap(), 0.0, cm.unwrap()).expect("valid shapes");
         };
+        let rust = &rust;
         let mut impls: Vec<Impl<'_>> = vec![
             ("rust", false, Box::new(rust)),
             ("c", false, Box::new(cblas)),
             ("c+set", true, Box::new(cblas)),
+            ("install", false, Box::new(|| pool.install(rust))),
         ];
         compare(&format!("cblas_sgemm n={n}"), threads, &mut impls);
     }
@@ -138,10 +149,10 @@ fn main() {
     let dims = [1, 1, l, d];
     let strides = [(l * d) as isize, (l * d) as isize, d as isize, 1];
     let mut x: Vec<f32> = (0..l * d).map(|i| ((i % 13) as f32 - 6.0) * 0.05).collect();
-    let out = std::cell::RefCell::new(vec![0.0f32; l * d]);
+    let out = std::sync::Mutex::new(vec![0.0f32; l * d]);
     let xp = x.as_mut_ptr();
     let c_sdpa = || {
-        let mut o = out.borrow_mut();
+        let mut o = out.lock().unwrap();
         let t = fa_tensor {
             data: xp,
             dims,
@@ -158,16 +169,18 @@ fn main() {
     };
     let xs: &[f32] = &x;
     let rust_sdpa = || {
-        let mut o = out.borrow_mut();
+        let mut o = out.lock().unwrap();
         let t = TensorRef::new(black_box(xs), dims, [l * d, l * d, d, 1]).expect("valid view");
         let to = TensorMut::new(&mut o, dims, [l * d, l * d, d, 1]).expect("valid view");
         attention::sdpa_into(t, t, t, to, &SdpaOptions::default(), SdpaOutputs::default())
             .expect("valid call");
     };
+    let rust_sdpa = &rust_sdpa;
     let mut impls: Vec<Impl<'_>> = vec![
         ("rust", false, Box::new(rust_sdpa)),
         ("c", false, Box::new(c_sdpa)),
         ("c+set", true, Box::new(c_sdpa)),
+        ("install", false, Box::new(|| pool.install(rust_sdpa))),
     ];
     compare("fa_sdpa L=64 H=1 D=64", threads, &mut impls);
 }
