@@ -203,8 +203,8 @@ fn k06_gemm_zero_sizes_are_fine_and_touch_nothing_outside() {
     )
     .unwrap();
     // k = 0: C = beta·C, and beta = 0 writes zeros without reading (NaN does not stay).
-    let a_k0 = MatRef::new(&[], 2, 0, 0, 1).unwrap();
-    let b_k0 = MatRef::new(&[], 0, 2, 2, 1).unwrap();
+    let a_k0 = MatRef::<f32>::new(&[], 2, 0, 0, 1).unwrap();
+    let b_k0 = MatRef::<f32>::new(&[], 0, 2, 2, 1).unwrap();
     let mut c = [f32::NAN, f32::NAN, f32::NAN, f32::NAN, -7.0];
     gemm(
         1.0,
@@ -228,7 +228,7 @@ fn k06_gemm_zero_sizes_are_fine_and_touch_nothing_outside() {
     // A huge m with n = 0 (a broadcast A of one element) does no work.
     let one = [3.0f32];
     let ah = MatRef::new(&one, usize::MAX, 3, 0, 0).unwrap();
-    let bh = MatRef::new(&[], 3, 0, 0, 1).unwrap();
+    let bh = MatRef::<f32>::new(&[], 3, 0, 0, 1).unwrap();
     gemm(
         1.0,
         ah,

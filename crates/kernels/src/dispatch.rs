@@ -18,7 +18,7 @@ pub enum Isa {
     Scalar,
     /// Portable SIMD on the `wide` crate (what CPUs without a dedicated variant get).
     Portable,
-    /// x86-64 AVX2 with FMA3 (`std::arch` intrinsics).
+    /// x86-64 AVX2 with FMA3 and F16C (`std::arch` intrinsics; every AVX2 CPU has F16C).
     Avx2Fma,
     /// x86-64 AVX-512F (`std::arch` intrinsics).
     Avx512,
@@ -125,7 +125,9 @@ impl std::fmt::Display for Isa {
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 fn detect_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
 fn detect_avx2_fma() -> bool {

@@ -22,7 +22,9 @@
 //! ```
 
 mod buffer;
+pub mod convert;
 pub mod dispatch;
+pub mod dtype;
 pub mod error;
 pub mod exp;
 pub mod gemm;
@@ -31,6 +33,7 @@ pub mod parallel;
 pub mod softmax;
 
 pub use dispatch::{current_isa, set_isa, Isa};
+pub use dtype::{bf16, f16, DType, Element};
 pub use error::{KernelError, Result};
 pub use gemm::{gemm, gemm_with, sgemm, sgemm_with, MatMut, MatRef};
 pub use parallel::Parallelism;

@@ -358,7 +358,7 @@ fn run_packed_case(c: &PackedCase) -> Result<(), TestCaseError> {
     .map_err(|e| TestCaseError::fail(format!("{c:?}: {e}")))?;
     // The reference on B's sub-view rows 0..k_used, columns col0..col0+n_used.
     let b_sub = if c.k_used == 0 || c.n_used == 0 {
-        MatRef::new(&[], c.k_used, c.n_used, 1, 1).unwrap()
+        MatRef::<f32>::new(&[], c.k_used, c.n_used, 1, 1).unwrap()
     } else {
         MatRef::new(&b[col0 * csb..], c.k_used, c.n_used, rsb, csb).unwrap()
     };

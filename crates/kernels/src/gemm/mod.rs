@@ -43,6 +43,7 @@ pub mod reference;
 
 use crate::buffer::with_scratch;
 use crate::dispatch::{current_isa, Isa};
+use crate::dtype::{DType, Element};
 use crate::error::{KernelError, Result};
 use crate::parallel::{team, Claims, Parallelism, SyncPtr};
 use microkernel::{store_tile, ukr_for, Ukr};
@@ -241,7 +242,7 @@ pub unsafe fn sgemm_with(
 /// # Safety
 /// As [`sgemm`], and the CPU has `isa`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_unchecked(
+pub(crate) unsafe fn gemm_unchecked<TA: Element, TB: Element>(
     isa: Isa,
     par: Parallelism,
     a_read: ARead,
@@ -249,10 +250,10 @@ pub(crate) unsafe fn gemm_unchecked(
     k: usize,
     n: usize,
     alpha: f32,
-    a: *const f32,
+    a: *const TA,
     rsa: isize,
     csa: isize,
-    b: *const f32,
+    b: *const TB,
     rsb: isize,
     csb: isize,
     beta: f32,
@@ -299,8 +300,8 @@ pub(crate) unsafe fn gemm_unchecked(
     // (row block, panel group) pair), and A, B are only read.
     let (a_p, b_p, c_p) = unsafe {
         (
-            SyncPtr::new(a as *mut f32),
-            SyncPtr::new(b as *mut f32),
+            SyncPtr::new(a as *mut TA),
+            SyncPtr::new(b as *mut TB),
             SyncPtr::new(c),
         )
     };
@@ -316,7 +317,8 @@ pub(crate) unsafe fn gemm_unchecked(
     // stride) is read in place unless MR rows at its row stride crowd one L1 set
     // (`params::rows_crowd_l1`), where a fused kernel packs it on the task's first B panel
     // (see `task` below).
-    let row_major = csa == 1 && rsa != 0;
+    // A 16-bit A is always packed (converted as it is).
+    let row_major = csa == 1 && rsa != 0 && TA::DTYPE == DType::F32;
     let in_place = row_major
         && match a_read {
             ARead::Auto => !params::rows_crowd_l1(rsa.unsigned_abs(), mr, &params::cache_sizes()),
@@ -360,7 +362,7 @@ pub(crate) unsafe fn gemm_unchecked(
                         )
                     };
                     // Panels q0 .. q0 + full are whole (nr columns inside the block).
-                    let full = if csb == 1 {
+                    let full = if csb == 1 && TB::DTYPE == DType::F32 {
                         count.min((ncb / nr).saturating_sub(q0))
                     } else {
                         0
@@ -374,6 +376,7 @@ pub(crate) unsafe fn gemm_unchecked(
                                 kcb,
                                 full,
                                 b_p.get()
+                                    .cast::<f32>()
                                     .offset(pc as isize * rsb + (jc + q0 * nr) as isize),
                                 rsb,
                                 chunk,
@@ -386,7 +389,8 @@ pub(crate) unsafe fn gemm_unchecked(
                         // SAFETY: rows pc..pc+kcb and columns j0..j0+cols of B are inside
                         // the caller's view (cols ≤ n - j0).
                         unsafe {
-                            pack::pack_b_panel_dyn(
+                            pack::pack_b_panel_cvt(
+                                isa,
                                 nr,
                                 kcb,
                                 nr.min(ncb - q * nr),
@@ -470,7 +474,8 @@ pub(crate) unsafe fn gemm_unchecked(
                             // SAFETY: rows ic+full·mr .. ic+mcb, columns pc..pc+kcb of A are
                             // in the view.
                             unsafe {
-                                pack::pack_a_dyn(
+                                pack::pack_a_cvt(
+                                    isa,
                                     mr,
                                     packed_rows,
                                     kcb,
@@ -482,7 +487,8 @@ pub(crate) unsafe fn gemm_unchecked(
                             };
                         }
                         let a_src = ASource {
-                            in_place: a_blk,
+                            // Read in place only when A is f32 (`row_major`).
+                            in_place: a_blk.cast::<f32>(),
                             lda: rsa,
                             full,
                             edge_in_place,
@@ -746,22 +752,31 @@ fn view_extent(
 }
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
-#[derive(Debug, Clone, Copy)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
+/// `T` is f32 or a 16-bit storage type ([`Element`](crate::Element)), which the GEMM
+/// converts to f32 as it packs.
+#[derive(Debug)]
+pub struct MatRef<'a, T = f32> {
+    data: &'a [T],
     rows: usize,
     cols: usize,
     rs: usize,
     cs: usize,
 }
 
-impl<'a> MatRef<'a> {
+impl<T> Clone for MatRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for MatRef<'_, T> {}
+
+impl<'a, T: crate::Element> MatRef<'a, T> {
     /// A `rows × cols` view with row stride `rs` and column stride `cs` (in elements).
     ///
     /// # Errors
     /// [`KernelError::BufferTooSmall`] if the view reaches past `data`,
     /// [`KernelError::Overflow`] if its extent does not fit in `isize`.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+    pub fn new(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
         view_extent("MatRef::new", "data", data.len(), rows, cols, rs, cs)?;
         Ok(MatRef {
             data,
@@ -778,12 +793,12 @@ impl<'a> MatRef<'a> {
     /// let a = fastattn_kernels::gemm::MatRef::row_major(&[1.0, 2.0, 3.0], 1, 3).unwrap();
     /// assert_eq!(a.get(0, 2), 3.0);
     /// ```
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Result<Self> {
         Self::new(data, rows, cols, cols, 1)
     }
 
     /// A dense column-major view (`rs = 1`, `cs = rows`).
-    pub fn col_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+    pub fn col_major(data: &'a [T], rows: usize, cols: usize) -> Result<Self> {
         Self::new(data, rows, cols, 1, rows)
     }
 
@@ -815,12 +830,12 @@ impl<'a> MatRef<'a> {
         self.cs
     }
     /// Element `(i, j)`. Panics when out of range.
-    pub fn get(&self, i: usize, j: usize) -> f32 {
+    pub fn get(&self, i: usize, j: usize) -> T {
         assert!(i < self.rows && j < self.cols, "MatRef::get out of range");
         self.data[i * self.rs + j * self.cs]
     }
     /// The underlying slice.
-    pub fn data(&self) -> &'a [f32] {
+    pub fn data(&self) -> &'a [T] {
         self.data
     }
 }
@@ -948,7 +963,13 @@ impl<'a> MatMut<'a> {
 /// assert_eq!(c, [14.0, 32.0, 32.0, 77.0]);
 /// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
-pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
+pub fn gemm<TA: Element, TB: Element>(
+    alpha: f32,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
     gemm_with(current_isa()?, Parallelism::Rayon, alpha, a, b, beta, c)
 }
 
@@ -956,12 +977,12 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) 
 ///
 /// # Errors
 /// As [`gemm`]; [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
-pub fn gemm_with(
+pub fn gemm_with<TA: Element, TB: Element>(
     isa: Isa,
     par: Parallelism,
     alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {
@@ -987,13 +1008,13 @@ pub enum ARead {
 /// As [`gemm_with`].
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_with_a_read(
+pub fn gemm_with_a_read<TA: Element, TB: Element>(
     isa: Isa,
     par: Parallelism,
     a_read: ARead,
     alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<()> {

@@ -299,3 +299,107 @@ pub(crate) unsafe fn pack_b_panel_dyn(
         }
     }
 }
+
+/// [`pack_b_panel_dyn`] for a B of any element type, converted to f32 as it is packed: a
+/// row-major B's rows are widened straight into the panel, a column-major B's columns into
+/// an L1-sized scratch that is then transposed like f32 columns; other layouts go element
+/// by element.
+///
+/// # Safety
+/// As [`pack_b_panel`], with `NR = nr`; the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn pack_b_panel_cvt<T: crate::Element>(
+    isa: crate::Isa,
+    nr: usize,
+    kc: usize,
+    cols: usize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    panel: &mut [f32],
+) {
+    use crate::convert::convert_raw;
+    if T::DTYPE == crate::DType::F32 {
+        // SAFETY: T is f32; forwarded contract.
+        unsafe { pack_b_panel_dyn(nr, kc, cols, b.cast(), rsb, csb, panel) };
+        return;
+    }
+    assert!(cols <= nr && panel.len() >= nr * kc);
+    if csb == 1 {
+        for (p, dst) in panel.chunks_exact_mut(nr).take(kc).enumerate() {
+            // SAFETY: row p holds `cols` contiguous readable values (caller contract); the
+            // destination row of the panel holds nr ≥ cols values.
+            unsafe { convert_raw(isa, cols, b.offset(p as isize * rsb), dst.as_mut_ptr()) };
+            dst[cols..].fill(0.0);
+        }
+    } else if rsb == 1 {
+        crate::buffer::with_scratch(cols * kc, |tmp| {
+            for j in 0..cols {
+                // SAFETY: column j holds `kc` contiguous readable values (caller contract);
+                // the scratch holds cols·kc values.
+                unsafe {
+                    convert_raw(
+                        isa,
+                        kc,
+                        b.offset(j as isize * csb),
+                        tmp.as_mut_ptr().add(j * kc),
+                    )
+                };
+            }
+            // SAFETY: the scratch is a kc × cols column-major f32 block.
+            unsafe { pack_b_panel_dyn(nr, kc, cols, tmp.as_ptr(), 1, kc as isize, panel) };
+        });
+    } else {
+        for (p, dst) in panel.chunks_exact_mut(nr).take(kc).enumerate() {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = if j < cols {
+                    // SAFETY: `p < kc`, `j < cols`: inside the block.
+                    unsafe { (*b.offset(p as isize * rsb + j as isize * csb)).to_f32() }
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// [`pack_a_dyn`] for an A of any element type, converted to f32 as it is packed (through
+/// a row-major f32 scratch of the block's rows).
+///
+/// # Safety
+/// As [`pack_a`], with `MR = mr`; the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn pack_a_cvt<T: crate::Element>(
+    isa: crate::Isa,
+    mr: usize,
+    mc: usize,
+    kc: usize,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    out: &mut [f32],
+) {
+    if T::DTYPE == crate::DType::F32 {
+        // SAFETY: T is f32; forwarded contract.
+        unsafe { pack_a_dyn(mr, mc, kc, a.cast(), rsa, csa, out) };
+        return;
+    }
+    crate::buffer::with_scratch(mc * kc, |tmp| {
+        for i in 0..mc {
+            let row = &mut tmp[i * kc..(i + 1) * kc];
+            // SAFETY: row i of the block is readable for kc columns (caller contract).
+            let src = unsafe { a.offset(i as isize * rsa) };
+            if csa == 1 {
+                // SAFETY: the row's kc values are contiguous; `row` holds kc values.
+                unsafe { crate::convert::convert_raw(isa, kc, src, row.as_mut_ptr()) };
+            } else {
+                for (p, d) in row.iter_mut().enumerate() {
+                    // SAFETY: p < kc: inside the block.
+                    *d = unsafe { (*src.offset(p as isize * csa)).to_f32() };
+                }
+            }
+        }
+        // SAFETY: the scratch is a row-major mc × kc f32 block.
+        unsafe { pack_a_dyn(mr, mc, kc, tmp.as_ptr(), kc as isize, 1, out) };
+    });
+}

@@ -57,11 +57,12 @@ impl PackedB {
         })
     }
 
-    /// Packs `b` (replacing the previous contents; the buffer only grows).
+    /// Packs `b` (replacing the previous contents; the buffer only grows). A 16-bit `b` is
+    /// converted to f32 as it is packed.
     ///
     /// # Errors
     /// [`KernelError::Overflow`] if the packed size does not fit in memory sizes.
-    pub fn pack(&mut self, b: MatRef<'_>) -> Result<()> {
+    pub fn pack<T: crate::Element>(&mut self, b: MatRef<'_, T>) -> Result<()> {
         let nr = self.ukr.nr;
         let (k, n) = (b.rows(), b.cols());
         let panels = n.div_ceil(nr);
@@ -84,7 +85,8 @@ impl PackedB {
             // SAFETY: the view was bounds-checked when built; the panel reads rows 0..k and
             // columns q·nr .. q·nr + cols, all inside it.
             unsafe {
-                pack::pack_b_panel_dyn(
+                pack::pack_b_panel_cvt(
+                    self.isa,
                     nr,
                     k,
                     cols,

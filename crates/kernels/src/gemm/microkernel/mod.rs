@@ -163,6 +163,60 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// The ISA is present.
     unsafe fn reduce_add(a: Self::V) -> f32;
+    /// Loads `LANES` f16 values (bit patterns) and widens them to f32 (exact).
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load_f16(p: *const u16) -> Self::V;
+    /// Loads `LANES` bf16 values (bit patterns) and widens them to f32 (exact: a shift).
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load_bf16(p: *const u16) -> Self::V;
+    /// Rounds `v` to f16 (nearest, ties to even) and stores `LANES` bit patterns.
+    ///
+    /// # Safety
+    /// `p` writable for `LANES` values; the ISA is present.
+    unsafe fn store_f16(p: *mut u16, v: Self::V);
+    /// Rounds `v` to bf16 (nearest, ties to even; NaN stays NaN) and stores `LANES` bit
+    /// patterns.
+    ///
+    /// # Safety
+    /// `p` writable for `LANES` values; the ISA is present.
+    unsafe fn store_bf16(p: *mut u16, v: Self::V);
+}
+
+/// Loads `S::LANES` values of any element type as f32 (the match is resolved at compile
+/// time).
+///
+/// # Safety
+/// `p` readable for `S::LANES` values; the ISA of `S` is present.
+#[inline(always)]
+pub(crate) unsafe fn load_as<S: SimdOps, E: crate::Element>(p: *const E) -> S::V {
+    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
+    unsafe {
+        match E::DTYPE {
+            crate::DType::F32 => S::load(p.cast()),
+            crate::DType::F16 => S::load_f16(p.cast()),
+            crate::DType::BF16 => S::load_bf16(p.cast()),
+        }
+    }
+}
+
+/// Stores `S::LANES` f32 values as `E`, rounded to nearest, ties to even.
+///
+/// # Safety
+/// `p` writable for `S::LANES` values; the ISA of `S` is present.
+#[inline(always)]
+pub(crate) unsafe fn store_as<S: SimdOps, E: crate::Element>(p: *mut E, v: S::V) {
+    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
+    unsafe {
+        match E::DTYPE {
+            crate::DType::F32 => S::store(p.cast(), v),
+            crate::DType::F16 => S::store_f16(p.cast(), v),
+            crate::DType::BF16 => S::store_bf16(p.cast(), v),
+        }
+    }
 }
 
 /// The `k` loop: `ab += A·B` over one micro-panel pair. With `PACKED` A is a packed

@@ -39,6 +39,30 @@ impl SimdOps for WideOps {
     unsafe fn reduce_add(a: f32x8) -> f32 {
         a.reduce_add()
     }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values.
+        let b = unsafe { p.cast::<[u16; 8]>().read_unaligned() };
+        f32x8::from(b.map(|x| half::f16::from_bits(x).to_f32()))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values.
+        let b = unsafe { p.cast::<[u16; 8]>().read_unaligned() };
+        f32x8::from(b.map(|x| f32::from_bits((x as u32) << 16)))
+    }
+    #[inline(always)]
+    unsafe fn store_f16(p: *mut u16, v: f32x8) {
+        let b = v.to_array().map(|x| half::f16::from_f32(x).to_bits());
+        // SAFETY: the caller guarantees 8 writable values.
+        unsafe { p.cast::<[u16; 8]>().write_unaligned(b) }
+    }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: f32x8) {
+        let b = v.to_array().map(|x| half::bf16::from_f32(x).to_bits());
+        // SAFETY: the caller guarantees 8 writable values.
+        unsafe { p.cast::<[u16; 8]>().write_unaligned(b) }
+    }
 }
 
 /// # Safety

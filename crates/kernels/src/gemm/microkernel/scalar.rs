@@ -39,6 +39,26 @@ impl SimdOps for ScalarOps {
     unsafe fn reduce_add(a: f32) -> f32 {
         a
     }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        half::f16::from_bits(unsafe { *p }).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        half::bf16::from_bits(unsafe { *p }).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn store_f16(p: *mut u16, v: f32) {
+        // SAFETY: the caller guarantees `p` is writable.
+        unsafe { *p = half::f16::from_f32(v).to_bits() }
+    }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: f32) {
+        // SAFETY: the caller guarantees `p` is writable.
+        unsafe { *p = half::bf16::from_f32(v).to_bits() }
+    }
 }
 
 /// # Safety

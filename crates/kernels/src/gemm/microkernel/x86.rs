@@ -54,6 +54,61 @@ impl SimdOps for Avx2Ops {
             _mm_cvtss_f32(s)
         }
     }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> __m256 {
+        // SAFETY: 8 readable values; F16C is part of this variant (caller contract).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> __m256 {
+        // SAFETY: 8 readable values and AVX2 (caller contract).
+        unsafe {
+            let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_f16(p: *mut u16, v: __m256) {
+        // SAFETY: 8 writable values; F16C is part of this variant (caller contract).
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(p.cast(), h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: __m256) {
+        // SAFETY: 8 writable values and AVX2 (caller contract).
+        unsafe {
+            let w = bf16_round_avx2(_mm256_castps_si256(v));
+            // Pack the 32-bit lanes (each ≤ 0xFFFF) to 16 bits: per 128-bit half, then
+            // the two halves' results brought together.
+            let packed = _mm256_packus_epi32(w, w);
+            let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
+            _mm_storeu_si128(p.cast(), _mm256_castsi256_si128(ordered))
+        }
+    }
+}
+
+/// bf16 bit patterns (in the low 16 bits of each lane) of the f32 bits `x`: round to
+/// nearest, ties to even; NaN becomes a quiet NaN with the same sign and top payload bits
+/// (what `half::bf16::from_f32` gives).
+///
+/// # Safety
+/// AVX2 is present.
+#[inline(always)]
+unsafe fn bf16_round_avx2(x: __m256i) -> __m256i {
+    // SAFETY: AVX2 is present (caller contract).
+    unsafe {
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), _mm256_set1_epi32(1));
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+            x,
+            _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb),
+        ));
+        let abs = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFF_FFFF));
+        let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
+        let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(x), _mm256_set1_epi32(0x0040));
+        _mm256_blendv_epi8(rounded, quiet, nan)
+    }
 }
 
 /// 512-bit AVX-512F vectors.
@@ -103,6 +158,44 @@ impl SimdOps for Avx512Ops {
     unsafe fn reduce_add(a: __m512) -> f32 {
         // SAFETY: AVX-512F is present (caller contract).
         unsafe { _mm512_reduce_add_ps(a) }
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        // SAFETY: 16 readable values and AVX-512F (caller contract).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> __m512 {
+        // SAFETY: 16 readable values and AVX-512F (caller contract).
+        unsafe {
+            let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_f16(p: *mut u16, v: __m512) {
+        // SAFETY: 16 writable values and AVX-512F (caller contract).
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm256_storeu_si256(p.cast(), h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: __m512) {
+        // SAFETY: 16 writable values and AVX-512F (caller contract).
+        unsafe {
+            let x = _mm512_castps_si512(v);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                x,
+                _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb),
+            ));
+            let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+            let nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(0x0040));
+            let w = _mm512_mask_blend_epi32(nan, rounded, quiet);
+            _mm256_storeu_si256(p.cast(), _mm512_cvtepi32_epi16(w))
+        }
     }
 }
 
