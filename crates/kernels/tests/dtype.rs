@@ -262,19 +262,17 @@ fn check_gemm<TA: Element, TB: Element>(isa: Isa) {
             let (aw, bw) = (widen(&a), widen(&b));
             let c0 = rand_f32(&mut rng, m * n);
             let (mut c16, mut c32, mut cr) = (c0.clone(), c0.clone(), c0.clone());
-            for (c, par) in [(&mut c16, Parallelism::Rayon)] {
-                gemm_with_a_read(
-                    isa,
-                    par,
-                    ARead::Packed,
-                    0.75,
-                    MatRef::new(&a, m, k, rsa, csa).unwrap(),
-                    MatRef::new(&b, k, n, rsb, csb).unwrap(),
-                    0.5,
-                    MatMut::row_major(c, m, n).unwrap(),
-                )
-                .unwrap();
-            }
+            gemm_with_a_read(
+                isa,
+                Parallelism::Rayon,
+                ARead::Packed,
+                0.75,
+                MatRef::new(&a, m, k, rsa, csa).unwrap(),
+                MatRef::new(&b, k, n, rsb, csb).unwrap(),
+                0.5,
+                MatMut::row_major(&mut c16, m, n).unwrap(),
+            )
+            .unwrap();
             gemm_with_a_read(
                 isa,
                 Parallelism::Sequential,
