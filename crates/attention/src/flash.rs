@@ -24,8 +24,9 @@
 
 use crate::error::Result;
 use crate::options::Problem;
-use crate::tensor::{TensorMut, TensorRef};
+use crate::tensor::{with_mat, AnyOut, AnyRef};
 use crate::SyncPtr;
+use kernels::dtype::{all_finite, Element, Slice};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::{axpy_rows_with, dot_rows_with};
@@ -91,8 +92,8 @@ impl KvPacks {
     fn pack(
         &mut self,
         p: &Problem<'_>,
-        k: &TensorRef<'_>,
-        v: &TensorRef<'_>,
+        k: &AnyRef<'_>,
+        v: &AnyRef<'_>,
         b: usize,
         kvh: usize,
         origin: usize,
@@ -100,8 +101,8 @@ impl KvPacks {
     ) -> Result<()> {
         let n = end - origin;
         let (ks, vs) = (k.strides(), v.strides());
-        let kdata = k.data().get(k.offset(b, kvh, origin, 0)..).unwrap_or(&[]);
-        self.k.pack(MatRef::new(kdata, p.d, n, ks[3], ks[2])?)?;
+        let kbase = k.offset(b, kvh, origin, 0);
+        with_mat!(k, (kbase, p.d, n, ks[3], ks[2]), m => self.k.pack(m)?);
         let blocks = n.div_ceil(KEY_BLOCK);
         while self.v.len() < blocks {
             self.v.push(PackedB::new(p.isa)?);
@@ -110,10 +111,16 @@ impl KvPacks {
         for blk in 0..blocks {
             let j0 = origin + blk * KEY_BLOCK;
             let kb = KEY_BLOCK.min(end - j0);
-            let vdata = v.data().get(v.offset(b, kvh, j0, 0)..).unwrap_or(&[]);
-            let vm = MatRef::new(vdata, kb, p.dv, vs[2], vs[3])?;
-            self.v[blk].pack(vm)?;
-            self.v_nonfinite[blk] = dense_if_nonfinite(vm);
+            let vbase = v.offset(b, kvh, j0, 0);
+            with_mat!(v, (vbase, kb, p.dv, vs[2], vs[3]), vm => {
+                self.v[blk].pack(vm)?;
+                // The packed copy holds the block's values (as f32) and zero padding.
+                self.v_nonfinite[blk] = if self.v[blk].all_finite() {
+                    None
+                } else {
+                    Some(dense_copy(vm))
+                };
+            });
         }
         self.origin = origin;
         self.end = end;
@@ -123,37 +130,28 @@ impl KvPacks {
 
 /// A dense row-major copy of `m` if it holds a NaN or an infinity, else `None` (one pass
 /// over the block, next to its packing; the copy is made only for such a block).
-pub(crate) fn dense_if_nonfinite(m: MatRef<'_>) -> Option<Vec<f32>> {
+pub(crate) fn dense_if_nonfinite<T: Element>(m: MatRef<'_, T>) -> Option<Vec<f32>> {
     let (rows, cols) = (m.rows(), m.cols());
-    let finite = if m.col_stride() == 1 && cols > 0 {
-        (0..rows).all(|r| all_finite(&m.data()[r * m.row_stride()..][..cols]))
-    } else {
-        (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).is_finite()))
+    let finite = match T::slice(m.data()) {
+        Slice::F32(data) if m.col_stride() == 1 && cols > 0 => {
+            (0..rows).all(|r| all_finite(&data[r * m.row_stride()..][..cols]))
+        }
+        _ => (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).to_f32().is_finite())),
     };
     if finite {
-        return None;
+        None
+    } else {
+        Some(dense_copy(m))
     }
-    let mut d = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        d.extend((0..cols).map(|c| m.get(r, c)));
-    }
-    Some(d)
 }
 
-/// Whether every value of `x` is finite: `v − v` is 0 for a finite `v` and NaN for a NaN
-/// or an infinity, and the eight running sums vectorise (no branch per value).
-// `v - v` is the point: 0 for finite values, NaN otherwise.
-#[allow(clippy::eq_op)]
-fn all_finite(x: &[f32]) -> bool {
-    let mut acc = [0.0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v - v;
-        }
+/// A dense row-major f32 copy of `m`.
+fn dense_copy<T: Element>(m: MatRef<'_, T>) -> Vec<f32> {
+    let mut d = Vec::with_capacity(m.rows() * m.cols());
+    for r in 0..m.rows() {
+        d.extend((0..m.cols()).map(|c| m.get(r, c).to_f32()));
     }
-    let tail: f32 = chunks.remainder().iter().map(|&v| v - v).sum();
-    acc.iter().sum::<f32>() + tail == 0.0
+    d
 }
 
 /// Where a tile reads its keys and values: packed panels, or (for decoding, when a tile
@@ -161,8 +159,8 @@ fn all_finite(x: &[f32]) -> bool {
 enum Kv<'a, 'p> {
     Packed(&'p KvPacks),
     Direct {
-        k: &'p TensorRef<'a>,
-        v: &'p TensorRef<'a>,
+        k: &'p AnyRef<'a>,
+        v: &'p AnyRef<'a>,
         origin: usize,
         end: usize,
     },
@@ -181,7 +179,7 @@ impl Kv<'_, '_> {
 pub const DIRECT_MAX_ROWS: usize = 8;
 
 /// Whether tiles of `p` use the in-place (decode) kernels.
-fn direct_ok(p: &Problem<'_>, k: &TensorRef<'_>, v: &TensorRef<'_>) -> bool {
+fn direct_ok(p: &Problem<'_>, k: &AnyRef<'_>, v: &AnyRef<'_>) -> bool {
     p.group() * p.lq <= DIRECT_MAX_ROWS
         && k.strides()[3] == 1
         && v.strides()[3] == 1
@@ -273,7 +271,7 @@ fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
 
 /// Attends the rows of `t` over the keys in `packs`, leaving unnormalised `O`, the running
 /// max `m` and sum `l` in `ws`.
-fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws) -> Result<()> {
+fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws) -> Result<()> {
     let (origin, end) = kv.range();
     let rows = t.r1 - t.r0;
     let (d, dv) = (p.d, p.dv);
@@ -292,14 +290,9 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
         let (h, i) = row_hi(p, t, r);
         let base = q.offset(t.b, h, i, 0);
         let dst = &mut ws.q[r * d..(r + 1) * d];
-        if d == 0 {
-            // Nothing to gather (the view may describe no memory at all).
-        } else if qs[3] == 1 {
-            dst.copy_from_slice(&q.data()[base..base + d]);
-        } else {
-            for (x, v) in dst.iter_mut().enumerate() {
-                *v = q.data()[base + x * qs[3]];
-            }
+        if d > 0 {
+            // (With d = 0 there is nothing to gather: the view may describe no memory.)
+            q.gather(p.isa, base, qs[3], dst)?;
         }
         let (lo, hi) = p.key_interval(t.b, i);
         let (lo, hi) = (lo.max(origin), hi.min(end));
@@ -366,9 +359,10 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
             }
             Kv::Packed(packs) => gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?,
             Kv::Direct { k, .. } => {
-                let kd = &k.data()[k.offset(t.b, t.kvh, j0, 0)..];
-                let km = MatRef::new(kd, kbn, d, k.strides()[2], 1)?;
-                dot_rows_with(p.isa, p.scale, qm, km, sm)?
+                let kbase = k.offset(t.b, t.kvh, j0, 0);
+                with_mat!(k, (kbase, kbn, d, k.strides()[2], 1), km => {
+                    dot_rows_with(p.isa, p.scale, qm, km, sm)?
+                })
             }
         }
         for r in 0..rows {
@@ -420,9 +414,10 @@ fn attend(p: &Problem<'_>, q: &TensorRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut
             }
             Kv::Packed(packs) => gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?,
             Kv::Direct { v, .. } => {
-                let vd = &v.data()[v.offset(t.b, t.kvh, j0, 0)..];
-                let vm = MatRef::new(vd, kbn, dv, v.strides()[2], 1)?;
-                axpy_rows_with(p.isa, pm, vm, om)?
+                let vbase = v.offset(t.b, t.kvh, j0, 0);
+                with_mat!(v, (vbase, kbn, dv, v.strides()[2], 1), vm => {
+                    axpy_rows_with(p.isa, pm, vm, om)?
+                })
             }
         }
     }
@@ -448,7 +443,7 @@ unsafe fn finish_rows(
     o: &[f32],
     m: &[f32],
     l: &[f32],
-    out: SyncPtr,
+    out: AnyOut,
     os: [usize; 4],
     lse: Option<SyncPtr>,
 ) {
@@ -459,7 +454,7 @@ unsafe fn finish_rows(
         let base = t.b * os[0] + h * os[1] + i * os[2];
         for x in 0..dv {
             // SAFETY: (t.b, h, i, x) is inside the output view; this tile owns the row.
-            unsafe { *out.get().add(base + x * os[3]) = o[r * dv + x] * inv };
+            unsafe { out.write(base + x * os[3], o[r * dv + x] * inv) };
         }
         if let Some(lse) = lse {
             let v = if l[r] > 0.0 {
@@ -476,17 +471,15 @@ unsafe fn finish_rows(
 /// Runs the fused path.
 pub(crate) fn run(
     p: &Problem<'_>,
-    q: &TensorRef<'_>,
-    k: &TensorRef<'_>,
-    v: &TensorRef<'_>,
-    out: &mut TensorMut<'_>,
+    q: &AnyRef<'_>,
+    k: &AnyRef<'_>,
+    v: &AnyRef<'_>,
+    out_p: AnyOut,
+    os: [usize; 4],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    let os = out.strides();
-    // SAFETY: tiles write disjoint output rows (and LSE entries) through these pointers,
-    // and nothing else accesses `out` or `lse` during the call.
-    let out_p = unsafe { SyncPtr::new(out.as_mut_ptr()) };
-    // SAFETY: as above.
+    // SAFETY: tiles write disjoint LSE entries through this pointer (and disjoint output
+    // rows through `out_p`), and nothing else accesses them during the call.
     let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
     let mut tiles = Vec::new();
     // Tiles are built group by group: `group_start[g] .. group_start[g + 1]` are group g's.
@@ -547,6 +540,7 @@ pub(crate) fn run(
         with_ws(|ws| ws.packs = Some(packs));
         r
     };
+    // Packs are f32 whatever the input type.
     let pack_bytes = p.lk * (p.d + p.dv) * 4;
     let outer = if pack_bytes.saturating_mul(threads) <= PACK_BUDGET_BYTES {
         threads
@@ -561,12 +555,12 @@ pub(crate) fn run(
 #[allow(clippy::too_many_arguments)]
 fn run_split(
     p: &Problem<'_>,
-    q: &TensorRef<'_>,
-    k: &TensorRef<'_>,
-    v: &TensorRef<'_>,
+    q: &AnyRef<'_>,
+    k: &AnyRef<'_>,
+    v: &AnyRef<'_>,
     tiles: &[Tile],
     threads: usize,
-    out_p: SyncPtr,
+    out_p: AnyOut,
     os: [usize; 4],
     lse_p: Option<SyncPtr>,
 ) -> Result<()> {

@@ -48,7 +48,9 @@ pub use options::{AttnPath, Mask, SdpaOptions};
 pub use rope::{Rope, RopeConfig};
 pub use tensor::{TensorMut, TensorRef};
 
+use kernels::Element;
 use options::Problem;
+use tensor::{AnyOut, AnyRef};
 
 /// Optional extra outputs of [`sdpa_into`]: `SdpaOutputs::default()` asks for none; add
 /// them with [`with_weights`](Self::with_weights) and [`with_lse`](Self::with_lse).
@@ -80,10 +82,10 @@ impl<'o> SdpaOutputs<'o> {
 ///
 /// # Errors
 /// Any inconsistency of shapes, layouts or options ([`AttnError`]), before any work.
-pub fn sdpa(
-    q: TensorRef<'_>,
-    k: TensorRef<'_>,
-    v: TensorRef<'_>,
+pub fn sdpa<Q: Element, K: Element, V: Element>(
+    q: TensorRef<'_, Q>,
+    k: TensorRef<'_, K>,
+    v: TensorRef<'_, V>,
     opts: &SdpaOptions<'_>,
 ) -> Result<Vec<f32>> {
     let [b, hq, lq, _] = q.dims();
@@ -111,10 +113,10 @@ pub fn sdpa(
 ///
 /// # Errors
 /// As [`sdpa`].
-pub fn sdpa_with_weights(
-    q: TensorRef<'_>,
-    k: TensorRef<'_>,
-    v: TensorRef<'_>,
+pub fn sdpa_with_weights<Q: Element, K: Element, V: Element>(
+    q: TensorRef<'_, Q>,
+    k: TensorRef<'_, K>,
+    v: TensorRef<'_, V>,
     opts: &SdpaOptions<'_>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let [b, hq, lq, _] = q.dims();
@@ -149,11 +151,11 @@ pub fn sdpa_with_weights(
 /// # Errors
 /// Shape, layout and option errors ([`AttnError`]), all before any work; asking for
 /// weights with [`AttnPath::Flash`] forced is an [`AttnError::Option`] error.
-pub fn sdpa_into(
-    q: TensorRef<'_>,
-    k: TensorRef<'_>,
-    v: TensorRef<'_>,
-    mut out: TensorMut<'_>,
+pub fn sdpa_into<Q: Element, K: Element, V: Element, O: Element>(
+    q: TensorRef<'_, Q>,
+    k: TensorRef<'_, K>,
+    v: TensorRef<'_, V>,
+    mut out: TensorMut<'_, O>,
     opts: &SdpaOptions<'_>,
     extras: SdpaOutputs<'_>,
 ) -> Result<()> {
@@ -194,32 +196,43 @@ pub fn sdpa_into(
     if p.b * p.hq * p.lq == 0 || (p.dv == 0 && weights.is_none() && lse.is_none()) {
         return Ok(());
     }
+    let (q, k, v) = (AnyRef::of(q), AnyRef::of(k), AnyRef::of(v));
+    let os = out.strides();
+    // SAFETY: the paths write disjoint elements of the output (one task per row or head),
+    // and nothing else accesses it during the call (it is borrowed mutably here).
+    let out_p = unsafe { AnyOut::new(&mut out) };
     match path {
         AttnPath::Materialized => {
-            materialized::run(&p, &q, &k, &v, &mut out, weights.as_mut(), lse)
+            materialized::run(&p, &q, &k, &v, out_p, os, weights.as_mut(), lse)
         }
-        _ => flash::run(&p, &q, &k, &v, &mut out, lse),
+        _ => flash::run(&p, &q, &k, &v, out_p, os, lse),
     }
 }
 
 /// A raw pointer shared by tasks that write disjoint elements. Built only through the
 /// `unsafe` [`SyncPtr::new`].
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr<T = f32>(*mut T);
+
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 
 // SAFETY: created only (unsafe `new`) where the sharing tasks write disjoint elements and
-// nothing else accesses the buffer meanwhile.
-unsafe impl Send for SyncPtr {}
+// nothing else accesses the buffer meanwhile; T is a plain number type.
+unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SyncPtr {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
-impl SyncPtr {
+impl<T> SyncPtr<T> {
     /// # Safety
     /// Threads receiving it must write disjoint elements, with no other access meanwhile.
-    pub(crate) unsafe fn new(p: *mut f32) -> Self {
+    pub(crate) unsafe fn new(p: *mut T) -> Self {
         SyncPtr(p)
     }
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

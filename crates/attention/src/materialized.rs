@@ -4,20 +4,22 @@
 
 use crate::error::Result;
 use crate::options::Problem;
-use crate::tensor::{TensorMut, TensorRef};
+use crate::tensor::{with_mat, AnyOut, AnyRef, TensorMut};
 use crate::SyncPtr;
+use kernels::gemm::gemm_with;
 use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::axpy_rows_with;
 use kernels::softmax::online::exp_row_update;
-use kernels::{sgemm_with, Parallelism};
+use kernels::Parallelism;
 
 /// Runs the materialised path, writing the output, and the weights / LSE when given.
 pub(crate) fn run(
     p: &Problem<'_>,
-    q: &TensorRef<'_>,
-    k: &TensorRef<'_>,
-    v: &TensorRef<'_>,
-    out: &mut TensorMut<'_>,
+    q: &AnyRef<'_>,
+    k: &AnyRef<'_>,
+    v: &AnyRef<'_>,
+    out_p: AnyOut,
+    os: [usize; 4],
     weights: Option<&mut TensorMut<'_>>,
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
@@ -31,11 +33,9 @@ pub(crate) fn run(
     } else {
         p.par
     };
-    let (os, ws_strides) = (out.strides(), weights.as_ref().map(|w| w.strides()));
+    let ws_strides = weights.as_ref().map(|w| w.strides());
     // SAFETY: each head writes only its own rows of out / weights / lse; nothing else
     // touches them during the call.
-    let out_p = unsafe { SyncPtr::new(out.as_mut_ptr()) };
-    // SAFETY: as above.
     let w_p = weights.map(|w| unsafe { SyncPtr::new(w.as_mut_ptr()) });
     // SAFETY: as above.
     let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
@@ -47,13 +47,9 @@ pub(crate) fn run(
         for kvh in 0..p.hkv {
             v_nonfinite.push(match (p.lk, p.dv) {
                 (0, _) | (_, 0) => None,
-                (lk, dv) => crate::flash::dense_if_nonfinite(MatRef::new(
-                    &v.data()[v.offset(b, kvh, 0, 0)..],
-                    lk,
-                    dv,
-                    vs[2],
-                    vs[3],
-                )?),
+                (lk, dv) => with_mat!(v, (v.offset(b, kvh, 0, 0), lk, dv, vs[2], vs[3]), m => {
+                    crate::flash::dense_if_nonfinite(m)
+                }),
             });
         }
     }
@@ -65,29 +61,15 @@ pub(crate) fn run(
             return Ok(());
         }
         if lk > 0 {
-            // SAFETY: Q[b, h] is lq×d and K[b, kvh] lk×d inside their checked views (the
-            // offsets of element 0 are in range since all dims are non-zero here, or d = 0
-            // and nothing is read); S is a fresh lq×lk buffer.
-            unsafe {
-                sgemm_with(
-                    p.isa,
-                    inner_par,
-                    lq,
-                    p.d,
-                    lk,
-                    p.scale,
-                    q.data().as_ptr().wrapping_add(q.offset(b, h, 0, 0)),
-                    qs[2] as isize,
-                    qs[3] as isize,
-                    k.data().as_ptr().wrapping_add(k.offset(b, kvh, 0, 0)),
-                    ks[3] as isize,
-                    ks[2] as isize,
-                    0.0,
-                    s.as_mut_ptr(),
-                    lk as isize,
-                    1,
-                )?
-            };
+            // Q[b, h] is lq×d and K[b, kvh] lk×d inside their checked views (all dims are
+            // non-zero here, or d = 0 and nothing is read); S is a fresh lq×lk buffer.
+            let sm = MatMut::new(&mut s, lq, lk, lk, 1)?;
+            let (qb, kb) = (q.offset(b, h, 0, 0), k.offset(b, kvh, 0, 0));
+            with_mat!(q, (qb, lq, p.d, qs[2], qs[3]), qm => {
+                with_mat!(k, (kb, lk, p.d, ks[2], ks[3]), km => {
+                    gemm_with(p.isa, inner_par, p.scale, qm, km.t(), 0.0, sm)?
+                })
+            });
         }
         for i in 0..lq {
             let row = &mut s[i * lk..(i + 1) * lk];
@@ -130,38 +112,58 @@ pub(crate) fn run(
                     // SAFETY: (b, h, i, x) is inside the checked output view; this head
                     // owns it.
                     unsafe {
-                        *out_p
-                            .get()
-                            .wrapping_add(b * os[0] + h * os[1] + i * os[2] + x * os[3]) =
-                            o[i * p.dv + x]
+                        out_p.write(
+                            b * os[0] + h * os[1] + i * os[2] + x * os[3],
+                            o[i * p.dv + x],
+                        )
                     };
                 }
             }
             return Ok(());
         }
-        // SAFETY: P is lq×lk (fresh), V[b, kvh] lk×dv inside its view, O[b, h] lq×dv inside
-        // the checked output view and written by this head only. With lk = 0 the GEMM only
+        // P is lq×lk (fresh), V[b, kvh] lk×dv inside its view. With lk = 0 the GEMM only
         // writes zeros (k = 0, beta = 0).
-        unsafe {
-            sgemm_with(
-                p.isa,
-                inner_par,
-                lq,
-                lk,
-                p.dv,
-                1.0,
-                s.as_ptr(),
-                lk as isize,
-                1,
-                v.data().as_ptr().wrapping_add(v.offset(b, kvh, 0, 0)),
-                vs[2] as isize,
-                vs[3] as isize,
-                0.0,
-                out_p.get().wrapping_add(b * os[0] + h * os[1]),
-                os[2] as isize,
-                os[3] as isize,
-            )?
-        };
+        let pm = MatRef::new(&s, lq, lk, lk, 1)?;
+        let vb = v.offset(b, kvh, 0, 0);
+        match out_p.as_f32() {
+            _ if p.dv == 0 => {}
+            Some(o) => {
+                let (base, rso, cso) = (b * os[0] + h * os[1], os[2] as isize, os[3] as isize);
+                with_mat!(v, (vb, lk, p.dv, vs[2], vs[3]), vm => {
+                    // SAFETY: P is lq×lk (fresh); V[b, kvh] is lk×dv inside its checked
+                    // view; O[b, h] is lq×dv inside the checked output view, written by
+                    // this head only and overlapping no input (the output is borrowed
+                    // mutably for the call).
+                    unsafe {
+                        kernels::gemm::gemm_ptr_with(
+                            p.isa, inner_par, lq, lk, p.dv, 1.0, pm.data().as_ptr(), lk as isize, 1,
+                            vm.data().as_ptr(), vs[2] as isize, vs[3] as isize, 0.0,
+                            o.get().wrapping_add(base), rso, cso,
+                        )?
+                    }
+                });
+            }
+            None => {
+                // A 16-bit output: the f32 result rounded once, as it is stored.
+                let mut o = vec![0.0f32; lq * p.dv];
+                let om = MatMut::new(&mut o, lq, p.dv, p.dv, 1)?;
+                with_mat!(v, (vb, lk, p.dv, vs[2], vs[3]), vm => {
+                    gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?
+                });
+                for i in 0..lq {
+                    for x in 0..p.dv {
+                        // SAFETY: (b, h, i, x) is inside the checked output view; this
+                        // head owns it.
+                        unsafe {
+                            out_p.write(
+                                b * os[0] + h * os[1] + i * os[2] + x * os[3],
+                                o[i * p.dv + x],
+                            )
+                        };
+                    }
+                }
+            }
+        }
         Ok(())
     };
     let team = if par_heads { threads } else { 1 };

@@ -4,6 +4,7 @@
 use crate::error::Result;
 use crate::options::{Mask, Problem, SdpaOptions};
 use crate::tensor::TensorRef;
+use kernels::Element;
 
 /// Output, weights and log-sum-exp of a reference attention call, all contiguous:
 /// `[B, Hq, Lq, Dv]`, `[B, Hq, Lq, Lk]`, `[B, Hq, Lq]`.
@@ -17,14 +18,15 @@ pub struct RefOutput {
     pub lse: Vec<f32>,
 }
 
-/// Reference scaled dot-product attention (f64 throughout).
+/// Reference scaled dot-product attention (f64 throughout; 16-bit inputs are widened
+/// exactly, so this is the oracle for every type combination).
 ///
 /// # Errors
 /// The same validation as [`crate::sdpa`].
-pub fn sdpa_ref(
-    q: TensorRef<'_>,
-    k: TensorRef<'_>,
-    v: TensorRef<'_>,
+pub fn sdpa_ref<Q: Element, K: Element, V: Element>(
+    q: TensorRef<'_, Q>,
+    k: TensorRef<'_, K>,
+    v: TensorRef<'_, V>,
     opts: &SdpaOptions<'_>,
 ) -> Result<RefOutput> {
     let p = Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
@@ -69,7 +71,8 @@ pub fn sdpa_ref(
                     }
                     let mut s = 0.0f64;
                     for x in 0..d {
-                        s += q.get(b, h, i, x) as f64 * k.get(b, kvh, j, x) as f64;
+                        s +=
+                            q.get(b, h, i, x).to_f32() as f64 * k.get(b, kvh, j, x).to_f32() as f64;
                     }
                     s *= scale;
                     if let Some(cap) = opts.softcap {
@@ -101,7 +104,7 @@ pub fn sdpa_ref(
                     for (j, &s) in logits.iter().enumerate() {
                         let w = (s - mx).exp() / sum;
                         if w != 0.0 {
-                            acc += w * v.get(b, kvh, j, x) as f64;
+                            acc += w * v.get(b, kvh, j, x).to_f32() as f64;
                         }
                     }
                     out[row * dv + x] = acc as f32;

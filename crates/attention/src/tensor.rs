@@ -6,6 +6,8 @@
 //! built; output views are also checked not to alias themselves.
 
 use crate::error::{AttnError, Result};
+use kernels::dtype::{Element, Slice, SliceMut};
+use kernels::{bf16, f16, Isa};
 
 fn extent(what: &'static str, len: usize, dims: [usize; 4], strides: [usize; 4]) -> Result<()> {
     if dims.contains(&0) {
@@ -46,7 +48,8 @@ fn blhd_strides(dims: [usize; 4]) -> [usize; 4] {
     [l.saturating_mul(hd), d, hd, 1]
 }
 
-/// A read-only `[B, H, L, D]` view of `T` (f32 for tensors, `bool` for masks).
+/// A read-only `[B, H, L, D]` view of `T`: f32 (the default), f16 or bf16 for Q, K and V
+/// ([`Element`]); `bool` or f32 for masks.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorRef<'a, T = f32> {
     data: &'a [T],
@@ -110,15 +113,16 @@ impl<'a, T: Copy> TensorRef<'a, T> {
     }
 }
 
-/// A mutable `[B, H, L, D]` view whose elements are pairwise distinct.
+/// A mutable `[B, H, L, D]` view whose elements are pairwise distinct, of f32 (the
+/// default) or a 16-bit type ([`Element`]).
 #[derive(Debug)]
-pub struct TensorMut<'a> {
-    data: &'a mut [f32],
+pub struct TensorMut<'a, T = f32> {
+    data: &'a mut [T],
     dims: [usize; 4],
     strides: [usize; 4],
 }
 
-impl<'a> TensorMut<'a> {
+impl<'a, T: Element> TensorMut<'a, T> {
     /// A view with explicit strides.
     ///
     /// # Errors
@@ -126,7 +130,7 @@ impl<'a> TensorMut<'a> {
     /// (accepted: layouts where, taking dimensions in increasing stride order, each stride
     /// is at least the previous stride times its extent, which covers every dense,
     /// permuted, padded or sliced layout).
-    pub fn new(data: &'a mut [f32], dims: [usize; 4], strides: [usize; 4]) -> Result<Self> {
+    pub fn new(data: &'a mut [T], dims: [usize; 4], strides: [usize; 4]) -> Result<Self> {
         extent("output tensor", data.len(), dims, strides)?;
         if !dims.contains(&0) {
             let mut ds: Vec<(usize, usize)> = strides
@@ -156,12 +160,12 @@ impl<'a> TensorMut<'a> {
     }
 
     /// A dense `[B, H, L, D]` view.
-    pub fn contiguous(data: &'a mut [f32], dims: [usize; 4]) -> Result<Self> {
+    pub fn contiguous(data: &'a mut [T], dims: [usize; 4]) -> Result<Self> {
         Self::new(data, dims, contiguous_strides(dims))
     }
 
     /// A view of `[B, L, H, D]` memory seen as `[B, H, L, D]` (`dims` given as B, H, L, D).
-    pub fn from_blhd(data: &'a mut [f32], dims: [usize; 4]) -> Result<Self> {
+    pub fn from_blhd(data: &'a mut [T], dims: [usize; 4]) -> Result<Self> {
         Self::new(data, dims, blhd_strides(dims))
     }
 
@@ -179,12 +183,12 @@ impl<'a> TensorMut<'a> {
         b * self.strides[0] + h * self.strides[1] + l * self.strides[2] + d * self.strides[3]
     }
     /// Element `[b, h, l, d]` (panics when out of range).
-    pub fn get(&self, b: usize, h: usize, l: usize, d: usize) -> f32 {
+    pub fn get(&self, b: usize, h: usize, l: usize, d: usize) -> T {
         assert!(b < self.dims[0] && h < self.dims[1] && l < self.dims[2] && d < self.dims[3]);
         self.data[self.offset(b, h, l, d)]
     }
     /// Reborrows as read-only.
-    pub fn as_ref(&self) -> TensorRef<'_> {
+    pub fn as_ref(&self) -> TensorRef<'_, T> {
         TensorRef {
             data: self.data,
             dims: self.dims,
@@ -192,7 +196,7 @@ impl<'a> TensorMut<'a> {
         }
     }
     /// Reborrows mutably.
-    pub fn rb(&mut self) -> TensorMut<'_> {
+    pub fn rb(&mut self) -> TensorMut<'_, T> {
         TensorMut {
             data: self.data,
             dims: self.dims,
@@ -200,7 +204,123 @@ impl<'a> TensorMut<'a> {
         }
     }
     /// Raw pointer to element 0, for kernels writing disjoint parts from several threads.
-    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut T {
         self.data.as_mut_ptr()
+    }
+}
+
+/// A read-only view of any element type: what the non-generic attention paths take (the
+/// public functions are generic and erase the type here, so that each path is compiled
+/// once, with a type switch only where values are read).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnyRef<'a> {
+    pub(crate) data: Slice<'a>,
+    strides: [usize; 4],
+}
+
+/// Runs `$body` with `$m` bound to the matrix `$any.mat(...)` as a typed `MatRef`.
+macro_rules! with_mat {
+    ($any:expr, ($base:expr, $rows:expr, $cols:expr, $rs:expr, $cs:expr), $m:ident => $body:expr) => {
+        match $any.data.tail($base) {
+            kernels::dtype::Slice::F32(s) => {
+                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
+                $body
+            }
+            kernels::dtype::Slice::F16(s) => {
+                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
+                $body
+            }
+            kernels::dtype::Slice::BF16(s) => {
+                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_mat;
+
+impl<'a> AnyRef<'a> {
+    /// Erases the element type of `t`.
+    pub(crate) fn of<T: Element>(t: TensorRef<'a, T>) -> Self {
+        AnyRef {
+            data: T::slice(t.data),
+            strides: t.strides,
+        }
+    }
+    pub(crate) fn strides(&self) -> [usize; 4] {
+        self.strides
+    }
+    #[inline]
+    pub(crate) fn offset(&self, b: usize, h: usize, l: usize, d: usize) -> usize {
+        b * self.strides[0] + h * self.strides[1] + l * self.strides[2] + d * self.strides[3]
+    }
+    /// `dst.len()` values from `base` at element stride `st`, widened to f32 (vector
+    /// conversions for unit stride).
+    pub(crate) fn gather(&self, isa: Isa, base: usize, st: usize, dst: &mut [f32]) -> Result<()> {
+        let n = dst.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if st == 1 {
+            match self.data {
+                Slice::F32(s) => dst.copy_from_slice(&s[base..base + n]),
+                Slice::F16(s) => kernels::convert::to_f32_with(isa, &s[base..base + n], dst)?,
+                Slice::BF16(s) => kernels::convert::to_f32_with(isa, &s[base..base + n], dst)?,
+            }
+        } else {
+            for (x, d) in dst.iter_mut().enumerate() {
+                *d = self.data.get_f32(base + x * st);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a kernel writes output values of any element type: a raw pointer shared by tasks
+/// that write disjoint elements (built only through the `unsafe` [`AnyOut::new`]).
+#[derive(Clone, Copy)]
+pub(crate) enum AnyOut {
+    F32(crate::SyncPtr<f32>),
+    F16(crate::SyncPtr<f16>),
+    BF16(crate::SyncPtr<bf16>),
+}
+
+impl AnyOut {
+    /// # Safety
+    /// As [`crate::SyncPtr::new`]: threads receiving it write disjoint elements of `t`'s
+    /// view, with no other access meanwhile.
+    pub(crate) unsafe fn new<T: Element>(t: &mut TensorMut<'_, T>) -> Self {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match T::slice_mut(t.data) {
+                SliceMut::F32(s) => AnyOut::F32(crate::SyncPtr::new(s.as_mut_ptr())),
+                SliceMut::F16(s) => AnyOut::F16(crate::SyncPtr::new(s.as_mut_ptr())),
+                SliceMut::BF16(s) => AnyOut::BF16(crate::SyncPtr::new(s.as_mut_ptr())),
+            }
+        }
+    }
+
+    /// Writes `v` (rounded to nearest, ties to even, for 16-bit outputs) at element `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the view this was built from, and owned by the calling task.
+    #[inline]
+    pub(crate) unsafe fn write(self, i: usize, v: f32) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                AnyOut::F32(p) => *p.get().add(i) = v,
+                AnyOut::F16(p) => *p.get().add(i) = f16::from_f32(v),
+                AnyOut::BF16(p) => *p.get().add(i) = bf16::from_f32(v),
+            }
+        }
+    }
+
+    /// The f32 pointer, when the output is f32.
+    pub(crate) fn as_f32(self) -> Option<crate::SyncPtr<f32>> {
+        match self {
+            AnyOut::F32(p) => Some(p),
+            _ => None,
+        }
     }
 }

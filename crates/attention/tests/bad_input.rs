@@ -805,7 +805,7 @@ fn a14_zero_sizes_give_defined_results() {
     }
     let q = TensorRef::contiguous(&x, [1, 2, 4, 4]).unwrap();
     // Lk = 0: no key is visible: zeros, LSE −inf (both paths).
-    let k0 = TensorRef::contiguous(&[], [1, 2, 0, 4]).unwrap();
+    let k0 = TensorRef::<f32>::contiguous(&[], [1, 2, 0, 4]).unwrap();
     for path in [AttnPath::Flash, AttnPath::Materialized] {
         let mut out = vec![f32::NAN; 32];
         let mut lse = vec![0.0f32; 8];
@@ -838,7 +838,7 @@ fn a14_zero_sizes_give_defined_results() {
 fn a15_sdpa_with_empty_dv_still_fills_lse_and_weights() {
     let x = qkv([1, 1, 4, 2]);
     let t = TensorRef::contiguous(&x, [1, 1, 4, 2]).unwrap();
-    let v0 = TensorRef::contiguous(&[], [1, 1, 4, 0]).unwrap();
+    let v0 = TensorRef::<f32>::contiguous(&[], [1, 1, 4, 0]).unwrap();
     let d = SdpaOptions::default();
     let want = sdpa_ref(t, t, v0, &d).unwrap();
     let (_, w) = sdpa_with_weights(t, t, v0, &d).unwrap();
@@ -1207,7 +1207,7 @@ fn a15b_decode_split_with_empty_dv_fills_lse() {
     let x = qkv([1, 2, lk, 3]);
     let k = TensorRef::contiguous(&x, [1, 2, lk, 3]).unwrap();
     let q = TensorRef::contiguous(&x[..6], [1, 2, 1, 3]).unwrap();
-    let v0 = TensorRef::contiguous(&[], [1, 2, lk, 0]).unwrap();
+    let v0 = TensorRef::<f32>::contiguous(&[], [1, 2, lk, 0]).unwrap();
     let want = sdpa_ref(q, k, v0, &SdpaOptions::default()).unwrap();
     for path in [AttnPath::Flash, AttnPath::Auto] {
         let d = SdpaOptions::default().with_path(path);

@@ -237,6 +237,59 @@ pub unsafe fn sgemm_with(
     Ok(())
 }
 
+/// [`sgemm_with`] for A and B of any element type ([`Element`]; 16-bit operands are
+/// converted to f32 as they are packed).
+///
+/// # Errors
+/// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+///
+/// # Safety
+/// As [`sgemm`], with `a` and `b` pointing at `TA` and `TB` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_ptr_with<TA: Element, TB: Element>(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const TA,
+    rsa: isize,
+    csa: isize,
+    b: *const TB,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) -> Result<()> {
+    isa.check()?;
+    // SAFETY: forwarded contract; `isa` checked above.
+    unsafe {
+        gemm_unchecked(
+            isa,
+            par,
+            ARead::Auto,
+            m,
+            k,
+            n,
+            alpha,
+            a,
+            rsa,
+            csa,
+            b,
+            rsb,
+            csb,
+            beta,
+            c,
+            rsc,
+            csc,
+        )
+    };
+    Ok(())
+}
+
 /// The blocked driver. `isa` must be supported.
 ///
 /// # Safety

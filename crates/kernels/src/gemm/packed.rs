@@ -100,6 +100,12 @@ impl PackedB {
         Ok(())
     }
 
+    /// Whether every packed value is finite (no NaN, no infinity; the zero padding is).
+    pub fn all_finite(&self) -> bool {
+        let len = self.n.div_ceil(self.ukr.nr) * self.ukr.nr * self.k;
+        crate::dtype::all_finite(&self.data[..len])
+    }
+
     /// Rows (the depth of the product).
     pub fn k(&self) -> usize {
         self.k
