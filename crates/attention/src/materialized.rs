@@ -13,6 +13,7 @@ use kernels::softmax::online::exp_row_update;
 use kernels::Parallelism;
 
 /// Runs the materialised path, writing the output, and the weights / LSE when given.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     p: &Problem<'_>,
     q: &AnyRef<'_>,
