@@ -12,9 +12,13 @@
 
 use crate::error::{AttnError, Result};
 use crate::tensor::TensorRef;
+use kernels::{DType, Element, Isa};
 
 /// Keys and values of one layer, `[B, Hkv, capacity, D]` each, the first `len` positions
-/// valid.
+/// valid, stored as `T`: f32 (the default), or f16 / bf16, which hold the same tokens in
+/// half the bytes ([`KvCache::bytes`]). Appended rows are converted once, when they are
+/// appended (rounded to nearest, ties to even); attention then reads the 16-bit rows
+/// directly.
 ///
 /// ```
 /// use fastattn_attention::{KvCache, TensorRef};
@@ -29,23 +33,55 @@ use crate::tensor::TensorRef;
 /// assert_eq!(cache.len(), 3); // unchanged
 /// # Ok::<(), fastattn_attention::AttnError>(())
 /// ```
+///
+/// A bf16 cache, fed f32 rows:
+///
+/// ```
+/// use fastattn_attention::{KvCache, TensorRef};
+/// use kernels::bf16;
+/// let mut c16 = KvCache::<bf16>::zeros(1, 2, 4, 8)?;
+/// let c32 = KvCache::new(1, 2, 4, 8)?;
+/// assert_eq!(2 * c16.bytes(), c32.bytes());
+/// let kv = vec![0.5f32; 2 * 3 * 4];
+/// let t = TensorRef::contiguous(&kv, [1, 2, 3, 4])?;
+/// c16.append(t, t)?;
+/// assert_eq!(c16.keys().get(0, 1, 2, 3), bf16::from_f32(0.5));
+/// # Ok::<(), fastattn_attention::AttnError>(())
+/// ```
 #[derive(Debug, Clone)]
-pub struct KvCache {
+pub struct KvCache<T: Element = f32> {
     batch: usize,
     n_kv_heads: usize,
     head_dim: usize,
     capacity: usize,
     len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<T>,
+    v: Vec<T>,
 }
 
-impl KvCache {
-    /// An empty cache with room for `capacity` positions (allocated now, zero-filled).
+impl KvCache<f32> {
+    /// An empty f32 cache with room for `capacity` positions (allocated now, zero-filled).
+    /// [`KvCache::zeros`] makes one of any element type.
     ///
     /// # Errors
     /// [`AttnError::Overflow`] if `B·Hkv·capacity·D` overflows.
     pub fn new(batch: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Result<Self> {
+        Self::zeros(batch, n_kv_heads, head_dim, capacity)
+    }
+}
+
+impl<T: Element> KvCache<T> {
+    /// An empty cache of `T` with room for `capacity` positions (allocated now,
+    /// zero-filled).
+    ///
+    /// # Errors
+    /// [`AttnError::Overflow`] if `B·Hkv·capacity·D` overflows.
+    pub fn zeros(
+        batch: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+    ) -> Result<Self> {
         let n = [batch, n_kv_heads, capacity, head_dim]
             .iter()
             .try_fold(1usize, |a, &x| a.checked_mul(x))
@@ -57,11 +93,19 @@ impl KvCache {
             head_dim,
             capacity,
             len: 0,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: vec![T::default(); n],
+            v: vec![T::default(); n],
         })
     }
 
+    /// The element type of the stored keys and values.
+    pub fn dtype(&self) -> DType {
+        T::DTYPE
+    }
+    /// Bytes the keys and values occupy (the whole capacity, allocated up front).
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * std::mem::size_of::<T>()
+    }
     /// Batch size `B`.
     pub fn batch(&self) -> usize {
         self.batch
@@ -112,16 +156,16 @@ impl KvCache {
     }
 
     /// The cached keys, `[B, Hkv, len, D]`.
-    pub fn keys(&self) -> TensorRef<'_> {
+    pub fn keys(&self) -> TensorRef<'_, T> {
         self.view(&self.k)
     }
 
     /// The cached values, `[B, Hkv, len, D]`.
-    pub fn values(&self) -> TensorRef<'_> {
+    pub fn values(&self) -> TensorRef<'_, T> {
         self.view(&self.v)
     }
 
-    fn view<'a>(&self, data: &'a [f32]) -> TensorRef<'a> {
+    fn view<'a>(&self, data: &'a [T]) -> TensorRef<'a, T> {
         let dims = [self.batch, self.n_kv_heads, self.len, self.head_dim];
         TensorRef::new(data, dims, self.strides())
             .expect("invariant: len ≤ capacity, so the view fits the storage")
@@ -161,13 +205,18 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends `n` positions: `k` and `v` are `[B, Hkv, n, D]` views (any strides).
+    /// Appends `n` positions: `k` and `v` are `[B, Hkv, n, D]` views (any strides, any
+    /// element type: converted to `T` here, rounded to nearest, ties to even).
     ///
     /// # Errors
     /// [`AttnError::Shape`] if the views do not match the cache's `B`, `Hkv`, `D` or each
     /// other; [`AttnError::CacheFull`] if `len + n > capacity`. The cache is unchanged on
     /// error.
-    pub fn append(&mut self, k: TensorRef<'_>, v: TensorRef<'_>) -> Result<()> {
+    pub fn append<K: Element, V: Element>(
+        &mut self,
+        k: TensorRef<'_, K>,
+        v: TensorRef<'_, V>,
+    ) -> Result<()> {
         let [b, h, n, d] = k.dims();
         if v.dims() != k.dims() {
             return Err(AttnError::Shape {
@@ -180,27 +229,41 @@ impl KvCache {
             self.len += n;
             return Ok(());
         }
-        let st = self.strides();
-        for (src, dst) in [(k, &mut self.k), (v, &mut self.v)] {
-            let ss = src.strides();
-            for bb in 0..b {
-                for hh in 0..h {
-                    for i in 0..n {
-                        let o = bb * st[0] + hh * st[1] + (self.len + i) * st[2];
-                        let row = &mut dst[o..o + d];
-                        let s0 = src.offset(bb, hh, i, 0);
-                        if ss[3] == 1 {
-                            row.copy_from_slice(&src.data()[s0..s0 + d]);
-                        } else {
-                            for (x, r) in row.iter_mut().enumerate() {
-                                *r = src.data()[s0 + x * ss[3]];
-                            }
-                        }
+        let (st, len) = (self.strides(), self.len);
+        append_rows(&mut self.k, st, len, k)?;
+        append_rows(&mut self.v, st, len, v)?;
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Writes the rows of `src` (`[B, H, n, D]`) at positions `len ..` of `dst` (strides
+/// `st`), converted to `T` (the conversions are exact or correctly rounded whatever the
+/// variant, so any supported one gives the same bits).
+fn append_rows<T: Element, S: Element>(
+    dst: &mut [T],
+    st: [usize; 4],
+    len: usize,
+    src: TensorRef<'_, S>,
+) -> Result<()> {
+    let [b, h, n, d] = src.dims();
+    let ss = src.strides();
+    let isa = kernels::current_isa().unwrap_or(Isa::Scalar);
+    for bb in 0..b {
+        for hh in 0..h {
+            for i in 0..n {
+                let o = bb * st[0] + hh * st[1] + (len + i) * st[2];
+                let row = &mut dst[o..o + d];
+                let s0 = src.offset(bb, hh, i, 0);
+                if ss[3] == 1 {
+                    kernels::convert::convert_with(isa, &src.data()[s0..s0 + d], row)?;
+                } else {
+                    for (x, r) in row.iter_mut().enumerate() {
+                        *r = T::from_f32(src.data()[s0 + x * ss[3]].to_f32());
                     }
                 }
             }
         }
-        self.len += n;
-        Ok(())
     }
+    Ok(())
 }

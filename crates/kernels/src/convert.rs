@@ -133,6 +133,19 @@ pub fn from_f32_with<E: Element>(isa: Isa, src: &[f32], dst: &mut [E]) -> Result
     Ok(())
 }
 
+/// Converts `src` into `dst` (same length) between any two element types, through f32
+/// (exact widening, then rounding to nearest, ties to even), with `isa`'s kernel.
+///
+/// # Errors
+/// As [`to_f32_with`].
+pub fn convert_with<A: Element, B: Element>(isa: Isa, src: &[A], dst: &mut [B]) -> Result<()> {
+    isa.check()?;
+    same_len("convert_with", src.len(), dst.len())?;
+    // SAFETY: as in `to_f32_with`.
+    unsafe { convert_raw(isa, src.len(), src.as_ptr(), dst.as_mut_ptr()) };
+    Ok(())
+}
+
 /// The scalar twin of [`to_f32_with`] (the `half` crate's conversion).
 pub fn to_f32_ref<E: Element>(src: &[E]) -> Vec<f32> {
     src.iter().map(|x| x.to_f32()).collect()

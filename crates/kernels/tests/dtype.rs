@@ -366,3 +366,72 @@ fn packed_b_converts_16_bit_operands_exactly() {
         check_packed::<bf16>(isa);
     }
 }
+
+fn check_stored<T: Element>(isa: Isa) {
+    for (m, k, n) in [
+        (1, 5, 3),
+        (3, 64, 40),
+        (4, 100, 33),
+        (5, 97, 33),
+        (13, 64, 70),
+    ] {
+        for l in [0, 1] {
+            for col0_panels in [0usize, 1] {
+                let seed = (m + k * 3 + n * 5 + l + 100 * col0_panels) as u64;
+                let mut rng = StdRng::seed_from_u64(seed);
+                let (rs, cs, len) = layout(l, k, n);
+                let b: Vec<T> = rand_t(&mut rng, len);
+                let bw = widen(&b);
+                let a = rand_f32(&mut rng, m * k);
+                let (mut p16, mut p32) = (PackedB::new(isa).unwrap(), PackedB::new(isa).unwrap());
+                p16.pack_stored(MatRef::new(&b, k, n, rs, cs).unwrap())
+                    .unwrap();
+                p32.pack(MatRef::new(&bw, k, n, rs, cs).unwrap()).unwrap();
+                assert_eq!(p16.dtype(), T::DTYPE);
+                assert_eq!(2 * p16.bytes(), p32.bytes());
+                let col0 = (col0_panels * p16.nr()).min(n / p16.nr() * p16.nr());
+                let nc = n - col0;
+                let c0 = rand_f32(&mut rng, m * nc);
+                let (mut c16, mut c32) = (c0.clone(), c0.clone());
+                let am = MatRef::row_major(&a, m, k).unwrap();
+                gemm_packed_b(
+                    0.5,
+                    am,
+                    &p16,
+                    col0,
+                    0.25,
+                    MatMut::row_major(&mut c16, m, nc).unwrap(),
+                )
+                .unwrap();
+                gemm_packed_b(
+                    0.5,
+                    am,
+                    &p32,
+                    col0,
+                    0.25,
+                    MatMut::row_major(&mut c32, m, nc).unwrap(),
+                )
+                .unwrap();
+                let what = format!(
+                    "{isa} {:?} {m}x{k}x{n} layout {l} col0 {col0} seed {seed}",
+                    T::DTYPE
+                );
+                if m > fastattn_kernels::gemm::packed::HALF_GEMV_ROWS {
+                    assert_eq!(c16, c32, "{what}");
+                } else {
+                    for (x, y) in c16.iter().zip(&c32) {
+                        assert!((x - y).abs() <= 1e-6 * k as f32, "{what}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_b_stored_in_16_bits_gives_the_f32_packed_product() {
+    for isa in Isa::available() {
+        check_stored::<f16>(isa);
+        check_stored::<bf16>(isa);
+    }
+}

@@ -5,6 +5,7 @@ use super::microkernel::{ukr_for, Ukr};
 use super::{macro_kernel, pack, ASource, MatMut, MatRef};
 use crate::buffer::with_scratch;
 use crate::dispatch::Isa;
+use crate::dtype::{bf16, f16, DType, Element, Slice};
 use crate::error::{KernelError, Result};
 
 /// A `k × n` matrix B packed into `NR`-column panels of full depth `k` for one variant's
@@ -22,6 +23,10 @@ use crate::error::{KernelError, Result};
 /// assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
 /// # Ok::<(), fastattn_kernels::KernelError>(())
 /// ```
+///
+/// [`PackedB::pack_stored`] keeps a 16-bit B in 16 bits (half the memory, half the bytes a
+/// product streams), for weights packed once: [`gemm_packed_b`] then widens each panel in
+/// registers (a few rows, decoding) or into an f32 scratch panel shared by all rows.
 #[derive(Clone)]
 pub struct PackedB {
     ukr: Ukr,
@@ -29,7 +34,21 @@ pub struct PackedB {
     k: usize,
     n: usize,
     data: Vec<f32>,
+    /// 16-bit panels (same layout as `data`) when packed by `pack_stored` from 16 bits.
+    half: Option<Half>,
 }
+
+/// 16-bit packed panels.
+#[derive(Clone)]
+enum Half {
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// Products of at most this many rows against a 16-bit [`PackedB`] read the 16-bit panels
+/// in registers ([`crate::gemv`]'s row kernel); more rows widen each panel once into an
+/// f32 scratch panel for the microkernel.
+pub const HALF_GEMV_ROWS: usize = 4;
 
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +73,7 @@ impl PackedB {
             k: 0,
             n: 0,
             data: Vec::new(),
+            half: None,
         })
     }
 
@@ -75,6 +95,7 @@ impl PackedB {
         if self.data.len() < len {
             self.data.resize(len, 0.0);
         }
+        self.half = None;
         self.k = k;
         self.n = n;
         if len == 0 {
@@ -100,10 +121,48 @@ impl PackedB {
         Ok(())
     }
 
+    /// Packs `b`, keeping a 16-bit `b` in 16 bits (an f32 `b` is packed as by
+    /// [`PackedB::pack`]). Meant for operands packed once and used many times (a layer's
+    /// weights): each product widens the panels again.
+    ///
+    /// # Errors
+    /// As [`PackedB::pack`].
+    pub fn pack_stored<T: Element>(&mut self, b: MatRef<'_, T>) -> Result<()> {
+        let half = match T::slice(b.data()) {
+            Slice::F32(_) => return self.pack(b),
+            Slice::F16(d) => Half::F16(pack_bits(self.ukr.nr, retype(b, d)?)?),
+            Slice::BF16(d) => Half::BF16(pack_bits(self.ukr.nr, retype(b, d)?)?),
+        };
+        self.data = Vec::new();
+        self.half = Some(half);
+        self.k = b.rows();
+        self.n = b.cols();
+        Ok(())
+    }
+
+    /// The element type the panels are stored in.
+    pub fn dtype(&self) -> DType {
+        match self.half {
+            None => DType::F32,
+            Some(Half::F16(_)) => DType::F16,
+            Some(Half::BF16(_)) => DType::BF16,
+        }
+    }
+
+    /// Bytes of packed storage in use.
+    pub fn bytes(&self) -> usize {
+        let len = self.n.div_ceil(self.ukr.nr) * self.ukr.nr * self.k;
+        len * self.dtype().size()
+    }
+
     /// Whether every packed value is finite (no NaN, no infinity; the zero padding is).
     pub fn all_finite(&self) -> bool {
         let len = self.n.div_ceil(self.ukr.nr) * self.ukr.nr * self.k;
-        crate::dtype::all_finite(&self.data[..len])
+        match &self.half {
+            None => crate::dtype::all_finite(&self.data[..len]),
+            Some(Half::F16(h)) => h.iter().all(|x| x.is_finite()),
+            Some(Half::BF16(h)) => h.iter().all(|x| x.is_finite()),
+        }
     }
 
     /// Rows (the depth of the product).
@@ -171,6 +230,13 @@ pub fn gemm_packed_b(
         }
         return Ok(());
     }
+    if m <= HALF_GEMV_ROWS && a.col_stride() == 1 {
+        match &b.half {
+            Some(Half::F16(d)) => return half_rows(b, d, a, col0, alpha, beta, c),
+            Some(Half::BF16(d)) => return half_rows(b, d, a, col0, alpha, beta, c),
+            None => {}
+        }
+    }
     let in_place = a.col_stride() == 1 && a.row_stride() > 0;
     let full_groups = if in_place { m / mr } else { 0 };
     // A short last group with an edge kernel of exactly its height is read in place too
@@ -201,6 +267,20 @@ pub fn gemm_packed_b(
             packed: apack.as_mut_ptr(),
             fuse: false,
         };
+        if let Some(h) = &b.half {
+            // SAFETY: as below, one widened panel at a time.
+            unsafe {
+                match h {
+                    Half::F16(d) => half_panels(
+                        &ukr, b, d, m, k, n, col0, alpha, &a_src, beta, c_ptr, rsc, csc,
+                    ),
+                    Half::BF16(d) => half_panels(
+                        &ukr, b, d, m, k, n, col0, alpha, &a_src, beta, c_ptr, rsc, csc,
+                    ),
+                }
+            }
+            return;
+        }
         // SAFETY: C's checked view is m × n; A's rows are in its checked view (in place) or
         // packed; B's panels from column col0 on hold depth b.k ≥ k; the ISA was checked by
         // PackedB::new.
@@ -225,4 +305,131 @@ pub fn gemm_packed_b(
         };
     });
     Ok(())
+}
+
+/// `b`'s view over `data` (the same slice, typed).
+fn retype<'a, T: Element, U: Element>(b: MatRef<'_, T>, data: &'a [U]) -> Result<MatRef<'a, U>> {
+    MatRef::new(data, b.rows(), b.cols(), b.row_stride(), b.col_stride())
+}
+
+/// The `NR`-column panels of `b` (element `(p, j)` of panel `q` at `q·NR·k + p·NR + j`),
+/// kept in their own type, zero-padded.
+fn pack_bits<T: Element>(nr: usize, b: MatRef<'_, T>) -> Result<Vec<T>> {
+    let (k, n) = (b.rows(), b.cols());
+    let len = n
+        .div_ceil(nr)
+        .checked_mul(nr)
+        .and_then(|x| x.checked_mul(k))
+        .ok_or(KernelError::Overflow {
+            op: "PackedB::pack_stored",
+        })?;
+    let mut out = vec![T::default(); len];
+    for (q, panel) in out
+        .chunks_exact_mut(nr * k.max(1))
+        .enumerate()
+        .take(n.div_ceil(nr))
+    {
+        for p in 0..k {
+            for j in 0..nr.min(n - q * nr) {
+                panel[p * nr + j] = b.get(p, q * nr + j);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `C ← alpha·A·B[.., col0 ..] + beta·C` for a few rows of A (unit column stride) against
+/// 16-bit panels read in registers: each panel is a `k × NR` row-major matrix whose rows
+/// are added into the output rows with A's weights ([`crate::gemv::axpy_rows_with`]).
+fn half_rows<T: Element>(
+    b: &PackedB,
+    data: &[T],
+    a: MatRef<'_>,
+    col0: usize,
+    alpha: f32,
+    beta: f32,
+    mut c: MatMut<'_>,
+) -> Result<()> {
+    let (m, n, k) = (c.rows(), c.cols(), a.cols());
+    let nr = b.ukr.nr;
+    let mut tmp = vec![0.0f32; m * nr];
+    for q in 0..n.div_ceil(nr) {
+        let j0 = q * nr;
+        let cols = nr.min(n - j0);
+        let panel = &data[(col0 / nr + q) * nr * b.k..][..k * nr];
+        tmp.fill(0.0);
+        crate::gemv::axpy_rows_with(
+            b.isa,
+            a,
+            MatRef::new(panel, k, nr, nr, 1)?,
+            MatMut::new(&mut tmp, m, nr, nr, 1)?,
+        )?;
+        for i in 0..m {
+            for j in 0..cols {
+                let v = alpha * tmp[i * nr + j];
+                let v = if beta == 0.0 {
+                    v
+                } else {
+                    v + beta * c.get(i, j0 + j)
+                };
+                c.set(i, j0 + j, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The products of the 16-bit panels from column `col0` on, one panel at a time: each is
+/// widened (first `k` rows) into an f32 scratch panel, then run by the microkernel for all
+/// rows of A.
+///
+/// # Safety
+/// As [`macro_kernel`] for the `m × n` block of C at `c`, with `a_src` describing A's `m`
+/// rows to depth `k ≤ b.k`; `data` holds `b`'s panels.
+#[allow(clippy::too_many_arguments)]
+unsafe fn half_panels<T: Element>(
+    ukr: &Ukr,
+    b: &PackedB,
+    data: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    col0: usize,
+    alpha: f32,
+    a_src: &ASource,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let nr = ukr.nr;
+    with_scratch(nr * k, |panel| {
+        for q in 0..n.div_ceil(nr) {
+            let j0 = q * nr;
+            let src = &data[(col0 / nr + q) * nr * b.k..][..k * nr];
+            // SAFETY: both hold k·nr values; the ISA was checked by PackedB::new.
+            unsafe { crate::convert::convert_raw(b.isa, k * nr, src.as_ptr(), panel.as_mut_ptr()) };
+            // SAFETY: the caller's contract for columns j0 .. j0 + cols of the block; the
+            // scratch panel holds k·nr widened values.
+            unsafe {
+                macro_kernel(
+                    ukr,
+                    m,
+                    k,
+                    nr.min(n - j0),
+                    0..1,
+                    0,
+                    &|_| {},
+                    alpha,
+                    a_src,
+                    panel.as_ptr(),
+                    nr * k,
+                    beta,
+                    c.offset(j0 as isize * csc),
+                    rsc,
+                    csc,
+                )
+            };
+        }
+    });
 }
