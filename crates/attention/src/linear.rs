@@ -19,7 +19,7 @@
 use crate::error::{AttnError, Result};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{tile_of, MatMut, MatRef};
-use kernels::{Isa, Parallelism};
+use kernels::{DType, Element, Isa, Parallelism};
 use std::ops::Range;
 
 /// Rows per task of the row split, at most (before rounding up to a multiple of the
@@ -56,7 +56,7 @@ pub(crate) type Epilogue<'e> = &'e (dyn Fn(usize, &mut [f32]) + Sync);
 ///
 /// ```
 /// use fastattn_attention::{Linear, WeightLayout};
-/// use kernels::{Isa, Parallelism};
+/// use kernels::{DType, Element, Isa, Parallelism};
 /// let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [d_in = 2, d_out = 3]
 /// let lin = Linear::new(Isa::best(), &w, 2, 3, WeightLayout::InOut, Some(&[0.5, 0.5, 0.5]))?;
 /// let y = lin.forward(&[1.0, 1.0], 1, Parallelism::Sequential)?;
@@ -73,13 +73,15 @@ pub struct Linear {
 
 impl Linear {
     /// Packs `w` (`d_in × d_out` seen through `layout`) and copies the bias (`d_out` values).
+    /// A 16-bit `w` (f16, bf16) stays 16-bit when packed, so the layer holds and streams
+    /// half the bytes; products widen it to f32 in registers (decoding) or panel by panel.
     ///
     /// # Errors
     /// [`AttnError::Shape`] if `w` or the bias have the wrong length;
     /// [`AttnError::Kernel`] if the CPU lacks `isa`.
-    pub fn new(
+    pub fn new<W: Element>(
         isa: Isa,
-        w: &[f32],
+        w: &[W],
         d_in: usize,
         d_out: usize,
         layout: WeightLayout,
@@ -102,7 +104,7 @@ impl Linear {
             WeightLayout::OutIn => MatRef::new(w, d_in, d_out, 1, d_in)?,
         };
         let mut packed = PackedB::new(isa)?;
-        packed.pack(view)?;
+        packed.pack_stored(view)?;
         Ok(Linear {
             d_in,
             d_out,
@@ -124,6 +126,16 @@ impl Linear {
     /// The kernel variant the weight was packed for.
     pub fn isa(&self) -> Isa {
         self.packed.isa()
+    }
+
+    /// The element type the weight is stored in.
+    pub fn dtype(&self) -> DType {
+        self.packed.dtype()
+    }
+
+    /// Bytes of packed weight storage.
+    pub fn weight_bytes(&self) -> usize {
+        self.packed.bytes()
     }
 
     /// Panel width `NR` of the packed weight (the microkernel's tile width).

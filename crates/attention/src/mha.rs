@@ -39,7 +39,7 @@ use crate::options::{Problem, SdpaOptions};
 use crate::rope::{Rope, RopeConfig};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::{sdpa_into, SdpaOutputs};
-use kernels::Isa;
+use kernels::{Element, Isa};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -139,17 +139,19 @@ impl MhaConfig {
 }
 
 /// Caller-given weights and biases, borrowed (copied into packed form by
-/// [`MultiHeadAttention::new`]). Shapes: see the [module docs](self).
-#[derive(Debug, Clone, Copy)]
-pub struct MhaWeights<'a> {
+/// [`MultiHeadAttention::new`]). Shapes: see the [module docs](self). The weights are f32
+/// (the default) or a 16-bit type `W` ([`Element`]), which the layer keeps in 16 bits;
+/// biases are f32.
+#[derive(Debug)]
+pub struct MhaWeights<'a, W = f32> {
     /// Query projection.
-    pub wq: &'a [f32],
+    pub wq: &'a [W],
     /// Key projection.
-    pub wk: &'a [f32],
+    pub wk: &'a [W],
     /// Value projection.
-    pub wv: &'a [f32],
+    pub wv: &'a [W],
     /// Output projection.
-    pub wo: &'a [f32],
+    pub wo: &'a [W],
     /// Query bias `[Hq·D]`.
     pub bq: Option<&'a [f32]>,
     /// Key bias `[Hkv·D]`.
@@ -162,10 +164,17 @@ pub struct MhaWeights<'a> {
     pub layout: WeightLayout,
 }
 
-impl<'a> MhaWeights<'a> {
+impl<W> Clone for MhaWeights<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<W> Copy for MhaWeights<'_, W> {}
+
+impl<'a, W: Element> MhaWeights<'a, W> {
     /// Weights in the `[d_in, d_out]` layout, without biases (set the `b*` fields to add
     /// them).
-    pub fn new(wq: &'a [f32], wk: &'a [f32], wv: &'a [f32], wo: &'a [f32]) -> Self {
+    pub fn new(wq: &'a [W], wk: &'a [W], wv: &'a [W], wo: &'a [W]) -> Self {
         MhaWeights {
             wq,
             wk,
@@ -302,7 +311,7 @@ impl MultiHeadAttention {
     /// expected shape); [`AttnError::HeadGroups`] if `Hq` is not a multiple of `Hkv`;
     /// [`AttnError::Option`] for an odd head dim with RoPE or a bad RoPE base;
     /// [`AttnError::Kernel`] if the CPU lacks the forced ISA.
-    pub fn new(cfg: MhaConfig, w: MhaWeights<'_>) -> Result<Self> {
+    pub fn new<W: Element>(cfg: MhaConfig, w: MhaWeights<'_, W>) -> Result<Self> {
         cfg.validate()?;
         let isa = match cfg.isa {
             Some(i) => i.check()?,
@@ -338,7 +347,7 @@ impl MultiHeadAttention {
         let k_off = qd.next_multiple_of(nr);
         let v_off = k_off + kvd;
         let width = v_off + kvd;
-        let mut fused = vec![0.0f32; dm * width];
+        let mut fused = vec![W::default(); dm * width];
         for (m, off, d_out) in [(w.wq, 0, qd), (w.wk, k_off, kvd), (w.wv, v_off, kvd)] {
             for (i, row) in fused.chunks_exact_mut(width).enumerate() {
                 let dst = &mut row[off..off + d_out];
@@ -391,6 +400,23 @@ impl MultiHeadAttention {
         Self::new(cfg, w.as_weights())
     }
 
+    /// [`Self::random`] with the weights rounded to `W` and stored so (the biases stay
+    /// f32): the same seed gives the same weights as `random`, to `W`'s precision.
+    ///
+    /// # Errors
+    /// As [`MultiHeadAttention::new`].
+    pub fn random_of<W: Element>(cfg: MhaConfig, bias: bool, seed: u64) -> Result<Self> {
+        let w = OwnedMhaWeights::random(&cfg, bias, seed)?;
+        let round = |x: &[f32]| x.iter().map(|&v| W::from_f32(v)).collect::<Vec<W>>();
+        let (wq, wk, wv, wo) = (round(&w.wq), round(&w.wk), round(&w.wv), round(&w.wo));
+        let mut mw = MhaWeights::new(&wq[..], &wk[..], &wv[..], &wo[..]);
+        mw.bq = w.bq.as_deref();
+        mw.bk = w.bk.as_deref();
+        mw.bv = w.bv.as_deref();
+        mw.bo = w.bo.as_deref();
+        Self::new(cfg, mw)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &MhaConfig {
         &self.cfg
@@ -419,6 +445,24 @@ impl MultiHeadAttention {
     /// [`AttnError::Overflow`] if the cache size overflows.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         KvCache::new(batch, self.cfg.n_kv_heads, self.cfg.head_dim, capacity)
+    }
+
+    /// [`Self::new_cache`] storing keys and values as `T` (f16 or bf16: half the bytes).
+    ///
+    /// # Errors
+    /// As [`Self::new_cache`].
+    pub fn new_cache_of<T: Element>(&self, batch: usize, capacity: usize) -> Result<KvCache<T>> {
+        KvCache::zeros(batch, self.cfg.n_kv_heads, self.cfg.head_dim, capacity)
+    }
+
+    /// The element type the projection weights are stored in.
+    pub fn weight_dtype(&self) -> kernels::DType {
+        self.qkv.dtype()
+    }
+
+    /// Bytes of packed projection weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.qkv.weight_bytes() + self.out.weight_bytes()
     }
 
     /// Self-attention over `x` (`[batch, seq, d_model]`), returning `[batch, seq, d_model]`.
@@ -450,7 +494,7 @@ impl MultiHeadAttention {
         y: &mut [f32],
         opts: &SdpaOptions<'_>,
     ) -> Result<()> {
-        self.self_attention(x, batch, seq, None, y, opts, None)
+        self.self_attention::<f32>(x, batch, seq, None, y, opts, None)
     }
 
     /// [`Self::forward`] that also returns the attention weights `[batch, Hq, seq, seq]`
@@ -468,7 +512,7 @@ impl MultiHeadAttention {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let mut y = vec![0.0f32; self.out_len(batch, seq)?];
         let mut w = vec![0.0f32; self.weights_len(batch, seq, seq)?];
-        self.self_attention(x, batch, seq, None, &mut y, opts, Some(&mut w))?;
+        self.self_attention::<f32>(x, batch, seq, None, &mut y, opts, Some(&mut w))?;
         Ok((y, w))
     }
 
@@ -526,9 +570,9 @@ impl MultiHeadAttention {
     /// [`AttnError::CacheFull`] if the tokens do not fit; [`AttnError::Shape`] if the cache
     /// was made for another batch size or layer; as [`Self::forward`] otherwise. On error
     /// the cache is unchanged.
-    pub fn forward_cached(
+    pub fn forward_cached<T: Element>(
         &self,
-        cache: &mut KvCache,
+        cache: &mut KvCache<T>,
         x: &[f32],
         batch: usize,
         seq: usize,
@@ -543,9 +587,9 @@ impl MultiHeadAttention {
     ///
     /// # Errors
     /// As [`Self::forward_cached`].
-    pub fn forward_cached_into(
+    pub fn forward_cached_into<T: Element>(
         &self,
-        cache: &mut KvCache,
+        cache: &mut KvCache<T>,
         x: &[f32],
         batch: usize,
         seq: usize,
@@ -609,12 +653,12 @@ impl MultiHeadAttention {
 
     /// Self-attention, with or without a cache.
     #[allow(clippy::too_many_arguments)]
-    fn self_attention(
+    fn self_attention<T: Element>(
         &self,
         x: &[f32],
         batch: usize,
         seq: usize,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache<T>>,
         y: &mut [f32],
         opts: &SdpaOptions<'_>,
         weights: Option<&mut [f32]>,
