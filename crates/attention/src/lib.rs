@@ -3,6 +3,10 @@
 //! Scaled dot-product attention `softmax(Q·Kᵀ·scale + mask)·V` on the CPU, built on the
 //! `kernels` crate's GEMM microkernels, packing and vectorised exp.
 //!
+//! * Q, K, V and the output may each be f32, f16 or bf16 ([`Element`]): 16-bit values are
+//!   widened as they are packed or loaded and everything computes in f32; a 16-bit output
+//!   is the f32 result rounded once. A [`KvCache`] and a layer's weights can be stored in
+//!   16 bits too, for half the memory and half the bytes a decode step reads.
 //! * Tensors are strided `[B, H, L, D]` views ([`TensorRef`], [`TensorMut`]), so the
 //!   `[B, H, L, D]` and `[B, L, H, D]` layouts and slices of larger buffers work without
 //!   copies. Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, the output
@@ -41,14 +45,15 @@ pub mod rope;
 pub mod tensor;
 
 pub use error::{AttnError, Result};
+/// The element types (f32, and the 16-bit storage types from the `half` crate).
+pub use kernels::{bf16, f16, DType, Element};
 pub use kv_cache::KvCache;
 pub use linear::{Linear, WeightLayout};
 pub use mha::{MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights};
 pub use options::{AttnPath, Mask, SdpaOptions};
 pub use rope::{Rope, RopeConfig};
-pub use tensor::{TensorMut, TensorRef};
+pub use tensor::{DynTensor, DynTensorMut, TensorMut, TensorRef};
 
-use kernels::Element;
 use options::Problem;
 use tensor::{AnyOut, AnyRef};
 
@@ -155,7 +160,35 @@ pub fn sdpa_into<Q: Element, K: Element, V: Element, O: Element>(
     q: TensorRef<'_, Q>,
     k: TensorRef<'_, K>,
     v: TensorRef<'_, V>,
-    mut out: TensorMut<'_, O>,
+    out: TensorMut<'_, O>,
+    opts: &SdpaOptions<'_>,
+    extras: SdpaOutputs<'_>,
+) -> Result<()> {
+    sdpa_into_dyn(q.into(), k.into(), v.into(), out.into(), opts, extras)
+}
+
+/// [`sdpa_into`] for tensors whose element types are known only at run time (what the C
+/// ABI and the Python package call): any combination of f32, f16 and bf16 Q, K, V and
+/// output.
+///
+/// ```
+/// use fastattn_attention::{sdpa_into_dyn, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
+/// use kernels::bf16;
+/// let x: Vec<bf16> = (0..2 * 5 * 4).map(|i| bf16::from_f32(i as f32 * 0.01)).collect();
+/// let mut out = vec![0.0f32; 2 * 5 * 4];
+/// let t = TensorRef::contiguous(&x, [1, 2, 5, 4])?;
+/// sdpa_into_dyn(t.into(), t.into(), t.into(), TensorMut::contiguous(&mut out, [1, 2, 5, 4])?.into(),
+///               &SdpaOptions::new(), SdpaOutputs::default())?;
+/// # Ok::<(), fastattn_attention::AttnError>(())
+/// ```
+///
+/// # Errors
+/// As [`sdpa_into`].
+pub fn sdpa_into_dyn(
+    q: DynTensor<'_>,
+    k: DynTensor<'_>,
+    v: DynTensor<'_>,
+    mut out: DynTensorMut<'_>,
     opts: &SdpaOptions<'_>,
     extras: SdpaOutputs<'_>,
 ) -> Result<()> {
@@ -196,11 +229,11 @@ pub fn sdpa_into<Q: Element, K: Element, V: Element, O: Element>(
     if p.b * p.hq * p.lq == 0 || (p.dv == 0 && weights.is_none() && lse.is_none()) {
         return Ok(());
     }
-    let (q, k, v) = (AnyRef::of(q), AnyRef::of(k), AnyRef::of(v));
+    let (q, k, v) = (AnyRef::of_dyn(q), AnyRef::of_dyn(k), AnyRef::of_dyn(v));
     let os = out.strides();
     // SAFETY: the paths write disjoint elements of the output (one task per row or head),
     // and nothing else accesses it during the call (it is borrowed mutably here).
-    let out_p = unsafe { AnyOut::new(&mut out) };
+    let out_p = unsafe { AnyOut::of_dyn(&mut out) };
     match path {
         AttnPath::Materialized => {
             materialized::run(&p, &q, &k, &v, out_p, os, weights.as_mut(), lse)

@@ -6,7 +6,7 @@
 //! built; output views are also checked not to alias themselves.
 
 use crate::error::{AttnError, Result};
-use kernels::dtype::{Element, Slice, SliceMut};
+use kernels::dtype::{DType, Element, Slice, SliceMut};
 use kernels::{bf16, f16, Isa};
 
 fn extent(what: &'static str, len: usize, dims: [usize; 4], strides: [usize; 4]) -> Result<()> {
@@ -209,6 +209,123 @@ impl<'a, T: Element> TensorMut<'a, T> {
     }
 }
 
+/// A read-only view whose element type is known only at run time (a C or Python caller's
+/// tensor): pass it to [`crate::sdpa_into_dyn`]. Built from a typed view with `From`.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum DynTensor<'a> {
+    /// f32 values.
+    F32(TensorRef<'a, f32>),
+    /// f16 values.
+    F16(TensorRef<'a, f16>),
+    /// bf16 values.
+    BF16(TensorRef<'a, bf16>),
+}
+
+impl DynTensor<'_> {
+    /// `[B, H, L, D]`.
+    pub fn dims(&self) -> [usize; 4] {
+        match self {
+            DynTensor::F32(t) => t.dims(),
+            DynTensor::F16(t) => t.dims(),
+            DynTensor::BF16(t) => t.dims(),
+        }
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            DynTensor::F32(_) => DType::F32,
+            DynTensor::F16(_) => DType::F16,
+            DynTensor::BF16(_) => DType::BF16,
+        }
+    }
+}
+
+impl<'a, T: Element> From<TensorRef<'a, T>> for DynTensor<'a> {
+    fn from(t: TensorRef<'a, T>) -> Self {
+        let (dims, strides) = (t.dims, t.strides);
+        match T::slice(t.data) {
+            Slice::F32(data) => DynTensor::F32(TensorRef {
+                data,
+                dims,
+                strides,
+            }),
+            Slice::F16(data) => DynTensor::F16(TensorRef {
+                data,
+                dims,
+                strides,
+            }),
+            Slice::BF16(data) => DynTensor::BF16(TensorRef {
+                data,
+                dims,
+                strides,
+            }),
+        }
+    }
+}
+
+/// A mutable view whose element type is known only at run time (see [`DynTensor`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DynTensorMut<'a> {
+    /// f32 values.
+    F32(TensorMut<'a, f32>),
+    /// f16 values.
+    F16(TensorMut<'a, f16>),
+    /// bf16 values.
+    BF16(TensorMut<'a, bf16>),
+}
+
+impl DynTensorMut<'_> {
+    /// `[B, H, L, D]`.
+    pub fn dims(&self) -> [usize; 4] {
+        match self {
+            DynTensorMut::F32(t) => t.dims(),
+            DynTensorMut::F16(t) => t.dims(),
+            DynTensorMut::BF16(t) => t.dims(),
+        }
+    }
+    /// Element strides.
+    pub fn strides(&self) -> [usize; 4] {
+        match self {
+            DynTensorMut::F32(t) => t.strides(),
+            DynTensorMut::F16(t) => t.strides(),
+            DynTensorMut::BF16(t) => t.strides(),
+        }
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            DynTensorMut::F32(_) => DType::F32,
+            DynTensorMut::F16(_) => DType::F16,
+            DynTensorMut::BF16(_) => DType::BF16,
+        }
+    }
+}
+
+impl<'a, T: Element> From<TensorMut<'a, T>> for DynTensorMut<'a> {
+    fn from(t: TensorMut<'a, T>) -> Self {
+        let (dims, strides) = (t.dims, t.strides);
+        match T::slice_mut(t.data) {
+            SliceMut::F32(data) => DynTensorMut::F32(TensorMut {
+                data,
+                dims,
+                strides,
+            }),
+            SliceMut::F16(data) => DynTensorMut::F16(TensorMut {
+                data,
+                dims,
+                strides,
+            }),
+            SliceMut::BF16(data) => DynTensorMut::BF16(TensorMut {
+                data,
+                dims,
+                strides,
+            }),
+        }
+    }
+}
+
 /// A read-only view of any element type: what the non-generic attention paths take (the
 /// public functions are generic and erase the type here, so that each path is compiled
 /// once, with a type switch only where values are read).
@@ -240,6 +357,15 @@ macro_rules! with_mat {
 pub(crate) use with_mat;
 
 impl<'a> AnyRef<'a> {
+    /// The view behind `t`.
+    pub(crate) fn of_dyn(t: DynTensor<'a>) -> Self {
+        match t {
+            DynTensor::F32(t) => Self::of(t),
+            DynTensor::F16(t) => Self::of(t),
+            DynTensor::BF16(t) => Self::of(t),
+        }
+    }
+
     /// Erases the element type of `t`.
     pub(crate) fn of<T: Element>(t: TensorRef<'a, T>) -> Self {
         AnyRef {
@@ -296,6 +422,21 @@ impl AnyOut {
                 SliceMut::F32(s) => AnyOut::F32(crate::SyncPtr::new(s.as_mut_ptr())),
                 SliceMut::F16(s) => AnyOut::F16(crate::SyncPtr::new(s.as_mut_ptr())),
                 SliceMut::BF16(s) => AnyOut::BF16(crate::SyncPtr::new(s.as_mut_ptr())),
+            }
+        }
+    }
+
+    /// As [`AnyOut::new`], for the view behind `t`.
+    ///
+    /// # Safety
+    /// As [`AnyOut::new`].
+    pub(crate) unsafe fn of_dyn(t: &mut DynTensorMut<'_>) -> Self {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match t {
+                DynTensorMut::F32(t) => Self::new(t),
+                DynTensorMut::F16(t) => Self::new(t),
+                DynTensorMut::BF16(t) => Self::new(t),
             }
         }
     }
