@@ -5,10 +5,14 @@ on stdin, so the runner can time torch in the same rotation as its own implement
 
     threads N                       -> ok            torch.set_num_threads(N)
     mm M K N                        -> ok            C = A @ B, row-major f32 (torch.mm, out=)
-    sdpa HQ HKV LQ LK D CAUSAL      -> ok            F.scaled_dot_product_attention, f32,
+    sdpa HQ HKV LQ LK D CAUSAL [DT] -> ok            F.scaled_dot_product_attention in DT
+                                                     (f32, the default, bf16 or f16),
                                                      [1, H, L, D]; enable_gqa when HQ != HKV
     run CALLS                       -> time SECONDS  CALLS back-to-back calls of the last
                                                      mm/sdpa, timed here (perf_counter)
+
+Inputs are built once per distinct mm/sdpa line and kept: a case whose rotation holds two
+torch rows (f32 and bf16) switches between them without rebuilding anything.
     quit                                             exits
 
 A failure answers `err <message>` on one line. The first line it writes is
@@ -43,12 +47,22 @@ def uniform(gen, *shape):
     return torch.rand(*shape, generator=gen, dtype=torch.float32) * 2.0 - 1.0
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
 fn = None
+prepared = {}
 for line in sys.stdin:
     parts = line.split()
     if not parts:
         continue
     cmd, args = parts[0], parts[1:]
+    key = " ".join(parts)
+    if cmd in ("mm", "sdpa") and key in prepared:
+        fn = prepared[key]
+        reply("ok")
+        continue
+    if cmd in ("mm", "sdpa"):
+        prepared.clear()  # a new case: drop the previous case's inputs
     try:
         if cmd == "threads":
             torch.set_num_threads(int(args[0]))
@@ -60,12 +74,14 @@ for line in sys.stdin:
             c = torch.empty(m, n, dtype=torch.float32)
             fn = lambda a=a, b=b, c=c: torch.mm(a, b, out=c)
             fn()
+            prepared[key] = fn
             reply("ok")
         elif cmd == "sdpa":
             hq, hkv, lq, lk, d, causal = (int(x) for x in args[:6])
+            dt = DTYPES[args[6] if len(args) > 6 else "f32"]
             gen = torch.Generator().manual_seed(5)
-            q = uniform(gen, 1, hq, lq, d)
-            k, v = uniform(gen, 1, hkv, lk, d), uniform(gen, 1, hkv, lk, d)
+            q = uniform(gen, 1, hq, lq, d).to(dt)
+            k, v = uniform(gen, 1, hkv, lk, d).to(dt), uniform(gen, 1, hkv, lk, d).to(dt)
             kw = {"is_causal": bool(causal)}
             if hq != hkv:
                 kw["enable_gqa"] = True  # TypeError on torch < 2.5: reported as err
@@ -73,6 +89,7 @@ for line in sys.stdin:
             f = lambda q=q, k=k, v=v, kw=kw: F.scaled_dot_product_attention(q, k, v, **kw)
             f()
             fn = f
+            prepared[key] = fn
             reply("ok")
         elif cmd == "run":
             if fn is None:

@@ -38,6 +38,14 @@ use std::time::{Duration, Instant};
 /// Names of the peer implementations a suite may register (besides our ISA variants).
 pub const PEERS: &[&str] = &[MATRIXMULTIPLY, GEMM_CRATE, MATERIALIZED_MM, STD, TORCH];
 
+/// Whether the implementation named `name` is a peer: one of [`PEERS`], or a peer's row in
+/// another element type (`torch-bf16`).
+pub fn is_peer(name: &str) -> bool {
+    PEERS
+        .iter()
+        .any(|p| name == *p || name.strip_prefix(p).is_some_and(|r| r.starts_with('-')))
+}
+
 /// PyTorch: `torch.mm` on GEMM cases, SDPA on attention cases ([`crate::torch`]).
 pub const TORCH: &str = "torch";
 
@@ -102,6 +110,8 @@ pub struct Impl {
     /// `Some`: the implementation times itself (the torch helper); `run` is then unused by
     /// the runner.
     pub timed: Option<TimedFn>,
+    /// Bytes one call moves, when not the case's (16-bit inputs move fewer).
+    pub bytes: Option<f64>,
 }
 
 impl Impl {
@@ -114,7 +124,22 @@ impl Impl {
             quick: true,
             run: Box::new(run),
             timed: None,
+            bytes: None,
         }
+    }
+
+    /// Our variant `isa` computing on `dtype` storage, named `avx2-bf16`: it moves `bytes`
+    /// per call. `--variant avx2` selects it too.
+    pub fn ours_dtype(
+        isa: Isa,
+        dtype: kernels::DType,
+        bytes: f64,
+        run: impl FnMut(usize) + Send + 'static,
+    ) -> Impl {
+        let mut imp = Impl::ours(isa, run);
+        imp.name = format!("{}-{dtype}", isa.name());
+        imp.bytes = Some(bytes);
+        imp
     }
 
     /// A peer named `name` (one of [`PEERS`]).
@@ -127,6 +152,7 @@ impl Impl {
             quick: true,
             run: Box::new(run),
             timed: None,
+            bytes: None,
         }
     }
 
@@ -194,8 +220,9 @@ pub struct Case {
     pub full_only: bool,
     /// Builds inputs and implementations.
     pub setup: SetupFn,
-    /// What the torch peer runs for this case; `None`: torch has no row here.
-    pub torch: Option<TorchOp>,
+    /// What the torch peer runs for this case (one row per op: `torch` for f32, `torch-bf16`
+    /// …); empty: torch has no row here.
+    pub torch: Vec<TorchOp>,
 }
 
 impl Case {
@@ -218,13 +245,13 @@ impl Case {
             bound,
             full_only: false,
             setup: Box::new(setup),
-            torch: None,
+            torch: Vec::new(),
         }
     }
 
     /// Adds a torch row computing `op`.
     pub fn with_torch(mut self, op: TorchOp) -> Case {
-        self.torch = Some(op);
+        self.torch.push(op);
         self
     }
 
@@ -578,7 +605,10 @@ impl Plan {
             }
         }
         match &self.variants {
-            Some(v) => v.contains(&imp.name),
+            // A 16-bit row of ours (`avx2-bf16`) runs with its variant (`avx2`).
+            Some(v) => {
+                v.contains(&imp.name) || imp.isa.is_some_and(|i| v.iter().any(|n| n == i.name()))
+            }
             None => imp.quick || self.full,
         }
     }
@@ -591,7 +621,7 @@ impl Plan {
 
     /// Whether the torch peer is wanted for some selected case.
     pub fn wants_torch(&self) -> bool {
-        self.cases.iter().any(|c| c.torch.is_some()) && self.wants(&Impl::peer(TORCH, |_| {}))
+        self.cases.iter().any(|c| !c.torch.is_empty()) && self.wants(&Impl::peer(TORCH, |_| {}))
     }
 }
 
@@ -634,7 +664,7 @@ pub fn record(
         }
     };
     let gflops = per_s(case.flops);
-    let gbs = per_s(case.bytes);
+    let gbs = per_s(imp.bytes.unwrap_or(case.bytes));
     let (peak, pct_peak) = match case.bound {
         Bound::Compute => {
             let p = bounds.peak(imp.isa.map(Isa::name));
@@ -833,33 +863,42 @@ pub fn measure_case(
     records
 }
 
-/// The torch implementation of `case`, when the peer runs and torch can express it;
-/// `Err` says why torch has no row (printed by the caller).
-fn torch_impl(case: &Case, peer: &Arc<Mutex<TorchPeer>>) -> Option<Result<Impl>> {
-    let op = case.torch.clone()?;
-    if let Err(e) = peer.lock().expect("not poisoned").prepare(&op) {
-        return Some(Err(e));
-    }
-    let peer = peer.clone();
-    let mut failed = false;
-    let id = case.id();
-    Some(Ok(Impl::self_timed(
-        TORCH,
-        move |threads, calls| match peer
-            .lock()
-            .expect("not poisoned")
-            .sample(&op, threads, calls)
-        {
-            Ok(t) => t,
-            Err(e) => {
-                if !failed {
-                    eprintln!("torch: {id}: {e}");
-                    failed = true;
+/// The torch implementations of `case` (one per op: `torch`, `torch-bf16`, …), when the
+/// peer runs and torch can express them; an `Err` says why one has no row (printed by the
+/// caller).
+fn torch_impls(case: &Case, peer: &Arc<Mutex<TorchPeer>>) -> Vec<Result<Impl>> {
+    case.torch
+        .iter()
+        .map(|op| {
+            let op = op.clone();
+            peer.lock().expect("not poisoned").prepare(&op)?;
+            let peer = peer.clone();
+            let mut failed = false;
+            let id = case.id();
+            let dtype = op.dtype();
+            let mut imp = Impl::self_timed(TORCH, move |threads, calls| {
+                match peer
+                    .lock()
+                    .expect("not poisoned")
+                    .sample(&op, threads, calls)
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if !failed {
+                            eprintln!("torch: {id}: {e}");
+                            failed = true;
+                        }
+                        f64::NAN
+                    }
                 }
-                f64::NAN
+            });
+            if dtype != kernels::DType::F32 {
+                imp.name = format!("{TORCH}-{dtype}");
+                imp.bytes = Some(case.bytes * dtype.size() as f64 / 4.0);
             }
-        },
-    )))
+            Ok(imp)
+        })
+        .collect()
 }
 
 /// Runs every selected (case, thread count) as one rotation ([`measure_case`]), calling
@@ -882,12 +921,13 @@ pub fn run_plan(
             .filter(|i| plan.wants(i))
             .collect();
         if let Some(peer) = torch.filter(|_| plan.wants(&Impl::peer(TORCH, |_| {}))) {
-            match torch_impl(case, peer) {
-                Some(Ok(imp)) => impls.push(imp),
-                Some(Err(e)) => {
-                    progress.suspend(|| eprintln!("torch: {}: {e}; no torch row", case.id()))
+            for r in torch_impls(case, peer) {
+                match r {
+                    Ok(imp) => impls.push(imp),
+                    Err(e) => {
+                        progress.suspend(|| eprintln!("torch: {}: {e}; no torch row", case.id()))
+                    }
                 }
-                None => {}
             }
         }
         for (threads, pool) in pools {

@@ -97,12 +97,22 @@ fn header(report: &Report, out: &mut String) {
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     header(report, &mut out);
-    // Peer columns: every peer with a result, in the order of `PEERS`.
-    let peers: Vec<&str> = crate::bench::PEERS
-        .iter()
-        .copied()
-        .filter(|p| report.results.iter().any(|r| r.imp == *p))
-        .collect();
+    // Peer columns: every peer with a result, in the order of `PEERS`, each followed by
+    // its rows in other element types (`torch-bf16`).
+    let mut peers: Vec<&str> = Vec::new();
+    for p in crate::bench::PEERS {
+        let mut names: Vec<&str> = report
+            .results
+            .iter()
+            .map(|r| r.imp.as_str())
+            .filter(|n| {
+                *n == *p || (n.starts_with(p) && crate::bench::is_peer(n) && n.len() > p.len())
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        peers.extend(names);
+    }
     out.push_str("| case | shape | threads | ours: best variant | % of limit |");
     for p in &peers {
         let _ = write!(out, " {p} |");
@@ -127,10 +137,7 @@ pub fn table(report: &Report) -> String {
         let best = rows
             .iter()
             .find(|r| r.baseline.as_deref() == Some(r.imp.as_str()))
-            .or_else(|| {
-                rows.iter()
-                    .find(|r| !crate::bench::PEERS.contains(&r.imp.as_str()))
-            });
+            .or_else(|| rows.iter().find(|r| !crate::bench::is_peer(&r.imp)));
         let Some(best) = best else { continue };
         let _ = write!(
             out,
@@ -150,7 +157,7 @@ pub fn table(report: &Report) -> String {
         }
         let others: Vec<String> = rows
             .iter()
-            .filter(|r| r.imp != best.imp && !crate::bench::PEERS.contains(&r.imp.as_str()))
+            .filter(|r| r.imp != best.imp && !crate::bench::is_peer(&r.imp))
             .map(|r| {
                 format!(
                     "{} {}",

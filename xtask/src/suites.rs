@@ -23,7 +23,7 @@ use fastattn_benches::{gemm_crate, matrixmultiply_sgemm, random_vec, RECT, SQUAR
 use kernels::exp::exp_slice_with;
 use kernels::gemm::{MatMut, MatRef};
 use kernels::softmax::{softmax_with, RowOptions};
-use kernels::{gemm_with, Isa, Parallelism};
+use kernels::{gemm_with, DType, Isa, Parallelism};
 use std::sync::{Arc, Mutex};
 
 /// A suite: its cases, and how `profile` builds one case from a shape.
@@ -337,7 +337,7 @@ pub fn softmax_case(rows: usize, row_len: usize, bound: Bound) -> Case {
     )
 }
 
-fn tensor(x: &[f32], dims: [usize; 4]) -> attention::TensorRef<'_> {
+fn tensor<T: kernels::Element>(x: &[T], dims: [usize; 4]) -> attention::TensorRef<'_, T> {
     attention::TensorRef::contiguous(x, dims).expect("the buffer fits the shape")
 }
 
@@ -369,8 +369,10 @@ fn attention_from_shape(shape: &str) -> Result<Case> {
 }
 
 /// One attention case: Q `[1, hq, lq, d]`, K and V `[1, hkv, lk, d]`, contiguous; every
-/// variant on the default (fused) path, and for plain prefill the materialised baseline on
-/// matrixmultiply with a scalar softmax. Flops: `4·hq·lq·lk·d`, halved when causal.
+/// variant on the default (fused) path, the best variant again on bf16 and on f16 Q, K, V
+/// and output (`avx2-bf16`, `avx2-f16`: the dtype dimension, moving half the bytes), and
+/// for plain prefill the materialised baseline on matrixmultiply with a scalar softmax.
+/// torch runs f32 and bf16 SDPA. Flops: `4·hq·lq·lk·d`, halved when causal.
 pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, causal: bool) -> Case {
     let full = 4.0 * (hq * lq) as f64 * (lk * d) as f64;
     let flops = if causal { full / 2.0 } else { full };
@@ -413,6 +415,22 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
                 let slow = matches!(isa, Isa::Scalar | Isa::Portable) && flops > 2e8;
                 impls.push(Impl::ours(isa, run).slow_if(slow));
             }
+            impls.push(attention_16::<kernels::bf16>(
+                &q,
+                &k,
+                &v,
+                [hq, hkv, lq, lk, d],
+                causal,
+                bytes,
+            ));
+            impls.push(attention_16::<kernels::f16>(
+                &q,
+                &k,
+                &v,
+                [hq, hkv, lq, lk, d],
+                causal,
+                bytes,
+            ));
             if !causal && hq == hkv && lq > 1 {
                 let run = move |_threads: usize| {
                     std::hint::black_box(fastattn_benches::naive_attention(
@@ -431,7 +449,48 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
         lk,
         d,
         causal,
+        dtype: DType::F32,
     })
+    .with_torch(TorchOp::Sdpa {
+        hq,
+        hkv,
+        lq,
+        lk,
+        d,
+        causal,
+        dtype: DType::BF16,
+    })
+}
+
+/// The best variant's attention on Q, K, V and output stored as `T` (rounded from the f32
+/// inputs), moving `bytes_f32 / 2`.
+fn attention_16<T: kernels::Element>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [hq, hkv, lq, lk, d]: [usize; 5],
+    causal: bool,
+    bytes_f32: f64,
+) -> Impl {
+    let round = |x: &[f32]| x.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>();
+    let (q, k, v) = (round(q), round(k), round(v));
+    let mut out = vec![T::default(); hq * lq * d];
+    let isa = Isa::best();
+    let run = move |_threads: usize| {
+        let opts = attention::SdpaOptions::default()
+            .with_causal(causal)
+            .with_isa(Some(isa));
+        attention::sdpa_into(
+            tensor(&q, [1, hq, lq, d]),
+            tensor(&k, [1, hkv, lk, d]),
+            tensor(&v, [1, hkv, lk, d]),
+            attention::TensorMut::contiguous(&mut out, [1, hq, lq, d]).expect("fits"),
+            &opts,
+            attention::SdpaOutputs::default(),
+        )
+        .expect("valid problem");
+    };
+    Impl::ours_dtype(isa, T::DTYPE, bytes_f32 / 2.0, run)
 }
 
 /// Layer cases: GPT-2-small-shaped prefill (d_model 768, 12 heads, L = 512, causal) and
@@ -455,6 +514,8 @@ fn layer_from_shape(shape: &str) -> Result<Case> {
 
 /// One layer case: `l` new tokens (batch 1) after `cache` cached ones (`cache = 0`: a causal
 /// prefill of `l` tokens without a cache). Flops count the projections and the attention.
+/// Every variant with f32 weights and cache, and the best one with bf16 weights and cache
+/// (`avx2-bf16`: the weights and cached keys/values take half the bytes).
 pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize) -> Case {
     let hd = d_model / hq;
     let proj = 2.0 * l as f64 * d_model as f64 * ((hq + 2 * hkv) * hd + hq * hd) as f64;
@@ -465,7 +526,9 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
         4.0 * (hq * l) as f64 * keys * hd as f64
     };
     let weights = (d_model * (hq + 2 * hkv) * hd + hq * hd * d_model) as f64;
-    let bytes = 4.0 * (weights + 2.0 * (hkv * hd) as f64 * keys + 2.0 * (l * d_model) as f64);
+    let stored = weights + 2.0 * (hkv * hd) as f64 * keys;
+    let bytes = 4.0 * (stored + 2.0 * (l * d_model) as f64);
+    let bytes_16 = 2.0 * stored + 4.0 * 2.0 * (l * d_model) as f64;
     let name = if cache == 0 {
         format!("{d_model}x{hq}x{hkv}x{l}")
     } else {
@@ -486,44 +549,57 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
         move || {
             let x = Arc::new(random_vec(l * d_model, 8));
             let mut impls = Vec::new();
+            let shape = [d_model, hq, hkv, l, cache];
             for isa in Isa::available() {
-                let mut cfg = attention::MhaConfig::new(d_model, hq)
-                    .with_kv_heads(hkv)
-                    .with_isa(isa);
-                if cache > 0 {
-                    cfg = cfg.with_rope(attention::RopeConfig::default());
-                }
-                let layer = attention::MultiHeadAttention::random(cfg, false, 9)
-                    .expect("valid layer shape");
-                let x = x.clone();
-                let opts = attention::SdpaOptions::default().with_causal(true);
-                let mut kv = None;
-                if cache > 0 {
-                    let mut c = layer.new_cache(1, cache + l).expect("cache fits");
-                    let prompt = random_vec(cache * d_model, 10);
-                    layer
-                        .forward_cached(&mut c, &prompt, 1, cache, &opts)
-                        .expect("prefill fits");
-                    kv = Some(c);
-                }
-                let mut y = vec![0.0f32; l * d_model];
-                let run = move |_threads: usize| match kv.as_mut() {
-                    Some(c) => {
-                        layer
-                            .forward_cached_into(c, &x, 1, l, &mut y, &opts)
-                            .expect("step fits");
-                        c.truncate(cache);
-                    }
-                    None => layer
-                        .forward_into(&x, 1, l, &mut y, &opts)
-                        .expect("valid input"),
-                };
+                let run = layer_run::<f32>(isa, shape, x.clone());
                 let slow = matches!(isa, Isa::Scalar | Isa::Portable) && proj + attn > 2e8;
                 impls.push(Impl::ours(isa, run).slow_if(slow));
             }
+            let run = layer_run::<kernels::bf16>(Isa::best(), shape, x);
+            impls.push(Impl::ours_dtype(Isa::best(), DType::BF16, bytes_16, run));
             impls
         },
     )
+}
+
+/// One call of a layer with weights and cache stored as `W` (the same seeded weights,
+/// rounded): a causal prefill of `l` tokens, or one decode step of `l` tokens after `cache`
+/// cached ones (the cache is truncated back after each call).
+fn layer_run<W: kernels::Element>(
+    isa: Isa,
+    [d_model, hq, hkv, l, cache]: [usize; 5],
+    x: Arc<Vec<f32>>,
+) -> impl FnMut(usize) + Send + 'static {
+    let mut cfg = attention::MhaConfig::new(d_model, hq)
+        .with_kv_heads(hkv)
+        .with_isa(isa);
+    if cache > 0 {
+        cfg = cfg.with_rope(attention::RopeConfig::default());
+    }
+    let layer =
+        attention::MultiHeadAttention::random_of::<W>(cfg, false, 9).expect("valid layer shape");
+    let opts = attention::SdpaOptions::default().with_causal(true);
+    let mut kv = None;
+    if cache > 0 {
+        let mut c = layer.new_cache_of::<W>(1, cache + l).expect("cache fits");
+        let prompt = random_vec(cache * d_model, 10);
+        layer
+            .forward_cached(&mut c, &prompt, 1, cache, &opts)
+            .expect("prefill fits");
+        kv = Some(c);
+    }
+    let mut y = vec![0.0f32; l * d_model];
+    move |_threads: usize| match kv.as_mut() {
+        Some(c) => {
+            layer
+                .forward_cached_into(c, &x, 1, l, &mut y, &opts)
+                .expect("step fits");
+            c.truncate(cache);
+        }
+        None => layer
+            .forward_into(&x, 1, l, &mut y, &opts)
+            .expect("valid input"),
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +670,31 @@ mod tests {
         );
         assert!(softmax_from_shape("64").is_err());
         assert!(softmax_from_shape("0x4").is_err());
+    }
+
+    #[test]
+    fn attention_and_layer_cases_have_16_bit_rows_that_run() {
+        let best = Isa::best().name();
+        for case in [
+            attention_case(2, 1, 5, 9, 8, true),
+            attention_case(2, 2, 1, 40, 16, false),
+            layer_case(32, 4, 2, 3, 0),
+            layer_case(32, 4, 2, 1, 6),
+        ] {
+            let mut impls = (case.setup)();
+            let names: Vec<String> = impls.iter().map(|i| i.name.clone()).collect();
+            assert!(names.contains(&format!("{best}-bf16")), "{names:?}");
+            let b16 = impls.iter().find(|i| i.name.ends_with("-bf16")).unwrap();
+            assert!(b16.bytes.unwrap() < case.bytes, "{}", case.id());
+            for imp in impls.iter_mut() {
+                (imp.run)(1);
+            }
+        }
+        let a = attention_case(2, 1, 5, 9, 8, true);
+        let dtypes: Vec<DType> = a.torch.iter().map(|t| t.dtype()).collect();
+        assert_eq!(dtypes, [DType::F32, DType::BF16]);
+        assert!(crate::bench::is_peer("torch-bf16") && crate::bench::is_peer("torch"));
+        assert!(!crate::bench::is_peer("avx2-bf16") && !crate::bench::is_peer("torchy"));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub enum TorchOp {
         d: usize,
         /// `is_causal`.
         causal: bool,
+        /// Element type of Q, K, V and the output (f32, f16 or bf16).
+        dtype: kernels::DType,
     },
 }
 
@@ -86,7 +88,22 @@ impl TorchOp {
                 lk,
                 d,
                 causal,
-            } => format!("sdpa {hq} {hkv} {lq} {lk} {d} {}", u8::from(causal)),
+                dtype,
+            } => {
+                let c = u8::from(causal);
+                match dtype {
+                    kernels::DType::F32 => format!("sdpa {hq} {hkv} {lq} {lk} {d} {c}"),
+                    t => format!("sdpa {hq} {hkv} {lq} {lk} {d} {c} {t}"),
+                }
+            }
+        }
+    }
+
+    /// The element type it computes in.
+    pub fn dtype(&self) -> kernels::DType {
+        match self {
+            TorchOp::Mm { .. } => kernels::DType::F32,
+            TorchOp::Sdpa { dtype, .. } => *dtype,
         }
     }
 }
@@ -245,8 +262,20 @@ mod tests {
             lk: 32,
             d: 64,
             causal: true,
+            dtype: kernels::DType::F32,
         };
         assert_eq!(op.command(), "sdpa 8 2 16 32 64 1");
+        let bf = TorchOp::Sdpa {
+            hq: 8,
+            hkv: 2,
+            lq: 16,
+            lk: 32,
+            d: 64,
+            causal: true,
+            dtype: kernels::DType::BF16,
+        };
+        assert_eq!(bf.command(), "sdpa 8 2 16 32 64 1 bf16");
+        assert_eq!(bf.dtype(), kernels::DType::BF16);
     }
 
     #[test]
@@ -303,6 +332,7 @@ mod tests {
             lk: 7,
             d: 16,
             causal: true,
+            dtype: kernels::DType::BF16,
         };
         match peer.sample(&gqa, 2, 2) {
             Ok(t) => assert!(t > 0.0),
