@@ -542,7 +542,18 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
     Case::new(
         "layer",
         name,
-        format!("d_model={d_model} hq={hq} hkv={hkv} tokens={l} cached={cache}"),
+        if cache == 0 {
+            format!("d_model={d_model} hq={hq} hkv={hkv} tokens={l} cached=0")
+        } else {
+            // What the caches hold (`KvCache::bytes`: 2·Hkv·D·capacity elements).
+            let mib = |size: usize| (2 * hkv * hd * (cache + l) * size) as f64 / (1 << 20) as f64;
+            format!(
+                "d_model={d_model} hq={hq} hkv={hkv} tokens={l} cached={cache} \
+                 (KV cache: f32 {:.0} MiB, bf16 {:.0} MiB)",
+                mib(4),
+                mib(2)
+            )
+        },
         proj + attn,
         bytes,
         bound,
