@@ -1,6 +1,7 @@
 /*
- * fastattn from C: cblas_sgemm, fa_sgemm, fa_softmax, fa_sdpa and the attention layer with
- * its KV cache, checked against naive C loops, and every error code.
+ * fastattn from C: cblas_sgemm, fa_sgemm, fa_softmax, fa_sdpa (f32 and 16-bit tensors) and
+ * the attention layer with its KV cache (f32 and bf16 weights and caches), checked against
+ * naive C loops, and every error code.
  *
  * Build and run (from the repository root):
  *   cargo build --release -p fastattn-capi
@@ -49,11 +50,104 @@ static float *rnd_buf(size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = rnd();
     return p;
 }
+/* ------------------------------------------------ 16-bit element types */
+
+/* float <-> bfloat16 bits. bf16 is the upper half of an IEEE binary32; rounding is to
+ * nearest, ties to even (a NaN stays a quiet NaN). */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* float <-> IEEE binary16 bits, rounding to nearest, ties to even: magnitudes from 65520
+ * up become infinity, those below 2^-14 subnormals. */
+static uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: infinity */
+    if (a < 0x38800000u) {
+        /* Below 2^-14: a count of 2^-24 units (the product is exact), rounded by rintf in
+         * the default to-nearest-even mode; 1024 units is the smallest normal, 0x0400. */
+        return (uint16_t)(sign | (uint16_t)rintf(fabsf(f) * 16777216.0f));
+    }
+    a += 0x0fffu + ((a >> 13) & 1u); /* round away the 13 low bits, ties to even */
+    return (uint16_t)(sign | ((a - 0x38000000u) >> 13)); /* exponent bias 127 -> 15 */
+}
+static float f16_to_f32(uint16_t h) {
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    float v;
+    if (e == 0x1f)
+        v = m ? NAN : INFINITY;
+    else if (e == 0)
+        v = ldexpf((float)m, -24); /* zero or subnormal: m * 2^-24 */
+    else
+        v = ldexpf((float)(m | 0x400), e - 25); /* (1024 + m) * 2^(e - 15 - 10) */
+    return (h & 0x8000u) ? -v : v;
+}
+
+/* x rounded to the type `dtype` (an fa_dtype), as a double. */
+static double round_to(double x, int32_t dtype) {
+    float f = (float)x;
+    if (dtype == FA_DTYPE_F16) return f16_to_f32(f32_to_f16(f));
+    if (dtype == FA_DTYPE_BF16) return bf16_to_f32(f32_to_bf16(f));
+    return f;
+}
+
+/* n floats as a new buffer of 16-bit values of `dtype` (their bits). */
+static uint16_t *to_16bit(const float *src, size_t n, int32_t dtype) {
+    uint16_t *p = malloc(n * sizeof *p);
+    if (!p) {
+        perror("malloc");
+        exit(2);
+    }
+    for (size_t i = 0; i < n; i++)
+        p[i] = dtype == FA_DTYPE_F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
+    return p;
+}
+
+static void test_conversions(void) {
+    CHECK(f32_to_bf16(1.0f) == 0x3f80 && bf16_to_f32(0xbf80) == -1.0f, "bf16 of +-1");
+    /* 1 + 2^-8 is halfway between two bf16 values: ties go to the even one. */
+    CHECK(f32_to_bf16(1.00390625f) == 0x3f80 && f32_to_bf16(1.01171875f) == 0x3f82,
+          "bf16 ties to even");
+    CHECK(f32_to_f16(1.0f) == 0x3c00 && f16_to_f32(0xc000) == -2.0f, "f16 of 1 and -2");
+    CHECK(f32_to_f16(65504.0f) == 0x7bff && f32_to_f16(65520.0f) == 0x7c00, "f16 range");
+    CHECK(f32_to_f16(1.00048828125f) == 0x3c00 && f32_to_f16(1.00146484375f) == 0x3c02,
+          "f16 ties to even");
+    CHECK(f32_to_f16(5.9604645e-8f) == 0x0001 && f16_to_f32(0x0001) == 5.9604645e-8f,
+          "f16 subnormal");
+    CHECK(isnan(f16_to_f32(f32_to_f16(NAN))) && isnan(bf16_to_f32(f32_to_bf16(NAN))), "NaN");
+}
+
 static double max_abs_diff(const float *a, const double *b, size_t n) {
     double m = 0.0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - b[i]);
         if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+/* The largest |got - want| in units of the tolerance 1e-5 + u*|want| of an output of
+ * `dtype`, u = 2^-11 (f16) or 2^-8 (bf16) bounding half an ulp relative to the value: a
+ * result <= 1 passes. */
+static double err_16bit(const float *got, const double *want, size_t n, int32_t dtype) {
+    double u = dtype == FA_DTYPE_F16 ? 1.0 / 2048 : 1.0 / 256, m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs((double)got[i] - want[i]) / (1e-5 + u * fabs(want[i]));
+        if (!(r <= m)) m = r; /* NaN propagates */
     }
     return m;
 }
@@ -201,13 +295,44 @@ static void test_softmax(void) {
 
 enum { B = 2, HQ = 4, HKV = 2, LQ = 5, LK = 9, D = 16, DV = 8 };
 
-static fa_tensor tensor(float *data, size_t b, size_t h, size_t l, size_t d) {
-    fa_tensor t = {data, {b, h, l, d}, {(ptrdiff_t)(h * l * d), (ptrdiff_t)(l * d), (ptrdiff_t)d, 1}};
+/* A dense [B, H, L, D] view of values of `dtype` (an fa_dtype). */
+static fa_tensor tensor_of(void *data, int32_t dtype, size_t b, size_t h, size_t l, size_t d) {
+    fa_tensor t = {data,
+                   {b, h, l, d},
+                   {(ptrdiff_t)(h * l * d), (ptrdiff_t)(l * d), (ptrdiff_t)d, 1},
+                   dtype};
     return t;
+}
+static fa_tensor tensor(float *data, size_t b, size_t h, size_t l, size_t d) {
+    return tensor_of(data, FA_DTYPE_F32, b, h, l, d);
+}
+
+/* Element [i0, i1, i2, i3] of a tensor of any type, widened. */
+static double elem(const fa_tensor *t, size_t i0, size_t i1, size_t i2, size_t i3) {
+    ptrdiff_t off = (ptrdiff_t)i0 * t->strides[0] + (ptrdiff_t)i1 * t->strides[1] +
+                    (ptrdiff_t)i2 * t->strides[2] + (ptrdiff_t)i3 * t->strides[3];
+    switch (t->dtype) {
+    case FA_DTYPE_F16:
+        return f16_to_f32(((const uint16_t *)t->data)[off]);
+    case FA_DTYPE_BF16:
+        return bf16_to_f32(((const uint16_t *)t->data)[off]);
+    default:
+        return ((const float *)t->data)[off];
+    }
+}
+
+/* The elements of a dense [B, H, L, D] tensor of any type, widened into dst. */
+static void widen(const fa_tensor *t, float *dst) {
+    size_t n = 0;
+    for (size_t a = 0; a < t->dims[0]; a++)
+        for (size_t b = 0; b < t->dims[1]; b++)
+            for (size_t c = 0; c < t->dims[2]; c++)
+                for (size_t d = 0; d < t->dims[3]; d++) dst[n++] = (float)elem(t, a, b, c, d);
 }
 
 /* Naive attention with the library's semantics (bottom-right causal, key lengths, additive
- * mask indexed [b|0][h|0][i][j] through strides, GQA). */
+ * mask indexed [b|0][h|0][i][j] through strides, GQA), on the widened values of tensors of
+ * any type. */
 static void sdpa_naive(const fa_tensor *q, const fa_tensor *k, const fa_tensor *v, int causal,
                        const fa_tensor *mask, const int64_t *kv_len, double *out, double *w,
                        double *lse) {
@@ -223,14 +348,9 @@ static void sdpa_naive(const fa_tensor *q, const fa_tensor *k, const fa_tensor *
                     int visible = (long)j < n && (!causal || (long)j <= pos);
                     double dot = 0.0;
                     for (size_t d = 0; d < D; d++)
-                        dot += (double)q->data[b * q->strides[0] + h * q->strides[1] +
-                                               i * q->strides[2] + d * q->strides[3]] *
-                               k->data[b * k->strides[0] + hk * k->strides[1] +
-                                       j * k->strides[2] + d * k->strides[3]];
+                        dot += elem(q, b, h, i, d) * elem(k, b, hk, j, d);
                     s[j] = dot * scale;
-                    if (mask)
-                        s[j] += mask->data[b * mask->strides[0] + h * mask->strides[1] +
-                                           i * mask->strides[2] + j * mask->strides[3]];
+                    if (mask) s[j] += elem(mask, b, h, i, j);
                     if (!visible) s[j] = -INFINITY;
                     if (s[j] > mx) mx = s[j];
                 }
@@ -246,9 +366,7 @@ static void sdpa_naive(const fa_tensor *q, const fa_tensor *k, const fa_tensor *
                 }
                 for (size_t e = 0; e < DV; e++) {
                     double acc = 0.0;
-                    for (size_t j = 0; j < LK; j++)
-                        acc += s[j] * v->data[b * v->strides[0] + hk * v->strides[1] +
-                                              j * v->strides[2] + e * v->strides[3]];
+                    for (size_t j = 0; j < LK; j++) acc += s[j] * elem(v, b, hk, j, e);
                     out[row * DV + e] = acc;
                 }
             }
@@ -258,7 +376,7 @@ static void test_sdpa(void) {
     /* Q in the [B, L, H, D] layout of model code; K, V dense [B, H, L, D]. */
     float *qd = rnd_buf(B * LQ * HQ * D), *kd = rnd_buf(B * HKV * LK * D),
           *vd = rnd_buf(B * HKV * LK * DV);
-    fa_tensor q = {qd, {B, HQ, LQ, D}, {LQ * HQ * D, D, HQ * D, 1}};
+    fa_tensor q = {qd, {B, HQ, LQ, D}, {LQ * HQ * D, D, HQ * D, 1}, FA_DTYPE_F32};
     fa_tensor k = tensor(kd, B, HKV, LK, D), v = tensor(vd, B, HKV, LK, DV);
     float *od = malloc(B * HQ * LQ * DV * sizeof(float));
     float *wd = malloc(B * HQ * LQ * LK * sizeof(float));
@@ -292,7 +410,7 @@ static void test_sdpa(void) {
     /* 3. An additive mask [1, 1, Lq, Lk] broadcast with stride 0, and key lengths. */
     float *md = rnd_buf(LQ * LK);
     md[3] = -INFINITY;
-    fa_tensor mask = {md, {1, 1, LQ, LK}, {0, 0, LK, 1}};
+    fa_tensor mask = {md, {1, 1, LQ, LK}, {0, 0, LK, 1}, FA_DTYPE_F32};
     int64_t kv_len[B] = {LK, 6};
     fa_sdpa_options o2;
     fa_sdpa_options_init(&o2, sizeof o2);
@@ -351,13 +469,102 @@ static void test_sdpa(void) {
     free(again);
 }
 
+/* Attention on 16-bit tensors: any mix of f32, f16 and bf16 for Q, K, V and the output,
+ * checked against the naive loop on the widened values. Masks and weights stay f32. */
+static void test_sdpa_16bit(void) {
+    enum { NQ = B * LQ * HQ * D, NK = B * HKV * LK * D, NV = B * HKV * LK * DV,
+           NO = B * HQ * LQ * DV, NL = B * HQ * LQ };
+    float *qf = rnd_buf(NQ), *kf = rnd_buf(NK), *vf = rnd_buf(NV);
+    float got[NO], lse[NL];
+    double want[NO], want_lse[NL];
+
+    /* 1. f32 Q (a [B, L, H, D] view), bf16 K and V, an f16 output; causal with the
+     * log-sum-exp. */
+    uint16_t *kb = to_16bit(kf, NK, FA_DTYPE_BF16), *vb = to_16bit(vf, NV, FA_DTYPE_BF16);
+    uint16_t *oh = malloc(NO * sizeof *oh);
+    fa_tensor q = {qf, {B, HQ, LQ, D}, {LQ * HQ * D, D, HQ * D, 1}, FA_DTYPE_F32};
+    fa_tensor k = tensor_of(kb, FA_DTYPE_BF16, B, HKV, LK, D);
+    fa_tensor v = tensor_of(vb, FA_DTYPE_BF16, B, HKV, LK, DV);
+    fa_tensor out = tensor_of(oh, FA_DTYPE_F16, B, HQ, LQ, DV);
+    fa_sdpa_options o;
+    fa_sdpa_options_init(&o, sizeof o);
+    o.causal = 1;
+    o.lse = lse;
+    sdpa_naive(&q, &k, &v, 1, NULL, NULL, want, NULL, want_lse);
+    int rc = fa_sdpa(&q, &k, &v, &out, &o);
+    widen(&out, got);
+    double err = err_16bit(got, want, NO, FA_DTYPE_F16);
+    CHECK(rc == FA_OK && err <= 1.0, "fa_sdpa(f32 q, bf16 k/v, f16 out): rc %d, error %g of the "
+          "tolerance", rc, err);
+    err = max_abs_diff(lse, want_lse, NL);
+    CHECK(err < 1e-4, "fa_sdpa(f32 q, bf16 k/v, f16 out) lse max error %g", err);
+
+    /* 2. f16 Q, K and V, a bf16 output, an f32 mask broadcast over batch and heads, and key
+     * lengths. */
+    uint16_t *qh = to_16bit(qf, NQ, FA_DTYPE_F16), *kh = to_16bit(kf, NK, FA_DTYPE_F16),
+             *vh = to_16bit(vf, NV, FA_DTYPE_F16), *ob = malloc(NO * sizeof *ob);
+    float *md = rnd_buf(LQ * LK);
+    fa_tensor q16 = tensor_of(qh, FA_DTYPE_F16, B, HQ, LQ, D);
+    fa_tensor k16 = tensor_of(kh, FA_DTYPE_F16, B, HKV, LK, D);
+    fa_tensor v16 = tensor_of(vh, FA_DTYPE_F16, B, HKV, LK, DV);
+    fa_tensor outb = tensor_of(ob, FA_DTYPE_BF16, B, HQ, LQ, DV);
+    fa_tensor mask = {md, {1, 1, LQ, LK}, {0, 0, LK, 1}, FA_DTYPE_F32};
+    int64_t kv_len[B] = {LK, 4};
+    fa_sdpa_options o2;
+    fa_sdpa_options_init(&o2, sizeof o2);
+    o2.mask = &mask;
+    o2.kv_lengths = kv_len;
+    sdpa_naive(&q16, &k16, &v16, 0, &mask, kv_len, want, NULL, NULL);
+    rc = fa_sdpa(&q16, &k16, &v16, &outb, &o2);
+    widen(&outb, got);
+    err = err_16bit(got, want, NO, FA_DTYPE_BF16);
+    CHECK(rc == FA_OK && err <= 1.0, "fa_sdpa(f16 q/k/v, bf16 out, mask): rc %d, error %g of "
+          "the tolerance", rc, err);
+
+    /* 3. Refusals, with nothing written: a 16-bit mask or weights output, a dtype that is
+     * not an fa_dtype, 16-bit data that is not 2-byte aligned. */
+    ob[0] = 0x1234;
+    fa_tensor mask16 = tensor_of(kb, FA_DTYPE_BF16, 1, 1, LQ, LK);
+    mask16.strides[0] = mask16.strides[1] = 0;
+    fa_sdpa_options bad;
+    fa_sdpa_options_init(&bad, sizeof bad);
+    bad.mask = &mask16;
+    CHECK(fa_sdpa(&q16, &k16, &v16, &outb, &bad) == FA_ERR_INVALID_ARGUMENT, "bf16 mask");
+    CHECK(strstr(fa_last_error(), "f32") != NULL, "bf16 mask message");
+    fa_tensor w16 = tensor_of(kb, FA_DTYPE_F16, B, HQ, LQ, LK);
+    fa_sdpa_options_init(&bad, sizeof bad);
+    bad.weights = &w16;
+    CHECK(fa_sdpa(&q16, &k16, &v16, &outb, &bad) == FA_ERR_INVALID_ARGUMENT, "f16 weights");
+    fa_tensor unknown = k16;
+    unknown.dtype = 3;
+    CHECK(fa_sdpa(&q16, &unknown, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "dtype 3");
+    CHECK(strstr(fa_last_error(), "k->dtype is 3") != NULL, "dtype 3 message");
+    fa_tensor odd = k16;
+    odd.data = (char *)kh + 1;
+    CHECK(fa_sdpa(&q16, &odd, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "misaligned f16");
+    CHECK(ob[0] == 0x1234, "a refused fa_sdpa wrote its 16-bit output");
+
+    free(qf);
+    free(kf);
+    free(vf);
+    free(kb);
+    free(vb);
+    free(oh);
+    free(qh);
+    free(kh);
+    free(vh);
+    free(ob);
+    free(md);
+}
+
 /* --------------------------------------------------------------- layer */
 
 enum { DM = 12, NH = 2, NKV = 1, HD = 4, SEQ = 6, BATCH = 2 };
 
-/* Naive causal multi-head attention with [d_in, d_out] weights and no biases. */
+/* Naive causal multi-head attention with [d_in, d_out] weights and no biases; the keys
+ * and values are rounded to `kv_dtype`, as a KV cache of that type stores them. */
 static void mha_naive(const float *x, const float *wq, const float *wk, const float *wv,
-                      const float *wo, double *y) {
+                      const float *wo, int32_t kv_dtype, double *y) {
     static double q[BATCH * SEQ][NH * HD], k[BATCH * SEQ][NKV * HD], v[BATCH * SEQ][NKV * HD],
         a[BATCH * SEQ][NH * HD];
     for (int r = 0; r < BATCH * SEQ; r++) {
@@ -372,8 +579,8 @@ static void mha_naive(const float *x, const float *wq, const float *wk, const fl
                 sk += (double)x[r * DM + i] * wk[i * NKV * HD + c];
                 sv += (double)x[r * DM + i] * wv[i * NKV * HD + c];
             }
-            k[r][c] = sk;
-            v[r][c] = sv;
+            k[r][c] = round_to(sk, kv_dtype);
+            v[r][c] = round_to(sv, kv_dtype);
         }
     }
     for (int b = 0; b < BATCH; b++)
@@ -428,7 +635,7 @@ static void test_layer(void) {
     fa_sdpa_options causal;
     fa_sdpa_options_init(&causal, sizeof causal);
     causal.causal = 1;
-    mha_naive(x, wq, wk, wv, wo, want);
+    mha_naive(x, wq, wk, wv, wo, FA_DTYPE_F32, want);
     rc = fa_mha_forward(layer, x, BATCH, SEQ, y, &causal);
     double err = max_abs_diff(y, want, BATCH * SEQ * DM);
     CHECK(rc == FA_OK && err < 1e-4, "fa_mha_forward: rc %d, max error %g", rc, err);
@@ -478,6 +685,124 @@ static void test_layer(void) {
     free(wo);
 }
 
+/* n values rounded to multiples of 2^-bits. */
+static void quantize(float *x, size_t n, int bits) {
+    for (size_t i = 0; i < n; i++) x[i] = ldexpf(rintf(ldexpf(x[i], bits)), -bits);
+}
+
+/* The layer with bf16 weights (read and kept as bf16) and a bf16 KV cache, against the
+ * naive loop on the weights and the keys and values rounded to bf16. The inputs are
+ * multiples of 1/8 and the weights of 1/64 (exact in bf16), so every projection is exact
+ * in f32 and the library and the loop round the very same keys and values to bf16. */
+static void test_layer_16bit(void) {
+    enum { NW_Q = DM * NH * HD, NW_KV = DM * NKV * HD, NW_O = NH * HD * DM };
+    float *x = rnd_buf(BATCH * SEQ * DM);
+    float *wq = rnd_buf(NW_Q), *wk = rnd_buf(NW_KV), *wv = rnd_buf(NW_KV), *wo = rnd_buf(NW_O);
+    float *ws[4] = {wq, wk, wv, wo};
+    size_t ns[4] = {NW_Q, NW_KV, NW_KV, NW_O};
+    uint16_t *w16[4];
+    int exact = 1;
+    quantize(x, BATCH * SEQ * DM, 3);
+    for (int m = 0; m < 4; m++) {
+        quantize(ws[m], ns[m], 6);
+        w16[m] = to_16bit(ws[m], ns[m], FA_DTYPE_BF16);
+        for (size_t i = 0; i < ns[m]; i++) exact &= bf16_to_f32(w16[m][i]) == ws[m][i];
+    }
+    CHECK(exact, "multiples of 1/64 in [-1, 1] are exact in bf16");
+    float y[BATCH * SEQ * DM], step[BATCH * DM], xs[BATCH * DM];
+    double want[BATCH * SEQ * DM];
+    fa_mha_config cfg;
+    fa_mha_config_init(&cfg, sizeof cfg);
+    CHECK(cfg.weight_dtype == FA_DTYPE_F32, "fa_mha_config_init: f32 weights by default");
+    cfg.d_model = DM;
+    cfg.n_heads = NH;
+    cfg.n_kv_heads = NKV;
+    cfg.head_dim = HD;
+    cfg.weight_dtype = FA_DTYPE_BF16;
+    fa_mha_weights w;
+    fa_mha_weights_init(&w, sizeof w);
+    w.wq = w16[0];
+    w.wk = w16[1];
+    w.wv = w16[2];
+    w.wo = w16[3];
+    fa_mha *layer = NULL;
+    int rc = fa_mha_new(&cfg, &w, &layer);
+    CHECK(rc == FA_OK && layer != NULL, "fa_mha_new(bf16 weights) returned %d", rc);
+    if (!layer) return;
+    fa_sdpa_options causal;
+    fa_sdpa_options_init(&causal, sizeof causal);
+    causal.causal = 1;
+    mha_naive(x, wq, wk, wv, wo, FA_DTYPE_F32, want);
+    rc = fa_mha_forward(layer, x, BATCH, SEQ, y, &causal);
+    double err = max_abs_diff(y, want, BATCH * SEQ * DM);
+    CHECK(rc == FA_OK && err < 1e-4, "fa_mha_forward(bf16 weights): rc %d, max error %g", rc, err);
+
+    /* Decoding through a bf16 cache: half the bytes of an f32 one. */
+    fa_kv_cache *cache = NULL, *cache32 = NULL;
+    rc = fa_kv_cache_new_typed(layer, BATCH, SEQ, FA_DTYPE_BF16, &cache);
+    CHECK(rc == FA_OK && cache != NULL, "fa_kv_cache_new_typed(bf16) returned %d", rc);
+    CHECK(fa_kv_cache_new(layer, BATCH, SEQ, &cache32) == FA_OK, "fa_kv_cache_new");
+    CHECK(fa_kv_cache_dtype(cache) == FA_DTYPE_BF16 && fa_kv_cache_dtype(cache32) == FA_DTYPE_F32,
+          "fa_kv_cache_dtype");
+    CHECK(2 * fa_kv_cache_bytes(cache) == fa_kv_cache_bytes(cache32) &&
+              fa_kv_cache_bytes(cache32) == 2 * BATCH * NKV * SEQ * HD * sizeof(float),
+          "fa_kv_cache_bytes: bf16 %zu, f32 %zu", fa_kv_cache_bytes(cache),
+          fa_kv_cache_bytes(cache32));
+    mha_naive(x, wq, wk, wv, wo, FA_DTYPE_BF16, want);
+    double worst = 0.0;
+    for (int t = 0; t < SEQ && cache; t++) {
+        for (int b = 0; b < BATCH; b++)
+            memcpy(xs + b * DM, x + (b * SEQ + t) * DM, DM * sizeof(float));
+        rc = fa_mha_forward_cached(layer, cache, xs, BATCH, 1, step, &causal);
+        CHECK(rc == FA_OK, "fa_mha_forward_cached(bf16 cache) step %d returned %d", t, rc);
+        for (int b = 0; b < BATCH; b++)
+            for (int c = 0; c < DM; c++) {
+                double d = fabs(step[b * DM + c] - want[(b * SEQ + t) * DM + c]);
+                if (!(d <= worst)) worst = d;
+            }
+    }
+    CHECK(worst < 1e-4, "bf16 cached decoding max error %g", worst);
+    CHECK(fa_kv_cache_len(cache) == SEQ, "fa_kv_cache_len(bf16)");
+    fa_kv_cache *none = NULL;
+    CHECK(fa_kv_cache_new_typed(layer, 1, 1, 7, &none) == FA_ERR_INVALID_ARGUMENT && !none,
+          "cache dtype 7");
+    fa_kv_cache_free(cache);
+    fa_kv_cache_free(cache32);
+    fa_mha_free(layer);
+
+    /* Random bf16 weights: the f32 layer's weights of the same seed, rounded. */
+    fa_mha *r32 = NULL, *r16 = NULL;
+    cfg.weight_dtype = FA_DTYPE_F32;
+    CHECK(fa_mha_new_random(&cfg, 1, 7, &r32) == FA_OK, "fa_mha_new_random(f32)");
+    cfg.weight_dtype = FA_DTYPE_BF16;
+    CHECK(fa_mha_new_random(&cfg, 1, 7, &r16) == FA_OK, "fa_mha_new_random(bf16)");
+    if (r32 && r16) {
+        float y16[BATCH * SEQ * DM];
+        CHECK(fa_mha_forward(r32, x, BATCH, SEQ, y, &causal) == FA_OK &&
+                  fa_mha_forward(r16, x, BATCH, SEQ, y16, &causal) == FA_OK,
+              "random layers forward");
+        double d = 0.0, same = 1.0;
+        for (int i = 0; i < BATCH * SEQ * DM; i++) {
+            double e = fabs((double)y[i] - y16[i]);
+            if (!(e <= d)) d = e;
+            if (y[i] != y16[i]) same = 0.0;
+        }
+        CHECK(d < 1e-2 && same == 0.0, "bf16 random layer vs f32: max difference %g", d);
+    }
+    fa_mha_free(r32);
+    fa_mha_free(r16);
+    fa_mha *r_bad = NULL;
+    cfg.weight_dtype = -1;
+    CHECK(fa_mha_new_random(&cfg, 0, 1, &r_bad) == FA_ERR_INVALID_ARGUMENT && r_bad == NULL,
+          "weight_dtype -1");
+    for (int m = 0; m < 4; m++) free(w16[m]);
+    free(x);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wo);
+}
+
 int main(void) {
     printf("fastattn %s (ABI %u), kernels: %s, threads: %d\n", fa_version(), fa_abi_version(),
            fa_variant_name(), fa_num_threads());
@@ -488,16 +813,19 @@ int main(void) {
         fa_sdpa_options zero;
         memset(&zero, 0, sizeof zero);
         float one = 1.0f, o1 = 0.0f;
-        fa_tensor t = {&one, {1, 1, 1, 1}, {1, 1, 1, 1}};
-        fa_tensor to = {&o1, {1, 1, 1, 1}, {1, 1, 1, 1}};
+        fa_tensor t = {&one, {1, 1, 1, 1}, {1, 1, 1, 1}, FA_DTYPE_F32};
+        fa_tensor to = {&o1, {1, 1, 1, 1}, {1, 1, 1, 1}, FA_DTYPE_F32};
         CHECK(fa_sdpa(&t, &t, &t, &to, &zero) == FA_ERR_INVALID_ARGUMENT, "struct_size 0");
         CHECK(strstr(fa_last_error(), "fa_sdpa_options_init") != NULL, "struct_size message");
     }
     test_cblas_sgemm();
     test_fa_sgemm();
     test_softmax();
+    test_conversions();
     test_sdpa();
+    test_sdpa_16bit();
     test_layer();
+    test_layer_16bit();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }

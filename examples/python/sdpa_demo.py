@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """fastattn from Python: ``fa_sdpa`` on numpy arrays through ctypes, checked against numpy.
 
+float32, float16 (numpy's own) and bfloat16 (``uint16`` arrays of the bits; numpy has no
+bfloat16) arrays can be mixed freely for Q, K, V and the output.
+
 Build the shared library, then run this script from anywhere::
 
     cargo build --release -p fastattn-capi
@@ -26,14 +29,20 @@ FA_ERR_BAD_STRIDE = -3
 FA_ERR_UNSUPPORTED_VARIANT = -4
 FA_ERR_INVALID_ARGUMENT = -7
 
+# fa_dtype
+FA_DTYPE_F32 = 0
+FA_DTYPE_F16 = 1
+FA_DTYPE_BF16 = 2
+
 
 class FaTensor(ctypes.Structure):
-    """``fa_tensor``: a strided [B, H, L, D] view of float32 values."""
+    """``fa_tensor``: a strided [B, H, L, D] view of float32, float16 or bfloat16 values."""
 
     _fields_ = [
-        ("data", ctypes.POINTER(ctypes.c_float)),
+        ("data", ctypes.c_void_p),
         ("dims", ctypes.c_size_t * 4),
         ("strides", ctypes.c_ssize_t * 4),  # ptrdiff_t, in elements
+        ("dtype", ctypes.c_int32),  # fa_dtype; 0 (FA_DTYPE_F32) in a zero-filled struct
     ]
 
 
@@ -94,15 +103,41 @@ def load(path):
     return lib
 
 
-def tensor(a):
-    """An ``FaTensor`` viewing the float32 numpy array ``a`` (any non-negative strides).
+def to_bf16(x):
+    """The bfloat16 bits (``uint16``) of ``x`` rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+    nan = np.isnan(x)
+    rounded = np.where(nan, (bits >> 16) | np.uint32(0x40), rounded)
+    return rounded.astype(np.uint16)
+
+
+def from_bf16(b):
+    """The float32 values of bfloat16 bits (``uint16``)."""
+    return (np.ascontiguousarray(b, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def widen(a, bf16=False):
+    """float32 values of a float32, float16 or (``bf16``) bfloat16-bits array."""
+    return from_bf16(a) if bf16 else a.astype(np.float32)
+
+
+def tensor(a, bf16=False):
+    """An ``FaTensor`` viewing the numpy array ``a`` (any non-negative strides): float32,
+    float16, or with ``bf16`` a ``uint16`` array of bfloat16 bits.
 
     The array must stay alive while the tensor is used."""
-    assert a.dtype == np.float32 and a.ndim == 4
+    assert a.ndim == 4
+    if bf16:
+        assert a.dtype == np.uint16
+        dtype = FA_DTYPE_BF16
+    else:
+        dtype = {np.dtype(np.float32): FA_DTYPE_F32, np.dtype(np.float16): FA_DTYPE_F16}[a.dtype]
     t = FaTensor()
-    t.data = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    t.data = a.ctypes.data
     t.dims[:] = a.shape
     t.strides[:] = [s // a.itemsize for s in a.strides]
+    t.dtype = dtype
     return t
 
 
@@ -110,7 +145,7 @@ class FastAttn:
     """A small Pythonic wrapper over the C functions."""
 
     #: The C ABI version these ctypes declarations match (``FA_ABI_VERSION``).
-    ABI_VERSION = 2
+    ABI_VERSION = 3
 
     def __init__(self, path):
         self.lib = load(path)
@@ -123,11 +158,17 @@ class FastAttn:
             raise RuntimeError(f"fastattn error {rc}: {self.lib.fa_last_error().decode()}")
 
     def sdpa(self, q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=0.0,
-             want_weights=False, want_lse=False):
-        """Attention of [B, H, L, D] float32 arrays; returns (out, weights, lse)."""
+             want_weights=False, want_lse=False, bf16=(), out_dtype="f32"):
+        """Attention of [B, H, L, D] arrays; returns (out, weights, lse).
+
+        Q, K and V are float32 or float16 arrays, or ``uint16`` bfloat16 bits for those
+        named in ``bf16`` (e.g. ``bf16=("k", "v")``); ``out_dtype`` is ``"f32"``, ``"f16"``
+        or ``"bf16"`` (then ``out`` holds bfloat16 bits). The mask, weights and
+        log-sum-exp are float32."""
         b, hq, lq, _ = q.shape
         lk, dv = k.shape[2], v.shape[3]
-        out = np.empty((b, hq, lq, dv), np.float32)
+        out_np = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[out_dtype]
+        out = np.empty((b, hq, lq, dv), out_np)
         opts = FaSdpaOptions()
         self.check(self.lib.fa_sdpa_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
         opts.scale = scale
@@ -150,7 +191,8 @@ class FastAttn:
         if want_lse:
             lse = np.empty((b, hq, lq), np.float32)
             opts.lse = lse.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        qt, kt, vt, ot = tensor(q), tensor(k), tensor(v), tensor(out)
+        qt, kt, vt = tensor(q, "q" in bf16), tensor(k, "k" in bf16), tensor(v, "v" in bf16)
+        ot = tensor(out, out_dtype == "bf16")
         self.check(self.lib.fa_sdpa(qt, kt, vt, ot, ctypes.byref(opts)))
         return out, weights, lse
 
@@ -216,6 +258,44 @@ def main():
     want, _, _ = sdpa_ref(q, k, v, mask=mask, kv_lengths=lens)
     err = np.abs(out - want).max()
     expect(err < 1e-5, f"fa_sdpa additive mask and key lengths: max error {err:.2e}")
+
+    # 16-bit tensors: f32 Q, bf16 K and V, an f16 output; then f16 Q, K, V and a bf16
+    # output with a mask. The reference runs on the widened (rounded) inputs; the output
+    # may differ from it by the output type's rounding, at most half an ulp: 2^-11 (f16)
+    # or 2^-8 (bf16) relative to the value.
+    def close16(got, want, rel):
+        return float((np.abs(got - want) / (1e-5 + rel * np.abs(want))).max())
+
+    kb, vb = to_bf16(k), to_bf16(v)
+    out, _, lse = fa.sdpa(q, kb, vb, causal=True, want_lse=True, bf16=("k", "v"),
+                          out_dtype="f16")
+    want, _, want_lse = sdpa_ref(q, from_bf16(kb), from_bf16(vb), causal=True)
+    err = close16(widen(out), want, 2.0**-11)
+    lse_err = np.abs(lse - want_lse).max()
+    expect(out.dtype == np.float16 and err <= 1 and lse_err < 1e-4,
+           f"fa_sdpa f32 q, bf16 k/v, f16 out: {err:.2f} of the tolerance, lse {lse_err:.1e}")
+    qh, kh, vh = q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)
+    out, _, _ = fa.sdpa(qh, kh, vh, mask=mask, kv_lengths=lens, out_dtype="bf16")
+    want, _, _ = sdpa_ref(widen(qh), widen(kh), widen(vh), mask=mask, kv_lengths=lens)
+    err = close16(widen(out, bf16=True), want, 2.0**-8)
+    expect(out.dtype == np.uint16 and err <= 1,
+           f"fa_sdpa f16 q/k/v, bf16 out, mask: {err:.2f} of the tolerance")
+    ties = to_bf16(np.float32([1.0, 1.00390625, 1.01171875])).tolist()
+    expect(ties == [0x3F80, 0x3F80, 0x3F82], "bf16 conversion rounds to nearest even")
+    # A 16-bit mask and a dtype that is not an fa_dtype are refused.
+    try:
+        fa.sdpa(q, k, v, mask=mask.astype(np.float16))
+        expect(False, "a float16 mask is refused")
+    except RuntimeError as e:
+        expect(f"error {FA_ERR_INVALID_ARGUMENT}:" in str(e), f"a float16 mask is refused ({e})")
+    qt, kt, vt = tensor(q), tensor(k), tensor(v)
+    o = np.zeros((b, hq, lq, dv), np.float32)
+    ot = tensor(o)
+    kt.dtype = 3
+    rc = lib.fa_sdpa(qt, kt, vt, ot, None)
+    msg = lib.fa_last_error().decode()
+    expect(rc == FA_ERR_INVALID_ARGUMENT and "k->dtype is 3" in msg and not o.any(),
+           f"an unknown dtype is refused ({msg})")
 
     x = rng.standard_normal((5, 33), dtype=np.float32) * 10
     y = x.copy()

@@ -493,6 +493,9 @@ enum SdpaMut {
     MaskShape,
     WeightsShape,
     LseOverlapsK,
+    UnknownDtypeK,
+    Bf16Mask,
+    F16Weights,
 }
 
 fn dense(dims: [usize; 4]) -> [isize; 4] {
@@ -534,6 +537,9 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
         SdpaMut::MaskShape,
         SdpaMut::WeightsShape,
         SdpaMut::LseOverlapsK,
+        SdpaMut::UnknownDtypeK,
+        SdpaMut::Bf16Mask,
+        SdpaMut::F16Weights,
     ])?;
     // Layouts: [B, H, L, D] or [B, L, H, D], optionally with a padded row.
     let layout = |u: &mut Unstructured<'_>, dims: [usize; 4]| -> Result<[isize; 4]> {
@@ -564,24 +570,28 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
     let mut vb = Buf::new(u, &vd, &vs, None);
     let mut ob = Buf::new(u, &od, &os, Some(SENTINEL));
     let mut q = fa_tensor {
-        data: qb.ptr(),
+        data: qb.ptr().cast(),
         dims: qd,
         strides: qs,
+        dtype: 0,
     };
     let mut k = fa_tensor {
-        data: kb.ptr(),
+        data: kb.ptr().cast(),
         dims: kd,
         strides: ks,
+        dtype: 0,
     };
     let mut v = fa_tensor {
-        data: vb.ptr(),
+        data: vb.ptr().cast(),
         dims: vd,
         strides: vs,
+        dtype: 0,
     };
     let mut o = fa_tensor {
-        data: ob.ptr(),
+        data: ob.ptr().cast(),
         dims: od,
         strides: os,
+        dtype: 0,
     };
     // Options, valid by construction.
     let mut opts = fa_sdpa_options::default();
@@ -606,9 +616,10 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
     }
     let mut mask = values(u, lq * lk, false);
     let mut mt = fa_tensor {
-        data: mask.as_mut_ptr(),
+        data: mask.as_mut_ptr().cast(),
         dims: [1, 1, lq, lk],
         strides: [0, 0, lk as isize, 1],
+        dtype: 0,
     };
     if u.ratio(1u8, 4)? {
         opts.mask = &mt;
@@ -616,9 +627,10 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
     let wd = [b, hq, lq, lk];
     let mut wbuf = vec![SENTINEL; b * hq * lq * lk];
     let mut wt = fa_tensor {
-        data: wbuf.as_mut_ptr(),
+        data: wbuf.as_mut_ptr().cast(),
         dims: wd,
         strides: dense(wd),
+        dtype: 0,
     };
     if u.ratio(1u8, 4)? {
         opts.weights = &mut wt;
@@ -644,7 +656,7 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
             FA_ERR_BAD_STRIDE
         }
         SdpaMut::MisalignedV => {
-            v.data = misaligned(v.data);
+            v.data = misaligned(v.data.cast()).cast();
             FA_ERR_INVALID_ARGUMENT
         }
         SdpaMut::SelfAliasOut if lq > 1 => {
@@ -657,7 +669,7 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
             if qb.data.len() < need {
                 return Ok(());
             }
-            o.data = qb.data.as_mut_ptr();
+            o.data = qb.data.as_mut_ptr().cast();
             FA_ERR_BAD_STRIDE
         }
         SdpaMut::HeadDims => {
@@ -736,6 +748,23 @@ fn sdpa(u: &mut Unstructured<'_>) -> Result<()> {
             }
             opts.lse = kb.data.as_mut_ptr();
             FA_ERR_BAD_STRIDE
+        }
+        SdpaMut::UnknownDtypeK => {
+            // Any code but 0, 1, 2 (fa_dtype).
+            let c: i32 = u.arbitrary()?;
+            k.dtype = if (0..=2).contains(&c) { c + 3 } else { c };
+            FA_ERR_INVALID_ARGUMENT
+        }
+        SdpaMut::Bf16Mask => {
+            // Masks are f32 only (the view is still inside its buffer at 2 bytes each).
+            mt.dtype = 2;
+            opts.mask = &mt;
+            FA_ERR_INVALID_ARGUMENT
+        }
+        SdpaMut::F16Weights => {
+            wt.dtype = 1;
+            opts.weights = &mut wt;
+            FA_ERR_INVALID_ARGUMENT
         }
         _ => return Ok(()),
     };
@@ -829,6 +858,7 @@ fn handles(u: &mut Unstructured<'_>) -> Result<()> {
         head_dim: 2 * u.int_in_range(0..=3)?,
         rope: u.int_in_range(0..=2)?,
         rope_base: 0.0,
+        weight_dtype: 0,
     };
     let mut layer = null_mut();
     // SAFETY: a valid config and out pointer.

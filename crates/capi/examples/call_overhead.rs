@@ -154,14 +154,16 @@ fn main() {
     let c_sdpa = || {
         let mut o = out.lock().unwrap();
         let t = fa_tensor {
-            data: xp,
+            data: xp.cast(),
             dims,
             strides,
+            dtype: 0,
         };
         let mut to = fa_tensor {
-            data: o.as_mut_ptr(),
+            data: o.as_mut_ptr().cast(),
             dims,
             strides,
+            dtype: 0,
         };
         // SAFETY: dense [1, 1, L, D] tensors over live buffers; out overlaps no input.
         let rc = unsafe { fa_sdpa(&t, &t, &t, &mut to, std::ptr::null()) };

@@ -27,9 +27,13 @@
  * fields at the end of a struct with `struct_size`, leaves it unchanged.
  *
  * History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
- * and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`.
+ * and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`; 3, 16-bit
+ * element types (`fa_dtype`): `fa_tensor` holds `void *data` and a last field `dtype`
+ * (0 = f32), `fa_mha_weights`' matrices are `const void *` of the new
+ * `fa_mha_config.weight_dtype`, and `fa_kv_cache_new_typed`, `fa_kv_cache_bytes` and
+ * `fa_kv_cache_dtype` were added.
  */
-#define FA_ABI_VERSION 2
+#define FA_ABI_VERSION 3
 
 /**
  * Status codes of fastattn's `int` functions: `FA_OK` (0) or a negative error code.
@@ -77,15 +81,42 @@ typedef enum fa_status {
 } fa_status;
 
 /**
- * The key/value cache of one layer for incremental decoding. Opaque: made by
- * `fa_kv_cache_new`, released by `fa_kv_cache_free`. Not for concurrent use.
+ * Element types of tensors (`fa_tensor.dtype`), layer weights
+ * (`fa_mha_config.weight_dtype`) and KV caches (`fa_kv_cache_new_typed`). The fields
+ * that hold one are `int32_t`, and 0 is f32, so a zero-filled struct keeps the meaning it
+ * had before 16-bit types existed. A 16-bit value is passed as its bits (`uint16_t`
+ * storage, 2-byte aligned); computation always accumulates in f32, and 16-bit outputs
+ * are rounded to nearest, ties to even.
+ */
+typedef enum fa_dtype {
+  /**
+   * IEEE binary32 `float` (4 bytes).
+   */
+  FA_DTYPE_F32 = 0,
+  /**
+   * IEEE binary16 (half: 1 sign, 5 exponent, 10 fraction bits; numpy `float16`,
+   * `_Float16`), 2 bytes.
+   */
+  FA_DTYPE_F16 = 1,
+  /**
+   * bfloat16 (the upper half of an IEEE binary32: 1 sign, 8 exponent, 7 fraction
+   * bits; PyTorch `torch.bfloat16`), 2 bytes.
+   */
+  FA_DTYPE_BF16 = 2,
+} fa_dtype;
+
+/**
+ * The key/value cache of one layer for incremental decoding, storing keys and values as
+ * f32, f16 or bf16. Opaque: made by `fa_kv_cache_new` (f32) or `fa_kv_cache_new_typed`,
+ * released by `fa_kv_cache_free`. Not for concurrent use.
  */
 typedef struct fa_kv_cache fa_kv_cache;
 
 /**
- * A multi-head (GQA/MQA) attention layer with packed projection weights. Opaque: made by
- * `fa_mha_new` or `fa_mha_new_random`, released by `fa_mha_free`. One layer may run
- * `fa_mha_forward` on several threads at once.
+ * A multi-head (GQA/MQA) attention layer with packed projection weights, stored as f32,
+ * f16 or bf16 (`fa_mha_config.weight_dtype`). Opaque: made by `fa_mha_new` or
+ * `fa_mha_new_random`, released by `fa_mha_free`. One layer may run `fa_mha_forward` on
+ * several threads at once.
  */
 typedef struct fa_mha fa_mha;
 
@@ -139,6 +170,14 @@ typedef struct fa_mha_config {
    * RoPE frequency base; 0 means 10000.
    */
   float rope_base;
+  /**
+   * The type the projection weights are read as by `fa_mha_new` (the element type of
+   * `wq`, `wk`, `wv` and `wo`) and stored in by the layer, an `fa_dtype`:
+   * `FA_DTYPE_F32` (0, the default), `FA_DTYPE_F16` or `FA_DTYPE_BF16` (half the bytes;
+   * products are still accumulated in f32). `fa_mha_new_random` rounds its random
+   * weights to it. Added in ABI version 3: a caller's older, smaller struct gets f32.
+   */
+  int32_t weight_dtype;
 } fa_mha_config;
 
 /**
@@ -146,8 +185,11 @@ typedef struct fa_mha_config {
  * ownership). Every projection is `y = x*W + b`. With `layout == 0` the matrices are
  * row-major `[d_in, d_out]`: wq `[d_model, Hq*D]`, wk and wv `[d_model, Hkv*D]`, wo
  * `[Hq*D, d_model]`; with `layout == 1` they are PyTorch's `nn.Linear.weight`
- * `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. Initialise with
- * `fa_mha_weights_init(&w, sizeof w)` (every pointer NULL, layout 0), then set them.
+ * `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. The four matrices
+ * hold elements of the type `fa_mha_config.weight_dtype` names (`float`, or the 16 bits
+ * of each f16 or bf16 value as `uint16_t`, aligned to the element size); the biases are
+ * always `float`. Initialise with `fa_mha_weights_init(&w, sizeof w)` (every pointer
+ * NULL, layout 0), then set them.
  */
 typedef struct fa_mha_weights {
   /**
@@ -155,21 +197,21 @@ typedef struct fa_mha_weights {
    */
   size_t struct_size;
   /**
-   * Query projection.
+   * Query projection (elements of `fa_mha_config.weight_dtype`).
    */
-  const float *wq;
+  const void *wq;
   /**
-   * Key projection.
+   * Key projection (elements of `fa_mha_config.weight_dtype`).
    */
-  const float *wk;
+  const void *wk;
   /**
-   * Value projection.
+   * Value projection (elements of `fa_mha_config.weight_dtype`).
    */
-  const float *wv;
+  const void *wv;
   /**
-   * Output projection.
+   * Output projection (elements of `fa_mha_config.weight_dtype`).
    */
-  const float *wo;
+  const void *wo;
   /**
    * NULL, or the query bias `[Hq*D]`.
    */
@@ -193,27 +235,40 @@ typedef struct fa_mha_weights {
 } fa_mha_weights;
 
 /**
- * A four-dimensional strided view `[B, H, L, D]` of `float`s in caller memory.
+ * A four-dimensional strided view `[B, H, L, D]` in caller memory, of `float`s or of a
+ * 16-bit type (`dtype`, an `fa_dtype`).
  *
- * When no extent is 0, `data` must be valid for `1 + sum_i (dims[i] - 1)*strides[i]` floats
- * (the element with the largest offset, plus one); when an extent is 0 the view is empty
- * and `data` may be NULL. The `[B, L, H, D]` layout of most model code is the strides
- * `{L*H*D, D, H*D, 1}`.
+ * When no extent is 0, `data` must be valid for `1 + sum_i (dims[i] - 1)*strides[i]`
+ * elements of `dtype` (the element with the largest offset, plus one) and aligned to the
+ * element size (4 bytes for f32, 2 for f16 and bf16); when an extent is 0 the view is
+ * empty and `data` may be NULL. The `[B, L, H, D]` layout of most model code is the
+ * strides `{L*H*D, D, H*D, 1}`. A zero-filled `fa_tensor` (then `data`, `dims` and
+ * `strides` set) is an f32 view, as before `dtype` existed.
+ *
+ * In `fa_sdpa` Q, K, V and the output may each have any of the three types; masks and the
+ * weights output must be f32.
  */
 typedef struct fa_tensor {
   /**
-   * Element `[0, 0, 0, 0]`.
+   * Element `[0, 0, 0, 0]`: `float *` for `FA_DTYPE_F32`, `uint16_t *` (the 16 bits of
+   * each value) for `FA_DTYPE_F16` and `FA_DTYPE_BF16`.
    */
-  float *data;
+  void *data;
   /**
    * Extents: B, H, L, D.
    */
   size_t dims[4];
   /**
-   * In elements; must be >= 0; 0 broadcasts (masks only: other tensors refuse a zero
-   * stride on an extent above 1).
+   * In elements (not bytes); must be >= 0; 0 broadcasts (masks only: other tensors
+   * refuse a zero stride on an extent above 1).
    */
   ptrdiff_t strides[4];
+  /**
+   * The element type, an `fa_dtype`: `FA_DTYPE_F32` (0, also what a zero-filled struct
+   * holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2). Other values are refused with
+   * `FA_ERR_INVALID_ARGUMENT`.
+   */
+  int32_t dtype;
 } fa_tensor;
 
 /**
@@ -245,7 +300,7 @@ typedef struct fa_sdpa_options {
    */
   int32_t causal;
   /**
-   * NULL, or an additive mask [B|1, H|1, Lq, Lk].
+   * NULL, or an additive mask [B|1, H|1, Lq, Lk] of f32 (`dtype` `FA_DTYPE_F32`).
    */
   const struct fa_tensor *mask;
   /**
@@ -269,7 +324,7 @@ typedef struct fa_sdpa_options {
    */
   const float *alibi_slopes;
   /**
-   * NULL, or an output [B, Hq, Lq, Lk].
+   * NULL, or an output [B, Hq, Lq, Lk] of f32 (`dtype` `FA_DTYPE_F32`).
    */
   struct fa_tensor *weights;
   /**
@@ -388,8 +443,8 @@ int fa_sgemm(size_t m,
              ptrdiff_t csc);
 
 /**
- * Initialises `*cfg`: every size 0 (its default), no RoPE, `cfg->struct_size = size`.
- * Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
+ * Initialises `*cfg`: every size 0 (its default), no RoPE, f32 weights,
+ * `cfg->struct_size = size`. Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
  * `FA_ERR_INVALID_ARGUMENT` (`size` is not a layout this library knows).
  *
  * # Safety
@@ -407,18 +462,21 @@ int fa_mha_config_init(struct fa_mha_config *cfg, size_t size);
 int fa_mha_weights_init(struct fa_mha_weights *w, size_t size);
 
 /**
- * Builds a layer from caller-given weights (copied and packed; the arrays may be freed
- * afterwards) and stores its handle at `*out`. RoPE and the projections' kernel variant
- * are fixed at build time (`fa_set_variant` before this call applies).
+ * Builds a layer from caller-given weights (copied and packed in their own type,
+ * `config->weight_dtype`; the arrays may be freed afterwards) and stores its handle at
+ * `*out`. RoPE and the projections' kernel variant are fixed at build time
+ * (`fa_set_variant` before this call applies).
  *
  * Returns `FA_OK`, `FA_ERR_NULL_POINTER` (config, weights, a weight matrix or out is
  * NULL), `FA_ERR_BAD_SHAPE` (a zero size, Hq not a multiple of Hkv), `FA_ERR_INVALID_ARGUMENT`
- * (rope or layout not 0/1, an odd head_dim with RoPE, a bad RoPE base), `FA_ERR_ALLOC`.
+ * (rope or layout not 0/1, `weight_dtype` not an `fa_dtype`, a matrix not aligned to its
+ * element size, an odd head_dim with RoPE, a bad RoPE base), `FA_ERR_ALLOC`.
  * `*out` is unchanged on failure.
  *
  * # Safety
- * `config`, `weights` and `out` point to valid objects; each weight matrix and non-NULL
- * bias holds the number of floats its shape (see `fa_mha_weights`) gives.
+ * `config`, `weights` and `out` point to valid objects; each weight matrix holds the
+ * number of elements of `config->weight_dtype` its shape (see `fa_mha_weights`) gives,
+ * and each non-NULL bias that many floats.
  */
 int fa_mha_new(const struct fa_mha_config *config,
                const struct fa_mha_weights *weights,
@@ -427,7 +485,9 @@ int fa_mha_new(const struct fa_mha_config *config,
 /**
  * Builds a layer with seeded random weights (uniform in `+-1/sqrt(d_in)`, as PyTorch
  * initialises `nn.Linear`; biases too when `bias` is 1) and stores its handle at `*out`.
- * The same seed gives the same weights. Returns as `fa_mha_new`.
+ * The same seed gives the same weights; with a 16-bit `config->weight_dtype` they are
+ * rounded to it (to nearest, ties to even) and stored so, the biases staying f32.
+ * Returns as `fa_mha_new`.
  *
  * # Safety
  * `config` and `out` point to valid objects.
@@ -466,8 +526,9 @@ int fa_mha_forward(const struct fa_mha *layer,
                    const struct fa_sdpa_options *opts);
 
 /**
- * An empty KV cache for `layer`: `batch` sequences of up to `capacity` positions,
- * allocated now (`2*batch*Hkv*capacity*D` floats). Stores the handle at `*out`.
+ * An empty f32 KV cache for `layer`: `batch` sequences of up to `capacity` positions,
+ * allocated now (`2*batch*Hkv*capacity*D` floats). Stores the handle at `*out`. The same
+ * as `fa_kv_cache_new_typed(layer, batch, capacity, FA_DTYPE_F32, out)`.
  *
  * Returns `FA_OK`, `FA_ERR_NULL_POINTER`, `FA_ERR_BAD_SHAPE` (the size overflows) or
  * `FA_ERR_ALLOC`. `*out` is unchanged on failure.
@@ -481,6 +542,26 @@ int fa_kv_cache_new(const struct fa_mha *layer,
                     struct fa_kv_cache **out);
 
 /**
+ * An empty KV cache for `layer` storing keys and values as `dtype` (an `fa_dtype`:
+ * `FA_DTYPE_F16` and `FA_DTYPE_BF16` take half the bytes of `FA_DTYPE_F32`): `batch`
+ * sequences of up to `capacity` positions, allocated now (`2*batch*Hkv*capacity*D`
+ * elements; `fa_kv_cache_bytes`). Keys and values are rounded to `dtype` once, when they
+ * are appended, and widened to f32 when attention reads them. Works with a layer of any
+ * weight type. Stores the handle at `*out`.
+ *
+ * Returns as `fa_kv_cache_new`, and `FA_ERR_INVALID_ARGUMENT` if `dtype` is not an
+ * `fa_dtype`. `*out` is unchanged on failure.
+ *
+ * # Safety
+ * `layer` is a live handle; `out` points to a writable pointer.
+ */
+int fa_kv_cache_new_typed(const struct fa_mha *layer,
+                          size_t batch,
+                          size_t capacity,
+                          int32_t dtype,
+                          struct fa_kv_cache **out);
+
+/**
  * Incremental self-attention through `cache`: `x` holds `seq` new tokens per sequence
  * (`[batch, seq, d_model]`) at positions `len .. len + seq` (`len` =
  * `fa_kv_cache_len(cache)`); their keys and values are appended to the cache, then they
@@ -488,6 +569,8 @@ int fa_kv_cache_new(const struct fa_mha *layer,
  * (`[batch, seq, d_model]`). Call it once with the prompt, then once per generated token.
  * With `causal = 1` each step's output equals the matching rows of a full causal
  * `fa_mha_forward` over the whole sequence. `opts->weights` and `opts->lse` must be NULL.
+ * The cache may be of any type (`fa_kv_cache_new_typed`): the new keys and values are
+ * rounded to it as they are appended, and `x` and `y` stay f32.
  *
  * Returns as `fa_mha_forward`, and `FA_ERR_CACHE_FULL` if the tokens do not fit,
  * `FA_ERR_BAD_SHAPE` if the cache was made for another batch size or layer shape. The
@@ -530,11 +613,31 @@ size_t fa_kv_cache_capacity(const struct fa_kv_cache *cache);
 int fa_kv_cache_truncate(struct fa_kv_cache *cache, size_t len);
 
 /**
+ * Bytes the cache's keys and values occupy (its whole capacity, allocated when it was
+ * made): `2*batch*Hkv*capacity*D` times 4 for an f32 cache, times 2 for f16 and bf16. 0
+ * for NULL.
+ *
+ * # Safety
+ * `cache` is NULL or a live handle.
+ */
+size_t fa_kv_cache_bytes(const struct fa_kv_cache *cache);
+
+/**
+ * The element type the cache stores keys and values in, an `fa_dtype` (`FA_DTYPE_F32`
+ * for a cache from `fa_kv_cache_new`); `FA_ERR_NULL_POINTER` (negative, never an
+ * `fa_dtype`) for NULL.
+ *
+ * # Safety
+ * `cache` is NULL or a live handle.
+ */
+int32_t fa_kv_cache_dtype(const struct fa_kv_cache *cache);
+
+/**
  * Releases a cache (NULL is ignored).
  *
  * # Safety
- * `cache` is NULL or a handle from `fa_kv_cache_new` not yet freed, used by no other
- * thread.
+ * `cache` is NULL or a handle from `fa_kv_cache_new` or `fa_kv_cache_new_typed` not yet
+ * freed, used by no other thread.
  */
 void fa_kv_cache_free(struct fa_kv_cache *cache);
 
@@ -613,7 +716,12 @@ int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
  * Scaled dot-product attention `out = softmax(scale*Q*K^T + mask)*V` per batch and head.
  *
  * Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, out `[B, Hq, Lq, Dv]`,
- * each in any layout its strides describe (`Hq` a multiple of `Hkv`). `opts` may be NULL
+ * each in any layout its strides describe (`Hq` a multiple of `Hkv`), and each of any
+ * element type (`fa_tensor.dtype`: f32, f16 or bf16, independently): 16-bit inputs are
+ * widened to f32 as they are read, scores, softmax and sums are computed in f32, and a
+ * 16-bit output is rounded once (to nearest, ties to even) when it is stored. The result
+ * equals the all-f32 call on the widened inputs, rounded to the output's type. The mask,
+ * the weights output and the log-sum-exp output are f32. `opts` may be NULL
  * for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
  * share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
  * inputs nor each other (checked by address range: `FA_ERR_BAD_STRIDE`).
@@ -623,14 +731,16 @@ int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
  * multiple of Hkv, sizes overflow), `FA_ERR_BAD_STRIDE` (a negative stride, a zero stride
  * outside a mask, an output aliasing itself or overlapping another argument),
  * `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
- * from a newer header, a non-finite scale, a causal flag other than 0/1, a window
- * below -1, a key length outside 0..=Lk, a non-positive or non-finite softcap, non-finite
- * slopes, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written unless
- * every check passes.
+ * from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
+ * is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
+ * length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a
+ * pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+ * written unless every check passes.
  *
  * # Safety
  * Each non-NULL tensor pointer points to an `fa_tensor` whose `data` is valid (readable;
- * writable for `out` and `weights`) for the elements its extents and strides reach;
+ * writable for `out` and `weights`) for the elements of its `dtype` that its extents and
+ * strides reach;
  * `kv_lengths` holds B values, `alibi_slopes` Hq values, `lse` B*Hq*Lq writable floats;
  * no other thread writes the inputs or accesses the outputs during the call.
  */

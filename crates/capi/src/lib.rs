@@ -7,11 +7,14 @@
 //!   that links CBLAS for `sgemm` can link this library instead.
 //! * `fa_sgemm`: GEMM with element strides (matrixmultiply's model), returning a status.
 //! * `fa_softmax`: in-place row softmax.
-//! * `fa_sdpa`: attention over strided `[B, H, L, D]` tensors (`fa_tensor`) with the options
-//!   of `attention::SdpaOptions` (`fa_sdpa_options`, initialised by `fa_sdpa_options_init`): causal, additive mask, key lengths,
-//!   sliding windows, soft-capping, ALiBi, GQA/MQA, and optional weights and log-sum-exp.
-//! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE) behind an opaque
-//!   handle, and `fa_kv_cache_*`, its KV cache for incremental decoding.
+//! * `fa_sdpa`: attention over strided `[B, H, L, D]` tensors (`fa_tensor`) of f32, f16 or
+//!   bf16 (`fa_dtype`, any combination of Q, K, V and output) with the options of
+//!   `attention::SdpaOptions` (`fa_sdpa_options`, initialised by `fa_sdpa_options_init`):
+//!   causal, additive mask, key lengths, sliding windows, soft-capping, ALiBi, GQA/MQA, and
+//!   optional weights and log-sum-exp.
+//! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE; weights stored as
+//!   f32, f16 or bf16) behind an opaque handle, and `fa_kv_cache_*`, its KV cache for
+//!   incremental decoding (f32, f16 or bf16 storage: `fa_kv_cache_new_typed`).
 //! * `fa_set_num_threads`, `fa_num_threads`, `fa_set_variant`, `fa_variant_name`,
 //!   `fa_version`, `fa_abi_version`, `fa_last_error`.
 //!
@@ -20,6 +23,16 @@
 //! GEMM, heads and tiles of attention) are shared with helper threads, which join as they
 //! wake. `fa_set_num_threads(n)` bounds those parts to `n` threads, the caller's included,
 //! without moving calls to a pool thread, so small calls cost the same with or without it.
+//!
+//! # Element types
+//! `fa_dtype` names the three storage types: `FA_DTYPE_F32` (0), `FA_DTYPE_F16` (1) and
+//! `FA_DTYPE_BF16` (2). A tensor's type is its `fa_tensor.dtype` field (0, so a
+//! zero-filled tensor is f32); 16-bit values are passed as their bits (`uint16_t`
+//! storage, 2-byte aligned). The field is read once at the boundary and dispatched into
+//! the generic Rust call; inside, 16-bit values are widened to f32 as they are read, all
+//! arithmetic is f32, and 16-bit outputs are rounded to nearest (ties to even) when
+//! stored. Masks, attention weights, log-sum-exp and the layer's `x` / `y` are f32. An
+//! unknown code is refused with `FA_ERR_INVALID_ARGUMENT` naming the field and its value.
 //!
 //! # ABI stability
 //! `FA_ABI_VERSION` / `fa_abi_version()` name the ABI. The structs that may grow
@@ -52,8 +65,9 @@
 //! let mut out = vec![0.0f32; x.len()];
 //! let dims = [b, h, l, d];
 //! let strides = [(h * l * d) as isize, (l * d) as isize, d as isize, 1];
-//! let t = fa_tensor { data: x.as_mut_ptr(), dims, strides };
-//! let mut o = fa_tensor { data: out.as_mut_ptr(), dims, strides };
+//! // dtype 0 (FA_DTYPE_F32): the data are floats.
+//! let t = fa_tensor { data: x.as_mut_ptr().cast(), dims, strides, dtype: 0 };
+//! let mut o = fa_tensor { data: out.as_mut_ptr().cast(), dims, strides, dtype: 0 };
 //! let mut opts = fa_sdpa_options::default(); // C: fa_sdpa_options_init(&opts, sizeof opts)
 //! opts.causal = 1;
 //! // SAFETY: every tensor describes a live, dense buffer of its size.
@@ -61,12 +75,28 @@
 //! assert_eq!(rc, fa_status::FA_OK as i32);
 //! // The first query sees only the first key: its output is that key's value.
 //! assert_eq!(&out[..d], &x[..d]);
+//!
+//! // The same call with bf16 K and V (the bits of each value) and an f16 output.
+//! use fastattn_capi::fa_dtype::{FA_DTYPE_BF16, FA_DTYPE_F16};
+//! use kernels::{bf16, f16};
+//! let mut kv: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+//! let mut out16 = vec![f16::ZERO; x.len()];
+//! let data = kv.as_mut_ptr().cast();
+//! let t16 = fa_tensor { data, dims, strides, dtype: FA_DTYPE_BF16 as i32 };
+//! let data = out16.as_mut_ptr().cast();
+//! let mut o16 = fa_tensor { data, dims, strides, dtype: FA_DTYPE_F16 as i32 };
+//! // SAFETY: as above.
+//! let rc = unsafe { fa_sdpa(&t, &t16, &t16, &mut o16, &opts) };
+//! assert_eq!(rc, fa_status::FA_OK as i32);
+//! // x's values are multiples of 1/4, exact in bf16 and f16.
+//! assert_eq!(out16[0].to_f32(), x[0]);
 //! ```
 
 #![allow(non_camel_case_types, non_upper_case_globals)]
 
 #[cfg(feature = "cblas")]
 pub mod cblas;
+pub mod dtype;
 pub mod gemm;
 pub mod mha;
 mod pool;
@@ -81,12 +111,13 @@ pub use cblas::{
     cblas_sgemm, CblasColMajor, CblasConjTrans, CblasNoTrans, CblasRowMajor, CblasTrans,
     CBLAS_ORDER, CBLAS_TRANSPOSE,
 };
+pub use dtype::fa_dtype;
 pub use gemm::fa_sgemm;
 pub use mha::{
-    fa_kv_cache, fa_kv_cache_capacity, fa_kv_cache_free, fa_kv_cache_len, fa_kv_cache_new,
-    fa_kv_cache_truncate, fa_mha, fa_mha_config, fa_mha_config_init, fa_mha_forward,
-    fa_mha_forward_cached, fa_mha_free, fa_mha_new, fa_mha_new_random, fa_mha_weights,
-    fa_mha_weights_init,
+    fa_kv_cache, fa_kv_cache_bytes, fa_kv_cache_capacity, fa_kv_cache_dtype, fa_kv_cache_free,
+    fa_kv_cache_len, fa_kv_cache_new, fa_kv_cache_new_typed, fa_kv_cache_truncate, fa_mha,
+    fa_mha_config, fa_mha_config_init, fa_mha_forward, fa_mha_forward_cached, fa_mha_free,
+    fa_mha_new, fa_mha_new_random, fa_mha_weights, fa_mha_weights_init,
 };
 pub use runtime::{
     fa_abi_version, fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant,

@@ -1,24 +1,83 @@
 //! The multi-head attention layer (`fa_mha`) and its KV cache (`fa_kv_cache`) behind opaque
 //! handles.
 
+use crate::dtype::{fa_dtype, with_element};
 use crate::pool;
 use crate::raw::{check_disjoint, check_ptr, init_versioned, read_versioned, span_of, Versioned};
 use crate::sdpa::{attn_options, fa_sdpa_options, read_options};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
-use attention::{KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig, WeightLayout};
-use std::ffi::c_int;
+use attention::{
+    bf16, f16, Element, KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig,
+    WeightLayout,
+};
+use std::ffi::{c_int, c_void};
+use std::mem::{offset_of, size_of};
 
-/// A multi-head (GQA/MQA) attention layer with packed projection weights. Opaque: made by
-/// `fa_mha_new` or `fa_mha_new_random`, released by `fa_mha_free`. One layer may run
-/// `fa_mha_forward` on several threads at once.
+/// A multi-head (GQA/MQA) attention layer with packed projection weights, stored as f32,
+/// f16 or bf16 (`fa_mha_config.weight_dtype`). Opaque: made by `fa_mha_new` or
+/// `fa_mha_new_random`, released by `fa_mha_free`. One layer may run `fa_mha_forward` on
+/// several threads at once.
 pub struct fa_mha {
     layer: MultiHeadAttention,
 }
 
-/// The key/value cache of one layer for incremental decoding. Opaque: made by
-/// `fa_kv_cache_new`, released by `fa_kv_cache_free`. Not for concurrent use.
+/// The key/value cache of one layer for incremental decoding, storing keys and values as
+/// f32, f16 or bf16. Opaque: made by `fa_kv_cache_new` (f32) or `fa_kv_cache_new_typed`,
+/// released by `fa_kv_cache_free`. Not for concurrent use.
 pub struct fa_kv_cache {
-    cache: KvCache,
+    cache: Cache,
+}
+
+/// The cache of one of the element types (chosen at run time by the C caller).
+enum Cache {
+    F32(KvCache<f32>),
+    F16(KvCache<f16>),
+    BF16(KvCache<bf16>),
+}
+
+/// `with_cache!(cache, c => body)`: `body` with `c` bound to the typed `KvCache` inside the
+/// `Cache` `cache` (a place: `&` or `&mut` as `body` needs).
+macro_rules! with_cache {
+    ($cache:expr, $c:ident => $body:expr) => {
+        match $cache {
+            Cache::F32($c) => $body,
+            Cache::F16($c) => $body,
+            Cache::BF16($c) => $body,
+        }
+    };
+}
+
+impl Cache {
+    fn dtype(&self) -> fa_dtype {
+        match self {
+            Cache::F32(_) => fa_dtype::FA_DTYPE_F32,
+            Cache::F16(_) => fa_dtype::FA_DTYPE_F16,
+            Cache::BF16(_) => fa_dtype::FA_DTYPE_BF16,
+        }
+    }
+}
+
+/// Wraps a typed cache (the one conversion each element type needs).
+trait IntoCache: Element {
+    fn into_cache(c: KvCache<Self>) -> Cache;
+}
+
+impl IntoCache for f32 {
+    fn into_cache(c: KvCache<Self>) -> Cache {
+        Cache::F32(c)
+    }
+}
+
+impl IntoCache for f16 {
+    fn into_cache(c: KvCache<Self>) -> Cache {
+        Cache::F16(c)
+    }
+}
+
+impl IntoCache for bf16 {
+    fn into_cache(c: KvCache<Self>) -> Cache {
+        Cache::BF16(c)
+    }
 }
 
 /// Sizes of an `fa_mha` layer. Initialise with `fa_mha_config_init(&cfg, sizeof cfg)`
@@ -41,27 +100,36 @@ pub struct fa_mha_config {
     pub rope: i32,
     /// RoPE frequency base; 0 means 10000.
     pub rope_base: f32,
+    /// The type the projection weights are read as by `fa_mha_new` (the element type of
+    /// `wq`, `wk`, `wv` and `wo`) and stored in by the layer, an `fa_dtype`:
+    /// `FA_DTYPE_F32` (0, the default), `FA_DTYPE_F16` or `FA_DTYPE_BF16` (half the bytes;
+    /// products are still accumulated in f32). `fa_mha_new_random` rounds its random
+    /// weights to it. Added in ABI version 3: a caller's older, smaller struct gets f32.
+    pub weight_dtype: i32,
 }
 
 /// Caller-given projection weights (copied and packed by `fa_mha_new`; the caller keeps
 /// ownership). Every projection is `y = x*W + b`. With `layout == 0` the matrices are
 /// row-major `[d_in, d_out]`: wq `[d_model, Hq*D]`, wk and wv `[d_model, Hkv*D]`, wo
 /// `[Hq*D, d_model]`; with `layout == 1` they are PyTorch's `nn.Linear.weight`
-/// `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. Initialise with
-/// `fa_mha_weights_init(&w, sizeof w)` (every pointer NULL, layout 0), then set them.
+/// `[d_out, d_in]`. Query head h uses columns `h*D .. (h+1)*D` of wq. The four matrices
+/// hold elements of the type `fa_mha_config.weight_dtype` names (`float`, or the 16 bits
+/// of each f16 or bf16 value as `uint16_t`, aligned to the element size); the biases are
+/// always `float`. Initialise with `fa_mha_weights_init(&w, sizeof w)` (every pointer
+/// NULL, layout 0), then set them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_mha_weights {
     /// `sizeof(fa_mha_weights)` as the caller was compiled; set by `fa_mha_weights_init`.
     pub struct_size: usize,
-    /// Query projection.
-    pub wq: *const f32,
-    /// Key projection.
-    pub wk: *const f32,
-    /// Value projection.
-    pub wv: *const f32,
-    /// Output projection.
-    pub wo: *const f32,
+    /// Query projection (elements of `fa_mha_config.weight_dtype`).
+    pub wq: *const c_void,
+    /// Key projection (elements of `fa_mha_config.weight_dtype`).
+    pub wk: *const c_void,
+    /// Value projection (elements of `fa_mha_config.weight_dtype`).
+    pub wv: *const c_void,
+    /// Output projection (elements of `fa_mha_config.weight_dtype`).
+    pub wo: *const c_void,
     /// NULL, or the query bias `[Hq*D]`.
     pub bq: *const f32,
     /// NULL, or the key bias `[Hkv*D]`.
@@ -75,20 +143,22 @@ pub struct fa_mha_weights {
 }
 
 const DEFAULT_CONFIG: fa_mha_config = fa_mha_config {
-    struct_size: std::mem::size_of::<fa_mha_config>(),
+    struct_size: size_of::<fa_mha_config>(),
     d_model: 0,
     n_heads: 0,
     n_kv_heads: 0,
     head_dim: 0,
     rope: 0,
     rope_base: 0.0,
+    weight_dtype: fa_dtype::FA_DTYPE_F32 as i32,
 };
 
 // SAFETY: repr(C), plain data only, first field `struct_size: usize`.
 unsafe impl Versioned for fa_mha_config {
     const DEFAULT: Self = DEFAULT_CONFIG;
-    // The layout of ABI version 2, the first with `struct_size`.
-    const MIN_SIZE: usize = std::mem::size_of::<fa_mha_config>();
+    // The layout of ABI version 2, the first with `struct_size`: everything before
+    // `weight_dtype` (added in version 3), whose size was `sizeof(fa_mha_config)` then.
+    const MIN_SIZE: usize = offset_of!(fa_mha_config, weight_dtype);
     const NAME: &'static str = "fa_mha_config";
     const INIT: &'static str = "fa_mha_config_init(&cfg, sizeof cfg)";
 }
@@ -101,7 +171,7 @@ impl Default for fa_mha_config {
 }
 
 const DEFAULT_WEIGHTS: fa_mha_weights = fa_mha_weights {
-    struct_size: std::mem::size_of::<fa_mha_weights>(),
+    struct_size: size_of::<fa_mha_weights>(),
     wq: std::ptr::null(),
     wk: std::ptr::null(),
     wv: std::ptr::null(),
@@ -116,8 +186,8 @@ const DEFAULT_WEIGHTS: fa_mha_weights = fa_mha_weights {
 // SAFETY: repr(C), plain data only, first field `struct_size: usize`.
 unsafe impl Versioned for fa_mha_weights {
     const DEFAULT: Self = DEFAULT_WEIGHTS;
-    // The layout of ABI version 2, the first with `struct_size`.
-    const MIN_SIZE: usize = std::mem::size_of::<fa_mha_weights>();
+    // The layout of ABI versions 2 and 3 (3 changed the matrices' pointer type only).
+    const MIN_SIZE: usize = size_of::<fa_mha_weights>();
     const NAME: &'static str = "fa_mha_weights";
     const INIT: &'static str = "fa_mha_weights_init(&w, sizeof w)";
 }
@@ -129,8 +199,8 @@ impl Default for fa_mha_weights {
     }
 }
 
-/// Initialises `*cfg`: every size 0 (its default), no RoPE, `cfg->struct_size = size`.
-/// Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
+/// Initialises `*cfg`: every size 0 (its default), no RoPE, f32 weights,
+/// `cfg->struct_size = size`. Pass `sizeof *cfg`. Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or
 /// `FA_ERR_INVALID_ARGUMENT` (`size` is not a layout this library knows).
 ///
 /// # Safety
@@ -198,19 +268,26 @@ fn mha_config(c: &fa_mha_config) -> FfiResult<MhaConfig> {
     Ok(cfg)
 }
 
-/// Refuses (with `FA_ERR_ALLOC`) an allocation of `floats` values that cannot be made,
-/// before a constructor that would abort the process on it.
-fn probe_alloc(floats: Option<usize>, what: &str) -> FfiResult<()> {
-    let n = floats.ok_or_else(|| bad_shape(format!("the size of {what} overflows")))?;
-    Vec::<f32>::new().try_reserve_exact(n).map_err(|e| {
+/// Refuses (with `FA_ERR_ALLOC`) an allocation of `count` values of `elem_bytes` bytes
+/// each that cannot be made, before a constructor that would abort the process on it. A
+/// `count` that overflows (`None`) is `FA_ERR_BAD_SHAPE`.
+fn probe_alloc(count: Option<usize>, elem_bytes: usize, what: &str) -> FfiResult<()> {
+    let n = count.ok_or_else(|| bad_shape(format!("the size of {what} overflows")))?;
+    let cannot = |why: String| {
         FfiError::new(
             fa_status::FA_ERR_ALLOC,
-            format!("cannot allocate {n} floats for {what}: {e}"),
+            format!("cannot allocate {n} values of {elem_bytes} bytes for {what}: {why}"),
         )
-    })
+    };
+    let bytes = n
+        .checked_mul(elem_bytes)
+        .ok_or_else(|| cannot("more bytes than the address space has".into()))?;
+    Vec::<u8>::new()
+        .try_reserve_exact(bytes)
+        .map_err(|e| cannot(e.to_string()))
 }
 
-/// Floats the weights of `cfg` take (unpacked), if that fits in `usize`.
+/// Values the weights of `cfg` take (unpacked), if that fits in `usize`.
 fn weight_floats(cfg: &MhaConfig) -> Option<usize> {
     let (dm, qd) = (cfg.d_model, cfg.n_heads.checked_mul(cfg.head_dim)?);
     let kvd = cfg.n_kv_heads.checked_mul(cfg.head_dim)?;
@@ -227,18 +304,76 @@ fn publish_layer(layer: MultiHeadAttention, out: *mut *mut fa_mha) -> FfiResult<
     Ok(OK)
 }
 
-/// Builds a layer from caller-given weights (copied and packed; the arrays may be freed
-/// afterwards) and stores its handle at `*out`. RoPE and the projections' kernel variant
-/// are fixed at build time (`fa_set_variant` before this call applies).
+/// The layer of `cfg` with the caller's weights `w` read as `W`.
+///
+/// # Safety
+/// Each weight matrix of `w` holds the number of `W` values its shape (see
+/// `fa_mha_weights`) gives, and each non-NULL bias as many floats.
+unsafe fn layer_from<W: Element>(
+    cfg: MhaConfig,
+    w: &fa_mha_weights,
+    layout: WeightLayout,
+) -> FfiResult<MultiHeadAttention> {
+    let (dm, qd, kvd) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim());
+    let size = |a: usize, b: usize| {
+        a.checked_mul(b)
+            .ok_or_else(|| bad_shape("a weight's size overflows".into()))
+    };
+    /// `n` values of `T` at `p` (checked non-NULL and aligned when `n > 0`).
+    ///
+    /// # Safety
+    /// `p` holds `n` readable values when `n > 0`.
+    unsafe fn values<'a, T>(p: *const T, n: usize, what: &str) -> FfiResult<&'a [T]> {
+        if n == 0 {
+            return Ok(&[]);
+        }
+        check_ptr(p, what)?;
+        span_of(p, n, what)?;
+        // SAFETY: non-NULL, aligned, `n` readable values (caller contract), size fits.
+        Ok(unsafe { std::slice::from_raw_parts(p, n) })
+    }
+    let matrix = |p: *const c_void, n: usize, what: &str| {
+        // SAFETY: `n` values of `W` at `p` (caller contract: the documented lengths).
+        unsafe { values(p.cast::<W>(), n, what) }
+    };
+    let bias = |p: *const f32, n: usize, what: &str| -> FfiResult<Option<&[f32]>> {
+        if p.is_null() {
+            Ok(None)
+        } else {
+            // SAFETY: `n` floats at `p` (caller contract: the documented lengths).
+            unsafe { values(p, n, what) }.map(Some)
+        }
+    };
+    let mw = MhaWeights {
+        wq: matrix(w.wq, size(dm, qd)?, "weights->wq")?,
+        wk: matrix(w.wk, size(dm, kvd)?, "weights->wk")?,
+        wv: matrix(w.wv, size(dm, kvd)?, "weights->wv")?,
+        wo: matrix(w.wo, size(qd, dm)?, "weights->wo")?,
+        bq: bias(w.bq, qd, "weights->bq")?,
+        bk: bias(w.bk, kvd, "weights->bk")?,
+        bv: bias(w.bv, kvd, "weights->bv")?,
+        bo: bias(w.bo, dm, "weights->bo")?,
+        layout,
+    };
+    probe_alloc(weight_floats(&cfg), size_of::<W>(), "the packed weights")?;
+    Ok(pool::run(move || MultiHeadAttention::new(cfg, mw))?)
+}
+
+/// Builds a layer from caller-given weights (copied and packed in their own type,
+/// `config->weight_dtype`; the arrays may be freed afterwards) and stores its handle at
+/// `*out`. RoPE and the projections' kernel variant are fixed at build time
+/// (`fa_set_variant` before this call applies).
 ///
 /// Returns `FA_OK`, `FA_ERR_NULL_POINTER` (config, weights, a weight matrix or out is
 /// NULL), `FA_ERR_BAD_SHAPE` (a zero size, Hq not a multiple of Hkv), `FA_ERR_INVALID_ARGUMENT`
-/// (rope or layout not 0/1, an odd head_dim with RoPE, a bad RoPE base), `FA_ERR_ALLOC`.
+/// (rope or layout not 0/1, `weight_dtype` not an `fa_dtype`, a matrix not aligned to its
+/// element size, an odd head_dim with RoPE, a bad RoPE base), `FA_ERR_ALLOC`.
 /// `*out` is unchanged on failure.
 ///
 /// # Safety
-/// `config`, `weights` and `out` point to valid objects; each weight matrix and non-NULL
-/// bias holds the number of floats its shape (see `fa_mha_weights`) gives.
+/// `config`, `weights` and `out` point to valid objects; each weight matrix holds the
+/// number of elements of `config->weight_dtype` its shape (see `fa_mha_weights`) gives,
+/// and each non-NULL bias that many floats.
 #[no_mangle]
 pub unsafe extern "C" fn fa_mha_new(
     config: *const fa_mha_config,
@@ -257,53 +392,24 @@ pub unsafe extern "C" fn fa_mha_new(
             )
         };
         let cfg = mha_config(&c)?;
+        let dtype = fa_dtype::from_code(c.weight_dtype, "config->weight_dtype")?;
         let layout = match w.layout {
             0 => WeightLayout::InOut,
             1 => WeightLayout::OutIn,
             l => return Err(invalid(format!("weights->layout is {l}; use 0 or 1"))),
         };
-        let (dm, qd, kvd) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim());
-        let size = |a: usize, b: usize| {
-            a.checked_mul(b)
-                .ok_or_else(|| bad_shape("a weight's size overflows".into()))
-        };
-        // SAFETY (every `matrix` call): the caller guarantees the documented lengths.
-        let matrix = |p: *const f32, n: usize, what: &str| -> FfiResult<&[f32]> {
-            if n == 0 {
-                return Ok(&[]);
-            }
-            check_ptr(p, what)?;
-            span_of(p, n, what)?;
-            // SAFETY: non-NULL, aligned, `n` readable floats (caller contract), size fits.
-            Ok(unsafe { std::slice::from_raw_parts(p, n) })
-        };
-        let bias = |p: *const f32, n: usize, what: &str| -> FfiResult<Option<&[f32]>> {
-            if p.is_null() {
-                Ok(None)
-            } else {
-                matrix(p, n, what).map(Some)
-            }
-        };
-        let mw = MhaWeights {
-            wq: matrix(w.wq, size(dm, qd)?, "weights->wq")?,
-            wk: matrix(w.wk, size(dm, kvd)?, "weights->wk")?,
-            wv: matrix(w.wv, size(dm, kvd)?, "weights->wv")?,
-            wo: matrix(w.wo, size(qd, dm)?, "weights->wo")?,
-            bq: bias(w.bq, qd, "weights->bq")?,
-            bk: bias(w.bk, kvd, "weights->bk")?,
-            bv: bias(w.bv, kvd, "weights->bv")?,
-            bo: bias(w.bo, dm, "weights->bo")?,
-            layout,
-        };
-        probe_alloc(weight_floats(&cfg), "the packed weights")?;
-        let layer = pool::run(move || MultiHeadAttention::new(cfg, mw))?;
+        // SAFETY: `W` is the matrices' element type (the match); the lengths are the
+        // caller's contract.
+        let layer = with_element!(dtype, W => unsafe { layer_from::<W>(cfg, &w, layout) })?;
         publish_layer(layer, out)
     })
 }
 
 /// Builds a layer with seeded random weights (uniform in `+-1/sqrt(d_in)`, as PyTorch
 /// initialises `nn.Linear`; biases too when `bias` is 1) and stores its handle at `*out`.
-/// The same seed gives the same weights. Returns as `fa_mha_new`.
+/// The same seed gives the same weights; with a 16-bit `config->weight_dtype` they are
+/// rounded to it (to nearest, ties to even) and stored so, the biases staying f32.
+/// Returns as `fa_mha_new`.
 ///
 /// # Safety
 /// `config` and `out` point to valid objects.
@@ -318,18 +424,22 @@ pub unsafe extern "C" fn fa_mha_new_random(
         check_ptr(config, "config")?;
         check_ptr(out, "out")?;
         // SAFETY: readable for its `struct_size` bytes (caller contract).
-        let cfg = mha_config(&unsafe { read_versioned(config, "config") }?)?;
+        let c = unsafe { read_versioned(config, "config") }?;
+        let cfg = mha_config(&c)?;
+        let dtype = fa_dtype::from_code(c.weight_dtype, "config->weight_dtype")?;
         let bias = match bias {
             0 => false,
             1 => true,
             b => return Err(invalid(format!("bias is {b}; use 0 or 1"))),
         };
-        // The unpacked random weights and their packed copy live at the same time.
-        probe_alloc(
-            weight_floats(&cfg).and_then(|n| n.checked_mul(2)),
-            "the weights",
-        )?;
-        let layer = pool::run(move || MultiHeadAttention::random(cfg, bias, seed))?;
+        // The unpacked f32 random weights and their packed copy live at the same time
+        // (16-bit: the f32 weights, their rounded copy and the packed one; as many bytes).
+        probe_alloc(weight_floats(&cfg), 8, "the weights")?;
+        let layer = pool::run(move || match dtype {
+            fa_dtype::FA_DTYPE_F32 => MultiHeadAttention::random(cfg, bias, seed),
+            fa_dtype::FA_DTYPE_F16 => MultiHeadAttention::random_of::<f16>(cfg, bias, seed),
+            fa_dtype::FA_DTYPE_BF16 => MultiHeadAttention::random_of::<bf16>(cfg, bias, seed),
+        })?;
         publish_layer(layer, out)
     })
 }
@@ -435,8 +545,29 @@ pub unsafe extern "C" fn fa_mha_forward(
     })
 }
 
-/// An empty KV cache for `layer`: `batch` sequences of up to `capacity` positions,
-/// allocated now (`2*batch*Hkv*capacity*D` floats). Stores the handle at `*out`.
+/// A new empty cache of `T` for `layer`, behind a handle stored at `out`.
+fn new_cache<T: IntoCache>(
+    layer: &MultiHeadAttention,
+    batch: usize,
+    capacity: usize,
+    out: *mut *mut fa_kv_cache,
+) -> FfiResult<c_int> {
+    let c = layer.config();
+    let values = [batch, c.n_kv_heads, capacity, c.head_dim, 2]
+        .iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x));
+    probe_alloc(values, size_of::<T>(), "the KV cache")?;
+    let cache = T::into_cache(layer.new_cache_of::<T>(batch, capacity)?);
+    let handle = Box::into_raw(Box::new(fa_kv_cache { cache }));
+    // SAFETY: `out` was checked non-NULL and aligned by the caller of this function, and
+    // is writable (caller contract).
+    unsafe { out.write(handle) };
+    Ok(OK)
+}
+
+/// An empty f32 KV cache for `layer`: `batch` sequences of up to `capacity` positions,
+/// allocated now (`2*batch*Hkv*capacity*D` floats). Stores the handle at `*out`. The same
+/// as `fa_kv_cache_new_typed(layer, batch, capacity, FA_DTYPE_F32, out)`.
 ///
 /// Returns `FA_OK`, `FA_ERR_NULL_POINTER`, `FA_ERR_BAD_SHAPE` (the size overflows) or
 /// `FA_ERR_ALLOC`. `*out` is unchanged on failure.
@@ -455,16 +586,37 @@ pub unsafe extern "C" fn fa_kv_cache_new(
         check_ptr(out, "out")?;
         // SAFETY: a live handle (caller contract), only read.
         let layer = unsafe { &(*layer).layer };
-        let c = layer.config();
-        let floats = [batch, c.n_kv_heads, capacity, c.head_dim, 2]
-            .iter()
-            .try_fold(1usize, |a, &x| a.checked_mul(x));
-        probe_alloc(floats, "the KV cache")?;
-        let cache = layer.new_cache(batch, capacity)?;
-        let handle = Box::into_raw(Box::new(fa_kv_cache { cache }));
-        // SAFETY: non-NULL, aligned (checked), writable (caller contract).
-        unsafe { out.write(handle) };
-        Ok(OK)
+        new_cache::<f32>(layer, batch, capacity, out)
+    })
+}
+
+/// An empty KV cache for `layer` storing keys and values as `dtype` (an `fa_dtype`:
+/// `FA_DTYPE_F16` and `FA_DTYPE_BF16` take half the bytes of `FA_DTYPE_F32`): `batch`
+/// sequences of up to `capacity` positions, allocated now (`2*batch*Hkv*capacity*D`
+/// elements; `fa_kv_cache_bytes`). Keys and values are rounded to `dtype` once, when they
+/// are appended, and widened to f32 when attention reads them. Works with a layer of any
+/// weight type. Stores the handle at `*out`.
+///
+/// Returns as `fa_kv_cache_new`, and `FA_ERR_INVALID_ARGUMENT` if `dtype` is not an
+/// `fa_dtype`. `*out` is unchanged on failure.
+///
+/// # Safety
+/// `layer` is a live handle; `out` points to a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn fa_kv_cache_new_typed(
+    layer: *const fa_mha,
+    batch: usize,
+    capacity: usize,
+    dtype: i32,
+    out: *mut *mut fa_kv_cache,
+) -> c_int {
+    ffi_guard!("fa_kv_cache_new_typed", {
+        check_ptr(layer, "layer")?;
+        check_ptr(out, "out")?;
+        let dtype = fa_dtype::from_code(dtype, "dtype")?;
+        // SAFETY: a live handle (caller contract), only read.
+        let layer = unsafe { &(*layer).layer };
+        with_element!(dtype, T => new_cache::<T>(layer, batch, capacity, out))
     })
 }
 
@@ -475,6 +627,8 @@ pub unsafe extern "C" fn fa_kv_cache_new(
 /// (`[batch, seq, d_model]`). Call it once with the prompt, then once per generated token.
 /// With `causal = 1` each step's output equals the matching rows of a full causal
 /// `fa_mha_forward` over the whole sequence. `opts->weights` and `opts->lse` must be NULL.
+/// The cache may be of any type (`fa_kv_cache_new_typed`): the new keys and values are
+/// rounded to it as they are appended, and `x` and `y` stay f32.
 ///
 /// Returns as `fa_mha_forward`, and `FA_ERR_CACHE_FULL` if the tokens do not fit,
 /// `FA_ERR_BAD_SHAPE` if the cache was made for another batch size or layer shape. The
@@ -509,7 +663,9 @@ pub unsafe extern "C" fn fa_mha_forward_cached(
             .ok_or_else(|| bad_shape("batch*seq overflows".into()))?;
         // SAFETY: forwarded caller contract.
         let (xs, ys) = unsafe { io(x, y, rows, layer.config().d_model, &spans) }?;
-        pool::run(move || layer.forward_cached_into(cache, xs, batch, seq, ys, &options))?;
+        with_cache!(cache, c => {
+            pool::run(move || layer.forward_cached_into(c, xs, batch, seq, ys, &options))
+        })?;
         Ok(OK)
     })
 }
@@ -523,7 +679,7 @@ pub unsafe extern "C" fn fa_kv_cache_len(cache: *const fa_kv_cache) -> usize {
     ffi_guard!("fa_kv_cache_len", {
         check_ptr(cache, "cache")?;
         // SAFETY: a live handle (caller contract).
-        Ok(unsafe { &(*cache).cache }.len())
+        Ok(with_cache!(unsafe { &(*cache).cache }, c => c.len()))
     })
 }
 
@@ -536,7 +692,7 @@ pub unsafe extern "C" fn fa_kv_cache_capacity(cache: *const fa_kv_cache) -> usiz
     ffi_guard!("fa_kv_cache_capacity", {
         check_ptr(cache, "cache")?;
         // SAFETY: a live handle (caller contract).
-        Ok(unsafe { &(*cache).cache }.capacity())
+        Ok(with_cache!(unsafe { &(*cache).cache }, c => c.capacity()))
     })
 }
 
@@ -550,16 +706,46 @@ pub unsafe extern "C" fn fa_kv_cache_truncate(cache: *mut fa_kv_cache, len: usiz
     ffi_guard!("fa_kv_cache_truncate", {
         check_ptr(cache, "cache")?;
         // SAFETY: a live handle used by this call alone (caller contract).
-        unsafe { &mut (*cache).cache }.truncate(len);
+        with_cache!(unsafe { &mut (*cache).cache }, c => c.truncate(len));
         Ok(OK)
+    })
+}
+
+/// Bytes the cache's keys and values occupy (its whole capacity, allocated when it was
+/// made): `2*batch*Hkv*capacity*D` times 4 for an f32 cache, times 2 for f16 and bf16. 0
+/// for NULL.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn fa_kv_cache_bytes(cache: *const fa_kv_cache) -> usize {
+    ffi_guard!("fa_kv_cache_bytes", {
+        check_ptr(cache, "cache")?;
+        // SAFETY: a live handle (caller contract).
+        Ok(with_cache!(unsafe { &(*cache).cache }, c => c.bytes()))
+    })
+}
+
+/// The element type the cache stores keys and values in, an `fa_dtype` (`FA_DTYPE_F32`
+/// for a cache from `fa_kv_cache_new`); `FA_ERR_NULL_POINTER` (negative, never an
+/// `fa_dtype`) for NULL.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn fa_kv_cache_dtype(cache: *const fa_kv_cache) -> i32 {
+    ffi_guard!("fa_kv_cache_dtype", {
+        check_ptr(cache, "cache")?;
+        // SAFETY: a live handle (caller contract).
+        Ok(unsafe { &(*cache).cache }.dtype().code())
     })
 }
 
 /// Releases a cache (NULL is ignored).
 ///
 /// # Safety
-/// `cache` is NULL or a handle from `fa_kv_cache_new` not yet freed, used by no other
-/// thread.
+/// `cache` is NULL or a handle from `fa_kv_cache_new` or `fa_kv_cache_new_typed` not yet
+/// freed, used by no other thread.
 #[no_mangle]
 pub unsafe extern "C" fn fa_kv_cache_free(cache: *mut fa_kv_cache) {
     ffi_guard!("fa_kv_cache_free", {

@@ -2,6 +2,7 @@
 //! the memory a strided view spans, and overlaps between outputs and other arguments.
 
 use crate::status::{fa_status, FfiError, FfiResult};
+use std::ffi::c_void;
 use std::mem::{align_of, size_of};
 
 /// The bytes `[start, end)` an argument spans (`start == end` for an empty one).
@@ -23,13 +24,20 @@ impl Span {
 
 /// Checks that `p` is non-NULL and aligned for `T`.
 pub(crate) fn check_ptr<T>(p: *const T, what: &str) -> FfiResult<()> {
+    check_ptr_aligned(p.cast(), align_of::<T>(), what)
+}
+
+/// Checks that `p` is non-NULL and a multiple of `align` (a power of two): for data whose
+/// element type is known only at run time (`fa_tensor::data`).
+pub(crate) fn check_ptr_aligned(p: *const c_void, align: usize, what: &str) -> FfiResult<()> {
+    debug_assert!(align.is_power_of_two());
     if p.is_null() {
         return Err(FfiError::null(what));
     }
-    if !p.is_aligned() {
+    if !p.addr().is_multiple_of(align) {
         return Err(FfiError::new(
             fa_status::FA_ERR_INVALID_ARGUMENT,
-            format!("{what} is not aligned to {} bytes", align_of::<T>()),
+            format!("{what} is not aligned to {align} bytes"),
         ));
     }
     Ok(())
@@ -126,10 +134,22 @@ pub(crate) fn check_disjoint(out: (&str, Span), others: &[(&str, Span)]) -> FfiR
     Ok(())
 }
 
-/// The span of a strided view of `f32` at `p` (any stride signs; `p` already checked when
+/// The span of a strided view of `T` at `p` (any stride signs; `p` already checked when
 /// the view is non-empty).
-pub(crate) fn strided_span(
-    p: *const f32,
+pub(crate) fn strided_span<T>(
+    p: *const T,
+    dims: &[usize],
+    strides: &[isize],
+    what: &str,
+) -> FfiResult<Span> {
+    strided_span_bytes(p.cast(), size_of::<T>(), dims, strides, what)
+}
+
+/// The span of a strided view at `p` whose elements have `elem` bytes (a run-time element
+/// type: 4 for f32, 2 for f16 and bf16); strides are in elements, of any sign.
+pub(crate) fn strided_span_bytes(
+    p: *const c_void,
+    elem: usize,
     dims: &[usize],
     strides: &[isize],
     what: &str,
@@ -138,8 +158,8 @@ pub(crate) fn strided_span(
         return Ok(Span::default());
     }
     let (lo, hi) = offset_range(dims, strides, what)?;
-    let elem = size_of::<f32>() as i128;
-    let base = p as usize as i128;
+    let elem = elem as i128;
+    let base = p.addr() as i128;
     let (start, end) = (base + lo * elem, base + (hi + 1) * elem);
     if start < 0 || end > usize::MAX as i128 {
         return Err(FfiError::new(
@@ -280,5 +300,19 @@ mod tests {
         let base = 4096 as *const f32;
         let s = strided_span(base, &[2, 3], &[-3, 1], "a").unwrap();
         assert_eq!((s.start, s.end), (4096 - 12, 4096 + 12));
+        // 16-bit elements: the same offsets in 2-byte units.
+        let s = strided_span_bytes(base.cast(), 2, &[2, 3], &[-3, 1], "a").unwrap();
+        assert_eq!((s.start, s.end), (4096 - 6, 4096 + 6));
+    }
+
+    #[test]
+    fn alignment_is_checked_for_the_element_size() {
+        let p = 4098 as *const c_void;
+        assert!(check_ptr_aligned(p, 2, "d").is_ok());
+        let e = check_ptr_aligned(p, 4, "d").unwrap_err();
+        assert_eq!(e.code, fa_status::FA_ERR_INVALID_ARGUMENT);
+        assert!(e.message.contains("aligned to 4 bytes"), "{}", e.message);
+        let e = check_ptr_aligned(std::ptr::null(), 2, "d").unwrap_err();
+        assert_eq!(e.code, fa_status::FA_ERR_NULL_POINTER);
     }
 }

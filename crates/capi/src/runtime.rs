@@ -87,8 +87,12 @@ pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
 /// fields at the end of a struct with `struct_size`, leaves it unchanged.
 ///
 /// History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
-/// and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`.
-pub const FA_ABI_VERSION: u32 = 2;
+/// and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`; 3, 16-bit
+/// element types (`fa_dtype`): `fa_tensor` holds `void *data` and a last field `dtype`
+/// (0 = f32), `fa_mha_weights`' matrices are `const void *` of the new
+/// `fa_mha_config.weight_dtype`, and `fa_kv_cache_new_typed`, `fa_kv_cache_bytes` and
+/// `fa_kv_cache_dtype` were added.
+pub const FA_ABI_VERSION: u32 = 3;
 
 /// The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
 /// can check at start-up that the library it loaded matches the header it was compiled

@@ -1,32 +1,59 @@
-//! `fa_sdpa`: scaled dot-product attention over strided `[B, H, L, D]` tensors.
+//! `fa_sdpa`: scaled dot-product attention over strided `[B, H, L, D]` tensors of f32, f16
+//! or bf16.
 
+use crate::dtype::{fa_dtype, with_element};
 use crate::pool;
 use crate::raw::{
-    check_disjoint, check_ptr, init_versioned, read_versioned, span_of, strided_span, Span,
-    Versioned,
+    check_disjoint, check_ptr, check_ptr_aligned, init_versioned, read_versioned, span_of,
+    strided_span_bytes, Span, Versioned,
 };
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
-use attention::{Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
-use std::ffi::c_int;
+use attention::{
+    DynTensor, DynTensorMut, Element, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
+};
+use std::ffi::{c_int, c_void};
 use std::mem::size_of;
-use std::ptr::NonNull;
 
-/// A four-dimensional strided view `[B, H, L, D]` of `float`s in caller memory.
+/// A four-dimensional strided view `[B, H, L, D]` in caller memory, of `float`s or of a
+/// 16-bit type (`dtype`, an `fa_dtype`).
 ///
-/// When no extent is 0, `data` must be valid for `1 + sum_i (dims[i] - 1)*strides[i]` floats
-/// (the element with the largest offset, plus one); when an extent is 0 the view is empty
-/// and `data` may be NULL. The `[B, L, H, D]` layout of most model code is the strides
-/// `{L*H*D, D, H*D, 1}`.
+/// When no extent is 0, `data` must be valid for `1 + sum_i (dims[i] - 1)*strides[i]`
+/// elements of `dtype` (the element with the largest offset, plus one) and aligned to the
+/// element size (4 bytes for f32, 2 for f16 and bf16); when an extent is 0 the view is
+/// empty and `data` may be NULL. The `[B, L, H, D]` layout of most model code is the
+/// strides `{L*H*D, D, H*D, 1}`. A zero-filled `fa_tensor` (then `data`, `dims` and
+/// `strides` set) is an f32 view, as before `dtype` existed.
+///
+/// In `fa_sdpa` Q, K, V and the output may each have any of the three types; masks and the
+/// weights output must be f32.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_tensor {
-    /// Element `[0, 0, 0, 0]`.
-    pub data: *mut f32,
+    /// Element `[0, 0, 0, 0]`: `float *` for `FA_DTYPE_F32`, `uint16_t *` (the 16 bits of
+    /// each value) for `FA_DTYPE_F16` and `FA_DTYPE_BF16`.
+    pub data: *mut c_void,
     /// Extents: B, H, L, D.
     pub dims: [usize; 4],
-    /// In elements; must be >= 0; 0 broadcasts (masks only: other tensors refuse a zero
-    /// stride on an extent above 1).
+    /// In elements (not bytes); must be >= 0; 0 broadcasts (masks only: other tensors
+    /// refuse a zero stride on an extent above 1).
     pub strides: [isize; 4],
+    /// The element type, an `fa_dtype`: `FA_DTYPE_F32` (0, also what a zero-filled struct
+    /// holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2). Other values are refused with
+    /// `FA_ERR_INVALID_ARGUMENT`.
+    pub dtype: i32,
+}
+
+impl Default for fa_tensor {
+    /// An empty f32 view: NULL data, every extent and stride 0 (for Rust callers of the C
+    /// ABI; C zero-fills it: `fa_tensor t = {0};`).
+    fn default() -> Self {
+        fa_tensor {
+            data: std::ptr::null_mut(),
+            dims: [0; 4],
+            strides: [0; 4],
+            dtype: fa_dtype::FA_DTYPE_F32 as i32,
+        }
+    }
 }
 
 /// Options of `fa_sdpa`. Initialise with `fa_sdpa_options_init(&opts, sizeof opts)`, then
@@ -51,7 +78,7 @@ pub struct fa_sdpa_options {
     pub scale: f32,
     /// 0 or 1, bottom-right aligned.
     pub causal: i32,
-    /// NULL, or an additive mask [B|1, H|1, Lq, Lk].
+    /// NULL, or an additive mask [B|1, H|1, Lq, Lk] of f32 (`dtype` `FA_DTYPE_F32`).
     pub mask: *const fa_tensor,
     /// NULL, or B valid key lengths.
     pub kv_lengths: *const i64,
@@ -63,7 +90,7 @@ pub struct fa_sdpa_options {
     pub softcap: f32,
     /// NULL, or Hq slopes.
     pub alibi_slopes: *const f32,
-    /// NULL, or an output [B, Hq, Lq, Lk].
+    /// NULL, or an output [B, Hq, Lq, Lk] of f32 (`dtype` `FA_DTYPE_F32`).
     pub weights: *mut fa_tensor,
     /// NULL, or an output [B, Hq, Lq], contiguous.
     pub lse: *mut f32,
@@ -123,9 +150,11 @@ pub unsafe extern "C" fn fa_sdpa_options_init(opts: *mut fa_sdpa_options, size: 
     })
 }
 
-/// A checked `fa_tensor`: the exact element range it spans, as `usize` strides.
+/// A checked `fa_tensor`: its element type and the exact element range it spans, as
+/// `usize` strides.
 struct View {
-    ptr: *mut f32,
+    ptr: *mut c_void,
+    dtype: fa_dtype,
     len: usize,
     span: Span,
     dims: [usize; 4],
@@ -133,7 +162,9 @@ struct View {
 }
 
 impl View {
-    /// Checks the `fa_tensor` at `t` (named `what` in messages).
+    /// Checks the `fa_tensor` at `t` (named `what` in messages): its dtype code, strides
+    /// (zero ones only when `broadcast`), data pointer (non-NULL and aligned to the element
+    /// size when the view is not empty) and the bytes it spans.
     ///
     /// # Safety
     /// `t` is NULL or points to a readable `fa_tensor`.
@@ -141,6 +172,7 @@ impl View {
         check_ptr(t, what)?;
         // SAFETY: non-NULL and aligned (checked), readable (caller).
         let t = unsafe { *t };
+        let dtype = fa_dtype::from_code(t.dtype, &format!("{what}->dtype"))?;
         let mut strides = [0usize; 4];
         for (i, (&s, &d)) in t.strides.iter().zip(&t.dims).enumerate() {
             if s < 0 {
@@ -159,39 +191,89 @@ impl View {
         }
         if t.dims.contains(&0) {
             return Ok(View {
-                ptr: NonNull::dangling().as_ptr(),
+                ptr: std::ptr::null_mut(),
+                dtype,
                 len: 0,
                 span: Span::default(),
                 dims: t.dims,
                 strides,
             });
         }
-        check_ptr(t.data, &format!("{what}->data"))?;
-        let span = strided_span(t.data, &t.dims, &t.strides, what)?;
+        check_ptr_aligned(t.data, dtype.size(), &format!("{what}->data"))?;
+        let span = strided_span_bytes(t.data, dtype.size(), &t.dims, &t.strides, what)?;
         Ok(View {
             ptr: t.data,
-            len: (span.end - span.start) / size_of::<f32>(),
+            dtype,
+            len: (span.end - span.start) / dtype.size(),
             span,
             dims: t.dims,
             strides,
         })
     }
 
+    /// Refuses a view that is not f32 (masks, the weights output): `role` says what the
+    /// view is for.
+    fn require_f32(&self, what: &str, role: &str) -> FfiResult<()> {
+        if self.dtype != fa_dtype::FA_DTYPE_F32 {
+            return Err(FfiError::new(
+                fa_status::FA_ERR_INVALID_ARGUMENT,
+                format!(
+                    "{what}->dtype is {}; {role} must be f32 (FA_DTYPE_F32 = 0)",
+                    self.dtype.describe()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The view as a typed read-only tensor.
+    ///
     /// # Safety
-    /// The caller of `fa_sdpa` guarantees `len` readable floats at `ptr` (or `len == 0`),
-    /// and no output overlaps them (checked).
-    unsafe fn as_ref<'a>(&self) -> FfiResult<TensorRef<'a>> {
-        // SAFETY: see above; `ptr` is non-NULL and aligned, `len*4 <= isize::MAX`.
-        let data = unsafe { std::slice::from_raw_parts(self.ptr as *const f32, self.len) };
+    /// `T` is the view's element type; the caller of `fa_sdpa` guarantees `len` readable
+    /// elements at `ptr` (or `len == 0`), and no output overlaps them (checked).
+    unsafe fn typed<'a, T: Element>(&self) -> FfiResult<TensorRef<'a, T>> {
+        debug_assert_eq!(size_of::<T>(), self.dtype.size());
+        let data: &[T] = if self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: see above; `ptr` is non-NULL and aligned for `T` (checked for the
+            // element size, which is `T`'s alignment), `len*size <= isize::MAX` (span).
+            unsafe { std::slice::from_raw_parts(self.ptr.cast_const().cast::<T>(), self.len) }
+        };
         Ok(TensorRef::new(data, self.dims, self.strides)?)
     }
 
+    /// The view as a typed mutable tensor.
+    ///
     /// # Safety
-    /// As [`View::as_ref`], and the floats are writable and overlap no other argument.
-    unsafe fn as_mut<'a>(&self) -> FfiResult<TensorMut<'a>> {
-        // SAFETY: see above.
-        let data = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+    /// As [`View::typed`], and the elements are writable and overlap no other argument.
+    unsafe fn typed_mut<'a, T: Element>(&self) -> FfiResult<TensorMut<'a, T>> {
+        debug_assert_eq!(size_of::<T>(), self.dtype.size());
+        let data: &mut [T] = if self.len == 0 {
+            &mut []
+        } else {
+            // SAFETY: see above.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<T>(), self.len) }
+        };
         Ok(TensorMut::new(data, self.dims, self.strides)?)
+    }
+
+    /// The view as a tensor of its run-time element type.
+    ///
+    /// # Safety
+    /// As [`View::typed`].
+    unsafe fn as_dyn<'a>(&self) -> FfiResult<DynTensor<'a>> {
+        // SAFETY: `T` is the view's element type (the match); the rest is the caller's.
+        with_element!(self.dtype, T => Ok(unsafe { self.typed::<T>() }?.into()))
+    }
+
+    /// The view as a mutable tensor of its run-time element type.
+    ///
+    /// # Safety
+    /// As [`View::typed_mut`].
+    unsafe fn as_dyn_mut<'a>(&self) -> FfiResult<DynTensorMut<'a>> {
+        // SAFETY: `T` is the view's element type (the match); the rest is the caller's.
+        with_element!(self.dtype, T => Ok(unsafe { self.typed_mut::<T>() }?.into()))
     }
 }
 
@@ -262,8 +344,10 @@ pub(crate) unsafe fn attn_options<'a>(
     } else {
         // SAFETY: a readable fa_tensor whose elements are readable (caller contract).
         let m = unsafe { View::new(o.mask, "opts->mask", true) }?;
-        // SAFETY: as above; no mutable slice overlaps it (caller contract).
-        (Some(Mask::Additive(unsafe { m.as_ref() }?)), m.span)
+        m.require_f32("opts->mask", "an additive mask")?;
+        // SAFETY: f32 (checked) elements readable as above; no mutable slice overlaps them
+        // (caller contract).
+        (Some(Mask::Additive(unsafe { m.typed::<f32>() }?)), m.span)
     };
     let kv_span =
         if o.kv_lengths.is_null() {
@@ -307,7 +391,12 @@ pub(crate) unsafe fn attn_options<'a>(
 /// Scaled dot-product attention `out = softmax(scale*Q*K^T + mask)*V` per batch and head.
 ///
 /// Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, out `[B, Hq, Lq, Dv]`,
-/// each in any layout its strides describe (`Hq` a multiple of `Hkv`). `opts` may be NULL
+/// each in any layout its strides describe (`Hq` a multiple of `Hkv`), and each of any
+/// element type (`fa_tensor.dtype`: f32, f16 or bf16, independently): 16-bit inputs are
+/// widened to f32 as they are read, scores, softmax and sums are computed in f32, and a
+/// 16-bit output is rounded once (to nearest, ties to even) when it is stored. The result
+/// equals the all-f32 call on the widened inputs, rounded to the output's type. The mask,
+/// the weights output and the log-sum-exp output are f32. `opts` may be NULL
 /// for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
 /// share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
 /// inputs nor each other (checked by address range: `FA_ERR_BAD_STRIDE`).
@@ -317,14 +406,16 @@ pub(crate) unsafe fn attn_options<'a>(
 /// multiple of Hkv, sizes overflow), `FA_ERR_BAD_STRIDE` (a negative stride, a zero stride
 /// outside a mask, an output aliasing itself or overlapping another argument),
 /// `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
-/// from a newer header, a non-finite scale, a causal flag other than 0/1, a window
-/// below -1, a key length outside 0..=Lk, a non-positive or non-finite softcap, non-finite
-/// slopes, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written unless
-/// every check passes.
+/// from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
+/// is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
+/// length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a
+/// pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+/// written unless every check passes.
 ///
 /// # Safety
 /// Each non-NULL tensor pointer points to an `fa_tensor` whose `data` is valid (readable;
-/// writable for `out` and `weights`) for the elements its extents and strides reach;
+/// writable for `out` and `weights`) for the elements of its `dtype` that its extents and
+/// strides reach;
 /// `kv_lengths` holds B values, `alibi_slopes` Hq values, `lse` B*Hq*Lq writable floats;
 /// no other thread writes the inputs or accesses the outputs during the call.
 #[no_mangle]
@@ -352,6 +443,9 @@ pub unsafe extern "C" fn fa_sdpa(
             // SAFETY: as above.
             false => Some(unsafe { View::new(o.weights, "opts->weights", false) }?),
         };
+        if let Some(w) = &weights {
+            w.require_f32("opts->weights", "the attention weights output")?;
+        }
         let [b, hq, lq, _] = qv.dims;
         let (lse, lse_span) = if o.lse.is_null() {
             (None, Span::default())
@@ -391,10 +485,11 @@ pub unsafe extern "C" fn fa_sdpa(
         // SAFETY: (the four views here, and the weights and lse below) the caller
         // guarantees every view's elements are valid; the outputs overlap neither the
         // inputs nor each other (checked above).
-        let (qt, kt, vt, ot) = unsafe { (qv.as_ref()?, kv.as_ref()?, vv.as_ref()?, ov.as_mut()?) };
+        let (qt, kt, vt, ot) =
+            unsafe { (qv.as_dyn()?, kv.as_dyn()?, vv.as_dyn()?, ov.as_dyn_mut()?) };
         let weights_t = match &weights {
-            // SAFETY: as above.
-            Some(w) => Some(unsafe { w.as_mut() }?),
+            // SAFETY: as above; the weights are f32 (checked).
+            Some(w) => Some(unsafe { w.typed_mut::<f32>() }?),
             None => None,
         };
         let lse_s = match lse {
@@ -407,7 +502,7 @@ pub unsafe extern "C" fn fa_sdpa(
         let extras = SdpaOutputs::default()
             .with_weights(weights_t)
             .with_lse(lse_s);
-        pool::run(move || attention::sdpa_into(qt, kt, vt, ot, &options, extras))?;
+        pool::run(move || attention::sdpa_into_dyn(qt, kt, vt, ot, &options, extras))?;
         Ok(OK)
     })
 }

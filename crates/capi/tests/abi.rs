@@ -6,11 +6,13 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use attention::reference::sdpa_ref;
-use attention::{Mask, SdpaOptions, TensorRef};
+use attention::{
+    bf16, f16, DynTensor, DynTensorMut, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
+};
 use fastattn_capi::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::mem::size_of;
 use std::ptr::{null, null_mut};
 
@@ -39,9 +41,10 @@ fn dense_strides(dims: [usize; 4]) -> [isize; 4] {
 
 fn tensor(data: &mut [f32], dims: [usize; 4], strides: [isize; 4]) -> fa_tensor {
     fa_tensor {
-        data: data.as_mut_ptr(),
+        data: data.as_mut_ptr().cast(),
         dims,
         strides,
+        dtype: 0,
     }
 }
 
@@ -255,6 +258,7 @@ fn sdpa_accepts_empty_views_with_null_data() {
         data: null_mut(),
         dims: [0, 2, 3, 4],
         strides: [24, 12, 4, 1],
+        dtype: 0,
     };
     let mut out = empty;
     // SAFETY: empty views reach no element.
@@ -427,7 +431,7 @@ fn sdpa_refuses_bad_arguments_with_distinct_codes() {
     f.expect(FA_ERR_BAD_STRIDE, "lse overlapping q", |_| {}, &bad);
     let mut w = vec![0.0f32; 18];
     let mut wt = tensor(&mut w, [1, 2, 3, 3], dense_strides([1, 2, 3, 3]));
-    wt.data = f.out.as_mut_ptr();
+    wt.data = f.out.as_mut_ptr().cast();
     let mut bad = d;
     bad.weights = &mut wt;
     bad.lse = lse.as_mut_ptr();
@@ -536,7 +540,10 @@ fn versioned_structs_refuse_a_size_they_do_not_know() {
             code(FA_ERR_INVALID_ARGUMENT)
         );
     }
-    assert_eq!((cfg.d_model, cfg.n_heads, cfg.rope), (0, 0, 0));
+    assert_eq!(
+        (cfg.d_model, cfg.n_heads, cfg.rope, cfg.weight_dtype),
+        (0, 0, 0, 0)
+    );
     assert!(w.wq.is_null() && w.bo.is_null() && w.layout == 0);
     let zeroed = fa_mha_config {
         struct_size: 0,
@@ -1020,4 +1027,398 @@ fn version_is_the_crate_version() {
     // SAFETY: a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(fa_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+// ------------------------------------------------------------------ element types
+
+const DTYPES: [fa_dtype; 3] = [
+    fa_dtype::FA_DTYPE_F32,
+    fa_dtype::FA_DTYPE_F16,
+    fa_dtype::FA_DTYPE_BF16,
+];
+
+/// Values of one element type (what a C caller's `fa_tensor::data` points to).
+#[derive(Debug, Clone)]
+enum Typed {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Typed {
+    /// `vals` rounded to `dt`.
+    fn new(dt: fa_dtype, vals: &[f32]) -> Typed {
+        match dt {
+            fa_dtype::FA_DTYPE_F32 => Typed::F32(vals.to_vec()),
+            fa_dtype::FA_DTYPE_F16 => Typed::F16(vals.iter().map(|&x| f16::from_f32(x)).collect()),
+            fa_dtype::FA_DTYPE_BF16 => {
+                Typed::BF16(vals.iter().map(|&x| bf16::from_f32(x)).collect())
+            }
+        }
+    }
+
+    fn dtype(&self) -> fa_dtype {
+        match self {
+            Typed::F32(_) => fa_dtype::FA_DTYPE_F32,
+            Typed::F16(_) => fa_dtype::FA_DTYPE_F16,
+            Typed::BF16(_) => fa_dtype::FA_DTYPE_BF16,
+        }
+    }
+
+    fn ptr(&mut self) -> *mut c_void {
+        match self {
+            Typed::F32(v) => v.as_mut_ptr().cast(),
+            Typed::F16(v) => v.as_mut_ptr().cast(),
+            Typed::BF16(v) => v.as_mut_ptr().cast(),
+        }
+    }
+
+    /// The C view of the values.
+    fn tensor(&mut self, dims: [usize; 4], strides: [isize; 4]) -> fa_tensor {
+        fa_tensor {
+            data: self.ptr(),
+            dims,
+            strides,
+            dtype: self.dtype() as i32,
+        }
+    }
+
+    /// The Rust view of the values.
+    fn as_dyn(&self, dims: [usize; 4], strides: [usize; 4]) -> DynTensor<'_> {
+        match self {
+            Typed::F32(v) => TensorRef::new(&v[..], dims, strides).unwrap().into(),
+            Typed::F16(v) => TensorRef::new(&v[..], dims, strides).unwrap().into(),
+            Typed::BF16(v) => TensorRef::new(&v[..], dims, strides).unwrap().into(),
+        }
+    }
+
+    fn as_dyn_mut(&mut self, dims: [usize; 4]) -> DynTensorMut<'_> {
+        match self {
+            Typed::F32(v) => TensorMut::contiguous(&mut v[..], dims).unwrap().into(),
+            Typed::F16(v) => TensorMut::contiguous(&mut v[..], dims).unwrap().into(),
+            Typed::BF16(v) => TensorMut::contiguous(&mut v[..], dims).unwrap().into(),
+        }
+    }
+
+    /// The bit patterns, for exact comparisons (NaN included).
+    fn bits(&self) -> Vec<u32> {
+        match self {
+            Typed::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Typed::F16(v) => v.iter().map(|x| u32::from(x.to_bits())).collect(),
+            Typed::BF16(v) => v.iter().map(|x| u32::from(x.to_bits())).collect(),
+        }
+    }
+
+    fn widened(&self) -> Vec<f32> {
+        match self {
+            Typed::F32(v) => v.clone(),
+            Typed::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Typed::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn sdpa_of_every_dtype_combination_equals_sdpa_into_dyn_bit_for_bit() {
+    let seed = 17;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (b, hq, hkv, lq, lk, d, dv) = (2, 4, 2, 5, 11, 8, 6);
+    let (qd, kd, vd, od) = (
+        [b, hq, lq, d],
+        [b, hkv, lk, d],
+        [b, hkv, lk, dv],
+        [b, hq, lq, dv],
+    );
+    let wd = [b, hq, lq, lk];
+    // Q in the [B, L, H, D] layout of model code; K, V dense.
+    let q_strides = [(lq * hq * d) as isize, d as isize, (hq * d) as isize, 1];
+    let q_vals = rand_vec(&mut rng, b * hq * lq * d);
+    let k_vals = rand_vec(&mut rng, b * hkv * lk * d);
+    let v_vals = rand_vec(&mut rng, b * hkv * lk * dv);
+    let mut mask = rand_vec(&mut rng, lq * lk);
+    mask[2] = f32::NEG_INFINITY;
+    let lens = [lk as i64, 7];
+    let lens_u = [lk, 7];
+    let us = |s: [isize; 4]| s.map(|x| x as usize);
+    let mut mask_c = mask.clone();
+    let mt = tensor(&mut mask_c, [1, 1, lq, lk], [0, 0, lk as isize, 1]);
+    let mut combos = 0;
+    for qt in DTYPES {
+        for kt in DTYPES {
+            for vt in DTYPES {
+                for ot in DTYPES {
+                    // Two option sets: causal flash with key lengths and LSE; a mask with
+                    // the weights (the materialised path).
+                    for with_weights in [false, true] {
+                        let label = format!(
+                            "q {qt:?}, k {kt:?}, v {vt:?}, out {ot:?}, weights {with_weights} \
+                             (seed {seed})"
+                        );
+                        let mut q = Typed::new(qt, &q_vals);
+                        let mut k = Typed::new(kt, &k_vals);
+                        let mut v = Typed::new(vt, &v_vals);
+                        let nan = vec![f32::NAN; b * hq * lq * dv];
+                        let mut out = Typed::new(ot, &nan);
+                        let mut want_out = out.clone();
+                        let mut lse = vec![f32::NAN; b * hq * lq];
+                        let mut want_lse = lse.clone();
+                        let mut w = vec![f32::NAN; b * hq * lq * lk];
+                        let mut want_w = w.clone();
+                        let mut wt = tensor(&mut w, wd, dense_strides(wd));
+
+                        let mut o = fa_sdpa_options::default();
+                        o.lse = lse.as_mut_ptr();
+                        if with_weights {
+                            o.mask = &mt;
+                            o.weights = &mut wt;
+                        } else {
+                            o.causal = 1;
+                            o.kv_lengths = lens.as_ptr();
+                        }
+                        let (tq, tk, tv) = (
+                            q.tensor(qd, q_strides),
+                            k.tensor(kd, dense_strides(kd)),
+                            v.tensor(vd, dense_strides(vd)),
+                        );
+                        let mut to = out.tensor(od, dense_strides(od));
+                        // SAFETY: every tensor describes a live buffer of its type and size;
+                        // the outputs are distinct from each other and the inputs.
+                        let rc = unsafe { fa_sdpa(&tq, &tk, &tv, &mut to, &o) };
+                        assert_eq!(rc, OK, "{label}: {}", last_error());
+
+                        let mut opts = SdpaOptions::default();
+                        let mut extras = SdpaOutputs::default().with_lse(Some(&mut want_lse));
+                        if with_weights {
+                            opts = opts.with_mask(Some(Mask::Additive(
+                                TensorRef::new(&mask, [1, 1, lq, lk], [0, 0, lk, 1]).unwrap(),
+                            )));
+                            extras = extras.with_weights(Some(
+                                TensorMut::contiguous(&mut want_w, wd).unwrap(),
+                            ));
+                        } else {
+                            opts = opts.with_causal(true).with_kv_lengths(Some(&lens_u[..]));
+                        }
+                        attention::sdpa_into_dyn(
+                            q.as_dyn(qd, us(q_strides)),
+                            k.as_dyn(kd, us(dense_strides(kd))),
+                            v.as_dyn(vd, us(dense_strides(vd))),
+                            want_out.as_dyn_mut(od),
+                            &opts,
+                            extras,
+                        )
+                        .unwrap();
+                        assert_eq!(out.bits(), want_out.bits(), "{label}: output");
+                        assert_eq!(bits(&lse), bits(&want_lse), "{label}: lse");
+                        assert_eq!(bits(&w), bits(&want_w), "{label}: weights");
+                        assert!(
+                            out.widened().iter().all(|x| x.is_finite()),
+                            "{label}: output not written"
+                        );
+                        combos += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(combos, 2 * 81);
+}
+
+#[test]
+fn zero_filled_tensors_are_f32() {
+    let dims = [1, 2, 3, 4];
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut x = rand_vec(&mut rng, 24);
+    let (mut out_zeroed, mut out_explicit) = (vec![0.0f32; 24], vec![0.0f32; 24]);
+    let zeroed = |data: *mut f32| {
+        // SAFETY: fa_tensor is plain data (a pointer, integers); all-zero bytes are valid.
+        let mut t: fa_tensor = unsafe { std::mem::zeroed() };
+        t.data = data.cast();
+        t.dims = dims;
+        t.strides = dense_strides(dims);
+        t
+    };
+    let t = zeroed(x.as_mut_ptr());
+    let mut to = zeroed(out_zeroed.as_mut_ptr());
+    assert_eq!(t.dtype, fa_dtype::FA_DTYPE_F32 as i32);
+    // SAFETY: dense f32 views of live buffers; out is distinct.
+    let rc = unsafe { fa_sdpa(&t, &t, &t, &mut to, null()) };
+    assert_eq!(rc, OK, "{}", last_error());
+    let t = tensor(&mut x, dims, dense_strides(dims));
+    let mut to = tensor(&mut out_explicit, dims, dense_strides(dims));
+    // SAFETY: as above.
+    let rc = unsafe { fa_sdpa(&t, &t, &t, &mut to, null()) };
+    assert_eq!(rc, OK, "{}", last_error());
+    assert_eq!(bits(&out_zeroed), bits(&out_explicit));
+    // An all-zero tensor is an empty f32 view (C's `fa_tensor t = {0};`), accepted as such.
+    let empty = fa_tensor::default();
+    // SAFETY: plain data, as above.
+    let mut empty_out: fa_tensor = unsafe { std::mem::zeroed() };
+    // SAFETY: empty views reach no memory.
+    let rc = unsafe { fa_sdpa(&empty, &empty, &empty, &mut empty_out, null()) };
+    assert_eq!(rc, OK, "{}", last_error());
+}
+
+#[test]
+fn unknown_dtypes_are_refused_naming_the_tensor_and_the_value() {
+    use fa_status::*;
+    let mut f = Fixture::new();
+    let d = fa_sdpa_options::default();
+    for bad in [3, -1, 255, i32::MIN] {
+        for (i, name) in ["q", "k", "v", "out"].into_iter().enumerate() {
+            f.expect(
+                FA_ERR_INVALID_ARGUMENT,
+                &format!("{name}->dtype = {bad}"),
+                |t| t[i].dtype = bad,
+                &d,
+            );
+            let msg = last_error();
+            assert!(msg.contains(&format!("{name}->dtype is {bad}")), "{msg}");
+            assert!(msg.contains("FA_DTYPE_BF16 (2)"), "{msg}");
+        }
+        // Even an empty view's dtype is checked.
+        f.expect(
+            FA_ERR_INVALID_ARGUMENT,
+            "empty q with a bad dtype",
+            |t| {
+                t[0].dims[0] = 0;
+                t[3].dims[0] = 0;
+                t[0].dtype = bad;
+            },
+            &d,
+        );
+        let mut m = vec![0.0f32; 9];
+        let mut mt = tensor(&mut m, [1, 1, 3, 3], [0, 0, 3, 1]);
+        mt.dtype = bad;
+        let mut o = d;
+        o.mask = &mt;
+        f.expect(FA_ERR_INVALID_ARGUMENT, "mask dtype", |_| {}, &o);
+        assert!(
+            last_error().contains(&format!("opts->mask->dtype is {bad}")),
+            "{}",
+            last_error()
+        );
+        let mut w = vec![0.0f32; 18];
+        let mut wt = tensor(&mut w, [1, 2, 3, 3], dense_strides([1, 2, 3, 3]));
+        wt.dtype = bad;
+        let mut o = d;
+        o.weights = &mut wt;
+        f.expect(FA_ERR_INVALID_ARGUMENT, "weights dtype", |_| {}, &o);
+        assert!(
+            last_error().contains(&format!("opts->weights->dtype is {bad}")),
+            "{}",
+            last_error()
+        );
+        assert!(w.iter().all(|&x| x == 0.0), "refused weights were written");
+    }
+}
+
+#[test]
+fn masks_and_weights_must_be_f32() {
+    use fa_status::*;
+    let mut f = Fixture::new();
+    let d = fa_sdpa_options::default();
+    for dt in [fa_dtype::FA_DTYPE_F16, fa_dtype::FA_DTYPE_BF16] {
+        let mut m = Typed::new(dt, &[0.0; 9]);
+        let mt = m.tensor([1, 1, 3, 3], [0, 0, 3, 1]);
+        let mut o = d;
+        o.mask = &mt;
+        f.expect(FA_ERR_INVALID_ARGUMENT, "16-bit mask", |_| {}, &o);
+        let msg = last_error();
+        assert!(msg.contains("opts->mask") && msg.contains("f32"), "{msg}");
+        let mut w = Typed::new(dt, &[0.0; 18]);
+        let mut wt = w.tensor([1, 2, 3, 3], dense_strides([1, 2, 3, 3]));
+        let mut o = d;
+        o.weights = &mut wt;
+        f.expect(FA_ERR_INVALID_ARGUMENT, "16-bit weights", |_| {}, &o);
+        let msg = last_error();
+        assert!(
+            msg.contains("opts->weights") && msg.contains("f32"),
+            "{msg}"
+        );
+        assert!(
+            w.widened().iter().all(|&x| x == 0.0),
+            "refused weights written"
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_data_are_checked_in_two_byte_elements() {
+    use fa_status::*;
+    let dims = DIMS; // 24 elements
+    let s = dense_strides(dims);
+    let mut rng = StdRng::seed_from_u64(9);
+    let vals = rand_vec(&mut rng, 24);
+    let mut q = vals.clone();
+    let qt = tensor(&mut q, dims, s);
+    // One buffer of 2 + 24 + 24 bf16 values: K at element 2 (4-byte aligned) or 1 (only
+    // 2-byte aligned), the output right after it.
+    let mut buf = vec![bf16::ZERO; 50];
+    for (x, &v) in buf[2..26].iter_mut().zip(&vals) {
+        *x = bf16::from_f32(v);
+    }
+    let base = buf.as_mut_ptr();
+    let view = |off: usize, dtype: fa_dtype| fa_tensor {
+        // SAFETY: pointer arithmetic only; `off <= 26` stays inside `buf`.
+        data: unsafe { base.add(off) }.cast(),
+        dims,
+        strides: s,
+        dtype: dtype as i32,
+    };
+    let bf = fa_dtype::FA_DTYPE_BF16;
+    let run = |k: fa_tensor, out: fa_tensor| {
+        let mut out = out;
+        // SAFETY: the views lie inside `q` and `buf` (26 + 24 = 50 elements at most), or
+        // are refused before any access.
+        unsafe { fa_sdpa(&qt, &k, &k, &mut out, null()) }
+    };
+    // The output directly after K: disjoint at 2 bytes per element (at 4 they would not be).
+    assert_eq!(run(view(2, bf), view(26, bf)), OK, "{}", last_error());
+    let got: Vec<u16> = buf[26..50].iter().map(|x| x.to_bits()).collect();
+    // The same through the Rust API.
+    let k16: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut want = vec![bf16::ZERO; 24];
+    attention::sdpa_into(
+        TensorRef::contiguous(&q, dims).unwrap(),
+        TensorRef::contiguous(&k16, dims).unwrap(),
+        TensorRef::contiguous(&k16, dims).unwrap(),
+        TensorMut::contiguous(&mut want, dims).unwrap(),
+        &SdpaOptions::default(),
+        SdpaOutputs::default(),
+    )
+    .unwrap();
+    assert_eq!(got, want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    // One element earlier the output overlaps K's last element.
+    buf[25..50].fill(bf16::from_f32(42.0));
+    assert_eq!(run(view(2, bf), view(25, bf)), code(FA_ERR_BAD_STRIDE));
+    assert!(last_error().contains("overlaps k"), "{}", last_error());
+    assert!(buf[26..50].iter().all(|x| x.to_f32() == 42.0));
+    // 2-byte alignment is enough for bf16 (K at element 1), not for f32.
+    let k_odd = view(1, bf);
+    assert_eq!(run(k_odd, view(26, bf)), OK, "{}", last_error());
+    let f32_at_2 = view(1, fa_dtype::FA_DTYPE_F32);
+    assert_eq!(run(f32_at_2, view(26, bf)), code(FA_ERR_INVALID_ARGUMENT));
+    assert!(
+        last_error().contains("aligned to 4 bytes"),
+        "{}",
+        last_error()
+    );
+    // One byte off is misaligned for a 16-bit type too.
+    let mut odd = view(2, bf);
+    // SAFETY: pointer arithmetic only; one byte into `buf`; refused before any access.
+    odd.data = unsafe { odd.data.cast::<u8>().add(1) }.cast();
+    assert_eq!(run(odd, view(26, bf)), code(FA_ERR_INVALID_ARGUMENT));
+    assert!(
+        last_error().contains("k->data is not aligned to 2 bytes"),
+        "{}",
+        last_error()
+    );
+    let mut out_odd = view(26, fa_dtype::FA_DTYPE_F16);
+    // SAFETY: pointer arithmetic only; as above.
+    out_odd.data = unsafe { out_odd.data.cast::<u8>().add(1) }.cast();
+    assert_eq!(run(view(2, bf), out_odd), code(FA_ERR_INVALID_ARGUMENT));
 }

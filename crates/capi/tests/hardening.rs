@@ -85,9 +85,10 @@ fn dense(dims: [usize; 4]) -> [isize; 4] {
 
 fn tensor(data: &mut [f32], dims: [usize; 4]) -> fa_tensor {
     fa_tensor {
-        data: data.as_mut_ptr(),
+        data: data.as_mut_ptr().cast(),
         dims,
         strides: dense(dims),
+        dtype: 0,
     }
 }
 
@@ -318,9 +319,10 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
     // A mask whose Lk is wrong (an AttnError::Option in Rust).
     let mut m = vec![0.0f32; 3 * 5];
     let mt = fa_tensor {
-        data: m.as_mut_ptr(),
+        data: m.as_mut_ptr().cast(),
         dims: [1, 1, 3, 5],
         strides: [0, 0, 5, 1],
+        dtype: 0,
     };
     let mut o = fa_sdpa_options::default();
     o.mask = &mt;
@@ -335,15 +337,17 @@ fn fa_sdpa_refuses_bad_masks_slopes_weights_and_option_arrays() {
         data: null_mut(),
         dims: [1, 1, 3, 3],
         strides: [0, 0, 3, 1],
+        dtype: 0,
     };
     o.mask = &mt_null;
     assert_eq!(run(&o, &mut out), code(FA_ERR_NULL_POINTER));
     // A mask may broadcast with zero strides; other tensors may not (abi.rs covers that).
     let mut m_ok = vec![0.0f32; 3];
     let mt_bcast = fa_tensor {
-        data: m_ok.as_mut_ptr(),
+        data: m_ok.as_mut_ptr().cast(),
         dims: [1, 2, 3, 3],
         strides: [0, 0, 0, 1],
+        dtype: 0,
     };
     o.mask = &mt_bcast;
     assert_eq!(run(&o, &mut out), OK, "{}", last_error());
@@ -387,6 +391,7 @@ fn kv_cache_full_is_cache_full_and_leaves_the_cache_unchanged() {
         head_dim: 0,
         rope: 1,
         rope_base: 0.0,
+        weight_dtype: 0,
     };
     let mut layer = null_mut();
     let mut cache = null_mut();
@@ -487,6 +492,7 @@ fn handle_cycle(seed: u64) {
         head_dim: 0,
         rope: 1,
         rope_base: 0.0,
+        weight_dtype: 0,
     };
     let (b, l) = (2, 5);
     let x = seq(b * l * 16, 0.1 + seed as f32 * 1e-3);
@@ -496,10 +502,10 @@ fn handle_cycle(seed: u64) {
     let w = seq(16 * 16, 0.05);
     let weights = fa_mha_weights {
         struct_size: std::mem::size_of::<fa_mha_weights>(),
-        wq: w.as_ptr(),
-        wk: w.as_ptr(),
-        wv: w.as_ptr(),
-        wo: w.as_ptr(),
+        wq: w.as_ptr().cast(),
+        wk: w.as_ptr().cast(),
+        wv: w.as_ptr().cast(),
+        wo: w.as_ptr().cast(),
         bq: null(),
         bk: null(),
         bv: null(),
@@ -525,6 +531,20 @@ fn handle_cycle(seed: u64) {
         );
         let mut cache = null_mut();
         assert_eq!(fa_kv_cache_new(layer, b, 2 * l, &mut cache), OK);
+        // 16-bit weights and a 16-bit cache.
+        let cfg16 = fa_mha_config {
+            weight_dtype: fa_dtype::FA_DTYPE_BF16 as i32,
+            ..cfg
+        };
+        let mut layer16 = null_mut();
+        assert_eq!(fa_mha_new_random(&cfg16, 1, seed, &mut layer16), OK);
+        let mut cache16 = null_mut();
+        let rc = fa_kv_cache_new_typed(layer16, b, l, fa_dtype::FA_DTYPE_F16 as i32, &mut cache16);
+        assert_eq!(rc, OK, "{}", last_error());
+        let rc = fa_mha_forward_cached(layer16, cache16, x.as_ptr(), b, l, y.as_mut_ptr(), &o);
+        assert_eq!(rc, OK, "{}", last_error());
+        let rc = fa_mha_forward_cached(layer16, cache16, x.as_ptr(), b, 1, y.as_mut_ptr(), &o);
+        assert_eq!(rc, code(fa_status::FA_ERR_CACHE_FULL));
         assert_eq!(
             fa_mha_forward(layer, x.as_ptr(), b, l, y.as_mut_ptr(), &o),
             OK
@@ -572,7 +592,13 @@ fn handle_cycle(seed: u64) {
             fa_kv_cache_new(layer, 1 << 26, 1 << 28, &mut no_cache),
             code(fa_status::FA_ERR_ALLOC)
         );
+        let rc = fa_kv_cache_new_typed(layer, 1 << 26, 1 << 28, 2, &mut no_cache);
+        assert_eq!(rc, code(fa_status::FA_ERR_ALLOC));
+        let rc = fa_kv_cache_new_typed(layer, 1, 1, 3, &mut no_cache);
+        assert_eq!(rc, code(fa_status::FA_ERR_INVALID_ARGUMENT));
         assert!(none.is_null() && no_cache.is_null());
+        fa_kv_cache_free(cache16);
+        fa_mha_free(layer16);
         fa_kv_cache_free(cache);
         fa_mha_free(layer2);
         fa_mha_free(layer);

@@ -20,14 +20,16 @@ fn attention() -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     let strides = [288, 72, 8, 1];
     let t = fa_tensor {
-        data: x.as_mut_ptr(),
+        data: x.as_mut_ptr().cast(),
         dims,
         strides,
+        dtype: 0,
     };
     let mut o = fa_tensor {
-        data: out.as_mut_ptr(),
+        data: out.as_mut_ptr().cast(),
         dims,
         strides,
+        dtype: 0,
     };
     let opts = fa_sdpa_options {
         causal: 1,
