@@ -73,14 +73,15 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
     }
 }
 
-/// [`dot_group`] for four consecutive key rows at once (`kj`, `kj + ldk`, ...): four times
-/// the independent FMA chains and each query vector loaded once per four keys.
+/// [`dot_group`] for `KJ` consecutive key rows at once (`kj`, `kj + ldk`, ...): `KJ` times
+/// the independent FMA chains and each query vector loaded once per `KJ` keys. Each
+/// output is still one chain over `x` in order, so any `KJ` gives the same bits.
 ///
 /// # Safety
-/// As [`dot_group`], for key rows `kj + t·ldk`, `t < 4`, and outputs `s + r·lds + t`.
+/// As [`dot_group`], for key rows `kj + t·ldk`, `t < KJ`, and outputs `s + r·lds + t`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_group4<S: SimdOps, E: Element, const R: usize>(
+unsafe fn dot_groupk<S: SimdOps, E: Element, const R: usize, const KJ: usize>(
     d: usize,
     alpha: f32,
     q: *const f32,
@@ -93,18 +94,16 @@ unsafe fn dot_group4<S: SimdOps, E: Element, const R: usize>(
     let dvec = d - d % S::LANES;
     // SAFETY: reads stay within the rows described above; the ISA is present.
     unsafe {
-        let mut acc = [[S::zero(); 4]; R];
+        let mut acc = [[S::zero(); KJ]; R];
         let mut x = 0;
         while x < dvec {
-            let kv = [
-                load_as::<S, E>(kj.add(x)),
-                load_as::<S, E>(kj.add(ldk + x)),
-                load_as::<S, E>(kj.add(2 * ldk + x)),
-                load_as::<S, E>(kj.add(3 * ldk + x)),
-            ];
+            let mut kv = [S::zero(); KJ];
+            for (t, k) in kv.iter_mut().enumerate() {
+                *k = load_as::<S, E>(kj.add(t * ldk + x));
+            }
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = S::load(q.add(r * ldq + x));
-                for t in 0..4 {
+                for t in 0..KJ {
                     a[t] = S::fma(qv, kv[t], a[t]);
                 }
             }
@@ -147,14 +146,26 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element>(
             // Ask for the key rows PREFETCH_ROWS ahead: one stream per query group is too
             // little memory-level parallelism for the hardware prefetcher alone.
             prefetch_rows::<S, E>(kj.wrapping_add(PREFETCH_ROWS * ldk), 4, ldk, d);
+            // With 16 vector registers (AVX2), 3–4 rows × 4 keys of accumulators spill:
+            // those take the four keys as two pairs (3–4 × 2 + 2 + 1 registers).
+            let pairs = S::LANES < 16;
             let mut r0 = 0;
             while r0 < rows {
                 let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
+                let (k2, s2) = (kj.add(2 * ldk), sr.add(2));
                 match rows - r0 {
-                    1 => dot_group4::<S, E, 1>(d, alpha, qr, ldq, kj, ldk, sr, lds),
-                    2 => dot_group4::<S, E, 2>(d, alpha, qr, ldq, kj, ldk, sr, lds),
-                    3 => dot_group4::<S, E, 3>(d, alpha, qr, ldq, kj, ldk, sr, lds),
-                    _ => dot_group4::<S, E, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    1 => dot_groupk::<S, E, 1, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    2 => dot_groupk::<S, E, 2, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    3 if pairs => {
+                        dot_groupk::<S, E, 3, 2>(d, alpha, qr, ldq, kj, ldk, sr, lds);
+                        dot_groupk::<S, E, 3, 2>(d, alpha, qr, ldq, k2, ldk, s2, lds);
+                    }
+                    3 => dot_groupk::<S, E, 3, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    _ if pairs => {
+                        dot_groupk::<S, E, 4, 2>(d, alpha, qr, ldq, kj, ldk, sr, lds);
+                        dot_groupk::<S, E, 4, 2>(d, alpha, qr, ldq, k2, ldk, s2, lds);
+                    }
+                    _ => dot_groupk::<S, E, 4, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
                 }
                 r0 += 4;
             }
@@ -179,9 +190,139 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element>(
     }
 }
 
+/// Value rows per block of [`axpy_rows_body`]: a block of V (64 rows of up to 128 f32, 32
+/// KiB) stays in L1 while each slice of its columns is accumulated in registers.
+const AXPY_BLOCK: usize = 64;
+
+/// `O[r, x0 .. x0 + NV·LANES] += Σ_j P[r, j]·V[j, x0 ..]` for `R` rows and the value rows
+/// `j0 .. j1`, with the `R × NV` output vectors held in registers across the block. Zero
+/// weights are skipped; each element is still accumulated key by key, in order, with one
+/// FMA per key, exactly as one row at a time would.
+///
+/// # Safety
+/// As [`axpy_rows_body`], for rows `0..R`, value rows `j0..j1` and columns
+/// `x0 .. x0 + NV·LANES ≤ dv`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_block<S: SimdOps, E: Element, const R: usize, const NV: usize, const SKIP: bool>(
+    j0: usize,
+    j1: usize,
+    x0: usize,
+    prefetch_dv: usize,
+    p: *const f32,
+    ldp: usize,
+    v: *const E,
+    ldv: usize,
+    o: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: every access is inside the rows and columns named above (caller contract).
+    unsafe {
+        let mut acc = [[S::zero(); NV]; R];
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (c, x) in a.iter_mut().enumerate() {
+                *x = S::load(o.add(r * ldo + x0 + c * S::LANES));
+            }
+        }
+        for j in j0..j1 {
+            if prefetch_dv > 0 {
+                // The row one block ahead (never faults, even past the end).
+                let ahead = v.wrapping_add((j + AXPY_BLOCK) * ldv);
+                prefetch_rows::<S, E>(ahead, 1, ldv, prefetch_dv);
+            }
+            let vj = v.add(j * ldv + x0);
+            let mut vv = [S::zero(); NV];
+            for (c, x) in vv.iter_mut().enumerate() {
+                *x = load_as::<S, E>(vj.add(c * S::LANES));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pr = *p.add(r * ldp + j);
+                if SKIP && pr == 0.0 {
+                    continue;
+                }
+                let ps = S::splat(pr);
+                for (x, &w) in a.iter_mut().zip(&vv) {
+                    *x = S::fma(ps, w, *x);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (c, &x) in a.iter().enumerate() {
+                S::store(o.add(r * ldo + x0 + c * S::LANES), x);
+            }
+        }
+    }
+}
+
+/// [`axpy_block`] for `R` rows over every column slice of the block: two vectors at a
+/// time, then one, then the scalar tail. With `prefetch`, the first slice also prefetches
+/// the next block's rows, one per key.
+///
+/// # Safety
+/// As [`axpy_block`], for all `dv` columns.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
+    j0: usize,
+    j1: usize,
+    dv: usize,
+    prefetch: bool,
+    p: *const f32,
+    ldp: usize,
+    v: *const E,
+    ldv: usize,
+    o: *mut f32,
+    ldo: usize,
+) {
+    let (two, one) = (2 * S::LANES, S::LANES);
+    let mut x0 = 0;
+    // SAFETY: the column slices stay below dv; forwarded contract.
+    unsafe {
+        let mut pf = if prefetch { dv } else { 0 };
+        // Zero weights (keys a row cannot see) must not touch V; blocks without any take
+        // the branch-free loop (the same FMAs, so the same bits).
+        let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
+        while x0 + two <= dv {
+            if zeros {
+                axpy_block::<S, E, R, 2, true>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            } else {
+                axpy_block::<S, E, R, 2, false>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            }
+            x0 += two;
+            pf = 0;
+        }
+        if x0 + one <= dv {
+            if zeros {
+                axpy_block::<S, E, R, 1, true>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            } else {
+                axpy_block::<S, E, R, 1, false>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            }
+            x0 += one;
+        }
+        for r in 0..R {
+            for x in x0..dv {
+                let orow = o.add(r * ldo);
+                let mut t = *orow.add(x);
+                for j in j0..j1 {
+                    let pr = *p.add(r * ldp + j);
+                    if pr != 0.0 {
+                        t += pr * (*v.add(j * ldv + x)).to_f32();
+                    }
+                }
+                *orow.add(x) = t;
+            }
+        }
+    }
+}
+
 /// # Safety
 /// P `rows × n` (stride `ldp`), V `n × dv` (stride `ldv`) readable, O `rows × dv` (stride
 /// `ldo`) readable and writable; the ISA of `S` is present.
+///
+/// Blocks of [`AXPY_BLOCK`] value rows; within a block, groups of up to four output rows
+/// keep two vectors of each row in registers across all the block's keys, so O is loaded
+/// and stored once per block instead of once per key (the per-key form was bound by its
+/// stores: one 32-byte store per 8 values of V on AVX2).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
@@ -195,30 +336,20 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
     o: *mut f32,
     ldo: usize,
 ) {
-    let dvec = dv - dv % S::LANES;
-    for j in 0..n {
-        // SAFETY: row j < n of V, rows r < rows of P and O; forwarded contract.
+    for j0 in (0..n).step_by(AXPY_BLOCK) {
+        let j1 = (j0 + AXPY_BLOCK).min(n);
+        // SAFETY: rows j0..j1 ≤ n of V, rows r0.. < rows of P and O; forwarded contract.
         unsafe {
-            let vj = v.add(j * ldv);
-            prefetch_rows::<S, E>(vj.wrapping_add(PREFETCH_ROWS * ldv), 1, ldv, dv);
-            for r in 0..rows {
-                let pr = *p.add(r * ldp + j);
-                if pr == 0.0 {
-                    continue;
+            let mut r0 = 0;
+            while r0 < rows {
+                let (pr, or, pf) = (p.add(r0 * ldp), o.add(r0 * ldo), r0 == 0);
+                match rows - r0 {
+                    1 => axpy_block_rows::<S, E, 1>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
+                    2 => axpy_block_rows::<S, E, 2>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
+                    3 => axpy_block_rows::<S, E, 3>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
+                    _ => axpy_block_rows::<S, E, 4>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
                 }
-                let ps = S::splat(pr);
-                let orow = o.add(r * ldo);
-                let mut x = 0;
-                while x < dvec {
-                    S::store(
-                        orow.add(x),
-                        S::fma(ps, load_as::<S, E>(vj.add(x)), S::load(orow.add(x))),
-                    );
-                    x += S::LANES;
-                }
-                for x in dvec..dv {
-                    *orow.add(x) += pr * (*vj.add(x)).to_f32();
-                }
+                r0 += 4;
             }
         }
     }
