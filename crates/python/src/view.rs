@@ -149,11 +149,11 @@ impl<'py> View<'py> {
     /// Reads `obj` (`what` names it in error messages).
     pub(crate) fn new(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<View<'py>> {
         if let Ok(arr) = obj.cast::<PyUntypedArray>() {
-            return View::numpy(arr, what);
+            return View::numpy(arr, what, true);
         }
         if let Some(t) = torch(obj.py())? {
             if t.is_tensor(obj)? {
-                return View::torch(t, obj, what);
+                return View::torch(t, obj, what, true);
             }
         }
         Err(PyTypeError::new_err(format!(
@@ -162,7 +162,8 @@ impl<'py> View<'py> {
         )))
     }
 
-    fn numpy(arr: &Bound<'py, PyUntypedArray>, what: &str) -> PyResult<View<'py>> {
+    /// `may_copy`: whether an array that cannot be read in place may be copied (once).
+    fn numpy(arr: &Bound<'py, PyUntypedArray>, what: &str, may_copy: bool) -> PyResult<View<'py>> {
         let py = arr.py();
         let dtype = arr.dtype();
         let num = dtype.num();
@@ -201,13 +202,19 @@ impl<'py> View<'py> {
             }
         }
         if !direct {
-            // Negative or odd strides, misaligned or byte-swapped data: one contiguous,
-            // native copy, then read that.
+            if !may_copy {
+                return Err(PyValueError::new_err(format!(
+                    "{what}: numpy could not make an aligned, native-order copy"
+                )));
+            }
+            // Negative or odd strides, misaligned or byte-swapped data: one new contiguous,
+            // aligned, native copy (`numpy.array` copies even a contiguous input), then
+            // read that.
             let np = py.import(intern!(py, "numpy"))?;
             let native = dtype.call_method1(intern!(py, "newbyteorder"), ("=",))?;
-            let copy = np.call_method1(intern!(py, "ascontiguousarray"), (arr, native))?;
+            let copy = np.call_method1(intern!(py, "array"), (arr, native))?;
             let copy = copy.cast_into::<PyUntypedArray>()?;
-            return View::numpy(&copy, what);
+            return View::numpy(&copy, what, false);
         }
         Ok(View {
             obj: arr.clone().into_any(),
@@ -219,7 +226,8 @@ impl<'py> View<'py> {
         })
     }
 
-    fn torch(t: &Torch, obj: &Bound<'py, PyAny>, what: &str) -> PyResult<View<'py>> {
+    /// `may_copy`: as in [`View::numpy`].
+    fn torch(t: &Torch, obj: &Bound<'py, PyAny>, what: &str, may_copy: bool) -> PyResult<View<'py>> {
         let py = obj.py();
         let dtype = obj.getattr(intern!(py, "dtype"))?;
         let elem = if dtype.is(&t.f32) {
@@ -253,8 +261,15 @@ impl<'py> View<'py> {
         let raw: Vec<isize> = obj.call_method0(intern!(py, "stride"))?.extract()?;
         let addr: usize = obj.call_method0(intern!(py, "data_ptr"))?.extract()?;
         let empty = shape.contains(&0);
+        let copy = |why: &str| -> PyResult<View<'py>> {
+            if !may_copy {
+                return Err(PyValueError::new_err(format!("{what}: {why}")));
+            }
+            let c = obj.call_method0(intern!(py, "clone"))?;
+            View::torch(t, &c.call_method0(intern!(py, "contiguous"))?, what, false)
+        };
         if !empty && !addr.is_multiple_of(elem.size()) {
-            return View::torch(t, &obj.call_method0(intern!(py, "clone"))?, what);
+            return copy("misaligned data");
         }
         let mut strides = Vec::with_capacity(shape.len());
         for (&d, &s) in shape.iter().zip(&raw) {
@@ -263,7 +278,7 @@ impl<'py> View<'py> {
             } else if s >= 0 {
                 strides.push(s as usize);
             } else {
-                return View::torch(t, &obj.call_method0(intern!(py, "contiguous"))?, what);
+                return copy("negative stride");
             }
         }
         Ok(View {
