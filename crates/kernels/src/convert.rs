@@ -6,7 +6,7 @@
 //!   round-to-nearest-even on the bit pattern, NaN kept quiet. Both equal the `half`
 //!   crate's conversions ([`to_f32_ref`], [`from_f32_ref`]), bit for bit on non-NaN values.
 //!
-//! The packing routines and decode kernels use the same per-ISA loads ([`SimdOps`]), so
+//! The packing routines and decode kernels use the same per-ISA loads (`SimdOps`), so
 //! what is tested here is what they run.
 
 use crate::dispatch::Isa;

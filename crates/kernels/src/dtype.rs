@@ -156,7 +156,7 @@ impl SliceMut<'_> {
     }
 }
 
-/// An element type the kernels read and write: `f32`, [`f16`] or [`bf16`] (sealed).
+/// An element type the kernels read and write: `f32`, [`f16`](struct@f16) or [`bf16`] (sealed).
 ///
 /// ```
 /// use fastattn_kernels::{bf16, Element};

@@ -805,7 +805,7 @@ fn view_extent(
 }
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
-/// `T` is f32 or a 16-bit storage type ([`Element`](crate::Element)), which the GEMM
+/// `T` is f32 or a 16-bit storage type ([`Element`]), which the GEMM
 /// converts to f32 as it packs.
 #[derive(Debug)]
 pub struct MatRef<'a, T = f32> {
