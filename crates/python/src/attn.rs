@@ -582,8 +582,11 @@ impl<'a> Job<'a> {
         scores: &'a Scores,
         par: Parallelism,
     ) -> PyResult<Job<'a>> {
-        for (name, d, l) in [("query", &q, &plan.q), ("key", &k, &plan.k), ("value", &v, &plan.v)]
-        {
+        for (name, d, l) in [
+            ("query", &q, &plan.q),
+            ("key", &k, &plan.k),
+            ("value", &v, &plan.v),
+        ] {
             float_input(name, d)?;
             let need = span(&l.shape, &l.strides)?;
             let have = match d {
@@ -673,15 +676,9 @@ impl<'a> Job<'a> {
             }
             let off = offset(&idx, &out_outer);
             let out: DynTensorMut<'_> = match &mut self.out {
-                DataMut::F32(x) => {
-                    TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into()
-                }
-                DataMut::F16(x) => {
-                    TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into()
-                }
-                DataMut::BF16(x) => {
-                    TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into()
-                }
+                DataMut::F32(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
+                DataMut::F16(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
+                DataMut::BF16(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
             };
             let mut extras = SdpaOutputs::default();
             if let Some(l) = self.lse.as_deref_mut() {

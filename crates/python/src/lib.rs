@@ -5,15 +5,15 @@
 //! directly ([`attention::sdpa_into_dyn`]), not the C ABI.
 //!
 //! * Inputs are numpy arrays or torch CPU tensors of float32, float16 or bfloat16 with any
-//!   strides, read in place ([`view`]); outputs are allocated in the kind of the query and
+//!   strides, read in place (module `view`); outputs are allocated in the kind of the query and
 //!   written in place.
 //! * Each Python function's shape rules (torch's SDPA: broadcasting, grouped heads, 2-D to
 //!   N-D; FlashAttention-2's `[B, L, H, D]`) become one or more library calls on strided
-//!   4-D views ([`attn`]). Torch's top-left causal mask is expressed without a mask tensor
-//!   ([`attn::top_left_causal`]).
+//!   4-D views (module `attn`). Torch's top-left causal mask is expressed without a mask tensor
+//!   (`attn::top_left_causal`).
 //! * The GIL is released while the library computes; the thread count follows
 //!   `torch.get_num_threads()` for torch inputs and `fastattn.set_num_threads` otherwise
-//!   ([`pool`]).
+//!   (module `pool`).
 //! * Every refusal is a Python exception: `TypeError` for a wrong kind or dtype,
 //!   `ValueError` for shapes and options, with the library's message.
 //!
@@ -57,7 +57,9 @@ fn needs_graph(py: Python<'_>, objs: &[Option<&Bound<'_, PyAny>>]) -> PyResult<b
 /// Calls `fastattn._autograd.call(name, args)`.
 fn with_graph(py: Python<'_>, name: &str, args: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
     let m = py.import(intern!(py, "fastattn._autograd"))?;
-    Ok(m.getattr(intern!(py, "call"))?.call1((name, args))?.unbind())
+    Ok(m.getattr(intern!(py, "call"))?
+        .call1((name, args))?
+        .unbind())
 }
 
 /// The threads for a call whose query is `q`.
@@ -271,11 +273,7 @@ fn scaled_dot_product_attention<'py>(
         let args = (
             query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
         );
-        return with_graph(
-            py,
-            "scaled_dot_product_attention",
-            args.into_pyobject(py)?,
-        );
+        return with_graph(py, "scaled_dot_product_attention", args.into_pyobject(py)?);
     }
     let o = torch_semantics(
         py,
@@ -451,9 +449,8 @@ fn flash_attn_func<'py>(
         let lens = lens
             .into_iter()
             .map(|n| {
-                usize::try_from(n).map_err(|_| {
-                    PyValueError::new_err(format!("kv_lengths: {n} is negative"))
-                })
+                usize::try_from(n)
+                    .map_err(|_| PyValueError::new_err(format!("kv_lengths: {n} is negative")))
             })
             .collect::<PyResult<Vec<usize>>>()?;
         plan.masking.kv_lengths = Some(KvLengths::Each(lens));

@@ -20,10 +20,10 @@ use attention::{bf16, f16};
 use numpy::npyffi::{self, NPY_TYPES};
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
-use pyo3::intern;
 use std::ffi::c_int;
 
 /// Element types the binding reads and writes.
@@ -85,7 +85,9 @@ pub(crate) fn torch(py: Python<'_>) -> PyResult<Option<&Torch>> {
     if let Some(t) = TORCH.get(py) {
         return Ok(Some(t));
     }
-    let modules = py.import(intern!(py, "sys"))?.getattr(intern!(py, "modules"))?;
+    let modules = py
+        .import(intern!(py, "sys"))?
+        .getattr(intern!(py, "modules"))?;
     if !modules.contains(intern!(py, "torch"))? {
         return Ok(None);
     }
@@ -190,7 +192,8 @@ impl<'py> View<'py> {
         let addr = unsafe { (*npyffi::_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data } as usize;
         let empty = shape.contains(&0);
         let mut strides = Vec::with_capacity(shape.len());
-        let mut direct = empty || (addr.is_multiple_of(size) && dtype.is_native_byteorder() != Some(false));
+        let mut direct =
+            empty || (addr.is_multiple_of(size) && dtype.is_native_byteorder() != Some(false));
         for (&d, &s) in shape.iter().zip(arr.strides()) {
             if d <= 1 || empty {
                 strides.push(0);
@@ -227,7 +230,12 @@ impl<'py> View<'py> {
     }
 
     /// `may_copy`: as in [`View::numpy`].
-    fn torch(t: &Torch, obj: &Bound<'py, PyAny>, what: &str, may_copy: bool) -> PyResult<View<'py>> {
+    fn torch(
+        t: &Torch,
+        obj: &Bound<'py, PyAny>,
+        what: &str,
+        may_copy: bool,
+    ) -> PyResult<View<'py>> {
         let py = obj.py();
         let dtype = obj.getattr(intern!(py, "dtype"))?;
         let elem = if dtype.is(&t.f32) {
@@ -393,7 +401,9 @@ impl<'py> Output<'py> {
     pub(crate) fn zeros(like: &View<'py>, shape: &[usize], elem: Elem) -> PyResult<Output<'py>> {
         let py = like.obj.py();
         if elem == Elem::Bool {
-            return Err(PyTypeError::new_err("outputs are float32, float16 or bfloat16"));
+            return Err(PyTypeError::new_err(
+                "outputs are float32, float16 or bfloat16",
+            ));
         }
         let len = shape
             .iter()
@@ -427,7 +437,9 @@ impl<'py> Output<'py> {
             }
         };
         if len > 0 && addr % elem.size() != 0 {
-            return Err(PyValueError::new_err("allocator returned misaligned memory"));
+            return Err(PyValueError::new_err(
+                "allocator returned misaligned memory",
+            ));
         }
         Ok(Output {
             obj,
