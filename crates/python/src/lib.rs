@@ -28,7 +28,7 @@ use attn::{Alibi, KvLengths, MaskBuf, Plan, Scores};
 use pool::Threads;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 use view::{Elem, Kind, Output, View};
 
@@ -56,9 +56,19 @@ fn needs_graph(py: Python<'_>, objs: &[Option<&Bound<'_, PyAny>>]) -> PyResult<b
 
 /// Calls `fastattn._autograd.call(name, args)`.
 fn with_graph(py: Python<'_>, name: &str, args: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+    with_graph_kw(py, name, args, None)
+}
+
+/// Calls `fastattn._autograd.call(name, args, kwargs)`.
+fn with_graph_kw<'py>(
+    py: Python<'py>,
+    name: &str,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+) -> PyResult<Py<PyAny>> {
     let m = py.import(intern!(py, "fastattn._autograd"))?;
     Ok(m.getattr(intern!(py, "call"))?
-        .call1((name, args))?
+        .call1((name, args, kwargs))?
         .unbind())
 }
 
@@ -369,10 +379,12 @@ fn window(x: i64, side: &str) -> PyResult<Option<usize>> {
 /// * `alibi_slopes`: `(Hq,)` or `(B, Hq)`; subtracts `slope * |pos - j|`.
 /// * `return_lse`: also return the log-sum-exp `[B, Hq, Lq]` (float32): `(out, lse)`.
 /// * `kv_lengths`: `B` valid key counts (keys past them are padding).
-/// * `attn_mask`: a bool or additive mask broadcast to `[B, Hq, Lq, Lk]` (not in
-///   FlashAttention-2; the library has it).
+/// * `attn_mask` (keyword): a bool or additive mask broadcast to `[B, Hq, Lq, Lk]` (not
+///   in FlashAttention-2; the library has it).
+/// * `dropout_p`, `deterministic` (keywords, for FlashAttention-2 callers): dropout must
+///   be 0; every call is deterministic (bit-identical at any thread count).
 #[pyfunction]
-#[pyo3(signature = (q, k, v, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=false, kv_lengths=None, attn_mask=None))]
+#[pyo3(signature = (q, k, v, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=false, kv_lengths=None, *, attn_mask=None, dropout_p=0.0, deterministic=true))]
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_func<'py>(
     py: Python<'py>,
@@ -387,7 +399,16 @@ fn flash_attn_func<'py>(
     return_lse: bool,
     kv_lengths: Option<&Bound<'py, PyAny>>,
     attn_mask: Option<&Bound<'py, PyAny>>,
+    dropout_p: f64,
+    deterministic: bool,
 ) -> PyResult<Py<PyAny>> {
+    if dropout_p != 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "dropout_p must be 0.0: fastattn has no dropout (got {dropout_p})"
+        )));
+    }
+    // Results never depend on the thread count: every call is deterministic.
+    let _ = deterministic;
     if needs_graph(py, &[Some(q), Some(k), Some(v), attn_mask])? {
         let args = (
             q,
@@ -400,9 +421,10 @@ fn flash_attn_func<'py>(
             alibi_slopes,
             return_lse,
             kv_lengths,
-            attn_mask,
         );
-        return with_graph(py, "flash_attn_func", args.into_pyobject(py)?);
+        let kw = PyDict::new(py);
+        kw.set_item(intern!(py, "attn_mask"), attn_mask)?;
+        return with_graph_kw(py, "flash_attn_func", args.into_pyobject(py)?, Some(kw));
     }
     let qv = View::new(q, "q")?;
     let kv = View::new(k, "k")?;

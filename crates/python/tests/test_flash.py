@@ -130,3 +130,16 @@ def test_decode_against_a_long_cache_with_lengths():
     want, want_lse = reference(q, k, v, causal=True, kv_lengths=lens)
     assert_close(out, want, atol=2e-5, case="decode seed 33")
     assert (out[2] == 0).all() and (lse[2] == float("-inf")).all()
+
+
+def test_flash_attention_2_keywords_and_grad_inputs():
+    gen = torch.Generator().manual_seed(34)
+    q = torch.randn(1, 6, 2, 16, generator=gen, requires_grad=True)
+    k, v = (torch.randn(1, 6, 2, 16, generator=gen) for _ in range(2))
+    mask = torch.rand(1, 1, 6, 6, generator=gen) > 0.3
+    out = fastattn.flash_attn_func(q, k, v, dropout_p=0.0, deterministic=True, attn_mask=mask)
+    want, _ = reference(q.detach(), k, v, mask=mask)
+    assert out.grad_fn is not None
+    assert_close(out.detach(), want, atol=2e-5, case="grad + keywords seed 34")
+    with pytest.raises(NotImplementedError, match="no backward"):
+        out.sum().backward()

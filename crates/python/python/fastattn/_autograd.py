@@ -25,15 +25,18 @@ class _NoBackward(torch.autograd.Function):
         raise NotImplementedError(NO_BACKWARD)
 
 
-def call(name, args):
-    """``_fastattn.<name>(*args)`` inside a node whose backward raises."""
+def call(name, args, kwargs=None):
+    """``_fastattn.<name>(*args, **kwargs)`` inside a node whose backward raises."""
     fn = getattr(_fastattn, name)
-    positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    kwargs = dict(kwargs or {})
+    values = list(args) + list(kwargs.values())
+    names = list(kwargs)
+    positions = [i for i, a in enumerate(values) if isinstance(a, torch.Tensor)]
 
     def run(*tensors):
-        full = list(args)
+        full = list(values)
         for i, t in zip(positions, tensors):
             full[i] = t
-        return fn(*full)
+        return fn(*full[: len(args)], **dict(zip(names, full[len(args) :])))
 
-    return _NoBackward.apply(run, *[args[i] for i in positions])
+    return _NoBackward.apply(run, *[values[i] for i in positions])
