@@ -38,7 +38,10 @@ def flash_attn_func(
     alibi_slopes: Optional[_Seq] = None,
     return_lse: bool = False,
     kv_lengths: Optional[Union[Sequence[int], Any]] = None,
+    *,
     attn_mask: Optional[Any] = None,
+    dropout_p: float = 0.0,
+    deterministic: bool = True,
 ) -> Union[T, Tuple[T, T]]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
