@@ -21,6 +21,7 @@
 //! integration and the benchmark.
 
 mod attn;
+mod dlpack;
 mod pool;
 mod view;
 
@@ -44,14 +45,15 @@ fn needs_graph(py: Python<'_>, objs: &[Option<&Bound<'_, PyAny>>]) -> PyResult<b
     let Some(t) = view::torch(py)? else {
         return Ok(false);
     };
-    let mut any_tensor_wants_grad = false;
+    if !t.is_grad_enabled.call0(py)?.extract::<bool>(py)? {
+        return Ok(false);
+    }
     for o in objs.iter().flatten() {
         if t.is_tensor(o)? && o.getattr(intern!(py, "requires_grad"))?.extract::<bool>()? {
-            any_tensor_wants_grad = true;
-            break;
+            return Ok(true);
         }
     }
-    Ok(any_tensor_wants_grad && t.is_grad_enabled.call0(py)?.extract::<bool>(py)?)
+    Ok(false)
 }
 
 /// Calls `fastattn._autograd.call(name, args)`.

@@ -8,14 +8,17 @@
 //!   array the library cannot address in place (a negative stride, a stride that is not a
 //!   multiple of the element size, misaligned data, non-native byte order) is copied once
 //!   with `numpy.ascontiguousarray`, and the copy is read instead.
-//! * torch: `data_ptr()`, `shape`, `stride()` and `dtype` of a strided CPU tensor (torch
-//!   strides are in elements and never negative; torch checks that a view lies inside its
-//!   storage). No `numpy()` round trip, so bfloat16 needs no numpy dtype. A misaligned
+//! * torch: a plain `torch.Tensor` (or `Parameter`) is read in one C call through torch's
+//!   DLPack exchange table (`crate::dlpack`); a subclass, or a torch without the table,
+//!   through `data_ptr()`, `shape`, `stride()`, `dtype`, `layout` and `is_cpu`. Either
+//!   way strides are in elements and never negative, and torch keeps a view inside its
+//!   storage. No `numpy()` round trip, so bfloat16 needs no numpy dtype. A misaligned
 //!   tensor (`torch.frombuffer` at an odd offset) is cloned.
 //!
-//! Outputs are allocated zeroed in the kind of a given input (`new_zeros` on the torch
-//! tensor, `numpy.zeros`-like for arrays) and written in place.
+//! Outputs are allocated zeroed in the kind of a given input (torch: the exchange table's
+//! allocator, else `new_empty`, then zeroed here; numpy: `zeros`) and written in place.
 
+use crate::dlpack::{self, Api, DataType};
 use attention::{bf16, f16};
 use numpy::npyffi::{self, NPY_TYPES};
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
@@ -75,6 +78,10 @@ pub(crate) struct Torch {
     pub(crate) get_num_threads: Py<PyAny>,
     /// `torch.is_grad_enabled`.
     pub(crate) is_grad_enabled: Py<PyAny>,
+    /// `torch.nn.Parameter` (read through the exchange table, like `torch.Tensor`).
+    parameter: Py<PyType>,
+    /// torch's DLPack exchange table, where it has one.
+    api: Option<Api>,
 }
 
 static TORCH: PyOnceLock<Torch> = PyOnceLock::new();
@@ -104,6 +111,12 @@ pub(crate) fn torch(py: Python<'_>) -> PyResult<Option<&Torch>> {
                 bool_: get("bool")?,
                 get_num_threads: get("get_num_threads")?,
                 is_grad_enabled: get("is_grad_enabled")?,
+                parameter: t
+                    .getattr("nn")?
+                    .getattr("Parameter")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+                api: Api::of(&t.getattr("Tensor")?),
             })
         })
         .map(Some)
@@ -123,6 +136,34 @@ impl Torch {
     /// Whether `obj` is a `torch.Tensor`.
     pub(crate) fn is_tensor(&self, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         obj.is_instance(self.tensor.bind(obj.py()))
+    }
+
+    /// The exchange table, for objects whose type is exactly `torch.Tensor` or
+    /// `torch.nn.Parameter` (subclasses such as fake or functional tensors go through their
+    /// attributes, which may dispatch to Python).
+    fn api_for(&self, obj: &Bound<'_, PyAny>) -> Option<&Api> {
+        let ty = obj.get_type();
+        let py = obj.py();
+        if ty.is(self.tensor.bind(py)) || ty.is(self.parameter.bind(py)) {
+            self.api.as_ref()
+        } else {
+            None
+        }
+    }
+}
+
+/// The DLPack data type of an element type.
+fn dl_dtype(e: Elem) -> DataType {
+    let (code, bits) = match e {
+        Elem::F32 => (dlpack::FLOAT, 32),
+        Elem::F16 => (dlpack::FLOAT, 16),
+        Elem::BF16 => (dlpack::BFLOAT, 16),
+        Elem::Bool => (dlpack::BOOL, 8),
+    };
+    DataType {
+        code,
+        bits,
+        lanes: 1,
     }
 }
 
@@ -236,6 +277,60 @@ impl<'py> View<'py> {
         what: &str,
         may_copy: bool,
     ) -> PyResult<View<'py>> {
+        if let Some(api) = t.api_for(obj) {
+            if let Some(v) = View::torch_dlpack(api, obj) {
+                return Ok(v);
+            }
+        }
+        View::torch_attributes(t, obj, what, may_copy)
+    }
+
+    /// A torch tensor read through the exchange table; `None` for anything the direct
+    /// path would not take as is (another device or dtype, a negative stride, misaligned
+    /// data): the attribute path then copies it or says why not.
+    fn torch_dlpack(api: &Api, obj: &Bound<'py, PyAny>) -> Option<View<'py>> {
+        let d = api.read(obj)?;
+        if d.device.device_type != dlpack::CPU {
+            return None;
+        }
+        let elem = [Elem::F32, Elem::F16, Elem::BF16, Elem::Bool]
+            .into_iter()
+            .find(|&e| dl_dtype(e) == d.dtype)?;
+        let shape: Vec<usize> = d
+            .shape
+            .iter()
+            .map(|&x| usize::try_from(x).ok())
+            .collect::<Option<_>>()?;
+        let empty = shape.contains(&0);
+        if !empty && !d.addr.is_multiple_of(elem.size()) {
+            return None;
+        }
+        let mut strides = Vec::with_capacity(shape.len());
+        for (&n, &st) in shape.iter().zip(&d.strides) {
+            strides.push(if n <= 1 || empty {
+                0
+            } else {
+                usize::try_from(st).ok()?
+            });
+        }
+        Some(View {
+            obj: obj.clone(),
+            addr: d.addr,
+            elem,
+            kind: Kind::Torch,
+            shape,
+            strides,
+        })
+    }
+
+    /// A torch tensor read through `dtype`, `layout`, `is_cpu`, `shape`, `stride()` and
+    /// `data_ptr()`.
+    fn torch_attributes(
+        t: &Torch,
+        obj: &Bound<'py, PyAny>,
+        what: &str,
+        may_copy: bool,
+    ) -> PyResult<View<'py>> {
         let py = obj.py();
         let dtype = obj.getattr(intern!(py, "dtype"))?;
         let elem = if dtype.is(&t.f32) {
@@ -274,7 +369,7 @@ impl<'py> View<'py> {
                 return Err(PyValueError::new_err(format!("{what}: {why}")));
             }
             let c = obj.call_method0(intern!(py, "clone"))?;
-            View::torch(t, &c.call_method0(intern!(py, "contiguous"))?, what, false)
+            View::torch_attributes(t, &c.call_method0(intern!(py, "contiguous"))?, what, false)
         };
         if !empty && !addr.is_multiple_of(elem.size()) {
             return copy("misaligned data");
@@ -410,15 +505,29 @@ impl<'py> Output<'py> {
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| PyValueError::new_err("output size overflows"))?;
         let dims = PyTuple::new(py, shape)?;
-        let obj = match like.kind {
-            Kind::Torch => {
+        // torch: through the exchange table when it can allocate, else `new_empty`.
+        let fast = match (like.kind, torch(py)?) {
+            (Kind::Torch, Some(t)) => t
+                .api_for(&like.obj)
+                .and_then(|api| api.alloc(py, shape, dl_dtype(elem))),
+            _ => None,
+        };
+        let obj = match (like.kind, &fast) {
+            (Kind::Torch, Some((o, _))) => o.clone(),
+            // `new_empty`, zeroed below: torch's `new_zeros` fills large tensors on its
+            // OpenMP threads, which then spin for a while and take the cores from the
+            // attention call that follows.
+            (Kind::Torch, None) if elem == like.elem => {
+                like.obj.call_method1(intern!(py, "new_empty"), (dims,))?
+            }
+            (Kind::Torch, None) => {
                 let t = torch(py)?.ok_or_else(|| PyTypeError::new_err("torch is not imported"))?;
                 let kw = PyDict::new(py);
                 kw.set_item(intern!(py, "dtype"), t.dtype(py, elem))?;
                 like.obj
-                    .call_method(intern!(py, "new_zeros"), (dims,), Some(&kw))?
+                    .call_method(intern!(py, "new_empty"), (dims,), Some(&kw))?
             }
-            Kind::Numpy => match elem {
+            (Kind::Numpy, _) => match elem {
                 Elem::F32 => numpy::PyArray::<f32, _>::zeros(py, shape, false).into_any(),
                 Elem::F16 => numpy::PyArray::<f16, _>::zeros(py, shape, false).into_any(),
                 _ => {
@@ -428,18 +537,25 @@ impl<'py> Output<'py> {
                 }
             },
         };
-        let addr = match like.kind {
-            Kind::Torch => obj.call_method0(intern!(py, "data_ptr"))?.extract()?,
-            Kind::Numpy => {
+        let addr = match (like.kind, &fast) {
+            (Kind::Torch, Some((_, addr))) => *addr,
+            (Kind::Torch, None) => obj.call_method0(intern!(py, "data_ptr"))?.extract()?,
+            (Kind::Numpy, _) => {
                 let arr = obj.cast::<PyUntypedArray>()?;
                 // SAFETY: a live numpy array, as in `View::numpy`.
                 unsafe { (*npyffi::_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data as usize }
             }
         };
-        if len > 0 && addr % elem.size() != 0 {
+        if len > 0 && !addr.is_multiple_of(elem.size()) {
             return Err(PyValueError::new_err(
                 "allocator returned misaligned memory",
             ));
+        }
+        if like.kind == Kind::Torch && len > 0 {
+            // SAFETY: `obj` is a new contiguous tensor of `len` elements of `elem.size()`
+            // bytes at `addr` (torch's allocator), owned here and seen by no one else yet;
+            // zero bytes are a valid value of every element type.
+            unsafe { std::ptr::write_bytes(addr as *mut u8, 0, len * elem.size()) };
         }
         Ok(Output {
             obj,

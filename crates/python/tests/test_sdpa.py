@@ -268,3 +268,23 @@ def test_attention_weights_and_lse():
     assert_close(w.sum(-1), torch.ones(1, 7), atol=1e-6, case="rows sum to 1")
     wn, ln = fastattn.attention_weights(q.numpy(), k.numpy(), v.numpy(), enable_gqa=True)
     assert isinstance(wn, np.ndarray) and isinstance(ln, np.ndarray)
+
+
+class _Sub(torch.Tensor):
+    """A tensor subclass: read through its attributes, not the DLPack exchange table."""
+
+
+def test_tensor_subclasses_and_parameters_read_the_same():
+    gen = torch.Generator().manual_seed(14)
+    q, k, v = (torch.randn(1, 2, 8, 16, generator=gen) for _ in range(3))
+    want = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    got = fastattn.scaled_dot_product_attention(q.as_subclass(_Sub), k.as_subclass(_Sub), v, is_causal=True)
+    assert torch.equal(torch.Tensor(got), want) if isinstance(got, _Sub) else torch.equal(got, want)
+    p = torch.nn.Parameter(k.clone())
+    with torch.no_grad():
+        assert torch.equal(fastattn.scaled_dot_product_attention(q, p, v, is_causal=True), want)
+    # Strided, bf16 and a transposed subclass view through both paths.
+    qt = q.transpose(2, 3).contiguous().transpose(2, 3).bfloat16()
+    a = fastattn.scaled_dot_product_attention(qt, k.bfloat16(), v.bfloat16())
+    b = fastattn.scaled_dot_product_attention(qt.as_subclass(_Sub), k.bfloat16(), v.bfloat16())
+    assert torch.equal(a, torch.Tensor(b) if isinstance(b, _Sub) else b)
