@@ -15,17 +15,24 @@ D = 64); the median and the minimum of the samples (the minimum is the least dis
 other work on the machine).
 
 Threads: ``torch.set_num_threads(--threads)`` (default: torch's current count); fastattn
-follows torch's count on torch tensors.
+follows torch's count on torch tensors. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``, as in
+the Rust bench, so torch's idle OpenMP threads do not spin during fastattn's samples.
 """
 
 import argparse
+import os
 import statistics
 import time
 
-import torch
-import torch.nn.functional as F
+# As the Rust bench's torch peer: torch's OpenMP threads sleep between its samples instead
+# of spinning, so they do not take the cores from the fastattn samples that follow (read
+# when torch loads, so only effective if torch is not imported yet).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import fastattn
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import fastattn  # noqa: E402
 
 # (Hq, Hkv, Lq, Lk, D, causal): the quick attention rows of the Rust bench.
 ROWS = [
