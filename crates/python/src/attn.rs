@@ -9,8 +9,8 @@
 
 use crate::view::{span, Data, DataMut, View};
 use attention::{
-    sdpa_into_dyn, AttnError, DynTensor, DynTensorMut, Mask, SdpaOptions, SdpaOutputs, TensorMut,
-    TensorRef,
+    sdpa_into_dyn, AttnError, AttnPath, DynTensor, DynTensorMut, Mask, SdpaOptions, SdpaOutputs,
+    TensorMut, TensorRef,
 };
 use kernels::Parallelism;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -527,12 +527,14 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// Scale, soft-cap and ALiBi of a call.
+/// Scale, soft-cap and ALiBi of a call, and the path and kernel variant that run it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Scores {
     pub(crate) scale: Option<f32>,
     pub(crate) softcap: Option<f32>,
     pub(crate) alibi: Option<Alibi>,
+    pub(crate) path: AttnPath,
+    pub(crate) isa: Option<kernels::Isa>,
 }
 
 /// ALiBi slopes of the library calls.
@@ -652,6 +654,8 @@ impl<'a> Job<'a> {
                 .with_causal(plan.masking.causal)
                 .with_window(plan.masking.window_left, plan.masking.window_right)
                 .with_softcap(self.scores.softcap)
+                .with_path(self.scores.path)
+                .with_isa(self.scores.isa)
                 .with_parallelism(self.par);
             let all;
             match &plan.masking.kv_lengths {

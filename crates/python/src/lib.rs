@@ -25,6 +25,7 @@ mod dlpack;
 mod pool;
 mod view;
 
+use attention::AttnPath;
 use attn::{Alibi, KvLengths, MaskBuf, Plan, Scores};
 use pool::Threads;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -229,7 +230,7 @@ fn torch_semantics<'py>(
     let scores = Scores {
         scale: scale_f32(scale),
         softcap: softcap.map(|c| c as f32),
-        alibi: None,
+        ..Scores::default()
     };
     execute(
         py,
@@ -385,8 +386,12 @@ fn window(x: i64, side: &str) -> PyResult<Option<usize>> {
 ///   in FlashAttention-2; the library has it).
 /// * `dropout_p`, `deterministic` (keywords, for FlashAttention-2 callers): dropout must
 ///   be 0; every call is deterministic (bit-identical at any thread count).
+/// * `path` (keyword): `"auto"`, `"flash"` or `"materialized"` (both give the same
+///   results within rounding; for profiling).
+/// * `variant` (keyword): force a kernel variant (`"scalar"`, `"portable"`, `"avx2"`,
+///   `"avx512"`); one this CPU lacks is a `ValueError`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=false, kv_lengths=None, *, attn_mask=None, dropout_p=0.0, deterministic=true))]
+#[pyo3(signature = (q, k, v, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=false, kv_lengths=None, *, attn_mask=None, dropout_p=0.0, deterministic=true, path=None, variant=None))]
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_func<'py>(
     py: Python<'py>,
@@ -403,6 +408,8 @@ fn flash_attn_func<'py>(
     attn_mask: Option<&Bound<'py, PyAny>>,
     dropout_p: f64,
     deterministic: bool,
+    path: Option<&str>,
+    variant: Option<&str>,
 ) -> PyResult<Py<PyAny>> {
     if dropout_p != 0.0 {
         return Err(PyValueError::new_err(format!(
@@ -426,6 +433,8 @@ fn flash_attn_func<'py>(
         );
         let kw = PyDict::new(py);
         kw.set_item(intern!(py, "attn_mask"), attn_mask)?;
+        kw.set_item(intern!(py, "path"), path)?;
+        kw.set_item(intern!(py, "variant"), variant)?;
         return with_graph_kw(py, "flash_attn_func", args.into_pyobject(py)?, Some(kw));
     }
     let qv = View::new(q, "q")?;
@@ -479,10 +488,26 @@ fn flash_attn_func<'py>(
             .collect::<PyResult<Vec<usize>>>()?;
         plan.masking.kv_lengths = Some(KvLengths::Each(lens));
     }
+    let path = match path {
+        None | Some("auto") => AttnPath::Auto,
+        Some("flash") => AttnPath::Flash,
+        Some("materialized") => AttnPath::Materialized,
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "path must be 'auto', 'flash' or 'materialized', got {other:?}"
+            )))
+        }
+    };
+    let isa = variant
+        .map(|name| kernels::Isa::from_name(name).and_then(kernels::Isa::check))
+        .transpose()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     let scores = Scores {
         scale: scale_f32(softmax_scale),
         softcap: (softcap != 0.0).then_some(softcap as f32),
         alibi,
+        path,
+        isa,
     };
     let o = execute(
         py,

@@ -81,6 +81,8 @@ QF, KF, VF = qkv(2, 5, 4, 8)  # [B, L, H, D]
         ((QF, KF, VF), {"attn_mask": torch.ones(5, 4, dtype=torch.bool)}, ValueError, "does not broadcast"),
         ((QF, KF, VF), {"softmax_scale": float("inf")}, ValueError, "scale must be finite"),
         ((QF, KF, VF), {"dropout_p": 0.1}, ValueError, "dropout_p must be 0.0"),
+        ((QF, KF, VF), {"path": "fast"}, ValueError, "path must be"),
+        ((QF, KF, VF), {"variant": "sse9"}, ValueError, "sse9"),
         ((QF, KF, VF, False, None, (-1, -1), 0.0, None, False, None, None), {}, TypeError, "positional"),
     ],
 )

@@ -143,3 +143,14 @@ def test_flash_attention_2_keywords_and_grad_inputs():
     assert_close(out.detach(), want, atol=2e-5, case="grad + keywords seed 34")
     with pytest.raises(NotImplementedError, match="no backward"):
         out.sum().backward()
+
+
+def test_paths_and_kernel_variants_agree():
+    gen = torch.Generator().manual_seed(35)
+    q = torch.randn(1, 33, 4, 24, generator=gen)
+    k, v = (torch.randn(1, 40, 2, 24, generator=gen) for _ in range(2))
+    want, _ = reference(q, k, v, causal=True, softcap=3.0)
+    for path in ("auto", "flash", "materialized"):
+        for variant in (None, "scalar", "portable"):
+            got = fastattn.flash_attn_func(q, k, v, causal=True, softcap=3.0, path=path, variant=variant)
+            assert_close(got, want, atol=3e-5, case=f"seed 35 path={path} variant={variant}")
