@@ -1,0 +1,40 @@
+"""fastattn: scaled dot-product attention on the CPU, from Rust SIMD kernels.
+
+Works on torch CPU tensors and numpy arrays (float32, float16, bfloat16, any strides),
+read and written in place; results come back in the query's kind.
+
+* :func:`scaled_dot_product_attention`: a drop-in for
+  ``torch.nn.functional.scaled_dot_product_attention`` (same arguments and semantics:
+  top-left ``is_causal``, bool masks True = attend, float masks added, ``enable_gqa``).
+* :func:`flash_attn_func`: FlashAttention-2's ``[B, L, H, D]`` API, bottom-right aligned,
+  with every option of the library (window, soft-cap, ALiBi, key lengths, LSE, mask).
+* :func:`attention_weights`: the attention matrix ``[..., H, Lq, Lk]`` and its LSE.
+* :func:`set_num_threads` / :func:`get_num_threads`: threads of calls on numpy arrays
+  (calls on torch tensors use ``torch.get_num_threads()``).
+* ``fastattn.torch``: the ``fastattn::sdpa`` torch custom op (``torch.compile``).
+* ``fastattn.transformers.register()``: ``attn_implementation="fastattn"`` in Hugging
+  Face transformers.
+
+The GIL is released while a call computes. Errors are ``TypeError`` (wrong kind or
+dtype) and ``ValueError`` (shapes, options), carrying the library's message.
+"""
+
+from ._fastattn import (
+    __version__,
+    attention_weights,
+    flash_attn_func,
+    get_num_threads,
+    kernel_variant,
+    scaled_dot_product_attention,
+    set_num_threads,
+)
+
+__all__ = [
+    "__version__",
+    "attention_weights",
+    "flash_attn_func",
+    "get_num_threads",
+    "kernel_variant",
+    "scaled_dot_product_attention",
+    "set_num_threads",
+]
