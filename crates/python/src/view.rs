@@ -504,7 +504,7 @@ impl<'py> Output<'py> {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| PyValueError::new_err("output size overflows"))?;
-        let dims = PyTuple::new(py, shape)?;
+        let dims = || PyTuple::new(py, shape);
         // torch: through the exchange table when it can allocate, else `new_empty`.
         let fast = match (like.kind, torch(py)?) {
             (Kind::Torch, Some(t)) => t
@@ -517,15 +517,15 @@ impl<'py> Output<'py> {
             // `new_empty`, zeroed below: torch's `new_zeros` fills large tensors on its
             // OpenMP threads, which then spin for a while and take the cores from the
             // attention call that follows.
-            (Kind::Torch, None) if elem == like.elem => {
-                like.obj.call_method1(intern!(py, "new_empty"), (dims,))?
-            }
+            (Kind::Torch, None) if elem == like.elem => like
+                .obj
+                .call_method1(intern!(py, "new_empty"), (dims()?,))?,
             (Kind::Torch, None) => {
                 let t = torch(py)?.ok_or_else(|| PyTypeError::new_err("torch is not imported"))?;
                 let kw = PyDict::new(py);
                 kw.set_item(intern!(py, "dtype"), t.dtype(py, elem))?;
                 like.obj
-                    .call_method(intern!(py, "new_empty"), (dims,), Some(&kw))?
+                    .call_method(intern!(py, "new_empty"), (dims()?,), Some(&kw))?
             }
             (Kind::Numpy, _) => match elem {
                 Elem::F32 => numpy::PyArray::<f32, _>::zeros(py, shape, false).into_any(),
@@ -533,7 +533,7 @@ impl<'py> Output<'py> {
                 _ => {
                     let np = py.import(intern!(py, "numpy"))?;
                     let dt = like.obj.getattr(intern!(py, "dtype"))?;
-                    np.call_method1(intern!(py, "zeros"), (dims, dt))?
+                    np.call_method1(intern!(py, "zeros"), (dims()?, dt))?
                 }
             },
         };
