@@ -254,6 +254,35 @@ unsafe fn axpy_block<S: SimdOps, E: Element, const R: usize, const NV: usize, co
     }
 }
 
+/// [`axpy_block`] with zero weights skipped (`zeros`) or not.
+///
+/// # Safety
+/// As [`axpy_block`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_block_any<S: SimdOps, E: Element, const R: usize, const NV: usize>(
+    zeros: bool,
+    j0: usize,
+    j1: usize,
+    x0: usize,
+    prefetch_dv: usize,
+    p: *const f32,
+    ldp: usize,
+    v: *const E,
+    ldv: usize,
+    o: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if zeros {
+            axpy_block::<S, E, R, NV, true>(j0, j1, x0, prefetch_dv, p, ldp, v, ldv, o, ldo)
+        } else {
+            axpy_block::<S, E, R, NV, false>(j0, j1, x0, prefetch_dv, p, ldp, v, ldv, o, ldo)
+        }
+    }
+}
+
 /// [`axpy_block`] for `R` rows over every column slice of the block: two vectors at a
 /// time, then one, then the scalar tail. With `prefetch`, the first slice also prefetches
 /// the next block's rows, one per key.
@@ -283,20 +312,12 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
         // the branch-free loop (the same FMAs, so the same bits).
         let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
         while x0 + two <= dv {
-            if zeros {
-                axpy_block::<S, E, R, 2, true>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
-            } else {
-                axpy_block::<S, E, R, 2, false>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
-            }
+            axpy_block_any::<S, E, R, 2>(zeros, j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
             x0 += two;
             pf = 0;
         }
         if x0 + one <= dv {
-            if zeros {
-                axpy_block::<S, E, R, 1, true>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
-            } else {
-                axpy_block::<S, E, R, 1, false>(j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
-            }
+            axpy_block_any::<S, E, R, 1>(zeros, j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
             x0 += one;
         }
         for r in 0..R {

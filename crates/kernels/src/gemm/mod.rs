@@ -211,30 +211,12 @@ pub unsafe fn sgemm_with(
     rsc: isize,
     csc: isize,
 ) -> Result<()> {
-    isa.check()?;
-    // SAFETY: forwarded contract; `isa` checked above.
+    // SAFETY: forwarded contract (f32 operands).
     unsafe {
-        gemm_unchecked(
-            isa,
-            par,
-            ARead::Auto,
-            m,
-            k,
-            n,
-            alpha,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            beta,
-            c,
-            rsc,
-            csc,
+        gemm_ptr_with(
+            isa, par, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
         )
-    };
-    Ok(())
+    }
 }
 
 /// [`sgemm_with`] for A and B of any element type ([`Element`]; 16-bit operands are

@@ -350,9 +350,26 @@ fn half_rows<T: Element>(
     beta: f32,
     mut c: MatMut<'_>,
 ) -> Result<()> {
+    let (m, nr) = (c.rows(), b.ukr.nr);
+    with_scratch(m * nr, |tmp| {
+        half_rows_into(b, data, a, col0, alpha, beta, c.rb(), tmp)
+    })
+}
+
+/// [`half_rows`] with its `m × NR` scratch tile given.
+#[allow(clippy::too_many_arguments)]
+fn half_rows_into<T: Element>(
+    b: &PackedB,
+    data: &[T],
+    a: MatRef<'_>,
+    col0: usize,
+    alpha: f32,
+    beta: f32,
+    mut c: MatMut<'_>,
+    tmp: &mut [f32],
+) -> Result<()> {
     let (m, n, k) = (c.rows(), c.cols(), a.cols());
     let nr = b.ukr.nr;
-    let mut tmp = vec![0.0f32; m * nr];
     for q in 0..n.div_ceil(nr) {
         let j0 = q * nr;
         let cols = nr.min(n - j0);
@@ -362,7 +379,7 @@ fn half_rows<T: Element>(
             b.isa,
             a,
             MatRef::new(panel, k, nr, nr, 1)?,
-            MatMut::new(&mut tmp, m, nr, nr, 1)?,
+            MatMut::new(tmp, m, nr, nr, 1)?,
         )?;
         for i in 0..m {
             for j in 0..cols {
