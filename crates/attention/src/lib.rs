@@ -33,6 +33,7 @@
 //! # Ok::<(), fastattn_attention::AttnError>(())
 //! ```
 
+pub mod backward;
 pub mod error;
 pub mod flash;
 pub mod kv_cache;
@@ -44,6 +45,9 @@ pub mod reference;
 pub mod rope;
 pub mod tensor;
 
+pub use backward::{
+    sdpa_backward, sdpa_backward_into, sdpa_backward_into_dyn, Gradients, SdpaGrads,
+};
 pub use error::{AttnError, Result};
 /// The element types (f32, and the 16-bit storage types from the `half` crate).
 pub use kernels::{bf16, f16, DType, Element};
