@@ -8,6 +8,9 @@ on stdin, so the runner can time torch in the same rotation as its own implement
     sdpa HQ HKV LQ LK D CAUSAL [DT] -> ok            F.scaled_dot_product_attention in DT
                                                      (f32, the default, bf16 or f16),
                                                      [1, H, L, D]; enable_gqa when HQ != HKV
+    sdpa_bwd HQ HKV LQ LK D CAUSAL  -> ok            f32 SDPA's backward alone:
+                                                     torch.autograd.grad of a kept graph
+    sdpa_train HQ HKV LQ LK D CAUSAL -> ok           f32 SDPA forward + backward
     run CALLS                       -> time SECONDS  CALLS back-to-back calls of the last
                                                      mm/sdpa, timed here (perf_counter)
 
@@ -49,6 +52,36 @@ def uniform(gen, *shape):
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
+OPS = ("mm", "sdpa", "sdpa_bwd", "sdpa_train")
+
+
+def grad_fn(gen, hq, hkv, lq, lk, d, causal, train):
+    """A call computing SDPA's gradients (`train`: forward and backward)."""
+    q = uniform(gen, 1, hq, lq, d).requires_grad_()
+    k = uniform(gen, 1, hkv, lk, d).requires_grad_()
+    v = uniform(gen, 1, hkv, lk, d).requires_grad_()
+    g = uniform(gen, 1, hq, lq, d)
+    kw = {"is_causal": bool(causal)}
+    if hq != hkv:
+        kw["enable_gqa"] = True
+    if train:
+
+        def f():
+            with torch.enable_grad():
+                out = F.scaled_dot_product_attention(q, k, v, **kw)
+                return torch.autograd.grad(out, (q, k, v), g)
+
+        return f
+    with torch.enable_grad():
+        out = F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def f():
+        with torch.enable_grad():
+            return torch.autograd.grad(out, (q, k, v), g, retain_graph=True)
+
+    return f
+
+
 fn = None
 prepared = {}
 for line in sys.stdin:
@@ -57,11 +90,11 @@ for line in sys.stdin:
         continue
     cmd, args = parts[0], parts[1:]
     key = " ".join(parts)
-    if cmd in ("mm", "sdpa") and key in prepared:
+    if cmd in OPS and key in prepared:
         fn = prepared[key]
         reply("ok")
         continue
-    if cmd in ("mm", "sdpa"):
+    if cmd in OPS:
         prepared.clear()  # a new case: drop the previous case's inputs
     try:
         if cmd == "threads":
@@ -87,6 +120,15 @@ for line in sys.stdin:
                 kw["enable_gqa"] = True  # TypeError on torch < 2.5: reported as err
             fn = None
             f = lambda q=q, k=k, v=v, kw=kw: F.scaled_dot_product_attention(q, k, v, **kw)
+            f()
+            fn = f
+            prepared[key] = fn
+            reply("ok")
+        elif cmd in ("sdpa_bwd", "sdpa_train"):
+            hq, hkv, lq, lk, d, causal = (int(x) for x in args[:6])
+            gen = torch.Generator().manual_seed(5)
+            fn = None
+            f = grad_fn(gen, hq, hkv, lq, lk, d, causal, cmd == "sdpa_train")
             f()
             fn = f
             prepared[key] = fn

@@ -72,6 +72,13 @@ pub fn suites() -> Vec<Suite> {
             default_shape: "8x8x1024x1024x64",
         },
         Suite {
+            name: "backward",
+            cases: backward_cases,
+            from_shape: backward_from_shape,
+            shape_help: "HQxHKVxLQxLKxD[c][f] (c: causal; f: forward + backward)",
+            default_shape: "8x8x1024x1024x64",
+        },
+        Suite {
             name: "layer",
             cases: layer_cases,
             from_shape: layer_from_shape,
@@ -491,6 +498,138 @@ fn attention_16<T: kernels::Element>(
         .expect("valid problem");
     };
     Impl::ours_dtype(isa, T::DTYPE, bytes_f32 / 2.0, run)
+}
+
+/// Backward cases (B = 1): the gradients alone (given the forward's output and LSE), and
+/// a training step's forward + backward (`…f`), each against torch's autograd on the same
+/// shapes.
+pub fn backward_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &(hq, hkv, l, d, causal, full) in &[
+        (8, 8, 1024, 64, false, false),
+        (8, 8, 1024, 64, true, false),
+        (8, 2, 1024, 64, true, false),
+        (8, 8, 1024, 128, false, false),
+        (8, 8, 2048, 64, false, true),
+        (8, 8, 2048, 64, true, true),
+    ] {
+        for forward in [false, true] {
+            let c = backward_case(hq, hkv, l, l, d, causal, forward);
+            cases.push(if full { c.full_only() } else { c });
+        }
+    }
+    cases
+}
+
+fn backward_from_shape(shape: &str) -> Result<Case> {
+    let forward = shape.ends_with('f');
+    let s = shape.trim_end_matches('f');
+    let causal = s.ends_with('c');
+    let d = parse_dims(
+        s.trim_end_matches('c'),
+        5,
+        "HQxHKVxLQxLKxD[c][f] (c: causal; f: forward + backward)",
+    )?;
+    Ok(backward_case(d[0], d[1], d[2], d[3], d[4], causal, forward))
+}
+
+/// One backward case: Q `[1, hq, lq, d]`, K and V `[1, hkv, lk, d]` and dO, contiguous f32.
+/// Flops: the backward counts `10·hq·lq·lk·d` (2.5× the forward's, as FlashAttention
+/// does), a training step (`forward`) `14·hq·lq·lk·d`; both halved when causal.
+pub fn backward_case(
+    hq: usize,
+    hkv: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    causal: bool,
+    forward: bool,
+) -> Case {
+    let per = if forward { 14.0 } else { 10.0 };
+    let full = per * (hq * lq) as f64 * (lk * d) as f64;
+    let flops = if causal { full / 2.0 } else { full };
+    // Q, K, V, O, dO read; dQ, dK, dV written.
+    let bytes = 4.0 * (4 * hq * lq * d + 4 * hkv * lk * d) as f64;
+    let name = format!(
+        "{hq}x{hkv}x{lq}x{lk}x{d}{}{}",
+        if causal { "c" } else { "" },
+        if forward { "f" } else { "" }
+    );
+    Case::new(
+        "backward",
+        name,
+        format!(
+            "hq={hq} hkv={hkv} lq={lq} lk={lk} d={d} causal={causal} {}",
+            if forward { "forward+backward" } else { "backward" }
+        ),
+        flops,
+        bytes,
+        Bound::Compute,
+        move || {
+            let q = Arc::new(random_vec(hq * lq * d, 5));
+            let k = Arc::new(random_vec(hkv * lk * d, 6));
+            let v = Arc::new(random_vec(hkv * lk * d, 7));
+            let g = Arc::new(random_vec(hq * lq * d, 8));
+            let (qd, kd) = ([1, hq, lq, d], [1, hkv, lk, d]);
+            let mut impls = Vec::new();
+            for isa in Isa::available() {
+                let (q, k, v, g) = (q.clone(), k.clone(), v.clone(), g.clone());
+                let opts = attention::SdpaOptions::default()
+                    .with_causal(causal)
+                    .with_isa(Some(isa));
+                let mut o = vec![0.0f32; hq * lq * d];
+                let mut lse = vec![0.0f32; hq * lq];
+                let fwd = move |o: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32]| {
+                    attention::sdpa_into(
+                        tensor(q, qd),
+                        tensor(k, kd),
+                        tensor(v, kd),
+                        attention::TensorMut::contiguous(o, qd).expect("fits"),
+                        &attention::SdpaOptions::default()
+                            .with_causal(causal)
+                            .with_isa(Some(isa)),
+                        attention::SdpaOutputs::default().with_lse(Some(lse)),
+                    )
+                    .expect("valid problem");
+                };
+                fwd(&mut o, &mut lse, &q, &k, &v);
+                let (mut dq, mut dk, mut dv) =
+                    (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
+                let run = move |_threads: usize| {
+                    if forward {
+                        fwd(&mut o, &mut lse, &q, &k, &v);
+                    }
+                    attention::sdpa_backward_into(
+                        tensor(&q, qd),
+                        tensor(&k, kd),
+                        tensor(&v, kd),
+                        tensor(&o, qd),
+                        tensor(&g, qd),
+                        &lse,
+                        attention::SdpaGrads::new(
+                            attention::TensorMut::contiguous(&mut dq, qd).expect("fits"),
+                            attention::TensorMut::contiguous(&mut dk, kd).expect("fits"),
+                            attention::TensorMut::contiguous(&mut dv, kd).expect("fits"),
+                        ),
+                        &opts,
+                    )
+                    .expect("valid problem");
+                };
+                let slow = matches!(isa, Isa::Scalar | Isa::Portable) && flops > 2e8;
+                impls.push(Impl::ours(isa, run).slow_if(slow));
+            }
+            impls
+        },
+    )
+    .with_torch(TorchOp::SdpaGrad {
+        hq,
+        hkv,
+        lq,
+        lk,
+        d,
+        causal,
+        forward,
+    })
 }
 
 /// Layer cases: GPT-2-small-shaped prefill (d_model 768, 12 heads, L = 512, causal) and

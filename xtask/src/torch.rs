@@ -74,6 +74,25 @@ pub enum TorchOp {
         /// Element type of Q, K, V and the output (f32, f16 or bf16).
         dtype: kernels::DType,
     },
+    /// f32 SDPA's gradients through autograd, on the shapes of [`TorchOp::Sdpa`]: the
+    /// backward alone (`torch.autograd.grad` of a kept forward graph) or, with `forward`,
+    /// the forward and backward of a training step.
+    SdpaGrad {
+        /// Query heads.
+        hq: usize,
+        /// Key/value heads.
+        hkv: usize,
+        /// Query length.
+        lq: usize,
+        /// Key length.
+        lk: usize,
+        /// Head dimension.
+        d: usize,
+        /// `is_causal`.
+        causal: bool,
+        /// Time the forward too.
+        forward: bool,
+    },
 }
 
 impl TorchOp {
@@ -96,13 +115,25 @@ impl TorchOp {
                     t => format!("sdpa {hq} {hkv} {lq} {lk} {d} {c} {t}"),
                 }
             }
+            TorchOp::SdpaGrad {
+                hq,
+                hkv,
+                lq,
+                lk,
+                d,
+                causal,
+                forward,
+            } => {
+                let cmd = if forward { "sdpa_train" } else { "sdpa_bwd" };
+                format!("{cmd} {hq} {hkv} {lq} {lk} {d} {}", u8::from(causal))
+            }
         }
     }
 
     /// The element type it computes in.
     pub fn dtype(&self) -> kernels::DType {
         match self {
-            TorchOp::Mm { .. } => kernels::DType::F32,
+            TorchOp::Mm { .. } | TorchOp::SdpaGrad { .. } => kernels::DType::F32,
             TorchOp::Sdpa { dtype, .. } => *dtype,
         }
     }
@@ -276,6 +307,17 @@ mod tests {
         };
         assert_eq!(bf.command(), "sdpa 8 2 16 32 64 1 bf16");
         assert_eq!(bf.dtype(), kernels::DType::BF16);
+        let grad = |forward| TorchOp::SdpaGrad {
+            hq: 8,
+            hkv: 2,
+            lq: 16,
+            lk: 32,
+            d: 64,
+            causal: false,
+            forward,
+        };
+        assert_eq!(grad(false).command(), "sdpa_bwd 8 2 16 32 64 0");
+        assert_eq!(grad(true).command(), "sdpa_train 8 2 16 32 64 0");
     }
 
     #[test]
@@ -337,6 +379,18 @@ mod tests {
         match peer.sample(&gqa, 2, 2) {
             Ok(t) => assert!(t > 0.0),
             Err(e) => assert!(e.to_string().contains("enable_gqa"), "{e}"),
+        }
+        for forward in [false, true] {
+            let op = TorchOp::SdpaGrad {
+                hq: 2,
+                hkv: 2,
+                lq: 9,
+                lk: 9,
+                d: 8,
+                causal: true,
+                forward,
+            };
+            assert!(peer.sample(&op, 1, 2).unwrap() > 0.0);
         }
         // A refused command leaves the helper usable.
         assert!(peer.request("bogus").is_err());

@@ -99,15 +99,36 @@ pub(crate) fn run(
             }
         }
         if let Some(vd) = &v_nonfinite[b * p.hkv + kvh] {
-            // A NaN or infinity in V: skip zero weights (keys a row cannot see), as the
-            // decode path and the reference do, instead of the GEMM's 0·NaN = NaN.
-            let mut o = vec![0.0f32; lq * p.dv];
-            axpy_rows_with(
-                p.isa,
+            // A NaN or infinity in V. A row of V that no query of this head sees (its
+            // column of P is all zero) contributes nothing: zeroed in a copy, the GEMM
+            // then gives what it gives on clean values, bit for bit. If a query sees such
+            // a row, zero weights are skipped instead (keys the other rows cannot see),
+            // as the decode path and the reference do, never the GEMM's 0·NaN = NaN.
+            let dv = p.dv;
+            let mut vc = vd.clone();
+            let mut skip_zeros = false;
+            for j in 0..lk {
+                let vrow = &mut vc[j * dv..(j + 1) * dv];
+                if vrow.iter().all(|x| x.is_finite()) {
+                    continue;
+                }
+                if (0..lq).all(|i| s[i * lk + j] == 0.0) {
+                    vrow.fill(0.0);
+                } else {
+                    skip_zeros = true;
+                }
+            }
+            let mut o = vec![0.0f32; lq * dv];
+            let (pm, vm) = (
                 MatRef::new(&s, lq, lk, lk, 1)?,
-                MatRef::new(vd, lk, p.dv, p.dv, 1)?,
-                MatMut::new(&mut o, lq, p.dv, p.dv, 1)?,
-            )?;
+                MatRef::new(&vc, lk, dv, dv, 1)?,
+            );
+            let om = MatMut::new(&mut o, lq, dv, dv, 1)?;
+            if skip_zeros {
+                axpy_rows_with(p.isa, pm, vm, om)?;
+            } else {
+                gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?;
+            }
             for i in 0..lq {
                 for x in 0..p.dv {
                     // SAFETY: (b, h, i, x) is inside the checked output view; this head
