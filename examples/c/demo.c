@@ -1,6 +1,6 @@
 /*
  * fastattn from C: cblas_sgemm, fa_sgemm, fa_softmax, fa_sdpa (f32 and 16-bit tensors) and
- * the attention layer with its KV cache (f32 and bf16 weights and caches), checked against
+ * its backward pass fa_sdpa_backward, the attention layer with its KV cache (f32 and bf16 weights and caches), checked against
  * naive C loops, and every error code.
  *
  * Build and run (from the repository root):
@@ -557,6 +557,78 @@ static void test_sdpa_16bit(void) {
     free(md);
 }
 
+/* The backward pass: the gradients of sum(out * dO) with respect to Q, K and V, from the
+ * forward's output and log-sum-exp, against the formulas on the naive weights P:
+ * dV = P^T dO, dS = P * (dO V^T - rowsum(dO * out)), dQ = scale dS K, dK = scale dS^T Q
+ * (dK and dV summed over the query heads of a group). Causal, GQA. */
+static void test_sdpa_backward(void) {
+    enum { NQ = B * HQ * LQ * D, NK = B * HKV * LK * D, NV = B * HKV * LK * DV,
+           NO = B * HQ * LQ * DV, NL = B * HQ * LQ };
+    float *qd = rnd_buf(NQ), *kd = rnd_buf(NK), *vd = rnd_buf(NV), *go = rnd_buf(NO);
+    float od[NO], lse[NL], gq[NQ], gk[NK], gv[NV];
+    double p[NL * LK], want_o[NO], wq[NQ] = {0}, wk[NK] = {0}, wv[NV] = {0};
+    fa_tensor q = tensor(qd, B, HQ, LQ, D), k = tensor(kd, B, HKV, LK, D);
+    fa_tensor v = tensor(vd, B, HKV, LK, DV), out = tensor(od, B, HQ, LQ, DV);
+    fa_tensor dout = tensor(go, B, HQ, LQ, DV), dq = tensor(gq, B, HQ, LQ, D);
+    fa_tensor dk = tensor(gk, B, HKV, LK, D), dv = tensor(gv, B, HKV, LK, DV);
+    fa_sdpa_options o;
+    fa_sdpa_options_init(&o, sizeof o);
+    o.causal = 1;
+    o.lse = lse;
+    int rc = fa_sdpa(&q, &k, &v, &out, &o);
+    CHECK(rc == FA_OK, "fa_sdpa(causal, lse) returned %d", rc);
+    /* The forward's options serve as they are (their weights and lse are not used). */
+    rc = fa_sdpa_backward(&q, &k, &v, &out, &dout, lse, NL, &dq, &dk, &dv, &o);
+    CHECK(rc == FA_OK, "fa_sdpa_backward returned %d", rc);
+
+    sdpa_naive(&q, &k, &v, 1, NULL, NULL, want_o, p, NULL);
+    double scale = 1.0 / sqrt((double)D);
+    for (size_t row = 0; row < NL; row++) {
+        size_t b = row / (HQ * LQ), hk = row / LQ % HQ / (HQ / HKV);
+        double dsum = 0.0;
+        for (size_t e = 0; e < DV; e++) dsum += (double)go[row * DV + e] * want_o[row * DV + e];
+        for (size_t j = 0; j < LK; j++) {
+            size_t kv = (b * HKV + hk) * LK + j;
+            double dp = 0.0;
+            for (size_t e = 0; e < DV; e++) dp += (double)go[row * DV + e] * vd[kv * DV + e];
+            double pij = p[row * LK + j], ds = scale * pij * (dp - dsum);
+            for (size_t e = 0; e < DV; e++) wv[kv * DV + e] += pij * go[row * DV + e];
+            for (size_t d = 0; d < D; d++) {
+                wq[row * D + d] += ds * kd[kv * D + d];
+                wk[kv * D + d] += ds * qd[row * D + d];
+            }
+        }
+    }
+    double err = max_abs_diff(gq, wq, NQ);
+    CHECK(err < 1e-4, "fa_sdpa_backward dQ max error %g", err);
+    err = max_abs_diff(gk, wk, NK);
+    CHECK(err < 1e-4, "fa_sdpa_backward dK max error %g", err);
+    err = max_abs_diff(gv, wv, NV);
+    CHECK(err < 1e-4, "fa_sdpa_backward dV max error %g", err);
+
+    /* Refusals, with nothing written: a 16-bit gradient, a wrong lse_len, NULL lse, a
+     * gradient overlapping an input. */
+    gq[0] = 42.0f;
+    fa_tensor dk16 = dk;
+    dk16.dtype = FA_DTYPE_BF16;
+    CHECK(fa_sdpa_backward(&q, &k, &v, &out, &dout, lse, NL, &dq, &dk16, &dv, &o) ==
+              FA_ERR_INVALID_ARGUMENT, "bf16 grad_k");
+    CHECK(strstr(fa_last_error(), "grad_k->dtype") != NULL, "bf16 grad_k message");
+    CHECK(fa_sdpa_backward(&q, &k, &v, &out, &dout, lse, NL - 1, &dq, &dk, &dv, &o) ==
+              FA_ERR_BAD_SHAPE, "lse_len B*Hq*Lq - 1");
+    CHECK(fa_sdpa_backward(&q, &k, &v, &out, &dout, NULL, NL, &dq, &dk, &dv, &o) ==
+              FA_ERR_NULL_POINTER, "NULL lse");
+    fa_tensor over_v = tensor(vd, B, HKV, LK, DV);
+    CHECK(fa_sdpa_backward(&q, &k, &v, &out, &dout, lse, NL, &dq, &dk, &over_v, &o) ==
+              FA_ERR_BAD_STRIDE, "grad_v overlapping v");
+    CHECK(gq[0] == 42.0f, "a refused fa_sdpa_backward wrote a gradient");
+
+    free(qd);
+    free(kd);
+    free(vd);
+    free(go);
+}
+
 /* --------------------------------------------------------------- layer */
 
 enum { DM = 12, NH = 2, NKV = 1, HD = 4, SEQ = 6, BATCH = 2 };
@@ -824,6 +896,7 @@ int main(void) {
     test_conversions();
     test_sdpa();
     test_sdpa_16bit();
+    test_sdpa_backward();
     test_layer();
     test_layer_16bit();
     printf("%d passed, %d failed\n", checks - failures, failures);

@@ -751,6 +751,59 @@ int fa_sdpa(const struct fa_tensor *q,
             const struct fa_sdpa_options *opts);
 
 /**
+ * The backward pass of `fa_sdpa`: writes `grad_q`, `grad_k` and `grad_v`, the gradients
+ * of a loss with respect to Q, K and V, given the forward's output `out`, its log-sum-exp
+ * `lse` and `grad_out`, the gradient of the loss with respect to `out`
+ * (FlashAttention-2's algorithm: the weights are recomputed tile by tile from `lse`, so
+ * no `[Lq, Lk]` buffer is needed).
+ *
+ * Q is `[B, Hq, Lq, D]`, K `[B, Hkv, Lk, D]`, V `[B, Hkv, Lk, Dv]`, `out` and `grad_out`
+ * `[B, Hq, Lq, Dv]`, each in any layout its strides describe and of any element type
+ * (`fa_tensor.dtype`: f32, f16 or bf16, independently; 16-bit values are widened to f32
+ * as they are read). `lse` holds the `lse_len = B*Hq*Lq` floats `fa_sdpa` wrote to
+ * `opts->lse` (`[B, Hq, Lq]`, contiguous), and `out` and `lse` must come from a forward
+ * call with the same Q, K, V and options. The gradients are f32 (`dtype`
+ * `FA_DTYPE_F32`), shaped like Q, K and V, in any layout; every element of each view is
+ * overwritten (not accumulated into). With GQA/MQA, `grad_k` and `grad_v` sum over the
+ * query heads of each group. The results do not depend on the thread count.
+ *
+ * `opts` (NULL for the defaults) is read as by `fa_sdpa`: scale, causal, mask, key
+ * lengths, windows, soft-capping, ALiBi. The mask and the slopes get no gradient. The
+ * forward's outputs `opts->weights` and `opts->lse` are ignored (never read or written),
+ * so the options struct of the forward call can be passed as it is. Q, K, V, `out`,
+ * `grad_out` and `lse` may share memory; the gradients must overlap neither them, nor
+ * the option arrays, nor each other (checked by address range: `FA_ERR_BAD_STRIDE`).
+ *
+ * Returns `FA_OK`, or `FA_ERR_NULL_POINTER` (a tensor, its data, `lse` when `lse_len >
+ * 0`, or an option array is NULL where values are needed), `FA_ERR_BAD_SHAPE` (extents
+ * disagree: `out` or `grad_out` not `[B, Hq, Lq, Dv]`, a gradient not shaped like its
+ * input, Hq not a multiple of Hkv, `lse_len` not `B*Hq*Lq`; sizes overflow),
+ * `FA_ERR_BAD_STRIDE` (a negative stride, a zero stride over an extent above 1, a
+ * gradient aliasing itself or overlapping another argument), `FA_ERR_INVALID_ARGUMENT` (a
+ * gradient that is not f32, a `dtype` that is not an `fa_dtype`, a misaligned pointer,
+ * and the option errors of `fa_sdpa`), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written
+ * unless every check passes.
+ *
+ * # Safety
+ * Each non-NULL tensor pointer points to an `fa_tensor` whose `data` is valid (readable;
+ * writable for the gradients) for the elements of its `dtype` that its extents and
+ * strides reach; `lse` holds `lse_len` readable floats; `opts` is NULL or valid as for
+ * `fa_sdpa` (its `weights` and `lse` are not accessed); no other thread writes the inputs
+ * or accesses the gradients during the call.
+ */
+int fa_sdpa_backward(const struct fa_tensor *q,
+                     const struct fa_tensor *k,
+                     const struct fa_tensor *v,
+                     const struct fa_tensor *out,
+                     const struct fa_tensor *grad_out,
+                     const float *lse,
+                     size_t lse_len,
+                     struct fa_tensor *grad_q,
+                     struct fa_tensor *grad_k,
+                     struct fa_tensor *grad_v,
+                     const struct fa_sdpa_options *opts);
+
+/**
  * Softmax of each of `rows` contiguous rows of `row_len` values, in place:
  * `x_j <- exp(x_j - max) / sum_k exp(x_k - max)` per row.
  *

@@ -12,6 +12,9 @@
 //!   `attention::SdpaOptions` (`fa_sdpa_options`, initialised by `fa_sdpa_options_init`):
 //!   causal, additive mask, key lengths, sliding windows, soft-capping, ALiBi, GQA/MQA, and
 //!   optional weights and log-sum-exp.
+//! * `fa_sdpa_backward`: the gradients of `fa_sdpa` with respect to Q, K and V (f32
+//!   `fa_tensor`s of any strides) from the forward's output, its log-sum-exp and the output
+//!   gradient (each input f32, f16 or bf16), with the same `fa_sdpa_options`.
 //! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE; weights stored as
 //!   f32, f16 or bf16) behind an opaque handle, and `fa_kv_cache_*`, its KV cache for
 //!   incremental decoding (f32, f16 or bf16 storage: `fa_kv_cache_new_typed`).
@@ -123,6 +126,6 @@ pub use runtime::{
     fa_abi_version, fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant,
     fa_test_panic_boundary, fa_variant_name, fa_version, FA_ABI_VERSION,
 };
-pub use sdpa::{fa_sdpa, fa_sdpa_options, fa_sdpa_options_init, fa_tensor};
+pub use sdpa::{fa_sdpa, fa_sdpa_backward, fa_sdpa_options, fa_sdpa_options_init, fa_tensor};
 pub use softmax::fa_softmax;
 pub use status::{fa_status, FfiError, FfiResult};

@@ -134,6 +134,19 @@ pub(crate) fn check_disjoint(out: (&str, Span), others: &[(&str, Span)]) -> FfiR
     Ok(())
 }
 
+/// Refuses outputs that overlap an input or an earlier output: each of `outputs` is checked
+/// against every one of `inputs` and every output before it (all `(name, span)` pairs).
+pub(crate) fn check_outputs_disjoint(
+    outputs: &[(&str, Span)],
+    inputs: &[(&str, Span)],
+) -> FfiResult<()> {
+    for (i, &out) in outputs.iter().enumerate() {
+        check_disjoint(out, inputs)?;
+        check_disjoint(out, &outputs[..i])?;
+    }
+    Ok(())
+}
+
 /// The span of a strided view of `T` at `p` (any stride signs; `p` already checked when
 /// the view is non-empty).
 pub(crate) fn strided_span<T>(

@@ -1,10 +1,11 @@
 //! `fa_sdpa`: scaled dot-product attention over strided `[B, H, L, D]` tensors of f32, f16
-//! or bf16.
+//! or bf16, and its backward pass `fa_sdpa_backward` (in `sdpa/backward.rs`, sharing the
+//! checked views and the option conversion).
 
 use crate::dtype::{fa_dtype, with_element};
 use crate::pool;
 use crate::raw::{
-    check_disjoint, check_ptr, check_ptr_aligned, init_versioned, read_versioned, span_of,
+    check_outputs_disjoint, check_ptr, check_ptr_aligned, init_versioned, read_versioned, span_of,
     strided_span_bytes, Span, Versioned,
 };
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
@@ -13,6 +14,9 @@ use attention::{
 };
 use std::ffi::{c_int, c_void};
 use std::mem::size_of;
+
+mod backward;
+pub use backward::fa_sdpa_backward;
 
 /// A four-dimensional strided view `[B, H, L, D]` in caller memory, of `float`s or of a
 /// 16-bit type (`dtype`, an `fa_dtype`).
@@ -151,7 +155,7 @@ pub unsafe extern "C" fn fa_sdpa_options_init(opts: *mut fa_sdpa_options, size: 
 }
 
 /// A checked `fa_tensor`: its element type and the exact element range it spans, as
-/// `usize` strides.
+/// `usize` strides (`fa_sdpa` and `fa_sdpa_backward` build their tensors through it).
 struct View {
     ptr: *mut c_void,
     dtype: fa_dtype,
@@ -211,8 +215,8 @@ impl View {
         })
     }
 
-    /// Refuses a view that is not f32 (masks, the weights output): `role` says what the
-    /// view is for.
+    /// Refuses a view that is not f32 (masks, the weights output, gradients): `role` says
+    /// what the view is for.
     fn require_f32(&self, what: &str, role: &str) -> FfiResult<()> {
         if self.dtype != fa_dtype::FA_DTYPE_F32 {
             return Err(FfiError::new(
@@ -289,6 +293,14 @@ unsafe fn input_slice<'a, T>(p: *const T, n: usize, what: &str) -> FfiResult<(&'
     let span = span_of(p, n, what)?;
     // SAFETY: non-NULL, aligned, `n` readable values (caller), size fits in isize (span_of).
     Ok((unsafe { std::slice::from_raw_parts(p, n) }, span))
+}
+
+/// `B*Hq*Lq` for a Q of extents `q_dims`: the number of log-sum-exp values.
+fn lse_rows(q_dims: [usize; 4]) -> FfiResult<usize> {
+    let [b, hq, lq, _] = q_dims;
+    b.checked_mul(hq)
+        .and_then(|x| x.checked_mul(lq))
+        .ok_or_else(|| FfiError::new(fa_status::FA_ERR_BAD_SHAPE, "B*Hq*Lq overflows"))
 }
 
 fn invalid(message: String) -> FfiError {
@@ -446,14 +458,11 @@ pub unsafe extern "C" fn fa_sdpa(
         if let Some(w) = &weights {
             w.require_f32("opts->weights", "the attention weights output")?;
         }
-        let [b, hq, lq, _] = qv.dims;
+        let [b, hq, _, _] = qv.dims;
         let (lse, lse_span) = if o.lse.is_null() {
             (None, Span::default())
         } else {
-            let n = b
-                .checked_mul(hq)
-                .and_then(|x| x.checked_mul(lq))
-                .ok_or_else(|| FfiError::new(fa_status::FA_ERR_BAD_SHAPE, "B*Hq*Lq overflows"))?;
+            let n = lse_rows(qv.dims)?;
             if n > 0 {
                 check_ptr(o.lse, "opts->lse")?;
             }
@@ -476,11 +485,7 @@ pub unsafe extern "C" fn fa_sdpa(
             ),
             ("opts->lse", lse_span),
         ];
-        for (i, &o) in outputs.iter().enumerate() {
-            let mut others = inputs.clone();
-            others.extend(outputs.iter().take(i).copied());
-            check_disjoint(o, &others)?;
-        }
+        check_outputs_disjoint(&outputs, &inputs)?;
 
         // SAFETY: (the four views here, and the weights and lse below) the caller
         // guarantees every view's elements are valid; the outputs overlap neither the

@@ -1,6 +1,6 @@
 //! Builds `examples/c/demo.c` with the system C compiler (`$CC`, else `cc`) against the
-//! static library and runs it: CBLAS and strided GEMM, softmax and attention checked
-//! against naive C loops, and every error code.
+//! static library and runs it: CBLAS and strided GEMM, softmax, attention and its backward
+//! pass checked against naive C loops, and every error code.
 
 mod common;
 
