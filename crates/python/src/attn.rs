@@ -1,5 +1,6 @@
 //! From Python-shaped inputs to library calls: the shape rules of each Python function
-//! (a [`Plan`]) and the calls that carry it out (a [`Job`]).
+//! (a [`Plan`]) and the calls that carry it out (a [`Job`]; its backward, a [`GradJob`],
+//! runs the same calls with the same options through the library's backward pass).
 //!
 //! The library computes on 4-D `[B, H, L, D]` views. A plan lays every operand out as
 //! `[outer…, B, H, L, D]`: the outer dimensions (batch dimensions beyond one, or the batch
@@ -9,8 +10,8 @@
 
 use crate::view::{span, Data, DataMut, View};
 use attention::{
-    sdpa_into_dyn, AttnError, AttnPath, DynTensor, DynTensorMut, Mask, SdpaOptions, SdpaOutputs,
-    TensorMut, TensorRef,
+    sdpa_backward_into_dyn, sdpa_into_dyn, AttnError, AttnPath, DynTensor, DynTensorMut, Mask,
+    SdpaGrads, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
 };
 use kernels::Parallelism;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -47,6 +48,62 @@ impl Layout {
     }
 }
 
+/// Where the dimensions of a tensor Python sees sit among a plan's `[outer…, B, H, L, D]`:
+/// plan dimension `i` is Python dimension `axes[i]`, or a dimension of size 1 that Python
+/// does not have (`None`). The output, its gradient and the input gradients are placed
+/// this way, so any strides Python gives them map onto the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The shape Python sees.
+    pub(crate) shape: Vec<usize>,
+    pub(crate) axes: Vec<Option<usize>>,
+}
+
+impl Placement {
+    /// `shape` as the last of `n` plan dimensions.
+    fn trailing(shape: &[usize], n: usize) -> Placement {
+        let pad = n - shape.len();
+        Placement {
+            shape: shape.to_vec(),
+            axes: (0..n).map(|i| i.checked_sub(pad)).collect(),
+        }
+    }
+
+    /// `[B, L, H, D]` as the plan's `[B, H, L, D]`; `lifted`: as `[B (outer), 1, H, L, D]`.
+    fn blhd(shape: &[usize], lifted: bool) -> Placement {
+        let mut axes = vec![Some(0), Some(2), Some(1), Some(3)];
+        if lifted {
+            axes.insert(1, None);
+        }
+        Placement {
+            shape: shape.to_vec(),
+            axes,
+        }
+    }
+
+    /// The layout over the plan's dimensions of a tensor of this shape with these element
+    /// strides.
+    pub(crate) fn layout(&self, strides: &[usize]) -> Layout {
+        Layout {
+            shape: self
+                .axes
+                .iter()
+                .map(|a| a.map_or(1, |j| self.shape[j]))
+                .collect(),
+            strides: self
+                .axes
+                .iter()
+                .map(|a| a.map_or(0, |j| strides[j]))
+                .collect(),
+        }
+    }
+
+    /// The layout of a contiguous tensor of this shape.
+    pub(crate) fn contiguous(&self) -> Layout {
+        self.layout(&Layout::contiguous(&self.shape).strides)
+    }
+}
+
 /// How the scores are masked, in the library's terms.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Masking {
@@ -75,11 +132,14 @@ pub(crate) struct Plan {
     pub(crate) k: Layout,
     pub(crate) v: Layout,
     pub(crate) mask: Option<Layout>,
-    /// The output's layout over `[outer…, B, H, Lq, Dv]`, within a contiguous buffer of
-    /// `out_shape`.
-    pub(crate) out: Layout,
-    /// The shape of the output as Python sees it.
-    pub(crate) out_shape: Vec<usize>,
+    /// The output as Python sees it (allocated contiguous), over `[outer…, B, H, Lq, Dv]`;
+    /// its gradient has the same shape, with any strides.
+    pub(crate) out: Placement,
+    /// The gradients of Q, K and V as the backward allocates them (contiguous, float32).
+    /// Torch semantics: shaped like the plan's operands, with every broadcast dimension at
+    /// its full size, for the caller to sum back to the inputs' shapes; `flash_attn_func`:
+    /// the inputs' shapes.
+    pub(crate) grads: [Placement; 3],
     /// The shape of the LSE (`[…, H, Lq]`) and of the weights (`[…, H, Lq, Lk]`) as Python
     /// sees them; both are contiguous in `[outer…, B, H, Lq(, Lk)]` order.
     pub(crate) lse_shape: Vec<usize>,
@@ -249,19 +309,15 @@ pub(crate) fn plan_torch(
     let vl_ = layout(&vs, &vst, hkv, v_hs, lk, ev);
     let mut full = batch.clone();
     full.extend([h, lq, ev]);
-    let out_shape = full[n4 - nd..].to_vec();
-    let (outl, out_shape) = if blhd {
+    let out = if blhd {
         if nd != 4 {
             return Err(value_err("the [B, L, H, D] output needs 4-D inputs".into()));
         }
-        let layout = Layout {
-            shape: full.clone(),
-            strides: vec![lq * h * ev, ev, h * ev, 1],
-        };
-        (layout, vec![batch[0], lq, h, ev])
+        Placement::blhd(&[batch[0], lq, h, ev], false)
     } else {
-        (Layout::contiguous(&full), out_shape)
+        Placement::trailing(&full[n4 - nd..], n4)
     };
+    let grads = [&ql, &kl, &vl_].map(|l| Placement::trailing(&l.shape[n4 - nd..], n4));
     let mut scores = batch.clone();
     scores.extend([h, lq, lk]);
     let mask = match mask {
@@ -293,8 +349,8 @@ pub(crate) fn plan_torch(
         k: kl,
         v: vl_,
         mask,
-        out: outl,
-        out_shape,
+        out,
+        grads,
         lse_shape: scores[n4 - nd..n4 - 1].to_vec(),
         weights_shape: scores[n4 - nd..].to_vec(),
         masking: Masking::default(),
@@ -329,11 +385,8 @@ pub(crate) fn plan_flash(
     let [b, lq, hq, _] = [0, 1, 2, 3].map(|i| q.shape[i]);
     let lk = k.shape[1];
     let dv = v.shape[3];
-    let out_shape = vec![b, lq, hq, dv];
-    let mut outl = Layout {
-        shape: vec![b, hq, lq, dv],
-        strides: vec![lq * hq * dv, dv, hq * dv, 1],
-    };
+    let out = Placement::blhd(&[b, lq, hq, dv], per_batch);
+    let grads = [q, k, v].map(|t| Placement::blhd(&t.shape, per_batch));
     let scores = vec![b, hq, lq, lk];
     let mut maskl = match mask {
         None => None,
@@ -367,7 +420,7 @@ pub(crate) fn plan_flash(
             l.strides[0] = 0;
             l.strides.insert(0, s);
         };
-        for l in [&mut ql, &mut kl, &mut vl, &mut outl] {
+        for l in [&mut ql, &mut kl, &mut vl] {
             lift(l);
         }
         if let Some(m) = maskl.as_mut() {
@@ -381,8 +434,8 @@ pub(crate) fn plan_flash(
         k: kl,
         v: vl,
         mask: maskl,
-        out: outl,
-        out_shape,
+        out,
+        grads,
         lse_shape: vec![b, hq, lq],
         weights_shape: vec![b, hq, lq, lk],
         masking: Masking::default(),
@@ -546,20 +599,6 @@ pub(crate) enum Alibi {
     PerCall(Vec<f32>),
 }
 
-/// The library calls of a plan, with the memory they read and write.
-pub(crate) struct Job<'a> {
-    plan: &'a Plan,
-    q: Operand<'a>,
-    k: Operand<'a>,
-    v: Operand<'a>,
-    mask: Option<Operand<'a>>,
-    out: DataMut<'a>,
-    lse: Option<&'a mut [f32]>,
-    weights: Option<&'a mut [f32]>,
-    scores: &'a Scores,
-    par: Parallelism,
-}
-
 /// Checks that Q, K and V are float data.
 pub(crate) fn float_input(name: &str, d: &Data<'_>) -> PyResult<()> {
     match d {
@@ -568,6 +607,156 @@ pub(crate) fn float_input(name: &str, d: &Data<'_>) -> PyResult<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The elements `d` holds.
+fn data_len(d: &Data<'_>) -> usize {
+    match d {
+        Data::F32(x) => x.len(),
+        Data::F16(x) => x.len(),
+        Data::BF16(x) => x.len(),
+        Data::Bool(x) => x.len(),
+        Data::Bytes(x) => x.len(),
+    }
+}
+
+/// Checks that `d` is float data reaching every element of `l`.
+fn check_operand(name: &str, d: &Data<'_>, l: &Layout) -> PyResult<()> {
+    float_input(name, d)?;
+    let need = span(&l.shape, &l.strides)?;
+    let have = data_len(d);
+    if need > have {
+        return Err(value_err(format!(
+            "{name}: the layout needs {need} elements, the tensor has {have}"
+        )));
+    }
+    Ok(())
+}
+
+/// Steps an outer index to the next one (row-major).
+fn advance(idx: &mut [usize], outer: &[usize]) {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < outer[d] {
+            break;
+        }
+        idx[d] = 0;
+    }
+}
+
+/// What every library call of a plan reads, and the options it runs with; shared by the
+/// forward ([`Job`]) and the backward ([`GradJob`]).
+struct Calls<'a> {
+    plan: &'a Plan,
+    q: Operand<'a>,
+    k: Operand<'a>,
+    v: Operand<'a>,
+    mask: Option<Operand<'a>>,
+    scores: &'a Scores,
+    par: Parallelism,
+    /// The key count of each batch entry of a call, for [`KvLengths::All`].
+    all_lens: Vec<usize>,
+}
+
+impl<'a> Calls<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        plan: &'a Plan,
+        q: Data<'a>,
+        k: Data<'a>,
+        v: Data<'a>,
+        mask: Option<&'a MaskBuf<'a>>,
+        scores: &'a Scores,
+        par: Parallelism,
+    ) -> PyResult<Calls<'a>> {
+        for (name, d, l) in [
+            ("query", &q, &plan.q),
+            ("key", &k, &plan.k),
+            ("value", &v, &plan.v),
+        ] {
+            check_operand(name, d, l)?;
+        }
+        let count: usize = plan.outer.iter().product();
+        let b = plan.q.shape[plan.q.shape.len() - 4];
+        let hq = plan.q.shape[plan.q.shape.len() - 3];
+        if let Some(KvLengths::Each(l)) = &plan.masking.kv_lengths {
+            if l.len() != count * b {
+                return Err(value_err(format!(
+                    "kv_lengths has {} values, the batch is {}",
+                    l.len(),
+                    count * b
+                )));
+            }
+        }
+        let all_lens = match &plan.masking.kv_lengths {
+            Some(KvLengths::All(n)) => vec![*n; b],
+            _ => Vec::new(),
+        };
+        if let Some(Alibi::PerCall(a)) = &scores.alibi {
+            if a.len() != count * hq {
+                return Err(value_err(format!(
+                    "alibi_slopes has {} values, expected {count} × {hq}",
+                    a.len()
+                )));
+            }
+        }
+        Ok(Calls {
+            plan,
+            q: Operand::new(q, &plan.q),
+            k: Operand::new(k, &plan.k),
+            v: Operand::new(v, &plan.v),
+            mask: mask.map(MaskBuf::operand),
+            scores,
+            par,
+            all_lens,
+        })
+    }
+
+    /// The number of library calls (one per outer index).
+    fn count(&self) -> usize {
+        self.plan.outer.iter().product()
+    }
+
+    /// The options of call number `call`, at outer index `idx`.
+    fn options(&self, call: usize, idx: &[usize]) -> Result<SdpaOptions<'_>, AttnError> {
+        let plan = self.plan;
+        let b = self.q.dims[0];
+        let hq = self.q.dims[1];
+        let mut opts = SdpaOptions::new()
+            .with_scale(self.scores.scale)
+            .with_causal(plan.masking.causal)
+            .with_window(plan.masking.window_left, plan.masking.window_right)
+            .with_softcap(self.scores.softcap)
+            .with_path(self.scores.path)
+            .with_isa(self.scores.isa)
+            .with_parallelism(self.par);
+        match &plan.masking.kv_lengths {
+            None => {}
+            Some(KvLengths::All(_)) => opts = opts.with_kv_lengths(Some(&self.all_lens)),
+            Some(KvLengths::Each(l)) => {
+                opts = opts.with_kv_lengths(l.get(call * b..(call + 1) * b));
+            }
+        }
+        match &self.scores.alibi {
+            None => {}
+            Some(Alibi::Shared(a)) => opts = opts.with_alibi_slopes(Some(a)),
+            Some(Alibi::PerCall(a)) => {
+                opts = opts.with_alibi_slopes(a.get(call * hq..(call + 1) * hq));
+            }
+        }
+        if let Some(m) = &self.mask {
+            opts = opts.with_mask(m.mask(idx)?);
+        }
+        Ok(opts)
+    }
+}
+
+/// The forward calls of a plan, with the memory they read and write.
+pub(crate) struct Job<'a> {
+    calls: Calls<'a>,
+    out: DataMut<'a>,
+    lse: Option<&'a mut [f32]>,
+    weights: Option<&'a mut [f32]>,
 }
 
 impl<'a> Job<'a> {
@@ -584,100 +773,26 @@ impl<'a> Job<'a> {
         scores: &'a Scores,
         par: Parallelism,
     ) -> PyResult<Job<'a>> {
-        for (name, d, l) in [
-            ("query", &q, &plan.q),
-            ("key", &k, &plan.k),
-            ("value", &v, &plan.v),
-        ] {
-            float_input(name, d)?;
-            let need = span(&l.shape, &l.strides)?;
-            let have = match d {
-                Data::F32(x) => x.len(),
-                Data::F16(x) => x.len(),
-                Data::BF16(x) => x.len(),
-                _ => 0,
-            };
-            if need > have {
-                return Err(value_err(format!(
-                    "{name}: the layout needs {need} elements, the tensor has {have}"
-                )));
-            }
-        }
-        let count: usize = plan.outer.iter().product();
-        let b = plan.q.shape[plan.q.shape.len() - 4];
-        let hq = plan.q.shape[plan.q.shape.len() - 3];
-        if let Some(KvLengths::Each(l)) = &plan.masking.kv_lengths {
-            if l.len() != count * b {
-                return Err(value_err(format!(
-                    "kv_lengths has {} values, the batch is {}",
-                    l.len(),
-                    count * b
-                )));
-            }
-        }
-        if let Some(Alibi::PerCall(a)) = &scores.alibi {
-            if a.len() != count * hq {
-                return Err(value_err(format!(
-                    "alibi_slopes has {} values, expected {count} × {hq}",
-                    a.len()
-                )));
-            }
-        }
         Ok(Job {
-            plan,
-            q: Operand::new(q, &plan.q),
-            k: Operand::new(k, &plan.k),
-            v: Operand::new(v, &plan.v),
-            mask: mask.map(MaskBuf::operand),
+            calls: Calls::new(plan, q, k, v, mask, scores, par)?,
             out,
             lse,
             weights,
-            scores,
-            par,
         })
     }
 
     /// Runs every library call (one per outer index), in order.
     pub(crate) fn run(&mut self) -> Result<(), AttnError> {
-        let plan = self.plan;
-        let count: usize = plan.outer.iter().product();
-        let (out_outer, out_dims, out_strides) = plan.out.split();
+        let c = &self.calls;
+        let plan = c.plan;
+        let (out_outer, out_dims, out_strides) = plan.out.contiguous().split();
         let [b, h, lq, _] = out_dims;
         let lk = plan.k.shape[plan.k.shape.len() - 2];
         let per_lse = b * h * lq;
         let per_w = per_lse * lk;
         let mut idx = vec![0usize; plan.outer.len()];
-        let hq = self.q.dims[1];
-        for call in 0..count {
-            let mut opts = SdpaOptions::new()
-                .with_scale(self.scores.scale)
-                .with_causal(plan.masking.causal)
-                .with_window(plan.masking.window_left, plan.masking.window_right)
-                .with_softcap(self.scores.softcap)
-                .with_path(self.scores.path)
-                .with_isa(self.scores.isa)
-                .with_parallelism(self.par);
-            let all;
-            match &plan.masking.kv_lengths {
-                None => {}
-                Some(KvLengths::All(n)) => {
-                    all = vec![*n; b];
-                    opts = opts.with_kv_lengths(Some(&all));
-                }
-                Some(KvLengths::Each(l)) => {
-                    opts = opts.with_kv_lengths(l.get(call * b..(call + 1) * b));
-                }
-            }
-            match &self.scores.alibi {
-                None => {}
-                Some(Alibi::Shared(a)) => opts = opts.with_alibi_slopes(Some(a)),
-                Some(Alibi::PerCall(a)) => {
-                    opts = opts.with_alibi_slopes(a.get(call * hq..(call + 1) * hq));
-                }
-            }
-            if let Some(m) = &self.mask {
-                opts = opts.with_mask(m.mask(&idx)?);
-            }
+        for call in 0..c.count() {
+            let opts = c.options(call, &idx)?;
             let off = offset(&idx, &out_outer);
             let out: DynTensorMut<'_> = match &mut self.out {
                 DataMut::F32(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
@@ -693,23 +808,115 @@ impl<'a> Job<'a> {
                 extras = extras.with_weights(Some(TensorMut::contiguous(w, [b, h, lq, lk])?));
             }
             sdpa_into_dyn(
-                self.q.tensor(&idx)?,
-                self.k.tensor(&idx)?,
-                self.v.tensor(&idx)?,
+                c.q.tensor(&idx)?,
+                c.k.tensor(&idx)?,
+                c.v.tensor(&idx)?,
                 out,
                 &opts,
                 extras,
             )?;
-            for d in (0..idx.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < plan.outer[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
+            advance(&mut idx, &plan.outer);
         }
         Ok(())
     }
+}
+
+/// The backward calls of a plan: the forward's inputs, its output `o` and LSE, the output's
+/// gradient `d_o`, and the float32 gradient buffers (contiguous, shaped as
+/// [`Plan::grads`]).
+pub(crate) struct GradJob<'a> {
+    calls: Calls<'a>,
+    o: Operand<'a>,
+    d_o: Operand<'a>,
+    lse: &'a [f32],
+    grads: [&'a mut [f32]; 3],
+}
+
+impl<'a> GradJob<'a> {
+    /// `o` and `d_o` with their layouts over the plan (from [`Plan::out`]); `lse` laid out
+    /// as the forward wrote it (contiguous `[outer…, B, H, Lq]`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        plan: &'a Plan,
+        q: Data<'a>,
+        k: Data<'a>,
+        v: Data<'a>,
+        mask: Option<&'a MaskBuf<'a>>,
+        o: (Data<'a>, Layout),
+        d_o: (Data<'a>, Layout),
+        lse: &'a [f32],
+        grads: [&'a mut [f32]; 3],
+        scores: &'a Scores,
+        par: Parallelism,
+    ) -> PyResult<GradJob<'a>> {
+        let calls = Calls::new(plan, q, k, v, mask, scores, par)?;
+        check_operand("out", &o.0, &o.1)?;
+        check_operand("grad_out", &d_o.0, &d_o.1)?;
+        let rows: usize = plan.lse_shape.iter().product();
+        if lse.len() != rows {
+            return Err(value_err(format!(
+                "lse has {} values, expected {rows}",
+                lse.len()
+            )));
+        }
+        for ((name, g), p) in ["dq", "dk", "dv"].iter().zip(&grads).zip(&plan.grads) {
+            let want: usize = p.shape.iter().product();
+            if g.len() != want {
+                return Err(value_err(format!(
+                    "{name}: {} elements, expected {want}",
+                    g.len()
+                )));
+            }
+        }
+        Ok(GradJob {
+            calls,
+            o: Operand::new(o.0, &o.1),
+            d_o: Operand::new(d_o.0, &d_o.1),
+            lse,
+            grads,
+        })
+    }
+
+    /// Runs the backward of every library call, in order.
+    pub(crate) fn run(&mut self) -> Result<(), AttnError> {
+        let c = &self.calls;
+        let plan = c.plan;
+        let [b, h, lq, _] = c.q.dims;
+        let per_lse = b * h * lq;
+        let layouts = plan.grads.each_ref().map(|p| p.contiguous().split());
+        let mut idx = vec![0usize; plan.outer.len()];
+        for call in 0..c.count() {
+            let opts = c.options(call, &idx)?;
+            let [dq, dk, dv] = &mut self.grads;
+            let grads = SdpaGrads::new(
+                grad_view(dq, &layouts[0], &idx)?,
+                grad_view(dk, &layouts[1], &idx)?,
+                grad_view(dv, &layouts[2], &idx)?,
+            );
+            sdpa_backward_into_dyn(
+                c.q.tensor(&idx)?,
+                c.k.tensor(&idx)?,
+                c.v.tensor(&idx)?,
+                self.o.tensor(&idx)?,
+                self.d_o.tensor(&idx)?,
+                &self.lse[call * per_lse..(call + 1) * per_lse],
+                grads,
+                &opts,
+            )?;
+            advance(&mut idx, &plan.outer);
+        }
+        Ok(())
+    }
+}
+
+/// The view of one call's part of a gradient buffer, laid out as `l` (outer strides, dims,
+/// strides).
+fn grad_view<'b>(
+    buf: &'b mut [f32],
+    l: &(Vec<usize>, [usize; 4], [usize; 4]),
+    idx: &[usize],
+) -> Result<TensorMut<'b>, AttnError> {
+    TensorMut::new(tail_mut(buf, offset(idx, &l.0)), l.1, l.2)
 }
 
 fn tail_mut<T>(s: &mut [T], off: usize) -> &mut [T] {

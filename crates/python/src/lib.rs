@@ -16,9 +16,14 @@
 //!   (module `pool`).
 //! * Every refusal is a Python exception: `TypeError` for a wrong kind or dtype,
 //!   `ValueError` for shapes and options, with the library's message.
+//! * Autograd: a call on torch tensors that require grad goes through
+//!   `fastattn._autograd` (a `torch.autograd.Function`), whose forward calls the private
+//!   `_sdpa_fwd` (or `flash_attn_func` with its LSE) and whose backward calls `_sdpa_bwd` /
+//!   `_flash_bwd`: the library's backward pass ([`attention::sdpa_backward_into_dyn`]) on
+//!   the same plan and options as the forward, into float32 gradients.
 //!
-//! The pure-Python package (`python/fastattn/`) adds the torch custom op, the transformers
-//! integration and the benchmark.
+//! The pure-Python package (`python/fastattn/`) adds autograd, the torch custom ops, the
+//! transformers integration and the benchmark.
 
 mod attn;
 mod dlpack;
@@ -40,8 +45,8 @@ fn attn_err(e: attention::AttnError) -> PyErr {
 }
 
 /// Whether any of `objs` is a torch tensor that requires grad while grad mode is on: the
-/// call then goes through `fastattn._autograd`, which records a node whose backward
-/// raises (there is no backward pass yet) instead of silently dropping the graph.
+/// call then goes through `fastattn._autograd`, which records it in the autograd graph
+/// (a `torch.autograd.Function` whose backward calls `_sdpa_bwd` or `_flash_bwd`).
 fn needs_graph(py: Python<'_>, objs: &[Option<&Bound<'_, PyAny>>]) -> PyResult<bool> {
     let Some(t) = view::torch(py)? else {
         return Ok(false);
@@ -111,7 +116,7 @@ fn execute<'py>(
         _ => None,
     };
     let mut out = if want_out {
-        Some(Output::zeros(q, &plan.out_shape, q.elem)?)
+        Some(Output::zeros(q, &plan.out.shape, q.elem)?)
     } else {
         None
     };
@@ -120,7 +125,7 @@ fn execute<'py>(
     let mut scratch = if want_out {
         Vec::new()
     } else {
-        vec![0.0f32; plan.out_shape.iter().product()]
+        vec![0.0f32; plan.out.shape.iter().product()]
     };
     let mut lse = if want_lse {
         Some(Output::zeros(q, &plan.lse_shape, Elem::F32)?)
@@ -195,11 +200,111 @@ fn scale_f32(scale: Option<f64>) -> Option<f32> {
     scale.map(|s| s as f32)
 }
 
-/// Torch-semantics attention (shared by `scaled_dot_product_attention`, `attention_weights`
-/// and the transformers entry).
+/// A problem ready to run: the views of its operands, its plan and its score options.
+struct Prepared<'py> {
+    q: View<'py>,
+    k: View<'py>,
+    v: View<'py>,
+    mask: Option<View<'py>>,
+    plan: Plan,
+    scores: Scores,
+}
+
+impl<'py> Prepared<'py> {
+    /// Runs the forward (see [`execute`]).
+    fn execute(&self, py: Python<'py>, want: (bool, bool, bool)) -> PyResult<Outputs<'py>> {
+        execute(
+            py,
+            &self.q,
+            &self.k,
+            &self.v,
+            self.mask.as_ref(),
+            &self.plan,
+            &self.scores,
+            want.0,
+            want.1,
+            want.2,
+        )
+    }
+
+    /// Runs the backward: from the forward's output `out` and LSE `lse` (as the forward
+    /// returned them) and the output's gradient `grad_out` (the output's shape, any
+    /// strides and float dtype), the float32 gradients `(dq, dk, dv)`, shaped as
+    /// [`Plan::grads`]. Releases the GIL while computing.
+    fn gradients(
+        &self,
+        py: Python<'py>,
+        grad_out: &Bound<'py, PyAny>,
+        out: &Bound<'py, PyAny>,
+        lse: &Bound<'py, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let plan = &self.plan;
+        let o = View::new(out, "out")?;
+        let g = View::new(grad_out, "grad_out")?;
+        let l = View::new(lse, "lse")?;
+        for (name, t) in [("out", &o), ("grad_out", &g)] {
+            if t.elem == Elem::Bool {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}: dtype bool is not supported (float32, float16, bfloat16)"
+                )));
+            }
+            if t.shape != plan.out.shape {
+                return Err(PyValueError::new_err(format!(
+                    "{name} has shape {:?}, the attention output is {:?}",
+                    t.shape, plan.out.shape
+                )));
+            }
+        }
+        if l.elem != Elem::F32 {
+            return Err(PyTypeError::new_err(format!(
+                "lse must be float32, got {}",
+                l.elem.name()
+            )));
+        }
+        if l.shape != plan.lse_shape || !view::is_contiguous(&l.shape, &l.strides) {
+            return Err(PyValueError::new_err(format!(
+                "lse must be a contiguous {:?} tensor (the forward's), got shape {:?}",
+                plan.lse_shape, l.shape
+            )));
+        }
+        let view::Data::F32(lse_data) = l.data()? else {
+            return Err(PyTypeError::new_err("lse must be float32"));
+        };
+        let (qd, kd, vd) = (self.q.data()?, self.k.data()?, self.v.data()?);
+        let mask_buf = match (self.mask.as_ref(), &plan.mask) {
+            (Some(m), Some(ml)) => Some(MaskBuf::new(m.data()?, ml.clone())),
+            _ => None,
+        };
+        let o_layout = plan.out.layout(&o.strides);
+        let g_layout = plan.out.layout(&g.strides);
+        let zeros = |i: usize| Output::zeros(&self.q, &plan.grads[i].shape, Elem::F32);
+        let (mut dq, mut dk, mut dv) = (zeros(0)?, zeros(1)?, zeros(2)?);
+        let threads = threads_for(py, &self.q)?;
+        {
+            let grads = [dq.f32_data()?, dk.f32_data()?, dv.f32_data()?];
+            let mut job = attn::GradJob::new(
+                plan,
+                qd,
+                kd,
+                vd,
+                mask_buf.as_ref(),
+                (o.data()?, o_layout),
+                (g.data()?, g_layout),
+                lse_data,
+                grads,
+                &self.scores,
+                threads.parallelism(),
+            )?;
+            py.detach(|| threads.run(|| job.run())).map_err(attn_err)?;
+        }
+        (dq.into_obj(), dk.into_obj(), dv.into_obj()).into_py_any(py)
+    }
+}
+
+/// The views and plan of a torch-semantics call (shared by `scaled_dot_product_attention`,
+/// `attention_weights`, the transformers entry and their backward).
 #[allow(clippy::too_many_arguments)]
-fn torch_semantics<'py>(
-    py: Python<'py>,
+fn prepare_torch<'py>(
     query: &Bound<'py, PyAny>,
     key: &Bound<'py, PyAny>,
     value: &Bound<'py, PyAny>,
@@ -210,8 +315,7 @@ fn torch_semantics<'py>(
     softcap: Option<f64>,
     blhd: bool,
     strict_mask: bool,
-    want: (bool, bool, bool),
-) -> PyResult<Outputs<'py>> {
+) -> PyResult<Prepared<'py>> {
     let q = View::new(query, "query")?;
     let k = View::new(key, "key")?;
     let v = View::new(value, "value")?;
@@ -232,18 +336,46 @@ fn torch_semantics<'py>(
         softcap: softcap.map(|c| c as f32),
         ..Scores::default()
     };
-    execute(
-        py,
-        &q,
-        &k,
-        &v,
-        mask.as_ref(),
-        &plan,
-        &scores,
-        want.0,
-        want.1,
-        want.2,
-    )
+    Ok(Prepared {
+        q,
+        k,
+        v,
+        mask,
+        plan,
+        scores,
+    })
+}
+
+/// Torch-semantics attention (see [`prepare_torch`]), computing the outputs in `want`
+/// (output, LSE, weights).
+#[allow(clippy::too_many_arguments)]
+fn torch_semantics<'py>(
+    py: Python<'py>,
+    query: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyAny>,
+    value: &Bound<'py, PyAny>,
+    attn_mask: Option<&Bound<'py, PyAny>>,
+    is_causal: bool,
+    scale: Option<f64>,
+    enable_gqa: bool,
+    softcap: Option<f64>,
+    blhd: bool,
+    strict_mask: bool,
+    want: (bool, bool, bool),
+) -> PyResult<Outputs<'py>> {
+    prepare_torch(
+        query,
+        key,
+        value,
+        attn_mask,
+        is_causal,
+        scale,
+        enable_gqa,
+        softcap,
+        blhd,
+        strict_mask,
+    )?
+    .execute(py, want)
 }
 
 /// Scaled dot-product attention with the semantics of
@@ -263,6 +395,11 @@ fn torch_semantics<'py>(
 /// * `scale`: default `1/sqrt(E)`.
 /// * `enable_gqa`: `Hq` may be a multiple of `Hk = Hv` (grouped-query attention, without
 ///   repeating K and V); without it the head counts must be equal or 1.
+///
+/// Differentiable on torch tensors that require grad (the library's backward pass, through
+/// `fastattn._autograd`): the gradients come back in the inputs' dtypes and shapes, summed
+/// over broadcast dimensions. The mask gets no gradient (one that requires grad is a
+/// `ValueError`).
 #[pyfunction]
 #[pyo3(signature = (query, key, value, attn_mask=None, dropout_p=0.0, is_causal=false, scale=None, enable_gqa=false))]
 #[allow(clippy::too_many_arguments)]
@@ -309,7 +446,8 @@ fn scaled_dot_product_attention<'py>(
 /// `scaled_dot_product_attention`, without dropout): `(weights, lse)`, float32, with
 /// `weights[..., h, i, j]` the weight query `i` gives key `j` (rows sum to 1, or are all 0
 /// when no key is visible) and `lse[..., h, i]` the log-sum-exp of row `i`'s scores
-/// (`-inf` when no key is visible).
+/// (`-inf` when no key is visible). Not differentiable: on inputs that require grad, the
+/// results' backward raises `NotImplementedError`.
 #[pyfunction]
 #[pyo3(signature = (query, key, value, attn_mask=None, is_causal=false, scale=None, enable_gqa=false))]
 #[allow(clippy::too_many_arguments)]
@@ -380,7 +518,8 @@ fn window(x: i64, side: &str) -> PyResult<Option<usize>> {
 ///   position (-1: unbounded).
 /// * `softcap`: `cap * tanh(s / cap)` on the scores (0: off).
 /// * `alibi_slopes`: `(Hq,)` or `(B, Hq)`; subtracts `slope * |pos - j|`.
-/// * `return_lse`: also return the log-sum-exp `[B, Hq, Lq]` (float32): `(out, lse)`.
+/// * `return_lse`: also return the log-sum-exp `[B, Hq, Lq]` (float32): `(out, lse)`. The
+///   LSE is not differentiable (no gradient flows back through it).
 /// * `kv_lengths`: `B` valid key counts (keys past them are padding).
 /// * `attn_mask` (keyword): a bool or additive mask broadcast to `[B, Hq, Lq, Lk]` (not
 ///   in FlashAttention-2; the library has it).
@@ -390,6 +529,11 @@ fn window(x: i64, side: &str) -> PyResult<Option<usize>> {
 ///   results within rounding; for profiling).
 /// * `variant` (keyword): force a kernel variant (`"scalar"`, `"portable"`, `"avx2"`,
 ///   `"avx512"`); one this CPU lacks is a `ValueError`.
+///
+/// Differentiable on torch tensors that require grad, with every option: the gradients of
+/// q, k and v come back in their dtypes (dK and dV summed over each group of query heads).
+/// The mask and the ALiBi slopes get no gradient (a tensor of them that requires grad is a
+/// `ValueError`).
 #[pyfunction]
 #[pyo3(signature = (q, k, v, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=false, kv_lengths=None, *, attn_mask=None, dropout_p=0.0, deterministic=true, path=None, variant=None))]
 #[allow(clippy::too_many_arguments)]
@@ -418,7 +562,7 @@ fn flash_attn_func<'py>(
     }
     // Results never depend on the thread count: every call is deterministic.
     let _ = deterministic;
-    if needs_graph(py, &[Some(q), Some(k), Some(v), attn_mask])? {
+    if needs_graph(py, &[Some(q), Some(k), Some(v), attn_mask, alibi_slopes])? {
         let args = (
             q,
             k,
@@ -437,6 +581,45 @@ fn flash_attn_func<'py>(
         kw.set_item(intern!(py, "variant"), variant)?;
         return with_graph_kw(py, "flash_attn_func", args.into_pyobject(py)?, Some(kw));
     }
+    let p = prepare_flash(
+        q,
+        k,
+        v,
+        causal,
+        softmax_scale,
+        window_size,
+        softcap,
+        alibi_slopes,
+        kv_lengths,
+        attn_mask,
+        path,
+        variant,
+    )?;
+    let o = p.execute(py, (true, return_lse, false))?;
+    let out = o.out.expect("asked for").into_obj();
+    if return_lse {
+        (out, o.lse.expect("asked for").into_obj()).into_py_any(py)
+    } else {
+        Ok(out.unbind())
+    }
+}
+
+/// The views and plan of a `flash_attn_func` call (and of its backward).
+#[allow(clippy::too_many_arguments)]
+fn prepare_flash<'py>(
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    causal: bool,
+    softmax_scale: Option<f64>,
+    window_size: (i64, i64),
+    softcap: f64,
+    alibi_slopes: Option<&Bound<'py, PyAny>>,
+    kv_lengths: Option<&Bound<'py, PyAny>>,
+    attn_mask: Option<&Bound<'py, PyAny>>,
+    path: Option<&str>,
+    variant: Option<&str>,
+) -> PyResult<Prepared<'py>> {
     let qv = View::new(q, "q")?;
     let kv = View::new(k, "k")?;
     let vv = View::new(v, "v")?;
@@ -509,24 +692,14 @@ fn flash_attn_func<'py>(
         path,
         isa,
     };
-    let o = execute(
-        py,
-        &qv,
-        &kv,
-        &vv,
-        mask.as_ref(),
-        &plan,
-        &scores,
-        true,
-        return_lse,
-        false,
-    )?;
-    let out = o.out.expect("asked for").into_obj();
-    if return_lse {
-        (out, o.lse.expect("asked for").into_obj()).into_py_any(py)
-    } else {
-        Ok(out.unbind())
-    }
+    Ok(Prepared {
+        q: qv,
+        k: kv,
+        v: vv,
+        mask,
+        plan,
+        scores,
+    })
 }
 
 /// Torch-semantics attention with the extras the transformers integration needs:
@@ -569,6 +742,114 @@ fn _sdpa_ext<'py>(
     Ok(o.out.expect("asked for").into_obj().unbind())
 }
 
+/// The forward of the autograd path of the torch-semantics functions: `(out, lse)`, with
+/// `lse` `[..., H, Lq]` float32 (the log-sum-exp `_sdpa_bwd` needs). Arguments as
+/// `_sdpa_ext`; `strict_mask`: torch's rule for the mask dtype (bool, float32 or the
+/// query's). Records no autograd node.
+#[pyfunction]
+#[pyo3(signature = (query, key, value, attn_mask=None, is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false, strict_mask=true))]
+#[allow(clippy::too_many_arguments)]
+fn _sdpa_fwd<'py>(
+    py: Python<'py>,
+    query: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyAny>,
+    value: &Bound<'py, PyAny>,
+    attn_mask: Option<&Bound<'py, PyAny>>,
+    is_causal: bool,
+    scale: Option<f64>,
+    enable_gqa: bool,
+    softcap: Option<f64>,
+    blhd: bool,
+    strict_mask: bool,
+) -> PyResult<Py<PyAny>> {
+    let o = torch_semantics(
+        py,
+        query,
+        key,
+        value,
+        attn_mask,
+        is_causal,
+        scale,
+        enable_gqa,
+        softcap,
+        blhd,
+        strict_mask,
+        (true, true, false),
+    )?;
+    let out = o.out.expect("asked for").into_obj();
+    (out, o.lse.expect("asked for").into_obj()).into_py_any(py)
+}
+
+/// The backward of a torch-semantics call: from the output's gradient `grad_out`, the
+/// forward's inputs and options, its output `out` and LSE `lse` (from `_sdpa_fwd`),
+/// `(dq, dk, dv)` in float32. Each gradient has the shape of its input with every
+/// broadcast dimension at its full size (batch dimensions, and heads shared without
+/// `enable_gqa`): sum it back to the input's shape (`sum_to_size`). With grouped heads,
+/// dK and dV are already summed over each group.
+#[pyfunction]
+#[pyo3(signature = (grad_out, query, key, value, out, lse, attn_mask=None, is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false))]
+#[allow(clippy::too_many_arguments)]
+fn _sdpa_bwd<'py>(
+    py: Python<'py>,
+    grad_out: &Bound<'py, PyAny>,
+    query: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyAny>,
+    value: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    lse: &Bound<'py, PyAny>,
+    attn_mask: Option<&Bound<'py, PyAny>>,
+    is_causal: bool,
+    scale: Option<f64>,
+    enable_gqa: bool,
+    softcap: Option<f64>,
+    blhd: bool,
+) -> PyResult<Py<PyAny>> {
+    prepare_torch(
+        query, key, value, attn_mask, is_causal, scale, enable_gqa, softcap, blhd, false,
+    )?
+    .gradients(py, grad_out, out, lse)
+}
+
+/// The backward of `flash_attn_func`: from the output's gradient `grad_out`, the forward's
+/// inputs and options, its output `out` and LSE `lse` (`return_lse=True`), `(dq, dk, dv)`
+/// in float32, shaped as q, k and v (dK and dV summed over each group of query heads).
+#[pyfunction]
+#[pyo3(signature = (grad_out, q, k, v, out, lse, causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, kv_lengths=None, *, attn_mask=None, variant=None))]
+#[allow(clippy::too_many_arguments)]
+fn _flash_bwd<'py>(
+    py: Python<'py>,
+    grad_out: &Bound<'py, PyAny>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    lse: &Bound<'py, PyAny>,
+    causal: bool,
+    softmax_scale: Option<f64>,
+    window_size: (i64, i64),
+    softcap: f64,
+    alibi_slopes: Option<&Bound<'py, PyAny>>,
+    kv_lengths: Option<&Bound<'py, PyAny>>,
+    attn_mask: Option<&Bound<'py, PyAny>>,
+    variant: Option<&str>,
+) -> PyResult<Py<PyAny>> {
+    prepare_flash(
+        q,
+        k,
+        v,
+        causal,
+        softmax_scale,
+        window_size,
+        softcap,
+        alibi_slopes,
+        kv_lengths,
+        attn_mask,
+        None,
+        variant,
+    )?
+    .gradients(py, grad_out, out, lse)
+}
+
 /// Seconds taken by `calls` back-to-back library calls on these inputs (torch semantics,
 /// no mask), timed in Rust with the views built once: the Rust side of the binding's
 /// overhead measurement (`python -m fastattn.bench --overhead`).
@@ -592,7 +873,7 @@ fn _time_rust<'py>(
         plan.masking = attn::top_left_causal(plan.q.shape[n - 2], plan.k.shape[n - 2]);
     }
     let scores = Scores::default();
-    let mut out = Output::zeros(&q, &plan.out_shape, q.elem)?;
+    let mut out = Output::zeros(&q, &plan.out.shape, q.elem)?;
     let threads = threads_for(py, &q)?;
     let mut job = attn::Job::new(
         &plan,
@@ -648,6 +929,9 @@ fn _fastattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention_weights, m)?)?;
     m.add_function(wrap_pyfunction!(flash_attn_func, m)?)?;
     m.add_function(wrap_pyfunction!(_sdpa_ext, m)?)?;
+    m.add_function(wrap_pyfunction!(_sdpa_fwd, m)?)?;
+    m.add_function(wrap_pyfunction!(_sdpa_bwd, m)?)?;
+    m.add_function(wrap_pyfunction!(_flash_bwd, m)?)?;
     m.add_function(wrap_pyfunction!(_time_rust, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

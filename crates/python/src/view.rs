@@ -464,6 +464,22 @@ pub(crate) fn span(shape: &[usize], strides: &[usize]) -> PyResult<usize> {
     Ok(last + 1)
 }
 
+/// Whether element strides `strides` lay `shape` out contiguously (row-major); the strides
+/// of dimensions of size 1 do not matter.
+pub(crate) fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let mut want = 1usize;
+    for (&d, &s) in shape.iter().zip(strides).rev() {
+        if d > 1 && s != want {
+            return false;
+        }
+        want = want.saturating_mul(d);
+    }
+    true
+}
+
 /// The memory of a view, typed.
 #[derive(Clone, Copy)]
 pub(crate) enum Data<'a> {

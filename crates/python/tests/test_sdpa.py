@@ -234,17 +234,21 @@ def test_output_is_fresh_and_inputs_untouched():
     assert all(torch.equal(a, b) for a, b in zip((q, k, v), copies))
 
 
-def test_grad_inputs_give_a_node_whose_backward_raises():
+def test_grad_inputs_give_a_node_with_a_backward():
     gen = torch.Generator().manual_seed(12)
     q = torch.randn(1, 2, 8, 16, generator=gen, requires_grad=True)
     k, v = (torch.randn(1, 2, 8, 16, generator=gen) for _ in range(2))
     out = fastattn.scaled_dot_product_attention(q, k, v)
     assert out.requires_grad and out.grad_fn is not None
     assert_close(out.detach(), SDPA(q.detach(), k, v), atol=2e-5, case="grad forward")
-    with pytest.raises(NotImplementedError, match="no backward"):
-        out.sum().backward()
+    out.sum().backward()  # gradients are checked in test_backward.py
+    assert q.grad is not None and q.grad.shape == q.shape
     with torch.no_grad():
         assert fastattn.scaled_dot_product_attention(q, k, v).grad_fn is None
+    # attention_weights has no backward: its node raises at backward().
+    w, _ = fastattn.attention_weights(q, k, v)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        w.sum().backward()
 
 
 def test_attention_weights_and_lse():

@@ -117,3 +117,70 @@ def test_bert_padding_mask_matches_eager(tmp_path):
     with torch.no_grad():
         load(tmp_path, name, transformers.BertModel)(input_ids=ids, attention_mask=mask)
     assert len(seen) == 2  # both layers went through fastattn
+
+
+def param_grads(model, **batch):
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_grads_close(ours, eager, case):
+    assert ours.keys() == eager.keys(), case
+    for n, g in eager.items():
+        scale = max(1.0, g.abs().max().item())
+        assert_close(ours[n], g, atol=1e-4 * scale, case=f"{case}: {n}")
+
+
+def test_llama_training_step_grads_match_eager(llama_dir):
+    name, seen = probe()
+    eager, ours = load(llama_dir, "eager").train(), load(llama_dir, name).train()
+    # Unpadded (the is_causal path without a mask tensor).
+    gen = torch.Generator().manual_seed(64)
+    ids = torch.randint(3, 96, (2, 10), generator=gen)
+    assert_grads_close(param_grads(ours, input_ids=ids, labels=ids),
+                       param_grads(eager, input_ids=ids, labels=ids), "llama unpadded seed 64")
+    assert seen, "the fastattn forward was not called"
+    # Left-padded (a bool mask). The loss sees only logits of real tokens, whose attention
+    # never reaches a padding key: no label is predicted from a padding position (the rows
+    # of padding queries, which see no real key, differ from eager attention's).
+    ids, mask = left_padded_batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, 1:][mask[:, :-1] == 0] = -100
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    assert_grads_close(param_grads(ours, **batch), param_grads(eager, **batch), "llama left-padded seed 61")
+
+
+def test_llama_optimizer_step_runs(llama_dir):
+    model = load(llama_dir, NAME).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(65)
+    ids = torch.randint(3, 96, (2, 12), generator=gen)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_bert_padded_training_grads_match_eager(tmp_path):
+    torch.manual_seed(66)
+    cfg = transformers.BertConfig(
+        vocab_size=80, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=96, max_position_embeddings=32,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path)
+    cls = transformers.BertForMaskedLM
+    eager = load(tmp_path, "eager", cls).train()
+    ours = load(tmp_path, NAME, cls).train()
+    gen = torch.Generator().manual_seed(67)
+    ids = torch.randint(1, 80, (3, 10), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    batch = dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    assert_grads_close(param_grads(ours, **batch), param_grads(eager, **batch), "bert padded seed 67")

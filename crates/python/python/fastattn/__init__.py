@@ -11,7 +11,14 @@ read and written in place; results come back in the query's kind.
 * :func:`attention_weights`: the attention matrix ``[..., H, Lq, Lk]`` and its LSE.
 * :func:`set_num_threads` / :func:`get_num_threads`: threads of calls on numpy arrays
   (calls on torch tensors use ``torch.get_num_threads()``).
-* ``fastattn.torch``: the ``fastattn::sdpa`` torch custom op (``torch.compile``).
+* Autograd: on torch tensors that require grad, :func:`scaled_dot_product_attention`
+  and :func:`flash_attn_func` are differentiable (the library's backward pass; gradients
+  in the inputs' dtypes and shapes, summed over broadcast dimensions). Masks and ALiBi
+  slopes get no gradient (one that requires grad is a ``ValueError``); the LSE output of
+  ``flash_attn_func(..., return_lse=True)`` is not differentiable; there is no double
+  backward, and :func:`attention_weights` has no backward.
+* ``fastattn.torch``: the ``fastattn::sdpa`` torch custom op, differentiable
+  (``torch.compile``).
 * ``fastattn.transformers.register()``: ``attn_implementation="fastattn"`` in Hugging
   Face transformers.
 

@@ -59,4 +59,47 @@ def _sdpa_ext(
     softcap: Optional[float] = None,
     blhd: bool = False,
 ) -> T: ...
+def _sdpa_fwd(
+    query: T,
+    key: Any,
+    value: Any,
+    attn_mask: Optional[Any] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    softcap: Optional[float] = None,
+    blhd: bool = False,
+    strict_mask: bool = True,
+) -> Tuple[T, T]: ...
+def _sdpa_bwd(
+    grad_out: Any,
+    query: T,
+    key: Any,
+    value: Any,
+    out: Any,
+    lse: Any,
+    attn_mask: Optional[Any] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    softcap: Optional[float] = None,
+    blhd: bool = False,
+) -> Tuple[T, T, T]: ...
+def _flash_bwd(
+    grad_out: Any,
+    q: T,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    causal: bool = False,
+    softmax_scale: Optional[float] = None,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[_Seq] = None,
+    kv_lengths: Optional[Union[Sequence[int], Any]] = None,
+    *,
+    attn_mask: Optional[Any] = None,
+    variant: Optional[str] = None,
+) -> Tuple[T, T, T]: ...
 def _time_rust(query: Any, key: Any, value: Any, is_causal: bool = False, calls: int = 100) -> float: ...

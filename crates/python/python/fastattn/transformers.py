@@ -16,7 +16,11 @@ transformers' own SDPA mask builder (``masking_utils.sdpa_mask``: a boolean
 * the result is written straight into the ``[B, Lq, H, D]`` layout transformers wants
   (no transpose copy);
 * ``softcap`` (Gemma 2) is applied by the kernel;
-* dropout (training) and attention sinks (``s_aux``) are refused with a ``ValueError``.
+* dropout and attention sinks (``s_aux``) are refused with a ``ValueError``.
+
+Training works: on hidden states that require grad the attention is differentiable
+(``fastattn._autograd``; under ``torch.compile``, the ``fastattn::sdpa`` op), as long as the
+model's attention dropout is 0.
 
 Generation with a KV cache works: transformers passes the cached keys and values and the
 matching mask; a single query token with no mask attends to every key.
@@ -53,7 +57,8 @@ def attention_forward(
     ``(output [B, Lq, H, Dv], None)``."""
     if dropout:
         raise ValueError(
-            f"fastattn has no dropout (got dropout={dropout}); call model.eval() for inference"
+            f"fastattn has no dropout (got dropout={dropout}): set the model's attention "
+            "dropout to 0 to train, or call model.eval() for inference"
         )
     if kwargs.get("s_aux") is not None:
         raise ValueError("fastattn does not support attention sinks (s_aux)")
