@@ -560,7 +560,11 @@ pub fn backward_case(
         name,
         format!(
             "hq={hq} hkv={hkv} lq={lq} lk={lk} d={d} causal={causal} {}",
-            if forward { "forward+backward" } else { "backward" }
+            if forward {
+                "forward+backward"
+            } else {
+                "backward"
+            }
         ),
         flops,
         bytes,
@@ -593,8 +597,11 @@ pub fn backward_case(
                     .expect("valid problem");
                 };
                 fwd(&mut o, &mut lse, &q, &k, &v);
-                let (mut dq, mut dk, mut dv) =
-                    (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
+                let (mut dq, mut dk, mut dv) = (
+                    vec![0.0f32; q.len()],
+                    vec![0.0f32; k.len()],
+                    vec![0.0f32; v.len()],
+                );
                 let run = move |_threads: usize| {
                     if forward {
                         fwd(&mut o, &mut lse, &q, &k, &v);

@@ -14,17 +14,21 @@
 //! factor; the mask and the slopes get no gradient.
 //!
 //! # Determinism
-//! The work is split in two passes whose tasks own disjoint gradient rows, so nothing is
-//! reduced across tasks and no split depends on the thread count:
+//! One task per `(batch, key/value head, chunk of keys)` ([`key_chunks`]: chunks of at
+//! least [`BWD_KEY_CHUNK`] keys, at most [`BWD_MAX_CHUNKS`] per head, fixed by `Lk`
+//! alone). A task walks its keys in blocks of [`BWD_KEY_BLOCK`]; for each block it loops
+//! over every query head of the group and every tile of [`BWD_QUERY_TILE`] queries in a
+//! fixed order, accumulating the block's `dK` and `dV` (which it owns) and its share of
+//! the group's `dQ` in a buffer of its own. The shares are summed in chunk order at the
+//! end. Nothing is reduced across tasks in an order that timing could change, so the
+//! gradients are bit-identical at any thread count, without atomics; the memory beyond
+//! the inputs and outputs is the row statistics (`D`, O(L)), the shares (at most
+//! [`BWD_MAX_CHUNKS`] × dQ's size) and per-thread tiles.
 //!
-//! 1. one task per `(batch, key/value head, block of` [`BWD_KEY_BLOCK`] `keys)` accumulates
-//!    that block's `dK` and `dV` over every query head of its group and every query tile, in
-//!    a fixed order;
-//! 2. one task per `(batch, query head, tile of` [`BWD_QUERY_TILE`] `queries)` accumulates
-//!    its `dQ` over the key blocks in order.
-//!
-//! Pass 2 recomputes `S` and `dP` (seven tile products instead of five), the price of
-//! bit-identical gradients at any thread count without atomics or an `Lq × Lk` buffer.
+//! Per (block, tile): `S = scale·Q·Kᵀ` and `dP = dO·Vᵀ` with Kᵀ and Vᵀ packed once per
+//! block, `dV += Pᵀ·dO` and `dK += dSᵀ·Q` with the group's Q and dO tiles packed once per
+//! task, `dQ += dS·K` with K packed once per block: five tile products, as in
+//! FlashAttention-2.
 //!
 //! # Keys a query cannot see
 //! Their weight is exactly 0, and their `dS` is set to 0 by selection, never by a multiply,
@@ -37,7 +41,8 @@ use crate::options::Problem;
 use crate::tensor::{AnyRef, DynTensor, TensorMut, TensorRef};
 use crate::{SdpaOptions, SyncPtr};
 use kernels::dtype::{all_finite, Element};
-use kernels::gemm::{gemm_with, MatMut, MatRef};
+use kernels::gemm::packed::{gemm_packed_b, PackedB};
+use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::axpy_rows_with;
 use kernels::{Isa, Parallelism};
 use std::cell::RefCell;
@@ -251,9 +256,9 @@ pub fn sdpa_backward_into_dyn(
         dsum: &dsum,
     };
     let (dqs, dks, dvs) = (grads.dq.strides(), grads.dk.strides(), grads.dv.strides());
-    // SAFETY: pass 1's tasks write disjoint rows of dK and dV (one block of keys of one
-    // (batch, key/value head) each), pass 2's disjoint rows of dQ; nothing else accesses
-    // the views during the call (they are borrowed mutably here).
+    // SAFETY: the tasks write disjoint rows of dK and dV (one chunk of keys of one
+    // (batch, key/value head) each); dQ is written after them, by this thread only; nothing
+    // else accesses the views during the call (they are borrowed mutably here).
     let (dq_p, dk_p, dv_p) = unsafe {
         (
             SyncPtr::new(grads.dq.as_mut_ptr()),
@@ -261,68 +266,88 @@ pub fn sdpa_backward_into_dyn(
             SyncPtr::new(grads.dv.as_mut_ptr()),
         )
     };
-    // Pass 1: dK and dV, one task per (b, kvh, key block).
-    let nblk = p.lk.div_ceil(BWD_KEY_BLOCK);
-    let kv_tasks = p.b * p.hkv * nblk;
-    kernels::parallel::try_for_each(threads, kv_tasks, |t| {
-        let (bh, blk) = (t / nblk, t % nblk);
+    // One task per (b, kvh, key chunk): the chunk's dK and dV, and its share of the
+    // group's dQ in a buffer of its own; the shares are summed in chunk order after.
+    let (chunks, chunk_len) = key_chunks(p.lk);
+    let group = p.group();
+    let part_len = (group * p.lq * p.d).max(1);
+    let tasks = p.b * p.hkv * chunks;
+    let mut parts = vec![0.0f32; tasks * part_len];
+    kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, part_len, |t, part| {
+        let (bh, c) = (t / chunks, t % chunks);
         let (b, kvh) = (bh / p.hkv, bh % p.hkv);
+        let (j_lo, j_hi) = (c * chunk_len, ((c + 1) * chunk_len).min(p.lk));
         with_ws(|ws| {
-            inputs.key_block(ws, b, kvh, blk)?;
-            let (j0, kb) = (
-                blk * BWD_KEY_BLOCK,
-                BWD_KEY_BLOCK.min(p.lk - blk * BWD_KEY_BLOCK),
-            );
-            for r in 0..kb {
-                for x in 0..p.d {
-                    // SAFETY: (b, kvh, j0 + r, x) is inside dK; this task owns the row.
-                    unsafe {
-                        *dk_p
-                            .get()
-                            .add(b * dks[0] + kvh * dks[1] + (j0 + r) * dks[2] + x * dks[3]) =
-                            p.scale * ws.dk[r * p.d + x]
-                    };
+            inputs.chunk(ws, b, kvh, j_lo, j_hi, part, |j0, kb, dk, dv| {
+                for r in 0..kb {
+                    for x in 0..p.d {
+                        // SAFETY: (b, kvh, j0 + r, x) is inside dK; this task owns the
+                        // rows of its key chunk.
+                        unsafe {
+                            *dk_p
+                                .get()
+                                .add(b * dks[0] + kvh * dks[1] + (j0 + r) * dks[2] + x * dks[3]) =
+                                p.scale * dk[r * p.d + x]
+                        };
+                    }
+                    for x in 0..p.dv {
+                        // SAFETY: as above, for dV.
+                        unsafe {
+                            *dv_p
+                                .get()
+                                .add(b * dvs[0] + kvh * dvs[1] + (j0 + r) * dvs[2] + x * dvs[3]) =
+                                dv[r * p.dv + x]
+                        };
+                    }
                 }
-                for x in 0..p.dv {
-                    // SAFETY: as above, for dV.
-                    unsafe {
-                        *dv_p
-                            .get()
-                            .add(b * dvs[0] + kvh * dvs[1] + (j0 + r) * dvs[2] + x * dvs[3]) =
-                            ws.dv[r * p.dv + x]
-                    };
-                }
-            }
-            Ok::<(), AttnError>(())
+            })
         })
     })?;
-    // Pass 2: dQ, one task per (b, h, query tile).
-    let ntile = p.lq.div_ceil(BWD_QUERY_TILE);
-    let q_tasks = p.b * p.hq * ntile;
-    kernels::parallel::try_for_each(threads, q_tasks, |t| {
-        let (bh, tile) = (t / ntile, t % ntile);
-        let (b, h) = (bh / p.hq, bh % p.hq);
-        with_ws(|ws| {
-            inputs.query_tile(ws, b, h, tile)?;
-            let i0 = tile * BWD_QUERY_TILE;
-            let rows = BWD_QUERY_TILE.min(p.lq - i0);
-            for r in 0..rows {
-                for x in 0..p.d {
-                    // SAFETY: (b, h, i0 + r, x) is inside dQ; this task owns the row.
-                    unsafe {
-                        *dq_p
-                            .get()
-                            .add(b * dqs[0] + h * dqs[1] + (i0 + r) * dqs[2] + x * dqs[3]) =
-                            p.scale * ws.dq[r * p.d + x]
-                    };
+    // dQ = scale · Σ_c part_c, in chunk order.
+    for b in 0..p.b {
+        for kvh in 0..p.hkv {
+            let base = (b * p.hkv + kvh) * chunks;
+            for g in 0..group {
+                let h = kvh * group + g;
+                for i in 0..p.lq {
+                    for x in 0..p.d {
+                        let e = (g * p.lq + i) * p.d + x;
+                        let mut acc = parts[base * part_len + e];
+                        for c in 1..chunks {
+                            acc += parts[(base + c) * part_len + e];
+                        }
+                        // SAFETY: (b, h, i, x) is inside dQ; the tasks are done and this
+                        // loop is the only writer.
+                        unsafe {
+                            *dq_p
+                                .get()
+                                .add(b * dqs[0] + h * dqs[1] + i * dqs[2] + x * dqs[3]) =
+                                p.scale * acc
+                        };
+                    }
                 }
             }
-            Ok::<(), AttnError>(())
-        })
-    })
+        }
+    }
+    Ok(())
 }
 
-/// What both passes read.
+/// Keys per task of the backward pass: at least [`BWD_KEY_CHUNK`], and at most
+/// [`BWD_MAX_CHUNKS`] chunks per key/value head, so that the chunks' dQ shares take at
+/// most that many times dQ's size. Returns `(chunks, keys per chunk)`; both depend on `Lk`
+/// only (never on the thread count).
+fn key_chunks(lk: usize) -> (usize, usize) {
+    let chunks = lk.div_ceil(BWD_KEY_CHUNK).clamp(1, BWD_MAX_CHUNKS);
+    let len = lk.div_ceil(chunks).div_ceil(BWD_KEY_BLOCK) * BWD_KEY_BLOCK;
+    (lk.div_ceil(len.max(1)).max(1), len.max(1))
+}
+
+/// Keys per task, at least (see [`key_chunks`]).
+pub const BWD_KEY_CHUNK: usize = 1024;
+/// Key chunks per key/value head, at most.
+pub const BWD_MAX_CHUNKS: usize = 4;
+
+/// What every task reads.
 struct Inputs<'a, 'p> {
     p: &'p Problem<'a>,
     q: &'p AnyRef<'a>,
@@ -334,23 +359,54 @@ struct Inputs<'a, 'p> {
 }
 
 /// Per-thread scratch of one task.
-#[derive(Default)]
 struct Ws {
-    /// Q tile `rows × d`, dO tile `rows × dv` (dense f32).
+    /// The group's Q and dO, dense f32 (`group·Lq × d`, `group·Lq × dv`), and per query
+    /// tile both packed as GEMM B operands (rows × d, rows × dv).
     q: Vec<f32>,
     g: Vec<f32>,
-    /// K block `kb × d`, V block `kb × dv`.
+    q_packs: Vec<PackedB>,
+    g_packs: Vec<PackedB>,
+    /// K block `kb × d` and V block `kb × dv` (dense f32), packed as Kᵀ, Vᵀ and K.
     k: Vec<f32>,
     v: Vec<f32>,
+    kt_pack: Option<PackedB>,
+    vt_pack: Option<PackedB>,
+    k_pack: Option<PackedB>,
+    /// A K block's copy with unseen non-finite rows zeroed, and its pack.
+    k_fix: Vec<f32>,
+    k_fix_pack: Option<PackedB>,
     /// S, then P (`rows × BWD_KEY_BLOCK`); dP, then dS; the soft-cap derivative.
     s: Vec<f32>,
     dp: Vec<f32>,
     cap: Vec<f32>,
-    /// Accumulators: dK and dV of a key block (unscaled dK), dQ of a tile (unscaled).
+    /// dK (unscaled) and dV of the current key block.
     dk: Vec<f32>,
     dv: Vec<f32>,
-    dq: Vec<f32>,
     iv: Vec<(usize, usize)>,
+}
+
+impl Ws {
+    fn new() -> Self {
+        Ws {
+            q: Vec::new(),
+            g: Vec::new(),
+            q_packs: Vec::new(),
+            g_packs: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            kt_pack: None,
+            vt_pack: None,
+            k_pack: None,
+            k_fix: Vec::new(),
+            k_fix_pack: None,
+            s: Vec::new(),
+            dp: Vec::new(),
+            cap: Vec::new(),
+            dk: Vec::new(),
+            dv: Vec::new(),
+            iv: Vec::new(),
+        }
+    }
 }
 
 thread_local! {
@@ -358,7 +414,7 @@ thread_local! {
 }
 
 fn with_ws<R>(f: impl FnOnce(&mut Ws) -> R) -> R {
-    let mut ws = WS.with(|w| w.borrow_mut().pop()).unwrap_or_default();
+    let mut ws = WS.with(|w| w.borrow_mut().pop()).unwrap_or_else(Ws::new);
     let r = f(&mut ws);
     WS.with(|w| {
         let mut w = w.borrow_mut();
@@ -379,10 +435,8 @@ fn gather_rows(
     r0: usize,
     n: usize,
     cols: usize,
-    dst: &mut Vec<f32>,
+    dst: &mut [f32],
 ) -> Result<()> {
-    dst.clear();
-    dst.resize(n * cols, 0.0);
     if cols == 0 {
         return Ok(());
     }
@@ -398,12 +452,190 @@ fn gather_rows(
     Ok(())
 }
 
+/// `pack` (made for `isa` if missing or made for another variant) holding `m`.
+fn pack_into(slot: &mut Option<PackedB>, isa: Isa, m: MatRef<'_>) -> Result<()> {
+    if slot.as_ref().is_none_or(|p| p.isa() != isa) {
+        *slot = Some(PackedB::new(isa)?);
+    }
+    if let Some(p) = slot.as_mut() {
+        p.pack(m)?;
+    }
+    Ok(())
+}
+
 impl Inputs<'_, '_> {
-    /// Recomputes `P` and `dS` of query rows `i0 .. i0 + rows` of head `h` (gathered in
-    /// `ws.q`, `ws.g`) against the key block `j0 .. j0 + kb` (in `ws.k`, `ws.v`), with
-    /// `ws.iv` holding each row's visible interval: `P` lands in `ws.s`, `dS` in `ws.dp`
-    /// (row stride [`BWD_KEY_BLOCK`]). Returns false if no row sees any key of the block
-    /// (nothing computed).
+    /// Visible intervals of query rows `i0 .. i0 + rows` of batch `b` into `ws.iv`.
+    fn intervals(&self, ws: &mut Ws, b: usize, i0: usize, rows: usize) {
+        ws.iv.clear();
+        ws.iv
+            .extend((i0..i0 + rows).map(|i| self.p.key_interval(b, i)));
+    }
+
+    /// One task: keys `j_lo .. j_hi` of `(b, kvh)`. For every block of them, `dK`
+    /// (unscaled) and `dV` over every query of the group are handed to `write(j0, kb, dk,
+    /// dv)`; the group's `dQ` share (unscaled, `group·Lq × d`) accumulates in `part`.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk(
+        &self,
+        ws: &mut Ws,
+        b: usize,
+        kvh: usize,
+        j_lo: usize,
+        j_hi: usize,
+        part: &mut [f32],
+        mut write: impl FnMut(usize, usize, &[f32], &[f32]),
+    ) -> Result<()> {
+        let p = self.p;
+        let (d, dv, group, qt) = (p.d, p.dv, p.group(), BWD_QUERY_TILE);
+        let tiles = p.lq.div_ceil(qt);
+        let n_valid = p.kv_len(b);
+        // The group's Q and dO, gathered and packed once per task.
+        let seen_any = j_lo < n_valid;
+        if seen_any {
+            ws.q.resize(group * p.lq * d, 0.0);
+            ws.g.resize(group * p.lq * dv, 0.0);
+            while ws.q_packs.len() < group * tiles {
+                ws.q_packs.push(PackedB::new(p.isa)?);
+                ws.g_packs.push(PackedB::new(p.isa)?);
+            }
+            for g in 0..group {
+                let h = kvh * group + g;
+                let (qo, go) = (g * p.lq * d, g * p.lq * dv);
+                gather_rows(p.isa, self.q, b, h, 0, p.lq, d, &mut ws.q[qo..])?;
+                gather_rows(p.isa, self.d_o, b, h, 0, p.lq, dv, &mut ws.g[go..])?;
+                for t in 0..tiles {
+                    let (i0, rows) = (t * qt, qt.min(p.lq - t * qt));
+                    let slot = g * tiles + t;
+                    if ws.q_packs[slot].isa() != p.isa {
+                        ws.q_packs[slot] = PackedB::new(p.isa)?;
+                        ws.g_packs[slot] = PackedB::new(p.isa)?;
+                    }
+                    if d > 0 {
+                        ws.q_packs[slot].pack(MatRef::new(&ws.q[qo + i0 * d..], rows, d, d, 1)?)?;
+                    }
+                    if dv > 0 {
+                        ws.g_packs[slot].pack(MatRef::new(
+                            &ws.g[go + i0 * dv..],
+                            rows,
+                            dv,
+                            dv,
+                            1,
+                        )?)?;
+                    }
+                }
+            }
+        }
+        let ld = BWD_KEY_BLOCK;
+        for j0 in (j_lo..j_hi).step_by(BWD_KEY_BLOCK) {
+            let kb = BWD_KEY_BLOCK.min(j_hi - j0);
+            ws.dk.clear();
+            ws.dk.resize(kb * d, 0.0);
+            ws.dv.clear();
+            ws.dv.resize(kb * dv, 0.0);
+            if j0 >= n_valid {
+                write(j0, kb, &ws.dk, &ws.dv);
+                continue;
+            }
+            ws.k.resize(kb * d, 0.0);
+            ws.v.resize(kb * dv, 0.0);
+            gather_rows(p.isa, self.k, b, kvh, j0, kb, d, &mut ws.k)?;
+            gather_rows(p.isa, self.v, b, kvh, j0, kb, dv, &mut ws.v)?;
+            if d > 0 {
+                let km = MatRef::new(&ws.k, kb, d, d, 1)?;
+                pack_into(&mut ws.kt_pack, p.isa, km.t())?;
+                pack_into(&mut ws.k_pack, p.isa, km)?;
+            }
+            if dv > 0 {
+                pack_into(
+                    &mut ws.vt_pack,
+                    p.isa,
+                    MatRef::new(&ws.v, kb, dv, dv, 1)?.t(),
+                )?;
+            }
+            let k_finite = all_finite(&ws.k);
+            for g in 0..group {
+                let h = kvh * group + g;
+                for t in 0..tiles {
+                    let (i0, rows) = (t * qt, qt.min(p.lq - t * qt));
+                    self.intervals(ws, b, i0, rows);
+                    let slot = g * tiles + t;
+                    if !self.probs(ws, b, h, i0, j0, kb, g, slot)? {
+                        continue;
+                    }
+                    let pm = MatRef::new(&ws.s, rows, kb, ld, 1)?;
+                    let dsm = MatRef::new(&ws.dp, rows, kb, ld, 1)?;
+                    // dV += Pᵀ·dO, dK += dSᵀ·Q (the transposed A operands are packed).
+                    if dv > 0 {
+                        gemm_packed_b(
+                            1.0,
+                            pm.t(),
+                            &ws.g_packs[slot],
+                            0,
+                            1.0,
+                            MatMut::new(&mut ws.dv, kb, dv, dv, 1)?,
+                        )?;
+                    }
+                    if d == 0 {
+                        continue;
+                    }
+                    gemm_packed_b(
+                        1.0,
+                        dsm.t(),
+                        &ws.q_packs[slot],
+                        0,
+                        1.0,
+                        MatMut::new(&mut ws.dk, kb, d, d, 1)?,
+                    )?;
+                    // dQ += dS·K.
+                    let off = (g * p.lq + i0) * d;
+                    let dq = MatMut::new(&mut part[off..], rows, d, d, 1)?;
+                    if k_finite {
+                        if let Some(kp) = &ws.k_pack {
+                            gemm_packed_b(1.0, dsm, kp, 0, 1.0, dq)?;
+                        }
+                        continue;
+                    }
+                    // A NaN or infinity in the block: a key row whose dS column is all
+                    // zero (no row of the tile sees it) contributes nothing and is zeroed
+                    // in a copy, so the GEMM gives what it gives on clean values; if a row
+                    // sees such a key, the zero-skipping kernel keeps it out of the rows
+                    // that do not.
+                    ws.k_fix.clear();
+                    ws.k_fix.extend_from_slice(&ws.k);
+                    let mut skip_zeros = false;
+                    for j in 0..kb {
+                        let krow = &mut ws.k_fix[j * d..(j + 1) * d];
+                        if all_finite(krow) {
+                            continue;
+                        }
+                        if (0..rows).all(|r| ws.dp[r * ld + j] == 0.0) {
+                            krow.fill(0.0);
+                        } else {
+                            skip_zeros = true;
+                        }
+                    }
+                    let kfm = MatRef::new(&ws.k_fix, kb, d, d, 1)?;
+                    if skip_zeros {
+                        axpy_rows_with(p.isa, dsm, kfm, dq)?;
+                    } else {
+                        pack_into(&mut ws.k_fix_pack, p.isa, kfm)?;
+                        if let Some(kp) = &ws.k_fix_pack {
+                            gemm_packed_b(1.0, dsm, kp, 0, 1.0, dq)?;
+                        }
+                    }
+                }
+            }
+            write(j0, kb, &ws.dk, &ws.dv);
+        }
+        Ok(())
+    }
+
+    /// Recomputes `P` and `dS` of query rows `i0 .. i0 + rows` of head `h` (group member
+    /// `g`, query tile pack `slot`) against the key block `j0 .. j0 + kb` (in `ws.k`,
+    /// `ws.v` and their packs), with `ws.iv` holding each row's visible interval: `P` lands
+    /// in `ws.s`, `dS` in `ws.dp` (row stride [`BWD_KEY_BLOCK`]). Returns false if no row
+    /// sees any key of the block (nothing computed).
+    #[allow(clippy::too_many_arguments)]
     fn probs(
         &self,
         ws: &mut Ws,
@@ -412,6 +644,8 @@ impl Inputs<'_, '_> {
         i0: usize,
         j0: usize,
         kb: usize,
+        g: usize,
+        _slot: usize,
     ) -> Result<bool> {
         let p = self.p;
         let rows = ws.iv.len();
@@ -425,29 +659,32 @@ impl Inputs<'_, '_> {
         ws.s.resize(rows * ld, 0.0);
         ws.dp.resize(rows * ld, 0.0);
         let (d, dv) = (p.d, p.dv);
-        // S = scale·Q·Kᵀ, dP = dO·Vᵀ.
-        gemm_with(
-            p.isa,
-            Parallelism::Sequential,
-            p.scale,
-            MatRef::new(&ws.q, rows, d, d, 1)?,
-            MatRef::new(&ws.k, kb, d, d, 1)?.t(),
-            0.0,
-            MatMut::new(&mut ws.s, rows, kb, ld, 1)?,
-        )?;
-        gemm_with(
-            p.isa,
-            Parallelism::Sequential,
-            1.0,
-            MatRef::new(&ws.g, rows, dv, dv, 1)?,
-            MatRef::new(&ws.v, kb, dv, dv, 1)?.t(),
-            0.0,
-            MatMut::new(&mut ws.dp, rows, kb, ld, 1)?,
-        )?;
+        // S = scale·Q·Kᵀ, dP = dO·Vᵀ (Q and dO read in place, Kᵀ and Vᵀ packed).
+        let (qo, go) = ((g * p.lq + i0) * d, (g * p.lq + i0) * dv);
+        match &ws.kt_pack {
+            Some(kt) if d > 0 => gemm_packed_b(
+                p.scale,
+                MatRef::new(&ws.q[qo..], rows, d, d, 1)?,
+                kt,
+                0,
+                0.0,
+                MatMut::new(&mut ws.s, rows, kb, ld, 1)?,
+            )?,
+            _ => ws.s.fill(0.0),
+        }
+        match &ws.vt_pack {
+            Some(vt) if dv > 0 => gemm_packed_b(
+                1.0,
+                MatRef::new(&ws.g[go..], rows, dv, dv, 1)?,
+                vt,
+                0,
+                0.0,
+                MatMut::new(&mut ws.dp, rows, kb, ld, 1)?,
+            )?,
+            _ => ws.dp.fill(0.0),
+        }
         if p.softcap.is_some() {
             ws.cap.resize(rows * ld, 0.0);
-        } else {
-            ws.cap.clear();
         }
         for r in 0..rows {
             let i = i0 + r;
@@ -492,124 +729,5 @@ impl Inputs<'_, '_> {
             }
         }
         Ok(true)
-    }
-
-    /// Visible intervals of query rows `i0 .. i0 + rows` of batch `b` into `ws.iv`.
-    fn intervals(&self, ws: &mut Ws, b: usize, i0: usize, rows: usize) {
-        ws.iv.clear();
-        ws.iv
-            .extend((i0..i0 + rows).map(|i| self.p.key_interval(b, i)));
-    }
-
-    /// Pass 1: `dK` (unscaled) and `dV` of key block `blk` of `(b, kvh)` into `ws.dk`,
-    /// `ws.dv`.
-    fn key_block(&self, ws: &mut Ws, b: usize, kvh: usize, blk: usize) -> Result<()> {
-        let p = self.p;
-        let (d, dv) = (p.d, p.dv);
-        let j0 = blk * BWD_KEY_BLOCK;
-        let kb = BWD_KEY_BLOCK.min(p.lk - j0);
-        ws.dk.clear();
-        ws.dk.resize(kb * d, 0.0);
-        ws.dv.clear();
-        ws.dv.resize(kb * dv, 0.0);
-        if j0 >= p.kv_len(b) {
-            return Ok(());
-        }
-        gather_rows(p.isa, self.k, b, kvh, j0, kb, d, &mut ws.k)?;
-        gather_rows(p.isa, self.v, b, kvh, j0, kb, dv, &mut ws.v)?;
-        for h in kvh * p.group()..(kvh + 1) * p.group() {
-            for i0 in (0..p.lq).step_by(BWD_QUERY_TILE) {
-                let rows = BWD_QUERY_TILE.min(p.lq - i0);
-                self.intervals(ws, b, i0, rows);
-                let j1 = j0 + kb;
-                if !ws.iv.iter().any(|&(lo, hi)| lo < hi && lo < j1 && hi > j0) {
-                    continue;
-                }
-                gather_rows(p.isa, self.q, b, h, i0, rows, d, &mut ws.q)?;
-                gather_rows(p.isa, self.d_o, b, h, i0, rows, dv, &mut ws.g)?;
-                if !self.probs(ws, b, h, i0, j0, kb)? {
-                    continue;
-                }
-                let ld = BWD_KEY_BLOCK;
-                // dV += Pᵀ·dO, dK += dSᵀ·Q.
-                gemm_with(
-                    p.isa,
-                    Parallelism::Sequential,
-                    1.0,
-                    MatRef::new(&ws.s, rows, kb, ld, 1)?.t(),
-                    MatRef::new(&ws.g, rows, dv, dv, 1)?,
-                    1.0,
-                    MatMut::new(&mut ws.dv, kb, dv, dv, 1)?,
-                )?;
-                gemm_with(
-                    p.isa,
-                    Parallelism::Sequential,
-                    1.0,
-                    MatRef::new(&ws.dp, rows, kb, ld, 1)?.t(),
-                    MatRef::new(&ws.q, rows, d, d, 1)?,
-                    1.0,
-                    MatMut::new(&mut ws.dk, kb, d, d, 1)?,
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Pass 2: `dQ` (unscaled) of query tile `tile` of `(b, h)` into `ws.dq`.
-    fn query_tile(&self, ws: &mut Ws, b: usize, h: usize, tile: usize) -> Result<()> {
-        let p = self.p;
-        let (d, dv) = (p.d, p.dv);
-        let i0 = tile * BWD_QUERY_TILE;
-        let rows = BWD_QUERY_TILE.min(p.lq - i0);
-        let kvh = h / p.group();
-        ws.dq.clear();
-        ws.dq.resize(rows * d, 0.0);
-        self.intervals(ws, b, i0, rows);
-        let (tlo, thi) = ws
-            .iv
-            .iter()
-            .filter(|(lo, hi)| lo < hi)
-            .fold((usize::MAX, 0), |(a, z), &(lo, hi)| (a.min(lo), z.max(hi)));
-        if tlo >= thi || d == 0 {
-            return Ok(());
-        }
-        gather_rows(p.isa, self.q, b, h, i0, rows, d, &mut ws.q)?;
-        gather_rows(p.isa, self.d_o, b, h, i0, rows, dv, &mut ws.g)?;
-        for blk in tlo / BWD_KEY_BLOCK..thi.div_ceil(BWD_KEY_BLOCK) {
-            let j0 = blk * BWD_KEY_BLOCK;
-            let kb = BWD_KEY_BLOCK.min(p.lk - j0);
-            gather_rows(p.isa, self.k, b, kvh, j0, kb, d, &mut ws.k)?;
-            gather_rows(p.isa, self.v, b, kvh, j0, kb, dv, &mut ws.v)?;
-            if !self.probs(ws, b, h, i0, j0, kb)? {
-                continue;
-            }
-            // A NaN or infinity in the block: a key row whose dS column is all zero (no row
-            // of the tile sees it) contributes nothing and is zeroed, so the GEMM stays
-            // exact; if a row sees such a key, the zero-skipping kernel keeps it out of the
-            // rows that do not.
-            let mut skip_zeros = false;
-            if !all_finite(&ws.k) {
-                for j in 0..kb {
-                    let krow = &mut ws.k[j * d..(j + 1) * d];
-                    if all_finite(krow) {
-                        continue;
-                    }
-                    if (0..rows).all(|r| ws.dp[r * BWD_KEY_BLOCK + j] == 0.0) {
-                        krow.fill(0.0);
-                    } else {
-                        skip_zeros = true;
-                    }
-                }
-            }
-            let ds = MatRef::new(&ws.dp, rows, kb, BWD_KEY_BLOCK, 1)?;
-            let kblk = MatRef::new(&ws.k, kb, d, d, 1)?;
-            let dq = MatMut::new(&mut ws.dq, rows, d, d, 1)?;
-            if skip_zeros {
-                axpy_rows_with(p.isa, ds, kblk, dq)?;
-            } else {
-                gemm_with(p.isa, Parallelism::Sequential, 1.0, ds, kblk, 1.0, dq)?;
-            }
-        }
-        Ok(())
     }
 }

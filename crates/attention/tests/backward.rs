@@ -279,6 +279,8 @@ fn backward_matches_ref_over_shapes() {
         (1, 2, 1, 130, 131, 9, 7),
         (1, 1, 1, 257, 300, 32, 32),
         (2, 2, 2, 129, 127, 64, 64),
+        // Several key chunks per head (their dQ shares are summed).
+        (1, 2, 1, 50, 2100, 8, 8),
         (1, 1, 1, 3, 0, 4, 4),
         (1, 1, 1, 0, 5, 4, 4),
         (1, 2, 1, 6, 9, 0, 3),
@@ -296,7 +298,11 @@ fn backward_matches_ref_over_shapes() {
 #[test]
 fn backward_matches_ref_for_every_option() {
     let mut seed = 100;
-    let shapes = [(2, 4, 2, 37, 37, 16, 16), (1, 2, 1, 150, 260, 8, 12)];
+    let shapes = [
+        (2, 4, 2, 37, 37, 16, 16),
+        (1, 2, 1, 150, 260, 8, 12),
+        (1, 1, 1, 60, 1500, 4, 4),
+    ];
     for &(b, hq, hkv, lq, lk, d, dv) in &shapes {
         for mask in [
             MaskKind::None,
