@@ -14,7 +14,7 @@
 //! factor; the mask and the slopes get no gradient.
 //!
 //! # Determinism
-//! One task per `(batch, key/value head, chunk of keys)` ([`key_chunks`]: chunks of at
+//! One task per `(batch, key/value head, chunk of keys)` (chunks of at
 //! least [`BWD_KEY_CHUNK`] keys, at most [`BWD_MAX_CHUNKS`] per head, fixed by `Lk`
 //! alone). A task walks its keys in blocks of [`BWD_KEY_BLOCK`]; for each block it loops
 //! over every query head of the group and every tile of [`BWD_QUERY_TILE`] queries in a
@@ -342,7 +342,7 @@ fn key_chunks(lk: usize) -> (usize, usize) {
     (lk.div_ceil(len.max(1)).max(1), len.max(1))
 }
 
-/// Keys per task, at least (see [`key_chunks`]).
+/// Keys per task, at least (the chunk count is `ceil(Lk / BWD_KEY_CHUNK)`, at most [`BWD_MAX_CHUNKS`]).
 pub const BWD_KEY_CHUNK: usize = 1024;
 /// Key chunks per key/value head, at most.
 pub const BWD_MAX_CHUNKS: usize = 4;
