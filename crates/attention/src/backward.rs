@@ -280,56 +280,85 @@ pub fn sdpa_backward_into_dyn(
         with_ws(|ws| {
             inputs.chunk(ws, b, kvh, j_lo, j_hi, part, |j0, kb, dk, dv| {
                 for r in 0..kb {
-                    for x in 0..p.d {
-                        // SAFETY: (b, kvh, j0 + r, x) is inside dK; this task owns the
-                        // rows of its key chunk.
-                        unsafe {
-                            *dk_p
-                                .get()
-                                .add(b * dks[0] + kvh * dks[1] + (j0 + r) * dks[2] + x * dks[3]) =
-                                p.scale * dk[r * p.d + x]
-                        };
-                    }
-                    for x in 0..p.dv {
-                        // SAFETY: as above, for dV.
-                        unsafe {
-                            *dv_p
-                                .get()
-                                .add(b * dvs[0] + kvh * dvs[1] + (j0 + r) * dvs[2] + x * dvs[3]) =
-                                dv[r * p.dv + x]
-                        };
+                    let j = j0 + r;
+                    // SAFETY: rows (b, kvh, j) of dK and dV are inside their views, and
+                    // this task owns the rows of its key chunk.
+                    unsafe {
+                        write_row(
+                            dk_p,
+                            b * dks[0] + kvh * dks[1] + j * dks[2],
+                            dks[3],
+                            &dk[r * p.d..(r + 1) * p.d],
+                            p.scale,
+                        );
+                        write_row(
+                            dv_p,
+                            b * dvs[0] + kvh * dvs[1] + j * dvs[2],
+                            dvs[3],
+                            &dv[r * p.dv..(r + 1) * p.dv],
+                            1.0,
+                        );
                     }
                 }
             })
         })
     })?;
     // dQ = scale · Σ_c part_c, in chunk order.
+    let mut row = vec![0.0f32; p.d];
     for b in 0..p.b {
         for kvh in 0..p.hkv {
             let base = (b * p.hkv + kvh) * chunks;
             for g in 0..group {
                 let h = kvh * group + g;
                 for i in 0..p.lq {
-                    for x in 0..p.d {
-                        let e = (g * p.lq + i) * p.d + x;
-                        let mut acc = parts[base * part_len + e];
-                        for c in 1..chunks {
-                            acc += parts[(base + c) * part_len + e];
+                    let e = (g * p.lq + i) * p.d;
+                    row.copy_from_slice(&parts[base * part_len + e..][..p.d]);
+                    for c in 1..chunks {
+                        let share = &parts[(base + c) * part_len + e..][..p.d];
+                        for (a, &x) in row.iter_mut().zip(share) {
+                            *a += x;
                         }
-                        // SAFETY: (b, h, i, x) is inside dQ; the tasks are done and this
-                        // loop is the only writer.
-                        unsafe {
-                            *dq_p
-                                .get()
-                                .add(b * dqs[0] + h * dqs[1] + i * dqs[2] + x * dqs[3]) =
-                                p.scale * acc
-                        };
                     }
+                    // SAFETY: row (b, h, i) of dQ is inside its view; the tasks are done
+                    // and this loop is the only writer.
+                    unsafe {
+                        write_row(
+                            dq_p,
+                            b * dqs[0] + h * dqs[1] + i * dqs[2],
+                            dqs[3],
+                            &row,
+                            p.scale,
+                        )
+                    };
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Writes `scale · src` to the `src.len()` elements of a gradient row starting at `base`,
+/// `stride` apart.
+///
+/// # Safety
+/// The elements are inside the view behind `dst`, and no other thread accesses them
+/// meanwhile.
+unsafe fn write_row(dst: SyncPtr, base: usize, stride: usize, src: &[f32], scale: f32) {
+    if src.is_empty() {
+        return;
+    }
+    if stride == 1 {
+        // SAFETY: the caller's contract: a contiguous row inside the view, owned here.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add(base), src.len()) };
+        for (o, &x) in out.iter_mut().zip(src) {
+            *o = scale * x;
+        }
+    } else {
+        for (x, &v) in src.iter().enumerate() {
+            // SAFETY: as above, element x of the strided row.
+            unsafe { *dst.get().add(base + x * stride) = scale * v };
+        }
+    }
 }
 
 /// Keys per task of the backward pass: at least [`BWD_KEY_CHUNK`], and at most
@@ -711,23 +740,105 @@ impl Inputs<'_, '_> {
                 // No visible key in the forward: zero weights.
                 row.fill(0.0);
             } else {
-                for s in row.iter_mut() {
-                    *s -= lse;
-                }
+                sub_row(p.isa, row, lse);
                 kernels::exp::exp_inplace_with(p.isa, row)?;
             }
             let dprow = &mut ws.dp[r * ld..r * ld + kb];
-            if p.softcap.is_some() {
-                let cap = &ws.cap[r * ld..r * ld + kb];
-                for ((g, &pr), &c) in dprow.iter_mut().zip(row.iter()).zip(cap) {
-                    *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) * c };
-                }
-            } else {
-                for (g, &pr) in dprow.iter_mut().zip(row.iter()) {
-                    *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) };
-                }
-            }
+            let cap = p.softcap.map(|_| &ws.cap[r * ld..r * ld + kb]);
+            ds_row(p.isa, dprow, row, cap, dsum);
         }
         Ok(true)
+    }
+}
+
+/// `row −= lse`, before the exp that gives P.
+#[inline(always)]
+fn sub_body(row: &mut [f32], lse: f32) {
+    for s in row.iter_mut() {
+        *s -= lse;
+    }
+}
+
+/// `dS = P ∘ (dP − D) ∘ cap'` in place of `dp`, and exactly 0 where P is 0 (a key the row
+/// cannot see: selected, not multiplied, so a non-finite dP stays out).
+#[inline(always)]
+fn ds_body(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
+    match cap {
+        Some(cap) => {
+            for ((g, &pr), &c) in dp.iter_mut().zip(p).zip(cap) {
+                *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) * c };
+            }
+        }
+        None => {
+            for (g, &pr) in dp.iter_mut().zip(p) {
+                *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) };
+            }
+        }
+    }
+}
+
+/// The same element-wise loops compiled for AVX2 and for AVX-512 (vectorised by the
+/// compiler: no reduction, so every width gives the same results).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sub_avx2(row: &mut [f32], lse: f32) {
+        super::sub_body(row, lse)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn ds_avx2(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
+        super::ds_body(dp, p, cap, dsum)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sub_avx512(row: &mut [f32], lse: f32) {
+        super::sub_body(row, lse)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn ds_avx512(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
+        super::ds_body(dp, p, cap, dsum)
+    }
+}
+
+/// Which compiled width the element-wise loops of variant `isa` run at: 2 (AVX-512),
+/// 1 (AVX2) or 0 (the baseline build), as far as the CPU has it.
+fn width(isa: Isa) -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => return 2,
+            Isa::Avx2Fma | Isa::Avx512
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma") =>
+            {
+                return 1
+            }
+            _ => {}
+        }
+    }
+    let _ = isa;
+    0
+}
+
+fn sub_row(isa: Isa, row: &mut [f32], lse: f32) {
+    match width(isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `width` returned 2 only where the CPU has AVX-512F.
+        2 => unsafe { wide::sub_avx512(row, lse) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `width` returned 1 only where the CPU has AVX2 and FMA.
+        1 => unsafe { wide::sub_avx2(row, lse) },
+        _ => sub_body(row, lse),
+    }
+}
+
+fn ds_row(isa: Isa, dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
+    match width(isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `width` returned 2 only where the CPU has AVX-512F.
+        2 => unsafe { wide::ds_avx512(dp, p, cap, dsum) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `width` returned 1 only where the CPU has AVX2 and FMA.
+        1 => unsafe { wide::ds_avx2(dp, p, cap, dsum) },
+        _ => ds_body(dp, p, cap, dsum),
     }
 }
