@@ -17,7 +17,8 @@
 //! One task per `(batch, key/value head, chunk of keys)` (chunks of at
 //! least [`BWD_KEY_CHUNK`] keys, at most [`BWD_MAX_CHUNKS`] per head, fixed by `Lk`
 //! alone). A task walks its keys in blocks of [`BWD_KEY_BLOCK`]; for each block it loops
-//! over every query head of the group and every tile of [`BWD_QUERY_TILE`] queries in a
+//! over every query head of the group and every tile of [`BWD_QUERY_TILE`] queries ([`BWD_QUERY_TILE_DENSE`] without a causal mask or
+//! window) in a
 //! fixed order, accumulating the block's `dK` and `dV` (which it owns) and its share of
 //! the group's `dQ` in a buffer of its own. The shares are summed in chunk order at the
 //! end. Nothing is reduced across tasks in an order that timing could change, so the
@@ -51,6 +52,18 @@ use std::cell::RefCell;
 pub const BWD_KEY_BLOCK: usize = 128;
 /// Query rows per tile of the backward pass.
 pub const BWD_QUERY_TILE: usize = 128;
+/// Query rows per tile when every row sees every key (no causal mask, no window): no
+/// diagonal is wasted, and longer tiles amortise the per-tile work better.
+pub const BWD_QUERY_TILE_DENSE: usize = 192;
+
+/// Query rows per tile for `p` (depends on the options only).
+fn query_tile(p: &Problem<'_>) -> usize {
+    if p.causal || p.window_left.is_some() || p.window_right.is_some() {
+        BWD_QUERY_TILE
+    } else {
+        BWD_QUERY_TILE_DENSE
+    }
+}
 
 /// Where [`sdpa_backward_into`] writes the gradients: f32 views shaped like Q, K and V.
 #[derive(Debug)]
@@ -515,7 +528,7 @@ impl Inputs<'_, '_> {
         mut write: impl FnMut(usize, usize, &[f32], &[f32]),
     ) -> Result<()> {
         let p = self.p;
-        let (d, dv, group, qt) = (p.d, p.dv, p.group(), BWD_QUERY_TILE);
+        let (d, dv, group, qt) = (p.d, p.dv, p.group(), query_tile(p));
         let tiles = p.lq.div_ceil(qt);
         let n_valid = p.kv_len(b);
         // The group's Q and dO, gathered and packed once per task.
