@@ -425,6 +425,8 @@ struct Ws {
     dk: Vec<f32>,
     dv: Vec<f32>,
     iv: Vec<(usize, usize)>,
+    /// Per row group of the current tile: the keys of the block it computes.
+    lim: Vec<usize>,
 }
 
 impl Ws {
@@ -447,6 +449,7 @@ impl Ws {
             dk: Vec::new(),
             dv: Vec::new(),
             iv: Vec::new(),
+            lim: Vec::new(),
         }
     }
 }
@@ -604,17 +607,18 @@ impl Inputs<'_, '_> {
                     if !self.probs(ws, b, h, i0, j0, kb, g, slot)? {
                         continue;
                     }
-                    let pm = MatRef::new(&ws.s, rows, kb, ld, 1)?;
                     let dsm = MatRef::new(&ws.dp, rows, kb, ld, 1)?;
-                    // dV += Pᵀ·dO, dK += dSᵀ·Q (the transposed A operands are packed).
+                    // dV += Pᵀ·dO, dK += dSᵀ·Q (the transposed A operands are packed), over
+                    // the keys some row of the tile computed (past them P and dS are 0).
+                    let wmax = ws.lim.iter().copied().max().unwrap_or(0);
                     if dv > 0 {
                         gemm_packed_b(
                             1.0,
-                            pm.t(),
+                            MatRef::new(&ws.s, rows, wmax, ld, 1)?.t(),
                             &ws.g_packs[slot],
                             0,
                             1.0,
-                            MatMut::new(&mut ws.dv, kb, dv, dv, 1)?,
+                            MatMut::new(&mut ws.dv, wmax, dv, dv, 1)?,
                         )?;
                     }
                     if d == 0 {
@@ -622,21 +626,39 @@ impl Inputs<'_, '_> {
                     }
                     gemm_packed_b(
                         1.0,
-                        dsm.t(),
+                        MatRef::new(&ws.dp, rows, wmax, ld, 1)?.t(),
                         &ws.q_packs[slot],
                         0,
                         1.0,
-                        MatMut::new(&mut ws.dk, kb, d, d, 1)?,
+                        MatMut::new(&mut ws.dk, wmax, d, d, 1)?,
                     )?;
-                    // dQ += dS·K.
+                    // dQ += dS·K, each row group over its own width.
                     let off = (g * p.lq + i0) * d;
-                    let dq = MatMut::new(&mut part[off..], rows, d, d, 1)?;
                     if k_finite {
                         if let Some(kp) = &ws.k_pack {
-                            gemm_packed_b(1.0, dsm, kp, 0, 1.0, dq)?;
+                            let mr = kernels::gemm::tile_of(p.isa).0;
+                            if ws.lim.iter().all(|&w| w == kb) {
+                                let dq = MatMut::new(&mut part[off..], rows, d, d, 1)?;
+                                gemm_packed_b(1.0, dsm, kp, 0, 1.0, dq)?;
+                            } else {
+                                for (gi, &w) in ws.lim.iter().enumerate() {
+                                    let (r0, rg) = (gi * mr, mr.min(rows - gi * mr));
+                                    if w > 0 {
+                                        gemm_packed_b(
+                                            1.0,
+                                            MatRef::new(&ws.dp[r0 * ld..], rg, w, ld, 1)?,
+                                            kp,
+                                            0,
+                                            1.0,
+                                            MatMut::new(&mut part[off + r0 * d..], rg, d, d, 1)?,
+                                        )?;
+                                    }
+                                }
+                            }
                         }
                         continue;
                     }
+                    let dq = MatMut::new(&mut part[off..], rows, d, d, 1)?;
                     // A NaN or infinity in the block: a key row whose dS column is all
                     // zero (no row of the tile sees it) contributes nothing and is zeroed
                     // in a copy, so the GEMM gives what it gives on clean values; if a row
@@ -701,29 +723,62 @@ impl Inputs<'_, '_> {
         ws.s.resize(rows * ld, 0.0);
         ws.dp.resize(rows * ld, 0.0);
         let (d, dv) = (p.d, p.dv);
-        // S = scale·Q·Kᵀ, dP = dO·Vᵀ (Q and dO read in place, Kᵀ and Vᵀ packed).
+        // S = scale·Q·Kᵀ, dP = dO·Vᵀ (Q and dO read in place, Kᵀ and Vᵀ packed). Row
+        // groups of MR rows (the microkernel's height) that see fewer keys of the block
+        // than its width (the causal diagonal, a window's edge) stop at their own width
+        // `lim[g]`: the columns past it are invisible to all their rows.
         let (qo, go) = ((g * p.lq + i0) * d, (g * p.lq + i0) * dv);
-        match &ws.kt_pack {
-            Some(kt) if d > 0 => gemm_packed_b(
-                p.scale,
-                MatRef::new(&ws.q[qo..], rows, d, d, 1)?,
-                kt,
-                0,
-                0.0,
-                MatMut::new(&mut ws.s, rows, kb, ld, 1)?,
-            )?,
-            _ => ws.s.fill(0.0),
+        let mr = kernels::gemm::tile_of(p.isa).0;
+        ws.lim.clear();
+        for grp in ws.iv.chunks(mr) {
+            let hi = grp
+                .iter()
+                .filter(|(lo, hi)| lo < hi)
+                .map(|&(_, hi)| hi)
+                .max()
+                .unwrap_or(j0);
+            ws.lim.push(hi.clamp(j0, j1) - j0);
         }
-        match &ws.vt_pack {
-            Some(vt) if dv > 0 => gemm_packed_b(
-                1.0,
-                MatRef::new(&ws.g[go..], rows, dv, dv, 1)?,
-                vt,
-                0,
-                0.0,
-                MatMut::new(&mut ws.dp, rows, kb, ld, 1)?,
-            )?,
-            _ => ws.dp.fill(0.0),
+        for (gi, &w) in ws.lim.iter().enumerate() {
+            let (r0, rg) = (gi * mr, mr.min(rows - gi * mr));
+            match &ws.kt_pack {
+                Some(kt) if d > 0 && w > 0 => gemm_packed_b(
+                    p.scale,
+                    MatRef::new(&ws.q[qo + r0 * d..], rg, d, d, 1)?,
+                    kt,
+                    0,
+                    0.0,
+                    MatMut::new(&mut ws.s[r0 * ld..], rg, w, ld, 1)?,
+                )?,
+                _ => {}
+            }
+            match &ws.vt_pack {
+                Some(vt) if dv > 0 && w > 0 => gemm_packed_b(
+                    1.0,
+                    MatRef::new(&ws.g[go + r0 * dv..], rg, dv, dv, 1)?,
+                    vt,
+                    0,
+                    0.0,
+                    MatMut::new(&mut ws.dp[r0 * ld..], rg, w, ld, 1)?,
+                )?,
+                _ => {}
+            }
+            for r in r0..r0 + rg {
+                // Columns past `w` are not computed: invisible to the group (P = 0).
+                let (srow, dprow) = (
+                    &mut ws.s[r * ld..r * ld + kb],
+                    &mut ws.dp[r * ld..r * ld + kb],
+                );
+                if d == 0 {
+                    srow[..w].fill(0.0);
+                }
+                srow[w..].fill(f32::NEG_INFINITY);
+                if dv == 0 {
+                    dprow.fill(0.0);
+                } else {
+                    dprow[w..].fill(0.0);
+                }
+            }
         }
         if p.softcap.is_some() {
             ws.cap.resize(rows * ld, 0.0);
