@@ -604,7 +604,7 @@ impl Inputs<'_, '_> {
                     let (i0, rows) = (t * qt, qt.min(p.lq - t * qt));
                     self.intervals(ws, b, i0, rows);
                     let slot = g * tiles + t;
-                    if !self.probs(ws, b, h, i0, j0, kb, g, slot)? {
+                    if !self.probs(ws, b, h, i0, j0, kb, g)? {
                         continue;
                     }
                     let dsm = MatRef::new(&ws.dp, rows, kb, ld, 1)?;
@@ -666,18 +666,13 @@ impl Inputs<'_, '_> {
                     // that do not.
                     ws.k_fix.clear();
                     ws.k_fix.extend_from_slice(&ws.k);
-                    let mut skip_zeros = false;
-                    for j in 0..kb {
-                        let krow = &mut ws.k_fix[j * d..(j + 1) * d];
-                        if all_finite(krow) {
-                            continue;
-                        }
-                        if (0..rows).all(|r| ws.dp[r * ld + j] == 0.0) {
-                            krow.fill(0.0);
-                        } else {
-                            skip_zeros = true;
-                        }
-                    }
+                    let skip_zeros = crate::flash::zero_unseen_nonfinite_rows(
+                        &mut ws.k_fix,
+                        d,
+                        &ws.dp,
+                        rows,
+                        ld,
+                    );
                     let kfm = MatRef::new(&ws.k_fix, kb, d, d, 1)?;
                     if skip_zeros {
                         axpy_rows_with(p.isa, dsm, kfm, dq)?;
@@ -695,7 +690,7 @@ impl Inputs<'_, '_> {
     }
 
     /// Recomputes `P` and `dS` of query rows `i0 .. i0 + rows` of head `h` (group member
-    /// `g`, query tile pack `slot`) against the key block `j0 .. j0 + kb` (in `ws.k`,
+    /// `g`) against the key block `j0 .. j0 + kb` (in `ws.k`,
     /// `ws.v` and their packs), with `ws.iv` holding each row's visible interval: `P` lands
     /// in `ws.s`, `dS` in `ws.dp` (row stride [`BWD_KEY_BLOCK`]). Returns false if no row
     /// sees any key of the block (nothing computed).
@@ -709,7 +704,6 @@ impl Inputs<'_, '_> {
         j0: usize,
         kb: usize,
         g: usize,
-        _slot: usize,
     ) -> Result<bool> {
         let p = self.p;
         let rows = ws.iv.len();

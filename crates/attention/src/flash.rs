@@ -145,6 +145,33 @@ pub(crate) fn dense_if_nonfinite<T: Element>(m: MatRef<'_, T>) -> Option<Vec<f32
     }
 }
 
+/// Prepares a dense copy `rows_data` (`n × cols`) of value or key rows for a product
+/// `W·rows_data` with weights `w` (`m × n`, row stride `ldw`): a row holding a NaN or an
+/// infinity whose column of `w` is all zero (no row sees it) is zeroed, so that the GEMM
+/// gives what it gives on clean values. Returns true if such a row is seen by some row of
+/// `w`: the caller must then skip zero weights ([`kernels::gemv::axpy_rows_with`]) instead
+/// of running the GEMM, where `0·NaN` would reach the rows that cannot see it.
+pub(crate) fn zero_unseen_nonfinite_rows(
+    rows_data: &mut [f32],
+    cols: usize,
+    w: &[f32],
+    m: usize,
+    ldw: usize,
+) -> bool {
+    let mut skip_zeros = false;
+    for (j, row) in rows_data.chunks_exact_mut(cols.max(1)).enumerate() {
+        if row.iter().all(|x| x.is_finite()) {
+            continue;
+        }
+        if (0..m).all(|i| w[i * ldw + j] == 0.0) {
+            row.fill(0.0);
+        } else {
+            skip_zeros = true;
+        }
+    }
+    skip_zeros
+}
+
 /// A dense row-major f32 copy of `m`.
 fn dense_copy<T: Element>(m: MatRef<'_, T>) -> Vec<f32> {
     let mut d = Vec::with_capacity(m.rows() * m.cols());

@@ -106,18 +106,7 @@ pub(crate) fn run(
             // as the decode path and the reference do, never the GEMM's 0·NaN = NaN.
             let dv = p.dv;
             let mut vc = vd.clone();
-            let mut skip_zeros = false;
-            for j in 0..lk {
-                let vrow = &mut vc[j * dv..(j + 1) * dv];
-                if vrow.iter().all(|x| x.is_finite()) {
-                    continue;
-                }
-                if (0..lq).all(|i| s[i * lk + j] == 0.0) {
-                    vrow.fill(0.0);
-                } else {
-                    skip_zeros = true;
-                }
-            }
+            let skip_zeros = crate::flash::zero_unseen_nonfinite_rows(&mut vc, dv, &s, lq, lk);
             let mut o = vec![0.0f32; lq * dv];
             let (pm, vm) = (
                 MatRef::new(&s, lq, lk, lk, 1)?,
