@@ -1,8 +1,9 @@
 //! GEMM against a B operand packed once and reused: the building block of the attention
 //! tiles (Kᵀ and V are packed once per head and multiplied by many query tiles).
 
+use super::macro_kernel::{macro_kernel, ASource, BPanels, Block};
 use super::microkernel::{ukr_for, Ukr};
-use super::{macro_kernel, pack, ASource, MatMut, MatRef};
+use super::{pack, MatMut, MatRef};
 use crate::buffer::with_scratch;
 use crate::dispatch::Isa;
 use crate::dtype::{bf16, f16, DType, Element, Slice};
@@ -287,20 +288,24 @@ pub fn gemm_packed_b(
         unsafe {
             macro_kernel(
                 &ukr,
-                m,
-                k,
-                n,
-                0..n.div_ceil(nr),
-                0,
-                &|_| {},
-                alpha,
+                &Block {
+                    mcb: m,
+                    kcb: k,
+                    ncb: n,
+                    alpha,
+                    beta,
+                    c: c_ptr,
+                    rsc,
+                    csc,
+                },
                 &a_src,
-                b.data[col0 / nr * nr * b.k..].as_ptr(),
-                nr * b.k,
-                beta,
-                c_ptr,
-                rsc,
-                csc,
+                &BPanels {
+                    ptr: b.data[col0 / nr * nr * b.k..].as_ptr(),
+                    stride: nr * b.k,
+                    panels: 0..n.div_ceil(nr),
+                    first: 0,
+                    ready: &|_| {},
+                },
             )
         };
     });
@@ -431,20 +436,24 @@ unsafe fn half_panels<T: Element>(
             unsafe {
                 macro_kernel(
                     ukr,
-                    m,
-                    k,
-                    nr.min(n - j0),
-                    0..1,
-                    0,
-                    &|_| {},
-                    alpha,
+                    &Block {
+                        mcb: m,
+                        kcb: k,
+                        ncb: nr.min(n - j0),
+                        alpha,
+                        beta,
+                        c: c.offset(j0 as isize * csc),
+                        rsc,
+                        csc,
+                    },
                     a_src,
-                    panel.as_ptr(),
-                    nr * k,
-                    beta,
-                    c.offset(j0 as isize * csc),
-                    rsc,
-                    csc,
+                    &BPanels {
+                        ptr: panel.as_ptr(),
+                        stride: nr * k,
+                        panels: 0..1,
+                        first: 0,
+                        ready: &|_| {},
+                    },
                 )
             };
         }
