@@ -46,7 +46,7 @@
 //! - `workspace`: the per-thread scratch and its packing helpers.
 //!
 //! The element-wise loops of `P` and `dS` are kernels of their own
-//! (in the kernels crate).
+//! ([`kernels::softmax::backward`]).
 
 mod passes;
 mod tasks;

@@ -11,7 +11,7 @@ use kernels::dtype::all_finite;
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::axpy_rows_with;
-use kernels::Isa;
+use kernels::softmax::backward::{ds_row_with, sub_exp_row_with};
 
 /// Query rows per tile for `p` (depends on the options only).
 fn query_tile(p: &Problem<'_>) -> usize {
@@ -327,105 +327,12 @@ impl Inputs<'_, '_> {
                 // No visible key in the forward: zero weights.
                 row.fill(0.0);
             } else {
-                sub_row(p.isa, row, lse);
-                kernels::exp::exp_inplace_with(p.isa, row)?;
+                sub_exp_row_with(p.isa, row, lse)?;
             }
             let dprow = &mut ws.dp[r * ld..r * ld + kb];
             let cap = p.softcap.map(|_| &ws.cap[r * ld..r * ld + kb]);
-            ds_row(p.isa, dprow, row, cap, dsum);
+            ds_row_with(p.isa, dprow, row, cap, dsum)?;
         }
         Ok(true)
-    }
-}
-
-/// `row −= lse`, before the exp that gives P.
-#[inline(always)]
-fn sub_body(row: &mut [f32], lse: f32) {
-    for s in row.iter_mut() {
-        *s -= lse;
-    }
-}
-
-/// `dS = P ∘ (dP − D) ∘ cap'` in place of `dp`, and exactly 0 where P is 0 (a key the row
-/// cannot see: selected, not multiplied, so a non-finite dP stays out).
-#[inline(always)]
-fn ds_body(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
-    match cap {
-        Some(cap) => {
-            for ((g, &pr), &c) in dp.iter_mut().zip(p).zip(cap) {
-                *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) * c };
-            }
-        }
-        None => {
-            for (g, &pr) in dp.iter_mut().zip(p) {
-                *g = if pr == 0.0 { 0.0 } else { pr * (*g - dsum) };
-            }
-        }
-    }
-}
-
-/// The same element-wise loops compiled for AVX2 and for AVX-512 (vectorised by the
-/// compiler: no reduction, so every width gives the same results).
-#[cfg(target_arch = "x86_64")]
-mod wide {
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn sub_avx2(row: &mut [f32], lse: f32) {
-        super::sub_body(row, lse)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn ds_avx2(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
-        super::ds_body(dp, p, cap, dsum)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn sub_avx512(row: &mut [f32], lse: f32) {
-        super::sub_body(row, lse)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn ds_avx512(dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
-        super::ds_body(dp, p, cap, dsum)
-    }
-}
-
-/// Which compiled width the element-wise loops of variant `isa` run at: 2 (AVX-512),
-/// 1 (AVX2) or 0 (the baseline build), as far as the CPU has it.
-fn width(isa: Isa) -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => return 2,
-            Isa::Avx2Fma | Isa::Avx512
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma") =>
-            {
-                return 1
-            }
-            _ => {}
-        }
-    }
-    let _ = isa;
-    0
-}
-
-fn sub_row(isa: Isa, row: &mut [f32], lse: f32) {
-    match width(isa) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `width` returned 2 only where the CPU has AVX-512F.
-        2 => unsafe { wide::sub_avx512(row, lse) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `width` returned 1 only where the CPU has AVX2 and FMA.
-        1 => unsafe { wide::sub_avx2(row, lse) },
-        _ => sub_body(row, lse),
-    }
-}
-
-fn ds_row(isa: Isa, dp: &mut [f32], p: &[f32], cap: Option<&[f32]>, dsum: f32) {
-    match width(isa) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `width` returned 2 only where the CPU has AVX-512F.
-        2 => unsafe { wide::ds_avx512(dp, p, cap, dsum) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `width` returned 1 only where the CPU has AVX2 and FMA.
-        1 => unsafe { wide::ds_avx2(dp, p, cap, dsum) },
-        _ => ds_body(dp, p, cap, dsum),
     }
 }
