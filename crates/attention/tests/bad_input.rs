@@ -17,6 +17,7 @@ use kernels::softmax::{
     softmax, softmax_inplace, softmax_inplace_with, softmax_row_with, softmax_with, RowOptions,
 };
 use kernels::{gemm, gemm_with, set_isa, Isa, KernelError, MatMut, MatRef, Parallelism};
+use testutil::max_abs_diff;
 
 /// Asserts that `$e` matches `$p`, printing the value otherwise.
 macro_rules! assert_err {
@@ -508,21 +509,6 @@ fn k13_gemm_a_with_zero_row_stride_and_unit_col_stride_matches_ref() {
 // ---------------------------------------------------------------- attention crate
 
 /// A dense `[1, 1, l, d]` view.
-/// Largest |a − b| (NaN where either holds a NaN).
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, |m, e| {
-            if e.is_nan() || m.is_nan() {
-                f32::NAN
-            } else {
-                m.max(e)
-            }
-        })
-}
-
 fn t1(x: &[f32], l: usize, d: usize) -> TensorRef<'_> {
     TensorRef::contiguous(x, [1, 1, l, d]).unwrap()
 }
