@@ -40,3 +40,9 @@ pub fn rand_t<T: Element>(rng: &mut StdRng, len: usize) -> Vec<T> {
 pub fn widen<T: Element>(x: &[T]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
 }
+
+/// `len` deterministic values `sin((i + 1)·f)` in `[-1, 1]`, for tests that want fixed data
+/// without a generator.
+pub fn seq(len: usize, f: f32) -> Vec<f32> {
+    (0..len).map(|i| ((i as f32 + 1.0) * f).sin()).collect()
+}

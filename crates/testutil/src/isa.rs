@@ -12,3 +12,14 @@ pub fn variants() -> Vec<Isa> {
     }
     Isa::available()
 }
+
+/// An ISA this CPU cannot run (NEON is refused on every x86 build).
+///
+/// # Panics
+/// If this CPU runs every ISA.
+pub fn missing_isa() -> Isa {
+    Isa::ALL
+        .into_iter()
+        .find(|i| !i.is_supported())
+        .expect("at least one ISA (neon) is unsupported")
+}
