@@ -13,23 +13,37 @@
 //! cargo xtask profile gemm --variant avx2 --shape 512x512x512 --seconds 5 [--perf|--callgrind]
 //! ```
 //!
-//! Modules: [`bench`](mod@bench) (the runner: selection, statistics), [`rotation`] (the
-//! interleaved sampling and the per-round ratios), [`suites`] (the registry of benchmark
-//! cases; add a suite there), [`peak`] (this machine's measured FMA peak and memory
-//! bandwidth), [`torch`] (the PyTorch peer's helper process), [`report`] (JSON, CSV, the
-//! table and `--compare`), [`markdown`] (the README's table), [`chart`] (the SVG chart) and
-//! [`profile`] (one kernel in a loop, optionally under `perf` or callgrind).
+//! Modules, each using only those listed before it (the import graph has no circle;
+//! `tests/tidy.rs` keeps it so):
+//!
+//! - the model: [`stats`] (timing and the median/min/max of samples), [`peers`] (the peer
+//!   names), [`torch`] (the PyTorch peer's helper process), [`case`] (a benchmark case and
+//!   its implementations);
+//! - measuring: [`rotation`] (the interleaved sampling and the per-round ratios),
+//!   [`report`] (JSON, CSV and the table), [`compare`] (`--compare`: two reports side by
+//!   side), [`peak`] (this machine's measured FMA peak and memory bandwidth), [`suites`]
+//!   (the registry of benchmark cases; add a suite there), [`plan`] (`bench`'s arguments
+//!   and what they select), [`runner`] (a case's rotation, turned into records);
+//! - output: [`markdown`] (the README's table), [`chart`] (the SVG chart);
+//! - the tasks: [`bench`](mod@bench) (`cargo xtask bench`), [`profile`] (one kernel in a
+//!   loop, optionally under `perf` or callgrind).
 //!
 //! The binary is a thin `clap` front end (`main.rs`); everything it does lives in this
 //! library so that the tests can drive it.
 
 pub mod bench;
+pub mod case;
 pub mod chart;
+pub mod compare;
 pub mod markdown;
 pub mod peak;
+pub mod peers;
+pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod rotation;
+pub mod runner;
+pub mod stats;
 pub mod suites;
 pub mod torch;
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use xtask::{bench, profile, report};
+use xtask::{bench, compare, peers, plan, profile};
 
 /// fastattn project tasks (run as `cargo xtask <task>`, a release build).
 #[derive(Parser, Debug)]
@@ -16,9 +16,9 @@ struct Cli {
 enum Task {
     /// Benchmark every kernel variant against the peers; writes target/bench/report.{json,csv}
     /// and gemm.svg. Quick by default (about two minutes); --full runs everything.
-    Bench(bench::BenchArgs),
+    Bench(plan::BenchArgs),
     /// Compare two report.json files (change of each median, regressions flagged).
-    Compare(report::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Run one kernel variant on one shape in a loop, for a profiler (or under perf stat /
     /// callgrind with --perf / --callgrind).
     Profile(profile::ProfileArgs),
@@ -29,12 +29,12 @@ fn main() -> ExitCode {
     // matrixmultiply reads MATMUL_NUM_THREADS once, at its first call, and would otherwise
     // use every physical core at "threads = 1". Pin it to 1 (before any thread exists) so
     // its results are labelled honestly; set the variable to measure it threaded.
-    if std::env::var_os(bench::MATMUL_THREADS_VAR).is_none() {
-        std::env::set_var(bench::MATMUL_THREADS_VAR, "1");
+    if std::env::var_os(peers::MATMUL_THREADS_VAR).is_none() {
+        std::env::set_var(peers::MATMUL_THREADS_VAR, "1");
     }
     let result = match &cli.task {
         Task::Bench(a) => bench::run(a),
-        Task::Compare(a) => report::run(a),
+        Task::Compare(a) => compare::run(a),
         Task::Profile(a) => profile::run(a),
     };
     match result {
@@ -61,7 +61,7 @@ mod tests {
         };
         assert!(!b.full && b.filter.is_empty() && b.variant.is_empty());
         assert_eq!(b.threads, ["1", "all"]);
-        assert_eq!(b.threshold, report::REGRESSION_PCT);
+        assert_eq!(b.threshold, compare::REGRESSION_PCT);
         let Task::Bench(b) = parse(&[
             "bench",
             "--full",

@@ -100,13 +100,13 @@ pub fn table(report: &Report) -> String {
     // Peer columns: every peer with a result, in the order of `PEERS`, each followed by
     // its rows in other element types (`torch-bf16`).
     let mut peers: Vec<&str> = Vec::new();
-    for p in crate::bench::PEERS {
+    for p in crate::peers::PEERS {
         let mut names: Vec<&str> = report
             .results
             .iter()
             .map(|r| r.imp.as_str())
             .filter(|n| {
-                *n == *p || (n.starts_with(p) && crate::bench::is_peer(n) && n.len() > p.len())
+                *n == *p || (n.starts_with(p) && crate::peers::is_peer(n) && n.len() > p.len())
             })
             .collect();
         names.sort_unstable();
@@ -137,7 +137,7 @@ pub fn table(report: &Report) -> String {
         let best = rows
             .iter()
             .find(|r| r.baseline.as_deref() == Some(r.imp.as_str()))
-            .or_else(|| rows.iter().find(|r| !crate::bench::is_peer(&r.imp)));
+            .or_else(|| rows.iter().find(|r| !crate::peers::is_peer(&r.imp)));
         let Some(best) = best else { continue };
         let _ = write!(
             out,
@@ -157,7 +157,7 @@ pub fn table(report: &Report) -> String {
         }
         let others: Vec<String> = rows
             .iter()
-            .filter(|r| r.imp != best.imp && !crate::bench::is_peer(&r.imp))
+            .filter(|r| r.imp != best.imp && !crate::peers::is_peer(&r.imp))
             .map(|r| {
                 format!(
                     "{} {}",

@@ -3,7 +3,7 @@
 //! These are measured twice. Once at the start of a run, for the `machine` block of the
 //! report (`peak_gflops`, `peak_gflops_max`, `bandwidth_gbs`). And once more inside every
 //! case's rotation ([`crate::rotation`]): the runner adds a trial of the same loops (one
-//! sample of [`crate::bench::Timing::sample_s`] per round) as members of the rotation, and
+//! sample of [`crate::stats::Timing::sample_s`] per round) as members of the rotation, and
 //! a case's `% of peak` is of the best trial of *its* rotation, taken within milliseconds
 //! of its own samples. On a shared host the peak of the start can be far from the peak of
 //! the moment (one run: a two-thread peak of 109.6 GFLOP/s at the start, a fastest trial of
@@ -258,7 +258,7 @@ pub fn fma_peak_gflops(lp: PeakLoop, pool: &rayon::ThreadPool) -> (f64, f64) {
         })
         .collect();
     // The same statistics as a case's samples (`max_s` is the fastest trial here).
-    let s = crate::bench::Stats::from_samples(&trials, 1).expect("PEAK_TRIALS > 0 finite trials");
+    let s = crate::stats::Stats::from_samples(&trials, 1).expect("PEAK_TRIALS > 0 finite trials");
     (s.median_s, s.max_s)
 }
 

@@ -15,7 +15,7 @@
 //! count that does not depend on what else the machine is doing, to compare variants on a
 //! busy machine. valgrind does not emulate AVX-512, so `avx512` cannot run under it.
 
-use crate::bench::Impl;
+use crate::case::Impl;
 use crate::{suites, Result};
 use clap::Args;
 use std::ffi::OsString;
@@ -167,9 +167,9 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         return Err(format!("--seconds {}: expected a positive number", args.seconds).into());
     }
     let threads =
-        crate::bench::parse_threads(std::slice::from_ref(&args.threads), crate::all_threads())?[0];
+        crate::plan::parse_threads(std::slice::from_ref(&args.threads), crate::all_threads())?[0];
     let variant = match &args.variant {
-        Some(v) => crate::bench::parse_variants(std::slice::from_ref(v))?
+        Some(v) => crate::plan::parse_variants(std::slice::from_ref(v))?
             .and_then(|v| v.into_iter().next())
             .ok_or("--variant: empty")?,
         None => kernels::Isa::best().name().to_string(),
@@ -196,7 +196,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
             return Err(format!(
                 "{variant} runs at {t} thread(s) in this process \
                  ({}): use --threads {t}",
-                crate::bench::MATMUL_THREADS_VAR
+                crate::peers::MATMUL_THREADS_VAR
             )
             .into());
         }

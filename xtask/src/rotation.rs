@@ -26,7 +26,7 @@
 //! taken a few milliseconds apart, a slow phase of the host cancels out of the ratio even
 //! when it moves both medians.
 
-use crate::bench::{Stats, Timing};
+use crate::stats::{Stats, Timing};
 use std::time::Instant;
 
 /// A member of a rotation: `sample(calls)` performs `calls` back-to-back calls and returns
@@ -149,6 +149,27 @@ pub fn ratio_stats(times: &[f64], baseline: &[f64]) -> Option<Stats> {
     Stats::from_samples(&ratios, 1)
 }
 
+/// Times `f` alone: a rotation of one member ([`measure_rotation`]), so
+/// warm-up, then samples of `calls_per_sample` calls each (chosen from the warm-up so a
+/// sample lasts about `timing.sample_s`) until `min_time_s` and `min_samples` are both
+/// reached, or `max_samples`.
+pub fn measure(f: &mut dyn FnMut(), timing: &Timing) -> Stats {
+    let mut sample = |calls: u64| {
+        let t0 = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        t0.elapsed().as_secs_f64()
+    };
+    let mut members = [Member {
+        sample: &mut sample,
+        counted: true,
+    }];
+    measure_rotation(&mut members, timing)
+        .stats(0)
+        .expect("at least one finite sample")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +263,37 @@ mod tests {
         assert!(log.borrow()[3..].iter().all(|&(_, calls)| calls == 3));
         let s = rot.stats(1).unwrap();
         assert!((s.median_s - 1e-3).abs() < 1e-12 && s.calls_per_sample == 3);
+    }
+
+    #[test]
+    fn measure_takes_min_samples_and_orders_stats() {
+        let mut calls = 0u64;
+        let timing = Timing {
+            warmup_s: 0.0,
+            min_time_s: 0.0,
+            min_samples: 7,
+            max_samples: 100,
+            sample_s: 0.0,
+        };
+        let s = measure(&mut || calls += 1, &timing);
+        assert_eq!(s.samples, 7);
+        assert_eq!(s.calls_per_sample, 1);
+        assert_eq!(calls, 1 + 7);
+        assert!(s.min_s <= s.median_s && s.median_s <= s.max_s);
+    }
+
+    #[test]
+    fn measure_batches_fast_calls_and_respects_max_samples() {
+        let timing = Timing {
+            warmup_s: 0.001,
+            min_time_s: 10.0,
+            min_samples: 1,
+            max_samples: 3,
+            sample_s: 0.001,
+        };
+        let mut x = 0u64;
+        let s = measure(&mut || x = std::hint::black_box(x + 1), &timing);
+        assert_eq!(s.samples, 3);
+        assert!(s.calls_per_sample > 1, "{s:?}");
     }
 }

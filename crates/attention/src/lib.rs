@@ -40,6 +40,7 @@ pub mod kv_cache;
 pub mod linear;
 mod materialized;
 pub mod mha;
+mod nonfinite;
 pub mod options;
 pub mod reference;
 pub mod rope;

@@ -49,7 +49,7 @@ pub(crate) fn run(
             v_nonfinite.push(match (p.lk, p.dv) {
                 (0, _) | (_, 0) => None,
                 (lk, dv) => with_mat!(v, (v.offset(b, kvh, 0, 0), lk, dv, vs[2], vs[3]), m => {
-                    crate::flash::dense_if_nonfinite(m)
+                    crate::nonfinite::dense_if_nonfinite(m)
                 }),
             });
         }
@@ -106,7 +106,7 @@ pub(crate) fn run(
             // as the decode path and the reference do, never the GEMM's 0·NaN = NaN.
             let dv = p.dv;
             let mut vc = vd.clone();
-            let skip_zeros = crate::flash::zero_unseen_nonfinite_rows(&mut vc, dv, &s, lq, lk);
+            let skip_zeros = crate::nonfinite::zero_unseen_nonfinite_rows(&mut vc, dv, &s, lq, lk);
             let mut o = vec![0.0f32; lq * dv];
             let (pm, vm) = (
                 MatRef::new(&s, lq, lk, lk, 1)?,

@@ -12,10 +12,11 @@ use fastattn_attention::{
 use kernels::softmax::{softmax_with, RowOptions};
 use kernels::{gemm_with, Isa, MatMut, MatRef, Parallelism};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rayon::prelude::*;
 use std::sync::mpsc;
 use std::time::Duration;
+use testutil::rand_vec;
 
 /// Aborts the process if not dropped within `secs` seconds.
 struct Watchdog(Option<mpsc::Sender<()>>);
@@ -39,10 +40,6 @@ impl Drop for Watchdog {
         // Dropping the sender wakes the watchdog with `Disconnected`: it exits quietly.
         self.0.take();
     }
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// One deterministic unit of work; `run` gives its full output.

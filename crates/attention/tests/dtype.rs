@@ -10,38 +10,19 @@ use fastattn_attention::{
 };
 use kernels::{bf16, f16, DType, Element, Isa, Parallelism};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use testutil::{numel, rand_t, widen, MaskKind, SdpaCase};
 
-fn rand_t<T: Element>(rng: &mut StdRng, len: usize) -> Vec<T> {
-    (0..len)
-        .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
-        .collect()
+/// A case of these sizes (`dv = d`) seeded from its sizes.
+fn case(b: usize, hq: usize, hkv: usize, lq: usize, lk: usize, d: usize) -> SdpaCase {
+    SdpaCase {
+        seed: (b * 7 + hq * 11 + lq * 13 + lk * 17 + d) as u64,
+        ..SdpaCase::new(b, hq, hkv, lq, lk, d, d)
+    }
 }
 
-fn widen<T: Element>(x: &[T]) -> Vec<f32> {
-    x.iter().map(|v| v.to_f32()).collect()
-}
-
-#[derive(Clone, Copy, Debug)]
-enum MaskKind {
-    None,
-    Causal,
-    Bool,
-    Additive,
-    Window,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    b: usize,
-    hq: usize,
-    hkv: usize,
-    lq: usize,
-    lk: usize,
-    d: usize,
-    mask: MaskKind,
-    blhd: bool,
-}
+/// The window of the window cases.
+const WINDOW: Option<(Option<usize>, Option<usize>)> = Some((Some(37), Some(5)));
 
 fn view<T: Element>(blhd: bool, x: &[T], dims: [usize; 4]) -> TensorRef<'_, T> {
     if blhd {
@@ -53,19 +34,17 @@ fn view<T: Element>(blhd: bool, x: &[T], dims: [usize; 4]) -> TensorRef<'_, T> {
 
 /// Runs `c` with Q/K/V of types Q, K, V and output O; compares as described above.
 fn check<Q: Element, K: Element, V: Element, O: Element>(
-    c: Case,
+    c: SdpaCase,
     isa: Isa,
     path: AttnPath,
     threads: &[usize],
 ) {
-    let seed = (c.b * 7 + c.hq * 11 + c.lq * 13 + c.lk * 17 + c.d) as u64;
+    let seed = c.seed;
     let mut rng = StdRng::seed_from_u64(seed);
-    let qd = [c.b, c.hq, c.lq, c.d];
-    let kd = [c.b, c.hkv, c.lk, c.d];
-    let n = |d: [usize; 4]| d.iter().product::<usize>();
-    let q: Vec<Q> = rand_t(&mut rng, n(qd));
-    let k: Vec<K> = rand_t(&mut rng, n(kd));
-    let v: Vec<V> = rand_t(&mut rng, n(kd));
+    let (qd, kd, vd, od) = c.dims();
+    let q: Vec<Q> = rand_t(&mut rng, numel(qd));
+    let k: Vec<K> = rand_t(&mut rng, numel(kd));
+    let v: Vec<V> = rand_t(&mut rng, numel(vd));
     let (qw, kw, vw) = (widen(&q), widen(&k), widen(&v));
     let bool_mask: Vec<bool> = (0..c.lq * c.lk).map(|i| i % 3 != 1).collect();
     let add_mask: Vec<f32> = (0..c.lq * c.lk)
@@ -91,9 +70,11 @@ fn check<Q: Element, K: Element, V: Element, O: Element>(
                 TensorRef::contiguous(&add_mask, [1, 1, c.lq, c.lk]).unwrap(),
             ))
         }
-        MaskKind::Window => opts = opts.with_window(Some(37), Some(5)),
+        MaskKind::BoolPerHead => unreachable!("no per-head masks here"),
     }
-    let od = [c.b, c.hq, c.lq, c.d];
+    if let Some((left, right)) = c.window {
+        opts = opts.with_window(left, right);
+    }
     let what = format!(
         "{c:?} {isa} {path:?} Q {} K {} V {} O {} seed {seed}",
         Q::DTYPE,
@@ -102,7 +83,7 @@ fn check<Q: Element, K: Element, V: Element, O: Element>(
         O::DTYPE
     );
     // The f32 call on the widened values.
-    let mut want = vec![0.0f32; n(od)];
+    let mut want = vec![0.0f32; numel(od)];
     let mut want_lse = vec![0.0f32; c.b * c.hq * c.lq];
     sdpa_into(
         view(c.blhd, &qw, qd),
@@ -119,7 +100,7 @@ fn check<Q: Element, K: Element, V: Element, O: Element>(
             .num_threads(t)
             .build()
             .unwrap();
-        let mut out = vec![O::default(); n(od)];
+        let mut out = vec![O::default(); numel(od)];
         let mut lse = vec![0.0f32; c.b * c.hq * c.lq];
         pool.install(|| {
             sdpa_into(
@@ -182,39 +163,32 @@ fn check<Q: Element, K: Element, V: Element, O: Element>(
     }
 }
 
-fn cases() -> Vec<Case> {
-    let base = |b, hq, hkv, lq, lk, d| Case {
-        b,
-        hq,
-        hkv,
-        lq,
-        lk,
-        d,
-        mask: MaskKind::None,
-        blhd: false,
-    };
+fn cases() -> Vec<SdpaCase> {
+    let base = case;
     let mut v = vec![
         base(1, 2, 2, 13, 29, 16),  // prefill, odd sizes
         base(2, 4, 2, 1, 37, 8),    // decode, GQA (direct kernels)
         base(1, 4, 1, 2, 4500, 16), // decode split (flash-decoding), MQA
-        Case {
+        SdpaCase {
             blhd: true,
             ..base(1, 3, 3, 31, 31, 33)
         }, // [B, L, H, D] strides, odd D
         base(1, 1, 1, 100, 600, 24), // more than one key block
     ];
-    for mask in [
-        MaskKind::Causal,
-        MaskKind::Bool,
-        MaskKind::Additive,
-        MaskKind::Window,
+    for (mask, window) in [
+        (MaskKind::Causal, None),
+        (MaskKind::Bool, None),
+        (MaskKind::Additive, None),
+        (MaskKind::None, WINDOW),
     ] {
-        v.push(Case {
+        v.push(SdpaCase {
             mask,
+            window,
             ..base(1, 2, 1, 19, 41, 8)
         });
-        v.push(Case {
+        v.push(SdpaCase {
             mask,
+            window,
             ..base(1, 2, 2, 1, 50, 8)
         });
     }
@@ -266,25 +240,13 @@ fn every_type_combination_runs_on_the_fused_path() {
     fn o<Q: Element, K: Element, V: Element>() {
         let isa = Isa::best();
         for c in [
-            Case {
-                b: 1,
-                hq: 2,
-                hkv: 1,
-                lq: 9,
-                lk: 21,
-                d: 8,
+            SdpaCase {
                 mask: MaskKind::Causal,
-                blhd: false,
+                ..case(1, 2, 1, 9, 21, 8)
             },
-            Case {
-                b: 1,
-                hq: 2,
-                hkv: 2,
-                lq: 1,
-                lk: 21,
-                d: 8,
-                mask: MaskKind::None,
+            SdpaCase {
                 blhd: true,
+                ..case(1, 2, 2, 1, 21, 8)
             },
         ] {
             check::<Q, K, V, f32>(c, isa, AttnPath::Flash, &[1]);

@@ -9,10 +9,7 @@ use fastattn_attention::{
 use kernels::{Isa, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
+use testutil::{assert_close, rand_vec};
 
 /// `x·W + b` in f64: `x` is `[rows, d_in]`, `w` `[d_in, d_out]`, both row-major.
 fn linear_ref(
@@ -98,25 +95,6 @@ fn layer_ref(
         linear_ref(&a, b * lq, hq * hd, &w.wo, dm, w.bo.as_deref()),
         r.weights,
     )
-}
-
-fn assert_close(label: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let e = (g as f64 - w).abs();
-        if e > worst.0 || e.is_nan() {
-            worst = (e, i);
-        }
-    }
-    assert!(
-        worst.0 <= tol,
-        "{label}: max |err| = {:e} at {} (got {}, want {}), tol {tol:e}",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -227,9 +205,9 @@ fn check(c: &Case) {
                 layer.forward_with_weights(&x, c.b, c.l, &opts).unwrap(),
             ),
         };
-        assert_close(&format!("{l2} output"), &y, &want, tol);
-        assert_close(&format!("{l2} output (weights path)"), &yw, &want, tol);
-        assert_close(&format!("{l2} weights"), &wts, &f64s(&want_w), 1e-5);
+        assert_close(format!("{l2} output"), &y, &want, tol);
+        assert_close(format!("{l2} output (weights path)"), &yw, &want, tol);
+        assert_close(format!("{l2} weights"), &wts, &f64s(&want_w), 1e-5);
         for (r, row) in wts.chunks(lk.max(1)).enumerate() {
             let s: f32 = row.iter().sum();
             assert!(
@@ -404,7 +382,7 @@ fn kv_cache_prefill_and_decode_equal_the_full_causal_forward() {
             let label = format!("seed={seed} b={b} dm={dm} hq={hq} hkv={hkv} hd={hd} bias={bias} rope={rope} isa={isa}");
             let layer = MultiHeadAttention::new(cfg.clone().with_isa(isa), w.as_weights()).unwrap();
             let full = layer.forward(&x, b, t, &causal).unwrap();
-            assert_close(&format!("{label} full"), &full, &want, 1e-4);
+            assert_close(format!("{label} full"), &full, &want, 1e-4);
             let mut cache = layer.new_cache(b, t).unwrap();
             let mut pos = 0;
             for n in [9, 1, 1, 3, 1, 2, 1, 1, 5, 1, 4] {
@@ -426,7 +404,7 @@ fn kv_cache_prefill_and_decode_equal_the_full_causal_forward() {
                             .copied()
                     })
                     .collect();
-                assert_close(&format!("{l3} vs reference"), &y, &want_rows, 1e-4);
+                assert_close(format!("{l3} vs reference"), &y, &want_rows, 1e-4);
                 pos += n;
                 assert_eq!(cache.len(), pos, "{l3}");
             }
@@ -456,7 +434,7 @@ fn kv_cache_long_decode_uses_the_split_path_and_matches_full_forward() {
         .forward_cached(&mut cache, &x[..p * dm], b, p, &causal)
         .unwrap();
     assert_close(
-        &format!("seed={seed} prefill"),
+        format!("seed={seed} prefill"),
         &y,
         &f64s(&full[..p * dm]),
         2e-6,
@@ -466,7 +444,7 @@ fn kv_cache_long_decode_uses_the_split_path_and_matches_full_forward() {
             .forward_cached(&mut cache, &x[pos * dm..(pos + 1) * dm], b, 1, &causal)
             .unwrap();
         assert_close(
-            &format!("seed={seed} step {pos}"),
+            format!("seed={seed} step {pos}"),
             &y,
             &f64s(&full[pos * dm..(pos + 1) * dm]),
             1e-5,

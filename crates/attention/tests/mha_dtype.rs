@@ -2,13 +2,7 @@
 
 use fastattn_attention::{KvCache, MhaConfig, MultiHeadAttention, RopeConfig, SdpaOptions};
 use kernels::{bf16, f16, DType, Element, Parallelism};
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use testutil::max_abs_diff;
 
 fn input(len: usize) -> Vec<f32> {
     (0..len)
@@ -55,7 +49,11 @@ fn weights_match<W: Element>() {
         if b * l > kernels::gemm::packed::HALF_GEMV_ROWS {
             assert_eq!(y16, y32, "{:?} b {b} l {l}", W::DTYPE);
         } else {
-            assert!(max_abs(&y16, &y32) < 1e-5, "{:?} b {b} l {l}", W::DTYPE);
+            assert!(
+                max_abs_diff(&y16, &y32) < 1e-5,
+                "{:?} b {b} l {l}",
+                W::DTYPE
+            );
         }
     }
 }
@@ -93,13 +91,13 @@ fn cache_matches<T: Element>() {
         DType::BF16 => 3e-2,
         _ => 4e-3,
     };
-    assert!(max_abs(&y16, &y32) < tol, "{:?} prefill", T::DTYPE);
+    assert!(max_abs_diff(&y16, &y32) < tol, "{:?} prefill", T::DTYPE);
     for s in 0..steps {
         let xt = input(b * 64 + s);
         let xt = &xt[s..];
         let y32 = layer.forward_cached(&mut c32, xt, b, 1, &causal).unwrap();
         let y16 = layer.forward_cached(&mut c16, xt, b, 1, &causal).unwrap();
-        assert!(max_abs(&y16, &y32) < tol, "{:?} step {s}", T::DTYPE);
+        assert!(max_abs_diff(&y16, &y32) < tol, "{:?} step {s}", T::DTYPE);
     }
     // K and V rows are projections of the same inputs in both runs: the 16-bit cache holds
     // them rounded once.

@@ -13,6 +13,7 @@ use kernels::{Isa, Parallelism};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testutil::rand_vec;
 
 /// How a `[B, H, L, D]` tensor sits in its buffer.
 #[derive(Clone, Copy, Debug)]
@@ -169,10 +170,6 @@ fn case() -> impl Strategy<Value = Case> {
                 seed,
             },
         )
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 fn run_case(c: &Case) -> Result<(), TestCaseError> {

@@ -7,73 +7,15 @@ use fastattn_attention::{
 use kernels::{Isa, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn rand_vec(rng: &mut StdRng, len: usize, amp: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-amp..amp)).collect()
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum MaskKind {
-    None,
-    Causal,
-    Bool,
-    Additive,
-    BoolPerHead,
-}
-
-#[derive(Clone, Debug)]
-struct Case {
-    b: usize,
-    hq: usize,
-    hkv: usize,
-    lq: usize,
-    lk: usize,
-    d: usize,
-    dv: usize,
-    mask: MaskKind,
-    padding: bool,
-    window: Option<(Option<usize>, Option<usize>)>,
-    alibi: bool,
-    softcap: Option<f32>,
-    blhd: bool,
-    amp: f32,
-    seed: u64,
-}
-
-impl Case {
-    fn new(b: usize, hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, dv: usize) -> Self {
-        Case {
-            b,
-            hq,
-            hkv,
-            lq,
-            lk,
-            d,
-            dv,
-            mask: MaskKind::None,
-            padding: false,
-            window: None,
-            alibi: false,
-            softcap: None,
-            blhd: false,
-            amp: 1.0,
-            seed: 1,
-        }
-    }
-}
+use testutil::{numel, rand_vec, rand_vec_amp, MaskKind, SdpaCase};
 
 /// Runs `c` on every path and variant and compares with the reference.
-fn check(c: &Case) {
+fn check(c: &SdpaCase) {
     let mut rng = StdRng::seed_from_u64(c.seed);
-    let (qd, kd, vd) = (
-        [c.b, c.hq, c.lq, c.d],
-        [c.b, c.hkv, c.lk, c.d],
-        [c.b, c.hkv, c.lk, c.dv],
-    );
-    let n = |d: [usize; 4]| d.iter().product::<usize>();
-    let qb = rand_vec(&mut rng, n(qd), c.amp);
-    let kb = rand_vec(&mut rng, n(kd), c.amp);
-    let vb = rand_vec(&mut rng, n(vd), 1.0);
+    let (qd, kd, vd, od) = c.dims();
+    let qb = rand_vec_amp(&mut rng, numel(qd), c.amp);
+    let kb = rand_vec_amp(&mut rng, numel(kd), c.amp);
+    let vb = rand_vec(&mut rng, numel(vd));
     fn mk(blhd: bool, data: &[f32], dims: [usize; 4]) -> TensorRef<'_> {
         if blhd {
             TensorRef::from_blhd(data, dims).unwrap()
@@ -86,15 +28,7 @@ fn check(c: &Case) {
         mk(c.blhd, &kb, kd),
         mk(c.blhd, &vb, vd),
     );
-    let lens: Vec<usize> = (0..c.b)
-        .map(|i| {
-            if c.padding {
-                (c.lk * (i + 1)) / (c.b + 1) + i % 2
-            } else {
-                c.lk
-            }
-        })
-        .collect();
+    let lens = c.key_lengths();
     let bool_mask: Vec<bool> = (0..c.b * c.hq * c.lq * c.lk)
         .map(|_| rng.random_bool(0.7))
         .collect();
@@ -133,8 +67,7 @@ fn check(c: &Case) {
     for isa in Isa::available() {
         for path in [AttnPath::Flash, AttnPath::Materialized] {
             let opts = base.clone().with_isa(Some(isa)).with_path(path);
-            let od = [c.b, c.hq, c.lq, c.dv];
-            let mut ob = vec![f32::NAN; n(od)];
+            let mut ob = vec![f32::NAN; numel(od)];
             let mut lse = vec![f32::NAN; c.b * c.hq * c.lq];
             let mut wb = vec![f32::NAN; c.b * c.hq * c.lq * c.lk];
             {
@@ -211,15 +144,15 @@ fn sdpa_matches_ref_over_shapes() {
                 continue;
             }
             seed += 1;
-            check(&Case {
+            check(&SdpaCase {
                 seed,
-                ..Case::new(b, h, h, lq, lk, d, dv)
+                ..SdpaCase::new(b, h, h, lq, lk, d, dv)
             });
         }
     }
-    check(&Case {
+    check(&SdpaCase {
         seed: 99,
-        ..Case::new(1, 1, 1, 17, 17, 256, 256)
+        ..SdpaCase::new(1, 1, 1, 17, 17, 256, 256)
     });
 }
 
@@ -241,10 +174,10 @@ fn sdpa_matches_ref_for_every_mask_kind() {
             (200, 1100),
         ] {
             seed += 1;
-            check(&Case {
+            check(&SdpaCase {
                 mask,
                 seed,
-                ..Case::new(2, 2, 2, lq, lk, 16, 24)
+                ..SdpaCase::new(2, 2, 2, lq, lk, 16, 24)
             });
         }
     }
@@ -255,88 +188,88 @@ fn sdpa_matches_ref_with_padding_windows_gqa_alibi_softcap() {
     let mut seed = 200;
     let mut cases = vec![];
     for &(lq, lk) in &[(33, 33), (1, 300), (70, 600), (5, 3)] {
-        cases.push(Case {
+        cases.push(SdpaCase {
             padding: true,
             mask: MaskKind::Causal,
-            ..Case::new(3, 2, 1, lq, lk, 16, 16)
+            ..SdpaCase::new(3, 2, 1, lq, lk, 16, 16)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             window: Some((Some(20), Some(0))),
-            ..Case::new(1, 4, 2, lq, lk, 32, 32)
+            ..SdpaCase::new(1, 4, 2, lq, lk, 32, 32)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             window: Some((Some(7), Some(300))),
             padding: true,
-            ..Case::new(2, 2, 2, lq, lk, 8, 8)
+            ..SdpaCase::new(2, 2, 2, lq, lk, 8, 8)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             alibi: true,
             mask: MaskKind::Causal,
-            ..Case::new(1, 4, 4, lq, lk, 16, 16)
+            ..SdpaCase::new(1, 4, 4, lq, lk, 16, 16)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             softcap: Some(5.0),
             amp: 3.0,
-            ..Case::new(1, 8, 2, lq, lk, 16, 8)
+            ..SdpaCase::new(1, 8, 2, lq, lk, 16, 8)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             blhd: true,
             mask: MaskKind::Causal,
-            ..Case::new(2, 6, 3, lq, lk, 16, 16)
+            ..SdpaCase::new(2, 6, 3, lq, lk, 16, 16)
         });
-        cases.push(Case {
+        cases.push(SdpaCase {
             alibi: true,
             softcap: Some(20.0),
             mask: MaskKind::Additive,
             padding: true,
-            ..Case::new(2, 4, 1, lq, lk, 8, 8)
+            ..SdpaCase::new(2, 4, 1, lq, lk, 8, 8)
         });
     }
     for c in cases {
         seed += 1;
-        check(&Case { seed, ..c });
+        check(&SdpaCase { seed, ..c });
     }
 }
 
 #[test]
 fn sdpa_huge_logits_stay_finite() {
     // Logits scaled ×1e3 (q and k entries up to ~31): no overflow, no NaN.
-    check(&Case {
+    check(&SdpaCase {
         amp: 31.6,
         seed: 300,
         mask: MaskKind::Causal,
-        ..Case::new(1, 2, 2, 40, 70, 16, 16)
+        ..SdpaCase::new(1, 2, 2, 40, 70, 16, 16)
     });
-    check(&Case {
+    check(&SdpaCase {
         amp: 31.6,
         seed: 301,
-        ..Case::new(1, 1, 1, 3, 5000, 8, 8)
+        ..SdpaCase::new(1, 1, 1, 3, 5000, 8, 8)
     });
 }
 
 #[test]
 fn sdpa_decode_split_matches_ref() {
     // Lq small, Lk long: the flash-decoding split runs (tiles < 16, Lk ≥ 2 chunks).
-    check(&Case {
+    check(&SdpaCase {
         seed: 400,
-        ..Case::new(1, 4, 1, 1, 5000, 32, 32)
+        ..SdpaCase::new(1, 4, 1, 1, 5000, 32, 32)
     });
-    check(&Case {
+    check(&SdpaCase {
         seed: 401,
         mask: MaskKind::Causal,
         padding: true,
-        ..Case::new(2, 4, 2, 3, 4500, 16, 16)
+        ..SdpaCase::new(2, 4, 2, 3, 4500, 16, 16)
     });
-    check(&Case {
+    check(&SdpaCase {
         seed: 402,
         window: Some((Some(3000), None)),
-        ..Case::new(1, 2, 2, 2, 4200, 8, 8)
+        ..SdpaCase::new(1, 2, 2, 2, 4200, 8, 8)
     });
     // More rows than the in-place decode kernels take: the split runs on packed K/V.
-    check(&Case {
+    check(&SdpaCase {
         seed: 403,
         mask: MaskKind::Causal,
-        ..Case::new(1, 2, 1, 12, 4500, 16, 16)
+        ..SdpaCase::new(1, 2, 1, 12, 4500, 16, 16)
     });
 }
 
@@ -373,9 +306,9 @@ fn results_are_bit_identical_at_1_2_3_threads() {
         (2, 2, 130, 70, false),
     ] {
         let d = 32;
-        let qb = rand_vec(&mut rng, hq * lq * d, 1.0);
-        let kb = rand_vec(&mut rng, hkv * lk * d, 1.0);
-        let vb = rand_vec(&mut rng, hkv * lk * d, 1.0);
+        let qb = rand_vec(&mut rng, hq * lq * d);
+        let kb = rand_vec(&mut rng, hkv * lk * d);
+        let vb = rand_vec(&mut rng, hkv * lk * d);
         let q = TensorRef::contiguous(&qb, [1, hq, lq, d]).unwrap();
         let k = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
         let v = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
@@ -497,7 +430,7 @@ fn a_forced_variant_is_used_even_after_another_on_the_same_thread() {
     // reuse panels packed for the previous one (it would silently run the wrong kernel).
     let (h, l, d) = (2, 300, 32);
     let mut rng = StdRng::seed_from_u64(600);
-    let x = rand_vec(&mut rng, h * l * d, 1.0);
+    let x = rand_vec(&mut rng, h * l * d);
     let t = TensorRef::contiguous(&x, [1, h, l, d]).unwrap();
     let run = |isa: Isa| {
         let opts = SdpaOptions::default()

@@ -11,19 +11,16 @@ use attention::{
 };
 use fastattn_capi::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::ffi::{c_int, c_void, CStr};
 use std::mem::size_of;
 use std::ptr::{null, null_mut};
+use testutil::{max_abs_diff, rand_vec};
 
 const OK: c_int = fa_status::FA_OK as c_int;
 
 fn code(s: fa_status) -> c_int {
     s as c_int
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 fn last_error() -> String {
@@ -46,20 +43,6 @@ fn tensor(data: &mut [f32], dims: [usize; 4], strides: [isize; 4]) -> fa_tensor 
         strides,
         dtype: 0,
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            if x == y {
-                0.0 // also equal infinities
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, |m: f32, d| if d.is_nan() || d > m { d } else { m })
 }
 
 /// One fa_sdpa configuration.
@@ -172,12 +155,12 @@ fn run_case(c: Case, seed: u64) {
         &opts,
     )
     .unwrap();
-    let err = max_diff(&out, &want.out);
+    let err = max_abs_diff(&out, &want.out);
     assert!(err < 1e-5, "{c:?} seed {seed}: output max error {err}");
     if c.outputs {
-        let err = max_diff(&weights, &want.weights);
+        let err = max_abs_diff(&weights, &want.weights);
         assert!(err < 1e-5, "{c:?} seed {seed}: weights max error {err}");
-        let err = max_diff(&lse, &want.lse);
+        let err = max_abs_diff(&lse, &want.lse);
         assert!(err < 1e-4, "{c:?} seed {seed}: lse max error {err}");
     }
 }

@@ -10,18 +10,15 @@ use attention::{bf16, f16, DType, Element, SdpaOptions, TensorRef};
 use fastattn_capi::fa_dtype::{FA_DTYPE_BF16, FA_DTYPE_F16, FA_DTYPE_F32};
 use fastattn_capi::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::ffi::{c_int, CStr};
 use std::ptr::{null, null_mut};
+use testutil::rand_vec;
 
 const OK: c_int = fa_status::FA_OK as c_int;
 
 fn code(s: fa_status) -> c_int {
     s as c_int
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 fn last_error() -> String {

@@ -6,9 +6,10 @@ use attention::{
 };
 use fastattn_capi::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::ffi::{c_int, CStr};
 use std::ptr::{null, null_mut};
+use testutil::{max_abs_diff, rand_vec};
 
 const OK: c_int = fa_status::FA_OK as c_int;
 
@@ -21,17 +22,6 @@ fn last_error() -> String {
     unsafe { CStr::from_ptr(fa_last_error()) }
         .to_string_lossy()
         .into_owned()
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn causal() -> fa_sdpa_options {
@@ -81,7 +71,7 @@ fn random_layer_matches_the_rust_layer() {
     assert_eq!(rc, OK, "{}", last_error());
     let opts = SdpaOptions::default().with_causal(true);
     let want = rust.forward(&x, b, l, &opts).unwrap();
-    let err = max_diff(&y, &want);
+    let err = max_abs_diff(&y, &want);
     assert!(err < 1e-5, "seed {seed}: max error {err}");
 
     // Prefill 4 tokens, then decode the rest one at a time: the rows of the full forward.
@@ -104,7 +94,7 @@ fn random_layer_matches_the_rust_layer() {
         for bb in 0..b {
             let got = &ys[bb * n * dm..(bb + 1) * n * dm];
             let full = &want[(bb * l + t) * dm..(bb * l + t + n) * dm];
-            let err = max_diff(got, full);
+            let err = max_abs_diff(got, full);
             assert!(
                 err < 1e-5,
                 "seed {seed}: step at {t}, batch {bb}: max error {err}"
@@ -183,7 +173,7 @@ fn caller_weights_in_pytorch_layout_match_the_rust_layer() {
     let rc = unsafe { fa_mha_forward(layer, x.as_ptr(), 3, 5, y.as_mut_ptr(), null()) };
     assert_eq!(rc, OK, "{}", last_error());
     let want = rust.forward(&x, 3, 5, &SdpaOptions::default()).unwrap();
-    assert!(max_diff(&y, &want) < 1e-5, "seed {seed}");
+    assert!(max_abs_diff(&y, &want) < 1e-5, "seed {seed}");
     // SAFETY: a live handle, freed once.
     unsafe { fa_mha_free(layer) };
 }

@@ -10,18 +10,7 @@ use fastattn_kernels::gemv::{axpy_rows_with, dot_rows_with};
 use fastattn_kernels::{bf16, f16, DType, Element, Isa, MatMut, MatRef, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn rand_f32(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn rand_t<T: Element>(rng: &mut StdRng, len: usize) -> Vec<T> {
-    rand_f32(rng, len).into_iter().map(T::from_f32).collect()
-}
-
-fn widen<T: Element>(x: &[T]) -> Vec<f32> {
-    x.iter().map(|v| v.to_f32()).collect()
-}
+use testutil::{rand_t, rand_vec, widen};
 
 /// Values that exercise rounding and the special cases of both 16-bit formats.
 fn special_values(rng: &mut StdRng) -> Vec<f32> {
@@ -141,7 +130,7 @@ fn check_decode_kernels<T: Element>(isa: Isa) {
         let seed = (rows * 1000 + n * 10 + d) as u64;
         let mut rng = StdRng::seed_from_u64(seed);
         let ld = d + 3; // padded rows
-        let q = rand_f32(&mut rng, rows * d);
+        let q = rand_vec(&mut rng, rows * d);
         let k: Vec<T> = rand_t(&mut rng, n * ld);
         let kw = widen(&k);
         let mut s16 = vec![0.0f32; rows * n];
@@ -179,13 +168,13 @@ fn check_decode_kernels<T: Element>(isa: Isa) {
             );
         }
         // P·V with a few zero weights.
-        let mut p = rand_f32(&mut rng, rows * n);
+        let mut p = rand_vec(&mut rng, rows * n);
         for x in p.iter_mut().step_by(3) {
             *x = 0.0;
         }
         let v: Vec<T> = rand_t(&mut rng, n * ld);
         let vw = widen(&v);
-        let o0 = rand_f32(&mut rng, rows * d);
+        let o0 = rand_vec(&mut rng, rows * d);
         let (mut o16, mut o32, mut or) = (o0.clone(), o0.clone(), o0.clone());
         let pm = MatRef::row_major(&p, rows, n).unwrap();
         axpy_rows_with(
@@ -260,7 +249,7 @@ fn check_gemm<TA: Element, TB: Element>(isa: Isa) {
             let a: Vec<TA> = rand_t(&mut rng, lena);
             let b: Vec<TB> = rand_t(&mut rng, lenb);
             let (aw, bw) = (widen(&a), widen(&b));
-            let c0 = rand_f32(&mut rng, m * n);
+            let c0 = rand_vec(&mut rng, m * n);
             let (mut c16, mut c32, mut cr) = (c0.clone(), c0.clone(), c0.clone());
             gemm_with_a_read(
                 isa,
@@ -325,7 +314,7 @@ fn check_packed<T: Element>(isa: Isa) {
             let (rs, cs, len) = layout(l, k, n);
             let b: Vec<T> = rand_t(&mut rng, len);
             let bw = widen(&b);
-            let a = rand_f32(&mut rng, m * k);
+            let a = rand_vec(&mut rng, m * k);
             let (mut p16, mut p32) = (PackedB::new(isa).unwrap(), PackedB::new(isa).unwrap());
             p16.pack(MatRef::new(&b, k, n, rs, cs).unwrap()).unwrap();
             p32.pack(MatRef::new(&bw, k, n, rs, cs).unwrap()).unwrap();
@@ -382,7 +371,7 @@ fn check_stored<T: Element>(isa: Isa) {
                 let (rs, cs, len) = layout(l, k, n);
                 let b: Vec<T> = rand_t(&mut rng, len);
                 let bw = widen(&b);
-                let a = rand_f32(&mut rng, m * k);
+                let a = rand_vec(&mut rng, m * k);
                 let (mut p16, mut p32) = (PackedB::new(isa).unwrap(), PackedB::new(isa).unwrap());
                 p16.pack_stored(MatRef::new(&b, k, n, rs, cs).unwrap())
                     .unwrap();
@@ -391,7 +380,7 @@ fn check_stored<T: Element>(isa: Isa) {
                 assert_eq!(2 * p16.bytes(), p32.bytes());
                 let col0 = (col0_panels * p16.nr()).min(n / p16.nr() * p16.nr());
                 let nc = n - col0;
-                let c0 = rand_f32(&mut rng, m * nc);
+                let c0 = rand_vec(&mut rng, m * nc);
                 let (mut c16, mut c32) = (c0.clone(), c0.clone());
                 let am = MatRef::row_major(&a, m, k).unwrap();
                 gemm_packed_b(

@@ -9,15 +9,7 @@ use fastattn_kernels::{current_isa, Isa, KernelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-
-fn variants() -> Vec<Isa> {
-    for isa in Isa::ALL {
-        if !isa.is_supported() {
-            eprintln!("skipped: {isa} not on this CPU");
-        }
-    }
-    Isa::available()
-}
+use testutil::variants;
 
 /// Smallest positive normal f32, as f64.
 const MIN_NORMAL: f64 = f32::MIN_POSITIVE as f64;

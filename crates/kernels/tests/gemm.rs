@@ -4,10 +4,7 @@ use fastattn_kernels::gemm::{block_sizes, gemm_with_a_read, reference::gemm_ref,
 use fastattn_kernels::{gemm_with, Isa, KernelError, MatMut, MatRef, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
+use testutil::{rand_vec, variants};
 
 /// Layout of one operand: (row stride, column stride, buffer length) for a rows×cols view.
 #[derive(Clone, Copy, Debug)]
@@ -119,15 +116,6 @@ fn check_case(
             );
         }
     }
-}
-
-fn variants() -> Vec<Isa> {
-    for isa in Isa::ALL {
-        if !isa.is_supported() {
-            eprintln!("skipped: {isa} not on this CPU");
-        }
-    }
-    Isa::available()
 }
 
 #[test]

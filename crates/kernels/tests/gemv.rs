@@ -3,11 +3,8 @@
 use fastattn_kernels::gemv::{axpy_rows_ref, axpy_rows_with, dot_rows_ref, dot_rows_with};
 use fastattn_kernels::{Isa, KernelError, MatMut, MatRef};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
+use rand::SeedableRng;
+use testutil::rand_vec;
 
 #[test]
 fn dot_and_axpy_rows_match_ref_for_every_variant() {

@@ -14,6 +14,7 @@ use fastattn_kernels::softmax::{
 use fastattn_kernels::{current_isa, Isa, KernelError, Parallelism};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testutil::{rand_vec_wide, variants};
 
 const EPS: f64 = f32::EPSILON as f64;
 const NEG_INF: f32 = f32::NEG_INFINITY;
@@ -22,22 +23,6 @@ const NEG_INF: f32 = f32::NEG_INFINITY;
 const LENGTHS: &[usize] = &[
     1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 1000, 4097,
 ];
-
-fn variants() -> Vec<Isa> {
-    for isa in Isa::ALL {
-        if !isa.is_supported() {
-            eprintln!("skipped: {isa} not on this CPU");
-        }
-    }
-    Isa::available()
-}
-
-/// `len` uniform values in `[lo, hi)` (drawn in f64, so ranges as wide as ±3e38 work).
-fn rand_vec(rng: &mut StdRng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..len)
-        .map(|_| rng.random_range(lo as f64..hi as f64) as f32)
-        .collect()
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Op {
@@ -166,7 +151,7 @@ fn softmax_every_variant_matches_ref_on_the_issue_lengths() {
                 let seed = 1000 + (li * 10 + si) as u64;
                 let mut rng = StdRng::seed_from_u64(seed);
                 let rows = 3;
-                let x = rand_vec(&mut rng, rows * n, -10.0, 10.0);
+                let x = rand_vec_wide(&mut rng, rows * n, -10.0, 10.0);
                 let opts = RowOptions::new().with_scale(scale);
                 for op in [Op::Softmax, Op::LogSoftmax] {
                     let got = run(isa, Parallelism::Sequential, op, &x, n, &opts);
@@ -184,7 +169,7 @@ fn softmax_rows_sum_to_one_and_lie_in_the_unit_interval() {
         let seed = 2000;
         let mut rng = StdRng::seed_from_u64(seed);
         for &n in LENGTHS {
-            let x = rand_vec(&mut rng, 4 * n, -30.0, 30.0);
+            let x = rand_vec_wide(&mut rng, 4 * n, -30.0, 30.0);
             let got = run(
                 isa,
                 Parallelism::Sequential,
@@ -255,7 +240,7 @@ fn softmax_huge_and_tiny_logits_give_no_nan_or_inf() {
             for &n in &[1usize, 7, 16, 17, 65, 1000] {
                 let seed = 2200 + ci as u64;
                 let mut rng = StdRng::seed_from_u64(seed);
-                let x = rand_vec(&mut rng, 2 * n, lo, hi);
+                let x = rand_vec_wide(&mut rng, 2 * n, lo, hi);
                 for scale in [1.0f32, 0.125] {
                     let opts = RowOptions::new().with_scale(scale);
                     for op in [Op::Softmax, Op::LogSoftmax] {
@@ -300,7 +285,7 @@ fn softmax_masked_rows_match_ref() {
             let seed = 3000 + li as u64;
             let mut rng = StdRng::seed_from_u64(seed);
             let rows = 3;
-            let x = rand_vec(&mut rng, rows * n, -8.0, 8.0);
+            let x = rand_vec_wide(&mut rng, rows * n, -8.0, 8.0);
             let mut mask_of = |len: usize| -> Vec<f32> {
                 (0..len)
                     .map(|_| {
@@ -355,8 +340,8 @@ fn softmax_causal_rows_match_ref() {
                 let seed = 4000 + n as u64 * 7 + c.min(5000) as u64;
                 let mut rng = StdRng::seed_from_u64(seed);
                 let rows = 5;
-                let x = rand_vec(&mut rng, rows * n, -10.0, 10.0);
-                let mask = rand_vec(&mut rng, n, -1.0, 1.0);
+                let x = rand_vec_wide(&mut rng, rows * n, -10.0, 10.0);
+                let mask = rand_vec_wide(&mut rng, n, -1.0, 1.0);
                 for opts in [
                     RowOptions::new().with_causal_limit(c),
                     RowOptions::new()
@@ -397,7 +382,7 @@ fn softmax_fully_masked_rows_are_zero_not_nan() {
             // Row 0: logits −inf. Row 1: finite logits under an all −inf mask row.
             // Row 2: ordinary.
             let mut x = vec![NEG_INF; n];
-            x.extend(rand_vec(&mut rng, 2 * n, -5.0, 5.0));
+            x.extend(rand_vec_wide(&mut rng, 2 * n, -5.0, 5.0));
             let mut mask = vec![0.0f32; 3 * n];
             mask[n..2 * n].fill(NEG_INF);
             let opts = RowOptions::new().with_mask(&mask);
@@ -442,7 +427,7 @@ fn softmax_nan_poisons_only_its_row() {
                 let mut rng = StdRng::seed_from_u64(seed);
                 // Row 0 has a NaN among finite values, row 1 a NaN among −inf (the fully
                 // masked path), row 2 a +inf, row 3 is clean.
-                let mut x = rand_vec(&mut rng, 4 * n, -5.0, 5.0);
+                let mut x = rand_vec_wide(&mut rng, 4 * n, -5.0, 5.0);
                 x[pos] = f32::NAN;
                 x[n..2 * n].fill(NEG_INF);
                 x[n + pos] = f32::NAN;
@@ -460,7 +445,7 @@ fn softmax_nan_poisons_only_its_row() {
                 // A NaN in the mask poisons the row too.
                 let mut mask = vec![0.0f32; n];
                 mask[pos] = f32::NAN;
-                let mut row = rand_vec(&mut rng, n, -1.0, 1.0);
+                let mut row = rand_vec_wide(&mut rng, n, -1.0, 1.0);
                 softmax_row_with(isa, &mut row, &RowOptions::new().with_mask(&mask)).unwrap();
                 assert!(row.iter().all(|v| v.is_nan()), "{isa} n={n}: NaN mask");
             }
@@ -557,7 +542,7 @@ fn softmax_parallel_is_bit_identical_to_sequential() {
     assert!(rows * n >= PAR_MIN_ELEMENTS);
     let seed = 7000;
     let mut rng = StdRng::seed_from_u64(seed);
-    let x = rand_vec(&mut rng, rows * n, -10.0, 10.0);
+    let x = rand_vec_wide(&mut rng, rows * n, -10.0, 10.0);
     let mask: Vec<f32> = (0..rows * n)
         .map(|_| if rng.random_bool(0.1) { NEG_INF } else { 0.0 })
         .collect();
@@ -603,8 +588,8 @@ fn softmax_row_form_matches_the_slice_form() {
         let seed = 7100;
         let mut rng = StdRng::seed_from_u64(seed);
         for &n in LENGTHS {
-            let x = rand_vec(&mut rng, n, -10.0, 10.0);
-            let mask = rand_vec(&mut rng, n, -3.0, 0.0);
+            let x = rand_vec_wide(&mut rng, n, -10.0, 10.0);
+            let mask = rand_vec_wide(&mut rng, n, -3.0, 0.0);
             let opts = RowOptions::new()
                 .with_scale(0.2)
                 .with_mask(&mask)
@@ -629,7 +614,7 @@ fn softmax_row_form_matches_the_slice_form() {
 fn softmax_dispatcher_uses_the_current_isa() {
     let isa = current_isa().unwrap();
     let mut rng = StdRng::seed_from_u64(7200);
-    let x = rand_vec(&mut rng, 5 * 37, -4.0, 4.0);
+    let x = rand_vec_wide(&mut rng, 5 * 37, -4.0, 4.0);
     let o = RowOptions::new();
     let want = run(isa, Parallelism::Rayon, Op::Softmax, &x, 37, &o);
     let mut a = x.clone();
@@ -655,7 +640,7 @@ fn online_exp_row_update_matches_ref() {
             for prev in [NEG_INF, -3.0, 0.0, 20.0] {
                 let seed = 8000 + li as u64;
                 let mut rng = StdRng::seed_from_u64(seed);
-                let x = rand_vec(&mut rng, n, -10.0, 10.0);
+                let x = rand_vec_wide(&mut rng, n, -10.0, 10.0);
                 let scale = 0.7f32;
                 let mut row = x.clone();
                 let (m, l) = exp_row_update(isa, &mut row, scale, prev).unwrap();
@@ -774,12 +759,12 @@ fn online_tiles_equal_the_one_shot_softmax() {
             for &tile in &[1usize, 7, 16, 33, 128] {
                 let seed = 9000 + n as u64 * 3 + tile as u64;
                 let mut rng = StdRng::seed_from_u64(seed);
-                let mut scores = rand_vec(&mut rng, n, -20.0, 20.0);
+                let mut scores = rand_vec_wide(&mut rng, n, -20.0, 20.0);
                 // A fully masked leading stretch exercises the (−inf, 0) state.
                 for s in scores.iter_mut().take(n / 3) {
                     *s = NEG_INF;
                 }
-                let v = rand_vec(&mut rng, n * d, -1.0, 1.0);
+                let v = rand_vec_wide(&mut rng, n * d, -1.0, 1.0);
                 let scale = 0.35;
                 let (st, mut out) = attend_tiles(isa, &scores, &v, d, scale, 0..n, tile);
                 finish(&mut out, st);
@@ -799,13 +784,13 @@ fn online_merge_equals_the_one_shot_softmax_on_split_rows() {
                 for masked_half in [None, Some(0), Some(1)] {
                     let seed = 9500 + n as u64 + split as u64;
                     let mut rng = StdRng::seed_from_u64(seed);
-                    let mut scores = rand_vec(&mut rng, n, -15.0, 15.0);
+                    let mut scores = rand_vec_wide(&mut rng, n, -15.0, 15.0);
                     match masked_half {
                         Some(0) => scores[..split].fill(NEG_INF),
                         Some(_) => scores[split..].fill(NEG_INF),
                         None => {}
                     }
-                    let v = rand_vec(&mut rng, n * d, -1.0, 1.0);
+                    let v = rand_vec_wide(&mut rng, n * d, -1.0, 1.0);
                     let scale = 1.0;
                     let (a, a_out) = attend_tiles(isa, &scores, &v, d, scale, 0..split, 16);
                     let (b, b_out) = attend_tiles(isa, &scores, &v, d, scale, split..n, 16);
@@ -884,7 +869,7 @@ fn online_rescale_multiplies_every_lane() {
     for isa in variants() {
         let mut rng = StdRng::seed_from_u64(9900);
         for n in 0..70 {
-            let x = rand_vec(&mut rng, n, -5.0, 5.0);
+            let x = rand_vec_wide(&mut rng, n, -5.0, 5.0);
             let f = rng.random_range(0.0f32..1.0);
             let mut buf = vec![-7.0f32; n + 4];
             buf[2..2 + n].copy_from_slice(&x);

@@ -1,5 +1,6 @@
 //! Fused, numerically stable softmax and log-softmax over rows, and the online-softmax
-//! building blocks of the fused attention kernel ([`online`]).
+//! building blocks of the fused attention kernel ([`online`]), and the element-wise rows of
+//! the attention backward pass ([`backward`]).
 //!
 //! # Math
 //! For a row `x` of `n` values, the logits are `s_j = scale·x_j + mask_j` (`mask_j = 0`
@@ -51,6 +52,7 @@
 //! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
+pub mod backward;
 pub(crate) mod kernel;
 pub mod online;
 pub mod reference;
