@@ -21,6 +21,7 @@ _flash_call = Call.flash
 _SDPA_CALLS = {
     (c, g): _torch_call(is_causal=c, enable_gqa=g) for c in (False, True) for g in (False, True)
 }
+_SDPA_PLAIN = _SDPA_CALLS[False, False]
 
 
 # torch.is_grad_enabled, once torch is imported (by the caller: fastattn never imports it).
@@ -95,10 +96,22 @@ def scaled_dot_product_attention(
     # grad mode is read first (no tensor records a graph without it), and the calls of
     # the plain options are built once.
     grad_mode = _grad_mode or _find_grad_mode()
-    if grad_mode is not None and grad_mode() and _requires_grad((query, key, value, attn_mask)):
+    if (
+        grad_mode is not None
+        and grad_mode()
+        and (
+            getattr(query, "requires_grad", False)
+            or getattr(key, "requires_grad", False)
+            or getattr(value, "requires_grad", False)
+            or (attn_mask is not None and getattr(attn_mask, "requires_grad", False))
+        )
+        and _requires_grad((query, key, value, attn_mask))
+    ):
         options = dict(returns="out_lse", is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
         return _graph("torch", options, (query, key, value), attn_mask)[0]
-    if scale is None and (is_causal is False or is_causal is True) and (
+    if scale is None and is_causal is False and enable_gqa is False:
+        call = _SDPA_PLAIN
+    elif scale is None and (is_causal is False or is_causal is True) and (
         enable_gqa is False or enable_gqa is True
     ):
         call = _SDPA_CALLS[is_causal, enable_gqa]

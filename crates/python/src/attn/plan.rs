@@ -15,15 +15,9 @@ pub(crate) struct Layout {
 impl Layout {
     /// A contiguous (row-major) layout of `shape`.
     pub(crate) fn contiguous(shape: &[usize]) -> Layout {
-        let mut strides = vec![0; shape.len()];
-        let mut acc = 1usize;
-        for (s, &d) in strides.iter_mut().zip(shape).rev() {
-            *s = acc;
-            acc = acc.saturating_mul(d);
-        }
         Layout {
             shape: shape.to_vec(),
-            strides,
+            strides: contiguous_strides(shape),
         }
     }
 
@@ -34,6 +28,17 @@ impl Layout {
         let strides = [0, 1, 2, 3].map(|i| self.strides[n + i]);
         (self.strides[..n].to_vec(), dims, strides)
     }
+}
+
+/// The element strides of a contiguous (row-major) tensor of `shape`.
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; shape.len()];
+    let mut acc = 1usize;
+    for (s, &d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul(d);
+    }
+    strides
 }
 
 /// Where the dimensions of a tensor Python sees sit among a plan's `[outer…, B, H, L, D]`:
@@ -88,7 +93,7 @@ impl Placement {
 
     /// The layout of a contiguous tensor of this shape.
     pub(crate) fn contiguous(&self) -> Layout {
-        self.layout(&Layout::contiguous(&self.shape).strides)
+        self.layout(&contiguous_strides(&self.shape))
     }
 }
 
@@ -286,8 +291,11 @@ pub(crate) fn plan_torch(
         }
     }
     let layout = |s: &[usize], st: &[usize], heads: usize, hs: usize, l: usize, d: usize| {
-        let mut shape = batch.clone();
-        let mut strides: Vec<usize> = (0..hd).map(|i| stretch(s[i], st[i], batch[i])).collect();
+        // Sized once: the binding's per-call cost on small problems is mostly allocations.
+        let mut shape = Vec::with_capacity(n4);
+        shape.extend_from_slice(&batch);
+        let mut strides = Vec::with_capacity(n4);
+        strides.extend((0..hd).map(|i| stretch(s[i], st[i], batch[i])));
         shape.extend([heads, l, d]);
         strides.extend([hs, st[n4 - 2], st[n4 - 1]]);
         Layout { shape, strides }
@@ -295,7 +303,8 @@ pub(crate) fn plan_torch(
     let ql = layout(&qs, &qst, h, q_hs, lq, e);
     let kl = layout(&ks, &kst, hkv, k_hs, lk, e);
     let vl_ = layout(&vs, &vst, hkv, v_hs, lk, ev);
-    let mut full = batch.clone();
+    let mut full = Vec::with_capacity(n4);
+    full.extend_from_slice(&batch);
     full.extend([h, lq, ev]);
     let out = if blhd {
         if nd != 4 {
@@ -306,7 +315,8 @@ pub(crate) fn plan_torch(
         Placement::trailing(&full[n4 - nd..], n4)
     };
     let grads = [&ql, &kl, &vl_].map(|l| Placement::trailing(&l.shape[n4 - nd..], n4));
-    let mut scores = batch.clone();
+    let mut scores = Vec::with_capacity(n4);
+    scores.extend_from_slice(&batch);
     scores.extend([h, lq, lk]);
     let mask = match mask {
         None => None,
