@@ -7,7 +7,7 @@
 //! The public functions (`scaled_dot_product_attention`, `flash_attn_func`,
 //! `attention_weights`, ...) are Python (`python/fastattn/_functions.py`): they take the
 //! arguments, check the ones only Python sees (dropout, autograd), describe the call once as
-//! a [`Call`](call::Call) and hand it, with the tensors, to one of this module's private
+//! a `Call` (module `call`) and hand it, with the tensors, to one of this module's private
 //! entry points:
 //!
 //! * `forward(call, q, k, v, mask)`: the output, `(out, lse)` or `(weights, lse)`, as the
