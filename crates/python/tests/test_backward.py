@@ -442,3 +442,22 @@ def test_transformers_entry_grads_with_softcap_and_blhd_output():
     check("transformers entry softcap seed 86", ours, ref, (q, k, v), gen)
     out = ours(*(x.requires_grad_(True) for x in (q, k, v)))
     assert out.shape == (2, 7, 4, 8) and out.is_contiguous()
+
+
+def test_every_differentiable_call_shares_one_autograd_mechanism():
+    # Eager calls and the torch op record the same node: the backward registered on the
+    # fastattn::attention op (fastattn.torch).
+    import fastattn.torch  # noqa: F401  (registers torch.ops.fastattn.sdpa)
+
+    gen = torch.Generator().manual_seed(87)
+    q = randn(gen, 1, 4, 2, 8).requires_grad_(True)
+    k, v = randn(gen, 1, 4, 2, 8), randn(gen, 1, 4, 2, 8)
+    nodes = {
+        "sdpa": sdpa(q, k, v),
+        "flash": fastattn.flash_attn_func(q, k, v),
+        "weights": fastattn.attention_weights(q, k, v)[0],
+        "ext": fastattn._functions.sdpa_ext(q, k, v, blhd=True),
+        "op": torch.ops.fastattn.sdpa(q, k, v),
+    }
+    for name, out in nodes.items():
+        assert "fastattn_attention" in type(out.grad_fn).__name__, (name, out.grad_fn)
