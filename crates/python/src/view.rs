@@ -76,8 +76,6 @@ pub(crate) struct Torch {
     bool_: Py<PyAny>,
     /// `torch.get_num_threads`.
     pub(crate) get_num_threads: Py<PyAny>,
-    /// `torch.is_grad_enabled`.
-    pub(crate) is_grad_enabled: Py<PyAny>,
     /// `torch.nn.Parameter` (read through the exchange table, like `torch.Tensor`).
     parameter: Py<PyType>,
     /// torch's DLPack exchange table, where it has one.
@@ -110,7 +108,6 @@ pub(crate) fn torch(py: Python<'_>) -> PyResult<Option<&Torch>> {
                 bf16: get("bfloat16")?,
                 bool_: get("bool")?,
                 get_num_threads: get("get_num_threads")?,
-                is_grad_enabled: get("is_grad_enabled")?,
                 parameter: t
                     .getattr("nn")?
                     .getattr("Parameter")?

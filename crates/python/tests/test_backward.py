@@ -376,9 +376,14 @@ def test_flash_refuses_slopes_or_mask_that_require_grad():
 def test_private_backward_entries_refuse_bad_input():
     gen = torch.Generator().manual_seed(85)
     q, k, v = (randn(gen, 1, 2, 4, 8) for _ in range(3))
-    out, lse = fastattn._fastattn._sdpa_fwd(q, k, v)
+    Call = fastattn._fastattn.Call
+    call = Call.torch(returns="out_lse")
+    out, lse = fastattn._fastattn.forward(call, q, k, v)
     g = torch.ones_like(out)
-    bwd = fastattn._fastattn._sdpa_bwd
+
+    def bwd(g, q, k, v, out, lse, call=call, mask=None):
+        return fastattn._fastattn.backward(call, q, k, v, mask, out, lse, g)
+
     dq, dk, dv = bwd(g, q, k, v, out, lse)
     assert dq.dtype == torch.float32 and dq.shape == q.shape
     with pytest.raises(ValueError, match="grad_out has shape"):
@@ -397,24 +402,26 @@ def test_private_backward_entries_refuse_bad_input():
         bwd(g, q, k[..., :4], v, out, lse)
     with pytest.raises(TypeError, match="grad_out must be"):
         bwd("g", q, k, v, out, lse)
+    with pytest.raises(ValueError, match="returns must be"):
+        Call.torch(returns="lse")
     fq, fk, fv = (randn(gen, 1, 4, 2, 8) for _ in range(3))
     fout, flse = fastattn.flash_attn_func(fq, fk, fv, return_lse=True)
-    fb = fastattn._fastattn._flash_bwd
-    assert fb(torch.ones_like(fout), fq, fk, fv, fout, flse)[0].shape == fq.shape
+    fg = torch.ones_like(fout)
+    assert bwd(fg, fq, fk, fv, fout, flse, call=Call.flash())[0].shape == fq.shape
     with pytest.raises(ValueError, match="kv_lengths"):
-        fb(torch.ones_like(fout), fq, fk, fv, fout, flse, kv_lengths=[1, 2])
+        bwd(fg, fq, fk, fv, fout, flse, call=Call.flash(kv_lengths=[1, 2]))
     with pytest.raises(ValueError, match="alibi_slopes"):
-        fb(torch.ones_like(fout), fq, fk, fv, fout, flse, alibi_slopes=[1.0])
+        bwd(fg, fq, fk, fv, fout, flse, call=Call.flash(alibi_slopes=[1.0]))
     # numpy works too (the binding takes either kind).
     nq, nk, nv = (x.numpy() for x in (q, k, v))
-    nout, nlse = fastattn._fastattn._sdpa_fwd(nq, nk, nv)
+    nout, nlse = fastattn._fastattn.forward(call, nq, nk, nv)
     ndq = bwd(np.ones_like(nout), nq, nk, nv, nout, nlse)[0]
     assert isinstance(ndq, np.ndarray)
     assert_close(torch.from_numpy(ndq), dq, atol=1e-6, case="numpy backward seed 85")
 
 
 def test_transformers_entry_grads_with_softcap_and_blhd_output():
-    # _sdpa_ext (what fastattn.transformers calls): soft-cap, GQA, and the [B, Lq, H, D]
+    # sdpa_ext (what fastattn.transformers calls): soft-cap, GQA, and the [B, Lq, H, D]
     # output, whose gradient arrives in that layout.
     gen = torch.Generator().manual_seed(86)
     q = randn(gen, 2, 4, 7, 16) * 3
@@ -424,7 +431,7 @@ def test_transformers_entry_grads_with_softcap_and_blhd_output():
     cap = 2.5
 
     def ours(q, k, v):
-        return fastattn._fastattn._sdpa_ext(q, k, v, mask, False, None, True, cap, True)
+        return fastattn._functions.sdpa_ext(q, k, v, mask, enable_gqa=True, softcap=cap, blhd=True)
 
     def ref(q, k, v):
         kh, vh = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
@@ -435,3 +442,22 @@ def test_transformers_entry_grads_with_softcap_and_blhd_output():
     check("transformers entry softcap seed 86", ours, ref, (q, k, v), gen)
     out = ours(*(x.requires_grad_(True) for x in (q, k, v)))
     assert out.shape == (2, 7, 4, 8) and out.is_contiguous()
+
+
+def test_every_differentiable_call_shares_one_autograd_mechanism():
+    # Eager calls and the torch op record the same node: the backward registered on the
+    # fastattn::attention op (fastattn.torch).
+    import fastattn.torch  # noqa: F401  (registers torch.ops.fastattn.sdpa)
+
+    gen = torch.Generator().manual_seed(87)
+    q = randn(gen, 1, 4, 2, 8).requires_grad_(True)
+    k, v = randn(gen, 1, 4, 2, 8), randn(gen, 1, 4, 2, 8)
+    nodes = {
+        "sdpa": sdpa(q, k, v),
+        "flash": fastattn.flash_attn_func(q, k, v),
+        "weights": fastattn.attention_weights(q, k, v)[0],
+        "ext": fastattn._functions.sdpa_ext(q, k, v, blhd=True),
+        "op": torch.ops.fastattn.sdpa(q, k, v),
+    }
+    for name, out in nodes.items():
+        assert "fastattn_attention" in type(out.grad_fn).__name__, (name, out.grad_fn)

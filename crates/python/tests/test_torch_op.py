@@ -138,3 +138,37 @@ def test_torch_compile_backward(backend):
     for i, (a, b) in enumerate(zip(ours, ref)):
         scale = max(1.0, b.grad.abs().max().item())
         assert_close(a.grad, b.grad, atol=1e-4 * scale, case=f"compile {backend} grad {i} seed 54")
+
+
+def test_opcheck_attention_op_with_each_rule():
+    # fastattn::attention, the op every differentiable call goes through: FlashAttention-2
+    # rules with every option, torch rules with the transformers extras, and the weights.
+    from fastattn.torch import spec
+
+    attn = torch.ops.fastattn.attention
+    gen = torch.Generator().manual_seed(55)
+    q = torch.randn(2, 6, 4, 16, generator=gen)  # [B, L, H, D]
+    k = torch.randn(2, 9, 2, 16, generator=gen)
+    v = torch.randn(2, 9, 2, 8, generator=gen)
+    mask = torch.rand(2, 1, 6, 9, generator=gen) > 0.2
+    mask[..., 0] = True
+    flash = spec(
+        "flash", returns="out_lse", causal=True, window_size=(5, 0), softcap=2.0,
+        alibi_slopes=[[0.1] * 4, [0.2] * 4], kv_lengths=[9, 7],
+    )
+    ext = spec("torch", returns="out_lse", enable_gqa=True, softcap=2.5, blhd=True, strict_mask=False)
+    cases = [
+        ((q, k, v, None, flash), True),
+        ((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, ext), True),
+        ((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
+          spec("torch", returns="weights_lse", enable_gqa=True)), False),
+    ]
+    for args, differentiable in cases:
+        torch.library.opcheck(attn, args)
+        if differentiable:
+            grads = tuple(x.clone().requires_grad_(True) for x in args[:3])
+            torch.library.opcheck(attn, (*grads, *args[3:]))
+    out, lse = attn(*cases[1][0])
+    assert out.shape == (2, 6, 4, 8) and lse.shape == (2, 4, 6)
+    with pytest.raises(ValueError, match="window_size"):
+        spec("flash", window_size=(-2, 0))

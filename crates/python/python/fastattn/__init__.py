@@ -17,17 +17,22 @@ read and written in place; results come back in the query's kind.
   slopes get no gradient (one that requires grad is a ``ValueError``); the LSE output of
   ``flash_attn_func(..., return_lse=True)`` is not differentiable; there is no double
   backward, and :func:`attention_weights` has no backward.
-* ``fastattn.torch``: the ``fastattn::sdpa`` torch custom op, differentiable
-  (``torch.compile``).
+* ``fastattn.torch``: the ``fastattn::sdpa`` torch op, differentiable
+  (``torch.compile``), and the ``fastattn::attention`` op whose registered backward is the
+  autograd of every differentiable call.
 * ``fastattn.transformers.register()``: ``attn_implementation="fastattn"`` in Hugging
   Face transformers.
 
 The GIL is released while a call computes. Errors are ``TypeError`` (wrong kind or
 dtype) and ``ValueError`` (shapes, options), carrying the library's message.
+
+The functions are Python (``_functions.py``) over a small private extension,
+``fastattn._fastattn`` (Rust): a call description (``Call``) and the entry points
+``forward``, ``backward`` and ``time_forward`` that take it.
 """
 
-from ._fastattn import (
-    __version__,
+from ._fastattn import __version__
+from ._functions import (
     attention_weights,
     flash_attn_func,
     get_num_threads,

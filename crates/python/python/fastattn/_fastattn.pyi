@@ -1,105 +1,68 @@
-"""Type stubs of the extension module ``fastattn._fastattn``."""
+"""Type stubs of the extension module ``fastattn._fastattn`` (private: the public functions
+are in ``fastattn``, written in Python over this module)."""
 
-from typing import Any, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Literal, Optional, Sequence, Tuple, TypeVar, Union, final
 
 # A torch.Tensor or a numpy.ndarray; results are of the query's kind.
 T = TypeVar("T")
 _Seq = Union[Sequence[float], Sequence[Sequence[float]], Any]
+_Returns = Literal["out", "out_lse", "weights_lse"]
 
 __version__: str
 
-def scaled_dot_product_attention(
-    query: T,
-    key: Any,
-    value: Any,
-    attn_mask: Optional[Any] = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-) -> T: ...
-def attention_weights(
-    query: T,
-    key: Any,
-    value: Any,
-    attn_mask: Optional[Any] = None,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-) -> Tuple[T, T]: ...
-def flash_attn_func(
-    q: T,
-    k: Any,
-    v: Any,
-    causal: bool = False,
-    softmax_scale: Optional[float] = None,
-    window_size: Tuple[int, int] = (-1, -1),
-    softcap: float = 0.0,
-    alibi_slopes: Optional[_Seq] = None,
-    return_lse: bool = False,
-    kv_lengths: Optional[Union[Sequence[int], Any]] = None,
-    *,
-    attn_mask: Optional[Any] = None,
-    dropout_p: float = 0.0,
-    deterministic: bool = True,
-    path: Optional[str] = None,
-    variant: Optional[str] = None,
-) -> Union[T, Tuple[T, T]]: ...
+@final
+class Call:
+    """One call, described once: its shape rules, its options and what it returns
+    (``"out"``: the output; ``"out_lse"``: ``(out, lse)``; ``"weights_lse"``:
+    ``(weights, lse)``). Immutable; options are checked when it is built."""
+
+    @staticmethod
+    def torch(
+        *,
+        returns: _Returns = "out",
+        is_causal: bool = False,
+        scale: Optional[float] = None,
+        enable_gqa: bool = False,
+        softcap: Optional[float] = None,
+        blhd: bool = False,
+        strict_mask: bool = True,
+    ) -> "Call":
+        """torch's SDPA rules (top-left ``is_causal``); ``blhd``: the output laid out
+        ``[B, Lq, H, Ev]``; ``strict_mask``: the mask is bool, float32 or the query's
+        dtype (torch's rule)."""
+    @staticmethod
+    def flash(
+        *,
+        returns: _Returns = "out",
+        causal: bool = False,
+        softmax_scale: Optional[float] = None,
+        window_size: Tuple[int, int] = (-1, -1),
+        softcap: float = 0.0,
+        alibi_slopes: Optional[_Seq] = None,
+        kv_lengths: Optional[Union[Sequence[int], Any]] = None,
+        path: Optional[str] = None,
+        variant: Optional[str] = None,
+    ) -> "Call":
+        """FlashAttention-2's ``flash_attn_func`` rules (``[B, L, H, D]``, bottom-right
+        aligned)."""
+
+def forward(call: Call, q: T, k: Any, v: Any, mask: Optional[Any] = None) -> Union[T, Tuple[T, T]]:
+    """The forward of ``call``: ``out``, ``(out, lse)`` or ``(weights, lse)``. Records no
+    autograd node."""
+
+def backward(
+    call: Call, q: T, k: Any, v: Any, mask: Optional[Any], out: Any, lse: Any, grad_out: Any
+) -> Tuple[T, T, T]:
+    """The float32 gradients ``(dq, dk, dv)`` of a forward of ``call`` (``out`` and ``lse``
+    as it returned them with ``returns="out_lse"``). Torch rules: shaped as the inputs with
+    broadcast dimensions at full size (sum them back with ``sum_to_size``)."""
+
+def time_forward(
+    call: Call, q: Any, k: Any, v: Any, mask: Optional[Any] = None, calls: int = 100
+) -> float:
+    """Seconds taken by ``calls`` back-to-back library calls of ``call``'s forward (views
+    and output built once)."""
+
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def kernel_variant() -> str: ...
-def _sdpa_ext(
-    query: T,
-    key: Any,
-    value: Any,
-    attn_mask: Optional[Any] = None,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-    softcap: Optional[float] = None,
-    blhd: bool = False,
-) -> T: ...
-def _sdpa_fwd(
-    query: T,
-    key: Any,
-    value: Any,
-    attn_mask: Optional[Any] = None,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-    softcap: Optional[float] = None,
-    blhd: bool = False,
-    strict_mask: bool = True,
-) -> Tuple[T, T]: ...
-def _sdpa_bwd(
-    grad_out: Any,
-    query: T,
-    key: Any,
-    value: Any,
-    out: Any,
-    lse: Any,
-    attn_mask: Optional[Any] = None,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-    softcap: Optional[float] = None,
-    blhd: bool = False,
-) -> Tuple[T, T, T]: ...
-def _flash_bwd(
-    grad_out: Any,
-    q: T,
-    k: Any,
-    v: Any,
-    out: Any,
-    lse: Any,
-    causal: bool = False,
-    softmax_scale: Optional[float] = None,
-    window_size: Tuple[int, int] = (-1, -1),
-    softcap: float = 0.0,
-    alibi_slopes: Optional[_Seq] = None,
-    kv_lengths: Optional[Union[Sequence[int], Any]] = None,
-    *,
-    attn_mask: Optional[Any] = None,
-    variant: Optional[str] = None,
-) -> Tuple[T, T, T]: ...
-def _time_rust(query: Any, key: Any, value: Any, is_causal: bool = False, calls: int = 100) -> float: ...

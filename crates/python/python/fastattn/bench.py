@@ -10,7 +10,7 @@ shows the median per call. ``ratio`` is torch's time over ours (> 1: fastattn is
 ``--overhead`` measures what the binding adds to a call instead: the same problem timed
 through ``fastattn.scaled_dot_product_attention`` (torch tensors and numpy arrays: views,
 checks, output allocation, GIL release) and through the Rust call alone
-(``_fastattn._time_rust``, views built once), alternately, at L = 64 and L = 2048 (H = 1,
+(``_fastattn.time_forward``, views built once), alternately, at L = 64 and L = 2048 (H = 1,
 D = 64); the median and the minimum of the samples (the minimum is the least disturbed by
 other work on the machine).
 
@@ -126,10 +126,12 @@ def overhead(args):
         for kind in ("torch", "numpy"):
             if kind == "numpy":
                 q, k, v = q.numpy(), k.numpy(), v.numpy()
-            rust_calls = calls_for(lambda: fastattn._fastattn._time_rust(q, k, v, False, 1), args.min_ms / 1e3)
+            call = fastattn._fastattn.Call.torch()
+            time_forward = fastattn._fastattn.time_forward
+            rust_calls = calls_for(lambda: time_forward(call, q, k, v, None, 1), args.min_ms / 1e3)
 
             def rust():
-                return fastattn._fastattn._time_rust(q, k, v, False, rust_calls) / rust_calls
+                return time_forward(call, q, k, v, None, rust_calls) / rust_calls
 
             binding_calls = calls_for(lambda: fastattn.scaled_dot_product_attention(q, k, v), args.min_ms / 1e3)
 

@@ -19,7 +19,7 @@ transformers' own SDPA mask builder (``masking_utils.sdpa_mask``: a boolean
 * dropout and attention sinks (``s_aux``) are refused with a ``ValueError``.
 
 Training works: on hidden states that require grad the attention is differentiable
-(``fastattn._autograd``; under ``torch.compile``, the ``fastattn::sdpa`` op), as long as the
+(the ``fastattn::attention`` op; under ``torch.compile``, the ``fastattn::sdpa`` op), as long as the
 model's attention dropout is 0.
 
 Generation with a KV cache works: transformers passes the cached keys and values and the
@@ -30,7 +30,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import _fastattn
+from ._functions import sdpa_ext
 
 __all__ = ["register", "attention_forward", "mask_function"]
 
@@ -87,8 +87,16 @@ def attention_forward(
             query, key, value, attention_mask, 0.0, is_causal, scaling, enable_gqa
         )
         return out.transpose(1, 2).contiguous(), None
-    out = _fastattn._sdpa_ext(
-        query, key, value, attention_mask, is_causal, scaling, enable_gqa, softcap, True
+    out = sdpa_ext(
+        query,
+        key,
+        value,
+        attention_mask,
+        is_causal=is_causal,
+        scale=scaling,
+        enable_gqa=enable_gqa,
+        softcap=softcap,
+        blhd=True,
     )
     return out, None
 
