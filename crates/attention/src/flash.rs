@@ -132,11 +132,11 @@ impl KvPacks {
 /// over the block, next to its packing; the copy is made only for such a block).
 pub(crate) fn dense_if_nonfinite<T: Element>(m: MatRef<'_, T>) -> Option<Vec<f32>> {
     let (rows, cols) = (m.rows(), m.cols());
-    let finite = match T::slice(m.data()) {
-        Slice::F32(data) if m.col_stride() == 1 && cols > 0 => {
-            (0..rows).all(|r| all_finite(&data[r * m.row_stride()..][..cols]))
-        }
-        _ => (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).to_f32().is_finite())),
+    let dense = m.col_stride() == 1 && cols > 0;
+    let finite = if let (Slice::F32(data), true) = (T::slice(m.data()), dense) {
+        (0..rows).all(|r| all_finite(&data[r * m.row_stride()..][..cols]))
+    } else {
+        (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).to_f32().is_finite()))
     };
     if finite {
         None
@@ -479,10 +479,8 @@ unsafe fn finish_rows(
         let (h, i) = row_hi(p, t, r);
         let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
         let base = t.b * os[0] + h * os[1] + i * os[2];
-        for x in 0..dv {
-            // SAFETY: (t.b, h, i, x) is inside the output view; this tile owns the row.
-            unsafe { out.write(base + x * os[3], o[r * dv + x] * inv) };
-        }
+        // SAFETY: (t.b, h, i, 0..dv) is inside the output view; this tile owns the row.
+        unsafe { out.store_row(base, os[3], dv, |x| o[r * dv + x] * inv) };
         if let Some(lse) = lse {
             let v = if l[r] > 0.0 {
                 m[r] + l[r].ln()
