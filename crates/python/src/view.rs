@@ -111,7 +111,7 @@ fn numpy_zeros<'py, T: numpy::Element>(py: Python<'py>, shape: &[usize]) -> Boun
 }
 
 /// The supported types as a message lists them, with `prefix` (`torch.`) and `extra`.
-fn supported(prefix: &str, extra: &str) -> String {
+pub(crate) fn supported(prefix: &str, extra: &str) -> String {
     let names: Vec<String> = DType::ALL
         .iter()
         .map(|&d| format!("{prefix}{}", py_dtype(d).name))
