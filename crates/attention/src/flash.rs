@@ -426,10 +426,8 @@ unsafe fn finish_rows(
         let (h, i) = row_hi(p, t, r);
         let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
         let base = t.b * os[0] + h * os[1] + i * os[2];
-        for x in 0..dv {
-            // SAFETY: (t.b, h, i, x) is inside the output view; this tile owns the row.
-            unsafe { out.write(base + x * os[3], o[r * dv + x] * inv) };
-        }
+        // SAFETY: (t.b, h, i, 0..dv) is inside the output view; this tile owns the row.
+        unsafe { out.store_row(base, os[3], dv, |x| o[r * dv + x] * inv) };
         if let Some(lse) = lse {
             let v = if l[r] > 0.0 {
                 m[r] + l[r].ln()

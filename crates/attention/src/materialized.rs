@@ -119,16 +119,10 @@ pub(crate) fn run(
                 gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?;
             }
             for i in 0..lq {
-                for x in 0..p.dv {
-                    // SAFETY: (b, h, i, x) is inside the checked output view; this head
-                    // owns it.
-                    unsafe {
-                        out_p.write(
-                            b * os[0] + h * os[1] + i * os[2] + x * os[3],
-                            o[i * p.dv + x],
-                        )
-                    };
-                }
+                let base = b * os[0] + h * os[1] + i * os[2];
+                // SAFETY: (b, h, i, 0..dv) is inside the checked output view; this head
+                // owns it.
+                unsafe { out_p.store_row(base, os[3], p.dv, |x| o[i * p.dv + x]) };
             }
             return Ok(());
         }
@@ -162,16 +156,10 @@ pub(crate) fn run(
                     gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?
                 });
                 for i in 0..lq {
-                    for x in 0..p.dv {
-                        // SAFETY: (b, h, i, x) is inside the checked output view; this
-                        // head owns it.
-                        unsafe {
-                            out_p.write(
-                                b * os[0] + h * os[1] + i * os[2] + x * os[3],
-                                o[i * p.dv + x],
-                            )
-                        };
-                    }
+                    let base = b * os[0] + h * os[1] + i * os[2];
+                    // SAFETY: (b, h, i, 0..dv) is inside the checked output view; this
+                    // head owns it.
+                    unsafe { out_p.store_row(base, os[3], p.dv, |x| o[i * p.dv + x]) };
                 }
             }
         }

@@ -11,11 +11,11 @@ use kernels::gemm::MatRef;
 /// over the block, next to its packing; the copy is made only for such a block).
 pub(crate) fn dense_if_nonfinite<T: Element>(m: MatRef<'_, T>) -> Option<Vec<f32>> {
     let (rows, cols) = (m.rows(), m.cols());
-    let finite = match T::slice(m.data()) {
-        Slice::F32(data) if m.col_stride() == 1 && cols > 0 => {
-            (0..rows).all(|r| all_finite(&data[r * m.row_stride()..][..cols]))
-        }
-        _ => (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).to_f32().is_finite())),
+    let dense = m.col_stride() == 1 && cols > 0;
+    let finite = if let (Slice::F32(data), true) = (T::slice(m.data()), dense) {
+        (0..rows).all(|r| all_finite(&data[r * m.row_stride()..][..cols]))
+    } else {
+        (0..rows).all(|r| (0..cols).all(|c| m.get(r, c).to_f32().is_finite()))
     };
     if finite {
         None

@@ -6,8 +6,8 @@
 //! built; output views are also checked not to alias themselves.
 
 use crate::error::{AttnError, Result};
-use kernels::dtype::{DType, Element, Slice, SliceMut};
-use kernels::{bf16, f16, Isa};
+use kernels::dtype::{DTypeEnum, Element, Slice};
+use kernels::{match_dtype, Isa};
 
 fn extent(what: &'static str, len: usize, dims: [usize; 4], strides: [usize; 4]) -> Result<()> {
     if dims.contains(&0) {
@@ -209,120 +209,49 @@ impl<'a, T: Element> TensorMut<'a, T> {
     }
 }
 
-/// A read-only view whose element type is known only at run time (a C or Python caller's
-/// tensor): pass it to [`crate::sdpa_into_dyn`]. Built from a typed view with `From`.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub enum DynTensor<'a> {
-    /// f32 values.
-    F32(TensorRef<'a, f32>),
-    /// f16 values.
-    F16(TensorRef<'a, f16>),
-    /// bf16 values.
-    BF16(TensorRef<'a, bf16>),
+kernels::dtype_enum! {
+    /// A read-only view whose element type is known only at run time (a C or Python
+    /// caller's tensor): pass it to [`crate::sdpa_into_dyn`]. Built from a typed view with
+    /// `From`.
+    #[derive(Debug, Clone, Copy)]
+    #[non_exhaustive]
+    pub enum DynTensor<'a> { TensorRef<'a, _> }
 }
 
 impl DynTensor<'_> {
     /// `[B, H, L, D]`.
     pub fn dims(&self) -> [usize; 4] {
-        match self {
-            DynTensor::F32(t) => t.dims(),
-            DynTensor::F16(t) => t.dims(),
-            DynTensor::BF16(t) => t.dims(),
-        }
-    }
-    /// The element type.
-    pub fn dtype(&self) -> DType {
-        match self {
-            DynTensor::F32(_) => DType::F32,
-            DynTensor::F16(_) => DType::F16,
-            DynTensor::BF16(_) => DType::BF16,
-        }
+        match_dtype!(self, DynTensor(t) => t.dims())
     }
 }
 
 impl<'a, T: Element> From<TensorRef<'a, T>> for DynTensor<'a> {
     fn from(t: TensorRef<'a, T>) -> Self {
-        let (dims, strides) = (t.dims, t.strides);
-        match T::slice(t.data) {
-            Slice::F32(data) => DynTensor::F32(TensorRef {
-                data,
-                dims,
-                strides,
-            }),
-            Slice::F16(data) => DynTensor::F16(TensorRef {
-                data,
-                dims,
-                strides,
-            }),
-            Slice::BF16(data) => DynTensor::BF16(TensorRef {
-                data,
-                dims,
-                strides,
-            }),
-        }
+        DynTensor::from_typed(t)
     }
 }
 
-/// A mutable view whose element type is known only at run time (see [`DynTensor`]).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum DynTensorMut<'a> {
-    /// f32 values.
-    F32(TensorMut<'a, f32>),
-    /// f16 values.
-    F16(TensorMut<'a, f16>),
-    /// bf16 values.
-    BF16(TensorMut<'a, bf16>),
+kernels::dtype_enum! {
+    /// A mutable view whose element type is known only at run time (see [`DynTensor`]).
+    #[derive(Debug)]
+    #[non_exhaustive]
+    pub enum DynTensorMut<'a> { TensorMut<'a, _> }
 }
 
 impl DynTensorMut<'_> {
     /// `[B, H, L, D]`.
     pub fn dims(&self) -> [usize; 4] {
-        match self {
-            DynTensorMut::F32(t) => t.dims(),
-            DynTensorMut::F16(t) => t.dims(),
-            DynTensorMut::BF16(t) => t.dims(),
-        }
+        match_dtype!(self, DynTensorMut(t) => t.dims())
     }
     /// Element strides.
     pub fn strides(&self) -> [usize; 4] {
-        match self {
-            DynTensorMut::F32(t) => t.strides(),
-            DynTensorMut::F16(t) => t.strides(),
-            DynTensorMut::BF16(t) => t.strides(),
-        }
-    }
-    /// The element type.
-    pub fn dtype(&self) -> DType {
-        match self {
-            DynTensorMut::F32(_) => DType::F32,
-            DynTensorMut::F16(_) => DType::F16,
-            DynTensorMut::BF16(_) => DType::BF16,
-        }
+        match_dtype!(self, DynTensorMut(t) => t.strides())
     }
 }
 
 impl<'a, T: Element> From<TensorMut<'a, T>> for DynTensorMut<'a> {
     fn from(t: TensorMut<'a, T>) -> Self {
-        let (dims, strides) = (t.dims, t.strides);
-        match T::slice_mut(t.data) {
-            SliceMut::F32(data) => DynTensorMut::F32(TensorMut {
-                data,
-                dims,
-                strides,
-            }),
-            SliceMut::F16(data) => DynTensorMut::F16(TensorMut {
-                data,
-                dims,
-                strides,
-            }),
-            SliceMut::BF16(data) => DynTensorMut::BF16(TensorMut {
-                data,
-                dims,
-                strides,
-            }),
-        }
+        DynTensorMut::from_typed(t)
     }
 }
 
@@ -338,20 +267,10 @@ pub(crate) struct AnyRef<'a> {
 /// Runs `$body` with `$m` bound to the matrix `$any.mat(...)` as a typed `MatRef`.
 macro_rules! with_mat {
     ($any:expr, ($base:expr, $rows:expr, $cols:expr, $rs:expr, $cs:expr), $m:ident => $body:expr) => {
-        match $any.data.tail($base) {
-            kernels::dtype::Slice::F32(s) => {
-                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
-                $body
-            }
-            kernels::dtype::Slice::F16(s) => {
-                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
-                $body
-            }
-            kernels::dtype::Slice::BF16(s) => {
-                let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
-                $body
-            }
-        }
+        kernels::match_dtype!($any.data.tail($base), kernels::dtype::Slice(s) => {
+            let $m = kernels::gemm::MatRef::new(s, $rows, $cols, $rs, $cs)?;
+            $body
+        })
     };
 }
 pub(crate) use with_mat;
@@ -359,11 +278,7 @@ pub(crate) use with_mat;
 impl<'a> AnyRef<'a> {
     /// The view behind `t`.
     pub(crate) fn of_dyn(t: DynTensor<'a>) -> Self {
-        match t {
-            DynTensor::F32(t) => Self::of(t),
-            DynTensor::F16(t) => Self::of(t),
-            DynTensor::BF16(t) => Self::of(t),
-        }
+        match_dtype!(t, DynTensor(t) => Self::of(t))
     }
 
     /// Erases the element type of `t`.
@@ -387,28 +302,28 @@ impl<'a> AnyRef<'a> {
         if n == 0 {
             return Ok(());
         }
-        if st == 1 {
-            match self.data {
-                Slice::F32(s) => dst.copy_from_slice(&s[base..base + n]),
-                Slice::F16(s) => kernels::convert::to_f32_with(isa, &s[base..base + n], dst)?,
-                Slice::BF16(s) => kernels::convert::to_f32_with(isa, &s[base..base + n], dst)?,
-            }
-        } else {
-            for (x, d) in dst.iter_mut().enumerate() {
-                *d = self.data.get_f32(base + x * st);
-            }
+        if let (1, Slice::F32(s)) = (st, self.data) {
+            dst.copy_from_slice(&s[base..base + n]);
+            return Ok(());
         }
+        match_dtype!(self.data, Slice(s) => {
+            if st == 1 {
+                kernels::convert::to_f32_with(isa, &s[base..base + n], dst)?;
+            } else {
+                for (x, d) in dst.iter_mut().enumerate() {
+                    *d = s[base + x * st].to_f32();
+                }
+            }
+        });
         Ok(())
     }
 }
 
-/// Where a kernel writes output values of any element type: a raw pointer shared by tasks
-/// that write disjoint elements (built only through the `unsafe` [`AnyOut::new`]).
-#[derive(Clone, Copy)]
-pub(crate) enum AnyOut {
-    F32(crate::SyncPtr<f32>),
-    F16(crate::SyncPtr<f16>),
-    BF16(crate::SyncPtr<bf16>),
+kernels::dtype_enum! {
+    /// Where a kernel writes output values of any element type: a raw pointer shared by
+    /// tasks that write disjoint elements (built only through the `unsafe` [`AnyOut::new`]).
+    #[derive(Clone, Copy)]
+    pub(crate) enum AnyOut { crate::SyncPtr<_> }
 }
 
 impl AnyOut {
@@ -417,13 +332,7 @@ impl AnyOut {
     /// view, with no other access meanwhile.
     pub(crate) unsafe fn new<T: Element>(t: &mut TensorMut<'_, T>) -> Self {
         // SAFETY: forwarded contract.
-        unsafe {
-            match T::slice_mut(t.data) {
-                SliceMut::F32(s) => AnyOut::F32(crate::SyncPtr::new(s.as_mut_ptr())),
-                SliceMut::F16(s) => AnyOut::F16(crate::SyncPtr::new(s.as_mut_ptr())),
-                SliceMut::BF16(s) => AnyOut::BF16(crate::SyncPtr::new(s.as_mut_ptr())),
-            }
-        }
+        AnyOut::from_typed(unsafe { crate::SyncPtr::new(t.data.as_mut_ptr()) })
     }
 
     /// As [`AnyOut::new`], for the view behind `t`.
@@ -432,36 +341,37 @@ impl AnyOut {
     /// As [`AnyOut::new`].
     pub(crate) unsafe fn of_dyn(t: &mut DynTensorMut<'_>) -> Self {
         // SAFETY: forwarded contract.
-        unsafe {
-            match t {
-                DynTensorMut::F32(t) => Self::new(t),
-                DynTensorMut::F16(t) => Self::new(t),
-                DynTensorMut::BF16(t) => Self::new(t),
-            }
-        }
+        match_dtype!(t, DynTensorMut(t) => unsafe { Self::new(t) })
     }
 
-    /// Writes `v` (rounded to nearest, ties to even, for 16-bit outputs) at element `i`.
+    /// Stores `n` values `value(0..n)` at elements `base + x·stride`, each rounded to the
+    /// output type (to nearest, ties to even, for 16-bit outputs): one dispatch on the
+    /// type, then a loop compiled for it.
     ///
     /// # Safety
-    /// `i` is inside the view this was built from, and owned by the calling task.
+    /// The elements are inside the view this was built from, and owned by the calling task.
     #[inline]
-    pub(crate) unsafe fn write(self, i: usize, v: f32) {
-        // SAFETY: forwarded contract.
-        unsafe {
-            match self {
-                AnyOut::F32(p) => *p.get().add(i) = v,
-                AnyOut::F16(p) => *p.get().add(i) = f16::from_f32(v),
-                AnyOut::BF16(p) => *p.get().add(i) = bf16::from_f32(v),
+    pub(crate) unsafe fn store_row(
+        self,
+        base: usize,
+        stride: usize,
+        n: usize,
+        value: impl Fn(usize) -> f32,
+    ) {
+        match_dtype!(self, AnyOut(p): T => {
+            for x in 0..n {
+                // SAFETY: forwarded contract.
+                unsafe { *p.get().add(base + x * stride) = T::from_f32(value(x)) };
             }
-        }
+        })
     }
 
     /// The f32 pointer, when the output is f32.
     pub(crate) fn as_f32(self) -> Option<crate::SyncPtr<f32>> {
-        match self {
-            AnyOut::F32(p) => Some(p),
-            _ => None,
+        if let AnyOut::F32(p) = self {
+            Some(p)
+        } else {
+            None
         }
     }
 }

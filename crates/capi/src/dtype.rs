@@ -6,6 +6,7 @@
 //! at the boundary, into the generic Rust call (`with_element!`).
 
 use crate::status::{fa_status, FfiError, FfiResult};
+use kernels::DType;
 
 /// Element types of tensors (`fa_tensor.dtype`), layer weights
 /// (`fa_mha_config.weight_dtype`) and KV caches (`fa_kv_cache_new_typed`). The fields
@@ -27,21 +28,43 @@ pub enum fa_dtype {
 }
 
 impl fa_dtype {
+    /// The C code of a kernels' element type.
+    pub(crate) fn of(dtype: DType) -> fa_dtype {
+        match dtype {
+            DType::F32 => fa_dtype::FA_DTYPE_F32,
+            DType::F16 => fa_dtype::FA_DTYPE_F16,
+            DType::BF16 => fa_dtype::FA_DTYPE_BF16,
+        }
+    }
+
+    /// The kernels' element type (the inverse of [`fa_dtype::of`], tested).
+    pub(crate) fn dtype(self) -> DType {
+        match self {
+            fa_dtype::FA_DTYPE_F32 => DType::F32,
+            fa_dtype::FA_DTYPE_F16 => DType::F16,
+            fa_dtype::FA_DTYPE_BF16 => DType::BF16,
+        }
+    }
+
     /// The type with C code `code`, or `FA_ERR_INVALID_ARGUMENT` naming the field `what`
     /// and the value.
     pub(crate) fn from_code(code: i32, what: &str) -> FfiResult<fa_dtype> {
-        match code {
-            0 => Ok(fa_dtype::FA_DTYPE_F32),
-            1 => Ok(fa_dtype::FA_DTYPE_F16),
-            2 => Ok(fa_dtype::FA_DTYPE_BF16),
-            c => Err(FfiError::new(
-                fa_status::FA_ERR_INVALID_ARGUMENT,
-                format!(
-                    "{what} is {c}, not an fa_dtype: use FA_DTYPE_F32 (0), FA_DTYPE_F16 (1) \
-                     or FA_DTYPE_BF16 (2)"
-                ),
-            )),
+        let all = DType::ALL.map(fa_dtype::of);
+        if let Some(&dt) = all.iter().find(|dt| dt.code() == code) {
+            return Ok(dt);
         }
+        let names: Vec<String> = all
+            .iter()
+            .map(|dt| format!("{} ({})", dt.c_name(), dt.code()))
+            .collect();
+        let (last, rest) = names.split_last().unwrap_or((&names[0], &[]));
+        Err(FfiError::new(
+            fa_status::FA_ERR_INVALID_ARGUMENT,
+            format!(
+                "{what} is {code}, not an fa_dtype: use {} or {last}",
+                rest.join(", ")
+            ),
+        ))
     }
 
     /// Its C code (what the `int32_t` fields hold).
@@ -51,44 +74,27 @@ impl fa_dtype {
 
     /// Bytes per element (also the alignment the data must have).
     pub(crate) fn size(self) -> usize {
-        match self {
-            fa_dtype::FA_DTYPE_F32 => 4,
-            fa_dtype::FA_DTYPE_F16 | fa_dtype::FA_DTYPE_BF16 => 2,
-        }
+        self.dtype().size()
+    }
+
+    /// Its name in C, e.g. `FA_DTYPE_BF16`.
+    fn c_name(self) -> String {
+        format!("FA_DTYPE_{}", self.dtype().name().to_ascii_uppercase())
     }
 
     /// Its short name and code for messages, e.g. `"bf16 (FA_DTYPE_BF16 = 2)"`.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            fa_dtype::FA_DTYPE_F32 => "f32 (FA_DTYPE_F32 = 0)",
-            fa_dtype::FA_DTYPE_F16 => "f16 (FA_DTYPE_F16 = 1)",
-            fa_dtype::FA_DTYPE_BF16 => "bf16 (FA_DTYPE_BF16 = 2)",
-        }
+    pub(crate) fn describe(self) -> String {
+        format!("{} ({} = {})", self.dtype(), self.c_name(), self.code())
     }
 }
 
 /// `with_element!(dt, T => body)`: evaluates `body` with the type alias `T` naming the
 /// Rust element type (`f32`, `f16` or `bf16`) of the [`fa_dtype`] `dt`: the one `match`
-/// on a run-time type, at the boundary, in front of the generic call.
+/// on a run-time type, at the boundary, in front of the generic call
+/// ([`kernels::with_dtype!`]).
 macro_rules! with_element {
     ($dt:expr, $T:ident => $body:expr) => {
-        match $dt {
-            $crate::dtype::fa_dtype::FA_DTYPE_F32 => {
-                #[allow(dead_code)]
-                type $T = f32;
-                $body
-            }
-            $crate::dtype::fa_dtype::FA_DTYPE_F16 => {
-                #[allow(dead_code)]
-                type $T = ::kernels::f16;
-                $body
-            }
-            $crate::dtype::fa_dtype::FA_DTYPE_BF16 => {
-                #[allow(dead_code)]
-                type $T = ::kernels::bf16;
-                $body
-            }
-        }
+        ::kernels::with_dtype!($crate::dtype::fa_dtype::dtype($dt), $T => $body)
     };
 }
 pub(crate) use with_element;
@@ -96,23 +102,29 @@ pub(crate) use with_element;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernels::{DType, Element};
+    use kernels::Element;
 
     #[test]
     fn codes_round_trip_and_match_the_kernels_order() {
-        let all = [
-            fa_dtype::FA_DTYPE_F32,
-            fa_dtype::FA_DTYPE_F16,
-            fa_dtype::FA_DTYPE_BF16,
-        ];
-        for (i, dt) in all.into_iter().enumerate() {
-            assert_eq!(fa_dtype::from_code(i as i32, "x").unwrap(), dt);
+        for (i, kernel) in DType::ALL.into_iter().enumerate() {
+            let dt = fa_dtype::from_code(i as i32, "x").unwrap();
+            assert_eq!(dt, fa_dtype::of(kernel));
             assert_eq!(dt.code(), i as i32);
-            let kernel: DType = with_element!(dt, T => <T as Element>::DTYPE);
-            assert_eq!(kernel, DType::ALL[i]);
+            assert_eq!(dt.dtype(), kernel);
+            assert_eq!(with_element!(dt, T => <T as Element>::DTYPE), kernel);
             assert_eq!(kernel.size(), dt.size());
         }
-        for bad in [3, -1, i32::MIN, i32::MAX] {
+        assert_eq!(
+            fa_dtype::FA_DTYPE_BF16.describe(),
+            "bf16 (FA_DTYPE_BF16 = 2)"
+        );
+        let e = fa_dtype::from_code(7, "q->dtype").unwrap_err();
+        assert_eq!(
+            e.message,
+            "q->dtype is 7, not an fa_dtype: use FA_DTYPE_F32 (0), FA_DTYPE_F16 (1) \
+             or FA_DTYPE_BF16 (2)"
+        );
+        for bad in [DType::ALL.len() as i32, -1, i32::MIN, i32::MAX] {
             let e = fa_dtype::from_code(bad, "q->dtype").unwrap_err();
             assert_eq!(e.code, fa_status::FA_ERR_INVALID_ARGUMENT);
             assert!(

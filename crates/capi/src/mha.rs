@@ -7,9 +7,9 @@ use crate::raw::{check_disjoint, check_ptr, init_versioned, read_versioned, span
 use crate::sdpa::{attn_options, fa_sdpa_options, read_options};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
 use attention::{
-    bf16, f16, Element, KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig,
-    WeightLayout,
+    Element, KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig, WeightLayout,
 };
+use kernels::dtype::DTypeEnum;
 use std::ffi::{c_int, c_void};
 use std::mem::{offset_of, size_of};
 
@@ -28,56 +28,17 @@ pub struct fa_kv_cache {
     cache: Cache,
 }
 
-/// The cache of one of the element types (chosen at run time by the C caller).
-enum Cache {
-    F32(KvCache<f32>),
-    F16(KvCache<f16>),
-    BF16(KvCache<bf16>),
+kernels::dtype_enum! {
+    /// The cache of one of the element types (chosen at run time by the C caller).
+    enum Cache { KvCache<_> }
 }
 
 /// `with_cache!(cache, c => body)`: `body` with `c` bound to the typed `KvCache` inside the
 /// `Cache` `cache` (a place: `&` or `&mut` as `body` needs).
 macro_rules! with_cache {
     ($cache:expr, $c:ident => $body:expr) => {
-        match $cache {
-            Cache::F32($c) => $body,
-            Cache::F16($c) => $body,
-            Cache::BF16($c) => $body,
-        }
+        kernels::match_dtype!($cache, Cache($c) => $body)
     };
-}
-
-impl Cache {
-    fn dtype(&self) -> fa_dtype {
-        match self {
-            Cache::F32(_) => fa_dtype::FA_DTYPE_F32,
-            Cache::F16(_) => fa_dtype::FA_DTYPE_F16,
-            Cache::BF16(_) => fa_dtype::FA_DTYPE_BF16,
-        }
-    }
-}
-
-/// Wraps a typed cache (the one conversion each element type needs).
-trait IntoCache: Element {
-    fn into_cache(c: KvCache<Self>) -> Cache;
-}
-
-impl IntoCache for f32 {
-    fn into_cache(c: KvCache<Self>) -> Cache {
-        Cache::F32(c)
-    }
-}
-
-impl IntoCache for f16 {
-    fn into_cache(c: KvCache<Self>) -> Cache {
-        Cache::F16(c)
-    }
-}
-
-impl IntoCache for bf16 {
-    fn into_cache(c: KvCache<Self>) -> Cache {
-        Cache::BF16(c)
-    }
 }
 
 /// Sizes of an `fa_mha` layer. Initialise with `fa_mha_config_init(&cfg, sizeof cfg)`
@@ -435,11 +396,9 @@ pub unsafe extern "C" fn fa_mha_new_random(
         // The unpacked f32 random weights and their packed copy live at the same time
         // (16-bit: the f32 weights, their rounded copy and the packed one; as many bytes).
         probe_alloc(weight_floats(&cfg), 8, "the weights")?;
-        let layer = pool::run(move || match dtype {
-            fa_dtype::FA_DTYPE_F32 => MultiHeadAttention::random(cfg, bias, seed),
-            fa_dtype::FA_DTYPE_F16 => MultiHeadAttention::random_of::<f16>(cfg, bias, seed),
-            fa_dtype::FA_DTYPE_BF16 => MultiHeadAttention::random_of::<bf16>(cfg, bias, seed),
-        })?;
+        let layer = pool::run(
+            move || with_element!(dtype, W => MultiHeadAttention::random_of::<W>(cfg, bias, seed)),
+        )?;
         publish_layer(layer, out)
     })
 }
@@ -546,7 +505,7 @@ pub unsafe extern "C" fn fa_mha_forward(
 }
 
 /// A new empty cache of `T` for `layer`, behind a handle stored at `out`.
-fn new_cache<T: IntoCache>(
+fn new_cache<T: Element>(
     layer: &MultiHeadAttention,
     batch: usize,
     capacity: usize,
@@ -557,7 +516,7 @@ fn new_cache<T: IntoCache>(
         .iter()
         .try_fold(1usize, |a, &x| a.checked_mul(x));
     probe_alloc(values, size_of::<T>(), "the KV cache")?;
-    let cache = T::into_cache(layer.new_cache_of::<T>(batch, capacity)?);
+    let cache = Cache::from_typed(layer.new_cache_of::<T>(batch, capacity)?);
     let handle = Box::into_raw(Box::new(fa_kv_cache { cache }));
     // SAFETY: `out` was checked non-NULL and aligned by the caller of this function, and
     // is writable (caller contract).
@@ -737,7 +696,7 @@ pub unsafe extern "C" fn fa_kv_cache_dtype(cache: *const fa_kv_cache) -> i32 {
     ffi_guard!("fa_kv_cache_dtype", {
         check_ptr(cache, "cache")?;
         // SAFETY: a live handle (caller contract).
-        Ok(unsafe { &(*cache).cache }.dtype().code())
+        Ok(fa_dtype::of(unsafe { &(*cache).cache }.dtype()).code())
     })
 }
 

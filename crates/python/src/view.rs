@@ -19,7 +19,8 @@
 //! allocator, else `new_empty`, then zeroed here; numpy: `zeros`) and written in place.
 
 use crate::dlpack::{self, Api, DataType};
-use attention::{bf16, f16};
+use attention::{f16, DType};
+use kernels::dtype::DTypeEnum;
 use numpy::npyffi::{self, NPY_TYPES};
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -29,21 +30,24 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use std::ffi::c_int;
 
-/// Element types the binding reads and writes.
+/// Element types the binding reads and writes: the kernels' storage types, and bool
+/// (masks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Elem {
-    F32,
-    F16,
-    BF16,
+    /// A storage type ([`DType`]).
+    Num(DType),
+    /// `bool` (masks).
     Bool,
 }
 
 impl Elem {
+    /// float32 (LSE, weights, gradients).
+    pub(crate) const F32: Elem = Elem::Num(DType::F32);
+
     /// Bytes per element.
     pub(crate) fn size(self) -> usize {
         match self {
-            Elem::F32 => 4,
-            Elem::F16 | Elem::BF16 => 2,
+            Elem::Num(d) => d.size(),
             Elem::Bool => 1,
         }
     }
@@ -51,12 +55,68 @@ impl Elem {
     /// The name torch and numpy use.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Elem::F32 => "float32",
-            Elem::F16 => "float16",
-            Elem::BF16 => "bfloat16",
+            Elem::Num(d) => py_dtype(d).name,
             Elem::Bool => "bool",
         }
     }
+}
+
+/// How Python spells a storage type.
+struct PyDType {
+    /// The name torch (`torch.<name>`) and numpy use.
+    name: &'static str,
+    /// The DLPack type code (the bits are the type's size).
+    dl_code: u8,
+    /// How numpy holds it.
+    numpy: Numpy,
+}
+
+/// A storage type in numpy.
+#[derive(Clone, Copy)]
+enum Numpy {
+    /// A numpy type number, and the allocation of a zeroed array of it.
+    Builtin(
+        NPY_TYPES,
+        for<'py> fn(Python<'py>, &[usize]) -> Bound<'py, PyAny>,
+    ),
+    /// A dtype from a numpy extension (ml_dtypes, as JAX uses), known by its type's name
+    /// and size.
+    Named,
+}
+
+/// The Python spelling of each storage type: the binding's one table of them.
+fn py_dtype(d: DType) -> PyDType {
+    match d {
+        DType::F32 => PyDType {
+            name: "float32",
+            dl_code: dlpack::FLOAT,
+            numpy: Numpy::Builtin(NPY_TYPES::NPY_FLOAT, numpy_zeros::<f32>),
+        },
+        DType::F16 => PyDType {
+            name: "float16",
+            dl_code: dlpack::FLOAT,
+            numpy: Numpy::Builtin(NPY_TYPES::NPY_HALF, numpy_zeros::<f16>),
+        },
+        DType::BF16 => PyDType {
+            name: "bfloat16",
+            dl_code: dlpack::BFLOAT,
+            numpy: Numpy::Named,
+        },
+    }
+}
+
+/// A zeroed numpy array of `T`.
+fn numpy_zeros<'py, T: numpy::Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyAny> {
+    numpy::PyArray::<T, _>::zeros(py, shape, false).into_any()
+}
+
+/// The supported types as a message lists them, with `prefix` (`torch.`) and `extra`.
+pub(crate) fn supported(prefix: &str, extra: &str) -> String {
+    let names: Vec<String> = DType::ALL
+        .iter()
+        .map(|&d| format!("{prefix}{}", py_dtype(d).name))
+        .collect();
+    format!("{}{extra}", names.join(", "))
 }
 
 /// Which library an object comes from (outputs are made in the kind of the query).
@@ -70,9 +130,8 @@ pub(crate) enum Kind {
 pub(crate) struct Torch {
     tensor: Py<PyType>,
     strided: Py<PyAny>,
-    f32: Py<PyAny>,
-    f16: Py<PyAny>,
-    bf16: Py<PyAny>,
+    /// The dtype object of each storage type, in the order of [`DType::ALL`].
+    dtypes: Vec<Py<PyAny>>,
     bool_: Py<PyAny>,
     /// `torch.get_num_threads`.
     pub(crate) get_num_threads: Py<PyAny>,
@@ -103,9 +162,10 @@ pub(crate) fn torch(py: Python<'_>) -> PyResult<Option<&Torch>> {
             Ok::<_, PyErr>(Torch {
                 tensor: t.getattr("Tensor")?.cast_into::<PyType>()?.unbind(),
                 strided: get("strided")?,
-                f32: get("float32")?,
-                f16: get("float16")?,
-                bf16: get("bfloat16")?,
+                dtypes: DType::ALL
+                    .iter()
+                    .map(|&d| get(py_dtype(d).name))
+                    .collect::<PyResult<_>>()?,
                 bool_: get("bool")?,
                 get_num_threads: get("get_num_threads")?,
                 parameter: t
@@ -123,9 +183,7 @@ impl Torch {
     /// The torch dtype object of `e`.
     fn dtype(&self, py: Python<'_>, e: Elem) -> Py<PyAny> {
         match e {
-            Elem::F32 => self.f32.clone_ref(py),
-            Elem::F16 => self.f16.clone_ref(py),
-            Elem::BF16 => self.bf16.clone_ref(py),
+            Elem::Num(d) => self.dtypes[d as usize].clone_ref(py),
             Elem::Bool => self.bool_.clone_ref(py),
         }
     }
@@ -152,9 +210,7 @@ impl Torch {
 /// The DLPack data type of an element type.
 fn dl_dtype(e: Elem) -> DataType {
     let (code, bits) = match e {
-        Elem::F32 => (dlpack::FLOAT, 32),
-        Elem::F16 => (dlpack::FLOAT, 16),
-        Elem::BF16 => (dlpack::BFLOAT, 16),
+        Elem::Num(d) => (py_dtype(d).dl_code, 8 * d.size() as u8),
         Elem::Bool => (dlpack::BOOL, 8),
     };
     DataType {
@@ -207,20 +263,28 @@ impl<'py> View<'py> {
         let py = arr.py();
         let dtype = arr.dtype();
         let num = dtype.num();
-        let elem = if num == NPY_TYPES::NPY_FLOAT as c_int {
-            Elem::F32
-        } else if num == NPY_TYPES::NPY_HALF as c_int {
-            Elem::F16
-        } else if num == NPY_TYPES::NPY_BOOL as c_int {
-            Elem::Bool
-        } else if dtype.itemsize() == 2 && dtype.typeobj().name()?.to_cow()? == "bfloat16" {
-            // ml_dtypes' bfloat16 (the numpy dtype JAX uses).
-            Elem::BF16
-        } else {
+        let mut elem = (num == NPY_TYPES::NPY_BOOL as c_int).then_some(Elem::Bool);
+        for d in DType::ALL {
+            if elem.is_some() {
+                break;
+            }
+            let found = match py_dtype(d).numpy {
+                Numpy::Builtin(t, _) => num == t as c_int,
+                // e.g. ml_dtypes' bfloat16 (the numpy dtype JAX uses).
+                Numpy::Named => {
+                    dtype.itemsize() == d.size()
+                        && dtype.typeobj().name()?.to_cow()? == py_dtype(d).name
+                }
+            };
+            if found {
+                elem = Some(Elem::Num(d));
+            }
+        }
+        let Some(elem) = elem else {
             return Err(PyTypeError::new_err(format!(
-                "{what}: numpy dtype {} is not supported (float32, float16, bfloat16{})",
+                "{what}: numpy dtype {} is not supported ({})",
                 dtype.str()?,
-                if what.contains("mask") { ", bool" } else { "" }
+                supported("", if what.contains("mask") { ", bool" } else { "" })
             )));
         };
         let size = elem.size();
@@ -290,8 +354,10 @@ impl<'py> View<'py> {
         if d.device.device_type != dlpack::CPU {
             return None;
         }
-        let elem = [Elem::F32, Elem::F16, Elem::BF16, Elem::Bool]
+        let elem = DType::ALL
             .into_iter()
+            .map(Elem::Num)
+            .chain([Elem::Bool])
             .find(|&e| dl_dtype(e) == d.dtype)?;
         let shape: Vec<usize> = d
             .shape
@@ -330,19 +396,22 @@ impl<'py> View<'py> {
     ) -> PyResult<View<'py>> {
         let py = obj.py();
         let dtype = obj.getattr(intern!(py, "dtype"))?;
-        let elem = if dtype.is(&t.f32) {
-            Elem::F32
-        } else if dtype.is(&t.bf16) {
-            Elem::BF16
-        } else if dtype.is(&t.f16) {
-            Elem::F16
-        } else if dtype.is(&t.bool_) {
+        let elem = if dtype.is(&t.bool_) {
             Elem::Bool
+        } else if let Some(i) = t.dtypes.iter().position(|x| dtype.is(x)) {
+            Elem::Num(DType::ALL[i])
         } else {
             return Err(PyTypeError::new_err(format!(
-                "{what}: dtype {} is not supported (torch.float32, torch.float16, torch.bfloat16{})",
+                "{what}: dtype {} is not supported ({})",
                 dtype.str()?,
-                if what.contains("mask") { ", torch.bool" } else { "" }
+                supported(
+                    "torch.",
+                    if what.contains("mask") {
+                        ", torch.bool"
+                    } else {
+                        ""
+                    }
+                )
             )));
         };
         if !obj.getattr(intern!(py, "layout"))?.is(&t.strided) {
@@ -401,16 +470,16 @@ impl<'py> View<'py> {
     pub(crate) fn data(&self) -> PyResult<Data<'_>> {
         let n = self.span()?;
         Ok(match self.elem {
-            // SAFETY: the view's span, as `raw_slice` requires; `elem` is the element
-            // type of the memory (numpy's dtype number or torch's dtype object, checked
-            // in `new`), and every bit pattern is a valid float.
-            Elem::F32 => Data::F32(unsafe { raw_slice(self.addr, n) }),
-            // SAFETY: as above.
-            Elem::F16 => Data::F16(unsafe { raw_slice(self.addr, n) }),
-            // SAFETY: as above.
-            Elem::BF16 => Data::BF16(unsafe { raw_slice(self.addr, n) }),
+            Elem::Num(d) => kernels::with_dtype!(d, T => {
+                // SAFETY: the view's span, as `raw_slice` requires; `T` is the element
+                // type of the memory (numpy's dtype number or torch's dtype object,
+                // checked in `new`), and every bit pattern is a valid value of a storage
+                // type (`kernels::Element`).
+                Data::from_typed::<T>(unsafe { raw_slice(self.addr, n) })
+            }),
             Elem::Bool => {
-                // SAFETY: as above; u8 has no invalid values.
+                // SAFETY: the view's span, as `raw_slice` requires; u8 has no invalid
+                // values.
                 let bytes: &[u8] = unsafe { raw_slice(self.addr, n) };
                 if bytes.iter().all(|&b| b <= 1) {
                     // SAFETY: every byte is 0 or 1, a valid bool, and bool has the size
@@ -477,12 +546,11 @@ pub(crate) fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
     true
 }
 
-/// The memory of a view, typed.
-#[derive(Clone, Copy)]
-pub(crate) enum Data<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    BF16(&'a [bf16]),
+kernels::dtype_enum! {
+    /// The memory of a view, typed.
+    #[derive(Clone, Copy)]
+    pub(crate) enum Data<'a> { &'a [_] },
+    /// A bool view.
     Bool(&'a [bool]),
     /// A bool view whose bytes are not all 0 or 1 (`!= 0` is true).
     Bytes(&'a [u8]),
@@ -496,11 +564,9 @@ pub(crate) struct Output<'py> {
     elem: Elem,
 }
 
-/// The memory of an output, typed and writable.
-pub(crate) enum DataMut<'a> {
-    F32(&'a mut [f32]),
-    F16(&'a mut [f16]),
-    BF16(&'a mut [bf16]),
+kernels::dtype_enum! {
+    /// The memory of an output, typed and writable.
+    pub(crate) enum DataMut<'a> { &'a mut [_] }
 }
 
 impl<'py> Output<'py> {
@@ -541,13 +607,16 @@ impl<'py> Output<'py> {
                     .call_method(intern!(py, "new_empty"), (dims()?,), Some(&kw))?
             }
             (Kind::Numpy, _) => match elem {
-                Elem::F32 => numpy::PyArray::<f32, _>::zeros(py, shape, false).into_any(),
-                Elem::F16 => numpy::PyArray::<f16, _>::zeros(py, shape, false).into_any(),
-                _ => {
-                    let np = py.import(intern!(py, "numpy"))?;
-                    let dt = like.obj.getattr(intern!(py, "dtype"))?;
-                    np.call_method1(intern!(py, "zeros"), (dims()?, dt))?
-                }
+                Elem::Num(d) => match py_dtype(d).numpy {
+                    Numpy::Builtin(_, zeros) => zeros(py, shape),
+                    // An extension's dtype: the query's (the output has its type).
+                    Numpy::Named => {
+                        let np = py.import(intern!(py, "numpy"))?;
+                        let dt = like.obj.getattr(intern!(py, "dtype"))?;
+                        np.call_method1(intern!(py, "zeros"), (dims()?, dt))?
+                    }
+                },
+                Elem::Bool => unreachable!("bool outputs were refused above"),
             },
         };
         let addr = match (like.kind, &fast) {
@@ -582,22 +651,21 @@ impl<'py> Output<'py> {
     pub(crate) fn data(&mut self) -> DataMut<'_> {
         let (addr, n) = (self.addr, self.len);
         match self.elem {
-            // SAFETY: the output's memory as `raw_slice_mut` requires (see there), of
-            // `len` elements of `elem`, borrowed through `&mut self`.
-            Elem::F32 => DataMut::F32(unsafe { raw_slice_mut(addr, n) }),
-            // SAFETY: as above.
-            Elem::F16 => DataMut::F16(unsafe { raw_slice_mut(addr, n) }),
-            // SAFETY: as above.
-            Elem::BF16 => DataMut::BF16(unsafe { raw_slice_mut(addr, n) }),
+            Elem::Num(d) => kernels::with_dtype!(d, T => {
+                // SAFETY: the output's memory as `raw_slice_mut` requires (see there), of
+                // `len` elements of `T`, borrowed through `&mut self`.
+                DataMut::from_typed::<T>(unsafe { raw_slice_mut(addr, n) })
+            }),
             Elem::Bool => unreachable!("`zeros` refuses bool outputs"),
         }
     }
 
     /// The output's memory as float32 (LSE and weights).
     pub(crate) fn f32_data(&mut self) -> PyResult<&mut [f32]> {
-        match self.data() {
-            DataMut::F32(x) => Ok(x),
-            _ => Err(PyTypeError::new_err("expected a float32 output")),
+        if let DataMut::F32(x) = self.data() {
+            Ok(x)
+        } else {
+            Err(PyTypeError::new_err("expected a float32 output"))
         }
     }
 

@@ -6,7 +6,7 @@ use super::microkernel::{ukr_for, Ukr};
 use super::{pack, MatMut, MatRef};
 use crate::buffer::with_scratch;
 use crate::dispatch::Isa;
-use crate::dtype::{bf16, f16, DType, Element, Slice};
+use crate::dtype::{DType, DTypeEnum, Element};
 use crate::error::{KernelError, Result};
 
 /// A `k × n` matrix B packed into `NR`-column panels of full depth `k` for one variant's
@@ -39,11 +39,11 @@ pub struct PackedB {
     half: Option<Half>,
 }
 
-/// 16-bit packed panels.
-#[derive(Clone)]
-enum Half {
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
+crate::dtype_enum! {
+    /// Packed panels kept in their storage type by [`PackedB::pack_stored`] (16-bit or
+    /// narrower: f32 panels are packed into `data`).
+    #[derive(Clone)]
+    enum Half { Vec<_> }
 }
 
 /// Products of at most this many rows against a 16-bit [`PackedB`] read the 16-bit panels
@@ -129,11 +129,10 @@ impl PackedB {
     /// # Errors
     /// As [`PackedB::pack`].
     pub fn pack_stored<T: Element>(&mut self, b: MatRef<'_, T>) -> Result<()> {
-        let half = match T::slice(b.data()) {
-            Slice::F32(_) => return self.pack(b),
-            Slice::F16(d) => Half::F16(pack_bits(self.ukr.nr, retype(b, d)?)?),
-            Slice::BF16(d) => Half::BF16(pack_bits(self.ukr.nr, retype(b, d)?)?),
-        };
+        if T::DTYPE == DType::F32 {
+            return self.pack(b);
+        }
+        let half = Half::from_typed(pack_bits(self.ukr.nr, b)?);
         self.data = Vec::new();
         self.half = Some(half);
         self.k = b.rows();
@@ -143,11 +142,7 @@ impl PackedB {
 
     /// The element type the panels are stored in.
     pub fn dtype(&self) -> DType {
-        match self.half {
-            None => DType::F32,
-            Some(Half::F16(_)) => DType::F16,
-            Some(Half::BF16(_)) => DType::BF16,
-        }
+        self.half.as_ref().map_or(DType::F32, Half::dtype)
     }
 
     /// Bytes of packed storage in use.
@@ -161,8 +156,7 @@ impl PackedB {
         let len = self.n.div_ceil(self.ukr.nr) * self.ukr.nr * self.k;
         match &self.half {
             None => crate::dtype::all_finite(&self.data[..len]),
-            Some(Half::F16(h)) => h.iter().all(|x| x.is_finite()),
-            Some(Half::BF16(h)) => h.iter().all(|x| x.is_finite()),
+            Some(h) => crate::match_dtype!(h, Half(h) => h.iter().all(|x| x.to_f32().is_finite())),
         }
     }
 
@@ -232,10 +226,8 @@ pub fn gemm_packed_b(
         return Ok(());
     }
     if m <= HALF_GEMV_ROWS && a.col_stride() == 1 {
-        match &b.half {
-            Some(Half::F16(d)) => return half_rows(b, d, a, col0, alpha, beta, c),
-            Some(Half::BF16(d)) => return half_rows(b, d, a, col0, alpha, beta, c),
-            None => {}
+        if let Some(h) = &b.half {
+            return crate::match_dtype!(h, Half(d) => half_rows(b, d, a, col0, alpha, beta, c));
         }
     }
     let in_place = a.col_stride() == 1 && a.row_stride() > 0;
@@ -271,14 +263,9 @@ pub fn gemm_packed_b(
         if let Some(h) = &b.half {
             // SAFETY: as below, one widened panel at a time.
             unsafe {
-                match h {
-                    Half::F16(d) => half_panels(
-                        &ukr, b, d, m, k, n, col0, alpha, &a_src, beta, c_ptr, rsc, csc,
-                    ),
-                    Half::BF16(d) => half_panels(
-                        &ukr, b, d, m, k, n, col0, alpha, &a_src, beta, c_ptr, rsc, csc,
-                    ),
-                }
+                crate::match_dtype!(h, Half(d) => half_panels(
+                    &ukr, b, d, m, k, n, col0, alpha, &a_src, beta, c_ptr, rsc, csc,
+                ))
             }
             return;
         }
@@ -310,11 +297,6 @@ pub fn gemm_packed_b(
         };
     });
     Ok(())
-}
-
-/// `b`'s view over `data` (the same slice, typed).
-fn retype<'a, T: Element, U: Element>(b: MatRef<'_, T>, data: &'a [U]) -> Result<MatRef<'a, U>> {
-    MatRef::new(data, b.rows(), b.cols(), b.row_stride(), b.col_stride())
 }
 
 /// The `NR`-column panels of `b` (element `(p, j)` of panel `q` at `q·NR·k + p·NR + j`),
