@@ -1,6 +1,8 @@
-//! Builds `examples/c/demo.c` with the system C compiler (`$CC`, else `cc`) against the
-//! static library and runs it: CBLAS and strided GEMM, softmax, attention and its backward
-//! pass checked against naive C loops, and every error code.
+//! Builds C programs with the system C compiler (`$CC`, else `cc`) against the static
+//! library and runs them: the example `examples/c/demo.c` (a user's first program), the
+//! conformance suite `tests/c/conformance.c` (CBLAS and strided GEMM, softmax, attention and
+//! its backward pass checked against naive C loops, and every error code) and the README's
+//! C quick start.
 
 mod common;
 
@@ -69,16 +71,37 @@ fn build_and_run(source: &std::path::Path, name: &str, native: &[&str]) -> (Stri
 }
 
 #[test]
-fn c_demo_builds_and_passes() {
+fn c_demo_builds_and_runs() {
     let Some(native) = native_libs() else {
         println!("skipped: no C link recipe for this OS");
         return;
     };
     let demo = common::repo_root().join("examples/c/demo.c");
     let (stdout, _) = build_and_run(&demo, "fastattn_demo", native);
+    for line in [
+        "attention: out[0] = ",
+        "refused as expected",
+        "decode: 8 positions cached",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "the demo did not print {line:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn c_conformance_suite_passes() {
+    let Some(native) = native_libs() else {
+        println!("skipped: no C link recipe for this OS");
+        return;
+    };
+    let suite = common::repo_root().join("crates/capi/tests/c/conformance.c");
+    let (stdout, _) = build_and_run(&suite, "fastattn_conformance", native);
     assert!(
         stdout.contains(" 0 failed"),
-        "unexpected demo output:\n{stdout}"
+        "unexpected conformance output:\n{stdout}"
     );
 }
 
