@@ -161,11 +161,8 @@ impl<'a> Job<'a> {
         for call in 0..c.count() {
             let opts = c.options(call, &idx)?;
             let off = offset(&idx, &out_outer);
-            let out: DynTensorMut<'_> = match &mut self.out {
-                DataMut::F32(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
-                DataMut::F16(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
-                DataMut::BF16(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into(),
-            };
+            let out: DynTensorMut<'_> = kernels::match_dtype!(&mut self.out,
+                DataMut(x) => TensorMut::new(tail_mut(x, off), out_dims, out_strides)?.into());
             let mut extras = SdpaOutputs::default();
             if let Some(l) = self.lse.as_deref_mut() {
                 extras = extras.with_lse(Some(&mut l[call * per_lse..(call + 1) * per_lse]));

@@ -59,22 +59,21 @@ impl<'a> MaskBuf<'a> {
     /// Prepares `data` laid out as `l` (bool: as is, or each byte `!= 0`; f32: as is;
     /// f16/bf16: widened to f32).
     pub(crate) fn new(data: Data<'a>, l: Layout) -> MaskBuf<'a> {
-        match data {
+        if let Data::F32(s) = data {
+            return MaskBuf::F32(s, l);
+        }
+        kernels::match_dtype!(data,
+            // Every other float type is widened to f32 (f32 returned above).
+            Data(s) => {
+                let (v, l) = compact(s, &l, kernels::Element::to_f32);
+                MaskBuf::OwnedF32(v, l)
+            },
             Data::Bool(s) => MaskBuf::Bool(s, l),
-            Data::F32(s) => MaskBuf::F32(s, l),
             Data::Bytes(s) => {
                 let (v, l) = compact(s, &l, |b| b != 0);
                 MaskBuf::OwnedBool(v, l)
             }
-            Data::F16(s) => {
-                let (v, l) = compact(s, &l, |x| x.to_f32());
-                MaskBuf::OwnedF32(v, l)
-            }
-            Data::BF16(s) => {
-                let (v, l) = compact(s, &l, |x| x.to_f32());
-                MaskBuf::OwnedF32(v, l)
-            }
-        }
+        )
     }
 
     pub(super) fn operand(&self) -> Operand<'_> {
@@ -119,29 +118,27 @@ impl<'a> Operand<'a> {
     pub(super) fn tensor(&self, idx: &[usize]) -> Result<DynTensor<'a>, AttnError> {
         let off = offset(idx, &self.outer);
         let (d, s) = (self.dims, self.strides);
-        Ok(match self.data {
-            Data::F32(x) => TensorRef::new(tail(x, off), d, s)?.into(),
-            Data::F16(x) => TensorRef::new(tail(x, off), d, s)?.into(),
-            Data::BF16(x) => TensorRef::new(tail(x, off), d, s)?.into(),
+        Ok(kernels::match_dtype!(self.data,
+            Data(x) => TensorRef::new(tail(x, off), d, s)?.into(),
             Data::Bool(_) | Data::Bytes(_) => {
                 return Err(AttnError::Option {
                     what: "query, key and value must be float tensors, not bool".into(),
                 })
             }
-        })
+        ))
     }
 
     pub(super) fn mask(&self, idx: &[usize]) -> Result<Mask<'a>, AttnError> {
         let off = offset(idx, &self.outer);
         let (d, s) = (self.dims, self.strides);
-        Ok(match self.data {
-            Data::Bool(x) => Mask::Bool(TensorRef::new(tail(x, off), d, s)?),
-            Data::F32(x) => Mask::Additive(TensorRef::new(tail(x, off), d, s)?),
-            _ => {
-                return Err(AttnError::Option {
-                    what: "a mask is bool or float32 once prepared".into(),
-                })
-            }
+        if let Data::Bool(x) = self.data {
+            return Ok(Mask::Bool(TensorRef::new(tail(x, off), d, s)?));
+        }
+        if let Data::F32(x) = self.data {
+            return Ok(Mask::Additive(TensorRef::new(tail(x, off), d, s)?));
+        }
+        Err(AttnError::Option {
+            what: "a mask is bool or float32 once prepared".into(),
         })
     }
 }
@@ -167,23 +164,18 @@ pub(crate) enum Alibi {
 
 /// Checks that Q, K and V are float data.
 fn float_input(name: &str, d: &Data<'_>) -> PyResult<()> {
-    match d {
-        Data::Bool(_) | Data::Bytes(_) => Err(PyTypeError::new_err(format!(
-            "{name}: dtype bool is not supported (float32, float16, bfloat16)"
-        ))),
-        _ => Ok(()),
+    if matches!(d, Data::Bool(_) | Data::Bytes(_)) {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: dtype bool is not supported ({})",
+            crate::view::supported("", "")
+        )));
     }
+    Ok(())
 }
 
 /// The elements `d` holds.
 fn data_len(d: &Data<'_>) -> usize {
-    match d {
-        Data::F32(x) => x.len(),
-        Data::F16(x) => x.len(),
-        Data::BF16(x) => x.len(),
-        Data::Bool(x) => x.len(),
-        Data::Bytes(x) => x.len(),
-    }
+    kernels::match_dtype!(d, Data(x) => x.len(), Data::Bool(x) => x.len(), Data::Bytes(x) => x.len())
 }
 
 /// Checks that `d` is float data reaching every element of `l`.
