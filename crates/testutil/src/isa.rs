@@ -3,7 +3,7 @@
 use kernels::Isa;
 
 /// The ISAs this CPU runs ([`Isa::available`]), after printing
-/// "skipped: <isa> not on this CPU" for each one it lacks.
+/// `"skipped: <isa> not on this CPU"` for each one it lacks.
 pub fn variants() -> Vec<Isa> {
     for isa in Isa::ALL {
         if !isa.is_supported() {
