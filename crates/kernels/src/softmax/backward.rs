@@ -2,9 +2,9 @@
 //! from the forward's log-sum-exp, and `dS = P ∘ (dP − D) ∘ cap'`.
 //!
 //! Written once over the crate's SIMD-ops trait and run through its ISA dispatcher with
-//! the ops of the ISA the call names (no feature detection per row). Both loops are purely element-wise (no
-//! reduction), so every variant gives the same bits: each element goes through the same
-//! IEEE operations in the same order as in the scalar formulation
+//! the ops of the ISA the call names (no feature detection per row). Both loops are
+//! purely element-wise (no reduction), so every variant gives the same bits: each element
+//! goes through the same IEEE operations in the same order as in the scalar formulation
 //! (`s − lse`, then the exp; `(p·(dp − D))·cap'`).
 
 use crate::dispatch::Isa;
