@@ -42,7 +42,8 @@ fn check_torch_dtypes(
     for (name, t) in [("query", q), ("key", k), ("value", v)] {
         if t.elem == Elem::Bool {
             return Err(PyTypeError::new_err(format!(
-                "{name}: dtype bool is not supported (float32, float16, bfloat16)"
+                "{name}: dtype bool is not supported ({})",
+                view::supported("", "")
             )));
         }
     }
@@ -216,7 +217,8 @@ impl<'py> Prepared<'py> {
         for (name, t) in [("out", &o), ("grad_out", &g)] {
             if t.elem == Elem::Bool {
                 return Err(PyTypeError::new_err(format!(
-                    "{name}: dtype bool is not supported (float32, float16, bfloat16)"
+                    "{name}: dtype bool is not supported ({})",
+                    view::supported("", "")
                 )));
             }
             if t.shape != plan.out.shape {
