@@ -95,6 +95,29 @@ pub(crate) enum KvSource<'a> {
         /// `L`, the keys of every head.
         len: usize,
     },
+    /// Tests only: a dense view handed out in runs of at most `seg` rows, cut at multiples
+    /// of `seg` (as a paged cache's pages), to exercise the consumers' multi-segment paths.
+    #[cfg(test)]
+    Split {
+        /// The view.
+        t: AnyRef<'a>,
+        /// `L`.
+        len: usize,
+        /// Rows per run.
+        seg: usize,
+    },
+}
+
+/// Rows `j0 .. j1` of `(b, h)` of the view `t` as one segment.
+fn dense_seg<'a>(t: &AnyRef<'a>, b: usize, h: usize, j0: usize, j1: usize) -> RowSeg<'a> {
+    let s = t.strides();
+    RowSeg {
+        mem: *t,
+        base: t.offset(b, h, j0, 0),
+        rows: j1 - j0,
+        row_stride: s[2],
+        col_stride: s[3],
+    }
 }
 
 impl<'a> KvSource<'a> {
@@ -110,6 +133,8 @@ impl<'a> KvSource<'a> {
                 let _ = (b, h);
                 *len
             }
+            #[cfg(test)]
+            KvSource::Split { len, .. } => *len,
         }
     }
 
@@ -117,6 +142,8 @@ impl<'a> KvSource<'a> {
     pub(crate) fn unit_cols(&self) -> bool {
         match self {
             KvSource::Dense { t, .. } => t.strides()[3] == 1,
+            #[cfg(test)]
+            KvSource::Split { t, .. } => t.strides()[3] == 1,
         }
     }
 
@@ -125,15 +152,10 @@ impl<'a> KvSource<'a> {
     pub(crate) fn single(&self, b: usize, h: usize, j0: usize, j1: usize) -> Option<RowSeg<'a>> {
         debug_assert!(j0 <= j1);
         match self {
-            KvSource::Dense { t, .. } => {
-                let s = t.strides();
-                Some(RowSeg {
-                    mem: *t,
-                    base: t.offset(b, h, j0, 0),
-                    rows: j1 - j0,
-                    row_stride: s[2],
-                    col_stride: s[3],
-                })
+            KvSource::Dense { t, .. } => Some(dense_seg(t, b, h, j0, j1)),
+            #[cfg(test)]
+            KvSource::Split { t, seg, .. } => {
+                (j0 == j1 || j0 / seg == (j1 - 1) / seg).then(|| dense_seg(t, b, h, j0, j1))
             }
         }
     }
@@ -157,6 +179,16 @@ impl<'a> KvSource<'a> {
                 Some(seg) => f(0, seg),
                 None => Ok(()),
             },
+            #[cfg(test)]
+            KvSource::Split { t, seg, .. } => {
+                let mut j = j0;
+                while j < j1 {
+                    let end = ((j / seg + 1) * seg).min(j1);
+                    f(j - j0, dense_seg(t, b, h, j, end))?;
+                    j = end;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -273,6 +305,74 @@ mod tests {
         // An empty range still has a (zero-row) single segment, at the range's start.
         let e = src.single(1, 0, 2, 2).unwrap();
         assert_eq!((e.rows, e.base), (0, t.offset(1, 0, 2, 0)));
+    }
+
+    /// Flash (packed and direct decode) and materialised attention over a source handed
+    /// out in many segments equal attention over the same view as one segment.
+    #[test]
+    fn multi_segment_sources_give_the_same_attention() {
+        use crate::options::Problem;
+        use crate::tensor::{AnyOut, TensorMut};
+        use crate::{AttnPath, SdpaOptions};
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (lq, lk, causal) in [(1, 70, false), (40, 300, true), (3, 5000, false)] {
+            let (b, hq, hkv, d) = (1, 2, 1, 8);
+            let (qd, kd) = ([b, hq, lq, d], [b, hkv, lk, d]);
+            let (qv, kv, vv) = (rnd(hq * lq * d), rnd(hkv * lk * d), rnd(hkv * lk * d));
+            let q = AnyRef::of(TensorRef::contiguous(&qv, qd).unwrap());
+            let kt = AnyRef::of(TensorRef::contiguous(&kv, kd).unwrap());
+            let vt = AnyRef::of(TensorRef::contiguous(&vv, kd).unwrap());
+            for path in [AttnPath::Flash, AttnPath::Materialized] {
+                let opts = SdpaOptions::new().with_causal(causal);
+                let p = Problem::new(qd, kd, kd, &opts).unwrap();
+                let mut outs = Vec::new();
+                for split in [None, Some(7), Some(64)] {
+                    let (k, v) = match split {
+                        None => (KvSource::dense(kt, lk), KvSource::dense(vt, lk)),
+                        Some(seg) => (
+                            KvSource::Split {
+                                t: kt,
+                                len: lk,
+                                seg,
+                            },
+                            KvSource::Split {
+                                t: vt,
+                                len: lk,
+                                seg,
+                            },
+                        ),
+                    };
+                    let mut o = vec![0.0f32; hq * lq * d];
+                    let mut om = TensorMut::contiguous(&mut o, qd).unwrap();
+                    let os = om.strides();
+                    // SAFETY: one call writes the view, nothing else accesses it meanwhile.
+                    let out = unsafe { AnyOut::new(&mut om) };
+                    match path {
+                        AttnPath::Materialized => {
+                            crate::materialized::run(&p, &q, &k, &v, out, os, None, None)
+                        }
+                        _ => crate::flash::run(&p, &q, &k, &v, out, os, None),
+                    }
+                    .unwrap();
+                    outs.push(o);
+                }
+                for o in &outs[1..] {
+                    for (a, e) in o.iter().zip(&outs[0]) {
+                        assert!((a - e).abs() <= 1e-5, "{lq} {lk} {path:?}: {a} vs {e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
