@@ -21,8 +21,13 @@
 //! merges the partial `(O, m, l)` with their log-sum-exp in chunk order (flash-decoding).
 //! Every row is thus computed by the same operations in the same order at any thread
 //! count: results are bit-for-bit identical at 1, 2 or 16 threads.
+//!
+//! Keys and values are read through the crate's key/value source seam (`kv.rs`): packing
+//! asks it for one matrix of rows per head or block, the direct decode kernels run once per
+//! row segment it hands out.
 
 use crate::error::Result;
+use crate::kv::KvSource;
 use crate::nonfinite::dense_copy;
 use crate::options::Problem;
 use crate::tensor::{with_mat, AnyOut, AnyRef};
@@ -64,6 +69,9 @@ struct KvPacks {
     /// ([`kernels::gemv::axpy_rows_with`]) instead of running the GEMM, where a key that a
     /// row cannot see (weight 0) would still add `0·NaN = NaN` to it.
     v_nonfinite: Vec<Option<Vec<f32>>>,
+    /// Where rows that the source does not keep as one matrix are gathered for packing
+    /// (unused by a dense source).
+    scratch: Vec<f32>,
     origin: usize,
     end: usize,
 }
@@ -74,6 +82,7 @@ impl KvPacks {
             k: PackedB::new(isa)?,
             v: Vec::new(),
             v_nonfinite: Vec::new(),
+            scratch: Vec::new(),
             origin: 0,
             end: 0,
         })
@@ -92,17 +101,18 @@ impl KvPacks {
     fn pack(
         &mut self,
         p: &Problem<'_>,
-        k: &AnyRef<'_>,
-        v: &AnyRef<'_>,
+        k: &KvSource<'_>,
+        v: &KvSource<'_>,
         b: usize,
         kvh: usize,
         origin: usize,
         end: usize,
     ) -> Result<()> {
         let n = end - origin;
-        let (ks, vs) = (k.strides(), v.strides());
-        let kbase = k.offset(b, kvh, origin, 0);
-        with_mat!(k, (kbase, p.d, n, ks[3], ks[2]), m => self.k.pack(m)?);
+        // Kᵀ (d × n) of the keys: one matrix from the source (its own rows when it keeps
+        // them as one, as a dense source does).
+        let ks = k.contiguous(p.isa, b, kvh, origin, end, p.d, &mut self.scratch)?;
+        with_mat!(ks.mem, (ks.base, p.d, n, ks.col_stride, ks.row_stride), m => self.k.pack(m)?);
         let blocks = n.div_ceil(KEY_BLOCK);
         while self.v.len() < blocks {
             self.v.push(PackedB::new(p.isa)?);
@@ -111,8 +121,8 @@ impl KvPacks {
         for blk in 0..blocks {
             let j0 = origin + blk * KEY_BLOCK;
             let kb = KEY_BLOCK.min(end - j0);
-            let vbase = v.offset(b, kvh, j0, 0);
-            with_mat!(v, (vbase, kb, p.dv, vs[2], vs[3]), vm => {
+            let vs = v.contiguous(p.isa, b, kvh, j0, j0 + kb, p.dv, &mut self.scratch)?;
+            with_mat!(vs.mem, (vs.base, kb, p.dv, vs.row_stride, vs.col_stride), vm => {
                 self.v[blk].pack(vm)?;
                 // The packed copy holds the block's values (as f32) and zero padding.
                 self.v_nonfinite[blk] = if self.v[blk].all_finite() {
@@ -133,8 +143,8 @@ impl KvPacks {
 enum Kv<'a, 'p> {
     Packed(&'p KvPacks),
     Direct {
-        k: &'p AnyRef<'a>,
-        v: &'p AnyRef<'a>,
+        k: &'p KvSource<'a>,
+        v: &'p KvSource<'a>,
         origin: usize,
         end: usize,
     },
@@ -153,12 +163,8 @@ impl Kv<'_, '_> {
 pub const DIRECT_MAX_ROWS: usize = 8;
 
 /// Whether tiles of `p` use the in-place (decode) kernels.
-fn direct_ok(p: &Problem<'_>, k: &AnyRef<'_>, v: &AnyRef<'_>) -> bool {
-    p.group() * p.lq <= DIRECT_MAX_ROWS
-        && k.strides()[3] == 1
-        && v.strides()[3] == 1
-        && p.d > 0
-        && p.dv > 0
+fn direct_ok(p: &Problem<'_>, k: &KvSource<'_>, v: &KvSource<'_>) -> bool {
+    p.group() * p.lq <= DIRECT_MAX_ROWS && k.unit_cols() && v.unit_cols() && p.d > 0 && p.dv > 0
 }
 
 /// Per-thread scratch of one tile.
@@ -314,7 +320,6 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
         }
         let staircase = matches!(kv, Kv::Packed(_)) && ws.lim.iter().any(|&w| w < kbn);
         let qm = MatRef::new(&ws.q, rows, d, d, 1)?;
-        let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
         match kv {
             Kv::Packed(packs) if staircase => {
                 for (g, &w) in ws.lim.iter().enumerate() {
@@ -331,13 +336,19 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                     }
                 }
             }
-            Kv::Packed(packs) => gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?,
-            Kv::Direct { k, .. } => {
-                let kbase = k.offset(t.b, t.kvh, j0, 0);
-                with_mat!(k, (kbase, kbn, d, k.strides()[2], 1), km => {
-                    dot_rows_with(p.isa, p.scale, qm, km, sm)?
-                })
+            Kv::Packed(packs) => {
+                let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
+                gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?
             }
+            // The keys in place, one segment of the source at a time (a dense source has
+            // one), each into its own columns of S.
+            Kv::Direct { k, .. } => k.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
+                let sm = MatMut::new(&mut ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
+                with_mat!(seg.mem, (seg.base, seg.rows, d, seg.row_stride, seg.col_stride), km => {
+                    dot_rows_with(p.isa, p.scale, qm, km, sm)?
+                });
+                Ok(())
+            })?,
         }
         for r in 0..rows {
             let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
@@ -363,12 +374,12 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
             ws.l[r] += sum;
         }
         let pm = MatRef::new(&ws.s, rows, kbn, KEY_BLOCK, 1)?;
-        let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
         match kv {
             // A NaN or infinity in this V block: skip zero weights (keys a row cannot see,
             // whose columns of P are 0 here, staircase columns included).
             Kv::Packed(packs) if packs.v_nonfinite[blk].is_some() => {
                 let vd = packs.v_nonfinite[blk].as_deref().unwrap_or_default();
+                let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
                 axpy_rows_with(p.isa, pm, MatRef::new(vd, kbn, dv, dv, 1)?, om)?
             }
             Kv::Packed(packs) if staircase => {
@@ -386,13 +397,19 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                     }
                 }
             }
-            Kv::Packed(packs) => gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?,
-            Kv::Direct { v, .. } => {
-                let vbase = v.offset(t.b, t.kvh, j0, 0);
-                with_mat!(v, (vbase, kbn, dv, v.strides()[2], 1), vm => {
-                    axpy_rows_with(p.isa, pm, vm, om)?
-                })
+            Kv::Packed(packs) => {
+                let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+                gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?
             }
+            // O += P·V over the values in place, segment by segment (in key order).
+            Kv::Direct { v, .. } => v.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
+                let pm = MatRef::new(&ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
+                let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+                with_mat!(seg.mem, (seg.base, seg.rows, dv, seg.row_stride, seg.col_stride), vm => {
+                    axpy_rows_with(p.isa, pm, vm, om)?
+                });
+                Ok(())
+            })?,
         }
     }
     Ok(())
@@ -444,8 +461,8 @@ unsafe fn finish_rows(
 pub(crate) fn run(
     p: &Problem<'_>,
     q: &AnyRef<'_>,
-    k: &AnyRef<'_>,
-    v: &AnyRef<'_>,
+    k: &KvSource<'_>,
+    v: &KvSource<'_>,
     out_p: AnyOut,
     os: [usize; 4],
     lse: Option<&mut [f32]>,
@@ -484,7 +501,8 @@ pub(crate) fn run(
     };
     let direct = direct_ok(p, k, v);
     let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
-        let n = p.kv_len(b);
+        // The keys the source holds for the head, within the batch's key length.
+        let n = p.kv_len(b).min(k.len(b, kvh));
         let mut packs = KvPacks::reuse(with_ws(|ws| ws.packs.take()), p.isa)?;
         if !direct {
             packs.pack(p, k, v, b, kvh, 0, n)?;
@@ -528,8 +546,8 @@ pub(crate) fn run(
 fn run_split(
     p: &Problem<'_>,
     q: &AnyRef<'_>,
-    k: &AnyRef<'_>,
-    v: &AnyRef<'_>,
+    k: &KvSource<'_>,
+    v: &KvSource<'_>,
     tiles: &[Tile],
     threads: usize,
     out_p: AnyOut,
@@ -555,7 +573,7 @@ fn run_split(
         pm[..rows].fill(f32::NEG_INFINITY);
         pl[..rows].fill(0.0);
         let lo = c * DECODE_CHUNK;
-        let hi = ((c + 1) * DECODE_CHUNK).min(p.kv_len(t.b));
+        let hi = ((c + 1) * DECODE_CHUNK).min(p.kv_len(t.b).min(k.len(t.b, t.kvh)));
         if lo >= hi {
             return Ok(());
         }

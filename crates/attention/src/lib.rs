@@ -36,6 +36,7 @@
 pub mod backward;
 pub mod error;
 pub mod flash;
+mod kv;
 pub mod kv_cache;
 pub mod linear;
 mod materialized;
@@ -59,6 +60,7 @@ pub use options::{AttnPath, Mask, SdpaOptions};
 pub use rope::{Rope, RopeConfig};
 pub use tensor::{DynTensor, DynTensorMut, TensorMut, TensorRef};
 
+use kv::KvSource;
 use options::Problem;
 use tensor::{AnyOut, AnyRef};
 
@@ -234,7 +236,9 @@ pub fn sdpa_into_dyn(
     if p.b * p.hq * p.lq == 0 || (p.dv == 0 && weights.is_none() && lse.is_none()) {
         return Ok(());
     }
-    let (q, k, v) = (AnyRef::of_dyn(q), AnyRef::of_dyn(k), AnyRef::of_dyn(v));
+    let q = AnyRef::of_dyn(q);
+    let k = KvSource::dense(AnyRef::of_dyn(k), p.lk);
+    let v = KvSource::dense(AnyRef::of_dyn(v), p.lk);
     let os = out.strides();
     // SAFETY: the paths write disjoint elements of the output (one task per row or head),
     // and nothing else accesses it during the call (it is borrowed mutably here).

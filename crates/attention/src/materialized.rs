@@ -3,6 +3,7 @@
 //! is used when the attention weights are asked for (or when forced for profiling).
 
 use crate::error::Result;
+use crate::kv::KvSource;
 use crate::options::Problem;
 use crate::tensor::{with_mat, AnyOut, AnyRef, TensorMut};
 use crate::SyncPtr;
@@ -17,8 +18,8 @@ use kernels::Parallelism;
 pub(crate) fn run(
     p: &Problem<'_>,
     q: &AnyRef<'_>,
-    k: &AnyRef<'_>,
-    v: &AnyRef<'_>,
+    k: &KvSource<'_>,
+    v: &KvSource<'_>,
     out_p: AnyOut,
     os: [usize; 4],
     weights: Option<&mut TensorMut<'_>>,
@@ -40,17 +41,21 @@ pub(crate) fn run(
     let w_p = weights.map(|w| unsafe { SyncPtr::new(w.as_mut_ptr()) });
     // SAFETY: as above.
     let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
-    let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+    let qs = q.strides();
     // Per (batch, key/value head): a dense copy of V where it holds a NaN or an infinity
     // (found once here, not once per query head of the group).
     let mut v_nonfinite = Vec::with_capacity(p.b * p.hkv);
+    let mut scratch = Vec::new();
     for b in 0..p.b {
         for kvh in 0..p.hkv {
             v_nonfinite.push(match (p.lk, p.dv) {
                 (0, _) | (_, 0) => None,
-                (lk, dv) => with_mat!(v, (v.offset(b, kvh, 0, 0), lk, dv, vs[2], vs[3]), m => {
-                    crate::nonfinite::dense_if_nonfinite(m)
-                }),
+                (lk, dv) => {
+                    let vs = v.contiguous(p.isa, b, kvh, 0, lk, dv, &mut scratch)?;
+                    with_mat!(vs.mem, (vs.base, lk, dv, vs.row_stride, vs.col_stride), m => {
+                        crate::nonfinite::dense_if_nonfinite(m)
+                    })
+                }
             });
         }
     }
@@ -61,13 +66,16 @@ pub(crate) fn run(
         if lq == 0 {
             return Ok(());
         }
+        // K and V of the head as one matrix each (a dense source's own rows: no copy).
+        let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         if lk > 0 {
             // Q[b, h] is lq×d and K[b, kvh] lk×d inside their checked views (all dims are
             // non-zero here, or d = 0 and nothing is read); S is a fresh lq×lk buffer.
             let sm = MatMut::new(&mut s, lq, lk, lk, 1)?;
-            let (qb, kb) = (q.offset(b, h, 0, 0), k.offset(b, kvh, 0, 0));
+            let qb = q.offset(b, h, 0, 0);
+            let ks = k.contiguous(p.isa, b, kvh, 0, lk, p.d, &mut k_scratch)?;
             with_mat!(q, (qb, lq, p.d, qs[2], qs[3]), qm => {
-                with_mat!(k, (kb, lk, p.d, ks[2], ks[3]), km => {
+                with_mat!(ks.mem, (ks.base, lk, p.d, ks.row_stride, ks.col_stride), km => {
                     gemm_with(p.isa, inner_par, p.scale, qm, km.t(), 0.0, sm)?
                 })
             });
@@ -129,12 +137,12 @@ pub(crate) fn run(
         // P is lq×lk (fresh), V[b, kvh] lk×dv inside its view. With lk = 0 the GEMM only
         // writes zeros (k = 0, beta = 0).
         let pm = MatRef::new(&s, lq, lk, lk, 1)?;
-        let vb = v.offset(b, kvh, 0, 0);
+        let vs = v.contiguous(p.isa, b, kvh, 0, lk, p.dv, &mut v_scratch)?;
         match out_p.as_f32() {
             _ if p.dv == 0 => {}
             Some(o) => {
                 let (base, rso, cso) = (b * os[0] + h * os[1], os[2] as isize, os[3] as isize);
-                with_mat!(v, (vb, lk, p.dv, vs[2], vs[3]), vm => {
+                with_mat!(vs.mem, (vs.base, lk, p.dv, vs.row_stride, vs.col_stride), vm => {
                     // SAFETY: P is lq×lk (fresh); V[b, kvh] is lk×dv inside its checked
                     // view; O[b, h] is lq×dv inside the checked output view, written by
                     // this head only and overlapping no input (the output is borrowed
@@ -142,7 +150,7 @@ pub(crate) fn run(
                     unsafe {
                         kernels::gemm::gemm_ptr_with(
                             p.isa, inner_par, lq, lk, p.dv, 1.0, pm.data().as_ptr(), lk as isize, 1,
-                            vm.data().as_ptr(), vs[2] as isize, vs[3] as isize, 0.0,
+                            vm.data().as_ptr(), vs.row_stride as isize, vs.col_stride as isize, 0.0,
                             o.get().wrapping_add(base), rso, cso,
                         )?
                     }
@@ -152,7 +160,7 @@ pub(crate) fn run(
                 // A 16-bit output: the f32 result rounded once, as it is stored.
                 let mut o = vec![0.0f32; lq * p.dv];
                 let om = MatMut::new(&mut o, lq, p.dv, p.dv, 1)?;
-                with_mat!(v, (vb, lk, p.dv, vs[2], vs[3]), vm => {
+                with_mat!(vs.mem, (vs.base, lk, p.dv, vs.row_stride, vs.col_stride), vm => {
                     gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?
                 });
                 for i in 0..lq {

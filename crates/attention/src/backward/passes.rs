@@ -5,6 +5,7 @@
 use super::workspace::{gather_rows, pack_into, Ws};
 use super::{BWD_KEY_BLOCK, BWD_QUERY_TILE, BWD_QUERY_TILE_DENSE};
 use crate::error::Result;
+use crate::kv::KvSource;
 use crate::options::Problem;
 use crate::tensor::AnyRef;
 use kernels::dtype::all_finite;
@@ -26,8 +27,8 @@ fn query_tile(p: &Problem<'_>) -> usize {
 pub(super) struct Inputs<'a, 'p> {
     pub(super) p: &'p Problem<'a>,
     pub(super) q: &'p AnyRef<'a>,
-    pub(super) k: &'p AnyRef<'a>,
-    pub(super) v: &'p AnyRef<'a>,
+    pub(super) k: &'p KvSource<'a>,
+    pub(super) v: &'p KvSource<'a>,
     pub(super) d_o: &'p AnyRef<'a>,
     pub(super) lse: &'p [f32],
     pub(super) dsum: &'p [f32],
@@ -58,7 +59,7 @@ impl Inputs<'_, '_> {
         let p = self.p;
         let (d, dv, group, qt) = (p.d, p.dv, p.group(), query_tile(p));
         let tiles = p.lq.div_ceil(qt);
-        let n_valid = p.kv_len(b);
+        let n_valid = p.kv_len(b).min(self.k.len(b, kvh));
         // The group's Q and dO, gathered and packed once per task.
         let seen_any = j_lo < n_valid;
         if seen_any {
@@ -108,8 +109,8 @@ impl Inputs<'_, '_> {
             }
             ws.k.resize(kb * d, 0.0);
             ws.v.resize(kb * dv, 0.0);
-            gather_rows(p.isa, self.k, b, kvh, j0, kb, d, &mut ws.k)?;
-            gather_rows(p.isa, self.v, b, kvh, j0, kb, dv, &mut ws.v)?;
+            self.k.gather_rows(p.isa, b, kvh, j0, kb, d, &mut ws.k)?;
+            self.v.gather_rows(p.isa, b, kvh, j0, kb, dv, &mut ws.v)?;
             if d > 0 {
                 let km = MatRef::new(&ws.k, kb, d, d, 1)?;
                 pack_into(&mut ws.kt_pack, p.isa, km.t())?;

@@ -6,6 +6,7 @@ use super::passes::Inputs;
 use super::workspace::with_ws;
 use super::{SdpaGrads, BWD_KEY_BLOCK, BWD_KEY_CHUNK, BWD_MAX_CHUNKS};
 use crate::error::Result;
+use crate::kv::KvSource;
 use crate::options::Problem;
 use crate::tensor::{AnyRef, DynTensor};
 use crate::SyncPtr;
@@ -24,7 +25,9 @@ pub(super) fn run(
     mut grads: SdpaGrads<'_>,
 ) -> Result<()> {
     let rows = p.b * p.hq * p.lq;
-    let (q, k, v) = (AnyRef::of_dyn(q), AnyRef::of_dyn(k), AnyRef::of_dyn(v));
+    let q = AnyRef::of_dyn(q);
+    let k = KvSource::dense(AnyRef::of_dyn(k), p.lk);
+    let v = KvSource::dense(AnyRef::of_dyn(v), p.lk);
     let (o, d_o) = (AnyRef::of_dyn(o), AnyRef::of_dyn(d_o));
     // D = rowsum(dO ∘ O), one value per query row (O(L) memory).
     let mut dsum = vec![0.0f32; rows];

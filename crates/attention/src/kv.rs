@@ -1,0 +1,412 @@
+//! Where the attention paths read keys and values: a [`KvSource`].
+//!
+//! The flash path (packing and the direct decode kernels), the materialised path and the
+//! backward pass never address K or V as a 4-D view themselves. They ask the source for
+//! the rows `j0 .. j1` of a key/value head `(b, h)`, and get them as one or more
+//! [`RowSeg`]s: contiguous runs of rows, each a strided row-major matrix (`rows × D`,
+//! any row and column stride, any element type) over the source's memory, in key order.
+//! The dispatch over the source happens once per request (a tile's key block, a head's
+//! pack), never per row.
+//!
+//! The consumers:
+//! - packing for the GEMM (flash `KvPacks`, the materialised path's `Q·Kᵀ` and `P·V`)
+//!   needs one matrix per request: [`KvSource::contiguous`] hands out the source's own
+//!   segment when the rows form one, and otherwise gathers them (as f32) into a scratch;
+//! - the direct decode kernels (`dot_rows_with`, `axpy_rows_with`) run once per segment
+//!   on its columns of the score tile ([`KvSource::for_each_segment`]);
+//! - the backward gathers rows into its f32 blocks ([`KvSource::gather_rows`]).
+//!
+//! # Today: the dense strided source
+//! [`KvSource::Dense`] is a `[B, H, L, D]` view at any strides (the public
+//! [`crate::TensorRef`] / [`crate::DynTensor`]). It gives exactly one segment for every
+//! request (`rows = j1 − j0`, row stride = the view's L stride, column stride = its D
+//! stride), so every path makes the very same kernel calls, on the very same memory, as
+//! it did on the view itself: no copy, no per-row dispatch.
+//!
+//! # Adding a source
+//! A source is a variant of [`KvSource`]; every method matches over the variants without a
+//! wildcard, so the compiler points at each place a new variant needs an arm:
+//! - [`len`](KvSource::len): the keys of `(b, h)`;
+//! - [`unit_cols`](KvSource::unit_cols): whether every row is contiguous (the direct
+//!   decode kernels need it);
+//! - [`for_each_segment`](KvSource::for_each_segment): the segments covering `j0 .. j1`;
+//! - [`single`](KvSource::single): the one segment covering `j0 .. j1`, where there is one
+//!   (else `None`: [`contiguous`](KvSource::contiguous) then gathers).
+//!
+//! A **paged cache** (the serving issue: `[num_blocks, block_size, Hkv, D]` pages and a
+//! block table `[B, max_blocks]`) holds the pages as one [`AnyRef`] seen as
+//! `[num_blocks, block_size, Hkv, D]` plus the block table and the per-sequence lengths:
+//! `len` is the sequence's length; `for_each_segment` walks the table from page
+//! `j0 / block_size` and yields one segment per page (`base = offset(page, j % block_size,
+//! h, 0)`, row stride = the block_size dimension's stride), clipped to `j0 .. j1`; `single`
+//! is `Some` when `j0 .. j1` lies inside one page. Packing then works unchanged through
+//! the gather in `contiguous` (or, to pack pages in place, a `PackedB` that packs columns
+//! at an offset, one call per segment); the decode kernels already run per segment.
+//! Packed variable-length K/V (`[Tk, Hkv, D]` with `cu_seqlens_k`) is a dense source per
+//! sequence: one segment starting at row `cu_seqlens_k[b]`.
+//!
+//! A **quantised cache** (the 8-bit issue) adds to [`RowSeg`] its scales (a per-row slice
+//! for int8, a per-tensor or per-head factor for fp8) and a storage type for its
+//! [`AnyRef`]; the consumers then dequantise where they widen today (the packing's
+//! conversion, the decode kernels' loads, [`AnyRef::gather`]).
+
+use crate::error::Result;
+use crate::tensor::{AnyRef, TensorRef};
+use kernels::Isa;
+
+/// A run of rows of one key/value head that lies in memory as a strided row-major matrix:
+/// element `(r, c)` of the run is element `base + r·row_stride + c·col_stride` of `mem`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowSeg<'a> {
+    /// The memory the rows live in (element type erased; read with `with_mat!` or
+    /// [`AnyRef::gather`]).
+    pub(crate) mem: AnyRef<'a>,
+    /// Element index of the run's first value.
+    pub(crate) base: usize,
+    /// Rows in the run.
+    pub(crate) rows: usize,
+    /// Elements between consecutive rows.
+    pub(crate) row_stride: usize,
+    /// Elements between consecutive values of a row.
+    pub(crate) col_stride: usize,
+}
+
+impl RowSeg<'_> {
+    /// Gathers the run's rows as f32 into `dst` (`rows × cols`, dense).
+    pub(crate) fn gather(&self, isa: Isa, cols: usize, dst: &mut [f32]) -> Result<()> {
+        if cols == 0 {
+            return Ok(());
+        }
+        for (r, row) in dst.chunks_exact_mut(cols).take(self.rows).enumerate() {
+            self.mem
+                .gather(isa, self.base + r * self.row_stride, self.col_stride, row)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an attention path reads keys (or values): see the [module docs](self).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KvSource<'a> {
+    /// A strided `[B, H, L, D]` view: one segment per request.
+    Dense {
+        /// The view.
+        t: AnyRef<'a>,
+        /// `L`, the keys of every head.
+        len: usize,
+    },
+    /// Tests only: a dense view handed out in runs of at most `seg` rows, cut at multiples
+    /// of `seg` (as a paged cache's pages), to exercise the consumers' multi-segment paths.
+    #[cfg(test)]
+    Split {
+        /// The view.
+        t: AnyRef<'a>,
+        /// `L`.
+        len: usize,
+        /// Rows per run.
+        seg: usize,
+    },
+}
+
+/// Rows `j0 .. j1` of `(b, h)` of the view `t` as one segment.
+fn dense_seg<'a>(t: &AnyRef<'a>, b: usize, h: usize, j0: usize, j1: usize) -> RowSeg<'a> {
+    let s = t.strides();
+    RowSeg {
+        mem: *t,
+        base: t.offset(b, h, j0, 0),
+        rows: j1 - j0,
+        row_stride: s[2],
+        col_stride: s[3],
+    }
+}
+
+impl<'a> KvSource<'a> {
+    /// The dense source over the view `t` of `len` keys per head.
+    pub(crate) fn dense(t: AnyRef<'a>, len: usize) -> Self {
+        KvSource::Dense { t, len }
+    }
+
+    /// The keys (rows) of key/value head `(b, h)`.
+    pub(crate) fn len(&self, b: usize, h: usize) -> usize {
+        match self {
+            KvSource::Dense { len, .. } => {
+                let _ = (b, h);
+                *len
+            }
+            #[cfg(test)]
+            KvSource::Split { len, .. } => *len,
+        }
+    }
+
+    /// Whether every row's values are contiguous (column stride 1).
+    pub(crate) fn unit_cols(&self) -> bool {
+        match self {
+            KvSource::Dense { t, .. } => t.strides()[3] == 1,
+            #[cfg(test)]
+            KvSource::Split { t, .. } => t.strides()[3] == 1,
+        }
+    }
+
+    /// The one segment holding rows `j0 .. j1` of `(b, h)`, if the source keeps them as
+    /// one strided matrix (a dense source always does, empty ranges included).
+    pub(crate) fn single(&self, b: usize, h: usize, j0: usize, j1: usize) -> Option<RowSeg<'a>> {
+        debug_assert!(j0 <= j1);
+        match self {
+            KvSource::Dense { t, .. } => Some(dense_seg(t, b, h, j0, j1)),
+            #[cfg(test)]
+            KvSource::Split { t, seg, .. } => {
+                (j0 == j1 || j0 / seg == (j1 - 1) / seg).then(|| dense_seg(t, b, h, j0, j1))
+            }
+        }
+    }
+
+    /// Calls `f(first, seg)` for the segments covering rows `j0 .. j1` of `(b, h)`, in key
+    /// order, where `first` is the index of the segment's first row relative to `j0`. The
+    /// segments cover exactly `j0 .. j1`; none for an empty range.
+    pub(crate) fn for_each_segment(
+        &self,
+        b: usize,
+        h: usize,
+        j0: usize,
+        j1: usize,
+        mut f: impl FnMut(usize, RowSeg<'a>) -> Result<()>,
+    ) -> Result<()> {
+        if j0 >= j1 {
+            return Ok(());
+        }
+        match self {
+            KvSource::Dense { .. } => match self.single(b, h, j0, j1) {
+                Some(seg) => f(0, seg),
+                None => Ok(()),
+            },
+            #[cfg(test)]
+            KvSource::Split { t, seg, .. } => {
+                let mut j = j0;
+                while j < j1 {
+                    let end = ((j / seg + 1) * seg).min(j1);
+                    f(j - j0, dense_seg(t, b, h, j, end))?;
+                    j = end;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Rows `j0 .. j1` of `(b, h)` (`cols` values each) as one strided matrix: the
+    /// source's own segment where it has one (no copy), else the rows gathered as dense
+    /// f32 into `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn contiguous<'s>(
+        &self,
+        isa: Isa,
+        b: usize,
+        h: usize,
+        j0: usize,
+        j1: usize,
+        cols: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> Result<RowSeg<'s>>
+    where
+        'a: 's,
+    {
+        if let Some(seg) = self.single(b, h, j0, j1) {
+            return Ok(seg);
+        }
+        let n = j1 - j0;
+        scratch.clear();
+        scratch.resize(n * cols, 0.0);
+        self.gather_rows(isa, b, h, j0, n, cols, scratch)?;
+        let t = TensorRef::contiguous(&scratch[..], [1, 1, n, cols])?;
+        Ok(RowSeg {
+            mem: AnyRef::of(t),
+            base: 0,
+            rows: n,
+            row_stride: cols,
+            col_stride: 1,
+        })
+    }
+
+    /// Gathers rows `j0 .. j0 + n` of `(b, h)` (`cols` values each) as f32 into `dst`
+    /// (`n × cols`, dense).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gather_rows(
+        &self,
+        isa: Isa,
+        b: usize,
+        h: usize,
+        j0: usize,
+        n: usize,
+        cols: usize,
+        dst: &mut [f32],
+    ) -> Result<()> {
+        self.for_each_segment(b, h, j0, j0 + n, |first, seg| {
+            seg.gather(isa, cols, &mut dst[first * cols..(first + seg.rows) * cols])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::TensorRef;
+    use kernels::bf16;
+
+    /// `[2, 3, 5, 4]` distinct values.
+    fn data() -> Vec<f32> {
+        (0..2 * 3 * 5 * 4).map(|i| i as f32).collect()
+    }
+
+    #[test]
+    fn dense_gives_one_segment_covering_exactly_the_rows() {
+        let x = data();
+        let dims = [2, 3, 5, 4];
+        let t = TensorRef::from_blhd(&x, dims).unwrap();
+        let src = KvSource::dense(AnyRef::of(t), 5);
+        assert_eq!(src.len(1, 2), 5);
+        assert!(src.unit_cols());
+        for (b, h, j0, j1) in [(0, 0, 0, 5), (1, 2, 1, 4), (1, 1, 4, 5), (0, 2, 3, 3)] {
+            let mut segs = Vec::new();
+            src.for_each_segment(b, h, j0, j1, |first, seg| {
+                segs.push((first, seg));
+                Ok(())
+            })
+            .unwrap();
+            if j0 == j1 {
+                assert!(segs.is_empty());
+                continue;
+            }
+            assert_eq!(segs.len(), 1);
+            let (first, seg) = segs[0];
+            assert_eq!(first, 0);
+            assert_eq!(seg.rows, j1 - j0);
+            assert_eq!((seg.row_stride, seg.col_stride), (t.strides()[2], 1));
+            assert_eq!(seg.base, t.offset(b, h, j0, 0));
+            // Every element of the segment is the view's element.
+            let mut got = vec![0.0f32; (j1 - j0) * 4];
+            seg.gather(Isa::Scalar, 4, &mut got).unwrap();
+            for r in 0..j1 - j0 {
+                for c in 0..4 {
+                    assert_eq!(got[r * 4 + c], t.get(b, h, j0 + r, c));
+                }
+            }
+            // `single` and `contiguous` hand out the same segment, without a copy.
+            let one = src.single(b, h, j0, j1).unwrap();
+            assert_eq!((one.base, one.rows), (seg.base, seg.rows));
+            let mut scratch = Vec::new();
+            let c = src
+                .contiguous(Isa::Scalar, b, h, j0, j1, 4, &mut scratch)
+                .unwrap();
+            assert_eq!(
+                (c.base, c.rows, c.row_stride),
+                (seg.base, seg.rows, seg.row_stride)
+            );
+            assert!(scratch.is_empty());
+        }
+        // An empty range still has a (zero-row) single segment, at the range's start.
+        let e = src.single(1, 0, 2, 2).unwrap();
+        assert_eq!((e.rows, e.base), (0, t.offset(1, 0, 2, 0)));
+    }
+
+    /// Flash (packed and direct decode) and materialised attention over a source handed
+    /// out in many segments equal attention over the same view as one segment.
+    #[test]
+    fn multi_segment_sources_give_the_same_attention() {
+        use crate::options::Problem;
+        use crate::tensor::{AnyOut, TensorMut};
+        use crate::{AttnPath, SdpaOptions};
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (lq, lk, causal) in [(1, 70, false), (40, 300, true), (3, 5000, false)] {
+            let (b, hq, hkv, d) = (1, 2, 1, 8);
+            let (qd, kd) = ([b, hq, lq, d], [b, hkv, lk, d]);
+            let (qv, kv, vv) = (rnd(hq * lq * d), rnd(hkv * lk * d), rnd(hkv * lk * d));
+            let q = AnyRef::of(TensorRef::contiguous(&qv, qd).unwrap());
+            let kt = AnyRef::of(TensorRef::contiguous(&kv, kd).unwrap());
+            let vt = AnyRef::of(TensorRef::contiguous(&vv, kd).unwrap());
+            for path in [AttnPath::Flash, AttnPath::Materialized] {
+                let opts = SdpaOptions::new().with_causal(causal);
+                let p = Problem::new(qd, kd, kd, &opts).unwrap();
+                let mut outs = Vec::new();
+                for split in [None, Some(7), Some(64)] {
+                    let (k, v) = match split {
+                        None => (KvSource::dense(kt, lk), KvSource::dense(vt, lk)),
+                        Some(seg) => (
+                            KvSource::Split {
+                                t: kt,
+                                len: lk,
+                                seg,
+                            },
+                            KvSource::Split {
+                                t: vt,
+                                len: lk,
+                                seg,
+                            },
+                        ),
+                    };
+                    let mut o = vec![0.0f32; hq * lq * d];
+                    let mut om = TensorMut::contiguous(&mut o, qd).unwrap();
+                    let os = om.strides();
+                    // SAFETY: one call writes the view, nothing else accesses it meanwhile.
+                    let out = unsafe { AnyOut::new(&mut om) };
+                    match path {
+                        AttnPath::Materialized => {
+                            crate::materialized::run(&p, &q, &k, &v, out, os, None, None)
+                        }
+                        _ => crate::flash::run(&p, &q, &k, &v, out, os, None),
+                    }
+                    .unwrap();
+                    outs.push(o);
+                }
+                for o in &outs[1..] {
+                    for (a, e) in o.iter().zip(&outs[0]) {
+                        assert!((a - e).abs() <= 1e-5, "{lq} {lk} {path:?}: {a} vs {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_gather_rows_reads_strided_columns_and_other_types() {
+        let x = data();
+        let dims = [2, 3, 5, 4];
+        // Columns two apart: `D = 2` over the even elements of the last dimension.
+        let t = TensorRef::new(&x, [2, 3, 5, 2], [60, 20, 4, 2]).unwrap();
+        let src = KvSource::dense(AnyRef::of(t), 5);
+        assert!(!src.unit_cols());
+        let mut got = vec![0.0f32; 3 * 2];
+        src.gather_rows(Isa::Scalar, 1, 2, 1, 3, 2, &mut got)
+            .unwrap();
+        for r in 0..3 {
+            for c in 0..2 {
+                assert_eq!(got[r * 2 + c], t.get(1, 2, 1 + r, c));
+            }
+        }
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let tb = TensorRef::contiguous(&xb, dims).unwrap();
+        let srcb = KvSource::dense(AnyRef::of(tb), 5);
+        let mut gotb = vec![0.0f32; 2 * 4];
+        for isa in Isa::available() {
+            srcb.gather_rows(isa, 0, 1, 3, 2, 4, &mut gotb).unwrap();
+            for r in 0..2 {
+                for c in 0..4 {
+                    assert_eq!(gotb[r * 4 + c], tb.get(0, 1, 3 + r, c).to_f32());
+                }
+            }
+        }
+        // Zero rows or zero columns: nothing read, nothing written.
+        src.gather_rows(Isa::Scalar, 0, 0, 5, 0, 2, &mut [])
+            .unwrap();
+        src.gather_rows(Isa::Scalar, 0, 0, 0, 5, 0, &mut [])
+            .unwrap();
+    }
+}
