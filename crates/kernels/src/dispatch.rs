@@ -7,6 +7,7 @@
 //! ([`KernelError::UnsupportedIsa`]), never an illegal instruction.
 
 use crate::error::{KernelError, Result};
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -43,12 +44,25 @@ impl Isa {
     /// assert_eq!(fastattn_kernels::Isa::Avx2Fma.name(), "avx2");
     /// ```
     pub fn name(self) -> &'static str {
+        match self.c_name().to_str() {
+            Ok(s) => s,
+            Err(_) => unreachable!("ISA names are ASCII"),
+        }
+    }
+
+    /// [`name`](Isa::name) as a NUL-terminated C string (for the C API, which cannot match
+    /// on this non-exhaustive enum).
+    ///
+    /// ```
+    /// assert_eq!(fastattn_kernels::Isa::Avx512.c_name(), c"avx512");
+    /// ```
+    pub fn c_name(self) -> &'static CStr {
         match self {
-            Isa::Scalar => "scalar",
-            Isa::Portable => "portable",
-            Isa::Avx2Fma => "avx2",
-            Isa::Avx512 => "avx512",
-            Isa::Neon => "neon",
+            Isa::Scalar => c"scalar",
+            Isa::Portable => c"portable",
+            Isa::Avx2Fma => c"avx2",
+            Isa::Avx512 => c"avx512",
+            Isa::Neon => c"neon",
         }
     }
 

@@ -366,6 +366,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
             // are inside the caller's view; the chunk holds count ≥ full panels.
             unsafe {
                 pack::pack_b_rows_dyn(
+                    self.isa,
                     nr,
                     kcb,
                     full,

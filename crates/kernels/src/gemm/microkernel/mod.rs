@@ -1,4 +1,5 @@
-//! Register-blocked `MR × NR` microkernels, one per ISA, all from one generic body.
+//! Register-blocked `MR × NR` microkernels, one per ISA, all from one generic body over
+//! [`SimdOps`](crate::simd::SimdOps).
 //!
 //! A microkernel computes `C ← alpha·A·B + beta·C` for one full `MR × NR` tile from a packed
 //! A micro-panel (`k × MR`, see [`super::pack`]) and a packed B micro-panel (`k × NR`). The
@@ -20,6 +21,7 @@ pub(crate) mod scalar;
 pub(crate) mod x86;
 
 use crate::dispatch::Isa;
+use crate::simd::SimdOps;
 
 /// Signature shared by every microkernel.
 ///
@@ -94,128 +96,22 @@ impl Ukr {
     }
 }
 
-/// The microkernel of `isa`. `isa` must be supported (checked by the callers' dispatch).
+/// The microkernel table of `isa`: the one place a GEMM kernel is selected from an
+/// [`Isa`]. Tile metadata is safe to hand out even for an ISA the CPU lacks; only running
+/// the kernels needs the feature (the callers check it).
 pub(crate) fn ukr_for(isa: Isa) -> Ukr {
-    debug_assert!(isa.is_supported());
     match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::UKR_AVX512,
+        Isa::Scalar => scalar::UKR_SCALAR,
+        Isa::Portable => portable::UKR_PORTABLE,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => x86::UKR_AVX2,
-        Isa::Scalar => scalar::UKR_SCALAR,
-        _ => portable::UKR_PORTABLE,
-    }
-}
-
-/// The few vector operations the generic kernel body needs.
-pub(crate) trait SimdOps {
-    /// A vector of `LANES` f32.
-    type V: Copy;
-    /// Lanes per vector.
-    const LANES: usize;
-    /// Unroll factor of the microkernel's `k` loop (tuned per ISA with `ukr_speed`).
-    const UNROLL: usize = 4;
-    /// How many `k` steps ahead the kernel prefetches its B micro-panel (0: not at all).
-    /// Worth it only where the micro-panel (`KC·NR·4` bytes) outgrows L1 and streams from
-    /// L2: the AVX-512 kernel (64 KiB at KC = 512; +3% at n = 1024), not AVX2 (−2%).
-    const PREFETCH_B_STEPS: usize = 0;
-    /// All zeros.
-    ///
-    /// # Safety
-    /// The ISA is present (true of every method: the ops are only used inside the ISA's
-    /// `#[target_feature]` kernels).
-    unsafe fn zero() -> Self::V;
-    /// `x` in every lane.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn splat(x: f32) -> Self::V;
-    /// Unaligned load of `LANES` values.
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load(p: *const f32) -> Self::V;
-    /// Unaligned store of `LANES` values.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store(p: *mut f32, v: Self::V);
-    /// `a·b + c` (fused where the ISA has FMA).
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `a·b`.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-    /// Hint that the cache line holding `p` will be read soon (no-op where unsupported).
-    ///
-    /// # Safety
-    /// The ISA is present (`p` need not be valid: prefetches never fault).
-    #[inline(always)]
-    unsafe fn prefetch(p: *const f32) {
-        let _ = p;
-    }
-    /// Sum of the lanes.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn reduce_add(a: Self::V) -> f32;
-    /// Loads `LANES` f16 values (bit patterns) and widens them to f32 (exact).
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load_f16(p: *const u16) -> Self::V;
-    /// Loads `LANES` bf16 values (bit patterns) and widens them to f32 (exact: a shift).
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load_bf16(p: *const u16) -> Self::V;
-    /// Rounds `v` to f16 (nearest, ties to even) and stores `LANES` bit patterns.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store_f16(p: *mut u16, v: Self::V);
-    /// Rounds `v` to bf16 (nearest, ties to even; NaN stays NaN) and stores `LANES` bit
-    /// patterns.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store_bf16(p: *mut u16, v: Self::V);
-}
-
-/// Loads `S::LANES` values of any element type as f32 (the match is resolved at compile
-/// time).
-///
-/// # Safety
-/// `p` readable for `S::LANES` values; the ISA of `S` is present.
-#[inline(always)]
-pub(crate) unsafe fn load_as<S: SimdOps, E: crate::Element>(p: *const E) -> S::V {
-    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
-    unsafe {
-        match E::DTYPE {
-            crate::DType::F32 => S::load(p.cast()),
-            crate::DType::F16 => S::load_f16(p.cast()),
-            crate::DType::BF16 => S::load_bf16(p.cast()),
-        }
-    }
-}
-
-/// Stores `S::LANES` f32 values as `E`, rounded to nearest, ties to even.
-///
-/// # Safety
-/// `p` writable for `S::LANES` values; the ISA of `S` is present.
-#[inline(always)]
-pub(crate) unsafe fn store_as<S: SimdOps, E: crate::Element>(p: *mut E, v: S::V) {
-    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
-    unsafe {
-        match E::DTYPE {
-            crate::DType::F32 => S::store(p.cast(), v),
-            crate::DType::F16 => S::store_f16(p.cast(), v),
-            crate::DType::BF16 => S::store_bf16(p.cast(), v),
-        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::UKR_AVX512,
+        // No x86-64 kernels in this build (32-bit x86 runs the portable ones); Neon is
+        // reserved (refused as unsupported) and would run them too.
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2Fma | Isa::Avx512 => portable::UKR_PORTABLE,
+        Isa::Neon => portable::UKR_PORTABLE,
     }
 }
 
