@@ -5,6 +5,20 @@
 //! `neon`; read once, at the first kernel call) or with [`set_isa`]; functions named `*_with`
 //! take an [`Isa`] per call. Forcing an ISA the CPU lacks is an error
 //! ([`KernelError::UnsupportedIsa`]), never an illegal instruction.
+//!
+//! # Where a variant is selected
+//! Detection and the override live here; the kernels are selected from an [`Isa`] in two
+//! places only, each one exhaustive `match` (no wildcard arm, so a new variant fails to
+//! compile until both name it):
+//!
+//! | kernels | selected by | file |
+//! |---------|-------------|------|
+//! | every SIMD body: exp, softmax and online softmax, f16/bf16 conversion, the decode kernels (`gemv`), B-panel packing | `simd::dispatch` (runs a body generic over `simd::SimdOps` under the ISA's `#[target_feature]`) | `simd/mod.rs`, ops in `simd/{scalar,portable,avx2,avx512}.rs` |
+//! | GEMM microkernels (tile size, main, edge and fused kernels as function pointers) | `gemm::microkernel::ukr_for` (one `Ukr` table per ISA) | `gemm/microkernel/table.rs` |
+//!
+//! Besides: [`Isa::name`] / [`Isa::c_name`] (the names, also for the C API) and
+//! [`Isa::is_supported`] (detection) here. A new ISA is a variant here, an ops file in
+//! `simd/` with its runner, and an arm in each of the two selectors.
 
 use crate::error::{KernelError, Result};
 use std::ffi::CStr;

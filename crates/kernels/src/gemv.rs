@@ -394,20 +394,13 @@ impl<E: Element> IsaKernel for DotRows<E> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
-        let DotRows {
-            rows,
-            n,
-            d,
-            alpha,
-            q,
-            ldq,
-            k,
-            ldk,
-            s,
-            lds,
-        } = self;
         // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe { dot_rows_body::<S, E>(rows, n, d, alpha, q, ldq, k, ldk, s, lds) }
+        unsafe {
+            dot_rows_body::<S, E>(
+                self.rows, self.n, self.d, self.alpha, self.q, self.ldq, self.k, self.ldk, self.s,
+                self.lds,
+            )
+        }
     }
 }
 
@@ -428,19 +421,12 @@ impl<E: Element> IsaKernel for AxpyRows<E> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
-        let AxpyRows {
-            rows,
-            n,
-            dv,
-            p,
-            ldp,
-            v,
-            ldv,
-            o,
-            ldo,
-        } = self;
         // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe { axpy_rows_body::<S, E>(rows, n, dv, p, ldp, v, ldv, o, ldo) }
+        unsafe {
+            axpy_rows_body::<S, E>(
+                self.rows, self.n, self.dv, self.p, self.ldp, self.v, self.ldv, self.o, self.ldo,
+            )
+        }
     }
 }
 

@@ -167,21 +167,14 @@ impl IsaKernel for PackBRows<'_> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
-        let PackBRows {
-            nr,
-            kc,
-            panels,
-            b,
-            rsb,
-            out,
-        } = self;
+        let (kc, panels, b, rsb, out) = (self.kc, self.panels, self.b, self.rsb, self.out);
         // SAFETY: forwarded contract of `pack_b_rows_dyn`.
         unsafe {
-            match nr {
+            match self.nr {
                 4 => pack_b_rows::<4>(kc, panels, b, rsb, out),
                 16 => pack_b_rows::<16>(kc, panels, b, rsb, out),
                 32 => pack_b_rows::<32>(kc, panels, b, rsb, out),
-                _ => unreachable!("no microkernel has NR = {nr}"),
+                nr => unreachable!("no microkernel has NR = {nr}"),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! AVX2 + FMA + F16C ops (`__m256`) and their `#[target_feature]` runner.
 
-use super::{IsaKernel, SimdOps, SHIFTER_BITS};
+use super::{binary_ops, IsaKernel, SimdOps, SHIFTER_BITS};
 use std::arch::x86_64::*;
 
 /// Runs `k` with AVX2+FMA ops.
@@ -100,35 +100,17 @@ impl SimdOps for Avx2Ops {
             )
         }
     }
-    #[inline(always)]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is present (caller contract).
-        unsafe { _mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is present (caller contract).
-        unsafe { _mm256_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is present (caller contract).
-        unsafe { _mm256_mul_ps(a, b) }
-    }
+    binary_ops!(__m256:
+        add => _mm256_add_ps,
+        sub => _mm256_sub_ps,
+        mul => _mm256_mul_ps,
+        max => _mm256_max_ps,
+        min => _mm256_min_ps,
+    );
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: FMA is present (caller contract).
         unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn max(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is present (caller contract). `vmaxps` returns b when unordered.
-        unsafe { _mm256_max_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn min(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is present (caller contract). `vminps` returns b when unordered.
-        unsafe { _mm256_min_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn pow2_scale(y: __m256, _n: __m256, t: __m256) -> __m256 {

@@ -1,6 +1,6 @@
 //! AVX-512F ops (`__m512`) and their `#[target_feature]` runner.
 
-use super::{IsaKernel, SimdOps};
+use super::{binary_ops, IsaKernel, SimdOps};
 use std::arch::x86_64::*;
 
 /// Runs `k` with AVX-512F ops.
@@ -64,37 +64,17 @@ impl SimdOps for Avx512Ops {
         // SAFETY: AVX-512F is present (caller contract).
         unsafe { _mm512_mask_blend_ps(mask16(k), _mm512_set1_ps(fill), v) }
     }
-    #[inline(always)]
-    unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F is present (caller contract).
-        unsafe { _mm512_add_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F is present (caller contract).
-        unsafe { _mm512_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F is present (caller contract).
-        unsafe { _mm512_mul_ps(a, b) }
-    }
+    binary_ops!(__m512:
+        add => _mm512_add_ps,
+        sub => _mm512_sub_ps,
+        mul => _mm512_mul_ps,
+        max => _mm512_max_ps,
+        min => _mm512_min_ps,
+    );
     #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
         // SAFETY: AVX-512F is present (caller contract).
         unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn max(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F is present (caller contract). `vmaxps` returns b when
-        // unordered.
-        unsafe { _mm512_max_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn min(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: AVX-512F is present (caller contract). `vminps` returns b when
-        // unordered.
-        unsafe { _mm512_min_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn pow2_scale(y: __m512, n: __m512, _t: __m512) -> __m512 {

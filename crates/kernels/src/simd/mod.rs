@@ -182,6 +182,24 @@ pub(crate) trait SimdOps {
     unsafe fn store_bf16(p: *mut u16, v: Self::V);
 }
 
+/// Defines [`SimdOps`] methods that are one intrinsic of two vectors of type `$v`, inside
+/// an x86 `impl SimdOps` (`vmaxps`/`vminps` return their second operand when unordered, as
+/// [`SimdOps::max`] and [`SimdOps::min`] require).
+#[cfg(target_arch = "x86_64")]
+macro_rules! binary_ops {
+    ($v:ty: $($name:ident => $intrinsic:ident),* $(,)?) => {
+        $(
+            #[inline(always)]
+            unsafe fn $name(a: $v, b: $v) -> $v {
+                // SAFETY: the ISA is present (caller contract).
+                unsafe { $intrinsic(a, b) }
+            }
+        )*
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use binary_ops;
+
 /// Loads `S::LANES` values of any element type as f32 (the match is resolved at compile
 /// time).
 ///

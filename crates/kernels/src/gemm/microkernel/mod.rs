@@ -15,15 +15,12 @@
 //! | Avx2Fma | 6 × 16 | 12 ymm of 16 |
 //! | Avx512 | 12 × 32 | 24 zmm of 32 |
 
-pub(crate) mod portable;
-pub(crate) mod scalar;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86;
+mod table;
 
-use crate::dispatch::Isa;
 use crate::simd::SimdOps;
+pub(crate) use table::ukr_for;
 
-/// Signature shared by every microkernel.
+/// Signature shared by every microkernel: `(k, alpha, a, lda, b, beta, c, rsc, csc)`.
 ///
 /// `lda == 0` means A is a packed micro-panel; otherwise A is row-major with row stride
 /// `lda` (`a.offset(i·lda + p)` for `i < MR`, `p < k`).
@@ -31,38 +28,20 @@ use crate::simd::SimdOps;
 /// # Safety (of every function of this type)
 /// A readable as described, `b` for `k·NR` values; `c.offset(i·rsc + j·csc)` readable
 /// (unless `beta == 0`) and writable for `i < MR`, `j < NR`; the CPU has the kernel's ISA.
-pub(crate) type UkrFn = unsafe fn(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-);
+pub(crate) type UkrFn =
+    unsafe fn(usize, f32, *const f32, isize, *const f32, f32, *mut f32, isize, isize);
 
-/// Signature of the fused microkernels, which compute a full tile like [`UkrFn`] from A
-/// rows read in place (row stride `lda != 0`, unit column stride) while writing them to
-/// `a_out` as a packed `k × MR` micro-panel for the calls that follow: the driver then needs
-/// no separate packing pass over A.
+/// Signature of the fused microkernels, `(k, alpha, a, lda, a_out, b, beta, c, rsc, csc)`,
+/// which compute a full tile like [`UkrFn`] from A rows read in place (row stride
+/// `lda != 0`, unit column stride) while writing them to `a_out` as a packed `k × MR`
+/// micro-panel for the calls that follow: the driver then needs no separate packing pass
+/// over A.
 ///
 /// # Safety (of every function of this type)
 /// As [`UkrFn`] with A in place, plus: `a_out` writable for `k·MR` values, overlapping
 /// neither A, B nor C.
-pub(crate) type UkrFusedFn = unsafe fn(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    a_out: *mut f32,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-);
+pub(crate) type UkrFusedFn =
+    unsafe fn(usize, f32, *const f32, isize, *mut f32, *const f32, f32, *mut f32, isize, isize);
 
 /// A microkernel and its tile.
 #[derive(Clone, Copy)]
@@ -93,25 +72,6 @@ impl Ukr {
     /// AVX2): it reads no row past the group's, so it can take A rows in place.
     pub fn exact_edge(&self, rows: usize) -> bool {
         self.edge_for(rows).is_some_and(|(h, _)| h == rows)
-    }
-}
-
-/// The microkernel table of `isa`: the one place a GEMM kernel is selected from an
-/// [`Isa`]. Tile metadata is safe to hand out even for an ISA the CPU lacks; only running
-/// the kernels needs the feature (the callers check it).
-pub(crate) fn ukr_for(isa: Isa) -> Ukr {
-    match isa {
-        Isa::Scalar => scalar::UKR_SCALAR,
-        Isa::Portable => portable::UKR_PORTABLE,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => x86::UKR_AVX2,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::UKR_AVX512,
-        // No x86-64 kernels in this build (32-bit x86 runs the portable ones); Neon is
-        // reserved (refused as unsupported) and would run them too.
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2Fma | Isa::Avx512 => portable::UKR_PORTABLE,
-        Isa::Neon => portable::UKR_PORTABLE,
     }
 }
 
