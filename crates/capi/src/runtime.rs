@@ -27,25 +27,13 @@ pub extern "C" fn fa_num_threads() -> c_int {
     })
 }
 
-fn variant_c_name(isa: Isa) -> &'static CStr {
-    match isa {
-        Isa::Scalar => c"scalar",
-        Isa::Portable => c"portable",
-        Isa::Avx2Fma => c"avx2",
-        Isa::Avx512 => c"avx512",
-        Isa::Neon => c"neon",
-        // A variant added to the kernels after this table (Isa is non-exhaustive).
-        _ => c"unknown",
-    }
-}
-
 /// Name of the kernel variant calls use now: `"scalar"`, `"portable"`, `"avx2"`,
 /// `"avx512"` or `"neon"` (a static string). NULL if the environment variable
 /// `FASTATTN_ISA` names a variant this CPU lacks (see `fa_last_error()`).
 #[no_mangle]
 pub extern "C" fn fa_variant_name() -> *const c_char {
     ffi_guard!("fa_variant_name", {
-        Ok(variant_c_name(kernels::current_isa()?).as_ptr())
+        Ok(kernels::current_isa()?.c_name().as_ptr())
     })
 }
 

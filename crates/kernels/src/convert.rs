@@ -6,13 +6,13 @@
 //!   round-to-nearest-even on the bit pattern, NaN kept quiet. Both equal the `half`
 //!   crate's conversions ([`to_f32_ref`], [`from_f32_ref`]), bit for bit on non-NaN values.
 //!
-//! The packing routines and decode kernels use the same per-ISA loads (`SimdOps`), so
-//! what is tested here is what they run.
+//! The packing routines and decode kernels use the same per-ISA loads
+//! ([`SimdOps`](crate::simd::SimdOps)), so what is tested here is what they run.
 
 use crate::dispatch::Isa;
 use crate::dtype::Element;
 use crate::error::{KernelError, Result};
-use crate::gemm::microkernel::{load_as, store_as, SimdOps};
+use crate::simd::{dispatch, load_as, store_as, IsaKernel, SimdOps};
 
 /// # Safety
 /// `src` readable and `dst` writable for `n` values; the ISA of `S` is present.
@@ -33,35 +33,21 @@ unsafe fn convert_body<S: SimdOps, A: Element, B: Element>(n: usize, src: *const
     }
 }
 
-macro_rules! convert_variant {
-    ($name:ident, $ops:ty $(, $feat:literal)?) => {
-        /// # Safety
-        /// As `convert_body`; the CPU has this variant's ISA.
-        $(#[target_feature(enable = $feat)])?
-        unsafe fn $name<A: Element, B: Element>(n: usize, src: *const A, dst: *mut B) {
-            // SAFETY: forwarded contract; the feature is enabled on this function.
-            unsafe { convert_body::<$ops, A, B>(n, src, dst) }
-        }
-    };
+/// [`convert_body`] as a [`dispatch`] body.
+struct Convert<A, B> {
+    n: usize,
+    src: *const A,
+    dst: *mut B,
 }
 
-convert_variant!(convert_scalar, crate::gemm::microkernel::scalar::ScalarOps);
-convert_variant!(
-    convert_portable,
-    crate::gemm::microkernel::portable::WideOps
-);
-#[cfg(target_arch = "x86_64")]
-convert_variant!(
-    convert_avx2,
-    crate::gemm::microkernel::x86::Avx2Ops,
-    "avx2,fma,f16c"
-);
-#[cfg(target_arch = "x86_64")]
-convert_variant!(
-    convert_avx512,
-    crate::gemm::microkernel::x86::Avx512Ops,
-    "avx512f,avx2,fma,f16c"
-);
+impl<A: Element, B: Element> IsaKernel for Convert<A, B> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: SimdOps>(self) {
+        // SAFETY: forwarded contract of `convert_raw`; the ISA of `S` is present.
+        unsafe { convert_body::<S, A, B>(self.n, self.src, self.dst) }
+    }
+}
 
 /// Converts `n` values at `src` into `dst` with `isa`'s kernel (no checks).
 ///
@@ -74,17 +60,8 @@ pub(crate) unsafe fn convert_raw<A: Element, B: Element>(
     src: *const A,
     dst: *mut B,
 ) {
-    // SAFETY: forwarded contract; the dispatcher hands out variants the CPU has.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => convert_avx512(n, src, dst),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => convert_avx2(n, src, dst),
-            Isa::Scalar => convert_scalar(n, src, dst),
-            _ => convert_portable(n, src, dst),
-        }
-    }
+    // SAFETY: forwarded contract; the CPU has `isa`.
+    unsafe { dispatch(isa, Convert { n, src, dst }) }
 }
 
 fn same_len(op: &'static str, a: usize, b: usize) -> Result<()> {

@@ -5,8 +5,23 @@
 //! `neon`; read once, at the first kernel call) or with [`set_isa`]; functions named `*_with`
 //! take an [`Isa`] per call. Forcing an ISA the CPU lacks is an error
 //! ([`KernelError::UnsupportedIsa`]), never an illegal instruction.
+//!
+//! # Where a variant is selected
+//! Detection and the override live here; the kernels are selected from an [`Isa`] in two
+//! places only, each one exhaustive `match` (no wildcard arm, so a new variant fails to
+//! compile until both name it):
+//!
+//! | kernels | selected by | file |
+//! |---------|-------------|------|
+//! | every SIMD body: exp, softmax and online softmax, f16/bf16 conversion, the decode kernels (`gemv`), B-panel packing | `simd::dispatch` (runs a body generic over `simd::SimdOps` under the ISA's `#[target_feature]`) | `simd/mod.rs`, ops in `simd/{scalar,portable,avx2,avx512}.rs` |
+//! | GEMM microkernels (tile size, main, edge and fused kernels as function pointers) | `gemm::microkernel::ukr_for` (one `Ukr` table per ISA) | `gemm/microkernel/table.rs` |
+//!
+//! Besides: [`Isa::name`] / [`Isa::c_name`] (the names, also for the C API) and
+//! [`Isa::is_supported`] (detection) here. A new ISA is a variant here, an ops file in
+//! `simd/` with its runner, and an arm in each of the two selectors.
 
 use crate::error::{KernelError, Result};
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -43,12 +58,25 @@ impl Isa {
     /// assert_eq!(fastattn_kernels::Isa::Avx2Fma.name(), "avx2");
     /// ```
     pub fn name(self) -> &'static str {
+        match self.c_name().to_str() {
+            Ok(s) => s,
+            Err(_) => unreachable!("ISA names are ASCII"),
+        }
+    }
+
+    /// [`name`](Isa::name) as a NUL-terminated C string (for the C API, which cannot match
+    /// on this non-exhaustive enum).
+    ///
+    /// ```
+    /// assert_eq!(fastattn_kernels::Isa::Avx512.c_name(), c"avx512");
+    /// ```
+    pub fn c_name(self) -> &'static CStr {
         match self {
-            Isa::Scalar => "scalar",
-            Isa::Portable => "portable",
-            Isa::Avx2Fma => "avx2",
-            Isa::Avx512 => "avx512",
-            Isa::Neon => "neon",
+            Isa::Scalar => c"scalar",
+            Isa::Portable => c"portable",
+            Isa::Avx2Fma => c"avx2",
+            Isa::Avx512 => c"avx512",
+            Isa::Neon => c"neon",
         }
     }
 

@@ -60,7 +60,7 @@ pub(crate) mod simd;
 
 use crate::dispatch::{current_isa, Isa};
 use crate::error::{KernelError, Result};
-use simd::{dispatch, ExpOps, IsaKernel, ScalarExp, SHIFTER};
+use crate::simd::{dispatch, IsaKernel, ScalarOps, SimdOps, SHIFTER};
 
 /// Inputs below this give `+0`: it is the smallest f32 whose exp is at least
 /// `f32::MIN_POSITIVE = 2^-126` (`ln 2^-126 ≈ -87.336545`). Results that would be
@@ -98,7 +98,7 @@ const P5: f32 = 0.5;
 /// # Safety
 /// The CPU has the ISA of `S`.
 #[inline(always)]
-pub(crate) unsafe fn exp_v<S: ExpOps>(x: S::V) -> S::V {
+pub(crate) unsafe fn exp_v<S: SimdOps>(x: S::V) -> S::V {
     // SAFETY: the ISA of `S` is present (caller contract); these are register-only ops.
     unsafe {
         let lo = S::splat(EXP_UNDERFLOW);
@@ -145,7 +145,7 @@ const Q6: f32 = 1.534_594e-4;
 /// # Safety
 /// The CPU has the ISA of `S`.
 #[inline(always)]
-pub(crate) unsafe fn exp2_v<S: ExpOps>(x: S::V) -> S::V {
+pub(crate) unsafe fn exp2_v<S: SimdOps>(x: S::V) -> S::V {
     // SAFETY: the ISA of `S` is present (caller contract); register-only ops.
     unsafe {
         let lo = S::splat(EXP2_LO);
@@ -170,7 +170,7 @@ pub(crate) unsafe fn exp2_v<S: ExpOps>(x: S::V) -> S::V {
 /// `src` readable and `dst` writable for `n` values (they may be the same pointer, but must
 /// not overlap otherwise); the CPU has the ISA of `S`.
 #[inline(always)]
-pub(crate) unsafe fn exp_stream<S: ExpOps>(src: *const f32, dst: *mut f32, n: usize) {
+pub(crate) unsafe fn exp_stream<S: SimdOps>(src: *const f32, dst: *mut f32, n: usize) {
     let l = S::LANES;
     let mut i = 0;
     // SAFETY: every access below is at `i .. i + 2l`, `i .. i + l` or `i .. n` with that
@@ -209,8 +209,8 @@ pub(crate) unsafe fn exp_stream<S: ExpOps>(src: *const f32, dst: *mut f32, n: us
 /// ```
 #[inline]
 pub fn exp_scalar(x: f32) -> f32 {
-    // SAFETY: ScalarExp needs no CPU feature.
-    unsafe { exp_v::<ScalarExp>(x) }
+    // SAFETY: ScalarOps needs no CPU feature.
+    unsafe { exp_v::<ScalarOps>(x) }
 }
 
 /// The oracle: `exp` in f64 (correctly rounded to within an f64 ulp, i.e. far below an f32
@@ -232,7 +232,7 @@ struct ExpSlice<'a> {
 impl IsaKernel for ExpSlice<'_> {
     type Output = ();
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) {
+    unsafe fn run<S: SimdOps>(self) {
         let n = self.dst.len();
         let dst = self.dst.as_mut_ptr();
         let src = match self.src {
@@ -341,7 +341,7 @@ mod tests {
     impl IsaKernel for Exp2Slice<'_> {
         type Output = ();
         #[inline(always)]
-        unsafe fn run<S: ExpOps>(self) {
+        unsafe fn run<S: SimdOps>(self) {
             let l = S::LANES;
             let mut buf = [0.0f32; 16];
             for (s, d) in self.src.chunks(l).zip(self.dst.chunks_mut(l)) {

@@ -15,8 +15,8 @@
 use crate::dispatch::Isa;
 use crate::dtype::Element;
 use crate::error::{KernelError, Result};
-use crate::gemm::microkernel::{load_as, SimdOps};
 use crate::gemm::{MatMut, MatRef};
+use crate::simd::{dispatch, load_as, IsaKernel, SimdOps};
 
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
@@ -64,7 +64,7 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
             x += S::LANES;
         }
         for (r, a) in acc.iter().enumerate() {
-            let mut t = S::reduce_add(*a);
+            let mut t = S::hsum(*a);
             for x in dvec..d {
                 t += *q.add(r * ldq + x) * (*kj.add(x)).to_f32();
             }
@@ -111,7 +111,7 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, const R: usize, const KJ: usize>(
         }
         for (r, a) in acc.iter().enumerate() {
             for (t, &at) in a.iter().enumerate() {
-                let mut v = S::reduce_add(at);
+                let mut v = S::hsum(at);
                 for x in dvec..d {
                     v += *q.add(r * ldq + x) * (*kj.add(t * ldk + x)).to_f32();
                 }
@@ -376,71 +376,57 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
     }
 }
 
-type DotFn<E> =
-    unsafe fn(usize, usize, usize, f32, *const f32, usize, *const E, usize, *mut f32, usize);
-type AxpyFn<E> =
-    unsafe fn(usize, usize, usize, *const f32, usize, *const E, usize, *mut f32, usize);
-
-macro_rules! gemv_variant {
-    ($dot:ident, $axpy:ident, $ops:ty $(, $feat:literal)?) => {
-        /// # Safety
-        /// As `dot_rows_body`; the CPU has this variant's ISA.
-        $(#[target_feature(enable = $feat)])?
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $dot<E: Element>(
-            rows: usize, n: usize, d: usize, alpha: f32, q: *const f32, ldq: usize,
-            k: *const E, ldk: usize, s: *mut f32, lds: usize,
-        ) {
-            // SAFETY: forwarded contract; the feature is enabled on this function.
-            unsafe { dot_rows_body::<$ops, E>(rows, n, d, alpha, q, ldq, k, ldk, s, lds) }
-        }
-        /// # Safety
-        /// As `axpy_rows_body`; the CPU has this variant's ISA.
-        $(#[target_feature(enable = $feat)])?
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $axpy<E: Element>(
-            rows: usize, n: usize, dv: usize, p: *const f32, ldp: usize,
-            v: *const E, ldv: usize, o: *mut f32, ldo: usize,
-        ) {
-            // SAFETY: forwarded contract; the feature is enabled on this function.
-            unsafe { axpy_rows_body::<$ops, E>(rows, n, dv, p, ldp, v, ldv, o, ldo) }
-        }
-    };
+/// [`dot_rows_body`] as a [`dispatch`] body.
+struct DotRows<E> {
+    rows: usize,
+    n: usize,
+    d: usize,
+    alpha: f32,
+    q: *const f32,
+    ldq: usize,
+    k: *const E,
+    ldk: usize,
+    s: *mut f32,
+    lds: usize,
 }
 
-gemv_variant!(
-    dot_scalar,
-    axpy_scalar,
-    crate::gemm::microkernel::scalar::ScalarOps
-);
-gemv_variant!(
-    dot_portable,
-    axpy_portable,
-    crate::gemm::microkernel::portable::WideOps
-);
-#[cfg(target_arch = "x86_64")]
-gemv_variant!(
-    dot_avx2,
-    axpy_avx2,
-    crate::gemm::microkernel::x86::Avx2Ops,
-    "avx2,fma,f16c"
-);
-#[cfg(target_arch = "x86_64")]
-gemv_variant!(
-    dot_avx512,
-    axpy_avx512,
-    crate::gemm::microkernel::x86::Avx512Ops,
-    "avx512f,avx2,fma,f16c"
-);
+impl<E: Element> IsaKernel for DotRows<E> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: SimdOps>(self) {
+        // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
+        unsafe {
+            dot_rows_body::<S, E>(
+                self.rows, self.n, self.d, self.alpha, self.q, self.ldq, self.k, self.ldk, self.s,
+                self.lds,
+            )
+        }
+    }
+}
 
-fn kernels_for<E: Element>(isa: Isa) -> (DotFn<E>, AxpyFn<E>) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (dot_avx512::<E>, axpy_avx512::<E>),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => (dot_avx2::<E>, axpy_avx2::<E>),
-        Isa::Scalar => (dot_scalar::<E>, axpy_scalar::<E>),
-        _ => (dot_portable::<E>, axpy_portable::<E>),
+/// [`axpy_rows_body`] as a [`dispatch`] body.
+struct AxpyRows<E> {
+    rows: usize,
+    n: usize,
+    dv: usize,
+    p: *const f32,
+    ldp: usize,
+    v: *const E,
+    ldv: usize,
+    o: *mut f32,
+    ldo: usize,
+}
+
+impl<E: Element> IsaKernel for AxpyRows<E> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: SimdOps>(self) {
+        // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
+        unsafe {
+            axpy_rows_body::<S, E>(
+                self.rows, self.n, self.dv, self.p, self.ldp, self.v, self.ldv, self.o, self.ldo,
+            )
+        }
     }
 }
 
@@ -496,23 +482,21 @@ pub fn dot_rows_with<E: Element>(
     contiguous_rows(op, "K", k.col_stride())?;
     contiguous_rows(op, "S", s.col_stride())?;
     let (ldq, ldk, lds) = (q.row_stride(), k.row_stride(), s.row_stride());
-    let (dot, _) = kernels_for::<E>(isa);
+    let kernel = DotRows {
+        rows,
+        n,
+        d,
+        alpha,
+        q: q.data().as_ptr(),
+        ldq,
+        k: k.data().as_ptr(),
+        ldk,
+        s: s.as_mut_ptr(),
+        lds,
+    };
     // SAFETY: the views were bounds-checked when built and have unit column strides, so
     // every row read/written is inside its slice; S is exclusive; the ISA was checked.
-    unsafe {
-        dot(
-            rows,
-            n,
-            d,
-            alpha,
-            q.data().as_ptr(),
-            ldq,
-            k.data().as_ptr(),
-            ldk,
-            s.as_mut_ptr(),
-            lds,
-        )
-    };
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }
 
@@ -548,21 +532,19 @@ pub fn axpy_rows_with<E: Element>(
     contiguous_rows(op, "V", v.col_stride())?;
     contiguous_rows(op, "O", o.col_stride())?;
     let (ldp, ldv, ldo) = (p.row_stride(), v.row_stride(), o.row_stride());
-    let (_, axpy) = kernels_for::<E>(isa);
-    // SAFETY: as in dot_rows_with.
-    unsafe {
-        axpy(
-            rows,
-            n,
-            dv,
-            p.data().as_ptr(),
-            ldp,
-            v.data().as_ptr(),
-            ldv,
-            o.as_mut_ptr(),
-            ldo,
-        )
+    let kernel = AxpyRows {
+        rows,
+        n,
+        dv,
+        p: p.data().as_ptr(),
+        ldp,
+        v: v.data().as_ptr(),
+        ldv,
+        o: o.as_mut_ptr(),
+        ldo,
     };
+    // SAFETY: as in dot_rows_with.
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }
 

@@ -30,6 +30,7 @@ pub mod exp;
 pub mod gemm;
 pub mod gemv;
 pub mod parallel;
+pub(crate) mod simd;
 pub mod softmax;
 
 pub use dispatch::{current_isa, set_isa, Isa};

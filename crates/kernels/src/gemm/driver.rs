@@ -97,26 +97,13 @@ pub(crate) unsafe fn gemm_unchecked<TA: Element, TB: Element>(
     }
 }
 
-/// What every task of one call shares: the operands (shared across tasks only for
-/// disjoint tiles of C, A and B only read) and the blocking.
+/// What every task of one call shares: the operands and the blocking.
 struct Driver<TA, TB> {
     isa: Isa,
     ukr: Ukr,
     mr: usize,
     nr: usize,
-    m: usize,
-    k: usize,
-    alpha: f32,
-    a: SyncPtr<TA>,
-    rsa: isize,
-    csa: isize,
-    b: SyncPtr<TB>,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: SyncPtr<f32>,
-    rsc: isize,
-    csc: isize,
+    p: GemmParams<TA, TB>,
     threads: usize,
     /// Groups of MR rows of C, dealt out to `n_ic` row blocks.
     groups: usize,
@@ -129,6 +116,10 @@ struct Driver<TA, TB> {
     /// A is packed by the fused kernels.
     fuse_a: bool,
 }
+
+// SAFETY: a Driver is shared only by the tasks of one call, which write disjoint tiles of C
+// (each owns a different (row block, panel share) pair) and only read A and B.
+unsafe impl<TA, TB> Sync for Driver<TA, TB> {}
 
 /// One depth block of one `NC` block: the packed B panels and how they are shared.
 struct DepthBlock {
@@ -152,20 +143,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
     /// The blocking and threading of a call (`m, n, k > 0`, `alpha != 0`).
     fn new(isa: Isa, par: Parallelism, a_read: ARead, p: GemmParams<TA, TB>) -> Self {
         let GemmParams {
-            m,
-            k,
-            n,
-            alpha,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            beta,
-            c,
-            rsc,
-            csc,
+            m, k, n, rsa, csa, ..
         } = p;
         let ukr = ukr_for(isa);
         let (mr, nr) = (ukr.mr, ukr.nr);
@@ -216,33 +194,12 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
                 ARead::Packed => false,
             };
         let fuse_a = row_major && !in_place && ukr.fused.is_some();
-        // SAFETY: shared across tasks only for disjoint tiles of C (each task owns a
-        // different (row block, panel group) pair), and A, B are only read.
-        let (a, b, c) = unsafe {
-            (
-                SyncPtr::new(a as *mut TA),
-                SyncPtr::new(b as *mut TB),
-                SyncPtr::new(c),
-            )
-        };
         Driver {
             isa,
             ukr,
             mr,
             nr,
-            m,
-            k,
-            alpha,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            beta,
-            c,
-            rsc,
-            csc,
+            p,
             threads,
             groups,
             n_ic,
@@ -255,7 +212,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
 
     /// First row of row block `ib`.
     fn row0(&self, ib: usize) -> usize {
-        (ib * self.groups / self.n_ic * self.mr).min(self.m)
+        (ib * self.groups / self.n_ic * self.mr).min(self.p.m)
     }
 
     /// Loop 4's body: packs B[pc.., jc..] (shared among the tasks) and runs every task of
@@ -266,8 +223,8 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
     /// product.
     unsafe fn depth_block(&self, jc: usize, ncb: usize, pc: usize) {
         let (nr, threads, n_ic) = (self.nr, self.threads, self.n_ic);
-        let kcb = self.kc.min(self.k - pc);
-        let beta_step = if pc == 0 { self.beta } else { 1.0 };
+        let kcb = self.kc.min(self.p.k - pc);
+        let beta_step = if pc == 0 { self.p.beta } else { 1.0 };
         let n_panels = ncb.div_ceil(nr);
         with_scratch(n_panels * nr * kcb, |bpack| {
             // SAFETY: the packed panels are shared by the tasks below: each group of
@@ -347,7 +304,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
     /// As [`Self::depth_block`]; no other thread touches group g's panels meanwhile.
     unsafe fn pack_b_group(&self, blk: &DepthBlock, g: usize) {
         let (nr, kcb, ncb) = (self.nr, blk.kcb, blk.ncb);
-        let (jc, pc, rsb, csb) = (blk.jc, blk.pc, self.rsb, self.csb);
+        let (jc, pc, rsb, csb) = (blk.jc, blk.pc, self.p.rsb, self.p.csb);
         let q0 = g * blk.group;
         let count = blk.group.min(blk.n_panels - q0);
         // SAFETY: panels q0 .. q0 + count lie inside the buffer, and only this
@@ -366,11 +323,12 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
             // are inside the caller's view; the chunk holds count ≥ full panels.
             unsafe {
                 pack::pack_b_rows_dyn(
+                    self.isa,
                     nr,
                     kcb,
                     full,
-                    self.b
-                        .get()
+                    self.p
+                        .b
                         .cast::<f32>()
                         .offset(pc as isize * rsb + (jc + q0 * nr) as isize),
                     rsb,
@@ -389,7 +347,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
                     nr,
                     kcb,
                     nr.min(ncb - q * nr),
-                    self.b.get().offset(pc as isize * rsb + j0 as isize * csb),
+                    self.p.b.offset(pc as isize * rsb + j0 as isize * csb),
                     rsb,
                     csb,
                     panel,
@@ -406,7 +364,9 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
     unsafe fn task(&self, blk: &DepthBlock, t: usize, ready: &dyn Fn(usize)) {
         let (mr, nr, threads) = (self.mr, self.nr, self.threads);
         let (in_place, fuse_a, ukr) = (self.in_place, self.fuse_a, &self.ukr);
-        let (rsa, csa, rsc, csc) = (self.rsa, self.csa, self.rsc, self.csc);
+        let GemmParams {
+            rsa, csa, rsc, csc, ..
+        } = self.p;
         let (jc, pc, kcb) = (blk.jc, blk.pc, blk.kcb);
         let (ib, js) = (t / blk.jsplit, t % blk.jsplit);
         let ic = self.row0(ib);
@@ -443,7 +403,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
         // the fused calls), otherwise only the packed ones.
         let first_packed = if fuse_a { full } else { 0 };
         // SAFETY: (ic, pc) is inside A's view.
-        let a_blk = unsafe { self.a.get().offset(ic as isize * rsa + pc as isize * csa) };
+        let a_blk = unsafe { self.p.a.offset(ic as isize * rsa + pc as isize * csa) };
         let groups_packed = first_packed + packed_rows.div_ceil(mr);
         with_scratch(groups_packed * mr * kcb, |apack| {
             if packed_rows > 0 {
@@ -475,10 +435,10 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
                 mcb,
                 kcb,
                 ncb: blk.ncb,
-                alpha: self.alpha,
+                alpha: self.p.alpha,
                 beta: blk.beta,
                 // SAFETY: (ic, jc) is inside C's view.
-                c: unsafe { self.c.get().offset(ic as isize * rsc + jc as isize * csc) },
+                c: unsafe { self.p.c.offset(ic as isize * rsc + jc as isize * csc) },
                 rsc,
                 csc,
             };

@@ -8,6 +8,9 @@
 //! Rows/columns past the edge of the block are filled with zeros, so the microkernel always
 //! runs a full `MR × NR` tile and the extra results are simply not stored.
 
+use crate::dispatch::Isa;
+use crate::simd::{dispatch, IsaKernel, SimdOps};
+
 /// Packs the `mc × kc` block of A at `a` (strides `rsa`, `csa`) into `out`.
 ///
 /// # Safety
@@ -149,36 +152,41 @@ pub(crate) unsafe fn pack_b_rows<const NR: usize>(
     }
 }
 
-/// Defines [`pack_b_rows`] compiled with the target feature `$feat` (wider copies than the
-/// baseline's 16-byte ones).
-macro_rules! pack_b_rows_for {
-    ($name:ident, $feat:literal) => {
-        /// [`pack_b_rows`] compiled for the named target feature.
-        ///
-        /// # Safety
-        /// As [`pack_b_rows`]; the CPU has the feature.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feat)]
-        unsafe fn $name<const NR: usize>(
-            kc: usize,
-            panels: usize,
-            b: *const f32,
-            rsb: isize,
-            out: &mut [f32],
-        ) {
-            // SAFETY: forwarded contract.
-            unsafe { pack_b_rows::<NR>(kc, panels, b, rsb, out) }
-        }
-    };
+/// [`pack_b_rows`] as a [`dispatch`] body, with the panel width chosen at run time: run
+/// under the ISA's `#[target_feature]`, its copies are as wide as the ISA's vectors.
+struct PackBRows<'a> {
+    nr: usize,
+    kc: usize,
+    panels: usize,
+    b: *const f32,
+    rsb: isize,
+    out: &'a mut [f32],
 }
-pack_b_rows_for!(pack_b_rows_avx, "avx");
-pack_b_rows_for!(pack_b_rows_avx512, "avx512f");
 
-/// [`pack_b_rows`] with the panel width chosen at run time.
+impl IsaKernel for PackBRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: SimdOps>(self) {
+        let (kc, panels, b, rsb, out) = (self.kc, self.panels, self.b, self.rsb, self.out);
+        // SAFETY: forwarded contract of `pack_b_rows_dyn`.
+        unsafe {
+            match self.nr {
+                4 => pack_b_rows::<4>(kc, panels, b, rsb, out),
+                16 => pack_b_rows::<16>(kc, panels, b, rsb, out),
+                32 => pack_b_rows::<32>(kc, panels, b, rsb, out),
+                nr => unreachable!("no microkernel has NR = {nr}"),
+            }
+        }
+    }
+}
+
+/// [`pack_b_rows`] with the panel width chosen at run time, compiled for `isa` (so a
+/// forced `FASTATTN_ISA=portable` runs no AVX copies).
 ///
 /// # Safety
-/// As [`pack_b_rows`] with `NR = nr`.
+/// As [`pack_b_rows`] with `NR = nr`; the CPU has `isa`.
 pub(crate) unsafe fn pack_b_rows_dyn(
+    isa: Isa,
     nr: usize,
     kc: usize,
     panels: usize,
@@ -186,23 +194,16 @@ pub(crate) unsafe fn pack_b_rows_dyn(
     rsb: isize,
     out: &mut [f32],
 ) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match nr {
-            4 => pack_b_rows::<4>(kc, panels, b, rsb, out),
-            #[cfg(target_arch = "x86_64")]
-            16 if std::arch::is_x86_feature_detected!("avx") => {
-                pack_b_rows_avx::<16>(kc, panels, b, rsb, out)
-            }
-            16 => pack_b_rows::<16>(kc, panels, b, rsb, out),
-            #[cfg(target_arch = "x86_64")]
-            32 if std::arch::is_x86_feature_detected!("avx512f") => {
-                pack_b_rows_avx512::<32>(kc, panels, b, rsb, out)
-            }
-            32 => pack_b_rows::<32>(kc, panels, b, rsb, out),
-            _ => unreachable!("no microkernel has NR = {nr}"),
-        }
-    }
+    let k = PackBRows {
+        nr,
+        kc,
+        panels,
+        b,
+        rsb,
+        out,
+    };
+    // SAFETY: forwarded contract; the CPU has `isa`.
+    unsafe { dispatch(isa, k) }
 }
 
 /// Packs one `kc × cols` panel (`cols ≤ NR`) of B into `panel` (`NR·kc` values).

@@ -1,5 +1,5 @@
 //! The generic row bodies behind [`super`] and [`super::online`], written once over
-//! [`ExpOps`] and instantiated per ISA by [`crate::exp::simd::dispatch`].
+//! [`SimdOps`] and instantiated per ISA by [`crate::simd::dispatch`].
 //!
 //! A row is handled in at most three passes while it sits in L1: the max of the logits,
 //! `exp(s − max)` with the running sum (stored, or only summed for log-softmax), and the
@@ -7,8 +7,8 @@
 //! stored: one multiply (or FMA) per vector is cheaper than another pass over memory, and
 //! the same instructions give the same `s` in every pass.
 
-use crate::exp::simd::ExpOps;
 use crate::exp::{exp2_v, exp_v};
+use crate::simd::SimdOps;
 
 /// What a row pass produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub(crate) enum Mode {
 /// # Safety
 /// `x` (and `mask` when `M`) readable for `j + LANES` values; the ISA of `S` is present.
 #[inline(always)]
-unsafe fn logits<S: ExpOps, const M: bool>(
+unsafe fn logits<S: SimdOps, const M: bool>(
     x: *const f32,
     mask: *const f32,
     j: usize,
@@ -46,7 +46,7 @@ unsafe fn logits<S: ExpOps, const M: bool>(
 /// # Safety
 /// `x` (and `mask` when `M`) readable for `j + k` values, `k < LANES`; the ISA is present.
 #[inline(always)]
-unsafe fn logits_tail<S: ExpOps, const M: bool>(
+unsafe fn logits_tail<S: SimdOps, const M: bool>(
     x: *const f32,
     mask: *const f32,
     j: usize,
@@ -71,7 +71,7 @@ unsafe fn logits_tail<S: ExpOps, const M: bool>(
 /// # Safety
 /// `x` (and `mask` when `M`) readable for `n` values; the ISA of `S` is present.
 #[inline(always)]
-pub(crate) unsafe fn max_logit<S: ExpOps, const M: bool>(
+pub(crate) unsafe fn max_logit<S: SimdOps, const M: bool>(
     x: *const f32,
     mask: *const f32,
     n: usize,
@@ -114,7 +114,7 @@ pub(crate) unsafe fn max_logit<S: ExpOps, const M: bool>(
 /// # Safety
 /// The ISA of `S` is present.
 #[inline(always)]
-unsafe fn exp_shifted<S: ExpOps, const BASE2: bool>(s: S::V, shift: S::V) -> S::V {
+unsafe fn exp_shifted<S: SimdOps, const BASE2: bool>(s: S::V, shift: S::V) -> S::V {
     // SAFETY: register-only ops; the ISA is present (caller contract).
     unsafe {
         if BASE2 {
@@ -133,7 +133,7 @@ unsafe fn exp_shifted<S: ExpOps, const BASE2: bool>(s: S::V, shift: S::V) -> S::
 /// `x` (and `mask` when `M`) readable for `n` values, `dst` writable for `n` values when
 /// `STORE` (it may equal `x`, but must not overlap it otherwise); the ISA is present.
 #[inline(always)]
-pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool, const BASE2: bool>(
+pub(crate) unsafe fn exp_sum<S: SimdOps, const M: bool, const STORE: bool, const BASE2: bool>(
     x: *const f32,
     mask: *const f32,
     dst: *mut f32,
@@ -187,7 +187,7 @@ pub(crate) unsafe fn exp_sum<S: ExpOps, const M: bool, const STORE: bool, const 
 /// # Safety
 /// `dst` readable and writable for `n` values; the ISA is present.
 #[inline(always)]
-pub(crate) unsafe fn scale_in_place<S: ExpOps>(dst: *mut f32, n: usize, factor: f32) {
+pub(crate) unsafe fn scale_in_place<S: SimdOps>(dst: *mut f32, n: usize, factor: f32) {
     let l = S::LANES;
     let mut j = 0;
     // SAFETY: accesses inside `0..n` by the loop conditions; the ISA is present.
@@ -219,7 +219,7 @@ pub(crate) unsafe fn scale_in_place<S: ExpOps>(dst: *mut f32, n: usize, factor: 
 /// # Safety
 /// `dst` readable and writable for `n` values; `sum >= 1`; the ISA is present.
 #[inline(always)]
-pub(crate) unsafe fn normalise<S: ExpOps>(dst: *mut f32, n: usize, sum: f32) {
+pub(crate) unsafe fn normalise<S: SimdOps>(dst: *mut f32, n: usize, sum: f32) {
     let l = S::LANES;
     let mut j = 0;
     // SAFETY: accesses inside `0..n` by the loop conditions; the ISA is present.
@@ -253,7 +253,7 @@ pub(crate) unsafe fn normalise<S: ExpOps>(dst: *mut f32, n: usize, sum: f32) {
 /// # Safety
 /// As [`exp_sum`] with `STORE`.
 #[inline(always)]
-unsafe fn log_write<S: ExpOps, const M: bool>(
+unsafe fn log_write<S: SimdOps, const M: bool>(
     x: *const f32,
     mask: *const f32,
     dst: *mut f32,
@@ -292,7 +292,7 @@ unsafe fn log_write<S: ExpOps, const M: bool>(
 /// `x` readable and `dst` writable for `n` values (equal pointers allowed, no other
 /// overlap); `mask`, when given, readable for `n` values; `nv <= n`; the ISA is present.
 #[inline(always)]
-pub(crate) unsafe fn row<S: ExpOps>(
+pub(crate) unsafe fn row<S: SimdOps>(
     mode: Mode,
     x: *const f32,
     mask: Option<*const f32>,
@@ -316,7 +316,7 @@ pub(crate) unsafe fn row<S: ExpOps>(
 /// # Safety
 /// As [`row`]; `mask` readable for `n` values when `M` (unused otherwise).
 #[inline(always)]
-unsafe fn row_m<S: ExpOps, const M: bool>(
+unsafe fn row_m<S: SimdOps, const M: bool>(
     mode: Mode,
     x: *const f32,
     mask: *const f32,

@@ -59,8 +59,8 @@ pub mod reference;
 
 use crate::dispatch::{current_isa, Isa};
 use crate::error::{KernelError, Result};
-use crate::exp::simd::{dispatch, ExpOps, IsaKernel};
 use crate::parallel::Parallelism;
+use crate::simd::{dispatch, IsaKernel, SimdOps};
 use kernel::Mode;
 
 /// Inputs with fewer values than this run on the calling thread even with
@@ -170,7 +170,7 @@ struct RowsKernel<'a> {
 impl IsaKernel for RowsKernel<'_> {
     type Output = ();
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) {
+    unsafe fn run<S: SimdOps>(self) {
         let n = self.row_len;
         debug_assert!(n > 0 && self.dst.len().is_multiple_of(n));
         debug_assert!(self.src.is_none_or(|s| s.len() == self.dst.len()));

@@ -55,7 +55,7 @@ use super::kernel::{exp_sum, max_logit, scale_in_place};
 use crate::dispatch::Isa;
 use crate::error::{KernelError, Result};
 use crate::exp::exp_scalar;
-use crate::exp::simd::{dispatch, ExpOps, IsaKernel};
+use crate::simd::{dispatch, IsaKernel, SimdOps};
 
 /// The running state of one softmax row: the max of the scores seen and the sum of their
 /// exps relative to that max.
@@ -192,7 +192,7 @@ struct RowUpdate<'a> {
 impl IsaKernel for RowUpdate<'_> {
     type Output = (f32, f32);
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) -> (f32, f32) {
+    unsafe fn run<S: SimdOps>(self) -> (f32, f32) {
         let n = self.row.len();
         let p = self.row.as_mut_ptr();
         // SAFETY: `p` is valid for the `n` values of the row (read, then written in place);
@@ -267,7 +267,7 @@ struct Rescale<'a> {
 impl IsaKernel for Rescale<'_> {
     type Output = ();
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) {
+    unsafe fn run<S: SimdOps>(self) {
         let n = self.row.len();
         // SAFETY: the row holds `n` values; the ISA is present (caller contract).
         unsafe { scale_in_place::<S>(self.row.as_mut_ptr(), n, self.factor) }

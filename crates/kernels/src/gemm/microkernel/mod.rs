@@ -1,4 +1,5 @@
-//! Register-blocked `MR × NR` microkernels, one per ISA, all from one generic body.
+//! Register-blocked `MR × NR` microkernels, one per ISA, all from one generic body over
+//! [`SimdOps`](crate::simd::SimdOps).
 //!
 //! A microkernel computes `C ← alpha·A·B + beta·C` for one full `MR × NR` tile from a packed
 //! A micro-panel (`k × MR`, see [`super::pack`]) and a packed B micro-panel (`k × NR`). The
@@ -14,14 +15,12 @@
 //! | Avx2Fma | 6 × 16 | 12 ymm of 16 |
 //! | Avx512 | 12 × 32 | 24 zmm of 32 |
 
-pub(crate) mod portable;
-pub(crate) mod scalar;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86;
+mod table;
 
-use crate::dispatch::Isa;
+use crate::simd::SimdOps;
+pub(crate) use table::ukr_for;
 
-/// Signature shared by every microkernel.
+/// Signature shared by every microkernel: `(k, alpha, a, lda, b, beta, c, rsc, csc)`.
 ///
 /// `lda == 0` means A is a packed micro-panel; otherwise A is row-major with row stride
 /// `lda` (`a.offset(i·lda + p)` for `i < MR`, `p < k`).
@@ -29,38 +28,20 @@ use crate::dispatch::Isa;
 /// # Safety (of every function of this type)
 /// A readable as described, `b` for `k·NR` values; `c.offset(i·rsc + j·csc)` readable
 /// (unless `beta == 0`) and writable for `i < MR`, `j < NR`; the CPU has the kernel's ISA.
-pub(crate) type UkrFn = unsafe fn(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-);
+pub(crate) type UkrFn =
+    unsafe fn(usize, f32, *const f32, isize, *const f32, f32, *mut f32, isize, isize);
 
-/// Signature of the fused microkernels, which compute a full tile like [`UkrFn`] from A
-/// rows read in place (row stride `lda != 0`, unit column stride) while writing them to
-/// `a_out` as a packed `k × MR` micro-panel for the calls that follow: the driver then needs
-/// no separate packing pass over A.
+/// Signature of the fused microkernels, `(k, alpha, a, lda, a_out, b, beta, c, rsc, csc)`,
+/// which compute a full tile like [`UkrFn`] from A rows read in place (row stride
+/// `lda != 0`, unit column stride) while writing them to `a_out` as a packed `k × MR`
+/// micro-panel for the calls that follow: the driver then needs no separate packing pass
+/// over A.
 ///
 /// # Safety (of every function of this type)
 /// As [`UkrFn`] with A in place, plus: `a_out` writable for `k·MR` values, overlapping
 /// neither A, B nor C.
-pub(crate) type UkrFusedFn = unsafe fn(
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: isize,
-    a_out: *mut f32,
-    b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-);
+pub(crate) type UkrFusedFn =
+    unsafe fn(usize, f32, *const f32, isize, *mut f32, *const f32, f32, *mut f32, isize, isize);
 
 /// A microkernel and its tile.
 #[derive(Clone, Copy)]
@@ -91,131 +72,6 @@ impl Ukr {
     /// AVX2): it reads no row past the group's, so it can take A rows in place.
     pub fn exact_edge(&self, rows: usize) -> bool {
         self.edge_for(rows).is_some_and(|(h, _)| h == rows)
-    }
-}
-
-/// The microkernel of `isa`. `isa` must be supported (checked by the callers' dispatch).
-pub(crate) fn ukr_for(isa: Isa) -> Ukr {
-    debug_assert!(isa.is_supported());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::UKR_AVX512,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => x86::UKR_AVX2,
-        Isa::Scalar => scalar::UKR_SCALAR,
-        _ => portable::UKR_PORTABLE,
-    }
-}
-
-/// The few vector operations the generic kernel body needs.
-pub(crate) trait SimdOps {
-    /// A vector of `LANES` f32.
-    type V: Copy;
-    /// Lanes per vector.
-    const LANES: usize;
-    /// Unroll factor of the microkernel's `k` loop (tuned per ISA with `ukr_speed`).
-    const UNROLL: usize = 4;
-    /// How many `k` steps ahead the kernel prefetches its B micro-panel (0: not at all).
-    /// Worth it only where the micro-panel (`KC·NR·4` bytes) outgrows L1 and streams from
-    /// L2: the AVX-512 kernel (64 KiB at KC = 512; +3% at n = 1024), not AVX2 (−2%).
-    const PREFETCH_B_STEPS: usize = 0;
-    /// All zeros.
-    ///
-    /// # Safety
-    /// The ISA is present (true of every method: the ops are only used inside the ISA's
-    /// `#[target_feature]` kernels).
-    unsafe fn zero() -> Self::V;
-    /// `x` in every lane.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn splat(x: f32) -> Self::V;
-    /// Unaligned load of `LANES` values.
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load(p: *const f32) -> Self::V;
-    /// Unaligned store of `LANES` values.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store(p: *mut f32, v: Self::V);
-    /// `a·b + c` (fused where the ISA has FMA).
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `a·b`.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-    /// Hint that the cache line holding `p` will be read soon (no-op where unsupported).
-    ///
-    /// # Safety
-    /// The ISA is present (`p` need not be valid: prefetches never fault).
-    #[inline(always)]
-    unsafe fn prefetch(p: *const f32) {
-        let _ = p;
-    }
-    /// Sum of the lanes.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn reduce_add(a: Self::V) -> f32;
-    /// Loads `LANES` f16 values (bit patterns) and widens them to f32 (exact).
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load_f16(p: *const u16) -> Self::V;
-    /// Loads `LANES` bf16 values (bit patterns) and widens them to f32 (exact: a shift).
-    ///
-    /// # Safety
-    /// `p` readable for `LANES` values; the ISA is present.
-    unsafe fn load_bf16(p: *const u16) -> Self::V;
-    /// Rounds `v` to f16 (nearest, ties to even) and stores `LANES` bit patterns.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store_f16(p: *mut u16, v: Self::V);
-    /// Rounds `v` to bf16 (nearest, ties to even; NaN stays NaN) and stores `LANES` bit
-    /// patterns.
-    ///
-    /// # Safety
-    /// `p` writable for `LANES` values; the ISA is present.
-    unsafe fn store_bf16(p: *mut u16, v: Self::V);
-}
-
-/// Loads `S::LANES` values of any element type as f32 (the match is resolved at compile
-/// time).
-///
-/// # Safety
-/// `p` readable for `S::LANES` values; the ISA of `S` is present.
-#[inline(always)]
-pub(crate) unsafe fn load_as<S: SimdOps, E: crate::Element>(p: *const E) -> S::V {
-    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
-    unsafe {
-        match E::DTYPE {
-            crate::DType::F32 => S::load(p.cast()),
-            crate::DType::F16 => S::load_f16(p.cast()),
-            crate::DType::BF16 => S::load_bf16(p.cast()),
-        }
-    }
-}
-
-/// Stores `S::LANES` f32 values as `E`, rounded to nearest, ties to even.
-///
-/// # Safety
-/// `p` writable for `S::LANES` values; the ISA of `S` is present.
-#[inline(always)]
-pub(crate) unsafe fn store_as<S: SimdOps, E: crate::Element>(p: *mut E, v: S::V) {
-    // SAFETY: forwarded contract; `E::DTYPE` says what `p` points at.
-    unsafe {
-        match E::DTYPE {
-            crate::DType::F32 => S::store(p.cast(), v),
-            crate::DType::F16 => S::store_f16(p.cast(), v),
-            crate::DType::BF16 => S::store_bf16(p.cast(), v),
-        }
     }
 }
 
