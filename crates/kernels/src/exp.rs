@@ -56,8 +56,6 @@
 //! # Ok::<(), fastattn_kernels::KernelError>(())
 //! ```
 
-pub(crate) mod simd;
-
 use crate::dispatch::{current_isa, Isa};
 use crate::error::{KernelError, Result};
 use crate::simd::{dispatch, IsaKernel, ScalarOps, SimdOps, SHIFTER};

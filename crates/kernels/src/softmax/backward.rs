@@ -10,7 +10,7 @@
 use crate::dispatch::Isa;
 use crate::error::{KernelError, Result};
 use crate::exp::exp_stream;
-use crate::exp::simd::{dispatch, ExpOps, IsaKernel};
+use crate::simd::{dispatch, IsaKernel, SimdOps};
 
 /// `2^64`: multiplying by it turns every subnormal into a normal number, exactly.
 const TWO_POW_64: f32 = 18_446_744_073_709_551_616.0;
@@ -24,7 +24,7 @@ struct SubExp<'a> {
 impl IsaKernel for SubExp<'_> {
     type Output = ();
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) {
+    unsafe fn run<S: SimdOps>(self) {
         let n = self.row.len();
         let p = self.row.as_mut_ptr();
         let l = S::LANES;
@@ -65,7 +65,7 @@ struct Ds<'a> {
 /// # Safety
 /// The ISA is present.
 #[inline(always)]
-unsafe fn ds_v<S: ExpOps, const CAP: bool>(g: S::V, p: S::V, c: S::V, dsum: S::V) -> S::V {
+unsafe fn ds_v<S: SimdOps, const CAP: bool>(g: S::V, p: S::V, c: S::V, dsum: S::V) -> S::V {
     // SAFETY: the ISA is present (caller contract).
     unsafe {
         let t = S::mul(p, S::sub(g, dsum));
@@ -82,7 +82,7 @@ unsafe fn ds_v<S: ExpOps, const CAP: bool>(g: S::V, p: S::V, c: S::V, dsum: S::V
 /// `dp` readable and writable, `p` (and `cap` when `CAP`) readable for `n` values; the ISA
 /// is present.
 #[inline(always)]
-unsafe fn ds_loop<S: ExpOps, const CAP: bool>(
+unsafe fn ds_loop<S: SimdOps, const CAP: bool>(
     dp: *mut f32,
     p: *const f32,
     cap: *const f32,
@@ -123,7 +123,7 @@ unsafe fn ds_loop<S: ExpOps, const CAP: bool>(
 impl IsaKernel for Ds<'_> {
     type Output = ();
     #[inline(always)]
-    unsafe fn run<S: ExpOps>(self) {
+    unsafe fn run<S: SimdOps>(self) {
         let n = self.dp.len();
         let (dp, p) = (self.dp.as_mut_ptr(), self.p.as_ptr());
         // SAFETY: `dp`, `p` and `cap` hold `n` values (checked by the caller); the ISA is
