@@ -95,7 +95,10 @@ pub fn peak_loop(isa: Isa) -> Option<PeakLoop> {
             flops_per_iter: 512.0,
             run: x86::avx512_loop,
         }),
-        _ => None,
+        // No peak loop of their own off x86-64, and none for NEON (never supported).
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2Fma | Isa::Avx512 => None,
+        Isa::Neon => None,
     }
 }
 

@@ -144,7 +144,7 @@ fn check<Q: Element, K: Element, V: Element, O: Element>(
     let ulp = match O::DTYPE {
         DType::F16 => 1.0 / 1024.0,
         DType::BF16 => 1.0 / 128.0,
-        _ => 0.0,
+        DType::F32 => 0.0,
     };
     for (i, (o, w)) in out.iter().zip(&r.out).enumerate() {
         let tol = 2e-5 + ulp * w.abs().max(0.5);

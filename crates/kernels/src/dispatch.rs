@@ -26,8 +26,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// A kernel variant, named by the instruction set it is written for.
+///
+/// Not `#[non_exhaustive]`: every crate of the workspace matches it exhaustively, so a new
+/// variant makes the compiler point at each place that must handle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum Isa {
     /// Plain scalar loops: the last-resort fallback, runs everywhere.
     Scalar,
@@ -136,12 +138,22 @@ impl Isa {
         }
     }
 
+    /// The override's code: the variant's position in [`Isa::ALL`] plus one (0 is "none").
+    /// An exhaustive match, so a new variant must be given its code here (no panic, unlike
+    /// a search of `ALL`); the test `all_lists_every_variant_in_code_order` checks that
+    /// `ALL` lists the codes 1..=n in order.
     fn to_u8(self) -> u8 {
-        Isa::ALL.iter().position(|&i| i == self).unwrap() as u8 + 1
+        match self {
+            Isa::Scalar => 1,
+            Isa::Portable => 2,
+            Isa::Avx2Fma => 3,
+            Isa::Avx512 => 4,
+            Isa::Neon => 5,
+        }
     }
 
     fn from_u8(v: u8) -> Option<Isa> {
-        Isa::ALL.get((v as usize).checked_sub(1)?).copied()
+        Isa::ALL.into_iter().find(|i| i.to_u8() == v)
     }
 }
 
@@ -223,6 +235,17 @@ pub fn current_isa() -> Result<Isa> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_variant_in_code_order() {
+        // ALL holds the codes 1..=n in order, each variant once.
+        for (i, isa) in Isa::ALL.into_iter().enumerate() {
+            assert_eq!(isa.to_u8() as usize, i + 1, "{isa}");
+            assert_eq!(Isa::from_u8(isa.to_u8()), Some(isa));
+        }
+        assert_eq!(Isa::from_u8(0), None);
+        assert_eq!(Isa::from_u8(Isa::ALL.len() as u8 + 1), None);
+    }
 
     #[test]
     fn names_round_trip() {
