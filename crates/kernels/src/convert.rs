@@ -7,7 +7,7 @@
 //!   crate's conversions ([`to_f32_ref`], [`from_f32_ref`]), bit for bit on non-NaN values.
 //!
 //! The packing routines and decode kernels use the same per-ISA loads
-//! ([`SimdOps`](crate::simd::SimdOps)), so what is tested here is what they run.
+//! (the crate's `SimdOps`), so what is tested here is what they run.
 
 use crate::dispatch::Isa;
 use crate::dtype::Element;
