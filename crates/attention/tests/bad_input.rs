@@ -284,14 +284,11 @@ fn a13_forcing_an_isa_the_cpu_lacks_is_a_kernel_error() {
     );
 }
 
-/// Set in the child process of `a13b_...` (which runs this test binary again).
-const CHILD_ENV: &str = "FASTATTN_HARDENING_CHILD";
-
 /// `FASTATTN_ISA` naming an ISA this CPU lacks (K9 for the kernels): attention calls fail
 /// with the kernel error instead of crashing, and a per-call ISA still works.
 #[test]
 fn a13b_fastattn_isa_naming_a_missing_isa_makes_sdpa_fail_not_crash() {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if testutil::child::is_child() {
         // Child: FASTATTN_ISA names an ISA this CPU lacks.
         let x = [1.0f32; 4];
         let t = TensorRef::contiguous(&x, [1, 1, 2, 2]).unwrap();
@@ -305,25 +302,9 @@ fn a13b_fastattn_isa_naming_a_missing_isa_makes_sdpa_fail_not_crash() {
         return;
     }
     for value in [missing_isa().name(), "sse9"] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "a13b_fastattn_isa_naming_a_missing_isa_makes_sdpa_fail_not_crash",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .env("FASTATTN_ISA", value)
-            .output()
-            .expect("the test binary runs");
-        assert!(
-            out.status.success(),
-            "FASTATTN_ISA={value}: child failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-            "the child ran the test"
+        testutil::child::run_as_child(
+            "a13b_fastattn_isa_naming_a_missing_isa_makes_sdpa_fail_not_crash",
+            &[("FASTATTN_ISA", value)],
         );
     }
 }

@@ -283,12 +283,9 @@ fn k08_forcing_an_isa_the_cpu_lacks_is_unsupported_isa() {
     assert_err!(Isa::from_name("sse9"), KernelError::UnsupportedIsa { .. });
 }
 
-/// Set in the child process of `k09_...` (which runs this test binary again).
-const CHILD_ENV: &str = "FASTATTN_HARDENING_CHILD";
-
 #[test]
 fn k09_fastattn_isa_naming_a_missing_isa_makes_calls_fail_not_crash() {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if testutil::child::is_child() {
         // Child: FASTATTN_ISA names an ISA this CPU lacks.
         assert_err!(
             fastattn_kernels::current_isa(),
@@ -325,25 +322,9 @@ fn k09_fastattn_isa_naming_a_missing_isa_makes_calls_fail_not_crash() {
         return;
     }
     for value in [missing_isa().name(), "sse9"] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "k09_fastattn_isa_naming_a_missing_isa_makes_calls_fail_not_crash",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .env("FASTATTN_ISA", value)
-            .output()
-            .expect("the test binary runs");
-        assert!(
-            out.status.success(),
-            "FASTATTN_ISA={value}: child failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-            "the child ran the test"
+        testutil::child::run_as_child(
+            "k09_fastattn_isa_naming_a_missing_isa_makes_calls_fail_not_crash",
+            &[("FASTATTN_ISA", value)],
         );
     }
 }

@@ -6,12 +6,14 @@
 //! - [`case`]: the attention problem description that the attention tests share;
 //! - [`close`]: max-abs comparisons whose failure messages carry the case label;
 //! - [`isa`]: the ISA variants to loop over, saying which are skipped, and one it lacks;
+//! - [`child`]: a test that reruns its own binary, filtered to itself, in a new process;
 //! - [`assert_err!`]: an error of the expected kind.
 //!
 //! Every crate that uses it names it as a path-only dev-dependency, so its integration tests
 //! link the same `fastattn-kernels` as the crate under test.
 
 pub mod case;
+pub mod child;
 pub mod close;
 pub mod data;
 pub mod isa;
