@@ -43,6 +43,7 @@ mod materialized;
 pub mod mha;
 mod nonfinite;
 pub mod options;
+pub mod paged;
 pub mod reference;
 pub mod rope;
 pub mod tensor;
@@ -57,6 +58,7 @@ pub use kv_cache::KvCache;
 pub use linear::{Linear, WeightLayout};
 pub use mha::{MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights};
 pub use options::{AttnPath, Mask, SdpaOptions};
+pub use paged::paged_kv_write;
 pub use rope::{Rope, RopeConfig};
 pub use tensor::{DynTensor, DynTensorMut, TensorMut, TensorRef};
 

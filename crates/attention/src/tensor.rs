@@ -203,6 +203,10 @@ impl<'a, T: Element> TensorMut<'a, T> {
             strides: self.strides,
         }
     }
+    /// The whole buffer the view lies in (offsets from [`TensorMut::offset`]).
+    pub(crate) fn data_mut(&mut self) -> &mut [T] {
+        self.data
+    }
     /// Raw pointer to element 0, for kernels writing disjoint parts from several threads.
     pub(crate) fn as_mut_ptr(&mut self) -> *mut T {
         self.data.as_mut_ptr()
