@@ -159,6 +159,29 @@ impl Kv<'_, '_> {
     }
 }
 
+/// The staircase of a key block `j0 .. jend`: for each group of `mr` rows (the
+/// microkernel's height) of the visible key intervals `iv`, how many of the block's leading
+/// keys some row of the group sees (`lim[g]`, 0 when none does). Keys past a group's width
+/// are invisible to all its rows, so its products stop there.
+pub(crate) fn group_limits(
+    iv: &[(usize, usize)],
+    mr: usize,
+    j0: usize,
+    jend: usize,
+    lim: &mut Vec<usize>,
+) {
+    lim.clear();
+    for grp in iv.chunks(mr) {
+        let hi = grp
+            .iter()
+            .filter(|(lo, hi)| lo < hi)
+            .map(|&(_, hi)| hi)
+            .max()
+            .unwrap_or(j0);
+        lim.push(hi.clamp(j0, jend) - j0);
+    }
+}
+
 /// Tiles of at most this many rows read K and V in place (no packing).
 pub const DIRECT_MAX_ROWS: usize = 8;
 
@@ -307,17 +330,7 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
         // Row groups of MR rows (the microkernel's height) that see fewer keys of this
         // block than the tile's last row (the causal diagonal, a window) stop earlier:
         // their S and P·V use only their own leading width `lim[g]`.
-        ws.lim.clear();
-        for g in 0..rows.div_ceil(mr) {
-            let grp = &ws.iv[g * mr..((g + 1) * mr).min(rows)];
-            let hi = grp
-                .iter()
-                .filter(|(lo, hi)| lo < hi)
-                .map(|&(_, hi)| hi)
-                .max()
-                .unwrap_or(j0);
-            ws.lim.push(hi.clamp(j0, jend) - j0);
-        }
+        group_limits(&ws.iv[..rows], mr, j0, jend, &mut ws.lim);
         let staircase = matches!(kv, Kv::Packed(_)) && ws.lim.iter().any(|&w| w < kbn);
         let qm = MatRef::new(&ws.q, rows, d, d, 1)?;
         match kv {

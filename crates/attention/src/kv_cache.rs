@@ -11,7 +11,7 @@
 //! over everything cached.
 
 use crate::error::{AttnError, Result};
-use crate::tensor::TensorRef;
+use crate::tensor::{convert_row, TensorRef};
 use kernels::{DType, Element, Isa};
 
 /// Keys and values of one layer, `[B, Hkv, capacity, D]` each, the first `len` positions
@@ -253,15 +253,8 @@ fn append_rows<T: Element, S: Element>(
         for hh in 0..h {
             for i in 0..n {
                 let o = bb * st[0] + hh * st[1] + (len + i) * st[2];
-                let row = &mut dst[o..o + d];
                 let s0 = src.offset(bb, hh, i, 0);
-                if ss[3] == 1 {
-                    kernels::convert::convert_with(isa, &src.data()[s0..s0 + d], row)?;
-                } else {
-                    for (x, r) in row.iter_mut().enumerate() {
-                        *r = T::from_f32(src.data()[s0 + x * ss[3]].to_f32());
-                    }
-                }
+                convert_row(isa, src.data(), s0, ss[3], dst, o, 1, d)?;
             }
         }
     }

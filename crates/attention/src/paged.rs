@@ -8,7 +8,7 @@
 //! through a block table is the serving work that builds on it.
 
 use crate::error::{AttnError, Result};
-use crate::tensor::{TensorMut, TensorRef};
+use crate::tensor::{convert_row, TensorMut, TensorRef};
 use kernels::{Element, Isa};
 
 /// Writes the new key and value rows of `T` tokens into paged caches, converted to the
@@ -119,19 +119,8 @@ fn write_row<S: Element, T: Element>(
     page: usize,
     off: usize,
 ) -> Result<()> {
-    let n = src.dims()[3];
-    if n == 0 {
-        return Ok(());
-    }
     let (s0, ss) = (src.offset(0, h, t, 0), src.strides()[3]);
     let (d0, ds) = (dst.offset(page, off, h, 0), dst.strides()[3]);
-    let data = dst.data_mut();
-    if ss == 1 && ds == 1 {
-        kernels::convert::convert_with(isa, &src.data()[s0..s0 + n], &mut data[d0..d0 + n])?;
-    } else {
-        for x in 0..n {
-            data[d0 + x * ds] = T::from_f32(src.data()[s0 + x * ss].to_f32());
-        }
-    }
-    Ok(())
+    let n = src.dims()[3];
+    convert_row(isa, src.data(), s0, ss, dst.data_mut(), d0, ds, n)
 }

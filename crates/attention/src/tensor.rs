@@ -379,3 +379,30 @@ impl AnyOut {
         }
     }
 }
+
+/// Copies `n` values from `src` (from `s0`, stride `ss`) to `dst` (from `d0`, stride `ds`),
+/// converted to `T`: one vector conversion when both strides are 1, else element by element
+/// (the conversions are exact or correctly rounded, so both give the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn convert_row<S: Element, T: Element>(
+    isa: Isa,
+    src: &[S],
+    s0: usize,
+    ss: usize,
+    dst: &mut [T],
+    d0: usize,
+    ds: usize,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    if ss == 1 && ds == 1 {
+        kernels::convert::convert_with(isa, &src[s0..s0 + n], &mut dst[d0..d0 + n])?;
+    } else {
+        for x in 0..n {
+            dst[d0 + x * ds] = T::from_f32(src[s0 + x * ss].to_f32());
+        }
+    }
+    Ok(())
+}

@@ -249,16 +249,7 @@ impl Inputs<'_, '_> {
         // `lim[g]`: the columns past it are invisible to all their rows.
         let (qo, go) = ((g * p.lq + i0) * d, (g * p.lq + i0) * dv);
         let mr = kernels::gemm::tile_of(p.isa).0;
-        ws.lim.clear();
-        for grp in ws.iv.chunks(mr) {
-            let hi = grp
-                .iter()
-                .filter(|(lo, hi)| lo < hi)
-                .map(|&(_, hi)| hi)
-                .max()
-                .unwrap_or(j0);
-            ws.lim.push(hi.clamp(j0, j1) - j0);
-        }
+        crate::flash::group_limits(&ws.iv, mr, j0, j1, &mut ws.lim);
         for (gi, &w) in ws.lim.iter().enumerate() {
             let (r0, rg) = (gi * mr, mr.min(rows - gi * mr));
             match &ws.kt_pack {
