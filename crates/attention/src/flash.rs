@@ -27,11 +27,11 @@
 //! row segment it hands out.
 
 use crate::error::Result;
+use crate::job::Job;
 use crate::kv::KvSource;
 use crate::nonfinite::dense_copy;
 use crate::options::Problem;
-use crate::tensor::{with_mat, AnyOut, AnyRef};
-use crate::SyncPtr;
+use crate::tensor::{with_mat, AnyRef};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
 use kernels::gemv::{axpy_rows_with, dot_rows_with};
@@ -60,29 +60,34 @@ pub const DECODE_CHUNK: usize = 2048;
 /// Total key/value packing memory above which query groups are processed one at a time.
 const PACK_BUDGET_BYTES: usize = 64 << 20;
 
-/// Kᵀ and V of keys `origin .. end` of one key/value head, packed for the microkernel.
+/// Kᵀ and V of keys `origin .. end` of one key/value head, packed for the microkernel, one
+/// pack of each per block of [`KEY_BLOCK`] keys (so a source that does not keep the keys
+/// as one matrix, a paged cache, is staged a block at a time, never as a whole).
 struct KvPacks {
-    k: PackedB,
+    k: Vec<PackedB>,
     v: Vec<PackedB>,
     /// Per V block: a dense row-major copy (`kb × dv`) where the block holds a NaN or an
     /// infinity, else `None`. Such a block's P·V skips zero weights
     /// ([`kernels::gemv::axpy_rows_with`]) instead of running the GEMM, where a key that a
     /// row cannot see (weight 0) would still add `0·NaN = NaN` to it.
     v_nonfinite: Vec<Option<Vec<f32>>>,
-    /// Where rows that the source does not keep as one matrix are gathered for packing
-    /// (unused by a dense source).
+    /// Where a block's rows that the source does not keep as one matrix are staged for
+    /// packing (unused by a dense source).
     scratch: Vec<f32>,
+    isa: Isa,
     origin: usize,
     end: usize,
 }
 
 impl KvPacks {
     fn new(isa: Isa) -> Result<Self> {
+        isa.check()?;
         Ok(KvPacks {
-            k: PackedB::new(isa)?,
+            k: Vec::new(),
             v: Vec::new(),
             v_nonfinite: Vec::new(),
             scratch: Vec::new(),
+            isa,
             origin: 0,
             end: 0,
         })
@@ -92,7 +97,7 @@ impl KvPacks {
     /// packs may come from a call that forced another variant.
     fn reuse(old: Option<KvPacks>, isa: Isa) -> Result<Self> {
         match old {
-            Some(p) if p.k.isa() == isa => Ok(p),
+            Some(p) if p.isa == isa => Ok(p),
             _ => KvPacks::new(isa),
         }
     }
@@ -109,11 +114,10 @@ impl KvPacks {
         end: usize,
     ) -> Result<()> {
         let n = end - origin;
-        // Kᵀ (d × n) of the keys: one matrix from the source (its own rows when it keeps
-        // them as one, as a dense source does).
-        let ks = k.contiguous(p.isa, b, kvh, origin, end, p.d, &mut self.scratch)?;
-        with_mat!(ks.mem, (ks.base, p.d, n, ks.col_stride, ks.row_stride), m => self.k.pack(m)?);
         let blocks = n.div_ceil(KEY_BLOCK);
+        while self.k.len() < blocks {
+            self.k.push(PackedB::new(p.isa)?);
+        }
         while self.v.len() < blocks {
             self.v.push(PackedB::new(p.isa)?);
         }
@@ -121,6 +125,10 @@ impl KvPacks {
         for blk in 0..blocks {
             let j0 = origin + blk * KEY_BLOCK;
             let kb = KEY_BLOCK.min(end - j0);
+            // Kᵀ (d × kb) of the block: one matrix from the source (its own rows when it
+            // keeps them as one, as a dense source does).
+            let ks = k.contiguous(p.isa, b, kvh, j0, j0 + kb, p.d, &mut self.scratch)?;
+            with_mat!(ks.mem, (ks.base, p.d, kb, ks.col_stride, ks.row_stride), m => self.k[blk].pack(m)?);
             let vs = v.contiguous(p.isa, b, kvh, j0, j0 + kb, p.dv, &mut self.scratch)?;
             with_mat!(vs.mem, (vs.base, kb, p.dv, vs.row_stride, vs.col_stride), vm => {
                 self.v[blk].pack(vm)?;
@@ -341,8 +349,8 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                         gemm_packed_b(
                             p.scale,
                             MatRef::new(&ws.q[r0 * d..], rg, d, d, 1)?,
-                            &packs.k,
-                            j0 - origin,
+                            &packs.k[blk],
+                            0,
                             0.0,
                             MatMut::new(&mut ws.s[r0 * KEY_BLOCK..], rg, w, KEY_BLOCK, 1)?,
                         )?;
@@ -351,7 +359,7 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
             }
             Kv::Packed(packs) => {
                 let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
-                gemm_packed_b(p.scale, qm, &packs.k, j0 - origin, 0.0, sm)?
+                gemm_packed_b(p.scale, qm, &packs.k[blk], 0, 0.0, sm)?
             }
             // The keys in place, one segment of the source at a time (a dense source has
             // one), each into its own columns of S.
@@ -435,90 +443,110 @@ fn row_hi(p: &Problem<'_>, t: Tile, r: usize) -> (usize, usize) {
     (t.kvh * p.group() + gr / p.lq, gr % p.lq)
 }
 
-/// Writes `O / l` (zeros where `l == 0`) and the log-sum-exp of tile rows.
+/// Writes the finished tile rows (`O / l`, zeros where a row has no weight; sinks folded
+/// in, see [`Problem::finish`]) and their log-sum-exp.
 ///
 /// # Safety
-/// `out` points at element 0 of the validated output view `[B, Hq, Lq, Dv]` with strides
-/// `os`; no other thread writes these rows; `lse`, if given, is `B·Hq·Lq` long and likewise.
-#[allow(clippy::too_many_arguments)]
-unsafe fn finish_rows(
-    p: &Problem<'_>,
-    t: Tile,
-    o: &[f32],
-    m: &[f32],
-    l: &[f32],
-    out: AnyOut,
-    os: [usize; 4],
-    lse: Option<SyncPtr>,
-) {
-    let dv = p.dv;
+/// `job.out` and `job.lse` are valid for the job's rows (checked views), and no other
+/// thread writes the rows of `t`.
+unsafe fn finish_rows(job: &Job<'_>, t: Tile, o: &[f32], m: &[f32], l: &[f32]) {
+    let (p, dv) = (&job.p, job.p.dv);
     for r in 0..t.r1 - t.r0 {
         let (h, i) = row_hi(p, t, r);
-        let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
-        let base = t.b * os[0] + h * os[1] + i * os[2];
+        let (inv, lse) = p.finish(h, m[r], l[r]);
         // SAFETY: (t.b, h, i, 0..dv) is inside the output view; this tile owns the row.
-        unsafe { out.store_row(base, os[3], dv, |x| o[r * dv + x] * inv) };
-        if let Some(lse) = lse {
-            let v = if l[r] > 0.0 {
-                m[r] + l[r].ln()
-            } else {
-                f32::NEG_INFINITY
-            };
-            // SAFETY: the row index is < B·Hq·Lq; this tile owns the row.
-            unsafe { *lse.get().add((t.b * p.hq + h) * p.lq + i) = v };
+        unsafe {
+            job.out
+                .store_row(job.out_row(t.b, h, i), job.os[3], dv, |x| {
+                    o[r * dv + x] * inv
+                })
+        };
+        if let Some(out) = job.lse {
+            // SAFETY: (t.b, h, i) is an entry of the job; this tile owns it.
+            unsafe { out.store(t.b, h, i, lse) };
         }
     }
 }
 
-/// Runs the fused path.
-pub(crate) fn run(
-    p: &Problem<'_>,
-    q: &AnyRef<'_>,
-    k: &KvSource<'_>,
-    v: &KvSource<'_>,
-    out_p: AnyOut,
-    os: [usize; 4],
-    lse: Option<&mut [f32]>,
-) -> Result<()> {
-    // SAFETY: tiles write disjoint LSE entries through this pointer (and disjoint output
-    // rows through `out_p`), and nothing else accesses them during the call.
-    let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
+/// A query group `(b, kvh)` of a job and its tiles `tiles[t0 .. t1]`.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    job: usize,
+    b: usize,
+    kvh: usize,
+    t0: usize,
+    t1: usize,
+    /// Whether the job runs split along its keys (flash-decoding).
+    split: bool,
+}
+
+/// Runs the fused path over the jobs of one call (a dense call has one).
+///
+/// Every query group of every job is built into tiles first. A job whose keys are long
+/// and whose tiles are few (decoding) is split along its keys into [`DECODE_CHUNK`]s; the
+/// others run a task per query group (packing its keys once), with the group's tiles
+/// spread over the threads. Every choice depends on the problem only, never on the thread
+/// count.
+pub(crate) fn run(jobs: &[Job<'_>]) -> Result<()> {
     let mut tiles = Vec::new();
-    // Tiles are built group by group: `group_start[g] .. group_start[g + 1]` are group g's.
-    let mut group_start = vec![0];
-    for b in 0..p.b {
-        for kvh in 0..p.hkv {
-            group_tiles(p, b, kvh, &mut tiles);
-            group_start.push(tiles.len());
+    let mut groups: Vec<Group> = Vec::new();
+    for (ji, job) in jobs.iter().enumerate() {
+        let p = &job.p;
+        let first = groups.len();
+        let t_first = tiles.len();
+        for b in 0..p.b {
+            for kvh in 0..p.hkv {
+                let t0 = tiles.len();
+                group_tiles(p, b, kvh, &mut tiles);
+                if tiles.len() > t0 {
+                    groups.push(Group {
+                        job: ji,
+                        b,
+                        kvh,
+                        t0,
+                        t1: tiles.len(),
+                        split: false,
+                    });
+                }
+            }
+        }
+        let split = tiles.len() - t_first < 16 && p.lk >= 2 * DECODE_CHUNK;
+        for g in &mut groups[first..] {
+            g.split = split;
         }
     }
     // Threads for the call's teams: 1 (every team runs inline) unless the call may use
     // the pool and is large enough to gain from it.
-    let work = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
-        .iter()
-        .fold(4usize, |a, &x| a.saturating_mul(x));
-    let threads = match p.par {
-        Parallelism::Rayon if work >= 1 << 22 => kernels::parallel::current_threads(),
+    let work = jobs.iter().fold(0usize, |acc, j| {
+        let p = &j.p;
+        let w = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
+            .iter()
+            .fold(4usize, |a, &x| a.saturating_mul(x));
+        acc.saturating_add(w)
+    });
+    let threads = match jobs.first().map(|j| j.p.par) {
+        Some(Parallelism::Rayon) if work >= 1 << 22 => kernels::parallel::current_threads(),
         _ => 1,
     };
-    let split = tiles.len() < 16 && p.lk >= 2 * DECODE_CHUNK;
-    if split {
-        return run_split(p, q, k, v, &tiles, threads, out_p, os, lse_p);
+    let (chunked, whole): (Vec<Group>, Vec<Group>) = groups.iter().partition(|g| g.split);
+    run_groups(jobs, &tiles, &whole, threads)?;
+    run_split(jobs, &tiles, &chunked, threads)
+}
+
+/// One task per query group: pack its keys once, then its tiles (over the threads).
+fn run_groups(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
     }
-    let groups: Vec<(usize, usize)> = (0..p.b)
-        .flat_map(|b| (0..p.hkv).map(move |h| (b, h)))
-        .collect();
-    let tiles_of = |b: usize, kvh: usize| -> &[Tile] {
-        let g = b * p.hkv + kvh;
-        &tiles[group_start[g]..group_start[g + 1]]
-    };
-    let direct = direct_ok(p, k, v);
-    let run_group = |&(b, kvh): &(usize, usize)| -> Result<()> {
+    let run_group = |g: &Group| -> Result<()> {
+        let job = &jobs[g.job];
+        let (p, k, v) = (&job.p, &job.k, &job.v);
+        let direct = direct_ok(p, k, v);
         // The keys the source holds for the head, within the batch's key length.
-        let n = p.kv_len(b).min(k.len(b, kvh));
+        let n = p.kv_len(g.b).min(k.len(g.b, g.kvh));
         let mut packs = KvPacks::reuse(with_ws(|ws| ws.packs.take()), p.isa)?;
         if !direct {
-            packs.pack(p, k, v, b, kvh, 0, n)?;
+            packs.pack(p, k, v, g.b, g.kvh, 0, n)?;
         }
         let kv = if direct {
             Kv::Direct {
@@ -532,19 +560,23 @@ pub(crate) fn run(
         };
         let one = |t: &Tile| -> Result<()> {
             with_ws(|ws| {
-                attend(p, q, *t, &kv, ws)?;
+                attend(p, &job.q, *t, &kv, ws)?;
                 // SAFETY: this tile's rows are written by this task only.
-                unsafe { finish_rows(p, *t, &ws.o, &ws.m, &ws.l, out_p, os, lse_p) };
+                unsafe { finish_rows(job, *t, &ws.o, &ws.m, &ws.l) };
                 Ok(())
             })
         };
-        let ts = tiles_of(b, kvh);
+        let ts = &tiles[g.t0..g.t1];
         let r = kernels::parallel::try_for_each(threads, ts.len(), |i| one(&ts[i]));
         with_ws(|ws| ws.packs = Some(packs));
         r
     };
     // Packs are f32 whatever the input type.
-    let pack_bytes = p.lk * (p.d + p.dv) * 4;
+    let pack_bytes = jobs
+        .iter()
+        .map(|j| j.p.lk * (j.p.d + j.p.dv) * 4)
+        .max()
+        .unwrap_or(0);
     let outer = if pack_bytes.saturating_mul(threads) <= PACK_BUDGET_BYTES {
         threads
     } else {
@@ -553,34 +585,42 @@ pub(crate) fn run(
     kernels::parallel::try_for_each(outer, groups.len(), |i| run_group(&groups[i]))
 }
 
-/// Flash-decoding: every (tile, key chunk) is a task; partial results are merged in chunk
-/// order.
-#[allow(clippy::too_many_arguments)]
-fn run_split(
-    p: &Problem<'_>,
-    q: &AnyRef<'_>,
-    k: &KvSource<'_>,
-    v: &KvSource<'_>,
-    tiles: &[Tile],
-    threads: usize,
-    out_p: AnyOut,
-    os: [usize; 4],
-    lse_p: Option<SyncPtr>,
-) -> Result<()> {
-    let chunks = p.lk.div_ceil(DECODE_CHUNK);
-    let direct = direct_ok(p, k, v);
+/// Flash-decoding: every (tile, key chunk) of the groups is a task; partial results are
+/// merged in chunk order.
+fn run_split(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    // Tasks: (group, tile, chunk); the chunk count is each job's own.
+    let mut tasks = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let chunks = jobs[g.job].p.lk.div_ceil(DECODE_CHUNK);
+        for ti in g.t0..g.t1 {
+            for c in 0..chunks {
+                tasks.push((gi, ti, c));
+            }
+        }
+    }
     // Partial results are sized by the largest tile, not the tile target (decode tiles
     // hold a few rows).
-    let qt = tiles.iter().map(|t| t.r1 - t.r0).max().unwrap_or(0).max(1);
-    let dv = p.dv;
-    let tasks = tiles.len() * chunks;
+    let qt = groups
+        .iter()
+        .flat_map(|g| &tiles[g.t0..g.t1])
+        .map(|t| t.r1 - t.r0)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let dv = jobs[groups[0].job].p.dv;
     // One partial output block per task; at least one element wide so that Dv = 0 still
     // gives one chunk per task (the max and sum partials are needed for the LSE).
     let po_len = (qt * dv).max(1);
-    let mut part_o = vec![0.0f32; tasks * po_len];
-    let mut part_ml = vec![0.0f32; tasks * 2 * qt];
+    let mut part_o = vec![0.0f32; tasks.len() * po_len];
+    let mut part_ml = vec![0.0f32; tasks.len() * 2 * qt];
     let task = |idx: usize, po: &mut [f32], pml: &mut [f32]| -> Result<()> {
-        let (t, c) = (tiles[idx / chunks], idx % chunks);
+        let (gi, ti, c) = tasks[idx];
+        let (g, t) = (groups[gi], tiles[ti]);
+        let job = &jobs[g.job];
+        let (p, k, v) = (&job.p, &job.k, &job.v);
         let rows = t.r1 - t.r0;
         let (pm, pl) = pml.split_at_mut(qt);
         pm[..rows].fill(f32::NEG_INFINITY);
@@ -599,19 +639,19 @@ fn run_split(
             return Ok(());
         }
         with_ws(|ws| {
-            if direct {
+            if direct_ok(p, k, v) {
                 let kv = Kv::Direct {
                     k,
                     v,
                     origin: lo,
                     end: hi,
                 };
-                attend(p, q, t, &kv, ws)?;
+                attend(p, &job.q, t, &kv, ws)?;
             } else {
                 let mut packs = KvPacks::reuse(ws.packs.take(), p.isa)?;
                 let r = packs
                     .pack(p, k, v, t.b, t.kvh, lo, hi)
-                    .and_then(|_| attend(p, q, t, &Kv::Packed(&packs), ws));
+                    .and_then(|_| attend(p, &job.q, t, &Kv::Packed(&packs), ws));
                 ws.packs = Some(packs);
                 r?;
             }
@@ -630,26 +670,33 @@ fn run_split(
         task,
     )?;
     // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order.
+    // The tasks of one tile are consecutive, in chunk order.
     let mut o = vec![0.0f32; qt * dv];
     let (mut m, mut l) = (vec![0.0f32; qt], vec![0.0f32; qt]);
-    for (ti, &t) in tiles.iter().enumerate() {
-        let rows = t.r1 - t.r0;
-        for r in 0..rows {
-            let ms = (0..chunks).map(|c| part_ml[(ti * chunks + c) * 2 * qt + r]);
+    let mut first = 0;
+    while first < tasks.len() {
+        let (gi, ti, _) = tasks[first];
+        let chunks = tasks[first..]
+            .iter()
+            .take_while(|&&(g2, t2, _)| (g2, t2) == (gi, ti))
+            .count();
+        let (job, t) = (&jobs[groups[gi].job], tiles[ti]);
+        for r in 0..t.r1 - t.r0 {
+            let ms = (0..chunks).map(|c| part_ml[(first + c) * 2 * qt + r]);
             let mx = ms.fold(f32::NEG_INFINITY, f32::max);
             let orow = &mut o[r * dv..(r + 1) * dv];
             orow.fill(0.0);
             let mut sum = 0.0f32;
             if mx != f32::NEG_INFINITY {
                 for c in 0..chunks {
-                    let base = (ti * chunks + c) * 2 * qt;
+                    let base = (first + c) * 2 * qt;
                     let (mc, lc) = (part_ml[base + r], part_ml[base + qt + r]);
                     if mc == f32::NEG_INFINITY {
                         continue;
                     }
                     let w = (mc - mx).exp();
                     sum += lc * w;
-                    let po = &part_o[(ti * chunks + c) * po_len + r * dv..][..dv];
+                    let po = &part_o[(first + c) * po_len + r * dv..][..dv];
                     for (x, y) in orow.iter_mut().zip(po) {
                         *x += w * y;
                     }
@@ -659,7 +706,8 @@ fn run_split(
             l[r] = sum;
         }
         // SAFETY: each tile's rows are written once, here, sequentially.
-        unsafe { finish_rows(p, t, &o, &m, &l, out_p, os, lse_p) };
+        unsafe { finish_rows(job, t, &o, &m, &l) };
+        first += chunks;
     }
     Ok(())
 }

@@ -95,6 +95,20 @@ pub(crate) enum KvSource<'a> {
         /// `L`, the keys of every head.
         len: usize,
     },
+    /// A paged cache: the pages `[num_blocks, block_size, Hkv, D]` of one view, and one
+    /// sequence's row of the block table (validated: its first `len.div_ceil(block_size)`
+    /// entries are pages of the view). Key `j` of head `h` is row `j % block_size` of page
+    /// `table[j / block_size]`; one segment per page.
+    Paged {
+        /// The pages.
+        t: AnyRef<'a>,
+        /// Rows per page.
+        block_size: usize,
+        /// The sequence's pages, in key order.
+        table: &'a [i32],
+        /// The sequence's keys.
+        len: usize,
+    },
     /// Tests only: a dense view handed out in runs of at most `seg` rows, cut at multiples
     /// of `seg` (as a paged cache's pages), to exercise the consumers' multi-segment paths.
     #[cfg(test)]
@@ -120,6 +134,32 @@ fn dense_seg<'a>(t: &AnyRef<'a>, b: usize, h: usize, j0: usize, j1: usize) -> Ro
     }
 }
 
+/// Rows `j0 .. j1` (inside one page) of head `h` of a paged source.
+fn page_seg<'a>(
+    t: &AnyRef<'a>,
+    bs: usize,
+    table: &[i32],
+    h: usize,
+    j0: usize,
+    j1: usize,
+) -> RowSeg<'a> {
+    let s = t.strides();
+    // The table entries a sequence's keys use were checked to be pages of the view; an
+    // empty range (possibly past the last page) reads nothing and starts at element 0.
+    let base = if j0 < j1 {
+        t.offset(table[j0 / bs] as usize, j0 % bs, h, 0)
+    } else {
+        0
+    };
+    RowSeg {
+        mem: *t,
+        base,
+        rows: j1 - j0,
+        row_stride: s[1],
+        col_stride: s[3],
+    }
+}
+
 impl<'a> KvSource<'a> {
     /// The dense source over the view `t` of `len` keys per head.
     pub(crate) fn dense(t: AnyRef<'a>, len: usize) -> Self {
@@ -129,7 +169,7 @@ impl<'a> KvSource<'a> {
     /// The keys (rows) of key/value head `(b, h)`.
     pub(crate) fn len(&self, b: usize, h: usize) -> usize {
         match self {
-            KvSource::Dense { len, .. } => {
+            KvSource::Dense { len, .. } | KvSource::Paged { len, .. } => {
                 let _ = (b, h);
                 *len
             }
@@ -141,7 +181,7 @@ impl<'a> KvSource<'a> {
     /// Whether every row's values are contiguous (column stride 1).
     pub(crate) fn unit_cols(&self) -> bool {
         match self {
-            KvSource::Dense { t, .. } => t.strides()[3] == 1,
+            KvSource::Dense { t, .. } | KvSource::Paged { t, .. } => t.strides()[3] == 1,
             #[cfg(test)]
             KvSource::Split { t, .. } => t.strides()[3] == 1,
         }
@@ -153,6 +193,12 @@ impl<'a> KvSource<'a> {
         debug_assert!(j0 <= j1);
         match self {
             KvSource::Dense { t, .. } => Some(dense_seg(t, b, h, j0, j1)),
+            KvSource::Paged {
+                t,
+                block_size: bs,
+                table,
+                ..
+            } => (j0 == j1 || j0 / bs == (j1 - 1) / bs).then(|| page_seg(t, *bs, table, h, j0, j1)),
             #[cfg(test)]
             KvSource::Split { t, seg, .. } => {
                 (j0 == j1 || j0 / seg == (j1 - 1) / seg).then(|| dense_seg(t, b, h, j0, j1))
@@ -179,6 +225,20 @@ impl<'a> KvSource<'a> {
                 Some(seg) => f(0, seg),
                 None => Ok(()),
             },
+            KvSource::Paged {
+                t,
+                block_size: bs,
+                table,
+                ..
+            } => {
+                let mut j = j0;
+                while j < j1 {
+                    let end = ((j / bs + 1) * bs).min(j1);
+                    f(j - j0, page_seg(t, *bs, table, h, j, end))?;
+                    j = end;
+                }
+                Ok(())
+            }
             #[cfg(test)]
             KvSource::Split { t, seg, .. } => {
                 let mut j = j0;
@@ -355,13 +415,20 @@ mod tests {
                     let mut o = vec![0.0f32; hq * lq * d];
                     let mut om = TensorMut::contiguous(&mut o, qd).unwrap();
                     let os = om.strides();
-                    // SAFETY: one call writes the view, nothing else accesses it meanwhile.
-                    let out = unsafe { AnyOut::new(&mut om) };
+                    let job = crate::job::Job {
+                        p: p.clone(),
+                        q,
+                        k,
+                        v,
+                        // SAFETY: one call writes the view, nothing else accesses it meanwhile.
+                        out: unsafe { AnyOut::new(&mut om) },
+                        out_base: 0,
+                        os,
+                        lse: None,
+                    };
                     match path {
-                        AttnPath::Materialized => {
-                            crate::materialized::run(&p, &q, &k, &v, out, os, None, None)
-                        }
-                        _ => crate::flash::run(&p, &q, &k, &v, out, os, None),
+                        AttnPath::Materialized => crate::materialized::run(&job, None),
+                        _ => crate::flash::run(std::slice::from_ref(&job)),
                     }
                     .unwrap();
                     outs.push(o);

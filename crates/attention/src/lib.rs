@@ -36,6 +36,7 @@
 pub mod backward;
 pub mod error;
 pub mod flash;
+mod job;
 mod kv;
 pub mod kv_cache;
 pub mod linear;
@@ -47,6 +48,7 @@ pub mod paged;
 pub mod reference;
 pub mod rope;
 pub mod tensor;
+pub mod varlen;
 
 pub use backward::{
     sdpa_backward, sdpa_backward_into, sdpa_backward_into_dyn, Gradients, SdpaGrads,
@@ -61,7 +63,11 @@ pub use options::{AttnPath, Mask, SdpaOptions};
 pub use paged::paged_kv_write;
 pub use rope::{Rope, RopeConfig};
 pub use tensor::{DynTensor, DynTensorMut, TensorMut, TensorRef};
+pub use varlen::{
+    sdpa_varlen, sdpa_varlen_into, sdpa_varlen_into_dyn, BlockTable, SeqIdx, VarlenSeqs,
+};
 
+use job::{Job, LseOut};
 use kv::KvSource;
 use options::Problem;
 use tensor::{AnyOut, AnyRef};
@@ -238,18 +244,29 @@ pub fn sdpa_into_dyn(
     if p.b * p.hq * p.lq == 0 || (p.dv == 0 && weights.is_none() && lse.is_none()) {
         return Ok(());
     }
-    let q = AnyRef::of_dyn(q);
-    let k = KvSource::dense(AnyRef::of_dyn(k), p.lk);
-    let v = KvSource::dense(AnyRef::of_dyn(v), p.lk);
     let os = out.strides();
-    // SAFETY: the paths write disjoint elements of the output (one task per row or head),
-    // and nothing else accesses it during the call (it is borrowed mutably here).
-    let out_p = unsafe { AnyOut::of_dyn(&mut out) };
+    let lse = lse.map(|l| LseOut {
+        // SAFETY: tasks write disjoint LSE entries (one task per row or head), and nothing
+        // else accesses them during the call (borrowed mutably here).
+        ptr: unsafe { SyncPtr::new(l.as_mut_ptr()) },
+        sb: p.hq * p.lq,
+        sh: p.lq,
+    });
+    let job = Job {
+        q: AnyRef::of_dyn(q),
+        k: KvSource::dense(AnyRef::of_dyn(k), p.lk),
+        v: KvSource::dense(AnyRef::of_dyn(v), p.lk),
+        // SAFETY: the paths write disjoint elements of the output (one task per row or
+        // head), and nothing else accesses it during the call (it is borrowed mutably here).
+        out: unsafe { AnyOut::of_dyn(&mut out) },
+        out_base: 0,
+        os,
+        lse,
+        p,
+    };
     match path {
-        AttnPath::Materialized => {
-            materialized::run(&p, &q, &k, &v, out_p, os, weights.as_mut(), lse)
-        }
-        _ => flash::run(&p, &q, &k, &v, out_p, os, lse),
+        AttnPath::Materialized => materialized::run(&job, weights.as_mut()),
+        _ => flash::run(std::slice::from_ref(&job)),
     }
 }
 

@@ -3,9 +3,8 @@
 //! is used when the attention weights are asked for (or when forced for profiling).
 
 use crate::error::Result;
-use crate::kv::KvSource;
-use crate::options::Problem;
-use crate::tensor::{with_mat, AnyOut, AnyRef, TensorMut};
+use crate::job::Job;
+use crate::tensor::{with_mat, TensorMut};
 use crate::SyncPtr;
 use kernels::gemm::gemm_with;
 use kernels::gemm::{MatMut, MatRef};
@@ -15,16 +14,9 @@ use kernels::Parallelism;
 
 /// Runs the materialised path, writing the output, and the weights / LSE when given.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run(
-    p: &Problem<'_>,
-    q: &AnyRef<'_>,
-    k: &KvSource<'_>,
-    v: &KvSource<'_>,
-    out_p: AnyOut,
-    os: [usize; 4],
-    weights: Option<&mut TensorMut<'_>>,
-    lse: Option<&mut [f32]>,
-) -> Result<()> {
+pub(crate) fn run(job: &Job<'_>, weights: Option<&mut TensorMut<'_>>) -> Result<()> {
+    let (p, q, k, v) = (&job.p, &job.q, &job.k, &job.v);
+    let out_p = job.out;
     let heads: Vec<(usize, usize)> = (0..p.b)
         .flat_map(|b| (0..p.hq).map(move |h| (b, h)))
         .collect();
@@ -35,12 +27,11 @@ pub(crate) fn run(
     } else {
         p.par
     };
+    let os = job.os;
     let ws_strides = weights.as_ref().map(|w| w.strides());
     // SAFETY: each head writes only its own rows of out / weights / lse; nothing else
     // touches them during the call.
     let w_p = weights.map(|w| unsafe { SyncPtr::new(w.as_mut_ptr()) });
-    // SAFETY: as above.
-    let lse_p = lse.map(|l| unsafe { SyncPtr::new(l.as_mut_ptr()) });
     let qs = q.strides();
     // Per (batch, key/value head): a dense copy of V where it holds a NaN or an infinity
     // (found once here, not once per query head of the group).
@@ -84,18 +75,13 @@ pub(crate) fn run(
             let row = &mut s[i * lk..(i + 1) * lk];
             p.modify_row(b, h, i, 0, row);
             let (mx, sum) = exp_row_update(p.isa, row, 1.0, f32::NEG_INFINITY)?;
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            let (inv, val) = p.finish(h, mx, sum);
             for x in row.iter_mut() {
                 *x *= inv;
             }
-            if let Some(lse) = lse_p {
-                let val = if sum > 0.0 {
-                    mx + sum.ln()
-                } else {
-                    f32::NEG_INFINITY
-                };
-                // SAFETY: index < B·Hq·Lq; this head owns the entry.
-                unsafe { *lse.get().add((b * p.hq + h) * lq + i) = val };
+            if let Some(lse) = job.lse {
+                // SAFETY: (b, h, i) is an entry of the job; this head owns it.
+                unsafe { lse.store(b, h, i, val) };
             }
             if let (Some(w), Some(wst)) = (w_p, ws_strides) {
                 let base = b * wst[0] + h * wst[1] + i * wst[2];
@@ -127,10 +113,9 @@ pub(crate) fn run(
                 gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?;
             }
             for i in 0..lq {
-                let base = b * os[0] + h * os[1] + i * os[2];
                 // SAFETY: (b, h, i, 0..dv) is inside the checked output view; this head
                 // owns it.
-                unsafe { out_p.store_row(base, os[3], p.dv, |x| o[i * p.dv + x]) };
+                unsafe { out_p.store_row(job.out_row(b, h, i), os[3], p.dv, |x| o[i * p.dv + x]) };
             }
             return Ok(());
         }
@@ -141,7 +126,7 @@ pub(crate) fn run(
         match out_p.as_f32() {
             _ if p.dv == 0 => {}
             Some(o) => {
-                let (base, rso, cso) = (b * os[0] + h * os[1], os[2] as isize, os[3] as isize);
+                let (base, rso, cso) = (job.out_row(b, h, 0), os[2] as isize, os[3] as isize);
                 with_mat!(vs.mem, (vs.base, lk, p.dv, vs.row_stride, vs.col_stride), vm => {
                     // SAFETY: P is lq×lk (fresh); V[b, kvh] is lk×dv inside its checked
                     // view; O[b, h] is lq×dv inside the checked output view, written by
@@ -164,10 +149,11 @@ pub(crate) fn run(
                     gemm_with(p.isa, inner_par, 1.0, pm, vm, 0.0, om)?
                 });
                 for i in 0..lq {
-                    let base = b * os[0] + h * os[1] + i * os[2];
                     // SAFETY: (b, h, i, 0..dv) is inside the checked output view; this
                     // head owns it.
-                    unsafe { out_p.store_row(base, os[3], p.dv, |x| o[i * p.dv + x]) };
+                    unsafe {
+                        out_p.store_row(job.out_row(b, h, i), os[3], p.dv, |x| o[i * p.dv + x])
+                    };
                 }
             }
         }

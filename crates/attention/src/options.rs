@@ -82,6 +82,11 @@ pub struct SdpaOptions<'a> {
     pub alibi_slopes: Option<&'a [f32]>,
     /// Logit soft-capping `cap·tanh(s/cap)` (Gemma 2); must be finite and > 0.
     pub softcap: Option<f32>,
+    /// Attention sinks: one logit per query head that joins every row's softmax
+    /// denominator and contributes no value (gpt-oss's `s_aux`). Rows then sum to less
+    /// than 1; a row with no visible key still gets a zero output, and its log-sum-exp is
+    /// the sink. `-inf` is no sink; NaN and `+inf` are refused.
+    pub sinks: Option<&'a [f32]>,
     /// Force a path (for profiling); both give the same results within rounding.
     pub path: AttnPath,
     /// Force a kernel variant; `None` uses [`kernels::current_isa`].
@@ -152,6 +157,12 @@ impl<'a> SdpaOptions<'a> {
         self
     }
 
+    /// Sets [`sinks`](Self::sinks).
+    pub fn with_sinks(mut self, sinks: Option<&'a [f32]>) -> Self {
+        self.sinks = sinks;
+        self
+    }
+
     /// Sets [`path`](Self::path).
     pub fn with_path(mut self, path: AttnPath) -> Self {
         self.path = path;
@@ -189,6 +200,7 @@ pub(crate) struct Problem<'a> {
     pub window_right: Option<usize>,
     pub alibi: Option<&'a [f32]>,
     pub softcap: Option<f32>,
+    pub sinks: Option<&'a [f32]>,
     pub isa: Isa,
     pub par: Parallelism,
 }
@@ -282,6 +294,18 @@ impl<'a> Problem<'a> {
                 });
             }
         }
+        if let Some(s) = opts.sinks {
+            if s.len() != hq {
+                return Err(AttnError::Option {
+                    what: format!("sinks has {} values, Hq is {hq}", s.len()),
+                });
+            }
+            if let Some(bad) = s.iter().find(|x| x.is_nan() || **x == f32::INFINITY) {
+                return Err(AttnError::Option {
+                    what: format!("sink logits must be below +inf and not NaN, got {bad}"),
+                });
+            }
+        }
         let isa = match opts.isa {
             Some(i) => i.check()?,
             None => kernels::current_isa()?,
@@ -302,6 +326,7 @@ impl<'a> Problem<'a> {
             window_right: opts.window_right,
             alibi: opts.alibi_slopes,
             softcap: opts.softcap,
+            sinks: opts.sinks,
             isa,
             par: opts.parallelism,
         })
@@ -336,6 +361,30 @@ impl<'a> Problem<'a> {
         let hi = hi.clamp(0, n) as usize;
         let lo = (lo.max(0) as usize).min(hi);
         (lo, hi)
+    }
+
+    /// The normalisation of a finished row of head `h` whose softmax state is the running
+    /// max `m` and sum `l` (of `exp(s − m)`): the factor that turns the unnormalised output
+    /// into the output (0 when the row has no weight at all) and the row's log-sum-exp
+    /// (`−inf` when it has none). A sink of head `h` joins the sum here.
+    #[inline]
+    pub fn finish(&self, h: usize, m: f32, l: f32) -> (f32, f32) {
+        let sink = match self.sinks {
+            Some(s) if s[h] != f32::NEG_INFINITY => s[h],
+            _ => {
+                return if l > 0.0 {
+                    (1.0 / l, m + l.ln())
+                } else {
+                    (0.0, f32::NEG_INFINITY)
+                }
+            }
+        };
+        // With a sink: M = max(m, sink), l' = l·e^(m − M) + e^(sink − M), and the output
+        // O·e^(m − M)/l'. l' ≥ 1 here (one of its terms is e^0).
+        let big = m.max(sink);
+        let alpha = if l > 0.0 { (m - big).exp() } else { 0.0 };
+        let sum = l * alpha + (sink - big).exp();
+        (alpha / sum, big + sum.ln())
     }
 
     /// Whether scores need per-element work beyond the visible interval (soft-cap, ALiBi,

@@ -43,12 +43,15 @@ pub fn sdpa_ref<Q: Element, K: Element, V: Element>(
                     .into_iter()
                     .map(|(s, _)| s)
                     .collect();
-                let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                // A sink joins the softmax as one more logit with no value.
+                let sink = opts.sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
+                let mx = logits.iter().cloned().fold(sink, f64::max);
                 let row = ((b * hq + h) * lq) + i;
                 if mx == f64::NEG_INFINITY {
-                    continue; // no visible key: zeros, lse = -inf
+                    continue; // no visible key and no sink: zeros, lse = -inf
                 }
-                let sum: f64 = logits.iter().map(|&s| (s - mx).exp()).sum();
+                let sum: f64 =
+                    logits.iter().map(|&s| (s - mx).exp()).sum::<f64>() + (sink - mx).exp();
                 lse[row] = (mx + sum.ln()) as f32;
                 for (w, &s) in weights[row * lk..(row + 1) * lk].iter_mut().zip(&logits) {
                     *w = ((s - mx).exp() / sum) as f32;

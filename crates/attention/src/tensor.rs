@@ -295,6 +295,14 @@ impl<'a> AnyRef<'a> {
     pub(crate) fn strides(&self) -> [usize; 4] {
         self.strides
     }
+    /// The same strides over the elements from `off` on: element `(b, h, l, d)` of the
+    /// result is element `off + offset(b, h, l, d)` of `self`.
+    pub(crate) fn tail(&self, off: usize) -> Self {
+        AnyRef {
+            data: self.data.tail(off),
+            strides: self.strides,
+        }
+    }
     #[inline]
     pub(crate) fn offset(&self, b: usize, h: usize, l: usize, d: usize) -> usize {
         b * self.strides[0] + h * self.strides[1] + l * self.strides[2] + d * self.strides[3]

@@ -206,6 +206,11 @@ pub fn sdpa_backward_into_dyn(
     opts: &SdpaOptions<'_>,
 ) -> Result<()> {
     let p = Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
+    if p.sinks.is_some() {
+        return Err(AttnError::Option {
+            what: "the backward pass does not take attention sinks yet".into(),
+        });
+    }
     let out_dims = [p.b, p.hq, p.lq, p.dv];
     for (what, t) in [("output", o.dims()), ("output gradient", d_o.dims())] {
         if t != out_dims {
