@@ -34,7 +34,7 @@ use crate::options::Problem;
 use crate::tensor::{with_mat, AnyRef};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
-use kernels::gemv::{axpy_rows_with, dot_rows_with};
+use kernels::gemv::{axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with};
 use kernels::softmax::online::exp_row_update;
 use kernels::{Isa, Parallelism};
 use std::cell::RefCell;
@@ -207,6 +207,8 @@ struct Ws {
     l: Vec<f32>,
     iv: Vec<(usize, usize)>,
     lim: Vec<usize>,
+    /// Row offsets of a paged source's keys of one block (the indexed decode kernels).
+    rows: Vec<usize>,
     packs: Option<KvPacks>,
 }
 
@@ -225,6 +227,7 @@ fn with_ws<R>(f: impl FnOnce(&mut Ws) -> R) -> R {
         l: Vec::new(),
         iv: Vec::new(),
         lim: Vec::new(),
+        rows: Vec::new(),
         packs: None,
     });
     let r = f(&mut ws);
@@ -361,15 +364,24 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                 let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
                 gemm_packed_b(p.scale, qm, &packs.k[blk], 0, 0.0, sm)?
             }
-            // The keys in place, one segment of the source at a time (a dense source has
-            // one), each into its own columns of S.
-            Kv::Direct { k, .. } => k.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
-                let sm = MatMut::new(&mut ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
-                with_mat!(seg.mem, (seg.base, seg.rows, d, seg.row_stride, seg.col_stride), km => {
-                    dot_rows_with(p.isa, p.scale, qm, km, sm)?
-                });
-                Ok(())
-            })?,
+            // The keys in place: scattered rows (a paged cache) in one call, else one
+            // segment of the source at a time (a dense source has one), each into its own
+            // columns of S.
+            Kv::Direct { k, .. } => match k.indexed(t.b, t.kvh, j0, jend, &mut ws.rows) {
+                Some(mem) => {
+                    let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
+                    kernels::match_dtype!(mem.data, kernels::dtype::Slice(ks) => {
+                        dot_rows_indexed_with(p.isa, p.scale, qm, ks, &ws.rows, sm)?
+                    })
+                }
+                None => k.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
+                    let sm = MatMut::new(&mut ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
+                    with_mat!(seg.mem, (seg.base, seg.rows, d, seg.row_stride, seg.col_stride), km => {
+                        dot_rows_with(p.isa, p.scale, qm, km, sm)?
+                    });
+                    Ok(())
+                })?,
+            },
         }
         for r in 0..rows {
             let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
@@ -422,15 +434,24 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                 let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
                 gemm_packed_b(1.0, pm, &packs.v[blk], 0, 1.0, om)?
             }
-            // O += P·V over the values in place, segment by segment (in key order).
-            Kv::Direct { v, .. } => v.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
-                let pm = MatRef::new(&ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
-                let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
-                with_mat!(seg.mem, (seg.base, seg.rows, dv, seg.row_stride, seg.col_stride), vm => {
-                    axpy_rows_with(p.isa, pm, vm, om)?
-                });
-                Ok(())
-            })?,
+            // O += P·V over the values in place: scattered rows in one call, else segment
+            // by segment (in key order).
+            Kv::Direct { v, .. } => match v.indexed(t.b, t.kvh, j0, jend, &mut ws.rows) {
+                Some(mem) => {
+                    let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+                    kernels::match_dtype!(mem.data, kernels::dtype::Slice(vs) => {
+                        axpy_rows_indexed_with(p.isa, pm, vs, &ws.rows, om)?
+                    })
+                }
+                None => v.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
+                    let pm = MatRef::new(&ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
+                    let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
+                    with_mat!(seg.mem, (seg.base, seg.rows, dv, seg.row_stride, seg.col_stride), vm => {
+                        axpy_rows_with(p.isa, pm, vm, om)?
+                    });
+                    Ok(())
+                })?,
+            },
         }
     }
     Ok(())

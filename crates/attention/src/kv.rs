@@ -251,6 +251,43 @@ impl<'a> KvSource<'a> {
         }
     }
 
+    /// For a source whose rows are scattered (a paged cache): the memory of rows `j0 .. j1`
+    /// of `(b, h)`, with each row's element offset written to `rows` (one entry per row),
+    /// so the decode kernels take the whole run in one call whatever the page size. `None`
+    /// for a source that hands out strided segments instead (a dense view).
+    pub(crate) fn indexed(
+        &self,
+        b: usize,
+        h: usize,
+        j0: usize,
+        j1: usize,
+        rows: &mut Vec<usize>,
+    ) -> Option<AnyRef<'a>> {
+        let _ = b;
+        match self {
+            KvSource::Dense { .. } => None,
+            KvSource::Paged {
+                t,
+                block_size: bs,
+                table,
+                ..
+            } => {
+                let s = t.strides();
+                rows.clear();
+                let mut j = j0;
+                while j < j1 {
+                    let end = ((j / bs + 1) * bs).min(j1);
+                    let base = t.offset(table[j / bs] as usize, j % bs, h, 0);
+                    rows.extend((0..end - j).map(|r| base + r * s[1]));
+                    j = end;
+                }
+                Some(*t)
+            }
+            #[cfg(test)]
+            KvSource::Split { .. } => None,
+        }
+    }
+
     /// Rows `j0 .. j1` of `(b, h)` (`cols` values each) as one strided matrix: the
     /// source's own segment where it has one (no copy), else the rows gathered as dense
     /// f32 into `scratch`.

@@ -6,6 +6,9 @@
 //!   horizontal sum per output).
 //! * [`axpy_rows_with`]: `O[r, :] += Σ_j P[r, j]·V[j, :]` — each value row is loaded once
 //!   and added into every output row with its weight; zero weights are skipped.
+//! * [`dot_rows_indexed_with`], [`axpy_rows_indexed_with`]: the same for rows scattered in
+//!   memory (a paged KV cache, any page size): row `j` starts at element `rows[j]`, one
+//!   call for the whole run of keys instead of one per page.
 //!
 //! K and V may be f32, f16 or bf16 ([`Element`]): 16-bit rows are widened in registers
 //! (F16C `vcvtph2ps`, a shift for bf16), so decoding from a 16-bit cache reads half the
@@ -20,6 +23,76 @@ use crate::simd::{dispatch, load_as, IsaKernel, SimdOps};
 
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
+
+/// Where a kernel finds its key or value rows: row `j` at `base + j·ld` ([`Strided`]) or at
+/// `base + off[j]` ([`Indexed`], rows scattered over pages). The kernels do the same
+/// arithmetic on either, so both give the same bits on the same values.
+trait Rows<E>: Copy {
+    /// Row `j`'s first value.
+    ///
+    /// # Safety
+    /// `j` is a row of the set.
+    unsafe fn row(self, j: usize) -> *const E;
+    /// An address at or near row `j`, for prefetching only (never dereferenced; `j` may be
+    /// past the last row).
+    fn ahead(self, j: usize) -> *const E;
+}
+
+/// Rows at a fixed stride.
+struct Strided<E> {
+    base: *const E,
+    ld: usize,
+}
+
+impl<E> Clone for Strided<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Strided<E> {}
+
+impl<E> Rows<E> for Strided<E> {
+    #[inline(always)]
+    unsafe fn row(self, j: usize) -> *const E {
+        // SAFETY: row j is inside the matrix (caller contract).
+        unsafe { self.base.add(j * self.ld) }
+    }
+    #[inline(always)]
+    fn ahead(self, j: usize) -> *const E {
+        self.base.wrapping_add(j * self.ld)
+    }
+}
+
+/// Rows at element offsets `off[0 .. n]` from `base`.
+struct Indexed<E> {
+    base: *const E,
+    off: *const usize,
+    n: usize,
+}
+
+impl<E> Clone for Indexed<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Indexed<E> {}
+
+impl<E> Rows<E> for Indexed<E> {
+    #[inline(always)]
+    unsafe fn row(self, j: usize) -> *const E {
+        // SAFETY: j < n, and every offset was checked to start a readable row.
+        unsafe { self.base.add(*self.off.add(j)) }
+    }
+    #[inline(always)]
+    fn ahead(self, j: usize) -> *const E {
+        if j < self.n {
+            // SAFETY: j < n: inside the offset list.
+            self.base.wrapping_add(unsafe { *self.off.add(j) })
+        } else {
+            self.base
+        }
+    }
+}
 
 /// Prefetches `rows` rows of `len` values at `p` (stride `ld`), one request per cache line.
 ///
@@ -73,33 +146,34 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
     }
 }
 
-/// [`dot_group`] for `KJ` consecutive key rows at once (`kj`, `kj + ldk`, ...): `KJ` times
-/// the independent FMA chains and each query vector loaded once per `KJ` keys. Each
+/// [`dot_group`] for `KJ` key rows at once (`k.row(j) ..= k.row(j + KJ − 1)`): `KJ`
+/// times the independent FMA chains and each query vector loaded once per `KJ` keys. Each
 /// output is still one chain over `x` in order, so any `KJ` gives the same bits.
 ///
 /// # Safety
-/// As [`dot_group`], for key rows `kj + t·ldk`, `t < KJ`, and outputs `s + r·lds + t`.
+/// As [`dot_group`], for key rows `j .. j + KJ` of `k`, and outputs `s + r·lds + t`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_groupk<S: SimdOps, E: Element, const R: usize, const KJ: usize>(
+unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<E>, const R: usize, const KJ: usize>(
     d: usize,
     alpha: f32,
     q: *const f32,
     ldq: usize,
-    kj: *const E,
-    ldk: usize,
+    k: K,
+    j: usize,
     s: *mut f32,
     lds: usize,
 ) {
     let dvec = d - d % S::LANES;
     // SAFETY: reads stay within the rows described above; the ISA is present.
     unsafe {
+        let kr: [*const E; KJ] = std::array::from_fn(|t| k.row(j + t));
         let mut acc = [[S::zero(); KJ]; R];
         let mut x = 0;
         while x < dvec {
             let mut kv = [S::zero(); KJ];
-            for (t, k) in kv.iter_mut().enumerate() {
-                *k = load_as::<S, E>(kj.add(t * ldk + x));
+            for (t, kk) in kv.iter_mut().enumerate() {
+                *kk = load_as::<S, E>(kr[t].add(x));
             }
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = S::load(q.add(r * ldq + x));
@@ -113,7 +187,7 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, const R: usize, const KJ: usize>(
             for (t, &at) in a.iter().enumerate() {
                 let mut v = S::hsum(at);
                 for x in dvec..d {
-                    v += *q.add(r * ldq + x) * (*kj.add(t * ldk + x)).to_f32();
+                    v += *q.add(r * ldq + x) * (*kr[t].add(x)).to_f32();
                 }
                 *s.add(r * lds + t) = alpha * v;
             }
@@ -122,19 +196,18 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, const R: usize, const KJ: usize>(
 }
 
 /// # Safety
-/// Q `rows × d` (stride `ldq`), K `n × d` (stride `ldk`) readable, S `rows × n` (stride
-/// `lds`) writable; the ISA of `S` is present.
+/// Q `rows × d` (stride `ldq`) and the `n` rows of `d` values of `k` readable, S `rows × n`
+/// (stride `lds`) writable; the ISA of `S` is present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_rows_body<S: SimdOps, E: Element>(
+unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<E>>(
     rows: usize,
     n: usize,
     d: usize,
     alpha: f32,
     q: *const f32,
     ldq: usize,
-    k: *const E,
-    ldk: usize,
+    k: K,
     s: *mut f32,
     lds: usize,
 ) {
@@ -142,30 +215,31 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element>(
     for j in (0..n4).step_by(4) {
         // SAFETY: rows j..j+4 ≤ n of K; rows r0.. of Q and S; forwarded contract.
         unsafe {
-            let kj = k.add(j * ldk);
             // Ask for the key rows PREFETCH_ROWS ahead: one stream per query group is too
             // little memory-level parallelism for the hardware prefetcher alone.
-            prefetch_rows::<S, E>(kj.wrapping_add(PREFETCH_ROWS * ldk), 4, ldk, d);
+            for t in 0..4 {
+                prefetch_rows::<S, E>(k.ahead(j + PREFETCH_ROWS + t), 1, 0, d);
+            }
             // With 16 vector registers (AVX2), 3–4 rows × 4 keys of accumulators spill:
             // those take the four keys as two pairs (3–4 × 2 + 2 + 1 registers).
             let pairs = S::LANES < 16;
             let mut r0 = 0;
             while r0 < rows {
                 let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
-                let (k2, s2) = (kj.add(2 * ldk), sr.add(2));
+                let s2 = sr.add(2);
                 match rows - r0 {
-                    1 => dot_groupk::<S, E, 1, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
-                    2 => dot_groupk::<S, E, 2, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    1 => dot_groupk::<S, E, K, 1, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                    2 => dot_groupk::<S, E, K, 2, 4>(d, alpha, qr, ldq, k, j, sr, lds),
                     3 if pairs => {
-                        dot_groupk::<S, E, 3, 2>(d, alpha, qr, ldq, kj, ldk, sr, lds);
-                        dot_groupk::<S, E, 3, 2>(d, alpha, qr, ldq, k2, ldk, s2, lds);
+                        dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j, sr, lds);
+                        dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
                     }
-                    3 => dot_groupk::<S, E, 3, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    3 => dot_groupk::<S, E, K, 3, 4>(d, alpha, qr, ldq, k, j, sr, lds),
                     _ if pairs => {
-                        dot_groupk::<S, E, 4, 2>(d, alpha, qr, ldq, kj, ldk, sr, lds);
-                        dot_groupk::<S, E, 4, 2>(d, alpha, qr, ldq, k2, ldk, s2, lds);
+                        dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j, sr, lds);
+                        dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
                     }
-                    _ => dot_groupk::<S, E, 4, 4>(d, alpha, qr, ldq, kj, ldk, sr, lds),
+                    _ => dot_groupk::<S, E, K, 4, 4>(d, alpha, qr, ldq, k, j, sr, lds),
                 }
                 r0 += 4;
             }
@@ -174,7 +248,7 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element>(
     for j in n4..n {
         // SAFETY: row j < n of K; rows r0.. of Q and S; forwarded contract.
         unsafe {
-            let kj = k.add(j * ldk);
+            let kj = k.row(j);
             let mut r0 = 0;
             while r0 < rows {
                 let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
@@ -204,15 +278,21 @@ const AXPY_BLOCK: usize = 64;
 /// `x0 .. x0 + NV·LANES ≤ dv`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block<S: SimdOps, E: Element, const R: usize, const NV: usize, const SKIP: bool>(
+unsafe fn axpy_block<
+    S: SimdOps,
+    E: Element,
+    V: Rows<E>,
+    const R: usize,
+    const NV: usize,
+    const SKIP: bool,
+>(
     j0: usize,
     j1: usize,
     x0: usize,
     prefetch_dv: usize,
     p: *const f32,
     ldp: usize,
-    v: *const E,
-    ldv: usize,
+    v: V,
     o: *mut f32,
     ldo: usize,
 ) {
@@ -227,10 +307,9 @@ unsafe fn axpy_block<S: SimdOps, E: Element, const R: usize, const NV: usize, co
         for j in j0..j1 {
             if prefetch_dv > 0 {
                 // The row one block ahead (never faults, even past the end).
-                let ahead = v.wrapping_add((j + AXPY_BLOCK) * ldv);
-                prefetch_rows::<S, E>(ahead, 1, ldv, prefetch_dv);
+                prefetch_rows::<S, E>(v.ahead(j + AXPY_BLOCK), 1, 0, prefetch_dv);
             }
-            let vj = v.add(j * ldv + x0);
+            let vj = v.row(j).add(x0);
             let mut vv = [S::zero(); NV];
             for (c, x) in vv.iter_mut().enumerate() {
                 *x = load_as::<S, E>(vj.add(c * S::LANES));
@@ -260,7 +339,7 @@ unsafe fn axpy_block<S: SimdOps, E: Element, const R: usize, const NV: usize, co
 /// As [`axpy_block`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_any<S: SimdOps, E: Element, const R: usize, const NV: usize>(
+unsafe fn axpy_block_any<S: SimdOps, E: Element, V: Rows<E>, const R: usize, const NV: usize>(
     zeros: bool,
     j0: usize,
     j1: usize,
@@ -268,17 +347,16 @@ unsafe fn axpy_block_any<S: SimdOps, E: Element, const R: usize, const NV: usize
     prefetch_dv: usize,
     p: *const f32,
     ldp: usize,
-    v: *const E,
-    ldv: usize,
+    v: V,
     o: *mut f32,
     ldo: usize,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
         if zeros {
-            axpy_block::<S, E, R, NV, true>(j0, j1, x0, prefetch_dv, p, ldp, v, ldv, o, ldo)
+            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, prefetch_dv, p, ldp, v, o, ldo)
         } else {
-            axpy_block::<S, E, R, NV, false>(j0, j1, x0, prefetch_dv, p, ldp, v, ldv, o, ldo)
+            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, prefetch_dv, p, ldp, v, o, ldo)
         }
     }
 }
@@ -291,15 +369,14 @@ unsafe fn axpy_block_any<S: SimdOps, E: Element, const R: usize, const NV: usize
 /// As [`axpy_block`], for all `dv` columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
+unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
     j0: usize,
     j1: usize,
     dv: usize,
     prefetch: bool,
     p: *const f32,
     ldp: usize,
-    v: *const E,
-    ldv: usize,
+    v: V,
     o: *mut f32,
     ldo: usize,
 ) {
@@ -312,12 +389,12 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
         // the branch-free loop (the same FMAs, so the same bits).
         let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
         while x0 + two <= dv {
-            axpy_block_any::<S, E, R, 2>(zeros, j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, p, ldp, v, o, ldo);
             x0 += two;
             pf = 0;
         }
         if x0 + one <= dv {
-            axpy_block_any::<S, E, R, 1>(zeros, j0, j1, x0, pf, p, ldp, v, ldv, o, ldo);
+            axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, p, ldp, v, o, ldo);
             x0 += one;
         }
         for r in 0..R {
@@ -327,7 +404,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
                 for j in j0..j1 {
                     let pr = *p.add(r * ldp + j);
                     if pr != 0.0 {
-                        t += pr * (*v.add(j * ldv + x)).to_f32();
+                        t += pr * (*v.row(j).add(x)).to_f32();
                     }
                 }
                 *orow.add(x) = t;
@@ -337,8 +414,8 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
 }
 
 /// # Safety
-/// P `rows × n` (stride `ldp`), V `n × dv` (stride `ldv`) readable, O `rows × dv` (stride
-/// `ldo`) readable and writable; the ISA of `S` is present.
+/// P `rows × n` (stride `ldp`) and the `n` rows of `dv` values of `v` readable, O
+/// `rows × dv` (stride `ldo`) readable and writable; the ISA of `S` is present.
 ///
 /// Blocks of [`AXPY_BLOCK`] value rows; within a block, groups of up to four output rows
 /// keep two vectors of each row in registers across all the block's keys, so O is loaded
@@ -346,14 +423,13 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, const R: usize>(
 /// stores: one 32-byte store per 8 values of V on AVX2).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
+unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<E>>(
     rows: usize,
     n: usize,
     dv: usize,
     p: *const f32,
     ldp: usize,
-    v: *const E,
-    ldv: usize,
+    v: V,
     o: *mut f32,
     ldo: usize,
 ) {
@@ -365,10 +441,10 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
             while r0 < rows {
                 let (pr, or, pf) = (p.add(r0 * ldp), o.add(r0 * ldo), r0 == 0);
                 match rows - r0 {
-                    1 => axpy_block_rows::<S, E, 1>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
-                    2 => axpy_block_rows::<S, E, 2>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
-                    3 => axpy_block_rows::<S, E, 3>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
-                    _ => axpy_block_rows::<S, E, 4>(j0, j1, dv, pf, pr, ldp, v, ldv, or, ldo),
+                    1 => axpy_block_rows::<S, E, V, 1>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
+                    2 => axpy_block_rows::<S, E, V, 2>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
+                    3 => axpy_block_rows::<S, E, V, 3>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
+                    _ => axpy_block_rows::<S, E, V, 4>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
                 }
                 r0 += 4;
             }
@@ -377,56 +453,47 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element>(
 }
 
 /// [`dot_rows_body`] as a [`dispatch`] body.
-struct DotRows<E> {
+struct DotRows<K> {
     rows: usize,
     n: usize,
     d: usize,
     alpha: f32,
     q: *const f32,
     ldq: usize,
-    k: *const E,
-    ldk: usize,
+    k: K,
     s: *mut f32,
     lds: usize,
 }
 
-impl<E: Element> IsaKernel for DotRows<E> {
+impl<E: Element, K: Rows<E>> IsaKernel for (DotRows<K>, std::marker::PhantomData<E>) {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
+        let k = self.0;
         // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe {
-            dot_rows_body::<S, E>(
-                self.rows, self.n, self.d, self.alpha, self.q, self.ldq, self.k, self.ldk, self.s,
-                self.lds,
-            )
-        }
+        unsafe { dot_rows_body::<S, E, K>(k.rows, k.n, k.d, k.alpha, k.q, k.ldq, k.k, k.s, k.lds) }
     }
 }
 
 /// [`axpy_rows_body`] as a [`dispatch`] body.
-struct AxpyRows<E> {
+struct AxpyRows<V> {
     rows: usize,
     n: usize,
     dv: usize,
     p: *const f32,
     ldp: usize,
-    v: *const E,
-    ldv: usize,
+    v: V,
     o: *mut f32,
     ldo: usize,
 }
 
-impl<E: Element> IsaKernel for AxpyRows<E> {
+impl<E: Element, V: Rows<E>> IsaKernel for (AxpyRows<V>, std::marker::PhantomData<E>) {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
+        let a = self.0;
         // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe {
-            axpy_rows_body::<S, E>(
-                self.rows, self.n, self.dv, self.p, self.ldp, self.v, self.ldv, self.o, self.ldo,
-            )
-        }
+        unsafe { axpy_rows_body::<S, E, V>(a.rows, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo) }
     }
 }
 
@@ -481,7 +548,7 @@ pub fn dot_rows_with<E: Element>(
     contiguous_rows(op, "Q", q.col_stride())?;
     contiguous_rows(op, "K", k.col_stride())?;
     contiguous_rows(op, "S", s.col_stride())?;
-    let (ldq, ldk, lds) = (q.row_stride(), k.row_stride(), s.row_stride());
+    let (ldq, lds) = (q.row_stride(), s.row_stride());
     let kernel = DotRows {
         rows,
         n,
@@ -489,14 +556,16 @@ pub fn dot_rows_with<E: Element>(
         alpha,
         q: q.data().as_ptr(),
         ldq,
-        k: k.data().as_ptr(),
-        ldk,
+        k: Strided {
+            base: k.data().as_ptr(),
+            ld: k.row_stride(),
+        },
         s: s.as_mut_ptr(),
         lds,
     };
     // SAFETY: the views were bounds-checked when built and have unit column strides, so
     // every row read/written is inside its slice; S is exclusive; the ISA was checked.
-    unsafe { dispatch(isa, kernel) };
+    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
     Ok(())
 }
 
@@ -531,20 +600,149 @@ pub fn axpy_rows_with<E: Element>(
     contiguous_rows(op, "P", p.col_stride())?;
     contiguous_rows(op, "V", v.col_stride())?;
     contiguous_rows(op, "O", o.col_stride())?;
-    let (ldp, ldv, ldo) = (p.row_stride(), v.row_stride(), o.row_stride());
+    let (ldp, ldo) = (p.row_stride(), o.row_stride());
     let kernel = AxpyRows {
         rows,
         n,
         dv,
         p: p.data().as_ptr(),
         ldp,
-        v: v.data().as_ptr(),
-        ldv,
+        v: Strided {
+            base: v.data().as_ptr(),
+            ld: v.row_stride(),
+        },
         o: o.as_mut_ptr(),
         ldo,
     };
     // SAFETY: as in dot_rows_with.
-    unsafe { dispatch(isa, kernel) };
+    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    Ok(())
+}
+
+/// Checks that every offset of `rows` starts `len` readable values of a slice of `total`.
+fn check_rows(op: &'static str, rows: &[usize], len: usize, total: usize) -> Result<()> {
+    match rows
+        .iter()
+        .find(|&&o| o.checked_add(len).is_none_or(|e| e > total))
+    {
+        Some(&o) => Err(KernelError::ShapeMismatch {
+            op,
+            expected: format!("rows of {len} values inside a slice of {total}"),
+            got: format!("a row at offset {o}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// [`dot_rows_with`] for key rows scattered in memory (a paged cache): key row `j` is the
+/// `d` values from `k[rows[j]]` (contiguous). The same arithmetic as on a matrix of those
+/// rows, so the same bits.
+///
+/// # Errors
+/// [`KernelError::ShapeMismatch`] unless Q is r×d and S r×n (`n = rows.len()`), or when a
+/// row runs past `k`; [`KernelError::BadStride`] unless Q and S have column stride 1;
+/// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
+///
+/// ```
+/// use fastattn_kernels::{gemv::dot_rows_indexed_with, Isa, MatRef, MatMut};
+/// let q = [1.0f32, 2.0];
+/// let k = [1.0f32, 1.0, 0.0, 3.0, 2.0, 0.5]; // rows at 0, 2, 4
+/// let mut s = [0.0; 2];
+/// dot_rows_indexed_with(Isa::best(), 1.0, MatRef::row_major(&q, 1, 2)?, &k, &[4, 0],
+///                       MatMut::row_major(&mut s, 1, 2)?)?;
+/// assert_eq!(s, [3.0, 3.0]);
+/// # Ok::<(), fastattn_kernels::KernelError>(())
+/// ```
+pub fn dot_rows_indexed_with<E: Element>(
+    isa: Isa,
+    alpha: f32,
+    q: MatRef<'_>,
+    k: &[E],
+    rows: &[usize],
+    mut s: MatMut<'_>,
+) -> Result<()> {
+    isa.check()?;
+    let op = "dot_rows_indexed";
+    let (r, d, n) = (q.rows(), q.cols(), rows.len());
+    if s.rows() != r || s.cols() != n {
+        return Err(KernelError::ShapeMismatch {
+            op,
+            expected: format!("S {r}×{n} (Q is {r}×{d}, {n} key rows)"),
+            got: format!("S {}×{}", s.rows(), s.cols()),
+        });
+    }
+    if r == 0 || n == 0 {
+        return Ok(());
+    }
+    check_rows(op, rows, d, k.len())?;
+    contiguous_rows(op, "Q", q.col_stride())?;
+    contiguous_rows(op, "S", s.col_stride())?;
+    let kernel = DotRows {
+        rows: r,
+        n,
+        d,
+        alpha,
+        q: q.data().as_ptr(),
+        ldq: q.row_stride(),
+        k: Indexed {
+            base: k.as_ptr(),
+            off: rows.as_ptr(),
+            n,
+        },
+        lds: s.row_stride(),
+        s: s.as_mut_ptr(),
+    };
+    // SAFETY: Q and S were bounds-checked when built and have unit column strides; every
+    // key row lies inside `k` (checked above); S is exclusive; the ISA was checked.
+    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    Ok(())
+}
+
+/// [`axpy_rows_with`] for value rows scattered in memory (a paged cache): value row `j` is
+/// the `dv = O.cols()` values from `v[rows[j]]` (contiguous). The same arithmetic as on a
+/// matrix of those rows, so the same bits.
+///
+/// # Errors
+/// As [`dot_rows_indexed_with`], for P r×n (`n = rows.len()`) and O r×dv.
+pub fn axpy_rows_indexed_with<E: Element>(
+    isa: Isa,
+    p: MatRef<'_>,
+    v: &[E],
+    rows: &[usize],
+    mut o: MatMut<'_>,
+) -> Result<()> {
+    isa.check()?;
+    let op = "axpy_rows_indexed";
+    let (r, n, dv) = (p.rows(), p.cols(), o.cols());
+    if rows.len() != n || o.rows() != r {
+        return Err(KernelError::ShapeMismatch {
+            op,
+            expected: format!("P r×n with n = {} value rows, O r×dv", rows.len()),
+            got: format!("P {r}×{n}, O {}×{dv}", o.rows()),
+        });
+    }
+    if r == 0 || n == 0 || dv == 0 {
+        return Ok(());
+    }
+    check_rows(op, rows, dv, v.len())?;
+    contiguous_rows(op, "P", p.col_stride())?;
+    contiguous_rows(op, "O", o.col_stride())?;
+    let kernel = AxpyRows {
+        rows: r,
+        n,
+        dv,
+        p: p.data().as_ptr(),
+        ldp: p.row_stride(),
+        v: Indexed {
+            base: v.as_ptr(),
+            off: rows.as_ptr(),
+            n,
+        },
+        ldo: o.row_stride(),
+        o: o.as_mut_ptr(),
+    };
+    // SAFETY: as in dot_rows_indexed_with.
+    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
     Ok(())
 }
 
