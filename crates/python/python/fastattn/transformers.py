@@ -1,10 +1,15 @@
-"""Hugging Face transformers integration: ``attn_implementation="fastattn"``.
+"""Hugging Face transformers integration: ``attn_implementation="fastattn"``, and
+:func:`use` for every attention call of a model, continuous batching included.
 
 ::
 
     import fastattn.transformers
     fastattn.transformers.register()
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="fastattn")
+
+or, on a model already loaded::
+
+    fastattn.transformers.use(model)   # model(...), generate and generate_batch
 
 :func:`register` adds :func:`attention_forward` to transformers' ``AttentionInterface`` and
 transformers' own SDPA mask builder (``masking_utils.sdpa_mask``: a boolean
@@ -16,7 +21,22 @@ transformers' own SDPA mask builder (``masking_utils.sdpa_mask``: a boolean
 * the result is written straight into the ``[B, Lq, H, D]`` layout transformers wants
   (no transpose copy);
 * ``softcap`` (Gemma 2) is applied by the kernel;
-* dropout and attention sinks (``s_aux``) are refused with a ``ValueError``.
+* attention sinks (``s_aux``, gpt-oss) join the softmax in the kernel (differentiable);
+* dropout is refused with a ``ValueError``.
+
+Continuous batching (``generate_batch``): transformers accepts only its own
+implementations there ("Implementation fastattn is not supported for continuous
+batching"); :func:`use` lets it accept fastattn (see :func:`enable_continuous_batching`).
+The forward then receives transformers' paged-attention arguments (``cu_seq_lens_q/k``,
+``max_length_q/k``, ``read_index``/``write_index``, ``block_table``, ``k_cache``/``v_cache``,
+``sliding_window``, ``softcap``, ``s_aux``) and attends once per batch through
+:func:`fastattn.flash_attn_varlen_func`, each request its own causal problem:
+
+* prefill and mixed batches: on the K/V transformers gathered from its paged cache, packed
+  (no dense mask is built, and K/V are not repeated over the grouped heads);
+* decode-only batches (transformers' "decode fast path", turned on for fastattn on the
+  CPU): the new rows are written to their cache slots and the cache pages are read in
+  place through the block table, without gathering.
 
 Training works: on hidden states that require grad the attention is differentiable
 (the ``fastattn::attention`` op; under ``torch.compile``, the ``fastattn::sdpa`` op), as long as the
@@ -31,8 +51,12 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ._functions import sdpa_ext
+from ._serving import flash_attn_varlen_func
 
-__all__ = ["register", "attention_forward", "mask_function"]
+__all__ = ["register", "use", "enable_continuous_batching", "attention_forward", "mask_function"]
+
+# The names registered by `register`: continuous batching accepts these.
+_NAMES = set()
 
 
 def mask_function(*args, **kwargs):
@@ -60,8 +84,10 @@ def attention_forward(
             f"fastattn has no dropout (got dropout={dropout}): set the model's attention "
             "dropout to 0 to train, or call model.eval() for inference"
         )
-    if kwargs.get("s_aux") is not None:
-        raise ValueError("fastattn does not support attention sinks (s_aux)")
+    if _is_paged_call(attention_mask, kwargs):
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        return _paged_forward(module, query, key, value, scaling, causal, kwargs), None
+    s_aux = kwargs.get("s_aux")
     softcap = kwargs.get("softcap")
     position_bias = kwargs.get("position_bias")
     q_len = query.shape[2]
@@ -79,8 +105,8 @@ def attention_forward(
         is_causal = False
     enable_gqa = query.shape[1] != key.shape[1]
     if torch.compiler.is_compiling():
-        if softcap is not None:
-            raise ValueError("fastattn under torch.compile: softcap is not supported")
+        if softcap is not None or s_aux is not None:
+            raise ValueError("fastattn under torch.compile: softcap and s_aux are not supported")
         from . import torch as fastattn_torch
 
         out = fastattn_torch.sdpa(
@@ -97,8 +123,62 @@ def attention_forward(
         enable_gqa=enable_gqa,
         softcap=softcap,
         blhd=True,
+        s_aux=s_aux,
     )
     return out, None
+
+
+def _is_paged_call(attention_mask, kwargs):
+    """Whether transformers' continuous batching calls: packed sequences described by
+    ``cu_seq_lens_q/k``, no mask."""
+    return (
+        attention_mask is None
+        and kwargs.get("cu_seq_lens_q") is not None
+        and kwargs.get("cu_seq_lens_k") is not None
+    )
+
+
+def _paged_forward(module, query, key, value, scaling, causal, kwargs):
+    """One continuous-batching step: query ``[1, Hq, Tq, D]`` packed over the requests
+    (``cu_seq_lens_q``); key/value ``[1, Hkv, Tk, D]`` packed (``cu_seq_lens_k``), or, with
+    a block table, the new rows of a decode-only batch (one per request) with the paged
+    caches in ``k_cache``/``v_cache``. Returns ``[1, Tq, Hq, Dv]``."""
+    cu_q = kwargs["cu_seq_lens_q"]
+    cu_k = kwargs["cu_seq_lens_k"]
+    sliding = kwargs.get("sliding_window")
+    options = dict(
+        softmax_scale=scaling,
+        causal=bool(causal),
+        window_size=(sliding - 1, -1) if sliding else (-1, -1),
+        softcap=kwargs.get("softcap") or 0.0,
+        s_aux=kwargs.get("s_aux"),
+    )
+    q = query[0].transpose(0, 1)  # [Tq, Hq, D], a view
+    block_table = kwargs.get("block_table")
+    k_cache, v_cache = kwargs.get("k_cache"), kwargs.get("v_cache")
+    if block_table is not None and k_cache is not None and v_cache is not None:
+        # Decode fast path: transformers left the cache write to the attention (as
+        # flash_attn_with_kvcache does). Write the new rows to their slots, then read the
+        # pages in place.
+        new_k, new_v = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [B, Hkv, D]
+        n = new_k.shape[0]
+        lengths = (cu_k[1 : n + 1] - cu_k[:n]).long()
+        pos = lengths - 1
+        page = k_cache.shape[1]
+        rows = torch.arange(n)
+        slots = block_table[rows, pos // page].long() * page + pos % page
+        # transformers' K and V page views interleave in one buffer: a torch scatter, as
+        # its own cache update (fastattn.paged_kv_write refuses overlapping caches).
+        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, new_k.to(k_cache.dtype))
+        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, new_v.to(v_cache.dtype))
+        out = flash_attn_varlen_func(
+            q, k_cache, v_cache, cu_q, cu_k, None, None, block_table=block_table, **options
+        )
+    else:
+        k = key[0].transpose(0, 1)
+        v = value[0].transpose(0, 1)
+        out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, None, None, **options)
+    return out.unsqueeze(0)
 
 
 def register(name: str = "fastattn") -> str:
@@ -107,4 +187,64 @@ def register(name: str = "fastattn") -> str:
     (pass it as ``attn_implementation``)."""
     AttentionInterface.register(name, attention_forward)
     AttentionMaskInterface.register(name, mask_function)
+    _NAMES.add(name)
     return name
+
+
+def use(model, name: str = "fastattn"):
+    """Makes every attention call of ``model`` run in fastattn: registers ``name``
+    (:func:`register`), sets it as the model's attention implementation (every
+    sub-model's too) and lets continuous batching accept it
+    (:func:`enable_continuous_batching`). Covers ``model(...)``, ``generate`` and
+    ``generate_batch``, for float32 and bfloat16 models, without CUDA-only settings.
+    Returns ``model``.
+
+    ::
+
+        import fastattn.transformers
+        fastattn.transformers.use(model)
+    """
+    register(name)
+    model.set_attn_implementation(name)
+    enable_continuous_batching()
+    return model
+
+
+_CB_ENABLED = False
+
+
+def enable_continuous_batching():
+    """Lets transformers' continuous batching (``generate_batch``,
+    ``init_continuous_batching``) run models whose attention implementation is a name
+    :func:`register` added. transformers accepts only ``"sdpa"``, ``"paged|eager"`` and
+    flash implementations there, and keeps its block-table decode path for flash on CUDA;
+    this wraps the two checks (``ContinuousBatchingManager.switch_to_cb_friendly_attn``
+    and ``ensure_decode_fast_path_is_available``) so that, for fastattn's names only, the
+    implementation is kept and the decode path stays on. Other implementations see no
+    change. Idempotent."""
+    global _CB_ENABLED
+    if _CB_ENABLED:
+        return
+    from transformers.generation.continuous_batching import continuous_api, initialization
+
+    switch = continuous_api.ContinuousBatchingManager.switch_to_cb_friendly_attn
+
+    def switch_to_cb_friendly_attn(self, model, *args, **kwargs):
+        if model.config._attn_implementation in _NAMES:
+            return None
+        return switch(self, model, *args, **kwargs)
+
+    ensure = initialization.ensure_decode_fast_path_is_available
+
+    def ensure_decode_fast_path_is_available(config, cb_config, user_requested):
+        wanted = cb_config.max_blocks_per_request
+        ensure(config, cb_config, user_requested)
+        if config._attn_implementation in _NAMES and wanted != 0:
+            attn_types = initialization.group_layers_by_attn_type(config)
+            allocators = initialization.ATTN_TYPE_TO_ALLOCATOR
+            if all(allocators[t].supports_block_table for t in attn_types):
+                cb_config.max_blocks_per_request = wanted
+
+    continuous_api.ContinuousBatchingManager.switch_to_cb_friendly_attn = switch_to_cb_friendly_attn
+    initialization.ensure_decode_fast_path_is_available = ensure_decode_fast_path_is_available
+    _CB_ENABLED = True
