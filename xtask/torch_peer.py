@@ -8,6 +8,8 @@ on stdin, so the runner can time torch in the same rotation as its own implement
     sdpa HQ HKV LQ LK D CAUSAL [DT] -> ok            F.scaled_dot_product_attention in DT
                                                      (f32, the default, bf16 or f16),
                                                      [1, H, L, D]; enable_gqa when HQ != HKV
+    sdpa_padded B HQ HKV L D CAUSAL DT -> ok         SDPA in DT on [B, H, L, D] (a batch of
+                                                     mixed lengths padded to its longest)
     sdpa_bwd HQ HKV LQ LK D CAUSAL  -> ok            f32 SDPA's backward alone:
                                                      torch.autograd.grad of a kept graph
     sdpa_train HQ HKV LQ LK D CAUSAL -> ok           f32 SDPA forward + backward
@@ -52,7 +54,7 @@ def uniform(gen, *shape):
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
-OPS = ("mm", "sdpa", "sdpa_bwd", "sdpa_train")
+OPS = ("mm", "sdpa", "sdpa_padded", "sdpa_bwd", "sdpa_train")
 
 
 def grad_fn(gen, hq, hkv, lq, lk, d, causal, train):
@@ -118,6 +120,21 @@ for line in sys.stdin:
             kw = {"is_causal": bool(causal)}
             if hq != hkv:
                 kw["enable_gqa"] = True  # TypeError on torch < 2.5: reported as err
+            fn = None
+            f = lambda q=q, k=k, v=v, kw=kw: F.scaled_dot_product_attention(q, k, v, **kw)
+            f()
+            fn = f
+            prepared[key] = fn
+            reply("ok")
+        elif cmd == "sdpa_padded":
+            b, hq, hkv, l, d, causal = (int(x) for x in args[:6])
+            dt = DTYPES[args[6]]
+            gen = torch.Generator().manual_seed(5)
+            q = uniform(gen, b, hq, l, d).to(dt)
+            k, v = uniform(gen, b, hkv, l, d).to(dt), uniform(gen, b, hkv, l, d).to(dt)
+            kw = {"is_causal": bool(causal)}
+            if hq != hkv:
+                kw["enable_gqa"] = True
             fn = None
             f = lambda q=q, k=k, v=v, kw=kw: F.scaled_dot_product_attention(q, k, v, **kw)
             f()

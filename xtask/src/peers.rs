@@ -2,7 +2,15 @@
 //! materialised attention, std, torch), by the names reports and `--peers` use.
 
 /// Names of the peer implementations a suite may register (besides our ISA variants).
-pub const PEERS: &[&str] = &[MATRIXMULTIPLY, GEMM_CRATE, MATERIALIZED_MM, STD, TORCH];
+pub const PEERS: &[&str] = &[
+    MATRIXMULTIPLY,
+    GEMM_CRATE,
+    MATERIALIZED_MM,
+    STD,
+    TORCH,
+    DENSE_PER_SEQ,
+    DENSE_DECODE,
+];
 
 /// Whether the implementation named `name` is a peer: one of [`PEERS`], or a peer's row in
 /// another element type (`torch-bf16`).
@@ -21,6 +29,12 @@ pub const MATRIXMULTIPLY: &str = "matrixmultiply";
 pub const GEMM_CRATE: &str = "gemm-crate";
 /// Plain attention that materialises the score matrix, its GEMMs on `matrixmultiply`.
 pub const MATERIALIZED_MM: &str = "materialized-mm";
+/// Our dense attention called once per sequence of a variable-length batch (the `varlen`
+/// suite's baseline: what a caller without the varlen API does).
+pub const DENSE_PER_SEQ: &str = "dense-per-seq";
+/// Our dense decode over a contiguous `[B, Hkv, L, D]` cache (the `paged` suite's
+/// baseline for reading pages in place).
+pub const DENSE_DECODE: &str = "dense-decode";
 /// A plain Rust loop on the standard library's `f32::exp` (exp and softmax baseline).
 pub const STD: &str = "std";
 

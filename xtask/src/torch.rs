@@ -74,6 +74,25 @@ pub enum TorchOp {
         /// Element type of Q, K, V and the output (f32, f16 or bf16).
         dtype: kernels::DType,
     },
+    /// SDPA on a batch padded to its longest sequence: Q `[b, hq, l, d]`, K and V
+    /// `[b, hkv, l, d]` (what a caller without variable-length attention runs on a batch
+    /// of mixed lengths; with right padding and `is_causal` every real row is exact).
+    SdpaPadded {
+        /// Sequences.
+        b: usize,
+        /// Query heads.
+        hq: usize,
+        /// Key/value heads (`enable_gqa` when it differs from `hq`).
+        hkv: usize,
+        /// The longest sequence.
+        l: usize,
+        /// Head dimension.
+        d: usize,
+        /// `is_causal`.
+        causal: bool,
+        /// Element type of Q, K, V and the output.
+        dtype: kernels::DType,
+    },
     /// f32 SDPA's gradients through autograd, on the shapes of [`TorchOp::Sdpa`]: the
     /// backward alone (`torch.autograd.grad` of a kept forward graph) or, with `forward`,
     /// the forward and backward of a training step.
@@ -115,6 +134,18 @@ impl TorchOp {
                     t => format!("sdpa {hq} {hkv} {lq} {lk} {d} {c} {t}"),
                 }
             }
+            TorchOp::SdpaPadded {
+                b,
+                hq,
+                hkv,
+                l,
+                d,
+                causal,
+                dtype,
+            } => format!(
+                "sdpa_padded {b} {hq} {hkv} {l} {d} {} {dtype}",
+                u8::from(causal)
+            ),
             TorchOp::SdpaGrad {
                 hq,
                 hkv,
@@ -134,7 +165,7 @@ impl TorchOp {
     pub fn dtype(&self) -> kernels::DType {
         match self {
             TorchOp::Mm { .. } | TorchOp::SdpaGrad { .. } => kernels::DType::F32,
-            TorchOp::Sdpa { dtype, .. } => *dtype,
+            TorchOp::Sdpa { dtype, .. } | TorchOp::SdpaPadded { dtype, .. } => *dtype,
         }
     }
 }

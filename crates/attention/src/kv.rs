@@ -16,7 +16,7 @@
 //!   on its columns of the score tile ([`KvSource::for_each_segment`]);
 //! - the backward gathers rows into its f32 blocks ([`KvSource::gather_rows`]).
 //!
-//! # Today: the dense strided source
+//! # The dense strided source
 //! [`KvSource::Dense`] is a `[B, H, L, D]` view at any strides (the public
 //! [`crate::TensorRef`] / [`crate::DynTensor`]). It gives exactly one segment for every
 //! request (`rows = j1 − j0`, row stride = the view's L stride, column stride = its D
@@ -33,17 +33,16 @@
 //! - [`single`](KvSource::single): the one segment covering `j0 .. j1`, where there is one
 //!   (else `None`: [`contiguous`](KvSource::contiguous) then gathers).
 //!
-//! A **paged cache** (the serving issue: `[num_blocks, block_size, Hkv, D]` pages and a
-//! block table `[B, max_blocks]`) holds the pages as one [`AnyRef`] seen as
-//! `[num_blocks, block_size, Hkv, D]` plus the block table and the per-sequence lengths:
-//! `len` is the sequence's length; `for_each_segment` walks the table from page
-//! `j0 / block_size` and yields one segment per page (`base = offset(page, j % block_size,
-//! h, 0)`, row stride = the block_size dimension's stride), clipped to `j0 .. j1`; `single`
-//! is `Some` when `j0 .. j1` lies inside one page. Packing then works unchanged through
-//! the gather in `contiguous` (or, to pack pages in place, a `PackedB` that packs columns
-//! at an offset, one call per segment); the decode kernels already run per segment.
+//! [`KvSource::Paged`] is one sequence of a **paged cache**: the pages
+//! `[num_blocks, block_size, Hkv, D]` as one [`AnyRef`], the sequence's row of the block
+//! table and its key count (the variable-length call checks, before any work, that every
+//! entry the keys use is a page). `for_each_segment` walks the table and yields one
+//! segment per page (row stride = the `block_size` dimension's stride), clipped to
+//! `j0 .. j1`; `single` is `Some` when `j0 .. j1` lies inside one page. The decode kernels
+//! read the pages in place, one call per page; packing goes through `contiguous`, which
+//! stages one key block (at most [`crate::flash::KEY_BLOCK`] rows) where it spans pages.
 //! Packed variable-length K/V (`[Tk, Hkv, D]` with `cu_seqlens_k`) is a dense source per
-//! sequence: one segment starting at row `cu_seqlens_k[b]`.
+//! sequence over the rows from `cu_seqlens_k[s]` on.
 //!
 //! A **quantised cache** (the 8-bit issue) adds to [`RowSeg`] its scales (a per-row slice
 //! for int8, a per-tensor or per-head factor for fp8) and a storage type for its

@@ -52,7 +52,11 @@ pub enum AttnPath {
 /// * the score is `s = scale·q·k`, then `cap·tanh(s/cap)` with soft-capping, then
 ///   `− slope_h·|i + off − j|` with ALiBi, then `+ mask` for an additive mask;
 /// * weights are the softmax of the visible scores; a row with no visible key gets zero
-///   weights and a zero output (and log-sum-exp `−inf`), never NaN.
+///   weights and a zero output (and log-sum-exp `−inf`), never NaN;
+/// * with sinks, head `h`'s sink logit `t_h` joins every row's denominator:
+///   `w_j = e^(s_j) / (Σ_k e^(s_k) + e^(t_h))`, and adds no value, so a row's weights sum to
+///   less than 1; its log-sum-exp includes `t_h` (and is `t_h` for a row with no visible
+///   key, whose output stays zero).
 ///
 /// Build one from [`SdpaOptions::new`] (or `default()`) with the `with_*` methods; the
 /// fields stay public to read and to set. The struct is `#[non_exhaustive]`, so options

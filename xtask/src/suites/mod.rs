@@ -7,7 +7,8 @@
 //! [`Bound`](crate::case::Bound)) and a setup closure that builds the inputs once and returns one [`Impl`](crate::case::Impl) per
 //! implementation, each a closure performing one call. Setup runs only when the case is
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
-//! Each suite has a file of its own (`gemm`, `elementwise`, `attention`, `layer`).
+//! Each suite has a file of its own (`gemm`, `elementwise`, `attention`, `layer`,
+//! `serving` for `varlen` and `paged`).
 //!
 //! The `attention` suite compares every variant's fused path with a materialised attention
 //! on matrixmultiply ([`MATERIALIZED_MM`](crate::peers::MATERIALIZED_MM)). GEMM and attention
@@ -19,6 +20,7 @@ mod attention;
 mod elementwise;
 mod gemm;
 mod layer;
+mod serving;
 mod shape;
 
 pub use self::attention::{attention_case, attention_cases, backward_case, backward_cases};
@@ -27,6 +29,7 @@ pub use elementwise::{
 };
 pub use gemm::{gemm_case, gemm_cases, parse_gemm_shape, FULL_SQUARES, SCALAR_QUICK_MAX_FLOPS};
 pub use layer::{layer_case, layer_cases};
+pub use serving::{paged_case, paged_cases, varlen_case, varlen_cases, MIXED_LENGTHS};
 
 use self::attention::{attention_from_shape, backward_from_shape};
 use crate::case::Case;
@@ -34,6 +37,7 @@ use crate::Result;
 use elementwise::{exp_from_shape, softmax_from_shape};
 use gemm::gemm_from_shape;
 use layer::layer_from_shape;
+use serving::{paged_from_shape, varlen_from_shape};
 /// A suite: its cases, and how `profile` builds one case from a shape.
 pub struct Suite {
     /// Name (`gemm`): the `--filter` word and the `profile` kernel name.
@@ -94,6 +98,20 @@ pub fn suites() -> Vec<Suite> {
                 "DMODELxHQxHKVxL[+CACHE] (L tokens; +CACHE: decode after CACHE cached tokens)",
             default_shape: "768x12x12x512",
         },
+        Suite {
+            name: "varlen",
+            cases: varlen_cases,
+            from_shape: varlen_from_shape,
+            shape_help: "HQxHKVxD[c]: the 16-sequence mixed batch (c: causal)",
+            default_shape: "8x8x64c",
+        },
+        Suite {
+            name: "paged",
+            cases: paged_cases,
+            from_shape: paged_from_shape,
+            shape_help: "SEQSxCACHEDxHQxHKVxDxBLOCK (decode from a bf16 paged cache)",
+            default_shape: "32x4096x32x8x128x16",
+        },
     ]
 }
 
@@ -138,6 +156,28 @@ mod tests {
         assert_eq!(dtypes, [DType::F32, DType::BF16]);
         assert!(crate::peers::is_peer("torch-bf16") && crate::peers::is_peer("torch"));
         assert!(!crate::peers::is_peer("avx2-bf16") && !crate::peers::is_peer("torchy"));
+    }
+
+    #[test]
+    fn serving_cases_run_every_implementation() {
+        for case in [
+            varlen_case(&[3, 1, 5], 2, 1, 8, true),
+            paged_case(3, 20, 4, 2, 8, 7),
+            paged_case(2, 5, 2, 2, 4, 1),
+        ] {
+            let mut impls = (case.setup)();
+            let names: Vec<String> = impls.iter().map(|i| i.name.clone()).collect();
+            assert!(
+                names.iter().any(|n| n.starts_with("dense-")),
+                "{}: {names:?}",
+                case.id()
+            );
+            for imp in impls.iter_mut() {
+                (imp.run)(1);
+            }
+        }
+        assert_eq!(MIXED_LENGTHS.iter().sum::<usize>(), 7968);
+        assert!(crate::peers::is_peer("dense-per-seq") && crate::peers::is_peer("dense-decode"));
     }
 
     #[test]
