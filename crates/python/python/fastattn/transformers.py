@@ -138,6 +138,12 @@ def _is_paged_call(attention_mask, kwargs):
     )
 
 
+def _packed(x):
+    """``[B, H, L, D]`` (B = 1 in continuous batching) as packed ``[B·L, H, D]`` (a view
+    for B = 1)."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+
+
 def _paged_forward(module, query, key, value, scaling, causal, kwargs):
     """One continuous-batching step: query ``[1, Hq, Tq, D]`` packed over the requests
     (``cu_seq_lens_q``); key/value ``[1, Hkv, Tk, D]`` packed (``cu_seq_lens_k``), or, with
@@ -153,14 +159,14 @@ def _paged_forward(module, query, key, value, scaling, causal, kwargs):
         softcap=kwargs.get("softcap") or 0.0,
         s_aux=kwargs.get("s_aux"),
     )
-    q = query[0].transpose(0, 1)  # [Tq, Hq, D], a view
+    q = _packed(query)
     block_table = kwargs.get("block_table")
     k_cache, v_cache = kwargs.get("k_cache"), kwargs.get("v_cache")
     if block_table is not None and k_cache is not None and v_cache is not None:
         # Decode fast path: transformers left the cache write to the attention (as
         # flash_attn_with_kvcache does). Write the new rows to their slots, then read the
         # pages in place.
-        new_k, new_v = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [B, Hkv, D]
+        new_k, new_v = _packed(key), _packed(value)  # one row per request
         n = new_k.shape[0]
         lengths = (cu_k[1 : n + 1] - cu_k[:n]).long()
         pos = lengths - 1
@@ -175,9 +181,7 @@ def _paged_forward(module, query, key, value, scaling, causal, kwargs):
             q, k_cache, v_cache, cu_q, cu_k, None, None, block_table=block_table, **options
         )
     else:
-        k = key[0].transpose(0, 1)
-        v = value[0].transpose(0, 1)
-        out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, None, None, **options)
+        out = flash_attn_varlen_func(q, _packed(key), _packed(value), cu_q, cu_k, None, None, **options)
     return out.unsqueeze(0)
 
 
