@@ -129,20 +129,25 @@ def test_generate_with_use_matches_eager(pair):
         assert got[:2] == want[:2], f"{name} generate req {i}: {got} vs eager {want}"
 
 
-def test_bf16_generate_batch():
+@pytest.mark.parametrize("name", ["llama", "gptoss"])
+def test_bf16_generate_batch(name, monkeypatch):
     torch.manual_seed(71)
-    eager = make_gptoss().eval()
+    eager = MODELS[name]().eval()
     eager.set_attn_implementation("eager")
-    ours = make_gptoss().eval()
+    ours = MODELS[name]().eval()
     ours.load_state_dict(eager.state_dict())
     ours = ours.to(torch.bfloat16)
     fastattn.transformers.use(ours)
+    calls = []
+    monkeypatch.setattr(fastattn.transformers, "_paged_forward", probe(calls))
     gc = transformers.GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
     with torch.no_grad():
         out = ours.generate_batch(PROMPTS, generation_config=gc, continuous_batching_config=cb_config())
+    if name == "llama":  # bf16 pages read in place
+        assert "block_table" in calls, set(calls)
     for i, prompt in enumerate(PROMPTS):
         # bf16 weights and activations: a looser gap against the f32 eager model.
-        check_served(eager, prompt, out[f"req_{i}"].generated_tokens, 0.15, f"gptoss bf16 req {i}")
+        check_served(eager, prompt, out[f"req_{i}"].generated_tokens, 0.15, f"{name} bf16 req {i}")
 
 
 def test_sinks_in_the_standard_path_match_eager():

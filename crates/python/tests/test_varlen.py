@@ -193,6 +193,24 @@ def test_numpy_in_numpy_out():
     assert_close(out, want, atol=2e-5, case="numpy seed 33")
 
 
+def test_kvcache_on_numpy():
+    rs = np.random.default_rng(38)
+    q = rs.standard_normal((2, 1, 4, 8), dtype=np.float32)
+    kc = rs.standard_normal((2, 5, 2, 8), dtype=np.float32)
+    vc = rs.standard_normal((2, 5, 2, 8), dtype=np.float32)
+    kn = rs.standard_normal((2, 1, 2, 8), dtype=np.float32)
+    vn = rs.standard_normal((2, 1, 2, 8), dtype=np.float32)
+    before = kc.copy(), vc.copy()
+    out = fastattn.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=np.array([2, 4], np.int32))
+    assert isinstance(out, np.ndarray) and out.shape == (2, 1, 4, 8)
+    for i, n in enumerate([2, 4]):
+        assert np.array_equal(kc[i, n], kn[i, 0]) and np.array_equal(vc[i, n], vn[i, 0])
+        ki = torch.from_numpy(np.concatenate([before[0][i, :n], kn[i]]))
+        vi = torch.from_numpy(np.concatenate([before[1][i, :n], vn[i]]))
+        want, _ = ref_seq(torch.from_numpy(q[i]), ki, vi)
+        assert_close(out[i], want, atol=2e-5, case=f"numpy kvcache seed 38 seq {i}")
+
+
 def test_paged_kv_write_skips_and_converts():
     gen = torch.Generator().manual_seed(34)
     k = torch.randn(5, 2, 8, generator=gen)
