@@ -93,7 +93,12 @@ def probe(calls):
     inner = fastattn.transformers._paged_forward
 
     def wrapped(module, query, key, value, scaling, causal, kwargs):
-        calls.append("block_table" if kwargs.get("block_table") is not None else "gathered")
+        if kwargs.get("block_table") is not None:
+            calls.append("block_table")
+        elif kwargs.get(fastattn.transformers._PAGES) is not None:
+            calls.append("pages")
+        else:
+            calls.append("packed")
         return inner(module, query, key, value, scaling, causal, kwargs)
 
     return wrapped
@@ -108,8 +113,12 @@ def test_generate_batch_serves_eager_tokens(pair, monkeypatch):
         out = ours.generate_batch(PROMPTS, generation_config=gc, continuous_batching_config=cb_config())
     assert ours.config._attn_implementation == "fastattn"
     assert calls, "the fastattn paged forward was not called"
-    if name == "llama":  # full attention only: the decode fast path reads the pages in place
-        assert "block_table" in calls and "gathered" in calls, set(calls)
+    if name == "llama":  # full attention only: every read of the cache is in place
+        assert {"block_table", "pages", "packed"} == set(calls), set(calls)
+    else:  # sliding layers: no decode fast path, gathered K/V; full layers read in place
+        assert "block_table" not in calls and "packed" in calls, set(calls)
+        if name == "gptoss":
+            assert "pages" in calls, set(calls)
     assert len(out) == len(PROMPTS)
     for i, prompt in enumerate(PROMPTS):
         res = out[f"req_{i}"]

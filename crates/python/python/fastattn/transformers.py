@@ -32,8 +32,11 @@ The forward then receives transformers' paged-attention arguments (``cu_seq_lens
 ``sliding_window``, ``softcap``, ``s_aux``) and attends once per batch through
 :func:`fastattn.flash_attn_varlen_func`, each request its own causal problem:
 
-* prefill and mixed batches: on the K/V transformers gathered from its paged cache, packed
-  (no dense mask is built, and K/V are not repeated over the grouped heads);
+* prefill and mixed batches: full-attention layers read each request's keys in place from
+  the cache rows, through a block table of one-row pages built from transformers' read
+  indices (its ``index_select`` gather is skipped); sliding-window layers (a ring buffer)
+  take the K/V transformers gathered, packed. No dense mask is built, and K/V are never
+  repeated over the grouped heads;
 * decode-only batches (transformers' "decode fast path", turned on for fastattn on the
   CPU): the new rows are written to their cache slots and the cache pages are read in
   place through the block table, without gathering.
@@ -57,6 +60,8 @@ __all__ = ["register", "use", "enable_continuous_batching", "attention_forward",
 
 # The names registered by `register`: continuous batching accepts these.
 _NAMES = set()
+# The key of the paged-cache rows `_cache_update` hands to the forward.
+_PAGES = "fastattn_cache_rows"
 
 
 def mask_function(*args, **kwargs):
@@ -180,6 +185,19 @@ def _paged_forward(module, query, key, value, scaling, causal, kwargs):
         out = flash_attn_varlen_func(
             q, k_cache, v_cache, cu_q, cu_k, None, None, block_table=block_table, **options
         )
+    elif kwargs.get(_PAGES) is not None:
+        # Prefill or mixed batch on a full-attention layer: the new rows are in the cache
+        # (`_cache_update`); read every request's keys in place, one-row pages in
+        # transformers' read order.
+        k_rows, v_rows, read_index = kwargs[_PAGES]
+        lengths = (cu_k[1:] - cu_k[:-1]).long()
+        width = int(lengths.max()) if lengths.numel() else 0
+        table = torch.full((lengths.numel(), width), -1, dtype=torch.int32)
+        table[torch.arange(width)[None, :] < lengths[:, None]] = read_index.to(torch.int32)
+        out = flash_attn_varlen_func(
+            q, k_rows.unsqueeze(1), v_rows.unsqueeze(1), cu_q, cu_k, None, None,
+            block_table=table, **options,
+        )
     else:
         out = flash_attn_varlen_func(q, _packed(key), _packed(value), cu_q, cu_k, None, None, **options)
     return out.unsqueeze(0)
@@ -224,8 +242,11 @@ def enable_continuous_batching():
     flash implementations there, and keeps its block-table decode path for flash on CUDA;
     this wraps the two checks (``ContinuousBatchingManager.switch_to_cb_friendly_attn``
     and ``ensure_decode_fast_path_is_available``) so that, for fastattn's names only, the
-    implementation is kept and the decode path stays on. Other implementations see no
-    change. Idempotent."""
+    implementation is kept and the decode path stays on. It also wraps
+    ``PagedAttentionCache.update``: for fastattn's names, a full-attention layer of a
+    batch that reads the cache writes the new rows and passes the cache rows and read
+    indices on, so the forward reads each request's keys in place (one-row pages) instead
+    of transformers gathering them. Other implementations see no change. Idempotent."""
     global _CB_ENABLED
     if _CB_ENABLED:
         return
@@ -249,6 +270,36 @@ def enable_continuous_batching():
             if all(allocators[t].supports_block_table for t in attn_types):
                 cb_config.max_blocks_per_request = wanted
 
+    from transformers.generation.continuous_batching import cache as cb_cache
+    from transformers.generation.continuous_batching.cache_allocators import (
+        FullAttentionCacheAllocator,
+    )
+
+    update = cb_cache.PagedAttentionCache.update
+
+    def _cache_update(self, key_states, value_states, layer_idx, kwargs):
+        # Full-attention layers of batches that read the cache: write the new rows as
+        # transformers does, but hand the forward the cache rows and read indices instead
+        # of gathering every request's history (`index_select`).
+        allocator = self.layer_to_allocator[layer_idx]
+        if (
+            self.config._attn_implementation not in _NAMES
+            or kwargs.get("block_table") is not None
+            or type(allocator) is not FullAttentionCacheAllocator
+            or kwargs["read_index"][allocator.index].numel() == 0
+        ):
+            return update(self, key_states, value_states, layer_idx, kwargs)
+        kwargs["cu_seq_lens_k"] = kwargs["cu_seq_lens_k"][allocator.layer_type].to(torch.int32)
+        kwargs["max_length_k"] = kwargs["max_length_k"][allocator.layer_type]
+        k_rows, v_rows = allocator._kv_token_views[layer_idx]
+        write_index = kwargs["write_index"][allocator.index]
+        k_rows.index_copy_(0, write_index, key_states[0].transpose(0, 1))
+        v_rows.index_copy_(0, write_index, value_states[0].transpose(0, 1))
+        n = min(k_rows.shape[0], v_rows.shape[0])
+        kwargs[_PAGES] = (k_rows[:n], v_rows[:n], kwargs["read_index"][allocator.index])
+        return key_states, value_states
+
+    cb_cache.PagedAttentionCache.update = torch.compiler.disable(_cache_update)
     continuous_api.ContinuousBatchingManager.switch_to_cb_friendly_attn = switch_to_cb_friendly_attn
     initialization.ensure_decode_fast_path_is_available = ensure_decode_fast_path_is_available
     _CB_ENABLED = True
