@@ -250,16 +250,39 @@ def enable_continuous_batching():
     global _CB_ENABLED
     if _CB_ENABLED:
         return
-    from transformers.generation.continuous_batching import continuous_api, initialization
+    _CB_ENABLED = True
+    try:
+        from transformers.generation.continuous_batching import cache, continuous_api, initialization
+    except ImportError:  # a transformers without this continuous batching
+        return
+    # Each hook is wrapped only where this transformers has it (names of transformers
+    # 5.x): a missing one leaves transformers' own behaviour.
+    manager = getattr(continuous_api, "ContinuousBatchingManager", None)
+    if manager is not None and hasattr(manager, "switch_to_cb_friendly_attn"):
+        manager.switch_to_cb_friendly_attn = _accepting(manager.switch_to_cb_friendly_attn)
+    if hasattr(initialization, "ensure_decode_fast_path_is_available"):
+        initialization.ensure_decode_fast_path_is_available = _keeping_decode_path(
+            initialization, initialization.ensure_decode_fast_path_is_available
+        )
+    paged = getattr(cache, "PagedAttentionCache", None)
+    if paged is not None and hasattr(paged, "update"):
+        paged.update = torch.compiler.disable(_reading_in_place(paged.update))
 
-    switch = continuous_api.ContinuousBatchingManager.switch_to_cb_friendly_attn
+
+def _accepting(switch):
+    """``switch_to_cb_friendly_attn`` that keeps fastattn's names as they are."""
 
     def switch_to_cb_friendly_attn(self, model, *args, **kwargs):
         if model.config._attn_implementation in _NAMES:
             return None
         return switch(self, model, *args, **kwargs)
 
-    ensure = initialization.ensure_decode_fast_path_is_available
+    return switch_to_cb_friendly_attn
+
+
+def _keeping_decode_path(initialization, ensure):
+    """``ensure_decode_fast_path_is_available`` that keeps the block-table decode path for
+    fastattn's names where every attention type supports block tables."""
 
     def ensure_decode_fast_path_is_available(config, cb_config, user_requested):
         wanted = cb_config.max_blocks_per_request
@@ -270,28 +293,35 @@ def enable_continuous_batching():
             if all(allocators[t].supports_block_table for t in attn_types):
                 cb_config.max_blocks_per_request = wanted
 
-    from transformers.generation.continuous_batching import cache as cb_cache
-    from transformers.generation.continuous_batching.cache_allocators import (
-        FullAttentionCacheAllocator,
-    )
+    return ensure_decode_fast_path_is_available
 
-    update = cb_cache.PagedAttentionCache.update
 
-    def _cache_update(self, key_states, value_states, layer_idx, kwargs):
-        # Full-attention layers of batches that read the cache: write the new rows as
-        # transformers does, but hand the forward the cache rows and read indices instead
-        # of gathering every request's history (`index_select`).
+def _reading_in_place(update):
+    """``PagedAttentionCache.update`` that, for fastattn's names, on full-attention layers
+    of batches that read the cache, writes the new rows as transformers does but hands the
+    forward the cache rows and read indices instead of gathering every request's history
+    (``index_select``)."""
+    try:
+        from transformers.generation.continuous_batching.cache_allocators import (
+            FullAttentionCacheAllocator,
+        )
+    except ImportError:
+        return update
+
+    def cache_update(self, key_states, value_states, layer_idx, kwargs):
         allocator = self.layer_to_allocator[layer_idx]
+        rows = getattr(allocator, "_kv_token_views", {}).get(layer_idx)
         if (
             self.config._attn_implementation not in _NAMES
             or kwargs.get("block_table") is not None
             or type(allocator) is not FullAttentionCacheAllocator
+            or rows is None
             or kwargs["read_index"][allocator.index].numel() == 0
         ):
             return update(self, key_states, value_states, layer_idx, kwargs)
         kwargs["cu_seq_lens_k"] = kwargs["cu_seq_lens_k"][allocator.layer_type].to(torch.int32)
         kwargs["max_length_k"] = kwargs["max_length_k"][allocator.layer_type]
-        k_rows, v_rows = allocator._kv_token_views[layer_idx]
+        k_rows, v_rows = rows
         write_index = kwargs["write_index"][allocator.index]
         k_rows.index_copy_(0, write_index, key_states[0].transpose(0, 1))
         v_rows.index_copy_(0, write_index, value_states[0].transpose(0, 1))
@@ -299,7 +329,4 @@ def enable_continuous_batching():
         kwargs[_PAGES] = (k_rows[:n], v_rows[:n], kwargs["read_index"][allocator.index])
         return key_states, value_states
 
-    cb_cache.PagedAttentionCache.update = torch.compiler.disable(_cache_update)
-    continuous_api.ContinuousBatchingManager.switch_to_cb_friendly_attn = switch_to_cb_friendly_attn
-    initialization.ensure_decode_fast_path_is_available = ensure_decode_fast_path_is_available
-    _CB_ENABLED = True
+    return cache_update
