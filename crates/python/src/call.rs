@@ -74,6 +74,9 @@ pub(crate) struct Call {
     pub(crate) softcap: Option<f32>,
     pub(crate) path: AttnPath,
     pub(crate) isa: Option<kernels::Isa>,
+    /// Attention sinks: one logit per query head (checked against the heads by the
+    /// library).
+    pub(crate) sinks: Option<Vec<f32>>,
 }
 
 #[pymethods]
@@ -81,7 +84,7 @@ impl Call {
     /// A call with torch's shape rules (`scaled_dot_product_attention`,
     /// `attention_weights`, the transformers entry).
     #[staticmethod]
-    #[pyo3(signature = (*, returns="out", is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false, strict_mask=true))]
+    #[pyo3(signature = (*, returns="out", is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false, strict_mask=true, sinks=None))]
     #[allow(clippy::too_many_arguments)]
     fn torch(
         returns: &str,
@@ -91,6 +94,7 @@ impl Call {
         softcap: Option<f64>,
         blhd: bool,
         strict_mask: bool,
+        sinks: Option<Vec<f32>>,
     ) -> PyResult<Call> {
         Ok(Call {
             rules: Rules::Torch {
@@ -104,12 +108,13 @@ impl Call {
             softcap: softcap.map(|c| c as f32),
             path: AttnPath::Auto,
             isa: None,
+            sinks,
         })
     }
 
     /// A call with FlashAttention-2's shape rules (`flash_attn_func`).
     #[staticmethod]
-    #[pyo3(signature = (*, returns="out", causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, kv_lengths=None, path=None, variant=None))]
+    #[pyo3(signature = (*, returns="out", causal=false, softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, kv_lengths=None, path=None, variant=None, sinks=None))]
     #[allow(clippy::too_many_arguments)]
     fn flash(
         returns: &str,
@@ -121,6 +126,7 @@ impl Call {
         kv_lengths: Option<&Bound<'_, PyAny>>,
         path: Option<&str>,
         variant: Option<&str>,
+        sinks: Option<Vec<f32>>,
     ) -> PyResult<Call> {
         let window_left = window(window_size.0, "left")?;
         let window_right = window(window_size.1, "right")?;
@@ -153,6 +159,7 @@ impl Call {
             softcap: (softcap != 0.0).then_some(softcap as f32),
             path,
             isa,
+            sinks,
         })
     }
 
@@ -190,6 +197,7 @@ impl Call {
             alibi,
             path: self.path,
             isa: self.isa,
+            sinks: self.sinks.clone(),
         })
     }
 }

@@ -460,6 +460,64 @@ impl<'py> View<'py> {
         })
     }
 
+    /// A view the binding writes in place (a KV cache): the caller's own memory, never a
+    /// copy (a numpy array or torch tensor that would need one, or a read-only numpy
+    /// array, is a `ValueError`).
+    pub(crate) fn target(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<View<'py>> {
+        let py = obj.py();
+        if let Ok(arr) = obj.cast::<PyUntypedArray>() {
+            let writeable: bool = arr
+                .getattr(intern!(py, "flags"))?
+                .getattr(intern!(py, "writeable"))?
+                .extract()?;
+            if !writeable {
+                return Err(PyValueError::new_err(format!(
+                    "{what} is a read-only numpy array; it is written in place"
+                )));
+            }
+            return View::numpy(arr, what, false);
+        }
+        if let Some(t) = torch(py)? {
+            if t.is_tensor(obj)? {
+                return View::torch(t, obj, what, false);
+            }
+        }
+        Err(PyTypeError::new_err(format!(
+            "{what} must be a torch.Tensor or a numpy.ndarray, got {}",
+            type_name(obj)
+        )))
+    }
+
+    /// The bytes the view reaches, `[first, end)` (empty for an empty view).
+    pub(crate) fn bytes(&self) -> PyResult<(usize, usize)> {
+        let n = self.span()? * self.elem.size();
+        Ok((self.addr, self.addr + n))
+    }
+
+    /// The memory of a [`target`](Self::target) view as a writable typed slice of
+    /// [`span`](Self::span) elements.
+    ///
+    /// # Safety
+    /// No other slice of the same memory may be alive while the returned one is (the
+    /// caller checks that the views of one call do not overlap, [`View::bytes`]), and no
+    /// Python thread may touch the memory meanwhile (as with any extension that writes
+    /// numpy or torch memory with the GIL released).
+    pub(crate) unsafe fn data_mut(&self) -> PyResult<DataMut<'_>> {
+        let n = self.span()?;
+        match self.elem {
+            Elem::Num(d) => Ok(kernels::with_dtype!(d, T => {
+                // SAFETY: the view's span, aligned for `T` (checked in `new`), inside one
+                // allocation of its object, which `self` keeps alive; every bit pattern
+                // is a valid `T`; no other slice of it is alive (the caller's contract).
+                DataMut::from_typed::<T>(unsafe { raw_slice_mut(self.addr, n) })
+            })),
+            Elem::Bool => Err(PyTypeError::new_err(format!(
+                "a bool tensor is not a KV cache ({})",
+                supported("", "")
+            ))),
+        }
+    }
+
     /// Elements from element 0 to the last element the view reaches, inclusive (0 when
     /// the view is empty).
     pub(crate) fn span(&self) -> PyResult<usize> {
@@ -503,7 +561,9 @@ impl<'py> View<'py> {
 /// [`View`] guarantees this for the span of its elements while its object lives: numpy
 /// and torch keep every element of a view inside one allocation (so is every byte between
 /// the first and the last), alignment is checked when the view is made, and the binding
-/// never writes its inputs (the outputs are fresh allocations). A Python thread writing
+/// never writes its inputs (the outputs are fresh allocations; the only memory it writes
+/// in place, a KV cache of `paged_kv_write`, is checked not to overlap any input of that
+/// call). A Python thread writing
 /// the same array while the GIL is released would break the last condition, as with any
 /// extension that reads numpy memory without copying.
 unsafe fn raw_slice<'a, T>(addr: usize, n: usize) -> &'a [T] {
@@ -682,7 +742,9 @@ impl<'py> Output<'py> {
 /// initialised elements for `'a`, with no other access meanwhile. An [`Output`]
 /// guarantees it: its memory was just allocated, zeroed (valid for every element type),
 /// contiguous with `n` elements, and is not yet visible to Python code; `&mut self`
-/// keeps the slices handed out from overlapping.
+/// keeps the slices handed out from overlapping. [`View::data_mut`] passes its caller's
+/// promise on (a KV cache written in place, whose bytes no other slice of the call
+/// reaches).
 unsafe fn raw_slice_mut<'a, T>(addr: usize, n: usize) -> &'a mut [T] {
     if n == 0 {
         return &mut [];

@@ -8,6 +8,12 @@ read and written in place; results come back in the query's kind.
   top-left ``is_causal``, bool masks True = attend, float masks added, ``enable_gqa``).
 * :func:`flash_attn_func`: FlashAttention-2's ``[B, L, H, D]`` API, bottom-right aligned,
   with every option of the library (window, soft-cap, ALiBi, key lengths, LSE, mask).
+* :func:`flash_attn_varlen_func`, :func:`flash_attn_with_kvcache`: FlashAttention-2's
+  serving APIs: packed sequences of different lengths (``cu_seqlens``), K/V packed or read
+  in place from a paged cache through a block table, appends to a dense or paged KV cache,
+  attention sinks (``s_aux``).
+* :func:`paged_kv_write`: new K/V rows scattered to paged cache slots (vLLM's
+  ``reshape_and_cache``).
 * :func:`attention_weights`: the attention matrix ``[..., H, Lq, Lk]`` and its LSE.
 * :func:`set_num_threads` / :func:`get_num_threads`: threads of calls on numpy arrays
   (calls on torch tensors use ``torch.get_num_threads()``).
@@ -21,7 +27,8 @@ read and written in place; results come back in the query's kind.
   (``torch.compile``), and the ``fastattn::attention`` op whose registered backward is the
   autograd of every differentiable call.
 * ``fastattn.transformers.register()``: ``attn_implementation="fastattn"`` in Hugging
-  Face transformers.
+  Face transformers; ``fastattn.transformers.use(model)``: every attention call of a
+  model in fastattn, ``generate_batch`` (continuous batching, paged cache) included.
 
 The GIL is released while a call computes. Errors are ``TypeError`` (wrong kind or
 dtype) and ``ValueError`` (shapes, options), carrying the library's message.
@@ -40,13 +47,17 @@ from ._functions import (
     scaled_dot_product_attention,
     set_num_threads,
 )
+from ._serving import flash_attn_varlen_func, flash_attn_with_kvcache, paged_kv_write
 
 __all__ = [
     "__version__",
     "attention_weights",
     "flash_attn_func",
+    "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
     "get_num_threads",
     "kernel_variant",
+    "paged_kv_write",
     "scaled_dot_product_attention",
     "set_num_threads",
 ]

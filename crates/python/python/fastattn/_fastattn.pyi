@@ -26,10 +26,11 @@ class Call:
         softcap: Optional[float] = None,
         blhd: bool = False,
         strict_mask: bool = True,
+        sinks: Optional[Sequence[float]] = None,
     ) -> "Call":
         """torch's SDPA rules (top-left ``is_causal``); ``blhd``: the output laid out
         ``[B, Lq, H, Ev]``; ``strict_mask``: the mask is bool, float32 or the query's
-        dtype (torch's rule)."""
+        dtype (torch's rule); ``sinks``: one logit per query head."""
     @staticmethod
     def flash(
         *,
@@ -42,9 +43,10 @@ class Call:
         kv_lengths: Optional[Union[Sequence[int], Any]] = None,
         path: Optional[str] = None,
         variant: Optional[str] = None,
+        sinks: Optional[Sequence[float]] = None,
     ) -> "Call":
         """FlashAttention-2's ``flash_attn_func`` rules (``[B, L, H, D]``, bottom-right
-        aligned)."""
+        aligned); also the variable-length calls' options (``varlen_forward``)."""
 
 def forward(call: Call, q: T, k: Any, v: Any, mask: Optional[Any] = None) -> Union[T, Tuple[T, T]]:
     """The forward of ``call``: ``out``, ``(out, lse)`` or ``(weights, lse)``. Records no
@@ -62,6 +64,25 @@ def time_forward(
 ) -> float:
     """Seconds taken by ``calls`` back-to-back library calls of ``call``'s forward (views
     and output built once)."""
+
+def varlen_forward(
+    call: Call,
+    q: T,
+    k: Any,
+    v: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Optional[Any] = None,
+    seqused_k: Optional[Any] = None,
+    block_table: Optional[Any] = None,
+) -> Union[T, Tuple[T, T]]:
+    """The variable-length forward of a ``Call.flash`` (``returns`` ``"out"`` or
+    ``"out_lse"``): q ``[Tq, Hq, D]``; k, v packed ``[Tk, Hkv, D]`` or, with
+    ``block_table`` (``[B, max_blocks]``), paged ``[num_blocks, block_size, Hkv, D]``. Index
+    arrays: contiguous int32/int64 numpy arrays. Output ``[Tq, Hq, Dv]``, LSE ``[Hq, Tq]``."""
+
+def paged_kv_write(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any) -> None:
+    """Writes rows ``[T, Hkv, D]`` into paged caches at ``slot_mapping`` (an int numpy
+    array; -1 skips), in place; caches that overlap each other or the rows are refused."""
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

@@ -65,7 +65,15 @@ def _graph(rules, options, tensors, mask, no_grad=()):
 
 
 def scaled_dot_product_attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    s_aux=None,
 ):
     """Scaled dot-product attention with the semantics of
     ``torch.nn.functional.scaled_dot_product_attention``, on torch tensors or numpy arrays.
@@ -84,6 +92,8 @@ def scaled_dot_product_attention(
     * ``scale``: default ``1/sqrt(E)``.
     * ``enable_gqa``: ``Hq`` may be a multiple of ``Hk = Hv`` (grouped-query attention,
       without repeating K and V); without it the head counts must be equal or 1.
+    * ``s_aux`` (not in torch): attention sinks, one logit per query head (gpt-oss's
+      ``s_aux``), in every row's softmax denominator, contributing no value.
 
     Differentiable on torch tensors that require grad (the library's backward pass, through
     the ``fastattn::attention`` op): the gradients come back in the inputs' dtypes and
@@ -92,6 +102,9 @@ def scaled_dot_product_attention(
     """
     if dropout_p != 0.0:
         _no_dropout(dropout_p)
+    if s_aux is not None:
+        options = dict(is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        return _with_sinks("torch", options, query, key, value, attn_mask, s_aux)
     # The per-call cost of this function is the binding's overhead on small problems:
     # grad mode is read first (no tensor records a graph without it), and the calls of
     # the plain options are built once.
@@ -151,6 +164,7 @@ def flash_attn_func(
     deterministic=True,
     path=None,
     variant=None,
+    s_aux=None,
 ):
     """FlashAttention-2's ``flash_attn_func``: ``q`` ``[B, Lq, Hq, D]``, ``k``
     ``[B, Lk, Hkv, D]``, ``v`` ``[B, Lk, Hkv, Dv]`` (Hq a multiple of Hkv: GQA/MQA), result
@@ -178,6 +192,8 @@ def flash_attn_func(
       results within rounding; for profiling).
     * ``variant`` (keyword): force a kernel variant (``"scalar"``, ``"portable"``,
       ``"avx2"``, ``"avx512"``); one this CPU lacks is a ``ValueError``.
+    * ``s_aux`` (keyword): attention sinks, one logit per query head (gpt-oss), in every
+      row's softmax denominator, contributing no value; differentiable.
 
     Differentiable on torch tensors that require grad, with every option: the gradients of
     q, k and v come back in their dtypes (dK and dV summed over each group of query heads).
@@ -198,6 +214,10 @@ def flash_attn_func(
         path=path,
         variant=variant,
     )
+    if s_aux is not None:
+        del options["returns"]
+        out = _with_sinks("flash", options, q, k, v, attn_mask, s_aux, return_lse)
+        return out
     if _records_grad(q, k, v, attn_mask, alibi_slopes):
         options["returns"] = "out_lse"
         out, lse = _graph(
@@ -207,12 +227,38 @@ def flash_attn_func(
     return _forward(_flash_call(**options), q, k, v, attn_mask)
 
 
+def _with_sinks(rules, options, q, k, v, mask, s_aux, return_lse=False):
+    """A dense call with sinks: differentiable through :func:`fastattn.torch.sink_attention`
+    when it records a graph, else one forward. ``options``: ``Call.<rules>``'s keyword
+    arguments without ``returns``."""
+    if _records_grad(q, k, v, mask, s_aux, options.get("alibi_slopes")):
+        from . import torch as ops
+
+        if options.get("alibi_slopes") is not None:
+            ops.check_graph_operands((q, k, v), mask, (("alibi_slopes", options["alibi_slopes"]),))
+        out, lse = ops.sink_attention(q, k, v, mask, s_aux, rules, options)
+        return (out, lse) if return_lse else out
+    from ._serving import _sinks
+
+    call = getattr(Call, rules)(returns="out_lse" if return_lse else "out", sinks=_sinks(s_aux), **options)
+    return _forward(call, q, k, v, mask)
+
+
 def sdpa_ext(
-    query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, softcap=None, blhd=False
+    query,
+    key,
+    value,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    softcap=None,
+    blhd=False,
+    s_aux=None,
 ):
     """Torch-semantics attention with the extras the transformers integration needs:
-    ``softcap``, any float mask dtype, and (``blhd``) the output laid out
-    ``[B, Lq, H, Ev]``. Differentiable as :func:`scaled_dot_product_attention`."""
+    ``softcap``, any float mask dtype, (``blhd``) the output laid out ``[B, Lq, H, Ev]``,
+    and sinks (``s_aux``). Differentiable as :func:`scaled_dot_product_attention`."""
     options = dict(
         is_causal=is_causal,
         scale=scale,
@@ -221,6 +267,8 @@ def sdpa_ext(
         blhd=blhd,
         strict_mask=False,
     )
+    if s_aux is not None:
+        return _with_sinks("torch", options, query, key, value, attn_mask, s_aux)
     if _records_grad(query, key, value, attn_mask):
         return _graph("torch", dict(options, returns="out_lse"), (query, key, value), attn_mask)[0]
     return _forward(_torch_call(**options), query, key, value, attn_mask)

@@ -70,7 +70,7 @@ def spec(rules: str, **options) -> str:
     make(**options)  # the errors of a bad option
     plain = {}
     for name, value in options.items():
-        if name in ("alibi_slopes", "kv_lengths"):
+        if name in ("alibi_slopes", "kv_lengths", "sinks"):
             value = _as_list(value)
         elif name == "window_size":
             value = [int(x) for x in value]
@@ -380,3 +380,146 @@ def sdpa(
     return torch.ops.fastattn.sdpa(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd of attention sinks and of variable-length calls (eager torch.autograd.Function:
+# the sinks are a differentiable input the fastattn::attention op does not take).
+#
+# The backward of a call with sinks is the backward of the same call without them, given
+# the forward's LSE (which counts the sinks): P = exp(S - lse) is then the true attention,
+# and rowsum(dO * O) is unchanged, since a sink contributes no value. The sinks' own
+# gradient is d sink_h = -sum over the rows of head h of exp(sink_h - lse) * rowsum(dO * O).
+
+
+def _sink_list(s_aux):
+    return None if s_aux is None else s_aux.detach().float().reshape(-1).tolist()
+
+
+def _sink_grad(s_aux, lse, delta):
+    """The gradient of the sinks from the LSE and rowsum(dO * O), both ``[..., H, L]``."""
+    h = s_aux.shape[0]
+    p = torch.exp(s_aux.detach().float().reshape(h, 1) - lse)
+    g = -torch.nan_to_num(p * delta, nan=0.0, posinf=0.0, neginf=0.0)
+    dims = [i for i in range(g.dim()) if i != g.dim() - 2]
+    return (g.sum(dim=dims) if dims else g.sum(dim=-1)).to(s_aux.dtype)
+
+
+class _SinkAttention(torch.autograd.Function):
+    """A dense call (torch or flash rules) with sinks, differentiable in q, k, v and the
+    sinks."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, attn_mask, s_aux, rules, options):
+        call = getattr(_fastattn.Call, rules)(
+            returns="out_lse", sinks=_sink_list(s_aux), **options
+        )
+        out, lse = _fastattn.forward(
+            call, _plain(query), _plain(key), _plain(value), _plain(attn_mask)
+        )
+        ctx.rules, ctx.options = rules, options
+        ctx.save_for_backward(query, key, value, attn_mask, s_aux, out, lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad, _grad_lse):
+        query, key, value, attn_mask, s_aux, out, lse = ctx.saved_tensors
+        call = getattr(_fastattn.Call, ctx.rules)(returns="out_lse", **ctx.options)
+        dq, dk, dv = _fastattn.backward(
+            call, _plain(query), _plain(key), _plain(value), _plain(attn_mask), out, lse, grad
+        )
+        ds = None
+        if ctx.needs_input_grad[4]:
+            delta = (grad.float() * out.float()).sum(-1)
+            if ctx.rules == "flash" or ctx.options.get("blhd", False):
+                delta = delta.transpose(-1, -2)  # [B, Lq, H] → [B, H, Lq], as the LSE
+            ds = _sink_grad(s_aux, lse, delta)
+        need = ctx.needs_input_grad
+        return (
+            _fit(dq, query) if need[0] else None,
+            _fit(dk, key) if need[1] else None,
+            _fit(dv, value) if need[2] else None,
+            None,
+            ds,
+            None,
+            None,
+        )
+
+
+def sink_attention(query, key, value, attn_mask, s_aux, rules, options):
+    """A dense call with sinks ``s_aux`` on torch tensors, differentiable (``(out, lse)``);
+    ``options``: the ``Call.<rules>`` keyword arguments, without ``returns``."""
+    check_graph_operands((query, key, value), attn_mask)
+    if torch.compiler.is_compiling():
+        raise ValueError("fastattn under torch.compile: attention sinks (s_aux) are not supported")
+    return _SinkAttention.apply(query, key, value, attn_mask, s_aux, rules, options)
+
+
+class _VarlenAttention(torch.autograd.Function):
+    """``flash_attn_varlen_func`` on packed K/V, differentiable in q, k, v and the sinks;
+    the backward runs the library's backward once per sequence."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, s_aux, cu_q, cu_k, options):
+        call = _fastattn.Call.flash(returns="out_lse", sinks=_sink_list(s_aux), **options)
+        out, lse = _fastattn.varlen_forward(
+            call, _plain(q), _plain(k), _plain(v), cu_q, cu_k, None, None
+        )
+        ctx.options, ctx.cu = options, (cu_q.tolist(), cu_k.tolist())
+        ctx.save_for_backward(q, k, v, s_aux, out, lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad, _grad_lse):
+        q, k, v, s_aux, out, lse = ctx.saved_tensors
+        q, k, v = _plain(q), _plain(k), _plain(v)
+        call = _fastattn.Call.flash(returns="out_lse", **ctx.options)
+        dq = torch.zeros(q.shape, dtype=torch.float32)
+        dk = torch.zeros(k.shape, dtype=torch.float32)
+        dv = torch.zeros(v.shape, dtype=torch.float32)
+        cu_q, cu_k = ctx.cu
+        for i in range(len(cu_q) - 1):
+            (qs, qe), (ks, ke) = cu_q[i : i + 2], cu_k[i : i + 2]
+            if qe == qs or ke == ks:
+                continue  # no query, or no key: nothing flows back
+            gq, gk, gv = _fastattn.backward(
+                call,
+                q[qs:qe][None],
+                k[ks:ke][None],
+                v[ks:ke][None],
+                None,
+                out[qs:qe][None],
+                lse[:, qs:qe][None].contiguous(),
+                grad[qs:qe][None],
+            )
+            dq[qs:qe] += gq[0]
+            dk[ks:ke] += gk[0]
+            dv[ks:ke] += gv[0]
+        ds = None
+        if ctx.needs_input_grad[3]:
+            delta = (grad.float() * out.float()).sum(-1).transpose(0, 1)  # [Hq, Tq]
+            ds = _sink_grad(s_aux, lse, delta)
+        need = ctx.needs_input_grad
+        return (
+            dq.to(q.dtype) if need[0] else None,
+            dk.to(k.dtype) if need[1] else None,
+            dv.to(v.dtype) if need[2] else None,
+            ds,
+            None,
+            None,
+            None,
+        )
+
+
+def varlen_attention(q, k, v, s_aux, cu_q, cu_k, options):
+    """``flash_attn_varlen_func`` on packed torch tensors, differentiable: ``(out, lse)``;
+    ``cu_q``, ``cu_k``: int numpy arrays; ``options``: the ``Call.flash`` keyword
+    arguments, without ``returns``."""
+    check_graph_operands((q, k, v), None, (("alibi_slopes", options.get("alibi_slopes")),))
+    if cu_k is None:
+        raise ValueError("flash_attn_varlen_func: packed K/V need cu_seqlens_k")
+    return _VarlenAttention.apply(q, k, v, s_aux, cu_q, cu_k, options)

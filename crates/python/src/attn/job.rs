@@ -96,6 +96,7 @@ impl<'a> Calls<'a> {
             .with_softcap(self.scores.softcap)
             .with_path(self.scores.path)
             .with_isa(self.scores.isa)
+            .with_sinks(self.scores.sinks.as_deref())
             .with_parallelism(self.par);
         match &plan.masking.kv_lengths {
             None => {}

@@ -143,7 +143,7 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// Scale, soft-cap and ALiBi of a call, and the path and kernel variant that run it.
+/// Scale, soft-cap, ALiBi and sinks of a call, and the path and kernel variant that run it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Scores {
     pub(crate) scale: Option<f32>,
@@ -151,6 +151,8 @@ pub(crate) struct Scores {
     pub(crate) alibi: Option<Alibi>,
     pub(crate) path: AttnPath,
     pub(crate) isa: Option<kernels::Isa>,
+    /// Attention sinks, one logit per query head.
+    pub(crate) sinks: Option<Vec<f32>>,
 }
 
 /// ALiBi slopes of the library calls.
