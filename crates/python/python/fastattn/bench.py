@@ -14,6 +14,10 @@ checks, output allocation, GIL release) and through the Rust call alone
 D = 64); the median and the minimum of the samples (the minimum is the least disturbed by
 other work on the machine).
 
+``--serving`` times transformers' continuous batching (``generate_batch``) with
+``"sdpa"`` against ``fastattn.transformers.use`` on a random-weight Llama-shaped model
+(``fastattn.bench_serving``).
+
 Threads: ``torch.set_num_threads(--threads)`` (default: torch's current count); fastattn
 follows torch's count on torch tensors. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``, as in
 the Rust bench, so torch's idle OpenMP threads do not spin during fastattn's samples.
@@ -158,11 +162,17 @@ def main(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="element type (default f32)")
     p.add_argument("--rows", nargs="*", help="only these rows, e.g. 8x8x2048x2048x64c")
     p.add_argument("--overhead", action="store_true", help="measure the binding's per-call overhead")
+    from fastattn import bench_serving
+
+    bench_serving.add_arguments(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    if args.overhead:
+    if args.serving:
+        args.rounds = min(args.rounds, 5) if args.rounds == 7 else args.rounds
+        bench_serving.run(args)
+    elif args.overhead:
         overhead(args)
     else:
         compare(args)
