@@ -51,7 +51,8 @@ pub mod tensor;
 pub mod varlen;
 
 pub use backward::{
-    sdpa_backward, sdpa_backward_into, sdpa_backward_into_dyn, Gradients, SdpaGrads,
+    sdpa_backward, sdpa_backward_into, sdpa_backward_into_dyn, sdpa_varlen_backward_into,
+    sdpa_varlen_backward_into_dyn, Gradients, SdpaGrads,
 };
 pub use error::{AttnError, Result};
 /// The element types (f32, and the 16-bit storage types from the `half` crate).

@@ -143,8 +143,10 @@ fn row_logits<Q: Element, K: Element>(
 
 /// Reference gradients of attention (f64 throughout, from the full softmax of every row,
 /// independently of the forward's output and LSE): `dQ`, `dK`, `dV` for the output
-/// gradient `d_o`, contiguous `[B, Hq, Lq, D]`, `[B, Hkv, Lk, D]`, `[B, Hkv, Lk, Dv]`.
-/// Rows with no visible key contribute nothing.
+/// gradient `d_o`, contiguous `[B, Hq, Lq, D]`, `[B, Hkv, Lk, D]`, `[B, Hkv, Lk, Dv]`, and
+/// with sinks the sink logits' gradient `[Hq]` (summed over the batch; empty without
+/// sinks). A sink joins each row's softmax as a logit with no value. Rows with no visible
+/// key contribute nothing.
 ///
 /// # Errors
 /// The same validation as [`crate::sdpa`], and a shape error if `d_o` is not
@@ -168,16 +170,18 @@ pub fn sdpa_backward_ref<Q: Element, K: Element, V: Element, G: Element>(
     let mut dq = vec![0.0f64; b_n * hq * lq * d];
     let mut dk = vec![0.0f64; b_n * hkv * lk * d];
     let mut dvv = vec![0.0f64; b_n * hkv * lk * dv];
+    let mut dsinks = vec![0.0f64; if opts.sinks.is_some() { hq } else { 0 }];
     for b in 0..b_n {
         for h in 0..hq {
             let kvh = h / group;
             for i in 0..lq {
                 let lg = row_logits(&p, opts, &q, &k, b, h, i);
-                let mx = lg.iter().map(|l| l.0).fold(f64::NEG_INFINITY, f64::max);
+                let sink = opts.sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
+                let mx = lg.iter().map(|l| l.0).fold(sink, f64::max);
                 if mx == f64::NEG_INFINITY {
                     continue;
                 }
-                let sum: f64 = lg.iter().map(|l| (l.0 - mx).exp()).sum();
+                let sum: f64 = lg.iter().map(|l| (l.0 - mx).exp()).sum::<f64>() + (sink - mx).exp();
                 let pr: Vec<f64> = lg.iter().map(|l| (l.0 - mx).exp() / sum).collect();
                 // dP_j = dO·V_j; D = Σ_j P_j dP_j.
                 let dp: Vec<f64> = (0..lk)
@@ -194,6 +198,10 @@ pub fn sdpa_backward_ref<Q: Element, K: Element, V: Element, G: Element>(
                     })
                     .collect();
                 let dd: f64 = pr.iter().zip(&dp).map(|(a, g)| a * g).sum();
+                // The sink's weight P_σ = e^(σ − mx)/sum; dσ = −P_σ·D.
+                if let Some(ds) = dsinks.get_mut(h) {
+                    *ds -= (sink - mx).exp() / sum * dd;
+                }
                 for j in 0..lk {
                     if pr[j] == 0.0 {
                         continue;
@@ -218,5 +226,6 @@ pub fn sdpa_backward_ref<Q: Element, K: Element, V: Element, G: Element>(
         dq: f(dq),
         dk: f(dk),
         dv: f(dvv),
+        dsinks: f(dsinks),
     })
 }

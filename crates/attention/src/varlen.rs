@@ -281,13 +281,19 @@ pub fn sdpa_varlen_into_dyn(
 }
 
 /// One sequence of a checked call.
-struct SeqPlan<'a> {
-    seq: usize,
-    q0: usize,
-    k0: usize,
-    keys: usize,
-    block_size: usize,
-    p: Problem<'a>,
+pub(crate) struct SeqPlan<'a> {
+    /// Its index in the batch.
+    pub(crate) seq: usize,
+    /// Its first query token.
+    pub(crate) q0: usize,
+    /// Its first key token (packed K/V; 0 with a block table).
+    pub(crate) k0: usize,
+    /// Its valid keys.
+    pub(crate) keys: usize,
+    /// The page size (1 for packed K/V).
+    pub(crate) block_size: usize,
+    /// Its `B = 1` problem.
+    pub(crate) p: Problem<'a>,
 }
 
 /// Offsets: `n + 1` values, 0-based, non-decreasing, the last equal to `total` (where
@@ -322,7 +328,7 @@ fn check_offsets(what: &str, cu: &SeqIdx<'_>, n: usize, total: Option<usize>) ->
 }
 
 /// Checks the whole call and describes each sequence that has queries.
-fn plan<'a>(
+pub(crate) fn plan<'a>(
     qd: [usize; 4],
     kd: [usize; 4],
     vd: [usize; 4],

@@ -13,6 +13,11 @@
 //! ALiBi and additive masks shift the logits by constants, so they change `P` but add no
 //! factor; the mask and the slopes get no gradient.
 //!
+//! With attention sinks the forward's LSE already holds the sink, so `P` is normalised over
+//! the keys and the sink and the formulas above are unchanged. The sink logit `σ_h` of
+//! head `h` gets `dσ_h = −Σ_rows exp(σ_h − lse)·D` over every row of the head in every
+//! batch (0 for a sink of `-inf`), summed on the calling thread in a fixed order.
+//!
 //! # Determinism
 //! One task per `(batch, key/value head, chunk of keys)` (chunks of at
 //! least [`BWD_KEY_CHUNK`] keys, at most [`BWD_MAX_CHUNKS`] per head, fixed by `Lk`
@@ -43,14 +48,18 @@
 //!   shares summed in chunk order, the gradient rows written out);
 //! - `passes`: one task's passes over its key blocks and query tiles (the five tile
 //!   products, `P` and `dS` recomputed per tile);
-//! - `workspace`: the per-thread scratch and its packing helpers.
+//! - `workspace`: the per-thread scratch and its packing helpers;
+//! - `varlen`: the variable-length backward (the dense one per sequence).
 //!
 //! The element-wise loops of `P` and `dS` are kernels of their own
 //! ([`kernels::softmax::backward`]).
 
 mod passes;
 mod tasks;
+mod varlen;
 mod workspace;
+
+pub use varlen::{sdpa_varlen_backward_into, sdpa_varlen_backward_into_dyn};
 
 use crate::error::{AttnError, Result};
 use crate::options::Problem;
@@ -66,7 +75,8 @@ pub const BWD_QUERY_TILE: usize = 128;
 /// diagonal is wasted, and longer tiles amortise the per-tile work better.
 pub const BWD_QUERY_TILE_DENSE: usize = 192;
 
-/// Where [`sdpa_backward_into`] writes the gradients: f32 views shaped like Q, K and V.
+/// Where [`sdpa_backward_into`] writes the gradients: f32 views shaped like Q, K and V,
+/// and optionally the sink logits' gradient.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct SdpaGrads<'g> {
@@ -76,12 +86,26 @@ pub struct SdpaGrads<'g> {
     pub dk: TensorMut<'g>,
     /// `[B, Hkv, Lk, Dv]`, the gradient of V (summed likewise).
     pub dv: TensorMut<'g>,
+    /// `[Hq]`, the gradient of [`SdpaOptions::sinks`] (summed over the batch); only with
+    /// sinks in the options. `None` skips it.
+    pub dsinks: Option<&'g mut [f32]>,
 }
 
 impl<'g> SdpaGrads<'g> {
-    /// The three gradient views.
+    /// The three gradient views (no sink gradient).
     pub fn new(dq: TensorMut<'g>, dk: TensorMut<'g>, dv: TensorMut<'g>) -> Self {
-        SdpaGrads { dq, dk, dv }
+        SdpaGrads {
+            dq,
+            dk,
+            dv,
+            dsinks: None,
+        }
+    }
+
+    /// Sets [`dsinks`](Self::dsinks).
+    pub fn with_dsinks(mut self, dsinks: Option<&'g mut [f32]>) -> Self {
+        self.dsinks = dsinks;
+        self
     }
 }
 
@@ -95,6 +119,9 @@ pub struct Gradients {
     pub dk: Vec<f32>,
     /// `[B, Hkv, Lk, Dv]`.
     pub dv: Vec<f32>,
+    /// `[Hq]`, the gradient of the sink logits (summed over the batch); empty without
+    /// sinks.
+    pub dsinks: Vec<f32>,
 }
 
 fn numel(dims: [usize; 4], what: &'static str) -> Result<usize> {
@@ -109,7 +136,8 @@ fn numel(dims: [usize; 4], what: &'static str) -> Result<usize> {
 /// `o` is the forward's output and `lse` its log-sum-exp (`[B, Hq, Lq]` contiguous, from
 /// [`crate::SdpaOutputs::with_lse`]), both from a call with the same inputs and `opts`;
 /// `d_o` is the gradient of the loss with respect to `o`. Q, K, V, O and dO may each be
-/// f32, f16 or bf16; the gradients are f32.
+/// f32, f16 or bf16; the gradients are f32. With [`SdpaOptions::sinks`] the gradient of
+/// the sink logits comes back too ([`Gradients::dsinks`]).
 ///
 /// ```
 /// use fastattn_attention::{sdpa_into, sdpa_backward, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
@@ -141,10 +169,11 @@ pub fn sdpa_backward<Q: Element, K: Element, V: Element, O: Element, G: Element>
     lse: &[f32],
     opts: &SdpaOptions<'_>,
 ) -> Result<Gradients> {
-    Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
+    let p = Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
     let mut dq = vec![0.0f32; numel(q.dims(), "dQ")?];
     let mut dk = vec![0.0f32; numel(k.dims(), "dK")?];
     let mut dv = vec![0.0f32; numel(v.dims(), "dV")?];
+    let mut dsinks = vec![0.0f32; if p.sinks.is_some() { p.hq } else { 0 }];
     sdpa_backward_into(
         q,
         k,
@@ -156,16 +185,21 @@ pub fn sdpa_backward<Q: Element, K: Element, V: Element, O: Element, G: Element>
             TensorMut::contiguous(&mut dq, q.dims())?,
             TensorMut::contiguous(&mut dk, k.dims())?,
             TensorMut::contiguous(&mut dv, v.dims())?,
-        ),
+        )
+        .with_dsinks(p.sinks.is_some().then_some(&mut dsinks[..])),
         opts,
     )?;
-    Ok(Gradients { dq, dk, dv })
+    Ok(Gradients { dq, dk, dv, dsinks })
 }
 
 /// [`sdpa_backward`] into caller-given (strided) gradient views.
 ///
+/// With [`SdpaGrads::with_dsinks`] it also writes the gradient of the sink logits
+/// (`[Hq]`, summed over the batch).
+///
 /// # Errors
-/// As [`sdpa_backward`], and shape errors for the gradient views.
+/// As [`sdpa_backward`], shape errors for the gradient views (and a `dsinks` whose length
+/// is not `Hq`), and [`AttnError::Option`] for a `dsinks` without sinks in `opts`.
 #[allow(clippy::too_many_arguments)]
 pub fn sdpa_backward_into<Q: Element, K: Element, V: Element, O: Element, G: Element>(
     q: TensorRef<'_, Q>,
@@ -206,11 +240,6 @@ pub fn sdpa_backward_into_dyn(
     opts: &SdpaOptions<'_>,
 ) -> Result<()> {
     let p = Problem::new(q.dims(), k.dims(), v.dims(), opts)?;
-    if p.sinks.is_some() {
-        return Err(AttnError::Option {
-            what: "the backward pass does not take attention sinks yet".into(),
-        });
-    }
     let out_dims = [p.b, p.hq, p.lq, p.dv];
     for (what, t) in [("output", o.dims()), ("output gradient", d_o.dims())] {
         if t != out_dims {
@@ -233,6 +262,19 @@ pub fn sdpa_backward_into_dyn(
         if g != want {
             return Err(AttnError::Shape {
                 what: format!("{what} is {g:?}, expected {want:?}"),
+            });
+        }
+    }
+    if let Some(ds) = &grads.dsinks {
+        if p.sinks.is_none() {
+            return Err(AttnError::Option {
+                what: "a sink gradient (dsinks) was asked for, but the options have no sinks"
+                    .into(),
+            });
+        }
+        if ds.len() != p.hq {
+            return Err(AttnError::Shape {
+                what: format!("dsinks has {} values, expected Hq = {}", ds.len(), p.hq),
             });
         }
     }

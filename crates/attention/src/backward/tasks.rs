@@ -1,6 +1,7 @@
 //! The split into tasks: the row statistics `D = rowsum(dO ∘ O)`, one task per
 //! `(batch, key/value head, chunk of keys)` writing its rows of dK and dV, and the chunks'
-//! dQ shares summed in chunk order at the end (see the module docs on determinism).
+//! dQ shares summed in chunk order at the end (see the module docs on determinism); the
+//! sink logits' gradient, summed on the calling thread.
 
 use super::passes::Inputs;
 use super::workspace::with_ws;
@@ -46,6 +47,9 @@ pub(super) fn run(
                 }
             }
         }
+    }
+    if let (Some(ds), Some(sinks)) = (grads.dsinks.as_deref_mut(), p.sinks) {
+        sink_grads(&p, sinks, lse, &dsum, ds);
     }
     let threads = {
         let work = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
@@ -145,6 +149,28 @@ pub(super) fn run(
         }
     }
     Ok(())
+}
+
+/// The sink logits' gradient `dσ_h = −Σ_{b, i} exp(σ_h − lse_{b,h,i})·D_{b,h,i}` into
+/// `ds` (`[Hq]`), each head's sum in f64 over batches, then rows, in order (so it does not
+/// depend on the thread count). A sink of `-inf` has no weight and gets 0.
+fn sink_grads(p: &Problem<'_>, sinks: &[f32], lse: &[f32], dsum: &[f32], ds: &mut [f32]) {
+    for (h, (d, &s)) in ds.iter_mut().zip(sinks).enumerate() {
+        let mut acc = 0.0f64;
+        if s != f32::NEG_INFINITY {
+            for b in 0..p.b {
+                let row0 = (b * p.hq + h) * p.lq;
+                for (&l, &dd) in lse[row0..row0 + p.lq].iter().zip(&dsum[row0..]) {
+                    // lse ≥ σ_h whenever the sink is finite (it joins the sum); a -inf
+                    // there (inconsistent input) is a row with no weight.
+                    if l != f32::NEG_INFINITY {
+                        acc += (s as f64 - l as f64).exp() * dd as f64;
+                    }
+                }
+            }
+        }
+        *d = -acc as f32;
+    }
 }
 
 /// Writes `scale · src` to the `src.len()` elements of a gradient row starting at `base`,
