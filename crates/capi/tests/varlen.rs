@@ -771,3 +771,70 @@ fn paged_kv_write_refuses_bad_input_and_writes_nothing() {
         );
     }
 }
+
+#[test]
+fn varlen_gives_the_same_bits_at_1_2_and_3_threads() {
+    let seed = 37;
+    let mut rng = StdRng::seed_from_u64(seed);
+    // One long decode (split along its keys) beside short prefills.
+    let b = Batch::new(
+        &mut rng,
+        (4, 2),
+        (16, 16),
+        &[1, 7, 1, 4],
+        &[700, 9, 3, 40],
+        16,
+    );
+    let idx = idx_of(&b);
+    let mut o = fa_sdpa_options::default();
+    o.causal = 1;
+    let mut runs = Vec::new();
+    for threads in [1, 2, 3] {
+        assert_eq!(fa_set_num_threads(threads), OK);
+        for paged in [false, true] {
+            let mut out = vec![0.0f32; b.tq() * 4 * 16];
+            let seqs = seqs_of(&b, &idx, false, paged);
+            assert_eq!(call(&b, &seqs, &o, &mut out), OK, "{}", last_error());
+            runs.push((threads, paged, bits(&out)));
+        }
+    }
+    assert_eq!(fa_set_num_threads(0), OK);
+    for (t, paged, r) in &runs {
+        let first = &runs.iter().find(|x| x.1 == *paged).unwrap().2;
+        assert!(
+            r == first,
+            "seed {seed}: {t} threads, paged {paged} differ from 1 thread"
+        );
+    }
+    // Packed and paged read the same keys: the same bits.
+    assert_eq!(runs[0].2, runs[1].2, "seed {seed}: packed vs paged");
+}
+
+#[test]
+fn the_layer_takes_sinks_from_its_options() {
+    let mut cfg = fa_mha_config::default();
+    (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (16, 4, 2, 4);
+    let mut layer = null_mut();
+    // SAFETY: a valid config and out pointer.
+    assert_eq!(unsafe { fa_mha_new_random(&cfg, 0, 7, &mut layer) }, OK);
+    let mut rng = StdRng::seed_from_u64(38);
+    let x = rand_vec(&mut rng, 3 * 16);
+    let sinks = [1.0f32, -2.0, 0.5, f32::NEG_INFINITY];
+    let run = |s: *const f32| {
+        let mut y = vec![0.0f32; 3 * 16];
+        let mut o = fa_sdpa_options::default();
+        (o.causal, o.sinks) = (1, s);
+        // SAFETY: a live layer; x and y hold batch·seq·d_model floats; `s` holds Hq values.
+        let rc = unsafe { fa_mha_forward(layer, x.as_ptr(), 1, 3, y.as_mut_ptr(), &o) };
+        (rc, y)
+    };
+    let (rc, plain) = run(null());
+    assert_eq!(rc, OK, "{}", last_error());
+    let (rc, with) = run(sinks.as_ptr());
+    assert_eq!(rc, OK, "{}", last_error());
+    assert_ne!(bits(&plain), bits(&with), "the sinks changed nothing");
+    let bad = [0.0f32, f32::NAN, 0.0, 0.0];
+    assert_eq!(run(bad.as_ptr()).0, code(FA_ERR_INVALID_ARGUMENT));
+    // SAFETY: made above, freed once.
+    unsafe { fa_mha_free(layer) };
+}
