@@ -102,6 +102,31 @@
 //! // x's values are multiples of 1/4, exact in bf16 and f16.
 //! assert_eq!(out16[0].to_f32(), x[0]);
 //! ```
+//!
+//! A variable-length call: two sequences of 2 and 1 tokens, packed `[Tq, H, D]` and
+//! described by `fa_varlen_seqs` (C: `fa_varlen_seqs_init(&seqs, sizeof seqs)`).
+//!
+//! ```
+//! use fastattn_capi::{fa_sdpa_varlen, fa_status, fa_tensor, fa_varlen_seqs};
+//! let (h, t, d) = (2, 3, 4);
+//! let x: Vec<f32> = (0..t * h * d).map(|i| (i % 7) as f32 * 0.5).collect();
+//! let mut out = vec![0.0f32; x.len()];
+//! // The [1, H, T, D] view of a packed [T, H, D] buffer.
+//! let strides = [(t * h * d) as isize, d as isize, (h * d) as isize, 1];
+//! let dims = [1, h, t, d];
+//! let xt = fa_tensor { data: x.as_ptr().cast_mut().cast(), dims, strides, dtype: 0 };
+//! let mut o = fa_tensor { data: out.as_mut_ptr().cast(), dims, strides, dtype: 0 };
+//! let cu: [i32; 3] = [0, 2, 3];
+//! let mut seqs = fa_varlen_seqs::default();
+//! seqs.batch = 2;
+//! seqs.cu_seqlens_q = cu.as_ptr().cast();
+//! seqs.cu_seqlens_k = cu.as_ptr().cast(); // packed K/V of the same lengths
+//! // SAFETY: the views describe live buffers; the offsets hold batch + 1 values.
+//! let rc = unsafe { fa_sdpa_varlen(&xt, &xt, &xt, &mut o, &seqs, std::ptr::null()) };
+//! assert_eq!(rc, fa_status::FA_OK as i32);
+//! // The second sequence has one key: its output is that key's value.
+//! assert_eq!(&out[2 * h * d..], &x[2 * h * d..]);
+//! ```
 
 #![allow(non_camel_case_types, non_upper_case_globals)]
 
