@@ -1,6 +1,7 @@
 /*
- * A first program with fastattn from C: one attention call, its error handling, and a
- * decoder layer generating tokens through a KV cache.
+ * A first program with fastattn from C: one attention call, its error handling, a
+ * decoder layer generating tokens through a KV cache, and a serving step: a batch of
+ * requests decoding from a paged KV cache (fa_paged_kv_write, fa_sdpa_varlen).
  *
  * Build and run (from the repository root):
  *   cargo build --release -p fastattn-capi
@@ -11,8 +12,10 @@
  * (The C conformance suite, which checks every function against naive C loops, is
  * crates/capi/tests/c/conformance.c.)
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fastattn.h"
 
@@ -103,6 +106,73 @@ static int decode(void) {
     return rc == FA_OK ? 0 : 1;
 }
 
+/* Serving: one decode step for 3 requests of different lengths whose keys and values live
+ * in a paged bf16 cache [pages, PAGE, HKV, D] (FlashAttention-2's and vLLM's layout). Each
+ * request's new key/value row is written to its next slot, then all three attend to their
+ * pages in one call. */
+enum { REQS = 3, PAGE = 16, PAGES = 8, PER_REQ = 3 };
+
+static uint16_t bf16_of(float f) { /* round to nearest even (finite values) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static int serve(void) {
+    static uint16_t k_cache[PAGES * PAGE * HKV * D], v_cache[PAGES * PAGE * HKV * D];
+    for (size_t i = 0; i < sizeof k_cache / sizeof *k_cache; i++) {
+        k_cache[i] = bf16_of(0.01f * (float)(i % 11));
+        v_cache[i] = bf16_of((float)(i % 3));
+    }
+    /* Pages of each request (any order; -1 pads), and its cached length before this step. */
+    const int32_t block_table[REQS * PER_REQ] = {3, 0, -1, 5, -1, -1, 1, 6, 2};
+    int32_t seqused_k[REQS] = {20, 7, 40};
+    /* The new token of each request: its query [REQS, HQ, D] and K/V rows [REQS, HKV, D]. */
+    static float q[REQS * HQ * D], k_new[REQS * HKV * D], v_new[REQS * HKV * D];
+    static float out[REQS * HQ * D];
+    for (size_t i = 0; i < sizeof q / sizeof *q; i++) q[i] = 0.01f * (float)(i % 13);
+    for (size_t i = 0; i < sizeof k_new / sizeof *k_new; i++) k_new[i] = v_new[i] = 0.5f;
+
+    /* Slot of position p of request r: page block_table[r][p / PAGE], row p % PAGE. */
+    int64_t slots[REQS];
+    for (int r = 0; r < REQS; r++) {
+        int p = seqused_k[r];
+        slots[r] = (int64_t)block_table[r * PER_REQ + p / PAGE] * PAGE + p % PAGE;
+        seqused_k[r] = p + 1;
+    }
+    /* A packed [T, H, D] buffer is the [1, H, T, D] view with strides {T*H*D, D, H*D, 1}. */
+    fa_tensor kn = {k_new, {1, HKV, REQS, D}, {REQS * HKV * D, D, HKV * D, 1}, FA_DTYPE_F32};
+    fa_tensor vn = {v_new, {1, HKV, REQS, D}, {REQS * HKV * D, D, HKV * D, 1}, FA_DTYPE_F32};
+    fa_tensor kc = {k_cache, {PAGES, PAGE, HKV, D}, {PAGE * HKV * D, HKV * D, D, 1},
+                    FA_DTYPE_BF16};
+    fa_tensor vc = {v_cache, {PAGES, PAGE, HKV, D}, {PAGE * HKV * D, HKV * D, D, 1},
+                    FA_DTYPE_BF16};
+    int rc = fa_paged_kv_write(&kn, &vn, &kc, &vc, slots);
+    if (rc != FA_OK) return fail("fa_paged_kv_write", rc);
+
+    const int32_t cu_seqlens_q[REQS + 1] = {0, 1, 2, 3}; /* one query per request */
+    fa_varlen_seqs seqs;
+    fa_varlen_seqs_init(&seqs, sizeof seqs);
+    seqs.batch = REQS;
+    seqs.index_dtype = FA_INDEX_I32;
+    seqs.cu_seqlens_q = cu_seqlens_q;
+    seqs.seqused_k = seqused_k;
+    seqs.block_table = block_table;
+    seqs.blocks_per_seq = PER_REQ;
+    float sinks[HQ]; /* gpt-oss style: one learned logit per query head */
+    for (int h = 0; h < HQ; h++) sinks[h] = 0.25f * (float)h;
+    fa_sdpa_options opts;
+    fa_sdpa_options_init(&opts, sizeof opts);
+    opts.causal = 1;
+    opts.sinks = sinks;
+    fa_tensor tq = {q, {1, HQ, REQS, D}, {REQS * HQ * D, D, HQ * D, 1}, FA_DTYPE_F32};
+    fa_tensor to = {out, {1, HQ, REQS, D}, {REQS * HQ * D, D, HQ * D, 1}, FA_DTYPE_F32};
+    rc = fa_sdpa_varlen(&tq, &kc, &vc, &to, &seqs, &opts);
+    if (rc != FA_OK) return fail("fa_sdpa_varlen", rc);
+    printf("serving: %d requests decoded from a paged cache, out[0] = %f\n", REQS, out[0]);
+    return 0;
+}
+
 int main(void) {
     if (fa_abi_version() != FA_ABI_VERSION) {
         fprintf(stderr, "header (ABI %d) and library (ABI %u) differ\n", FA_ABI_VERSION,
@@ -111,7 +181,7 @@ int main(void) {
     }
     printf("fastattn %s, %s kernels, %d threads\n", fa_version(), fa_variant_name(),
            fa_num_threads());
-    if (attention() != 0 || decode() != 0) return EXIT_FAILURE;
+    if (attention() != 0 || decode() != 0 || serve() != 0) return EXIT_FAILURE;
     printf("done\n");
     return EXIT_SUCCESS;
 }

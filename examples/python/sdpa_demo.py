@@ -61,6 +61,7 @@ class FaSdpaOptions(ctypes.Structure):
         ("alibi_slopes", ctypes.POINTER(ctypes.c_float)),
         ("weights", ctypes.POINTER(FaTensor)),
         ("lse", ctypes.POINTER(ctypes.c_float)),
+        ("sinks", ctypes.POINTER(ctypes.c_float)),  # ABI 4
     ]
 
 
@@ -145,7 +146,7 @@ class FastAttn:
     """A small Pythonic wrapper over the C functions."""
 
     #: The C ABI version these ctypes declarations match (``FA_ABI_VERSION``).
-    ABI_VERSION = 3
+    ABI_VERSION = 4
 
     def __init__(self, path):
         self.lib = load(path)

@@ -2,7 +2,8 @@
 //! construction (every pointer covers exactly the memory its view reaches) and then applies
 //! at most one documented mutation (NULL, misaligned or overflowing pointers and extents,
 //! negative or zero strides, self-aliasing or overlapping outputs, mismatched shapes,
-//! invalid options, too-small leading dimensions, ...).
+//! invalid options, too-small leading dimensions, ...). The serving calls
+//! (`fa_sdpa_varlen`, `fa_paged_kv_write`) are in `serving/`.
 //!
 //! Checks: a valid call returns `FA_OK` and matches a naive f64 computation; a mutated call
 //! returns the mutation's status code, writes nothing and sets `fa_last_error()`; no call
@@ -12,6 +13,7 @@
 #![no_main]
 
 mod common;
+mod serving;
 
 use arbitrary::{Result, Unstructured};
 use common::{small, values};
@@ -22,11 +24,12 @@ use std::ptr::{null, null_mut};
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let _ = match u.int_in_range(0u8..=4).unwrap_or(0) {
+    let _ = match u.int_in_range(0u8..=5).unwrap_or(0) {
         0 => sgemm(&mut u),
         1 => cblas(&mut u),
         2 => softmax(&mut u),
         3 => sdpa(&mut u),
+        4 => serving::serving(&mut u),
         _ => handles(&mut u),
     };
 });

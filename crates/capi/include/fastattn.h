@@ -22,18 +22,23 @@
 
 /**
  * The version of the C ABI this header and library describe: `fa_abi_version()` returns
- * it. It goes up whenever a declaration in the header changes incompatibly (a struct
- * layout, a signature, a removed function, a changed meaning); adding functions, or
- * fields at the end of a struct with `struct_size`, leaves it unchanged.
+ * it. It goes up whenever the header's declarations change: incompatibly (a struct
+ * layout, a signature, a removed function, a changed meaning), or by additions (new
+ * functions and types, fields appended to a struct with `struct_size`). Additions keep
+ * programs built against the older header working with the newer library (a smaller
+ * `struct_size` gives the new fields their defaults); the history below says which bumps
+ * were additions.
  *
  * History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
  * and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`; 3, 16-bit
  * element types (`fa_dtype`): `fa_tensor` holds `void *data` and a last field `dtype`
  * (0 = f32), `fa_mha_weights`' matrices are `const void *` of the new
  * `fa_mha_config.weight_dtype`, and `fa_kv_cache_new_typed`, `fa_kv_cache_bytes` and
- * `fa_kv_cache_dtype` were added.
+ * `fa_kv_cache_dtype` were added; 4 (additions only: programs built against ABI 3 run
+ * unchanged), serving attention: `fa_sdpa_options.sinks` appended, `fa_sdpa_varlen` with
+ * `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`.
  */
-#define FA_ABI_VERSION 3
+#define FA_ABI_VERSION 4
 
 /**
  * Status codes of fastattn's `int` functions: `FA_OK` (0) or a negative error code.
@@ -104,6 +109,21 @@ typedef enum fa_dtype {
    */
   FA_DTYPE_BF16 = 2,
 } fa_dtype;
+
+/**
+ * Integer types of the offset and count arrays of `fa_varlen_seqs` (its `index_dtype`
+ * field, an `int32_t`): PyTorch's and numpy's `int32` and `int64`.
+ */
+typedef enum fa_index_dtype {
+  /**
+   * `int32_t` (4 bytes; the default, FlashAttention-2's type).
+   */
+  FA_INDEX_I32 = 0,
+  /**
+   * `int64_t` (8 bytes).
+   */
+  FA_INDEX_I64 = 1,
+} fa_index_dtype;
 
 /**
  * The key/value cache of one layer for incremental decoding, storing keys and values as
@@ -284,7 +304,10 @@ typedef struct fa_tensor {
  * window_right`. The score is `scale*q*k`, then `softcap*tanh(s/softcap)`, then
  * `- alibi_slopes[h]*|i + off - j|`, then `+ mask`. A row with no visible key gets zero
  * weights, a zero output and a log-sum-exp of `-INFINITY`, never NaN.
- * Query head `h` reads key/value head `h / (Hq / Hkv)` (GQA/MQA).
+ * Query head `h` reads key/value head `h / (Hq / Hkv)` (GQA/MQA). With `sinks`, the
+ * softmax of a row of head `h` is `exp(x_j - m) / (sum_j exp(x_j - m) + exp(sinks[h] -
+ * m))`: the sink takes weight but gives no value (a row with no visible key still gets a
+ * zero output; its log-sum-exp is the sink).
  */
 typedef struct fa_sdpa_options {
   /**
@@ -331,7 +354,79 @@ typedef struct fa_sdpa_options {
    * NULL, or an output [B, Hq, Lq], contiguous.
    */
   float *lse;
+  /**
+   * NULL, or Hq attention-sink logits (gpt-oss's `s_aux`): `sinks[h]` joins the softmax
+   * denominator of every row of query head `h` and contributes no value, so the row's
+   * weights sum to less than 1 and its log-sum-exp includes the sink. `-INFINITY` is no
+   * sink; NaN and `+INFINITY` are refused. Added in ABI 4: a caller built against an
+   * older header (a smaller `struct_size`) gets no sinks.
+   */
+  const float *sinks;
 } fa_sdpa_options;
+
+/**
+ * The sequences of an `fa_sdpa_varlen` call (FlashAttention-2's `cu_seqlens_q`,
+ * `cu_seqlens_k`, `seqused_k` and `block_table`). Initialise with
+ * `fa_varlen_seqs_init(&seqs, sizeof seqs)`, then set `batch`, `cu_seqlens_q` and the
+ * keys' description. `struct_size` lets later versions add fields, as in
+ * `fa_sdpa_options`.
+ *
+ * The three index arrays (`cu_seqlens_q`, `cu_seqlens_k`, `seqused_k`) all have the
+ * type `index_dtype` (`int32_t` or `int64_t`, aligned to their size); the block table
+ * is always `int32_t`.
+ *
+ * - **Queries**: sequence `s` owns the packed query tokens `cu_seqlens_q[s] ..
+ *   cu_seqlens_q[s + 1]` (`batch + 1` values: 0, non-decreasing, the last equal to Tq).
+ * - **Packed keys** (`block_table` NULL): sequence `s` owns the key tokens
+ *   `cu_seqlens_k[s] .. cu_seqlens_k[s + 1]` (required; `batch + 1` values: 0,
+ *   non-decreasing, the last equal to Tk).
+ * - **Paged keys** (`block_table` non-NULL): K and V are caches `[num_blocks,
+ *   block_size, Hkv, D]`, and key `j` of sequence `s` is row `j % block_size` of page
+ *   `block_table[s*blocks_per_seq + j / block_size]`. The key count of each sequence is
+ *   `seqused_k[s]`, else `cu_seqlens_k[s + 1] - cu_seqlens_k[s]` (one of the two is
+ *   required); it must fit in the sequence's `blocks_per_seq` pages. Entries past a
+ *   sequence's last used page are never read (they may be -1); an entry that is read must
+ *   be a page of the caches.
+ * - `seqused_k` (NULL, or `batch` values): only the first `seqused_k[s]` keys of the
+ *   sequence are attended (FlashAttention-2's `seqused_k` / `cache_seqlens`); at most
+ *   what the sequence holds.
+ */
+typedef struct fa_varlen_seqs {
+  /**
+   * `sizeof(fa_varlen_seqs)` as the caller was compiled; set by `fa_varlen_seqs_init`.
+   */
+  size_t struct_size;
+  /**
+   * B, the number of sequences (0 is allowed: nothing to do).
+   */
+  size_t batch;
+  /**
+   * The type of the three index arrays, an `fa_index_dtype`: `FA_INDEX_I32` (0, the
+   * default) or `FA_INDEX_I64` (1).
+   */
+  int32_t index_dtype;
+  /**
+   * `[batch + 1]` query offsets (required).
+   */
+  const void *cu_seqlens_q;
+  /**
+   * NULL, or `[batch + 1]` key offsets (required for packed K/V).
+   */
+  const void *cu_seqlens_k;
+  /**
+   * NULL, or `[batch]` valid key counts.
+   */
+  const void *seqused_k;
+  /**
+   * NULL (packed K/V), or the `[batch, blocks_per_seq]` row-major page indices of a
+   * paged cache.
+   */
+  const int32_t *block_table;
+  /**
+   * Entries per sequence of `block_table` (0 when `block_table` is NULL).
+   */
+  size_t blocks_per_seq;
+} fa_varlen_seqs;
 
 #if defined(FASTATTN_CBLAS)
 /**
@@ -642,6 +737,44 @@ int32_t fa_kv_cache_dtype(const struct fa_kv_cache *cache);
 void fa_kv_cache_free(struct fa_kv_cache *cache);
 
 /**
+ * Writes the key and value rows of T new tokens into paged caches, converted to the
+ * caches' element type (exact, or rounded to nearest, ties to even).
+ *
+ * - `k`, `v`: the new rows `[T, Hkv, D]` / `[T, Hkv, Dv]` as `[1, Hkv, T, D]` views
+ *   (strides `{T*Hkv*D, D, Hkv*D, 1}` for a packed buffer; any strides), of one type
+ *   (f32, f16 or bf16).
+ * - `k_cache`, `v_cache`: `[num_blocks, block_size, Hkv, D]` / `[.., Dv]` views, the same
+ *   `num_blocks` and `block_size`, of one type (any of the three; it may differ from the
+ *   rows'). They are the caches `fa_sdpa_varlen` reads through a block table.
+ * - `slot_mapping`: T `int64_t` slots (`k->dims[2]` values), `block * block_size +
+ *   offset` for token `t`; -1 skips the token (padding). Two tokens with one slot: the
+ *   later one wins.
+ *
+ * Only the slots named are written. The caches must overlap neither each other nor an
+ * input (checked by address range, so K and V interleaved in one buffer are refused).
+ *
+ * Returns `FA_OK`, or `FA_ERR_NULL_POINTER` (a tensor, its data, or `slot_mapping` when
+ * T > 0 is NULL), `FA_ERR_BAD_SHAPE` (rows not `[1, ..]`, token, head or head-dim counts
+ * that disagree, caches of different pages), `FA_ERR_BAD_STRIDE` (a negative stride, a
+ * zero stride over an extent above 1, a cache aliasing itself or overlapping another
+ * argument), `FA_ERR_INVALID_ARGUMENT` (a `dtype` that is not an `fa_dtype`, `k` and `v`
+ * or the two caches of different types, a slot below -1 or at or past `num_blocks *
+ * block_size`, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is written
+ * unless every check passes.
+ *
+ * # Safety
+ * Each tensor pointer points to an `fa_tensor` whose `data` is valid (writable for the
+ * caches) for the elements its extents and strides reach; `slot_mapping` holds
+ * `k->dims[2]` readable values; no other thread writes the inputs or accesses the caches
+ * during the call.
+ */
+int fa_paged_kv_write(const struct fa_tensor *k,
+                      const struct fa_tensor *v,
+                      struct fa_tensor *k_cache,
+                      struct fa_tensor *v_cache,
+                      const int64_t *slot_mapping);
+
+/**
  * Sets the number of threads later calls use: `n > 0` runs every later call of the
  * process in a dedicated pool of `n` threads; `n <= 0` returns to the default (rayon's
  * global pool: `RAYON_NUM_THREADS`, else one thread per CPU). Results do not depend on the
@@ -702,7 +835,7 @@ int fa_test_panic_boundary(void);
 /**
  * Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
  * lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
- * outputs) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+ * outputs, no sinks) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
  *
  * Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
  * layout this library knows).
@@ -733,15 +866,16 @@ int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
  * `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
  * from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
  * is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
- * length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a
- * pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+ * length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a NaN
+ * or `+INFINITY` sink, a pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
  * written unless every check passes.
  *
  * # Safety
  * Each non-NULL tensor pointer points to an `fa_tensor` whose `data` is valid (readable;
  * writable for `out` and `weights`) for the elements of its `dtype` that its extents and
  * strides reach;
- * `kv_lengths` holds B values, `alibi_slopes` Hq values, `lse` B*Hq*Lq writable floats;
+ * `kv_lengths` holds B values, `alibi_slopes` and `sinks` Hq values, `lse` B*Hq*Lq
+ * writable floats;
  * no other thread writes the inputs or accesses the outputs during the call.
  */
 int fa_sdpa(const struct fa_tensor *q,
@@ -802,6 +936,69 @@ int fa_sdpa_backward(const struct fa_tensor *q,
                      struct fa_tensor *grad_k,
                      struct fa_tensor *grad_v,
                      const struct fa_sdpa_options *opts);
+
+/**
+ * Initialises `*seqs` to the defaults (no sequences, `FA_INDEX_I32`, every array NULL,
+ * `blocks_per_seq` 0) and sets `seqs->struct_size = size`. Pass `sizeof *seqs`.
+ *
+ * Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
+ * layout this library knows).
+ *
+ * # Safety
+ * `seqs` is NULL or points to `size` writable bytes.
+ */
+int fa_varlen_seqs_init(struct fa_varlen_seqs *seqs, size_t size);
+
+/**
+ * Variable-length attention: many sequences of different lengths in one call, each its
+ * own attention problem (FlashAttention-2's `flash_attn_varlen_func` and, with a block
+ * table, `flash_attn_with_kvcache`).
+ *
+ * - `q`: the packed queries `[Tq, Hq, D]` as the `[1, Hq, Tq, D]` view of that memory
+ *   (strides `{Tq*Hq*D, D, Hq*D, 1}` for a packed buffer; any strides are accepted).
+ * - `k`, `v`: packed keys and values `[Tk, Hkv, D]` / `[Tk, Hkv, Dv]` as `[1, Hkv, Tk, D]`
+ *   views (`seqs->block_table` NULL), or paged caches `[num_blocks, block_size, Hkv, D]` /
+ *   `[.., Dv]` (`seqs->block_table` set), read in place.
+ * - `out`: `[Tq, Hq, Dv]` as the `[1, Hq, Tq, Dv]` view, any strides.
+ * - `seqs`: the sequences (required; see `fa_varlen_seqs`).
+ * - `opts` (NULL for the defaults): every option of `fa_sdpa` per sequence (scale,
+ *   causal, windows, soft-cap, ALiBi, sinks), with the same semantics: causal masking is
+ *   bottom-right aligned per sequence, so a chunk of new queries sees its cached prefix
+ *   and itself. `opts->lse`, when set, receives `[Hq, Tq]` floats (contiguous). The
+ *   per-sequence key counts come from `seqs`, so `opts->mask`, `opts->kv_lengths` and
+ *   `opts->weights` must be NULL.
+ *
+ * Q, K, V and the output may each be f32, f16 or bf16, as in `fa_sdpa`. Query head `h`
+ * reads key/value head `h / (Hq / Hkv)`. A sequence with no queries adds nothing; a query
+ * that sees no key gets a zero output. The results do not depend on the thread count.
+ * The outputs (`out`, `opts->lse`) must overlap neither an input (tensors, option arrays,
+ * the arrays of `seqs`) nor each other.
+ *
+ * Returns `FA_OK`, or `FA_ERR_NULL_POINTER` (a tensor, its data, `seqs`,
+ * `seqs->cu_seqlens_q`, or an array needed is NULL), `FA_ERR_BAD_SHAPE` (Q or the output
+ * not `[1, ..]`, heads or head dims that disagree, Hq not a multiple of Hkv, paged caches
+ * of different pages, sizes that overflow), `FA_ERR_BAD_STRIDE` (as `fa_sdpa`),
+ * `FA_ERR_INVALID_ARGUMENT` (`struct_size` not set by its `*_init`, an unknown
+ * `index_dtype` or `dtype`, offsets that do not start at 0, decrease, or whose last entry
+ * is not the packed length, no `cu_seqlens_k` for packed K/V or no key count for paged
+ * ones, a `seqused_k` below 0 or above the keys or pages a sequence holds, a block table
+ * entry that is read and is not a page, a mask, key lengths or weights in `opts`, the
+ * option errors of `fa_sdpa`, a misaligned pointer), `FA_ERR_UNSUPPORTED_VARIANT`.
+ * Nothing is written unless every check passes.
+ *
+ * # Safety
+ * Each tensor pointer points to an `fa_tensor` whose `data` is valid (writable for `out`)
+ * for the elements its extents and strides reach; `seqs` points to an `fa_varlen_seqs`
+ * whose non-NULL arrays hold the values documented there; `opts` is NULL or valid as for
+ * `fa_sdpa`, `lse` holding Hq*Tq writable floats; no other thread writes the inputs or
+ * accesses the outputs during the call.
+ */
+int fa_sdpa_varlen(const struct fa_tensor *q,
+                   const struct fa_tensor *k,
+                   const struct fa_tensor *v,
+                   struct fa_tensor *out,
+                   const struct fa_varlen_seqs *seqs,
+                   const struct fa_sdpa_options *opts);
 
 /**
  * Softmax of each of `rows` contiguous rows of `row_len` values, in place:

@@ -11,10 +11,18 @@
 //!   bf16 (`fa_dtype`, any combination of Q, K, V and output) with the options of
 //!   `attention::SdpaOptions` (`fa_sdpa_options`, initialised by `fa_sdpa_options_init`):
 //!   causal, additive mask, key lengths, sliding windows, soft-capping, ALiBi, GQA/MQA, and
-//!   optional weights and log-sum-exp.
+//!   attention sinks, and optional weights and log-sum-exp.
 //! * `fa_sdpa_backward`: the gradients of `fa_sdpa` with respect to Q, K and V (f32
 //!   `fa_tensor`s of any strides) from the forward's output, its log-sum-exp and the output
 //!   gradient (each input f32, f16 or bf16), with the same `fa_sdpa_options`.
+//! * `fa_sdpa_varlen`: variable-length batches for serving (FlashAttention-2's varlen and
+//!   kvcache calls): packed queries `[Tq, Hq, D]` split by `cu_seqlens_q`, keys and values
+//!   packed (`cu_seqlens_k`) or read in place from a paged cache `[num_blocks, block_size,
+//!   Hkv, D]` through a block table, with `seqused_k` (`fa_varlen_seqs`, initialised by
+//!   `fa_varlen_seqs_init`; int32 or int64 offsets, `fa_index_dtype`) and every option of
+//!   `fa_sdpa` per sequence, sinks included.
+//! * `fa_paged_kv_write`: new key/value rows scattered into paged caches by slot (vLLM's
+//!   `reshape_and_cache`), converted to the caches' type.
 //! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE; weights stored as
 //!   f32, f16 or bf16) behind an opaque handle, and `fa_kv_cache_*`, its KV cache for
 //!   incremental decoding (f32, f16 or bf16 storage: `fa_kv_cache_new_typed`).
@@ -39,7 +47,7 @@
 //!
 //! # ABI stability
 //! `FA_ABI_VERSION` / `fa_abi_version()` name the ABI. The structs that may grow
-//! (`fa_sdpa_options`, `fa_mha_config`, `fa_mha_weights`) start with `struct_size`, set by
+//! (`fa_sdpa_options`, `fa_varlen_seqs`, `fa_mha_config`, `fa_mha_weights`) start with `struct_size`, set by
 //! their `*_init(&s, sizeof s)` function; fields a caller's older struct lacks take their
 //! defaults, and a zero `struct_size` (an uninitialised struct) is refused.
 //!
@@ -94,6 +102,31 @@
 //! // x's values are multiples of 1/4, exact in bf16 and f16.
 //! assert_eq!(out16[0].to_f32(), x[0]);
 //! ```
+//!
+//! A variable-length call: two sequences of 2 and 1 tokens, packed `[Tq, H, D]` and
+//! described by `fa_varlen_seqs` (C: `fa_varlen_seqs_init(&seqs, sizeof seqs)`).
+//!
+//! ```
+//! use fastattn_capi::{fa_sdpa_varlen, fa_status, fa_tensor, fa_varlen_seqs};
+//! let (h, t, d) = (2, 3, 4);
+//! let x: Vec<f32> = (0..t * h * d).map(|i| (i % 7) as f32 * 0.5).collect();
+//! let mut out = vec![0.0f32; x.len()];
+//! // The [1, H, T, D] view of a packed [T, H, D] buffer.
+//! let strides = [(t * h * d) as isize, d as isize, (h * d) as isize, 1];
+//! let dims = [1, h, t, d];
+//! let xt = fa_tensor { data: x.as_ptr().cast_mut().cast(), dims, strides, dtype: 0 };
+//! let mut o = fa_tensor { data: out.as_mut_ptr().cast(), dims, strides, dtype: 0 };
+//! let cu: [i32; 3] = [0, 2, 3];
+//! let mut seqs = fa_varlen_seqs::default();
+//! seqs.batch = 2;
+//! seqs.cu_seqlens_q = cu.as_ptr().cast();
+//! seqs.cu_seqlens_k = cu.as_ptr().cast(); // packed K/V of the same lengths
+//! // SAFETY: the views describe live buffers; the offsets hold batch + 1 values.
+//! let rc = unsafe { fa_sdpa_varlen(&xt, &xt, &xt, &mut o, &seqs, std::ptr::null()) };
+//! assert_eq!(rc, fa_status::FA_OK as i32);
+//! // The second sequence has one key: its output is that key's value.
+//! assert_eq!(&out[2 * h * d..], &x[2 * h * d..]);
+//! ```
 
 #![allow(non_camel_case_types, non_upper_case_globals)]
 
@@ -102,6 +135,7 @@ pub mod cblas;
 pub mod dtype;
 pub mod gemm;
 pub mod mha;
+pub mod paged;
 mod pool;
 mod raw;
 pub mod runtime;
@@ -122,10 +156,14 @@ pub use mha::{
     fa_mha_config, fa_mha_config_init, fa_mha_forward, fa_mha_forward_cached, fa_mha_free,
     fa_mha_new, fa_mha_new_random, fa_mha_weights, fa_mha_weights_init,
 };
+pub use paged::fa_paged_kv_write;
 pub use runtime::{
     fa_abi_version, fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant,
     fa_test_panic_boundary, fa_variant_name, fa_version, FA_ABI_VERSION,
 };
-pub use sdpa::{fa_sdpa, fa_sdpa_backward, fa_sdpa_options, fa_sdpa_options_init, fa_tensor};
+pub use sdpa::{
+    fa_index_dtype, fa_sdpa, fa_sdpa_backward, fa_sdpa_options, fa_sdpa_options_init,
+    fa_sdpa_varlen, fa_tensor, fa_varlen_seqs, fa_varlen_seqs_init,
+};
 pub use softmax::fa_softmax;
 pub use status::{fa_status, FfiError, FfiResult};

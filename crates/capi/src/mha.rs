@@ -117,9 +117,12 @@ const DEFAULT_CONFIG: fa_mha_config = fa_mha_config {
 // SAFETY: repr(C), plain data only, first field `struct_size: usize`.
 unsafe impl Versioned for fa_mha_config {
     const DEFAULT: Self = DEFAULT_CONFIG;
-    // The layout of ABI version 2, the first with `struct_size`: everything before
-    // `weight_dtype` (added in version 3), whose size was `sizeof(fa_mha_config)` then.
-    const MIN_SIZE: usize = offset_of!(fa_mha_config, weight_dtype);
+    // ABI version 2, the first with `struct_size`: everything before `weight_dtype`
+    // (added in version 3), whose size was `sizeof(fa_mha_config)` then; and 3.
+    const LAYOUTS: &'static [usize] = &[
+        offset_of!(fa_mha_config, weight_dtype),
+        size_of::<fa_mha_config>(),
+    ];
     const NAME: &'static str = "fa_mha_config";
     const INIT: &'static str = "fa_mha_config_init(&cfg, sizeof cfg)";
 }
@@ -148,7 +151,7 @@ const DEFAULT_WEIGHTS: fa_mha_weights = fa_mha_weights {
 unsafe impl Versioned for fa_mha_weights {
     const DEFAULT: Self = DEFAULT_WEIGHTS;
     // The layout of ABI versions 2 and 3 (3 changed the matrices' pointer type only).
-    const MIN_SIZE: usize = size_of::<fa_mha_weights>();
+    const LAYOUTS: &'static [usize] = &[size_of::<fa_mha_weights>()];
     const NAME: &'static str = "fa_mha_weights";
     const INIT: &'static str = "fa_mha_weights_init(&w, sizeof w)";
 }

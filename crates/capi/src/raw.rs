@@ -198,9 +198,10 @@ pub(crate) fn strided_span_bytes(
 pub(crate) unsafe trait Versioned: Copy {
     /// The value `*_init` writes: every option at its default, `struct_size` the full size.
     const DEFAULT: Self;
-    /// The smallest `struct_size` this library accepts: the size of the first released
-    /// layout of the struct.
-    const MIN_SIZE: usize;
+    /// The `struct_size` of every released layout of the struct, oldest first, the last
+    /// `size_of::<Self>()`: the only sizes this library accepts. A size between two layouts
+    /// would copy part of a field (half a pointer), so it is refused.
+    const LAYOUTS: &'static [usize];
     /// The struct's C name, for messages.
     const NAME: &'static str;
     /// The C function that initialises it, for messages.
@@ -217,10 +218,11 @@ fn check_struct_size<T: Versioned>(size: usize, what: &str) -> FfiResult<()> {
             T::INIT
         )));
     }
-    if size < T::MIN_SIZE {
+    debug_assert_eq!(T::LAYOUTS.last(), Some(&size_of::<T>()));
+    let first = T::LAYOUTS.first().copied().unwrap_or(size_of::<T>());
+    if size < first {
         return Err(invalid(format!(
-            "{what}->struct_size is {size}, below the {} bytes of the first {} layout",
-            T::MIN_SIZE,
+            "{what}->struct_size is {size}, below the {first} bytes of the first {} layout",
             T::NAME
         )));
     }
@@ -230,6 +232,13 @@ fn check_struct_size<T: Versioned>(size: usize, what: &str) -> FfiResult<()> {
              against a newer fastattn.h?)",
             T::NAME,
             size_of::<T>()
+        )));
+    }
+    if !T::LAYOUTS.contains(&size) {
+        return Err(invalid(format!(
+            "{what}->struct_size is {size}, not the size of a {} layout ({:?} bytes)",
+            T::NAME,
+            T::LAYOUTS
         )));
     }
     Ok(())
@@ -272,7 +281,7 @@ pub(crate) unsafe fn init_versioned<T: Versioned>(
     // distinct objects.
     unsafe { std::ptr::copy_nonoverlapping((&raw const src).cast::<u8>(), p.cast::<u8>(), size) };
     // SAFETY: the first field is a `usize` (trait contract), aligned (checked) and
-    // writable (caller contract; `size >= MIN_SIZE >= size_of::<usize>()`).
+    // writable (caller contract; `size` is a layout's size, at least `size_of::<usize>()`).
     unsafe { p.cast::<usize>().write(size) };
     Ok(())
 }

@@ -70,17 +70,22 @@ pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
 }
 
 /// The version of the C ABI this header and library describe: `fa_abi_version()` returns
-/// it. It goes up whenever a declaration in the header changes incompatibly (a struct
-/// layout, a signature, a removed function, a changed meaning); adding functions, or
-/// fields at the end of a struct with `struct_size`, leaves it unchanged.
+/// it. It goes up whenever the header's declarations change: incompatibly (a struct
+/// layout, a signature, a removed function, a changed meaning), or by additions (new
+/// functions and types, fields appended to a struct with `struct_size`). Additions keep
+/// programs built against the older header working with the newer library (a smaller
+/// `struct_size` gives the new fields their defaults); the history below says which bumps
+/// were additions.
 ///
 /// History: 1, the first release; 2, `struct_size` and `*_init` functions for the option
 /// and layer structs (replacing `fa_sdpa_options_default`), `fa_abi_version`; 3, 16-bit
 /// element types (`fa_dtype`): `fa_tensor` holds `void *data` and a last field `dtype`
 /// (0 = f32), `fa_mha_weights`' matrices are `const void *` of the new
 /// `fa_mha_config.weight_dtype`, and `fa_kv_cache_new_typed`, `fa_kv_cache_bytes` and
-/// `fa_kv_cache_dtype` were added.
-pub const FA_ABI_VERSION: u32 = 3;
+/// `fa_kv_cache_dtype` were added; 4 (additions only: programs built against ABI 3 run
+/// unchanged), serving attention: `fa_sdpa_options.sinks` appended, `fa_sdpa_varlen` with
+/// `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`.
+pub const FA_ABI_VERSION: u32 = 4;
 
 /// The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
 /// can check at start-up that the library it loaded matches the header it was compiled

@@ -1,6 +1,7 @@
 //! `fa_sdpa`: scaled dot-product attention over strided `[B, H, L, D]` tensors of f32, f16
-//! or bf16, and its backward pass `fa_sdpa_backward` (in `sdpa/backward.rs`, sharing the
-//! checked views and the option conversion).
+//! or bf16, its backward pass `fa_sdpa_backward` (in `sdpa/backward.rs`) and the
+//! variable-length call `fa_sdpa_varlen` (in `sdpa/varlen.rs`), sharing the checked views
+//! and the option conversion.
 
 use crate::dtype::{fa_dtype, with_element};
 use crate::pool;
@@ -16,7 +17,9 @@ use std::ffi::{c_int, c_void};
 use std::mem::size_of;
 
 mod backward;
+mod varlen;
 pub use backward::fa_sdpa_backward;
+pub use varlen::{fa_index_dtype, fa_sdpa_varlen, fa_varlen_seqs, fa_varlen_seqs_init};
 
 /// A four-dimensional strided view `[B, H, L, D]` in caller memory, of `float`s or of a
 /// 16-bit type (`dtype`, an `fa_dtype`).
@@ -72,7 +75,10 @@ impl Default for fa_tensor {
 /// window_right`. The score is `scale*q*k`, then `softcap*tanh(s/softcap)`, then
 /// `- alibi_slopes[h]*|i + off - j|`, then `+ mask`. A row with no visible key gets zero
 /// weights, a zero output and a log-sum-exp of `-INFINITY`, never NaN.
-/// Query head `h` reads key/value head `h / (Hq / Hkv)` (GQA/MQA).
+/// Query head `h` reads key/value head `h / (Hq / Hkv)` (GQA/MQA). With `sinks`, the
+/// softmax of a row of head `h` is `exp(x_j - m) / (sum_j exp(x_j - m) + exp(sinks[h] -
+/// m))`: the sink takes weight but gives no value (a row with no visible key still gets a
+/// zero output; its log-sum-exp is the sink).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fa_sdpa_options {
@@ -98,6 +104,12 @@ pub struct fa_sdpa_options {
     pub weights: *mut fa_tensor,
     /// NULL, or an output [B, Hq, Lq], contiguous.
     pub lse: *mut f32,
+    /// NULL, or Hq attention-sink logits (gpt-oss's `s_aux`): `sinks[h]` joins the softmax
+    /// denominator of every row of query head `h` and contributes no value, so the row's
+    /// weights sum to less than 1 and its log-sum-exp includes the sink. `-INFINITY` is no
+    /// sink; NaN and `+INFINITY` are refused. Added in ABI 4: a caller built against an
+    /// older header (a smaller `struct_size`) gets no sinks.
+    pub sinks: *const f32,
 }
 
 const DEFAULT_OPTIONS: fa_sdpa_options = fa_sdpa_options {
@@ -112,6 +124,7 @@ const DEFAULT_OPTIONS: fa_sdpa_options = fa_sdpa_options {
     alibi_slopes: std::ptr::null(),
     weights: std::ptr::null_mut(),
     lse: std::ptr::null_mut(),
+    sinks: std::ptr::null(),
 };
 
 impl Boundary for fa_sdpa_options {
@@ -123,8 +136,12 @@ impl Boundary for fa_sdpa_options {
 // SAFETY: repr(C), plain data only, first field `struct_size: usize`.
 unsafe impl Versioned for fa_sdpa_options {
     const DEFAULT: Self = DEFAULT_OPTIONS;
-    // The layout of ABI version 2, the first with `struct_size`.
-    const MIN_SIZE: usize = size_of::<fa_sdpa_options>();
+    // ABI versions 2 and 3 (the first with `struct_size`: every field up to `lse`), and 4
+    // (`sinks` appended).
+    const LAYOUTS: &'static [usize] = &[
+        std::mem::offset_of!(fa_sdpa_options, sinks),
+        size_of::<fa_sdpa_options>(),
+    ];
     const NAME: &'static str = "fa_sdpa_options";
     const INIT: &'static str = "fa_sdpa_options_init(&opts, sizeof opts)";
 }
@@ -138,7 +155,7 @@ impl Default for fa_sdpa_options {
 
 /// Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
 /// lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
-/// outputs) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+/// outputs, no sinks) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
 ///
 /// Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
 /// layout this library knows).
@@ -156,12 +173,12 @@ pub unsafe extern "C" fn fa_sdpa_options_init(opts: *mut fa_sdpa_options, size: 
 
 /// A checked `fa_tensor`: its element type and the exact element range it spans, as
 /// `usize` strides (`fa_sdpa` and `fa_sdpa_backward` build their tensors through it).
-struct View {
+pub(crate) struct View {
     ptr: *mut c_void,
-    dtype: fa_dtype,
+    pub(crate) dtype: fa_dtype,
     len: usize,
-    span: Span,
-    dims: [usize; 4],
+    pub(crate) span: Span,
+    pub(crate) dims: [usize; 4],
     strides: [usize; 4],
 }
 
@@ -172,7 +189,7 @@ impl View {
     ///
     /// # Safety
     /// `t` is NULL or points to a readable `fa_tensor`.
-    unsafe fn new(t: *const fa_tensor, what: &str, broadcast: bool) -> FfiResult<View> {
+    pub(crate) unsafe fn new(t: *const fa_tensor, what: &str, broadcast: bool) -> FfiResult<View> {
         check_ptr(t, what)?;
         // SAFETY: non-NULL and aligned (checked), readable (caller).
         let t = unsafe { *t };
@@ -235,7 +252,7 @@ impl View {
     /// # Safety
     /// `T` is the view's element type; the caller of `fa_sdpa` guarantees `len` readable
     /// elements at `ptr` (or `len == 0`), and no output overlaps them (checked).
-    unsafe fn typed<'a, T: Element>(&self) -> FfiResult<TensorRef<'a, T>> {
+    pub(crate) unsafe fn typed<'a, T: Element>(&self) -> FfiResult<TensorRef<'a, T>> {
         debug_assert_eq!(size_of::<T>(), self.dtype.size());
         let data: &[T] = if self.len == 0 {
             &[]
@@ -251,7 +268,7 @@ impl View {
     ///
     /// # Safety
     /// As [`View::typed`], and the elements are writable and overlap no other argument.
-    unsafe fn typed_mut<'a, T: Element>(&self) -> FfiResult<TensorMut<'a, T>> {
+    pub(crate) unsafe fn typed_mut<'a, T: Element>(&self) -> FfiResult<TensorMut<'a, T>> {
         debug_assert_eq!(size_of::<T>(), self.dtype.size());
         let data: &mut [T] = if self.len == 0 {
             &mut []
@@ -285,7 +302,11 @@ impl View {
 ///
 /// # Safety
 /// When `n > 0`, `p` points to `n` readable values that nothing writes during the call.
-unsafe fn input_slice<'a, T>(p: *const T, n: usize, what: &str) -> FfiResult<(&'a [T], Span)> {
+pub(crate) unsafe fn input_slice<'a, T>(
+    p: *const T,
+    n: usize,
+    what: &str,
+) -> FfiResult<(&'a [T], Span)> {
     if n == 0 {
         return Ok((&[], Span::default()));
     }
@@ -336,16 +357,16 @@ pub(crate) unsafe fn read_options(opts: *const fa_sdpa_options) -> FfiResult<fa_
 /// read (for the overlap checks against outputs). `lens` stores the converted key lengths.
 ///
 /// # Safety
-/// `o.mask`, `o.kv_lengths` and `o.alibi_slopes` are NULL or valid as documented on
-/// `fa_sdpa_options` (a mask tensor, B lengths, Hq slopes), and nothing writes them during
-/// the call. No mutable slice overlapping the returned spans may be made while the
+/// `o.mask`, `o.kv_lengths`, `o.alibi_slopes` and `o.sinks` are NULL or valid as
+/// documented on `fa_sdpa_options` (a mask tensor, B lengths, Hq slopes, Hq sinks), and
+/// nothing writes them during the call. No mutable slice overlapping the returned spans may be made while the
 /// options live.
 pub(crate) unsafe fn attn_options<'a>(
     o: &fa_sdpa_options,
     b: usize,
     hq: usize,
     lens: &'a mut Vec<usize>,
-) -> FfiResult<(SdpaOptions<'a>, [(&'static str, Span); 3])> {
+) -> FfiResult<(SdpaOptions<'a>, [(&'static str, Span); 4])> {
     let causal = match o.causal {
         0 => false,
         1 => true,
@@ -383,6 +404,13 @@ pub(crate) unsafe fn attn_options<'a>(
         let (s, span) = unsafe { input_slice(o.alibi_slopes, hq, "opts->alibi_slopes") }?;
         (Some(s), span)
     };
+    let (sinks, sinks_span) = if o.sinks.is_null() {
+        (None, Span::default())
+    } else {
+        // SAFETY: Hq readable values (caller contract).
+        let (s, span) = unsafe { input_slice(o.sinks, hq, "opts->sinks") }?;
+        (Some(s), span)
+    };
     let options = SdpaOptions::default()
         .with_scale((o.scale != 0.0).then_some(o.scale))
         .with_causal(causal)
@@ -391,11 +419,13 @@ pub(crate) unsafe fn attn_options<'a>(
         .with_window_left(window(o.window_left, "opts->window_left")?)
         .with_window_right(window(o.window_right, "opts->window_right")?)
         .with_alibi_slopes(alibi)
-        .with_softcap((o.softcap != 0.0).then_some(o.softcap));
+        .with_softcap((o.softcap != 0.0).then_some(o.softcap))
+        .with_sinks(sinks);
     let spans = [
         ("opts->mask", mask_span),
         ("opts->kv_lengths", kv_span.unwrap_or_default()),
         ("opts->alibi_slopes", alibi_span),
+        ("opts->sinks", sinks_span),
     ];
     Ok((options, spans))
 }
@@ -420,15 +450,16 @@ pub(crate) unsafe fn attn_options<'a>(
 /// `FA_ERR_INVALID_ARGUMENT` (`opts->struct_size` not set by `fa_sdpa_options_init` or
 /// from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
 /// is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
-/// length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a
-/// pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+/// length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a NaN
+/// or `+INFINITY` sink, a pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
 /// written unless every check passes.
 ///
 /// # Safety
 /// Each non-NULL tensor pointer points to an `fa_tensor` whose `data` is valid (readable;
 /// writable for `out` and `weights`) for the elements of its `dtype` that its extents and
 /// strides reach;
-/// `kv_lengths` holds B values, `alibi_slopes` Hq values, `lse` B*Hq*Lq writable floats;
+/// `kv_lengths` holds B values, `alibi_slopes` and `sinks` Hq values, `lse` B*Hq*Lq
+/// writable floats;
 /// no other thread writes the inputs or accesses the outputs during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fa_sdpa(

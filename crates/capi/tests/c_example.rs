@@ -82,6 +82,7 @@ fn c_demo_builds_and_runs() {
         "attention: out[0] = ",
         "refused as expected",
         "decode: 8 positions cached",
+        "serving: 3 requests decoded from a paged cache",
         "done",
     ] {
         assert!(

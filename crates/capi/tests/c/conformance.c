@@ -1,8 +1,9 @@
 /*
  * The C conformance suite of fastattn: cblas_sgemm, fa_sgemm, fa_softmax, fa_sdpa (f32 and
- * 16-bit tensors) and its backward pass fa_sdpa_backward, the attention layer with its KV
- * cache (f32 and bf16 weights and caches), checked against naive C loops, and every error
- * code. `cargo test -p fastattn-capi --test c_example` builds and runs it; the short
+ * 16-bit tensors, sinks, an ABI 3 options struct) and its backward pass fa_sdpa_backward,
+ * the attention layer with its KV cache (f32 and bf16 weights and caches), the serving
+ * calls fa_sdpa_varlen (paged caches, int32/int64 offsets) and fa_paged_kv_write, checked
+ * against naive C loops, and every error code. `cargo test -p fastattn-capi --test c_example` builds and runs it; the short
  * example for users is examples/c/demo.c.
  *
  * Build and run by hand (from the repository root):
@@ -877,6 +878,254 @@ static void test_layer_16bit(void) {
     free(wo);
 }
 
+/* ------------------------------------------------ serving: varlen, paged caches, sinks */
+
+/* Three sequences (a prefill chunk with a cached prefix, a decode token, one without
+ * queries) over a paged cache of pages of VBS keys; heads VHQ/VHKV, head dim VD. */
+enum { VB = 3, VHQ = 4, VHKV = 2, VD = 8, VBS = 4, VNB = 8, VBPS = 3, VTQ = 4 };
+static const int32_t v_cu_q[VB + 1] = {0, 3, 4, 4};
+static const int32_t v_used[VB] = {7, 10, 2};
+/* Pages in shuffled order; -1 pads past each sequence's last page (never read). */
+static const int32_t v_table[VB * VBPS] = {5, 2, -1, 7, 0, 6, 3, -1, -1};
+
+/* Naive varlen attention over the paged caches (f32, [VNB, VBS, VHKV, VD]): causal bottom
+ * right per sequence, optional sinks; out [VTQ, VHQ, VD], lse [VHQ, VTQ]. */
+static void varlen_naive(const float *q, const float *kc, const float *vc, int causal,
+                         const float *sinks, double *out, double *lse) {
+    double scale = 1.0 / sqrt((double)VD);
+    for (int s = 0; s < VB; s++) {
+        int q0 = v_cu_q[s], lq = v_cu_q[s + 1] - q0, n = v_used[s];
+        for (int h = 0; h < VHQ; h++)
+            for (int i = 0; i < lq; i++) {
+                int hk = h / (VHQ / VHKV);
+                double sc[VBPS * VBS], mx = sinks ? sinks[h] : -INFINITY, sum = 0.0;
+                for (int j = 0; j < n; j++) {
+                    size_t row = (size_t)v_table[s * VBPS + j / VBS] * VBS + (size_t)(j % VBS);
+                    double dot = 0.0;
+                    for (int d = 0; d < VD; d++)
+                        dot += (double)q[((size_t)(q0 + i) * VHQ + h) * VD + d] *
+                               kc[(row * VHKV + hk) * VD + d];
+                    sc[j] = causal && j > i + n - lq ? -INFINITY : dot * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j < n; j++) {
+                    sc[j] = mx == -INFINITY ? 0.0 : exp(sc[j] - mx);
+                    sum += sc[j];
+                }
+                double total = sum + (sinks && mx > -INFINITY ? exp(sinks[h] - mx) : 0.0);
+                lse[h * VTQ + q0 + i] = total > 0 ? mx + log(total) : -INFINITY;
+                for (int e = 0; e < VD; e++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < n; j++) {
+                        size_t row =
+                            (size_t)v_table[s * VBPS + j / VBS] * VBS + (size_t)(j % VBS);
+                        acc += sc[j] * vc[(row * VHKV + hk) * VD + e];
+                    }
+                    out[((size_t)(q0 + i) * VHQ + h) * VD + e] = total > 0 ? acc / total : 0.0;
+                }
+            }
+    }
+}
+
+/* The [1, h, t, d] view of a packed [t, h, d] buffer. */
+static fa_tensor packed_of(void *data, int32_t dtype, size_t h, size_t t, size_t d) {
+    fa_tensor x = {data,
+                   {1, h, t, d},
+                   {(ptrdiff_t)(t * h * d), (ptrdiff_t)d, (ptrdiff_t)(h * d), 1},
+                   dtype};
+    return x;
+}
+
+static void test_varlen(void) {
+    enum { NQ = VTQ * VHQ * VD, NC = VNB * VBS * VHKV * VD };
+    float *q = rnd_buf(NQ), *kc = rnd_buf(NC), *vc = rnd_buf(NC);
+    float sinks[VHQ] = {0.5f, -INFINITY, 2.0f, -1.0f};
+    float out[NQ], lse[VHQ * VTQ];
+    double want[NQ], want_lse[VHQ * VTQ];
+    fa_tensor tq = packed_of(q, FA_DTYPE_F32, VHQ, VTQ, VD);
+    fa_tensor tk = tensor(kc, VNB, VBS, VHKV, VD), tv = tensor(vc, VNB, VBS, VHKV, VD);
+    fa_tensor to = packed_of(out, FA_DTYPE_F32, VHQ, VTQ, VD);
+    fa_varlen_seqs seqs;
+    CHECK(fa_varlen_seqs_init(&seqs, sizeof seqs) == FA_OK, "fa_varlen_seqs_init");
+    seqs.batch = VB;
+    seqs.cu_seqlens_q = v_cu_q;
+    seqs.seqused_k = v_used;
+    seqs.block_table = v_table;
+    seqs.blocks_per_seq = VBPS;
+    fa_sdpa_options opts;
+    fa_sdpa_options_init(&opts, sizeof opts);
+    opts.lse = lse;
+    for (int causal = 0; causal < 2; causal++)
+        for (int with_sinks = 0; with_sinks < 2; with_sinks++) {
+            opts.causal = causal;
+            opts.sinks = with_sinks ? sinks : NULL;
+            int rc = fa_sdpa_varlen(&tq, &tk, &tv, &to, &seqs, &opts);
+            CHECK(rc == FA_OK, "fa_sdpa_varlen paged, causal %d, sinks %d: %d", causal,
+                  with_sinks, rc);
+            varlen_naive(q, kc, vc, causal, with_sinks ? sinks : NULL, want, want_lse);
+            double e = max_abs_diff(out, want, NQ), el = 0.0;
+            for (int i = 0; i < VHQ * VTQ; i++) {
+                double d = fabs((double)lse[i] - want_lse[i]);
+                if (!(d <= el)) el = d;
+            }
+            CHECK(e < 1e-5 && el < 1e-5, "varlen causal %d sinks %d: out %g, lse %g", causal,
+                  with_sinks, e, el);
+        }
+
+    /* int64 offsets and 16-bit caches written by fa_paged_kv_write give the same result
+     * as the f32 call on the rounded values. */
+    int64_t cu_q64[VB + 1], used64[VB];
+    for (int i = 0; i <= VB; i++) cu_q64[i] = v_cu_q[i];
+    for (int i = 0; i < VB; i++) used64[i] = v_used[i];
+    uint16_t *kc16 = to_16bit(kc, NC, FA_DTYPE_BF16), *vc16 = calloc(NC, sizeof *vc16);
+    /* Write V's used rows through fa_paged_kv_write: every slot of the caches, as rows
+     * [NC / (VHKV*VD), VHKV, VD] in slot order. */
+    enum { T = VNB * VBS };
+    int64_t slots[T];
+    for (int t = 0; t < T; t++) slots[t] = t;
+    fa_tensor rows = packed_of(vc, FA_DTYPE_F32, VHKV, T, VD);
+    fa_tensor cache = tensor_of(vc16, FA_DTYPE_BF16, VNB, VBS, VHKV, VD);
+    fa_tensor kcache = tensor_of(kc16, FA_DTYPE_BF16, VNB, VBS, VHKV, VD);
+    uint16_t *scratch = calloc(NC, sizeof *scratch);
+    fa_tensor kscratch = tensor_of(scratch, FA_DTYPE_BF16, VNB, VBS, VHKV, VD);
+    CHECK(fa_paged_kv_write(&rows, &rows, &kscratch, &cache, slots) == FA_OK,
+          "fa_paged_kv_write f32 -> bf16");
+    int same = 1;
+    for (int i = 0; i < NC; i++) same &= vc16[i] == f32_to_bf16(vc[i]);
+    CHECK(same, "fa_paged_kv_write rounds to the cache's type");
+    seqs.index_dtype = FA_INDEX_I64;
+    seqs.cu_seqlens_q = cu_q64;
+    seqs.seqused_k = used64;
+    opts.causal = 1;
+    opts.sinks = sinks;
+    CHECK(fa_sdpa_varlen(&tq, &kcache, &cache, &to, &seqs, &opts) == FA_OK,
+          "fa_sdpa_varlen int64, bf16 caches");
+    float *kr = malloc(NC * sizeof *kr), *vr = malloc(NC * sizeof *vr);
+    for (int i = 0; i < NC; i++) {
+        kr[i] = bf16_to_f32(kc16[i]);
+        vr[i] = bf16_to_f32(vc16[i]);
+    }
+    varlen_naive(q, kr, vr, 1, sinks, want, want_lse);
+    CHECK(max_abs_diff(out, want, NQ) < 1e-5, "bf16 caches: %g", max_abs_diff(out, want, NQ));
+
+    /* Refusals write nothing. */
+    seqs.index_dtype = FA_INDEX_I32;
+    seqs.cu_seqlens_q = v_cu_q;
+    seqs.seqused_k = v_used;
+    for (int i = 0; i < NQ; i++) out[i] = 7.0f;
+    static const int32_t bad_cu[VB + 1] = {0, 3, 2, 4}, short_cu[VB + 1] = {0, 3, 3, 3};
+    static const int32_t over_used[VB] = {7, 13, 2}, bad_table[VB * VBPS] = {5, 2, -1,
+                                                                              7, 0, 6,
+                                                                              -1, -1, -1};
+    static const int32_t far_table[VB * VBPS] = {5, VNB, -1, 7, 0, 6, 3, -1, -1};
+    struct {
+        const char *what;
+        int want;
+        fa_varlen_seqs s;
+    } cases[] = {
+        {"decreasing cu_seqlens_q", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"cu_seqlens_q ending before Tq", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"seqused_k above the pages held", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"negative block index read", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"block index past the caches", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"unknown index type", FA_ERR_INVALID_ARGUMENT, seqs},
+        {"NULL cu_seqlens_q", FA_ERR_NULL_POINTER, seqs},
+        {"uninitialised seqs", FA_ERR_INVALID_ARGUMENT, seqs},
+    };
+    cases[0].s.cu_seqlens_q = bad_cu;
+    cases[1].s.cu_seqlens_q = short_cu;
+    cases[2].s.seqused_k = over_used;
+    cases[3].s.block_table = bad_table;
+    cases[4].s.block_table = far_table;
+    cases[5].s.index_dtype = 2;
+    cases[6].s.cu_seqlens_q = NULL;
+    cases[7].s.struct_size = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int rc = fa_sdpa_varlen(&tq, &tk, &tv, &to, &cases[c].s, &opts);
+        CHECK(rc == cases[c].want, "%s: %d", cases[c].what, rc);
+    }
+    opts.lse = out; /* overlapping the output */
+    CHECK(fa_sdpa_varlen(&tq, &tk, &tv, &to, &seqs, &opts) == FA_ERR_BAD_STRIDE, "lse on out");
+    opts.lse = NULL;
+    fa_tensor tk3 = tensor(kc, VNB, VBS, VHKV, VD - 1);
+    CHECK(fa_sdpa_varlen(&tq, &tk3, &tv, &to, &seqs, &opts) == FA_ERR_BAD_SHAPE, "head dims");
+    CHECK(fa_sdpa_varlen(&tq, &tk, &tv, &to, NULL, &opts) == FA_ERR_NULL_POINTER, "NULL seqs");
+    int untouched = 1;
+    for (int i = 0; i < NQ; i++) untouched &= out[i] == 7.0f;
+    CHECK(untouched, "a refused fa_sdpa_varlen wrote its output");
+
+    /* fa_paged_kv_write refusals leave the caches alone. */
+    memcpy(scratch, vc16, NC * sizeof *scratch);
+    slots[3] = T; /* past the cache */
+    CHECK(fa_paged_kv_write(&rows, &rows, &kscratch, &cache, slots) == FA_ERR_INVALID_ARGUMENT,
+          "slot past the cache");
+    slots[3] = -2;
+    CHECK(fa_paged_kv_write(&rows, &rows, &kscratch, &cache, slots) == FA_ERR_INVALID_ARGUMENT,
+          "slot below -1");
+    slots[3] = 3;
+    fa_tensor rows16 = packed_of(kc16, FA_DTYPE_BF16, VHKV, T, VD);
+    CHECK(fa_paged_kv_write(&rows, &rows16, &kscratch, &cache, slots) == FA_ERR_INVALID_ARGUMENT,
+          "k and v of different types");
+    CHECK(fa_paged_kv_write(&rows, &rows, &cache, &cache, slots) == FA_ERR_BAD_STRIDE,
+          "one buffer for both caches");
+    CHECK(fa_paged_kv_write(&rows, &rows, &kscratch, &cache, NULL) == FA_ERR_NULL_POINTER,
+          "NULL slot_mapping");
+    CHECK(memcmp(scratch, vc16, NC * sizeof *scratch) == 0, "a refused write changed a cache");
+    free(q);
+    free(kc);
+    free(vc);
+    free(kc16);
+    free(vc16);
+    free(scratch);
+    free(kr);
+    free(vr);
+}
+
+/* The options struct of a program built against ABI 3: every field up to `lse`. */
+typedef struct {
+    size_t struct_size;
+    float scale;
+    int32_t causal;
+    const fa_tensor *mask;
+    const int64_t *kv_lengths;
+    int64_t window_left, window_right;
+    float softcap;
+    const float *alibi_slopes;
+    fa_tensor *weights;
+    float *lse;
+} fa_sdpa_options_v3;
+
+static void test_sinks_and_old_options(void) {
+    enum { N = 1 * 2 * 3 * 4 };
+    float *x = rnd_buf(N), out[N], out3[N], ref[N];
+    float sinks[2] = {1.0f, 0.0f};
+    fa_tensor t = tensor(x, 1, 2, 3, 4);
+    fa_tensor o = tensor(out, 1, 2, 3, 4), o3 = tensor(out3, 1, 2, 3, 4);
+    fa_tensor r = tensor(ref, 1, 2, 3, 4);
+    fa_sdpa_options opts;
+    fa_sdpa_options_init(&opts, sizeof opts);
+    opts.causal = 1;
+    CHECK(fa_sdpa(&t, &t, &t, &r, &opts) == FA_OK, "fa_sdpa without sinks");
+    opts.sinks = sinks;
+    CHECK(fa_sdpa(&t, &t, &t, &o, &opts) == FA_OK, "fa_sdpa with sinks");
+    /* The first query of head 0 sees one key, weight 1/(1 + e^(1 - s)) with s its score. */
+    double s = 0.0;
+    for (int d = 0; d < 4; d++) s += (double)x[d] * x[d];
+    s *= 0.5;
+    double w = 1.0 / (1.0 + exp(1.0 - s));
+    CHECK(fabs(out[0] - w * x[0]) < 1e-5, "sink weight: %g vs %g", out[0], w * x[0]);
+    fa_sdpa_options_v3 old;
+    CHECK(fa_sdpa_options_init((fa_sdpa_options *)(void *)&old, sizeof old) == FA_OK,
+          "init of an ABI 3 struct");
+    old.causal = 1;
+    CHECK(fa_sdpa(&t, &t, &t, &o3, (const fa_sdpa_options *)(void *)&old) == FA_OK,
+          "fa_sdpa with an ABI 3 options struct");
+    CHECK(memcmp(out3, ref, sizeof ref) == 0, "an ABI 3 struct gets no sinks");
+    CHECK(fa_sdpa_options_init(&opts, sizeof old + 4) == FA_ERR_INVALID_ARGUMENT,
+          "a size between layouts");
+    free(x);
+}
+
 int main(void) {
     printf("fastattn %s (ABI %u), kernels: %s, threads: %d\n", fa_version(), fa_abi_version(),
            fa_variant_name(), fa_num_threads());
@@ -901,6 +1150,8 @@ int main(void) {
     test_sdpa_backward();
     test_layer();
     test_layer_16bit();
+    test_varlen();
+    test_sinks_and_old_options();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }
