@@ -34,7 +34,9 @@ use crate::options::Problem;
 use crate::tensor::{with_mat, AnyRef};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
-use kernels::gemv::{axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with};
+use kernels::gemv::{
+    axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with, Heads,
+};
 use kernels::softmax::online::exp_row_update;
 use kernels::{Isa, Parallelism};
 use std::cell::RefCell;
@@ -248,6 +250,10 @@ struct Tile {
     kvh: usize,
     r0: usize,
     r1: usize,
+    /// Key/value heads the tile spans from `kvh` on (1, except for a decode over a paged
+    /// cache: one tile of every query row of the sequence, whose rows are `heads` bands,
+    /// one per key/value head, read together token by token).
+    heads: usize,
 }
 
 /// The tiles of one query group: whole heads per tile when `Lq` is short (so GQA decoding
@@ -267,6 +273,7 @@ fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
                     kvh,
                     r0,
                     r1: r0 + qt.min(p.lq - i0),
+                    heads: 1,
                 });
             }
         }
@@ -278,6 +285,7 @@ fn group_tiles(p: &Problem<'_>, b: usize, kvh: usize, out: &mut Vec<Tile>) {
                 kvh,
                 r0,
                 r1: (r0 + step).min(rows),
+                heads: 1,
             });
         }
     }
@@ -321,6 +329,11 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
     }
     let mods = p.has_score_mods();
     let mr = kernels::gemm::tile_of(p.isa).0;
+    // The heads a tile's rows span, and where the next head's row of a token is.
+    let heads_of = |src: &KvSource<'_>| Heads {
+        count: t.heads,
+        stride: src.head_stride(),
+    };
     let first = (tile_lo - origin) / KEY_BLOCK;
     let last = (tile_hi - origin).div_ceil(KEY_BLOCK);
     for blk in first..last {
@@ -371,7 +384,7 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                 Some(mem) => {
                     let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
                     kernels::match_dtype!(mem.data, kernels::dtype::Slice(ks) => {
-                        dot_rows_indexed_with(p.isa, p.scale, qm, ks, &ws.rows, sm)?
+                        dot_rows_indexed_with(p.isa, p.scale, qm, ks, &ws.rows, heads_of(k), sm)?
                     })
                 }
                 None => k.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
@@ -440,7 +453,7 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
                 Some(mem) => {
                     let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
                     kernels::match_dtype!(mem.data, kernels::dtype::Slice(vs) => {
-                        axpy_rows_indexed_with(p.isa, pm, vs, &ws.rows, om)?
+                        axpy_rows_indexed_with(p.isa, pm, vs, &ws.rows, heads_of(v), om)?
                     })
                 }
                 None => v.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
@@ -497,8 +510,8 @@ struct Group {
     kvh: usize,
     t0: usize,
     t1: usize,
-    /// Whether the job runs split along its keys (flash-decoding).
-    split: bool,
+    /// Keys per chunk when the job runs split along its keys (flash-decoding), else 0.
+    chunk: usize,
 }
 
 /// Runs the fused path over the jobs of one call (a dense call has one).
@@ -515,7 +528,32 @@ pub(crate) fn run(jobs: &[Job<'_>]) -> Result<()> {
         let p = &job.p;
         let first = groups.len();
         let t_first = tiles.len();
+        // A decode over scattered rows (a paged cache, whose pages keep the key/value heads
+        // of a token side by side): one tile of all the sequence's query rows, its key
+        // blocks read for every head a few tokens at a time (`Heads`), in chunks of one
+        // key block. (A head at a time over the whole history reads 1/Hkv of every row of
+        // every page, with a TLB miss every few rows.) A dense decode splits only when it
+        // has few tiles and long keys.
+        let scattered = direct_ok(p, &job.k, &job.v) && job.k.is_scattered();
         for b in 0..p.b {
+            if scattered && p.lq > 0 && p.hkv > 0 {
+                groups.push(Group {
+                    job: ji,
+                    b,
+                    kvh: 0,
+                    t0: tiles.len(),
+                    t1: tiles.len() + 1,
+                    chunk: 0,
+                });
+                tiles.push(Tile {
+                    b,
+                    kvh: 0,
+                    r0: 0,
+                    r1: p.hq * p.lq,
+                    heads: p.hkv,
+                });
+                continue;
+            }
             for kvh in 0..p.hkv {
                 let t0 = tiles.len();
                 group_tiles(p, b, kvh, &mut tiles);
@@ -526,14 +564,20 @@ pub(crate) fn run(jobs: &[Job<'_>]) -> Result<()> {
                         kvh,
                         t0,
                         t1: tiles.len(),
-                        split: false,
+                        chunk: 0,
                     });
                 }
             }
         }
-        let split = tiles.len() - t_first < 16 && p.lk >= 2 * DECODE_CHUNK;
+        let chunk = if scattered {
+            KEY_BLOCK
+        } else if tiles.len() - t_first < 16 && p.lk >= 2 * DECODE_CHUNK {
+            DECODE_CHUNK
+        } else {
+            0
+        };
         for g in &mut groups[first..] {
-            g.split = split;
+            g.chunk = chunk;
         }
     }
     // Threads for the call's teams: 1 (every team runs inline) unless the call may use
@@ -549,7 +593,7 @@ pub(crate) fn run(jobs: &[Job<'_>]) -> Result<()> {
         Some(Parallelism::Rayon) if work >= 1 << 22 => kernels::parallel::current_threads(),
         _ => 1,
     };
-    let (chunked, whole): (Vec<Group>, Vec<Group>) = groups.iter().partition(|g| g.split);
+    let (chunked, whole): (Vec<Group>, Vec<Group>) = groups.iter().partition(|g| g.chunk > 0);
     run_groups(jobs, &tiles, &whole, threads)?;
     run_split(jobs, &tiles, &chunked, threads)
 }
@@ -612,15 +656,25 @@ fn run_split(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize)
     if groups.is_empty() {
         return Ok(());
     }
-    // Tasks: (group, tile, chunk); the chunk count is each job's own.
+    // Tasks: (group, tile, chunk), a job's tasks ordered by chunk, then tile: the threads
+    // take runs of consecutive tasks, so one thread reads a chunk of keys for all the
+    // job's heads in turn.
     let mut tasks = Vec::new();
-    for (gi, g) in groups.iter().enumerate() {
-        let chunks = jobs[g.job].p.lk.div_ceil(DECODE_CHUNK);
-        for ti in g.t0..g.t1 {
-            for c in 0..chunks {
-                tasks.push((gi, ti, c));
+    let mut first = 0;
+    while first < groups.len() {
+        let job = groups[first].job;
+        let end = first + groups[first..].iter().take_while(|g| g.job == job).count();
+        let chunk = groups[first].chunk;
+        // At least one chunk: a sequence without keys still finishes its rows (zeros, and
+        // the sink or -inf as the LSE).
+        for c in 0..jobs[job].p.lk.div_ceil(chunk).max(1) {
+            for (gi, g) in groups.iter().enumerate().take(end).skip(first) {
+                for ti in g.t0..g.t1 {
+                    tasks.push((gi, ti, c));
+                }
             }
         }
+        first = end;
     }
     // Partial results are sized by the largest tile, not the tile target (decode tiles
     // hold a few rows).
@@ -646,8 +700,9 @@ fn run_split(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize)
         let (pm, pl) = pml.split_at_mut(qt);
         pm[..rows].fill(f32::NEG_INFINITY);
         pl[..rows].fill(0.0);
-        let lo = c * DECODE_CHUNK;
-        let hi = ((c + 1) * DECODE_CHUNK).min(p.kv_len(t.b).min(k.len(t.b, t.kvh)));
+        let chunk = g.chunk;
+        let lo = c * chunk;
+        let hi = ((c + 1) * chunk).min(p.kv_len(t.b).min(k.len(t.b, t.kvh)));
         if lo >= hi {
             return Ok(());
         }
@@ -690,34 +745,38 @@ fn run_split(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize)
         2 * qt,
         task,
     )?;
-    // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order.
-    // The tasks of one tile are consecutive, in chunk order.
+    // Merge: M = max m_c, l = Σ l_c·e^(m_c − M), O = Σ O_c·e^(m_c − M), in chunk order:
+    // the tasks sorted by (tile, chunk), so each tile's are consecutive.
+    let mut order: Vec<usize> = (0..tasks.len()).collect();
+    order.sort_by_key(|&i| (tasks[i].1, tasks[i].2));
     let mut o = vec![0.0f32; qt * dv];
     let (mut m, mut l) = (vec![0.0f32; qt], vec![0.0f32; qt]);
     let mut first = 0;
-    while first < tasks.len() {
-        let (gi, ti, _) = tasks[first];
-        let chunks = tasks[first..]
-            .iter()
-            .take_while(|&&(g2, t2, _)| (g2, t2) == (gi, ti))
-            .count();
+    while first < order.len() {
+        let (gi, ti, _) = tasks[order[first]];
+        let parts = &order[first
+            ..first
+                + order[first..]
+                    .iter()
+                    .take_while(|&&i| tasks[i].1 == ti)
+                    .count()];
         let (job, t) = (&jobs[groups[gi].job], tiles[ti]);
         for r in 0..t.r1 - t.r0 {
-            let ms = (0..chunks).map(|c| part_ml[(first + c) * 2 * qt + r]);
+            let ms = parts.iter().map(|&i| part_ml[i * 2 * qt + r]);
             let mx = ms.fold(f32::NEG_INFINITY, f32::max);
             let orow = &mut o[r * dv..(r + 1) * dv];
             orow.fill(0.0);
             let mut sum = 0.0f32;
             if mx != f32::NEG_INFINITY {
-                for c in 0..chunks {
-                    let base = (first + c) * 2 * qt;
+                for &i in parts {
+                    let base = i * 2 * qt;
                     let (mc, lc) = (part_ml[base + r], part_ml[base + qt + r]);
                     if mc == f32::NEG_INFINITY {
                         continue;
                     }
                     let w = (mc - mx).exp();
                     sum += lc * w;
-                    let po = &part_o[(first + c) * po_len + r * dv..][..dv];
+                    let po = &part_o[i * po_len + r * dv..][..dv];
                     for (x, y) in orow.iter_mut().zip(po) {
                         *x += w * y;
                     }
@@ -728,7 +787,7 @@ fn run_split(jobs: &[Job<'_>], tiles: &[Tile], groups: &[Group], threads: usize)
         }
         // SAFETY: each tile's rows are written once, here, sequentially.
         unsafe { finish_rows(job, t, &o, &m, &l) };
-        first += chunks;
+        first += parts.len();
     }
     Ok(())
 }

@@ -177,6 +177,28 @@ impl<'a> KvSource<'a> {
         }
     }
 
+    /// Whether the rows are scattered in memory (a paged cache), so that the decode kernels
+    /// take them through [`indexed`](Self::indexed).
+    pub(crate) fn is_scattered(&self) -> bool {
+        match self {
+            KvSource::Dense { .. } => false,
+            KvSource::Paged { .. } => true,
+            #[cfg(test)]
+            KvSource::Split { .. } => false,
+        }
+    }
+
+    /// Elements from a token's row of one key/value head to the next head's row of the
+    /// same token.
+    pub(crate) fn head_stride(&self) -> usize {
+        match self {
+            KvSource::Dense { t, .. } => t.strides()[1],
+            KvSource::Paged { t, .. } => t.strides()[2],
+            #[cfg(test)]
+            KvSource::Split { t, .. } => t.strides()[1],
+        }
+    }
+
     /// Whether every row's values are contiguous (column stride 1).
     pub(crate) fn unit_cols(&self) -> bool {
         match self {

@@ -4,7 +4,7 @@
 //! zero weights; bad offsets and shapes refused.
 
 use fastattn_kernels::gemv::{
-    axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with,
+    axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with, Heads,
 };
 use fastattn_kernels::{bf16, f16, Element, KernelError, MatMut, MatRef};
 use rand::seq::SliceRandom;
@@ -53,7 +53,7 @@ fn check<E: Element>(seed: u64) {
                     )
                     .unwrap();
                     let sm = MatMut::row_major(&mut s2, rows, n).unwrap();
-                    dot_rows_indexed_with(isa, 0.7, qm, &buf, &off, sm).unwrap();
+                    dot_rows_indexed_with(isa, 0.7, qm, &buf, &off, Heads::ONE, sm).unwrap();
                     let label = format!("{isa:?} {} rows {rows} n {n} d {d}", E::DTYPE);
                     assert!(
                         s1.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -81,7 +81,7 @@ fn check<E: Element>(seed: u64) {
                     )
                     .unwrap();
                     let om = MatMut::new(&mut o2, rows, d, d + 1, 1).unwrap();
-                    axpy_rows_indexed_with(isa, pm, &buf, &off, om).unwrap();
+                    axpy_rows_indexed_with(isa, pm, &buf, &off, Heads::ONE, om).unwrap();
                     assert!(
                         o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()),
                         "axpy {label}"
@@ -110,7 +110,7 @@ fn indexed_rows_refuse_bad_offsets_and_shapes() {
     for off in [[0usize, 7], [0, usize::MAX]] {
         let sm = MatMut::row_major(&mut s, 1, 2).unwrap();
         assert_err!(
-            dot_rows_indexed_with(isa, 1.0, qm, &k, &off, sm),
+            dot_rows_indexed_with(isa, 1.0, qm, &k, &off, Heads::ONE, sm),
             KernelError::ShapeMismatch { .. }
         );
     }
@@ -118,7 +118,7 @@ fn indexed_rows_refuse_bad_offsets_and_shapes() {
     // S of the wrong width.
     let sm = MatMut::row_major(&mut s, 1, 2).unwrap();
     assert_err!(
-        dot_rows_indexed_with(isa, 1.0, qm, &k, &[0], sm),
+        dot_rows_indexed_with(isa, 1.0, qm, &k, &[0], Heads::ONE, sm),
         KernelError::ShapeMismatch { .. }
     );
     // axpy: P and the offsets disagree; a row past the slice.
@@ -127,13 +127,139 @@ fn indexed_rows_refuse_bad_offsets_and_shapes() {
     let mut o = [0.0f32; 4];
     let om = MatMut::row_major(&mut o, 1, 4).unwrap();
     assert_err!(
-        axpy_rows_indexed_with(isa, pm, &k, &[0], om),
+        axpy_rows_indexed_with(isa, pm, &k, &[0], Heads::ONE, om),
         KernelError::ShapeMismatch { .. }
     );
     let om = MatMut::row_major(&mut o, 1, 4).unwrap();
     assert_err!(
-        axpy_rows_indexed_with(isa, pm, &k, &[0, 8], om),
+        axpy_rows_indexed_with(isa, pm, &k, &[0, 8], Heads::ONE, om),
         KernelError::ShapeMismatch { .. }
     );
     assert_eq!(o, [0.0; 4]);
+}
+
+/// Several heads sharing one list of rows (a paged cache's token-major pages: head `h`'s
+/// row is `h·stride` after head 0's): band `h` of Q/S and P/O equals the one-head kernel on
+/// that head's rows, bit for bit.
+#[test]
+fn heads_equal_one_head_at_a_time() {
+    let mut rng = seeded(4);
+    for isa in variants() {
+        for &(heads, per, n, d) in &[
+            (8usize, 4usize, 37usize, 128usize),
+            (3, 1, 5, 16),
+            (2, 3, 70, 33),
+            (1, 2, 9, 8),
+        ] {
+            // Token-major rows: token j at slot[j]·heads·d, head h at + h·d.
+            let slots: Vec<usize> = {
+                let mut v: Vec<usize> = (0..n + 2).collect();
+                v.shuffle(&mut rng);
+                v.truncate(n);
+                v
+            };
+            let buf: Vec<bf16> = rand_t(&mut rng, (n + 2) * heads * d);
+            let off: Vec<usize> = slots.iter().map(|s| s * heads * d).collect();
+            let q = rand_vec(&mut rng, heads * per * d);
+            let mut s_all = vec![0.0f32; heads * per * n];
+            dot_rows_indexed_with(
+                isa,
+                0.3,
+                MatRef::row_major(&q, heads * per, d).unwrap(),
+                &buf,
+                &off,
+                Heads {
+                    count: heads,
+                    stride: d,
+                },
+                MatMut::row_major(&mut s_all, heads * per, n).unwrap(),
+            )
+            .unwrap();
+            let p: Vec<f32> = (0..heads * per * n).map(|_| rng.random()).collect();
+            let mut o_all = vec![0.5f32; heads * per * d];
+            axpy_rows_indexed_with(
+                isa,
+                MatRef::row_major(&p, heads * per, n).unwrap(),
+                &buf,
+                &off,
+                Heads {
+                    count: heads,
+                    stride: d,
+                },
+                MatMut::row_major(&mut o_all, heads * per, d).unwrap(),
+            )
+            .unwrap();
+            for h in 0..heads {
+                let offh: Vec<usize> = off.iter().map(|o| o + h * d).collect();
+                let mut s1 = vec![0.0f32; per * n];
+                let qh = MatRef::row_major(&q[h * per * d..], per, d).unwrap();
+                dot_rows_indexed_with(
+                    isa,
+                    0.3,
+                    qh,
+                    &buf,
+                    &offh,
+                    Heads::ONE,
+                    MatMut::row_major(&mut s1, per, n).unwrap(),
+                )
+                .unwrap();
+                assert!(
+                    s1.iter()
+                        .zip(&s_all[h * per * n..])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} dot head {h}"
+                );
+                let mut o1 = vec![0.5f32; per * d];
+                let ph = MatRef::row_major(&p[h * per * n..], per, n).unwrap();
+                axpy_rows_indexed_with(
+                    isa,
+                    ph,
+                    &buf,
+                    &offh,
+                    Heads::ONE,
+                    MatMut::row_major(&mut o1, per, d).unwrap(),
+                )
+                .unwrap();
+                assert!(
+                    o1.iter()
+                        .zip(&o_all[h * per * d..])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} axpy head {h}"
+                );
+            }
+        }
+    }
+    // Rows not in whole bands, the last head past the slice.
+    let k = vec![1.0f32; 16];
+    let q = [1.0f32; 12];
+    let mut s = [0.0f32; 3];
+    let two = Heads {
+        count: 2,
+        stride: 4,
+    };
+    let r = dot_rows_indexed_with(
+        kernels_isa(),
+        1.0,
+        MatRef::row_major(&q, 3, 4).unwrap(),
+        &k,
+        &[0],
+        two,
+        MatMut::row_major(&mut s, 3, 1).unwrap(),
+    );
+    assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })));
+    let mut s2 = [0.0f32; 2];
+    let r = dot_rows_indexed_with(
+        kernels_isa(),
+        1.0,
+        MatRef::row_major(&q, 2, 4).unwrap(),
+        &k,
+        &[9],
+        two,
+        MatMut::row_major(&mut s2, 2, 1).unwrap(),
+    );
+    assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })));
+}
+
+fn kernels_isa() -> fastattn_kernels::Isa {
+    fastattn_kernels::Isa::Scalar
 }

@@ -21,78 +21,15 @@ use crate::error::{KernelError, Result};
 use crate::gemm::{MatMut, MatRef};
 use crate::simd::{dispatch, load_as, IsaKernel, SimdOps};
 
+mod indexed;
+mod rows;
+
+pub use indexed::{axpy_rows_indexed_with, dot_rows_indexed_with};
+pub use rows::Heads;
+use rows::{Rows, Shift, Strided};
+
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
-
-/// Where a kernel finds its key or value rows: row `j` at `base + j·ld` ([`Strided`]) or at
-/// `base + off[j]` ([`Indexed`], rows scattered over pages). The kernels do the same
-/// arithmetic on either, so both give the same bits on the same values.
-trait Rows<E>: Copy {
-    /// Row `j`'s first value.
-    ///
-    /// # Safety
-    /// `j` is a row of the set.
-    unsafe fn row(self, j: usize) -> *const E;
-    /// An address at or near row `j`, for prefetching only (never dereferenced; `j` may be
-    /// past the last row).
-    fn ahead(self, j: usize) -> *const E;
-}
-
-/// Rows at a fixed stride.
-struct Strided<E> {
-    base: *const E,
-    ld: usize,
-}
-
-impl<E> Clone for Strided<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<E> Copy for Strided<E> {}
-
-impl<E> Rows<E> for Strided<E> {
-    #[inline(always)]
-    unsafe fn row(self, j: usize) -> *const E {
-        // SAFETY: row j is inside the matrix (caller contract).
-        unsafe { self.base.add(j * self.ld) }
-    }
-    #[inline(always)]
-    fn ahead(self, j: usize) -> *const E {
-        self.base.wrapping_add(j * self.ld)
-    }
-}
-
-/// Rows at element offsets `off[0 .. n]` from `base`.
-struct Indexed<E> {
-    base: *const E,
-    off: *const usize,
-    n: usize,
-}
-
-impl<E> Clone for Indexed<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<E> Copy for Indexed<E> {}
-
-impl<E> Rows<E> for Indexed<E> {
-    #[inline(always)]
-    unsafe fn row(self, j: usize) -> *const E {
-        // SAFETY: j < n, and every offset was checked to start a readable row.
-        unsafe { self.base.add(*self.off.add(j)) }
-    }
-    #[inline(always)]
-    fn ahead(self, j: usize) -> *const E {
-        if j < self.n {
-            // SAFETY: j < n: inside the offset list.
-            self.base.wrapping_add(unsafe { *self.off.add(j) })
-        } else {
-            self.base
-        }
-    }
-}
 
 /// Prefetches `rows` rows of `len` values at `p` (stride `ld`), one request per cache line.
 ///
@@ -195,13 +132,60 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<E>, const R: usize, const K
     }
 }
 
+/// S rows `r0..` of one head against key rows `j .. j + 4` (four at a time).
+///
 /// # Safety
-/// Q `rows × d` (stride `ldq`) and the `n` rows of `d` values of `k` readable, S `rows × n`
-/// (stride `lds`) writable; the ISA of `S` is present.
+/// As [`dot_rows_body`] for this head's `rows` rows and keys `j .. j + 4`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<E>>(
+    rows: usize,
+    d: usize,
+    alpha: f32,
+    q: *const f32,
+    ldq: usize,
+    k: K,
+    j: usize,
+    s: *mut f32,
+    lds: usize,
+) {
+    // With 16 vector registers (AVX2), 3–4 rows × 4 keys of accumulators spill: those take
+    // the four keys as two pairs (3–4 × 2 + 2 + 1 registers).
+    let pairs = S::LANES < 16;
+    let mut r0 = 0;
+    // SAFETY: rows r0.. of Q and S, keys j..j+4 of K; forwarded contract.
+    unsafe {
+        while r0 < rows {
+            let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
+            let s2 = sr.add(2);
+            match rows - r0 {
+                1 => dot_groupk::<S, E, K, 1, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                2 => dot_groupk::<S, E, K, 2, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                3 if pairs => {
+                    dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j, sr, lds);
+                    dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
+                }
+                3 => dot_groupk::<S, E, K, 3, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                _ if pairs => {
+                    dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j, sr, lds);
+                    dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
+                }
+                _ => dot_groupk::<S, E, K, 4, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+            }
+            r0 += 4;
+        }
+    }
+}
+
+/// # Safety
+/// Q `heads.count·rows × d` (stride `ldq`) and the `n` rows of `d` values of `k` (each
+/// head's: shifted by `h·heads.stride`) readable, S `heads.count·rows × n` (stride `lds`)
+/// writable; the ISA of `S` is present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<E>>(
     rows: usize,
+    heads: Heads,
     n: usize,
     d: usize,
     alpha: f32,
@@ -211,54 +195,44 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<E>>(
     s: *mut f32,
     lds: usize,
 ) {
+    // The span of one token's rows over all heads, prefetched as one run.
+    let span = (heads.count - 1) * heads.stride + d;
     let n4 = n - n % 4;
     for j in (0..n4).step_by(4) {
-        // SAFETY: rows j..j+4 ≤ n of K; rows r0.. of Q and S; forwarded contract.
+        // SAFETY: rows j..j+4 ≤ n of K; every head's rows of Q and S; forwarded contract.
         unsafe {
             // Ask for the key rows PREFETCH_ROWS ahead: one stream per query group is too
             // little memory-level parallelism for the hardware prefetcher alone.
             for t in 0..4 {
-                prefetch_rows::<S, E>(k.ahead(j + PREFETCH_ROWS + t), 1, 0, d);
+                prefetch_rows::<S, E>(k.ahead(j + PREFETCH_ROWS + t), 1, 0, span);
             }
-            // With 16 vector registers (AVX2), 3–4 rows × 4 keys of accumulators spill:
-            // those take the four keys as two pairs (3–4 × 2 + 2 + 1 registers).
-            let pairs = S::LANES < 16;
-            let mut r0 = 0;
-            while r0 < rows {
-                let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
-                let s2 = sr.add(2);
-                match rows - r0 {
-                    1 => dot_groupk::<S, E, K, 1, 4>(d, alpha, qr, ldq, k, j, sr, lds),
-                    2 => dot_groupk::<S, E, K, 2, 4>(d, alpha, qr, ldq, k, j, sr, lds),
-                    3 if pairs => {
-                        dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j, sr, lds);
-                        dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
-                    }
-                    3 => dot_groupk::<S, E, K, 3, 4>(d, alpha, qr, ldq, k, j, sr, lds),
-                    _ if pairs => {
-                        dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j, sr, lds);
-                        dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
-                    }
-                    _ => dot_groupk::<S, E, K, 4, 4>(d, alpha, qr, ldq, k, j, sr, lds),
-                }
-                r0 += 4;
+            for h in 0..heads.count {
+                let kh = Shift {
+                    k,
+                    off: h * heads.stride,
+                };
+                let (qh, sh) = (q.add(h * rows * ldq), s.add(h * rows * lds));
+                dot_key4::<S, E, Shift<K>>(rows, d, alpha, qh, ldq, kh, j, sh, lds);
             }
         }
     }
     for j in n4..n {
-        // SAFETY: row j < n of K; rows r0.. of Q and S; forwarded contract.
+        // SAFETY: row j < n of K; every head's rows of Q and S; forwarded contract.
         unsafe {
-            let kj = k.row(j);
-            let mut r0 = 0;
-            while r0 < rows {
-                let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
-                match rows - r0 {
-                    1 => dot_group::<S, E, 1>(d, alpha, qr, ldq, kj, sr, lds),
-                    2 => dot_group::<S, E, 2>(d, alpha, qr, ldq, kj, sr, lds),
-                    3 => dot_group::<S, E, 3>(d, alpha, qr, ldq, kj, sr, lds),
-                    _ => dot_group::<S, E, 4>(d, alpha, qr, ldq, kj, sr, lds),
+            for h in 0..heads.count {
+                let kj = k.row(j).add(h * heads.stride);
+                let (qh, sh) = (q.add(h * rows * ldq), s.add(h * rows * lds));
+                let mut r0 = 0;
+                while r0 < rows {
+                    let (qr, sr) = (qh.add(r0 * ldq), sh.add(r0 * lds + j));
+                    match rows - r0 {
+                        1 => dot_group::<S, E, 1>(d, alpha, qr, ldq, kj, sr, lds),
+                        2 => dot_group::<S, E, 2>(d, alpha, qr, ldq, kj, sr, lds),
+                        3 => dot_group::<S, E, 3>(d, alpha, qr, ldq, kj, sr, lds),
+                        _ => dot_group::<S, E, 4>(d, alpha, qr, ldq, kj, sr, lds),
+                    }
+                    r0 += 4;
                 }
-                r0 += 4;
             }
         }
     }
@@ -362,8 +336,8 @@ unsafe fn axpy_block_any<S: SimdOps, E: Element, V: Rows<E>, const R: usize, con
 }
 
 /// [`axpy_block`] for `R` rows over every column slice of the block: two vectors at a
-/// time, then one, then the scalar tail. With `prefetch`, the first slice also prefetches
-/// the next block's rows, one per key.
+/// time, then one, then the scalar tail. With `prefetch > 0`, the first slice also
+/// prefetches that many values of the next block's rows, one run per key.
 ///
 /// # Safety
 /// As [`axpy_block`], for all `dv` columns.
@@ -373,7 +347,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
     j0: usize,
     j1: usize,
     dv: usize,
-    prefetch: bool,
+    prefetch: usize,
     p: *const f32,
     ldp: usize,
     v: V,
@@ -384,7 +358,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
     let mut x0 = 0;
     // SAFETY: the column slices stay below dv; forwarded contract.
     unsafe {
-        let mut pf = if prefetch { dv } else { 0 };
+        let mut pf = prefetch;
         // Zero weights (keys a row cannot see) must not touch V; blocks without any take
         // the branch-free loop (the same FMAs, so the same bits).
         let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
@@ -425,6 +399,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<E>>(
     rows: usize,
+    heads: Heads,
     n: usize,
     dv: usize,
     p: *const f32,
@@ -433,36 +408,48 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<E>>(
     o: *mut f32,
     ldo: usize,
 ) {
+    // The first head's first row group prefetches the next block's rows of every head.
+    let span = (heads.count - 1) * heads.stride + dv;
     for j0 in (0..n).step_by(AXPY_BLOCK) {
         let j1 = (j0 + AXPY_BLOCK).min(n);
-        // SAFETY: rows j0..j1 ≤ n of V, rows r0.. < rows of P and O; forwarded contract.
-        unsafe {
-            let mut r0 = 0;
-            while r0 < rows {
-                let (pr, or, pf) = (p.add(r0 * ldp), o.add(r0 * ldo), r0 == 0);
-                match rows - r0 {
-                    1 => axpy_block_rows::<S, E, V, 1>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
-                    2 => axpy_block_rows::<S, E, V, 2>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
-                    3 => axpy_block_rows::<S, E, V, 3>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
-                    _ => axpy_block_rows::<S, E, V, 4>(j0, j1, dv, pf, pr, ldp, v, or, ldo),
+        for h in 0..heads.count {
+            let vh = Shift {
+                k: v,
+                off: h * heads.stride,
+            };
+            // SAFETY: rows j0..j1 ≤ n of V, this head's rows of P and O; forwarded contract.
+            unsafe {
+                let (ph, oh) = (p.add(h * rows * ldp), o.add(h * rows * ldo));
+                let mut r0 = 0;
+                while r0 < rows {
+                    let (pr, or) = (ph.add(r0 * ldp), oh.add(r0 * ldo));
+                    let pf = if r0 == 0 && h == 0 { span } else { 0 };
+                    let vv = vh;
+                    match rows - r0 {
+                        1 => axpy_block_rows::<S, E, _, 1>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
+                        2 => axpy_block_rows::<S, E, _, 2>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
+                        3 => axpy_block_rows::<S, E, _, 3>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
+                        _ => axpy_block_rows::<S, E, _, 4>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
+                    }
+                    r0 += 4;
                 }
-                r0 += 4;
             }
         }
     }
 }
 
 /// [`dot_rows_body`] as a [`dispatch`] body.
-struct DotRows<K> {
-    rows: usize,
-    n: usize,
-    d: usize,
-    alpha: f32,
-    q: *const f32,
-    ldq: usize,
-    k: K,
-    s: *mut f32,
-    lds: usize,
+pub(super) struct DotRows<K> {
+    pub(super) rows: usize,
+    pub(super) heads: Heads,
+    pub(super) n: usize,
+    pub(super) d: usize,
+    pub(super) alpha: f32,
+    pub(super) q: *const f32,
+    pub(super) ldq: usize,
+    pub(super) k: K,
+    pub(super) s: *mut f32,
+    pub(super) lds: usize,
 }
 
 impl<E: Element, K: Rows<E>> IsaKernel for (DotRows<K>, std::marker::PhantomData<E>) {
@@ -471,20 +458,25 @@ impl<E: Element, K: Rows<E>> IsaKernel for (DotRows<K>, std::marker::PhantomData
     unsafe fn run<S: SimdOps>(self) {
         let k = self.0;
         // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe { dot_rows_body::<S, E, K>(k.rows, k.n, k.d, k.alpha, k.q, k.ldq, k.k, k.s, k.lds) }
+        unsafe {
+            dot_rows_body::<S, E, K>(
+                k.rows, k.heads, k.n, k.d, k.alpha, k.q, k.ldq, k.k, k.s, k.lds,
+            )
+        }
     }
 }
 
 /// [`axpy_rows_body`] as a [`dispatch`] body.
-struct AxpyRows<V> {
-    rows: usize,
-    n: usize,
-    dv: usize,
-    p: *const f32,
-    ldp: usize,
-    v: V,
-    o: *mut f32,
-    ldo: usize,
+pub(super) struct AxpyRows<V> {
+    pub(super) rows: usize,
+    pub(super) heads: Heads,
+    pub(super) n: usize,
+    pub(super) dv: usize,
+    pub(super) p: *const f32,
+    pub(super) ldp: usize,
+    pub(super) v: V,
+    pub(super) o: *mut f32,
+    pub(super) ldo: usize,
 }
 
 impl<E: Element, V: Rows<E>> IsaKernel for (AxpyRows<V>, std::marker::PhantomData<E>) {
@@ -493,11 +485,13 @@ impl<E: Element, V: Rows<E>> IsaKernel for (AxpyRows<V>, std::marker::PhantomDat
     unsafe fn run<S: SimdOps>(self) {
         let a = self.0;
         // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
-        unsafe { axpy_rows_body::<S, E, V>(a.rows, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo) }
+        unsafe {
+            axpy_rows_body::<S, E, V>(a.rows, a.heads, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo)
+        }
     }
 }
 
-fn contiguous_rows(op: &'static str, what: &str, cs: usize) -> Result<()> {
+pub(super) fn contiguous_rows(op: &'static str, what: &str, cs: usize) -> Result<()> {
     if cs != 1 {
         return Err(KernelError::BadStride {
             op,
@@ -551,6 +545,7 @@ pub fn dot_rows_with<E: Element>(
     let (ldq, lds) = (q.row_stride(), s.row_stride());
     let kernel = DotRows {
         rows,
+        heads: Heads::ONE,
         n,
         d,
         alpha,
@@ -603,6 +598,7 @@ pub fn axpy_rows_with<E: Element>(
     let (ldp, ldo) = (p.row_stride(), o.row_stride());
     let kernel = AxpyRows {
         rows,
+        heads: Heads::ONE,
         n,
         dv,
         p: p.data().as_ptr(),
@@ -615,133 +611,6 @@ pub fn axpy_rows_with<E: Element>(
         ldo,
     };
     // SAFETY: as in dot_rows_with.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
-    Ok(())
-}
-
-/// Checks that every offset of `rows` starts `len` readable values of a slice of `total`.
-fn check_rows(op: &'static str, rows: &[usize], len: usize, total: usize) -> Result<()> {
-    match rows
-        .iter()
-        .find(|&&o| o.checked_add(len).is_none_or(|e| e > total))
-    {
-        Some(&o) => Err(KernelError::ShapeMismatch {
-            op,
-            expected: format!("rows of {len} values inside a slice of {total}"),
-            got: format!("a row at offset {o}"),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// [`dot_rows_with`] for key rows scattered in memory (a paged cache): key row `j` is the
-/// `d` values from `k[rows[j]]` (contiguous). The same arithmetic as on a matrix of those
-/// rows, so the same bits.
-///
-/// # Errors
-/// [`KernelError::ShapeMismatch`] unless Q is r×d and S r×n (`n = rows.len()`), or when a
-/// row runs past `k`; [`KernelError::BadStride`] unless Q and S have column stride 1;
-/// [`KernelError::UnsupportedIsa`] if the CPU lacks `isa`.
-///
-/// ```
-/// use fastattn_kernels::{gemv::dot_rows_indexed_with, Isa, MatRef, MatMut};
-/// let q = [1.0f32, 2.0];
-/// let k = [1.0f32, 1.0, 0.0, 3.0, 2.0, 0.5]; // rows at 0, 2, 4
-/// let mut s = [0.0; 2];
-/// dot_rows_indexed_with(Isa::best(), 1.0, MatRef::row_major(&q, 1, 2)?, &k, &[4, 0],
-///                       MatMut::row_major(&mut s, 1, 2)?)?;
-/// assert_eq!(s, [3.0, 3.0]);
-/// # Ok::<(), fastattn_kernels::KernelError>(())
-/// ```
-pub fn dot_rows_indexed_with<E: Element>(
-    isa: Isa,
-    alpha: f32,
-    q: MatRef<'_>,
-    k: &[E],
-    rows: &[usize],
-    mut s: MatMut<'_>,
-) -> Result<()> {
-    isa.check()?;
-    let op = "dot_rows_indexed";
-    let (r, d, n) = (q.rows(), q.cols(), rows.len());
-    if s.rows() != r || s.cols() != n {
-        return Err(KernelError::ShapeMismatch {
-            op,
-            expected: format!("S {r}×{n} (Q is {r}×{d}, {n} key rows)"),
-            got: format!("S {}×{}", s.rows(), s.cols()),
-        });
-    }
-    if r == 0 || n == 0 {
-        return Ok(());
-    }
-    check_rows(op, rows, d, k.len())?;
-    contiguous_rows(op, "Q", q.col_stride())?;
-    contiguous_rows(op, "S", s.col_stride())?;
-    let kernel = DotRows {
-        rows: r,
-        n,
-        d,
-        alpha,
-        q: q.data().as_ptr(),
-        ldq: q.row_stride(),
-        k: Indexed {
-            base: k.as_ptr(),
-            off: rows.as_ptr(),
-            n,
-        },
-        lds: s.row_stride(),
-        s: s.as_mut_ptr(),
-    };
-    // SAFETY: Q and S were bounds-checked when built and have unit column strides; every
-    // key row lies inside `k` (checked above); S is exclusive; the ISA was checked.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
-    Ok(())
-}
-
-/// [`axpy_rows_with`] for value rows scattered in memory (a paged cache): value row `j` is
-/// the `dv = O.cols()` values from `v[rows[j]]` (contiguous). The same arithmetic as on a
-/// matrix of those rows, so the same bits.
-///
-/// # Errors
-/// As [`dot_rows_indexed_with`], for P r×n (`n = rows.len()`) and O r×dv.
-pub fn axpy_rows_indexed_with<E: Element>(
-    isa: Isa,
-    p: MatRef<'_>,
-    v: &[E],
-    rows: &[usize],
-    mut o: MatMut<'_>,
-) -> Result<()> {
-    isa.check()?;
-    let op = "axpy_rows_indexed";
-    let (r, n, dv) = (p.rows(), p.cols(), o.cols());
-    if rows.len() != n || o.rows() != r {
-        return Err(KernelError::ShapeMismatch {
-            op,
-            expected: format!("P r×n with n = {} value rows, O r×dv", rows.len()),
-            got: format!("P {r}×{n}, O {}×{dv}", o.rows()),
-        });
-    }
-    if r == 0 || n == 0 || dv == 0 {
-        return Ok(());
-    }
-    check_rows(op, rows, dv, v.len())?;
-    contiguous_rows(op, "P", p.col_stride())?;
-    contiguous_rows(op, "O", o.col_stride())?;
-    let kernel = AxpyRows {
-        rows: r,
-        n,
-        dv,
-        p: p.data().as_ptr(),
-        ldp: p.row_stride(),
-        v: Indexed {
-            base: v.as_ptr(),
-            off: rows.as_ptr(),
-            n,
-        },
-        ldo: o.row_stride(),
-        o: o.as_mut_ptr(),
-    };
-    // SAFETY: as in dot_rows_indexed_with.
     unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
     Ok(())
 }
