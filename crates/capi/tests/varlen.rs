@@ -811,7 +811,10 @@ fn varlen_gives_the_same_bits_at_1_2_and_3_threads() {
     let (a, p) = (&runs[0].2, &runs[1].2);
     for (x, y) in a.iter().zip(p) {
         let (x, y) = (f32::from_bits(*x), f32::from_bits(*y));
-        assert!((x - y).abs() <= 1e-5, "seed {seed}: packed {x} vs paged {y}");
+        assert!(
+            (x - y).abs() <= 1e-5,
+            "seed {seed}: packed {x} vs paged {y}"
+        );
     }
 }
 
