@@ -11,6 +11,7 @@ median tokens/s (generated tokens over wall time) and the median, min and max of
 per-round ratio fastattn/sdpa.
 """
 
+import copy
 import statistics
 import time
 
@@ -34,13 +35,15 @@ def build(args, dtype):
         eos_token_id=2,
     )
     torch.manual_seed(0)
-    base = transformers.LlamaForCausalLM(cfg).eval().to(dtype)
+    # Each model its own config: the attention implementation is kept in the config.
+    base = transformers.LlamaForCausalLM(copy.deepcopy(cfg)).eval().to(dtype)
     base.set_attn_implementation("sdpa")
-    ours = transformers.LlamaForCausalLM(cfg).eval().to(dtype)
+    ours = transformers.LlamaForCausalLM(copy.deepcopy(cfg)).eval().to(dtype)
     ours.load_state_dict(base.state_dict())
     import fastattn.transformers
 
     fastattn.transformers.use(ours)
+    assert base.config._attn_implementation == "sdpa", base.config._attn_implementation
     return base, ours
 
 
