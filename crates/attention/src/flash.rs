@@ -22,6 +22,11 @@
 //! Every row is thus computed by the same operations in the same order at any thread
 //! count: results are bit-for-bit identical at 1, 2 or 16 threads.
 //!
+//! A decode over a paged cache (whose pages keep a token's key/value heads side by side)
+//! is one tile of all the sequence's query rows, split into chunks of [`KEY_BLOCK`] keys,
+//! whose decode kernels read every head of a few tokens at a time
+//! ([`kernels::gemv::Heads`]).
+//!
 //! Keys and values are read through the crate's key/value source seam (`kv.rs`): packing
 //! asks it for one matrix of rows per head or block, the direct decode kernels run once per
 //! row segment it hands out.
