@@ -196,11 +196,15 @@ pub fn paged_case(
             // The same keys in shuffled pages [num_blocks, block, Hkv, D].
             let per_seq = cached.div_ceil(block);
             let nb = seqs * per_seq;
+            // The pages in a seeded random order (Fisher–Yates on a xorshift stream), as a
+            // cache's free list hands them out after some traffic: not in key order.
             let mut order: Vec<usize> = (0..nb).collect();
-            // A fixed permutation (stride coprime with nb), so pages are not in key order.
-            let step = (1..nb.max(2)).rev().find(|s| gcd(*s, nb) == 1).unwrap_or(1);
-            for (i, o) in order.iter_mut().enumerate() {
-                *o = (i * step) % nb.max(1);
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for i in (1..nb).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
             }
             let mut kp = vec![bf16::ZERO; nb * block * hkv * d];
             let mut vp = vec![bf16::ZERO; nb * block * hkv * d];
@@ -269,12 +273,4 @@ pub fn paged_case(
             impls
         },
     )
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
