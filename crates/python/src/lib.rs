@@ -16,9 +16,11 @@
 //!   `(dq, dk, dv)` of a forward on the same call ([`attention::sdpa_backward_into_dyn`]);
 //! * `time_forward(call, q, k, v, mask, calls)`: the library calls alone, timed (the
 //!   Rust side of `python -m fastattn.bench --overhead`);
-//! * `varlen_forward(call, q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table)`
-//!   and `paged_kv_write(k, v, k_cache, v_cache, slot_mapping)`: serving attention
-//!   (module `serving`: packed sequences, paged caches read in place and written);
+//! * `varlen_forward(call, q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table)`,
+//!   `varlen_backward(call, q, k, v, out, lse, grad_out, cu_seqlens_q, cu_seqlens_k)` and
+//!   `paged_kv_write(k, v, k_cache, v_cache, slot_mapping)`: serving attention (module
+//!   `serving`: packed sequences, paged caches read in place and written, the gradients
+//!   of packed sequences with the sinks');
 //! * `set_num_threads`, `get_num_threads`, `kernel_variant`.
 //!
 //! Inside:
@@ -188,6 +190,7 @@ fn _fastattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backward, m)?)?;
     m.add_function(wrap_pyfunction!(time_forward, m)?)?;
     m.add_function(wrap_pyfunction!(serving::varlen_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(serving::varlen_backward, m)?)?;
     m.add_function(wrap_pyfunction!(serving::paged_kv_write, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

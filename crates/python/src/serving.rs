@@ -12,8 +12,8 @@ use crate::call::{Call, Returns, Rules, Slopes};
 use crate::run::{attn_err, threads_for};
 use crate::view::{Data, DataMut, Elem, Output, View};
 use attention::{
-    AttnError, DynTensor, DynTensorMut, Element, SdpaOptions, SeqIdx, TensorMut, TensorRef,
-    VarlenSeqs,
+    AttnError, DynTensor, DynTensorMut, Element, SdpaGrads, SdpaOptions, SeqIdx, TensorMut,
+    TensorRef, VarlenSeqs,
 };
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -140,6 +140,152 @@ fn paged(v: &View<'_>, what: &str) -> PyResult<([usize; 4], [usize; 4])> {
     Ok(([s[0], s[1], s[2], s[3]], [st[0], st[1], st[2], st[3]]))
 }
 
+/// The ALiBi row of a variable-length `call`, after checking that it is one: a
+/// `Call.flash(...)` without `kv_lengths`, with at most one `(Hq,)` row of slopes.
+fn varlen_alibi(call: &Call) -> PyResult<Option<&[f32]>> {
+    let Rules::Flash {
+        alibi, kv_lengths, ..
+    } = &call.rules
+    else {
+        return Err(PyValueError::new_err(
+            "the variable-length calls take a Call.flash(...)",
+        ));
+    };
+    if kv_lengths.is_some() {
+        return Err(PyValueError::new_err(
+            "kv_lengths: pass seqused_k to a variable-length call",
+        ));
+    }
+    match alibi {
+        None => Ok(None),
+        Some(Slopes::Shared(row)) => Ok(Some(row.as_slice())),
+        Some(Slopes::Rows(_)) => Err(PyValueError::new_err(
+            "alibi_slopes: a variable-length call takes one (Hq,) row for every sequence",
+        )),
+    }
+}
+
+/// The library options of a variable-length `call` (checked by [`varlen_alibi`]).
+fn varlen_options<'c>(
+    call: &'c Call,
+    alibi: Option<&'c [f32]>,
+    par: kernels::Parallelism,
+) -> SdpaOptions<'c> {
+    let (window_left, window_right) = match &call.rules {
+        Rules::Flash {
+            window_left,
+            window_right,
+            ..
+        } => (*window_left, *window_right),
+        _ => (None, None),
+    };
+    SdpaOptions::new()
+        .with_scale(call.scale)
+        .with_causal(call.causal)
+        .with_window(window_left, window_right)
+        .with_softcap(call.softcap)
+        .with_alibi_slopes(alibi)
+        .with_sinks(call.sinks.as_deref())
+        .with_path(call.path)
+        .with_isa(call.isa)
+        .with_parallelism(par)
+}
+
+/// The gradients of the variable-length forward of `call` on packed K/V (the library's
+/// `sdpa_varlen_backward_into_dyn`): `out` `[Tq, Hq, Dv]` and `lse` `[Hq, Tq]` float32
+/// from the forward, `grad_out` like `out`. Returns `(dq, dk, dv, dsinks)` as float32 in
+/// q's kind, `dsinks` `(Hq,)` when the call has sinks, else `None`.
+#[pyfunction]
+#[pyo3(signature = (call, q, k, v, out, lse, grad_out, cu_seqlens_q, cu_seqlens_k))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn varlen_backward<'py>(
+    py: Python<'py>,
+    call: &Bound<'py, Call>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    lse: &Bound<'py, PyAny>,
+    grad_out: &Bound<'py, PyAny>,
+    cu_seqlens_q: &Bound<'py, PyAny>,
+    cu_seqlens_k: &Bound<'py, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let call = call.get();
+    let alibi = varlen_alibi(call)?;
+    let (qv, kv, vv) = (View::new(q, "q")?, View::new(k, "k")?, View::new(v, "v")?);
+    let (ov, gv, lv) = (
+        View::new(out, "out")?,
+        View::new(grad_out, "grad_out")?,
+        View::new(lse, "lse")?,
+    );
+    let (qd, qs) = packed(&qv, "q")?;
+    let (kd, ks) = packed(&kv, "k")?;
+    let (vd, vs) = packed(&vv, "v")?;
+    let (od, os) = packed(&ov, "out")?;
+    let (gd, gs) = packed(&gv, "grad_out")?;
+    let ([_, hq, tq, d], [_, hkv, tk, dv]) = (qd, vd);
+    if lv.elem != Elem::F32 || lv.shape != [hq, tq] || lv.strides != [tq, 1] {
+        return Err(PyValueError::new_err(format!(
+            "lse must be the forward's contiguous float32 [{hq}, {tq}], got {} {:?}",
+            lv.elem.name(),
+            lv.shape
+        )));
+    }
+    let Data::F32(lse_data) = lv.data()? else {
+        return Err(PyTypeError::new_err("lse must be float32"));
+    };
+    let cu_q = Idx::new(cu_seqlens_q, "cu_seqlens_q")?;
+    let cu_k = Idx::new(cu_seqlens_k, "cu_seqlens_k")?;
+    let seqs =
+        VarlenSeqs::new(cu_q.seq("cu_seqlens_q")?).with_cu_seqlens_k(cu_k.seq("cu_seqlens_k")?);
+    let zeros = |shape: &[usize]| Output::zeros(&qv, shape, Elem::F32);
+    let (mut dq, mut dk, mut dvo) = (
+        zeros(&[tq, hq, d])?,
+        zeros(&[tk, hkv, d])?,
+        zeros(&[tk, hkv, dv])?,
+    );
+    let mut ds = match call.sinks {
+        Some(_) => Some(zeros(&[hq])?),
+        None => None,
+    };
+    let threads = threads_for(py, &qv)?;
+    let opts = varlen_options(call, alibi, threads.parallelism());
+    let (qt, kt, vt) = (
+        tensor(qv.data()?, "q", qd, qs)?,
+        tensor(kv.data()?, "k", kd, ks)?,
+        tensor(vv.data()?, "v", vd, vs)?,
+    );
+    let (ot, gt) = (
+        tensor(ov.data()?, "out", od, os)?,
+        tensor(gv.data()?, "grad_out", gd, gs)?,
+    );
+    {
+        let mut grads = SdpaGrads::new(
+            packed_mut(dq.f32_data()?, hq, tq, d)?,
+            packed_mut(dk.f32_data()?, hkv, tk, d)?,
+            packed_mut(dvo.f32_data()?, hkv, tk, dv)?,
+        );
+        if let Some(s) = ds.as_mut() {
+            grads = grads.with_dsinks(Some(s.f32_data()?));
+        }
+        py.detach(|| {
+            threads.run(|| {
+                attention::sdpa_varlen_backward_into_dyn(
+                    qt, kt, vt, ot, gt, lse_data, grads, &seqs, &opts,
+                )
+            })
+        })
+        .map_err(attn_err)?;
+    }
+    let ds = ds.map(Output::into_obj);
+    (dq.into_obj(), dk.into_obj(), dvo.into_obj(), ds).into_py_any(py)
+}
+
+/// The `[1, h, t, w]` view of a packed `[t, h, w]` f32 gradient.
+fn packed_mut(x: &mut [f32], h: usize, t: usize, w: usize) -> PyResult<TensorMut<'_>> {
+    TensorMut::new(x, [1, h, t, w], [0, w, h * w, 1]).map_err(attn_err)
+}
+
 /// The variable-length forward of `call` (FlashAttention-2 rules): `q` `[Tq, Hq, D]`;
 /// `k`, `v` packed `[Tk, Hkv, D]` (with `cu_seqlens_k`) or, with `block_table`, paged
 /// caches `[num_blocks, block_size, Hkv, D]`. Returns the output `[Tq, Hq, Dv]` (the
@@ -159,31 +305,7 @@ pub(crate) fn varlen_forward<'py>(
     block_table: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
     let call = call.get();
-    let Rules::Flash {
-        window_left,
-        window_right,
-        alibi,
-        kv_lengths,
-    } = &call.rules
-    else {
-        return Err(PyValueError::new_err(
-            "the variable-length forward takes a Call.flash(...)",
-        ));
-    };
-    if kv_lengths.is_some() {
-        return Err(PyValueError::new_err(
-            "kv_lengths: pass seqused_k to a variable-length call",
-        ));
-    }
-    let alibi = match alibi {
-        None => None,
-        Some(Slopes::Shared(row)) => Some(row.as_slice()),
-        Some(Slopes::Rows(_)) => {
-            return Err(PyValueError::new_err(
-                "alibi_slopes: a variable-length call takes one (Hq,) row for every sequence",
-            ))
-        }
-    };
+    let alibi = varlen_alibi(call)?;
     let want_lse = match call.returns {
         Returns::Out => false,
         Returns::OutLse => true,
@@ -229,16 +351,7 @@ pub(crate) fn varlen_forward<'py>(
     let qt = tensor(qv.data()?, "q", qd, qs)?;
     let kt = tensor(kv.data()?, "k", kd, ks)?;
     let vt = tensor(vv.data()?, "v", vd, vs)?;
-    let opts = SdpaOptions::new()
-        .with_scale(call.scale)
-        .with_causal(call.causal)
-        .with_window(*window_left, *window_right)
-        .with_softcap(call.softcap)
-        .with_alibi_slopes(alibi)
-        .with_sinks(call.sinks.as_deref())
-        .with_path(call.path)
-        .with_isa(call.isa)
-        .with_parallelism(threads.parallelism());
+    let opts = varlen_options(call, alibi, threads.parallelism());
     {
         let out_dims = [1, hq, tq, dv];
         let out_strides = [0, dv, hq * dv, 1];

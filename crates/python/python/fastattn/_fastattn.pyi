@@ -80,6 +80,22 @@ def varlen_forward(
     ``block_table`` (``[B, max_blocks]``), paged ``[num_blocks, block_size, Hkv, D]``. Index
     arrays: contiguous int32/int64 numpy arrays. Output ``[Tq, Hq, Dv]``, LSE ``[Hq, Tq]``."""
 
+
+def varlen_backward(
+    call: Call,
+    q: Any,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    grad_out: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+) -> Tuple[Any, Any, Any, Optional[Any]]:
+    """The gradients of ``varlen_forward`` on packed K/V: ``(dq, dk, dv, dsinks)`` float32
+    in q's kind (``dsinks`` ``(Hq,)`` when ``call`` has sinks, else ``None``), from the
+    forward's ``out`` ``[Tq, Hq, Dv]`` and ``lse`` ``[Hq, Tq]`` and the output's gradient."""
+
 def paged_kv_write(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any) -> None:
     """Writes rows ``[T, Hkv, D]`` into paged caches at ``slot_mapping`` (an int numpy
     array; -1 skips), in place; caches that overlap each other or the rows are refused."""

@@ -459,7 +459,8 @@ def sink_attention(query, key, value, attn_mask, s_aux, rules, options):
 
 class _VarlenAttention(torch.autograd.Function):
     """``flash_attn_varlen_func`` on packed K/V, differentiable in q, k, v and the sinks;
-    the backward runs the library's backward once per sequence."""
+    the backward is the library's variable-length backward (``varlen_backward``), which
+    also gives the sinks' gradient."""
 
     @staticmethod
     def forward(ctx, q, k, v, s_aux, cu_q, cu_k, options):
@@ -467,7 +468,7 @@ class _VarlenAttention(torch.autograd.Function):
         out, lse = _fastattn.varlen_forward(
             call, _plain(q), _plain(k), _plain(v), cu_q, cu_k, None, None
         )
-        ctx.options, ctx.cu = options, (cu_q.tolist(), cu_k.tolist())
+        ctx.options, ctx.cu = options, (cu_q, cu_k)
         ctx.save_for_backward(q, k, v, s_aux, out, lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -476,39 +477,17 @@ class _VarlenAttention(torch.autograd.Function):
     @_first_order
     def backward(ctx, grad, _grad_lse):
         q, k, v, s_aux, out, lse = ctx.saved_tensors
-        q, k, v = _plain(q), _plain(k), _plain(v)
-        call = _fastattn.Call.flash(returns="out_lse", **ctx.options)
-        dq = torch.zeros(q.shape, dtype=torch.float32)
-        dk = torch.zeros(k.shape, dtype=torch.float32)
-        dv = torch.zeros(v.shape, dtype=torch.float32)
+        call = _fastattn.Call.flash(returns="out_lse", sinks=_sink_list(s_aux), **ctx.options)
         cu_q, cu_k = ctx.cu
-        for i in range(len(cu_q) - 1):
-            (qs, qe), (ks, ke) = cu_q[i : i + 2], cu_k[i : i + 2]
-            if qe == qs or ke == ks:
-                continue  # no query, or no key: nothing flows back
-            gq, gk, gv = _fastattn.backward(
-                call,
-                q[qs:qe][None],
-                k[ks:ke][None],
-                v[ks:ke][None],
-                None,
-                out[qs:qe][None],
-                lse[:, qs:qe][None].contiguous(),
-                grad[qs:qe][None],
-            )
-            dq[qs:qe] += gq[0]
-            dk[ks:ke] += gk[0]
-            dv[ks:ke] += gv[0]
-        ds = None
-        if ctx.needs_input_grad[3]:
-            delta = (grad.float() * out.float()).sum(-1).transpose(0, 1)  # [Hq, Tq]
-            ds = _sink_grad(s_aux, lse, delta)
+        dq, dk, dv, ds = _fastattn.varlen_backward(
+            call, _plain(q), _plain(k), _plain(v), out, lse, grad.contiguous(), cu_q, cu_k
+        )
         need = ctx.needs_input_grad
         return (
             dq.to(q.dtype) if need[0] else None,
             dk.to(k.dtype) if need[1] else None,
             dv.to(v.dtype) if need[2] else None,
-            ds,
+            ds.to(s_aux.dtype) if need[3] and ds is not None else None,
             None,
             None,
             None,
