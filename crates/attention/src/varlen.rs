@@ -237,21 +237,14 @@ pub fn sdpa_varlen_into_dyn(
                     KvSource::dense(v.tail(s.k0 * vs[2]), s.keys),
                 ),
                 Some(bt) => {
-                    let row = &bt.table[s.seq * bt.blocks_per_seq..][..bt.blocks_per_seq];
-                    (
-                        KvSource::Paged {
-                            t: k,
-                            block_size: s.block_size,
-                            table: row,
-                            len: s.keys,
-                        },
-                        KvSource::Paged {
-                            t: v,
-                            block_size: s.block_size,
-                            table: row,
-                            len: s.keys,
-                        },
-                    )
+                    let table = &bt.table[s.seq * bt.blocks_per_seq..][..bt.blocks_per_seq];
+                    let pages = |t| KvSource::Paged {
+                        t,
+                        block_size: s.block_size,
+                        table,
+                        len: s.keys,
+                    };
+                    (pages(k), pages(v))
                 }
             };
             Job {

@@ -106,7 +106,7 @@ pub fn dot_rows_indexed_with<E: Element>(
     };
     // SAFETY: Q and S were bounds-checked when built and have unit column strides; every
     // head's key rows lie inside `k` (checked above); S is exclusive; the ISA was checked.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }
 
@@ -157,6 +157,6 @@ pub fn axpy_rows_indexed_with<E: Element>(
         o: o.as_mut_ptr(),
     };
     // SAFETY: as in dot_rows_indexed_with.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }

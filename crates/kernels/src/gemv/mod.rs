@@ -91,7 +91,7 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
 /// As [`dot_group`], for key rows `j .. j + KJ` of `k`, and outputs `s + r·lds + t`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<E>, const R: usize, const KJ: usize>(
+unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<Elem = E>, const R: usize, const KJ: usize>(
     d: usize,
     alpha: f32,
     q: *const f32,
@@ -138,7 +138,7 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<E>, const R: usize, const K
 /// As [`dot_rows_body`] for this head's `rows` rows and keys `j .. j + 4`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<E>>(
+unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<Elem = E>>(
     rows: usize,
     d: usize,
     alpha: f32,
@@ -183,7 +183,7 @@ unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<E>>(
 /// writable; the ISA of `S` is present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<E>>(
+unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<Elem = E>>(
     rows: usize,
     heads: Heads,
     n: usize,
@@ -258,7 +258,7 @@ const AXPY_BLOCK: usize = 64;
 unsafe fn axpy_block<
     S: SimdOps,
     E: Element,
-    V: Rows<E>,
+    V: Rows<Elem = E>,
     const R: usize,
     const NV: usize,
     const SKIP: bool,
@@ -316,7 +316,13 @@ unsafe fn axpy_block<
 /// As [`axpy_block`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_any<S: SimdOps, E: Element, V: Rows<E>, const R: usize, const NV: usize>(
+unsafe fn axpy_block_any<
+    S: SimdOps,
+    E: Element,
+    V: Rows<Elem = E>,
+    const R: usize,
+    const NV: usize,
+>(
     zeros: bool,
     j0: usize,
     j1: usize,
@@ -346,7 +352,7 @@ unsafe fn axpy_block_any<S: SimdOps, E: Element, V: Rows<E>, const R: usize, con
 /// As [`axpy_block`], for all `dv` columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
+unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<Elem = E>, const R: usize>(
     j0: usize,
     j1: usize,
     dv: usize,
@@ -400,7 +406,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<E>, const R: usize>(
 /// stores: one 32-byte store per 8 values of V on AVX2).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<E>>(
+unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<Elem = E>>(
     rows: usize,
     heads: Heads,
     n: usize,
@@ -458,14 +464,14 @@ pub(super) struct DotRows<K> {
     pub(super) lds: usize,
 }
 
-impl<E: Element, K: Rows<E>> IsaKernel for (DotRows<K>, std::marker::PhantomData<E>) {
+impl<K: Rows<Elem: Element>> IsaKernel for DotRows<K> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
-        let k = self.0;
+        let k = self;
         // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
         unsafe {
-            dot_rows_body::<S, E, K>(
+            dot_rows_body::<S, K::Elem, K>(
                 k.rows, k.heads, k.n, k.d, k.alpha, k.q, k.ldq, k.k, k.s, k.lds,
             )
         }
@@ -485,14 +491,14 @@ pub(super) struct AxpyRows<V> {
     pub(super) ldo: usize,
 }
 
-impl<E: Element, V: Rows<E>> IsaKernel for (AxpyRows<V>, std::marker::PhantomData<E>) {
+impl<V: Rows<Elem: Element>> IsaKernel for AxpyRows<V> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
-        let a = self.0;
+        let a = self;
         // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
         unsafe {
-            axpy_rows_body::<S, E, V>(a.rows, a.heads, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo)
+            axpy_rows_body::<S, V::Elem, V>(a.rows, a.heads, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo)
         }
     }
 }
@@ -566,7 +572,7 @@ pub fn dot_rows_with<E: Element>(
     };
     // SAFETY: the views were bounds-checked when built and have unit column strides, so
     // every row read/written is inside its slice; S is exclusive; the ISA was checked.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }
 
@@ -617,7 +623,7 @@ pub fn axpy_rows_with<E: Element>(
         ldo,
     };
     // SAFETY: as in dot_rows_with.
-    unsafe { dispatch(isa, (kernel, std::marker::PhantomData::<E>)) };
+    unsafe { dispatch(isa, kernel) };
     Ok(())
 }
 

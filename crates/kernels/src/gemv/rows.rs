@@ -4,15 +4,17 @@
 /// Where a kernel finds its key or value rows: row `j` at `base + j·ld` ([`Strided`]) or at
 /// `base + off[j]` ([`Indexed`], rows scattered over pages). The kernels do the same
 /// arithmetic on either, so both give the same bits on the same values.
-pub(super) trait Rows<E>: Copy {
+pub(super) trait Rows: Copy {
+    /// The element type of the rows.
+    type Elem;
     /// Row `j`'s first value.
     ///
     /// # Safety
     /// `j` is a row of the set.
-    unsafe fn row(self, j: usize) -> *const E;
+    unsafe fn row(self, j: usize) -> *const Self::Elem;
     /// An address at or near row `j`, for prefetching only (never dereferenced; `j` may be
     /// past the last row).
-    fn ahead(self, j: usize) -> *const E;
+    fn ahead(self, j: usize) -> *const Self::Elem;
 }
 
 /// Rows at a fixed stride.
@@ -28,7 +30,8 @@ impl<E> Clone for Strided<E> {
 }
 impl<E> Copy for Strided<E> {}
 
-impl<E> Rows<E> for Strided<E> {
+impl<E> Rows for Strided<E> {
+    type Elem = E;
     #[inline(always)]
     unsafe fn row(self, j: usize) -> *const E {
         // SAFETY: row j is inside the matrix (caller contract).
@@ -53,14 +56,15 @@ impl<K: Copy> Clone for Shift<K> {
 }
 impl<K: Copy> Copy for Shift<K> {}
 
-impl<E, K: Rows<E>> Rows<E> for Shift<K> {
+impl<K: Rows> Rows for Shift<K> {
+    type Elem = K::Elem;
     #[inline(always)]
-    unsafe fn row(self, j: usize) -> *const E {
+    unsafe fn row(self, j: usize) -> *const K::Elem {
         // SAFETY: the shifted row is inside the slice (caller contract).
         unsafe { self.k.row(j).add(self.off) }
     }
     #[inline(always)]
-    fn ahead(self, j: usize) -> *const E {
+    fn ahead(self, j: usize) -> *const K::Elem {
         self.k.ahead(j).wrapping_add(self.off)
     }
 }
@@ -99,7 +103,8 @@ impl<E> Clone for Indexed<E> {
 }
 impl<E> Copy for Indexed<E> {}
 
-impl<E> Rows<E> for Indexed<E> {
+impl<E> Rows for Indexed<E> {
+    type Elem = E;
     #[inline(always)]
     unsafe fn row(self, j: usize) -> *const E {
         // SAFETY: j < n, and every offset was checked to start a readable row.
