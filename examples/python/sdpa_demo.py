@@ -96,6 +96,10 @@ def load(path):
     lib.fa_softmax.restype = ctypes.c_int
     lib.fa_set_num_threads.argtypes = [ctypes.c_int]
     lib.fa_set_num_threads.restype = ctypes.c_int
+    lib.fa_set_blocktime_us.argtypes = [ctypes.c_int64]
+    lib.fa_set_blocktime_us.restype = ctypes.c_int
+    lib.fa_blocktime_us.argtypes = []
+    lib.fa_blocktime_us.restype = ctypes.c_int64
     lib.fa_set_variant.argtypes = [ctypes.c_char_p]
     lib.fa_set_variant.restype = ctypes.c_int
     for f in ("fa_version", "fa_variant_name", "fa_last_error"):
@@ -146,7 +150,7 @@ class FastAttn:
     """A small Pythonic wrapper over the C functions."""
 
     #: The C ABI version these ctypes declarations match (``FA_ABI_VERSION``).
-    ABI_VERSION = 4
+    ABI_VERSION = 5
 
     def __init__(self, path):
         self.lib = load(path)
@@ -318,7 +322,14 @@ def main():
     expect(lib.fa_set_num_threads(2) == FA_OK, "fa_set_num_threads(2)")
     out, _, _ = fa.sdpa(q, k, v, causal=True)
     want, _, _ = sdpa_ref(q, k, v, causal=True)
-    expect(np.abs(out - want).max() < 1e-5, "fa_sdpa on a 2-thread pool")
+    expect(np.abs(out - want).max() < 1e-5, "fa_sdpa on 2 threads")
+    # Helpers that sleep as soon as a call ends: the next call wakes them and does not
+    # wait for them.
+    blocktime = lib.fa_blocktime_us()
+    expect(lib.fa_set_blocktime_us(0) == FA_OK and lib.fa_blocktime_us() == 0, "blocktime 0")
+    out, _, _ = fa.sdpa(q, k, v, causal=True)
+    expect(np.abs(out - want).max() < 1e-5, "fa_sdpa with sleeping helpers")
+    lib.fa_set_blocktime_us(blocktime)
     lib.fa_set_num_threads(0)
 
     failed = results.count(False)

@@ -1,6 +1,8 @@
 //! Old against new fastattn, alternating in one process (README.md): per case, rounds
 //! of old/new in flipping order, each sample ~40 ms; ratio new/old per round, median, min–max.
 use half::bf16;
+
+mod latency;
 use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnMut()>;
@@ -197,6 +199,11 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("latency") {
+        let rounds = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(15);
+        latency::run(rounds, args.get(3).map(String::as_str).unwrap_or(""));
+        return;
+    }
     let threads: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1);
     let rounds: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(15);
     let filter = args.get(3).cloned().unwrap_or_default();

@@ -43,7 +43,7 @@ use kernels::gemv::{
     axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with, Heads,
 };
 use kernels::softmax::online::exp_row_update;
-use kernels::{Isa, Parallelism};
+use kernels::Isa;
 use std::cell::RefCell;
 
 /// Keys per block (a multiple of every microkernel's `NR`).
@@ -586,21 +586,16 @@ pub(crate) fn run(jobs: &[Job<'_>]) -> Result<()> {
         }
     }
     // Threads for the call's teams: 1 (every team runs inline) unless the call may use
-    // the pool and is large enough to gain from it.
-    let work = jobs.iter().fold(0usize, |acc, j| {
-        let p = &j.p;
-        let w = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
-            .iter()
-            .fold(4usize, |a, &x| a.saturating_mul(x));
-        acc.saturating_add(w)
-    });
-    let threads = match jobs.first().map(|j| j.p.par) {
-        Some(Parallelism::Rayon) if work >= 1 << 22 => kernels::parallel::current_threads(),
-        _ => 1,
+    // several and is long enough to gain from them.
+    let Some(split) = crate::gates::flash_split(jobs) else {
+        return Ok(());
     };
+    let threads = split.threads;
     let (chunked, whole): (Vec<Group>, Vec<Group>) = groups.iter().partition(|g| g.chunk > 0);
-    run_groups(jobs, &tiles, &whole, threads)?;
-    run_split(jobs, &tiles, &chunked, threads)
+    split.run(|| {
+        run_groups(jobs, &tiles, &whole, threads)?;
+        run_split(jobs, &tiles, &chunked, threads)
+    })
 }
 
 /// One task per query group: pack its keys once, then its tiles (over the threads).

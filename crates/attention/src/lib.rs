@@ -36,6 +36,7 @@
 pub mod backward;
 pub mod error;
 pub mod flash;
+pub mod gates;
 mod job;
 mod kv;
 pub mod kv_cache;

@@ -29,11 +29,6 @@ use std::ops::Range;
 /// the unpacked weight).
 pub const ROW_CHUNK: usize = 128;
 
-/// Products (`2·rows·d_out·d_in` flops) smaller than this run on the calling thread: the
-/// bar the GEMM had (4 Mflop) when this split was measured, kept when the GEMM's own
-/// ([`kernels::gemm::PAR_MIN_FLOPS`]) was lowered to 2 Mflop; not re-measured since.
-pub const PAR_MIN_FLOPS: usize = 1 << 22;
-
 /// Columns per task of the column split (a multiple of every microkernel's `NR`).
 pub const COL_BLOCK: usize = 256;
 
@@ -218,7 +213,11 @@ impl Linear {
             .saturating_mul(n)
             .saturating_mul(k);
         let threads = match par {
-            Parallelism::Rayon if flops >= PAR_MIN_FLOPS => kernels::parallel::current_threads(),
+            Parallelism::Rayon => crate::gates::LINEAR_GATE.threads(
+                self.packed.isa(),
+                flops as f64,
+                kernels::parallel::current_threads(),
+            ),
             _ => 1,
         };
         // One block: rows r0.. of x times columns c0 + j0 .. c0 + j0 + nb, into `dst`
@@ -239,44 +238,46 @@ impl Linear {
             )?;
             Ok::<(), AttnError>(())
         };
-        if rows > ROW_CHUNK || n <= COL_BLOCK {
-            // Equal chunks of at most about ROW_CHUNK rows, each a multiple of MR.
-            let rc = rows
-                .div_ceil(rows.div_ceil(ROW_CHUNK))
-                .next_multiple_of(tile_of(self.packed.isa()).0);
-            let task = |i: usize, chunk: &mut [f32]| -> Result<()> {
-                let r0 = i * rc;
-                block(r0, chunk.len() / n, 0, n, chunk)?;
+        crate::gates::LINEAR_GATE.run(self.packed.isa(), flops as f64, threads, || {
+            if rows > ROW_CHUNK || n <= COL_BLOCK {
+                // Equal chunks of at most about ROW_CHUNK rows, each a multiple of MR.
+                let rc = rows
+                    .div_ceil(rows.div_ceil(ROW_CHUNK))
+                    .next_multiple_of(tile_of(self.packed.isa()).0);
+                let task = |i: usize, chunk: &mut [f32]| -> Result<()> {
+                    let r0 = i * rc;
+                    block(r0, chunk.len() / n, 0, n, chunk)?;
+                    if let Some(f) = epilogue {
+                        f(r0, chunk);
+                    }
+                    Ok(())
+                };
+                kernels::parallel::try_for_each_chunk_mut(threads, y, rc * n, task)
+            } else {
+                let blocks = n.div_ceil(COL_BLOCK);
+                let one = |q: usize| -> Result<Vec<f32>> {
+                    let (j0, nb) = (q * COL_BLOCK, COL_BLOCK.min(n - q * COL_BLOCK));
+                    let mut t = vec![0.0f32; rows * nb];
+                    block(0, rows, j0, nb, &mut t)?;
+                    Ok(t)
+                };
+                let mut parts: Vec<Vec<f32>> = vec![Vec::new(); blocks];
+                kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, 1, |q, slot| {
+                    slot[0] = one(q)?;
+                    Ok::<(), AttnError>(())
+                })?;
+                for (q, t) in parts.iter().enumerate() {
+                    let (j0, nb) = (q * COL_BLOCK, COL_BLOCK.min(n - q * COL_BLOCK));
+                    for (dst, src) in y.chunks_exact_mut(n).zip(t.chunks_exact(nb)) {
+                        dst[j0..j0 + nb].copy_from_slice(src);
+                    }
+                }
                 if let Some(f) = epilogue {
-                    f(r0, chunk);
+                    f(0, y);
                 }
                 Ok(())
-            };
-            kernels::parallel::try_for_each_chunk_mut(threads, y, rc * n, task)
-        } else {
-            let blocks = n.div_ceil(COL_BLOCK);
-            let one = |q: usize| -> Result<Vec<f32>> {
-                let (j0, nb) = (q * COL_BLOCK, COL_BLOCK.min(n - q * COL_BLOCK));
-                let mut t = vec![0.0f32; rows * nb];
-                block(0, rows, j0, nb, &mut t)?;
-                Ok(t)
-            };
-            let mut parts: Vec<Vec<f32>> = vec![Vec::new(); blocks];
-            kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, 1, |q, slot| {
-                slot[0] = one(q)?;
-                Ok::<(), AttnError>(())
-            })?;
-            for (q, t) in parts.iter().enumerate() {
-                let (j0, nb) = (q * COL_BLOCK, COL_BLOCK.min(n - q * COL_BLOCK));
-                for (dst, src) in y.chunks_exact_mut(n).zip(t.chunks_exact(nb)) {
-                    dst[j0..j0 + nb].copy_from_slice(src);
-                }
             }
-            if let Some(f) = epilogue {
-                f(0, y);
-            }
-            Ok(())
-        }
+        })
     }
 }
 

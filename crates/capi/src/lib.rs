@@ -158,8 +158,9 @@ pub use mha::{
 };
 pub use paged::fa_paged_kv_write;
 pub use runtime::{
-    fa_abi_version, fa_last_error, fa_num_threads, fa_set_num_threads, fa_set_variant,
-    fa_test_panic_boundary, fa_variant_name, fa_version, FA_ABI_VERSION,
+    fa_abi_version, fa_blocktime_us, fa_last_error, fa_num_threads, fa_set_blocktime_us,
+    fa_set_num_threads, fa_set_variant, fa_test_panic_boundary, fa_variant_name, fa_version,
+    FA_ABI_VERSION,
 };
 pub use sdpa::{
     fa_index_dtype, fa_sdpa, fa_sdpa_backward, fa_sdpa_options, fa_sdpa_options_init,

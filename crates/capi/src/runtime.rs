@@ -5,10 +5,10 @@ use crate::status::{fa_status, ffi_guard, last_error_ptr, FfiError, OK};
 use kernels::Isa;
 use std::ffi::{c_char, c_int, CStr};
 
-/// Sets the number of threads later calls use: `n > 0` runs every later call of the
-/// process in a dedicated pool of `n` threads; `n <= 0` returns to the default (rayon's
-/// global pool: `RAYON_NUM_THREADS`, else one thread per CPU). Results do not depend on the
-/// thread count. Returns `FA_OK` or `FA_ERR_ALLOC` (the threads could not be started).
+/// Sets the number of threads later calls use, the calling thread included: `n > 0` uses
+/// up to `n` (the library starts `n − 1` helper threads as calls need them); `n <= 0`
+/// returns to the default (`RAYON_NUM_THREADS`, else one thread per CPU). Results do not
+/// depend on the thread count. Returns `FA_OK`.
 #[no_mangle]
 pub extern "C" fn fa_set_num_threads(n: c_int) -> c_int {
     ffi_guard!("fa_set_num_threads", {
@@ -18,6 +18,11 @@ pub extern "C" fn fa_set_num_threads(n: c_int) -> c_int {
 }
 
 /// The number of threads calls run on now (at least 1).
+///
+/// Calls run on the calling thread, joined by helper threads for their parallel parts; a
+/// call never waits for a helper that has not started, so a call that comes while helpers
+/// sleep costs at most its one-thread time plus one task. How long idle helpers stay awake
+/// is the blocktime (`fa_set_blocktime_us`).
 #[no_mangle]
 pub extern "C" fn fa_num_threads() -> c_int {
     ffi_guard!("fa_num_threads", {
@@ -25,6 +30,25 @@ pub extern "C" fn fa_num_threads() -> c_int {
             .unwrap_or(c_int::MAX)
             .max(1))
     })
+}
+
+/// Sets the blocktime: how long a helper thread keeps looking for work after its last task
+/// (yielding its CPU to any other runnable thread) before it sleeps, in microseconds, like
+/// OpenMP's `KMP_BLOCKTIME`. `0` sleeps at once; a negative value never sleeps. The default
+/// is 20 ms, or the environment variable `FASTATTN_BLOCKTIME` (milliseconds, or
+/// `infinite`) read at the first parallel call. Process-wide; returns `FA_OK`.
+#[no_mangle]
+pub extern "C" fn fa_set_blocktime_us(us: i64) -> c_int {
+    ffi_guard!("fa_set_blocktime_us", {
+        pool::set_blocktime_us(us);
+        Ok(OK)
+    })
+}
+
+/// The blocktime now in effect, in microseconds; -1 for infinite (`fa_set_blocktime_us`).
+#[no_mangle]
+pub extern "C" fn fa_blocktime_us() -> i64 {
+    ffi_guard!("fa_blocktime_us", { Ok(pool::blocktime_us()) })
 }
 
 /// Name of the kernel variant calls use now: `"scalar"`, `"portable"`, `"avx2"`,
@@ -84,8 +108,9 @@ pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
 /// `fa_mha_config.weight_dtype`, and `fa_kv_cache_new_typed`, `fa_kv_cache_bytes` and
 /// `fa_kv_cache_dtype` were added; 4 (additions only: programs built against ABI 3 run
 /// unchanged), serving attention: `fa_sdpa_options.sinks` appended, `fa_sdpa_varlen` with
-/// `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`.
-pub const FA_ABI_VERSION: u32 = 4;
+/// `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`; 5 (additions only),
+/// `fa_set_blocktime_us` and `fa_blocktime_us`.
+pub const FA_ABI_VERSION: u32 = 5;
 
 /// The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
 /// can check at start-up that the library it loaded matches the header it was compiled

@@ -141,6 +141,13 @@ impl Boundary for u32 {
     }
 }
 
+impl Boundary for i64 {
+    /// -2: never a valid blocktime (`fa_blocktime_us` returns -1 or more).
+    fn failed(_: fa_status) -> Self {
+        -2
+    }
+}
+
 impl Boundary for () {
     fn failed(_: fa_status) -> Self {}
 }

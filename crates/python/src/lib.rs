@@ -173,6 +173,19 @@ fn get_num_threads() -> usize {
     pool::get_num_threads()
 }
 
+/// Sets how long idle helper threads keep looking for work (yielding their CPU) before
+/// they sleep, in milliseconds (negative or inf: never sleep).
+#[pyfunction]
+fn set_blocktime(ms: f64) -> PyResult<()> {
+    pool::set_blocktime(ms)
+}
+
+/// The helper threads' blocktime in milliseconds (inf: never sleep).
+#[pyfunction]
+fn get_blocktime() -> f64 {
+    pool::get_blocktime()
+}
+
 /// The name of the kernel variant in use (`avx2`, `avx512`, `neon`, ...).
 #[pyfunction]
 fn kernel_variant() -> PyResult<String> {
@@ -194,6 +207,8 @@ fn _fastattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serving::paged_kv_write, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_blocktime, m)?)?;
+    m.add_function(wrap_pyfunction!(get_blocktime, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_variant, m)?)?;
     Ok(())
 }

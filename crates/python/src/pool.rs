@@ -1,58 +1,33 @@
 //! Which threads a call runs on.
 //!
-//! Every call runs on the calling thread (with the GIL released); its parallel parts draw
-//! helper threads from a pool through `kernels::parallel::with_pool`, so a call too small
-//! to split never waits for another thread. The pool's size is the call's thread count:
-//! `torch.get_num_threads()` for torch inputs (read at each call), the value of
-//! `fastattn.set_num_threads` for numpy inputs (rayon's global pool, one thread per CPU,
-//! until it is called). One thread means no pool at all. Pools are built once per size
-//! and kept.
+//! Every call runs on the calling thread (with the GIL released); its parallel parts are
+//! teams the calling thread works in, joined by the library's helper threads
+//! (`kernels::parallel`). The call's thread count: `torch.get_num_threads()` for torch
+//! inputs (read at each call, so it follows `torch.set_num_threads` and `OMP_NUM_THREADS`),
+//! the value of `fastattn.set_num_threads` for numpy inputs (else one thread per CPU). A
+//! call never waits for a helper that has not started: one asleep joins late or not at all.
 
 use kernels::Parallelism;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-/// The pools built so far, by size.
-static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
-/// `fastattn.set_num_threads`'s value (`None`: rayon's global pool).
-static CONFIGURED: Mutex<Option<usize>> = Mutex::new(None);
+/// `fastattn.set_num_threads`'s value (0: not set).
+static CONFIGURED: AtomicUsize = AtomicUsize::new(0);
 
 /// The threads of one call.
 pub(crate) enum Threads {
-    /// Rayon's global pool.
-    Global,
-    /// The calling thread only.
-    Sequential,
-    /// A pool of this many threads, the caller's included.
-    Pool(Arc<ThreadPool>),
-}
-
-fn pool(n: usize) -> PyResult<Arc<ThreadPool>> {
-    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, p)) = pools.iter().find(|(k, _)| *k == n) {
-        return Ok(Arc::clone(p));
-    }
-    let p = ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("fastattn-{i}"))
-        .build()
-        .map_err(|e| PyRuntimeError::new_err(format!("could not start {n} threads: {e}")))?;
-    // Start every thread now, not during the first call that uses them.
-    p.broadcast(|_| ());
-    let p = Arc::new(p);
-    pools.push((n, Arc::clone(&p)));
-    Ok(p)
+    /// The library's default count (one per CPU, or `RAYON_NUM_THREADS`).
+    Default,
+    /// This many threads, the caller's included (1: the calling thread only).
+    Count(usize),
 }
 
 impl Threads {
-    /// `n` threads.
+    /// `n` threads (0 counts as 1).
     pub(crate) fn of(n: usize) -> PyResult<Threads> {
-        Ok(match n {
-            0 | 1 => Threads::Sequential,
-            n => Threads::Pool(pool(n)?),
-        })
+        Ok(Threads::Count(n.max(1)))
     }
 
     /// The threads of a call on torch tensors: `torch.get_num_threads()`.
@@ -65,25 +40,25 @@ impl Threads {
 
     /// The threads of a call on numpy arrays: `fastattn.set_num_threads`.
     pub(crate) fn numpy() -> PyResult<Threads> {
-        match *CONFIGURED.lock().unwrap_or_else(PoisonError::into_inner) {
-            None => Ok(Threads::Global),
-            Some(n) => Threads::of(n),
-        }
+        Ok(match CONFIGURED.load(Ordering::Relaxed) {
+            0 => Threads::Default,
+            n => Threads::Count(n),
+        })
     }
 
     /// The library's parallelism option for these threads.
     pub(crate) fn parallelism(&self) -> Parallelism {
         match self {
-            Threads::Sequential => Parallelism::Sequential,
+            Threads::Count(1) => Parallelism::Sequential,
             _ => Parallelism::Rayon,
         }
     }
 
-    /// Runs `f` on the calling thread with these threads as its helpers.
+    /// Runs `f` on the calling thread with these threads as its thread count.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         match self {
-            Threads::Pool(p) => kernels::parallel::with_pool(p, f),
-            _ => f(),
+            Threads::Count(n) => kernels::parallel::with_threads(*n, f),
+            Threads::Default => f(),
         }
     }
 }
@@ -94,17 +69,38 @@ pub(crate) fn set_num_threads(n: i64) -> PyResult<()> {
         .ok()
         .filter(|&n| n >= 1)
         .ok_or_else(|| PyValueError::new_err(format!("set_num_threads: need n >= 1, got {n}")))?;
-    if n > 1 {
-        pool(n)?;
-    }
-    *CONFIGURED.lock().unwrap_or_else(PoisonError::into_inner) = Some(n);
+    CONFIGURED.store(n, Ordering::Relaxed);
     Ok(())
 }
 
 /// `fastattn.get_num_threads()`.
 pub(crate) fn get_num_threads() -> usize {
-    CONFIGURED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .unwrap_or_else(rayon::current_num_threads)
+    match CONFIGURED.load(Ordering::Relaxed) {
+        0 => kernels::parallel::current_threads(),
+        n => n,
+    }
+}
+
+/// `fastattn.set_blocktime(ms)`: milliseconds (a negative value or `inf`: never sleep).
+pub(crate) fn set_blocktime(ms: f64) -> PyResult<()> {
+    if ms.is_nan() {
+        return Err(PyValueError::new_err(
+            "set_blocktime: need a number of ms, got nan",
+        ));
+    }
+    let d = if ms < 0.0 || ms.is_infinite() {
+        Duration::MAX
+    } else {
+        Duration::from_secs_f64(ms / 1e3)
+    };
+    kernels::parallel::set_blocktime(d);
+    Ok(())
+}
+
+/// `fastattn.get_blocktime()`: milliseconds (`inf`: never sleeps).
+pub(crate) fn get_blocktime() -> f64 {
+    match kernels::parallel::blocktime() {
+        Duration::MAX => f64::INFINITY,
+        d => d.as_secs_f64() * 1e3,
+    }
 }

@@ -56,7 +56,11 @@ pub(super) fn run(
             .iter()
             .fold(4usize, |a, &x| a.saturating_mul(x));
         match p.par {
-            Parallelism::Rayon if work >= 1 << 20 => kernels::parallel::current_threads(),
+            Parallelism::Rayon => crate::gates::BACKWARD_GATE.threads(
+                p.isa,
+                work as f64,
+                kernels::parallel::current_threads(),
+            ),
             _ => 1,
         }
     };
@@ -87,36 +91,42 @@ pub(super) fn run(
     let part_len = (group * p.lq * p.d).max(1);
     let tasks = p.b * p.hkv * chunks;
     let mut parts = vec![0.0f32; tasks * part_len];
-    kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, part_len, |t, part| {
-        let (bh, c) = (t / chunks, t % chunks);
-        let (b, kvh) = (bh / p.hkv, bh % p.hkv);
-        let (j_lo, j_hi) = (c * chunk_len, ((c + 1) * chunk_len).min(p.lk));
-        with_ws(|ws| {
-            inputs.chunk(ws, b, kvh, j_lo, j_hi, part, |j0, kb, dk, dv| {
-                for r in 0..kb {
-                    let j = j0 + r;
-                    // SAFETY: rows (b, kvh, j) of dK and dV are inside their views, and
-                    // this task owns the rows of its key chunk.
-                    unsafe {
-                        write_row(
-                            dk_p,
-                            b * dks[0] + kvh * dks[1] + j * dks[2],
-                            dks[3],
-                            &dk[r * p.d..(r + 1) * p.d],
-                            p.scale,
-                        );
-                        write_row(
-                            dv_p,
-                            b * dvs[0] + kvh * dvs[1] + j * dvs[2],
-                            dvs[3],
-                            &dv[r * p.dv..(r + 1) * p.dv],
-                            1.0,
-                        );
+    let units = [p.b, p.hq, p.lq, p.lk, p.d + p.dv]
+        .iter()
+        .fold(4usize, |a, &x| a.saturating_mul(x)) as f64;
+    let gated = crate::gates::BACKWARD_GATE.run(p.isa, units, threads, || {
+        kernels::parallel::try_for_each_chunk_mut(threads, &mut parts, part_len, |t, part| {
+            let (bh, c) = (t / chunks, t % chunks);
+            let (b, kvh) = (bh / p.hkv, bh % p.hkv);
+            let (j_lo, j_hi) = (c * chunk_len, ((c + 1) * chunk_len).min(p.lk));
+            with_ws(|ws| {
+                inputs.chunk(ws, b, kvh, j_lo, j_hi, part, |j0, kb, dk, dv| {
+                    for r in 0..kb {
+                        let j = j0 + r;
+                        // SAFETY: rows (b, kvh, j) of dK and dV are inside their views, and
+                        // this task owns the rows of its key chunk.
+                        unsafe {
+                            write_row(
+                                dk_p,
+                                b * dks[0] + kvh * dks[1] + j * dks[2],
+                                dks[3],
+                                &dk[r * p.d..(r + 1) * p.d],
+                                p.scale,
+                            );
+                            write_row(
+                                dv_p,
+                                b * dvs[0] + kvh * dvs[1] + j * dvs[2],
+                                dvs[3],
+                                &dv[r * p.dv..(r + 1) * p.dv],
+                                1.0,
+                            );
+                        }
                     }
-                }
+                })
             })
         })
-    })?;
+    });
+    gated?;
     // dQ = scale · Σ_c part_c, in chunk order.
     let mut row = vec![0.0f32; p.d];
     for b in 0..p.b {

@@ -432,6 +432,15 @@ static void test_sdpa(void) {
     rc = fa_sdpa(&q, &k, &v, &out2, &o2);
     err = max_abs_diff(again, want, B * HQ * LQ * DV);
     CHECK(rc == FA_OK && err < 1e-5, "fa_sdpa on 2 threads: max error %g", err);
+    /* Helpers that sleep at once, and helpers that never sleep: the same results. */
+    int64_t blocktime = fa_blocktime_us();
+    CHECK(blocktime >= -1, "fa_blocktime_us() = %lld", (long long)blocktime);
+    CHECK(fa_set_blocktime_us(0) == FA_OK && fa_blocktime_us() == 0, "fa_set_blocktime_us(0)");
+    rc = fa_sdpa(&q, &k, &v, &out2, &o2);
+    err = max_abs_diff(again, want, B * HQ * LQ * DV);
+    CHECK(rc == FA_OK && err < 1e-5, "fa_sdpa with sleeping helpers: max error %g", err);
+    CHECK(fa_set_blocktime_us(-5) == FA_OK && fa_blocktime_us() == -1, "infinite blocktime");
+    CHECK(fa_set_blocktime_us(blocktime) == FA_OK, "blocktime restored");
     CHECK(fa_set_num_threads(0) == FA_OK, "fa_set_num_threads(0)");
     CHECK(fa_set_variant("scalar") == FA_OK, "fa_set_variant(scalar)");
     CHECK(strcmp(fa_variant_name(), "scalar") == 0, "fa_variant_name after forcing scalar");

@@ -12,19 +12,16 @@ use crate::dispatch::Isa;
 use crate::dtype::{DType, Element};
 use crate::parallel::{team, Claims, Parallelism, SyncPtr};
 
-/// Problems with fewer floating-point operations (`2·m·n·k`) than this run on the calling
-/// thread.
+/// When a call is split: its estimated one-thread time, from the flops times a learned cost
+/// per flop (`parallel::SplitGate`), must reach `parallel::gate::MIN_SPLIT`. The prior,
+/// 0.01 ns per flop (100 GFLOP/s), is about what one AVX-512 core reaches on the small
+/// shapes that sit near the threshold.
 ///
-/// A split pays when the pool's workers are awake (calls back to back, as in a model's
-/// forward pass) and costs a worker's wake-up (tens of microseconds on a virtual machine)
-/// when they sleep. Measured on a 2-core Zen 4 VM (avx512 kernel, interleaved runs,
-/// medians, GFLOP/s, two threads against one): back to back, 64×256×64 (2 Mflop) 178
-/// against 109, 96³ 148 against 109, 64³ 118 against 104; with 1 ms of sleep between calls
-/// the split loses at every size up to 128³ (64³: 19 against 93, 64×256×64 47 against 89,
-/// 128³ 52 against 90). The bar sits at 2 Mflop, so the per-head shapes of attention
-/// (64×64×256, 64×256×64) are split and the smallest ones, which gain least and lose most,
-/// are not.
-pub const PAR_MIN_FLOPS: usize = 1 << 21;
+/// History: with rayon's pool as helpers, a split call waited for a sleeping worker to
+/// wake, and a fixed 2 Mflop bar (`PAR_MIN_FLOPS`) kept the smallest shapes on one thread;
+/// at n = 128 two threads still took 1.35× the one-thread time. Helpers no longer hold up
+/// a call, and the bar is measured per machine.
+pub static GEMM_GATE: crate::parallel::SplitGate = crate::parallel::SplitGate::new(0.01);
 
 /// Most B panels in one `NC` block (NC ≤ 4080 columns, NR ≥ 4).
 const MAX_PANELS: usize = 1024;
@@ -87,14 +84,16 @@ pub(crate) unsafe fn gemm_unchecked<TA: Element, TB: Element>(
         return;
     }
     let d = Driver::new(isa, par, a_read, p);
-    let nc = d.nc;
-    for jc in (0..n).step_by(nc) {
-        let ncb = nc.min(n - jc);
-        for pc in (0..k).step_by(d.kc) {
-            // SAFETY: forwarded contract; the block lies inside the product.
-            unsafe { d.depth_block(jc, ncb, pc) };
+    GEMM_GATE.run(isa, d.flops, d.threads, || {
+        let nc = d.nc;
+        for jc in (0..n).step_by(nc) {
+            let ncb = nc.min(n - jc);
+            for pc in (0..k).step_by(d.kc) {
+                // SAFETY: forwarded contract; the block lies inside the product.
+                unsafe { d.depth_block(jc, ncb, pc) };
+            }
         }
-    }
+    });
 }
 
 /// What every task of one call shares: the operands and the blocking.
@@ -105,6 +104,8 @@ struct Driver<TA, TB> {
     nr: usize,
     p: GemmParams<TA, TB>,
     threads: usize,
+    /// `2·m·n·k`, the work the split decision weighs.
+    flops: f64,
     /// Groups of MR rows of C, dealt out to `n_ic` row blocks.
     groups: usize,
     n_ic: usize,
@@ -151,8 +152,9 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
         let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
         let threads = match par {
             Parallelism::Sequential => 1,
-            Parallelism::Rayon if flops < PAR_MIN_FLOPS => 1,
-            Parallelism::Rayon => crate::parallel::current_threads(),
+            Parallelism::Rayon => {
+                GEMM_GATE.threads(isa, flops as f64, crate::parallel::current_threads())
+            }
         };
         // Row blocks of equal size (a multiple of MR), so no worker gets a sliver; with
         // several threads, at least two blocks per thread where each keeps at least 4·MR
@@ -201,6 +203,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
             nr,
             p,
             threads,
+            flops: flops as f64,
             groups,
             n_ic,
             kc,
@@ -289,7 +292,7 @@ impl<TA: Element, TB: Element> Driver<TA, TB> {
                 })
             };
             // Leaf tasks: a tile waits for nothing but another tile's B packing.
-            team(threads, ntasks, true, |t| {
+            team(threads, ntasks, |t| {
                 // SAFETY: each task owns its (row block, panel share) of C; the caller's
                 // contract covers the block.
                 unsafe { self.task(&blk, t, &ready) }

@@ -22,11 +22,11 @@
 //! Only independent blocks of C are split across rayon tasks (`MC` row blocks, and groups of
 //! `NR` panels when there are too few row blocks), never the `k` loop, so every element of
 //! C is computed by the same sequence of operations whatever the thread count: results are
-//! bit-for-bit identical at 1, 2 or 16 threads. Work goes to the rayon pool the call is made
-//! in (so `RAYON_NUM_THREADS` and `ThreadPool::install` apply); problems under
-//! [`PAR_MIN_FLOPS`] stay on the calling thread.
+//! bit-for-bit identical at 1, 2 or 16 threads. A call uses up to
+//! [`parallel::current_threads`](crate::parallel::current_threads) threads; problems whose
+//! estimated one-thread time is short ([`GEMM_GATE`]) stay on the calling thread.
 //!
-//! The calling thread takes part: it and `threads − 1` jobs spawned into the pool claim
+//! The calling thread takes part: it and up to `threads − 1` helper threads claim
 //! (row block, panel group) tasks from a shared counter, and each group of B panels is
 //! packed by the first task that needs it (tasks running at the same time start at
 //! different panels, so they pack different groups), with no barrier between packing and
@@ -55,5 +55,5 @@ pub use api::{
     block_sizes, gemm, gemm_ptr_with, gemm_with, gemm_with_a_read, microkernel_name,
     microkernel_seconds, sgemm, sgemm_with, tile_of, ARead, BLOCKS_ENV_VAR,
 };
-pub use driver::PAR_MIN_FLOPS;
+pub use driver::GEMM_GATE;
 pub use view::{MatMut, MatRef};

@@ -16,7 +16,9 @@ read and written in place; results come back in the query's kind.
   ``reshape_and_cache``).
 * :func:`attention_weights`: the attention matrix ``[..., H, Lq, Lk]`` and its LSE.
 * :func:`set_num_threads` / :func:`get_num_threads`: threads of calls on numpy arrays
-  (calls on torch tensors use ``torch.get_num_threads()``).
+  (calls on torch tensors use ``torch.get_num_threads()``, read at each call).
+* :func:`set_blocktime` / :func:`get_blocktime`: how long idle helper threads stay awake
+  (yielding their CPU) between calls.
 * Autograd: on torch tensors that require grad, :func:`scaled_dot_product_attention`
   and :func:`flash_attn_func` are differentiable (the library's backward pass; gradients
   in the inputs' dtypes and shapes, summed over broadcast dimensions). Masks and ALiBi
@@ -42,9 +44,11 @@ from ._fastattn import __version__
 from ._functions import (
     attention_weights,
     flash_attn_func,
+    get_blocktime,
     get_num_threads,
     kernel_variant,
     scaled_dot_product_attention,
+    set_blocktime,
     set_num_threads,
 )
 from ._serving import flash_attn_varlen_func, flash_attn_with_kvcache, paged_kv_write
@@ -55,9 +59,11 @@ __all__ = [
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
+    "get_blocktime",
     "get_num_threads",
     "kernel_variant",
     "paged_kv_write",
     "scaled_dot_product_attention",
+    "set_blocktime",
     "set_num_threads",
 ]

@@ -286,6 +286,20 @@ def get_num_threads():
     return _fastattn.get_num_threads()
 
 
+def set_blocktime(ms):
+    """Sets how long fastattn's idle helper threads keep looking for work after a call,
+    yielding their CPU to any other runnable thread (torch's, OpenBLAS's), before they
+    sleep: milliseconds, like OpenMP's ``KMP_BLOCKTIME`` (a negative value or ``inf``:
+    never sleep). A call that comes later than that wakes them and does not wait for them.
+    The default is ``FASTATTN_BLOCKTIME`` (ms) if set, else 20 ms."""
+    _fastattn.set_blocktime(float(ms))
+
+
+def get_blocktime():
+    """The helper threads' blocktime in milliseconds (``inf``: they never sleep)."""
+    return _fastattn.get_blocktime()
+
+
 def kernel_variant():
     """The name of the kernel variant in use (``avx2``, ``avx512``, ``neon``, ...)."""
     return _fastattn.kernel_variant()
