@@ -10,6 +10,9 @@
 //! - `1t`: the same, on the calling thread alone (`Parallelism::Sequential`);
 //! - `gap1`, `gap10`, `gap50`: one call, an idle gap of 1, 10 or 50 ms (`thread::sleep`),
 //!   then the timed call;
+//! - `1t-gap1`, `1t-gap10`, `1t-gap50`: the same on the calling thread alone, the part of
+//!   a gap's cost that no thread team causes (cold caches, idle CPU states): compare a
+//!   `gapN` row's `×1t` with its `1t-gapN` row's;
 //! - `after-pool`: right after a parallel region of another thread pool in this process
 //!   ([`SpinTeam`]: `threads` threads compute for [`POOL_WORK`], then the workers spin
 //!   [`SPIN_COUNT`] `PAUSE`s, libgomp's default, before they sleep);
@@ -36,7 +39,7 @@
 //! count is its size, else inside `kernels::parallel::with_pool` with a pool of that size.
 //!
 //! It runs only when `--filter` names it (`latency`, or case ids such as
-//! `latency/gemm-*`): a quick run takes about a minute. It writes `latency.json` (the
+//! `latency/gemm-*`): a quick run takes about 35 s on a 2-vCPU VM. It writes `latency.json` (the
 //! rows of the table) to the output directory.
 
 mod cases;
@@ -230,9 +233,14 @@ fn round(
         std::thread::sleep(SETTLE);
     }
     for g in GAPS_MS {
-        run(Parallelism::Rayon);
-        std::thread::sleep(Duration::from_millis(u64::from(g)));
-        s.push(Cond::Gap(g), timed(&mut || run(Parallelism::Rayon)));
+        for (cond, par) in [
+            (Cond::Gap(g), Parallelism::Rayon),
+            (Cond::OneThreadGap(g), Parallelism::Sequential),
+        ] {
+            run(par);
+            std::thread::sleep(Duration::from_millis(u64::from(g)));
+            s.push(cond, timed(&mut || run(par)));
+        }
     }
     if let Some(peer) = torch.as_mut() {
         if let Err(e) = torch_round(peer, &live.case.torch, threads, s) {
@@ -427,7 +435,18 @@ mod tests {
         let pool = Arc::new(crate::thread_pool(2).unwrap());
         round(&mut live, Some(&pool), &team, &mut None, 2);
         let conds: Vec<String> = live.samples.ours.keys().map(|c| c.name()).collect();
-        assert_eq!(conds, ["b2b", "1t", "gap1", "gap10", "gap50", "after-pool"]);
+        let want = [
+            "b2b",
+            "1t",
+            "gap1",
+            "gap10",
+            "gap50",
+            "1t-gap1",
+            "1t-gap10",
+            "1t-gap50",
+            "after-pool",
+        ];
+        assert_eq!(conds, want);
         assert!(live
             .samples
             .ours

@@ -30,6 +30,9 @@ pub enum Cond {
     OneThread,
     /// After an idle gap of this many milliseconds (`thread::sleep`).
     Gap(u32),
+    /// After the same gap on the calling thread alone: what the gap costs without any
+    /// thread team (cold caches, idle CPU states), the reference for [`Cond::Gap`].
+    OneThreadGap(u32),
     /// Right after another thread pool's parallel work in this process (an OpenMP-like
     /// team that computes, then spins before it sleeps).
     AfterPool,
@@ -49,6 +52,7 @@ impl Cond {
             Cond::B2b => "b2b".into(),
             Cond::OneThread => "1t".into(),
             Cond::Gap(ms) => format!("gap{ms}"),
+            Cond::OneThreadGap(ms) => format!("1t-gap{ms}"),
             Cond::AfterPool => "after-pool".into(),
             Cond::AfterTorch => "after-torch".into(),
         }
@@ -61,7 +65,7 @@ impl Cond {
     pub fn targets(self) -> (Option<f64>, Option<f64>) {
         match self {
             Cond::B2b => (None, Some(1.0)),
-            Cond::OneThread => (None, None),
+            Cond::OneThread | Cond::OneThreadGap(_) => (None, None),
             Cond::Gap(ms) if ms <= SHORT_GAP_MS => {
                 (Some(MAX_SHORT_GAP_VS_B2B), Some(MAX_VS_ONE_THREAD))
             }
@@ -277,10 +281,14 @@ fn targets_of(name: &str) -> (Option<f64>, Option<f64>) {
         "1t" => Cond::OneThread,
         "after-pool" => Cond::AfterPool,
         "after-torch" => Cond::AfterTorch,
-        g => match g.strip_prefix("gap").and_then(|ms| ms.parse().ok()) {
-            Some(ms) => Cond::Gap(ms),
-            None => return (None, None),
-        },
+        g => {
+            let ms = |p: &str| g.strip_prefix(p).and_then(|ms| ms.parse().ok());
+            match (ms("gap"), ms("1t-gap")) {
+                (Some(ms), _) => Cond::Gap(ms),
+                (_, Some(ms)) => Cond::OneThreadGap(ms),
+                _ => return (None, None),
+            }
+        }
     };
     cond.targets()
 }
@@ -321,6 +329,7 @@ mod tests {
     #[test]
     fn conditions_sort_in_table_order_and_have_names() {
         let mut v = vec![
+            Cond::OneThreadGap(10),
             Cond::AfterTorch,
             Cond::Gap(50),
             Cond::AfterPool,
@@ -339,6 +348,7 @@ mod tests {
                 "gap1",
                 "gap10",
                 "gap50",
+                "1t-gap10",
                 "after-pool",
                 "after-torch"
             ]
@@ -349,6 +359,7 @@ mod tests {
         assert_eq!(targets_of("gap10"), (Some(1.15), Some(1.05)));
         assert_eq!(targets_of("gap50"), (None, Some(1.05)));
         assert_eq!(targets_of("1t"), (None, None));
+        assert_eq!(targets_of("1t-gap50"), (None, None));
         assert_eq!(targets_of("nonsense"), (None, None));
     }
 
