@@ -15,6 +15,13 @@ on stdin, so the runner can time torch in the same rotation as its own implement
     sdpa_train HQ HKV LQ LK D CAUSAL -> ok           f32 SDPA forward + backward
     run CALLS                       -> time SECONDS  CALLS back-to-back calls of the last
                                                      mm/sdpa, timed here (perf_counter)
+    latency GAP_MS CALLS            -> time SECONDS  one untimed call of the last op, then
+                                                     CALLS times: sleep GAP_MS (0: none) and
+                                                     time one call; answers the median call
+    busy N                          -> ok            one torch.mm of two N x N f32 matrices
+                                                     (a parallel op; leaves the last op be)
+    keep N                          -> ok            keep up to N prepared ops (default 0:
+                                                     a new op drops the others' inputs)
 
 Inputs are built once per distinct mm/sdpa line and kept: a case whose rotation holds two
 torch rows (f32 and bf16) switches between them without rebuilding anything.
@@ -23,9 +30,10 @@ torch rows (f32 and bf16) switches between them without rebuilding anything.
 A failure answers `err <message>` on one line. The first line it writes is
 `ok torch <version>`, or `err <message>` (and it exits) when torch cannot be imported.
 
-The runner starts it with OMP_WAIT_POLICY=PASSIVE: OpenMP worker threads then sleep
+The throughput runner starts it with OMP_WAIT_POLICY=PASSIVE: OpenMP worker threads then sleep
 between parallel regions instead of spinning, so they do not take CPU from the samples of
-the other implementations that run between torch's samples.
+the other implementations that run between torch's samples. The latency suite starts it
+without (its OpenMP threads spin after an op, as in a real program).
 """
 
 import sys
@@ -84,8 +92,15 @@ def grad_fn(gen, hq, hkv, lq, lk, d, causal, train):
     return f
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 fn = None
 prepared = {}
+keep = 0
+busy_inputs = {}
 for line in sys.stdin:
     parts = line.split()
     if not parts:
@@ -96,7 +111,7 @@ for line in sys.stdin:
         fn = prepared[key]
         reply("ok")
         continue
-    if cmd in OPS:
+    if cmd in OPS and len(prepared) >= keep:
         prepared.clear()  # a new case: drop the previous case's inputs
     try:
         if cmd == "threads":
@@ -158,6 +173,31 @@ for line in sys.stdin:
             for _ in range(calls):
                 fn()
             reply("time %r" % (time.perf_counter() - t0))
+        elif cmd == "latency":
+            if fn is None:
+                raise RuntimeError("latency before a successful mm/sdpa")
+            gap, calls = float(args[0]) / 1e3, int(args[1])
+            fn()
+            times = []
+            for _ in range(calls):
+                if gap > 0:
+                    time.sleep(gap)
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            reply("time %r" % median(times))
+        elif cmd == "busy":
+            n = int(args[0])
+            if n not in busy_inputs:
+                gen = torch.Generator().manual_seed(3)
+                busy_inputs.clear()
+                busy_inputs[n] = (uniform(gen, n, n), uniform(gen, n, n), torch.empty(n, n))
+            a, b, c = busy_inputs[n]
+            torch.mm(a, b, out=c)
+            reply("ok")
+        elif cmd == "keep":
+            keep = int(args[0])
+            reply("ok")
         elif cmd == "quit":
             break
         else:

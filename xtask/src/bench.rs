@@ -21,6 +21,10 @@
 //! 4. streams the table to stdout (a progress bar on stderr) and writes `report.json`,
 //!    `report.csv` and `gemm.svg` under `target/bench/` (and with `--markdown` the README's
 //!    table); `--compare OLD.json` then prints the change per case.
+//!
+//! The `latency` suite ([`crate::latency`]: one call timed at a time, after idle gaps and
+//! after other pools' work) runs apart from this, before it, and only when `--filter`
+//! names it (`--filter latency`).
 
 use crate::case::{Case, Impl};
 use crate::compare;
@@ -29,7 +33,7 @@ use crate::plan::{available_names, BenchArgs, Plan};
 use crate::report::{self, Drift, Report, RunInfo, TorchInfo};
 use crate::runner::{reference_gflops, run_plan};
 use crate::torch::TorchPeer;
-use crate::{chart, markdown, peak, suites, Result};
+use crate::{chart, latency, markdown, peak, suites, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,6 +49,10 @@ fn print_list(cases: &[Case]) {
     println!("peers: {}", PEERS.join(", "));
     let names: Vec<&str> = suites::suites().iter().map(|s| s.name).collect();
     println!("suites: {}", names.join(", "));
+    println!("latency cases (only when --filter names them):");
+    for c in latency::latency_cases() {
+        println!("  {:<24} {}", c.id(), c.shape);
+    }
 }
 
 /// Starts the torch peer when the plan wants it: `(peer, info)`; prints one line either
@@ -98,6 +106,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         print_list(&cases);
         return Ok(());
     }
+    let run_info = RunInfo {
+        date_utc: markdown::utc_date(std::time::SystemTime::now()),
+        command: command_line(),
+    };
+    // The latency suite runs apart (one call at a time), first, when a filter names it.
+    let (latency_filters, rest) = latency::split_filters(&args.filter, &cases);
+    let throughput_args = BenchArgs {
+        filter: rest,
+        ..args.clone()
+    };
+    let args = &throughput_args;
+    if !latency_filters.is_empty() {
+        if args.filter.is_empty() {
+            return latency::run(args, &latency_filters, &run_info);
+        }
+        // Check the throughput run's arguments before spending the latency run's minute.
+        Plan::from_args(
+            args,
+            suites::suites().iter().flat_map(|s| (s.cases)()).collect(),
+        )?;
+        latency::run(args, &latency_filters, &run_info)?;
+        println!();
+    }
     let plan = Plan::from_args(args, cases)?;
     if !(args.threshold.is_finite() && args.threshold >= 0.0) {
         return Err(format!("--threshold {}: expected a percentage ≥ 0", args.threshold).into());
@@ -117,10 +148,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             PathBuf::from(p)
         }
     });
-    let run_info = RunInfo {
-        date_utc: markdown::utc_date(std::time::SystemTime::now()),
-        command: command_line(),
-    };
 
     let pools = plan
         .threads

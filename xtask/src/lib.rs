@@ -9,6 +9,7 @@
 //! cargo xtask bench --peers torch,matrixmultiply   # peers to run (all | none | names)
 //! cargo xtask bench --markdown README-table.md      # the README's table, with date and CPU
 //! cargo xtask bench --compare old.json
+//! cargo xtask bench --filter latency               # per-call latency after idle gaps (issue 34)
 //! cargo xtask compare old.json target/bench/report.json
 //! cargo xtask profile gemm --variant avx2 --shape 512x512x512 --seconds 5 [--perf|--callgrind]
 //! ```
@@ -23,7 +24,9 @@
 //!   [`report`] (JSON, CSV and the table), [`compare`] (`--compare`: two reports side by
 //!   side), [`peak`] (this machine's measured FMA peak and memory bandwidth), [`suites`]
 //!   (the registry of benchmark cases; add a suite there), [`plan`] (`bench`'s arguments
-//!   and what they select), [`runner`] (a case's rotation, turned into records);
+//!   and what they select), [`runner`] (a case's rotation, turned into records),
+//!   [`latency`] (the `latency` suite: one call at a time after idle gaps and other
+//!   pools' work, with its own runner and table);
 //! - output: [`markdown`] (the README's table), [`chart`] (the SVG chart);
 //! - the tasks: [`bench`](mod@bench) (`cargo xtask bench`), [`profile`] (one kernel in a
 //!   loop, optionally under `perf` or callgrind).
@@ -35,6 +38,7 @@ pub mod bench;
 pub mod case;
 pub mod chart;
 pub mod compare;
+pub mod latency;
 pub mod markdown;
 pub mod peak;
 pub mod peers;

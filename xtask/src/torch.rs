@@ -19,6 +19,9 @@
 //! between its samples and leave the cores to the members sampled next (on a 2-core host a
 //! spinning pool would otherwise slow every other implementation of the rotation). It costs
 //! torch a thread wake-up per parallel region, which matters only for the smallest shapes.
+//! The latency suite ([`crate::latency`]) starts its helper with [`TorchPeer::start_spinning`]
+//! instead: `OMP_WAIT_POLICY` as the environment has it (normally unset, so torch's
+//! threads spin a while after each op and then sleep, as in a real program).
 
 use crate::Result;
 use std::io::{BufRead, BufReader, Write};
@@ -190,16 +193,34 @@ impl TorchPeer {
     /// The python cannot be started, or torch cannot be imported (the message says why,
     /// e.g. `No module named 'torch'`).
     pub fn start(python: PathBuf) -> Result<TorchPeer> {
-        Self::start_with_env(python, &[])
+        Self::start_with_env(python, &[], true)
     }
 
-    /// [`TorchPeer::start`] with extra environment variables for the helper.
-    fn start_with_env(python: PathBuf, env: &[(&str, &std::path::Path)]) -> Result<TorchPeer> {
-        let mut child = Command::new(&python)
+    /// [`TorchPeer::start`] without setting `OMP_WAIT_POLICY` (the helper inherits this
+    /// process's value, normally none): torch's OpenMP threads keep the runtime's default,
+    /// spinning a while after each parallel op before they sleep.
+    ///
+    /// # Errors
+    /// As [`TorchPeer::start`].
+    pub fn start_spinning(python: PathBuf) -> Result<TorchPeer> {
+        Self::start_with_env(python, &[], false)
+    }
+
+    /// [`TorchPeer::start`] with extra environment variables for the helper, and
+    /// `OMP_WAIT_POLICY=PASSIVE` when `passive`.
+    fn start_with_env(
+        python: PathBuf,
+        env: &[(&str, &std::path::Path)],
+        passive: bool,
+    ) -> Result<TorchPeer> {
+        let mut cmd = Command::new(&python);
+        if passive {
+            cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+        }
+        let mut child = cmd
             .envs(env.iter().copied())
             .arg("-c")
             .arg(SCRIPT)
-            .env("OMP_WAIT_POLICY", "PASSIVE")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -290,9 +311,51 @@ impl TorchPeer {
         self.prepare(op)?;
         self.set_threads(threads)?;
         let t = self.request(&format!("run {calls}"))?;
-        t.parse::<f64>()
-            .map_err(|_| format!("the helper's time {t:?} is not a number").into())
+        parse_time(&t)
     }
+
+    /// torch's own latency of `op` at `threads` threads, timed in the helper: one untimed
+    /// call, then `calls` times an idle gap of `gap_ms` (0: none) and one timed call; the
+    /// median of those calls, in seconds.
+    ///
+    /// # Errors
+    /// The helper failed or answered something that is not a time.
+    pub fn latency(
+        &mut self,
+        op: &TorchOp,
+        threads: usize,
+        gap_ms: u32,
+        calls: u32,
+    ) -> Result<f64> {
+        self.prepare(op)?;
+        self.set_threads(threads)?;
+        let t = self.request(&format!("latency {gap_ms} {calls}"))?;
+        parse_time(&t)
+    }
+
+    /// One `torch.mm` of two `n×n` f32 matrices at `threads` threads (torch's parallel
+    /// work), returning when it is done.
+    ///
+    /// # Errors
+    /// The helper failed.
+    pub fn busy(&mut self, n: usize, threads: usize) -> Result<()> {
+        self.set_threads(threads)?;
+        self.request(&format!("busy {n}")).map(|_| ())
+    }
+
+    /// Keeps the inputs of up to `ops` prepared ops in the helper (instead of dropping
+    /// them at every new op), so switching between a few cases rebuilds nothing.
+    ///
+    /// # Errors
+    /// The helper failed.
+    pub fn keep(&mut self, ops: usize) -> Result<()> {
+        self.request(&format!("keep {ops}")).map(|_| ())
+    }
+}
+
+fn parse_time(t: &str) -> Result<f64> {
+    t.parse::<f64>()
+        .map_err(|_| format!("the helper's time {t:?} is not a number").into())
 }
 
 impl Drop for TorchPeer {
@@ -381,7 +444,7 @@ mod tests {
             return;
         }
         // The script puts nothing before the import, so PYTHONPATH wins over a real torch.
-        let r = TorchPeer::start_with_env(PathBuf::from("python3"), &[("PYTHONPATH", &dir)]);
+        let r = TorchPeer::start_with_env(PathBuf::from("python3"), &[("PYTHONPATH", &dir)], true);
         let err = r.err().expect("the fake torch fails").to_string();
         assert!(err.contains("No module named 'torch'"), "{err}");
         assert!(!err.contains('\n'), "{err}");
@@ -423,6 +486,10 @@ mod tests {
             };
             assert!(peer.sample(&op, 1, 2).unwrap() > 0.0);
         }
+        assert!(peer.latency(&mm, 1, 0, 3).unwrap() > 0.0);
+        assert!(peer.latency(&mm, 2, 1, 1).unwrap() > 0.0);
+        peer.busy(16, 2).unwrap();
+        peer.keep(4).unwrap();
         // A refused command leaves the helper usable.
         assert!(peer.request("bogus").is_err());
         assert!(peer.sample(&mm, 1, 1).unwrap() > 0.0);

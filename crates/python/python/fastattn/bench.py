@@ -14,24 +14,33 @@ checks, output allocation, GIL release) and through the Rust call alone
 D = 64); the median and the minimum of the samples (the minimum is the least disturbed by
 other work on the machine).
 
+``--latency`` times one call at a time, back to back, after idle gaps of 1, 10 and 50 ms
+and right after a parallel torch op, against the back-to-back and the one-thread time
+(``fastattn.bench_latency``).
+
 ``--serving`` times transformers' continuous batching (``generate_batch``) with
 ``"sdpa"`` against ``fastattn.transformers.use`` on a random-weight Llama-shaped model
 (``fastattn.bench_serving``).
 
 Threads: ``torch.set_num_threads(--threads)`` (default: torch's current count); fastattn
 follows torch's count on torch tensors. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``, as in
-the Rust bench, so torch's idle OpenMP threads do not spin during fastattn's samples.
+the Rust bench, so torch's idle OpenMP threads do not spin during fastattn's samples;
+except with ``--latency``, which measures what a real program sees and so leaves the
+policy to the environment.
 """
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
 # As the Rust bench's torch peer: torch's OpenMP threads sleep between its samples instead
 # of spinning, so they do not take the cores from the fastattn samples that follow (read
-# when torch loads, so only effective if torch is not imported yet).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# when torch loads, so only effective if torch is not imported yet). Not for --latency,
+# which measures the runtime's default, as a real program has it.
+if "--latency" not in sys.argv[1:]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -156,22 +165,31 @@ def overhead(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastattn.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds per row (default 7)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating rounds per row (default 7; 5 with --serving, 11 with --latency)",
+    )
     p.add_argument("--min-ms", type=float, default=100.0, help="length of one sample in ms (default 100)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="element type (default f32)")
     p.add_argument("--rows", nargs="*", help="only these rows, e.g. 8x8x2048x2048x64c")
     p.add_argument("--overhead", action="store_true", help="measure the binding's per-call overhead")
-    from fastattn import bench_serving
+    from fastattn import bench_latency, bench_serving
 
     bench_serving.add_arguments(p)
+    bench_latency.add_arguments(p)
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 5 if args.serving else 11 if args.latency else 7
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if args.serving:
-        args.rounds = min(args.rounds, 5) if args.rounds == 7 else args.rounds
         bench_serving.run(args)
+    elif args.latency:
+        bench_latency.run(args)
     elif args.overhead:
         overhead(args)
     else:
