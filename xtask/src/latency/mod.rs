@@ -35,8 +35,8 @@
 //! Lk = 4096 (Hq = 32, Hkv = 8, D = 128), f32, through the public `sdpa_into`.
 //!
 //! **Threads**: every `--threads` count above 1 (default `1,all`, so the machine's). The
-//! call is made from the main thread, as a user makes it: on rayon's global pool when the
-//! count is its size, else inside `kernels::parallel::with_pool` with a pool of that size.
+//! call is made from the main thread, as a user makes it, inside
+//! `kernels::parallel::with_threads` with that count.
 //!
 //! It runs only when `--filter` names it (`latency`, or case ids such as
 //! `latency/gemm-*`): a quick run takes about 35 s on a 2-vCPU VM. It writes `latency.json` (the
@@ -64,7 +64,6 @@ use crate::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kernels::Parallelism;
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The suite's name: the `--filter` word.
@@ -196,18 +195,9 @@ fn torch_round(
 }
 
 /// One round of one case at `threads`: every condition once (see the module docs).
-fn round(
-    live: &mut Live,
-    pool: Option<&Arc<rayon::ThreadPool>>,
-    team: &SpinTeam,
-    torch: &mut Option<TorchPeer>,
-    threads: usize,
-) {
+fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, threads: usize) {
     let call = &mut live.call;
-    let mut run = |par: Parallelism| match pool {
-        Some(p) => kernels::parallel::with_pool(p, || call(par)),
-        None => call(par),
-    };
+    let mut run = |par: Parallelism| kernels::parallel::with_threads(threads, || call(par));
     let s = &mut live.samples;
     for (cond, par) in [
         (Cond::B2b, Parallelism::Rayon),
@@ -327,27 +317,19 @@ pub fn run(args: &BenchArgs, filters: &[String], run_info: &RunInfo) -> Result<(
     let mut rows = Vec::new();
     println!("{}", table_header());
     for &t in &threads {
-        let pool = if t == rayon::current_num_threads() {
-            None
-        } else {
-            Some(Arc::new(crate::thread_pool(t)?))
-        };
         let team = SpinTeam::new(t);
         for l in live.iter_mut() {
             l.samples = Samples::default();
             for par in [Parallelism::Rayon, Parallelism::Sequential] {
                 for _ in 0..2 {
-                    match pool.as_ref() {
-                        Some(p) => kernels::parallel::with_pool(p, || (l.call)(par)),
-                        None => (l.call)(par),
-                    }
+                    kernels::parallel::with_threads(t, || (l.call)(par));
                 }
             }
         }
         for r in 0..rounds {
             progress.set_message(format!("{t} threads, round {}/{rounds}", r + 1));
             for l in live.iter_mut() {
-                round(l, pool.as_ref(), &team, &mut torch, t);
+                round(l, &team, &mut torch, t);
                 progress.inc(1);
             }
         }
@@ -432,8 +414,7 @@ mod tests {
             samples: Samples::default(),
         };
         let team = SpinTeam::new(2);
-        let pool = Arc::new(crate::thread_pool(2).unwrap());
-        round(&mut live, Some(&pool), &team, &mut None, 2);
+        round(&mut live, &team, &mut None, 2);
         let conds: Vec<String> = live.samples.ours.keys().map(|c| c.name()).collect();
         let want = [
             "b2b",
