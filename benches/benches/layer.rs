@@ -7,7 +7,7 @@
 //!   `cold` (caches flushed before each call, the fair comparison for this memory-bound
 //!   step; see the comment in `decode`).
 //!
-//! All threads of the global rayon pool; the parts use the same calls the layer makes. The
+//! The default thread count (rayon's pool size); the parts use the same calls the layer makes. The
 //! prefill group also times the fused QKV product with the blocked GEMM on the unpacked
 //! weight (`qkv_gemm_blocked`) to compare with the packed-once weight.
 

@@ -95,7 +95,8 @@ pub struct SdpaOptions<'a> {
     pub path: AttnPath,
     /// Force a kernel variant; `None` uses [`kernels::current_isa`].
     pub isa: Option<Isa>,
-    /// Threads: the current rayon pool (default) or the calling thread only.
+    /// Threads: the current thread count (default; `kernels::parallel::current_threads`) or
+    /// the calling thread only.
     pub parallelism: Parallelism,
 }
 

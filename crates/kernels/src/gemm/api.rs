@@ -57,7 +57,8 @@ pub fn block_sizes(isa: Isa) -> BlockSizes {
 /// Drop-in for `matrixmultiply::sgemm`: `C ← alpha·A·B + beta·C` for an `m × k` A, a
 /// `k × n` B and an `m × n` C given by pointers and element strides (row stride `rs*`,
 /// column stride `cs*`; transposes are expressed by swapping strides; any sign allowed).
-/// Uses the current variant ([`current_isa`]) and the current rayon pool.
+/// Uses the current variant ([`current_isa`]) and the current thread count
+/// ([`parallel::current_threads`](crate::parallel::current_threads)).
 ///
 /// `beta == 0` overwrites C without reading it; `m`, `n` or `k` may be 0; elements of C
 /// outside the view are not touched.

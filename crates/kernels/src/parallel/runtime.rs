@@ -220,9 +220,12 @@ fn ensure_workers(n: usize) {
     }
 }
 
+/// Rounds of [`backoff`] that spin before it yields.
+const SPIN_ROUNDS: u32 = 1 << 8;
+
 /// Waits for a short moment: spin first, then yield the CPU to any runnable thread.
 pub(super) fn backoff(spins: &mut u32) {
-    if *spins < 1 << 8 {
+    if *spins < SPIN_ROUNDS {
         std::hint::spin_loop();
     } else {
         std::thread::yield_now();
@@ -230,13 +233,28 @@ pub(super) fn backoff(spins: &mut u32) {
     *spins = spins.saturating_add(1);
 }
 
+/// A `sched_yield` that returns later than this ran another thread on this CPU meanwhile.
+const SLOW_YIELD: Duration = Duration::from_micros(50);
+/// How long after its last slow yield a worker keeps out of teams.
+const CONTENDED_FOR: Duration = Duration::from_millis(2);
+
 /// A worker thread: looks for open jobs, helps, waits (spin, yield, sleep), forever.
+///
+/// **Contended CPUs.** A helper that holds a task and loses its CPU to another thread
+/// (another library's pool spinning after its parallel region, torch's OpenMP threads)
+/// stalls its caller until the scheduler gives the CPU back, which can take milliseconds.
+/// So a worker times its yields while idle: one that returns later than [`SLOW_YIELD`]
+/// means another thread wants this CPU, and the worker keeps out of teams until
+/// [`CONTENDED_FOR`] after the last slow one. Callers then run alone (their one-thread
+/// time) instead of waiting for a helper that the scheduler has parked.
 fn worker_main() {
     let mut idle_since = Instant::now();
     let mut spins = 0u32;
+    let mut contended_at: Option<Instant> = None;
     loop {
         let seen = SHARED.epoch.load(Ordering::SeqCst);
-        if help_once() {
+        let contended = contended_at.is_some_and(|t| t.elapsed() < CONTENDED_FOR);
+        if !contended && help_once() {
             idle_since = Instant::now();
             spins = 0;
             continue;
@@ -247,7 +265,15 @@ fn worker_main() {
             || bt == u64::MAX
             || idle_since.elapsed().as_nanos() < u128::from(bt)
         {
-            backoff(&mut spins);
+            if spins < SPIN_ROUNDS {
+                backoff(&mut spins);
+            } else {
+                let t = Instant::now();
+                backoff(&mut spins);
+                if t.elapsed() > SLOW_YIELD {
+                    contended_at = Some(Instant::now());
+                }
+            }
             continue;
         }
         let guard = SHARED

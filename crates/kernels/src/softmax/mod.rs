@@ -38,7 +38,7 @@
 //!   10–30× slower). The exp flushes the same way ([`crate::exp`]).
 //!
 //! # Parallelism
-//! The slice-of-rows forms split rows across the current rayon pool
+//! The slice-of-rows forms split rows across the current thread count
 //! ([`Parallelism::Rayon`]) when the input holds at least [`PAR_MIN_ELEMENTS`] values, in
 //! tasks of whole rows; every row is computed by the same instructions whatever the split,
 //! so results are bit-identical at any thread count. A single row is never split.

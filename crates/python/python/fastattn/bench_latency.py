@@ -12,6 +12,9 @@ default 2048 and 4096) and causal prefill (``[1, 8, L, 64]``, ``--latency-l``, d
 * ``after-torch``: right after a parallel ``torch.mm`` of ``--busy-n`` (1024) squared
   matrices, while torch's OpenMP threads still spin.
 
+``--blocktimes 20 0`` times fastattn once per helper blocktime (``fastattn.set_blocktime``
+before each of its rounds), as rows ``fastattn@20``, ``fastattn@0``, in the same rotation.
+
 A round goes through every condition of every case for fastattn and for torch (which one
 goes first alternates by round), in this one process; ``--rounds`` rounds (default 11).
 The table gives the median per condition and the median and min-max of the per-round
@@ -48,6 +51,13 @@ def add_arguments(p):
     g.add_argument("--latency-l", type=int, nargs="+", default=[256], help="causal prefill lengths")
     g.add_argument("--gaps", type=float, nargs="+", default=[1, 10, 50], help="idle gaps in ms")
     g.add_argument("--busy-n", type=int, default=1024, help="size of the torch.mm before after-torch")
+    g.add_argument(
+        "--blocktimes",
+        type=float,
+        nargs="+",
+        default=None,
+        help="time fastattn at each of these blocktimes (ms, fastattn.set_blocktime), as rows of their own",
+    )
 
 
 def cases(args):
@@ -119,7 +129,7 @@ def ratio_cell(r, limit):
     return "%.2f (%.2f-%.2f)%s" % (r[0], r[1], r[2], flag)
 
 
-HEADER = f"{'case':<14} {'impl':<9} {'condition':<12} {'median ms':>10} {'x b2b (min-max)':>19} {'x 1t (min-max)':>19}"
+HEADER = f"{'case':<14} {'impl':<12} {'condition':<12} {'median ms':>10} {'x b2b (min-max)':>19} {'x 1t (min-max)':>19}"
 
 
 def order(cond):
@@ -138,20 +148,31 @@ def rows(case, impl, samples, flag):
         vs_1t = None if cond == "1t" else ratios(xs, samples["1t"])
         lim_b2b, lim_1t = targets(cond) if flag else (None, None)
         out.append(
-            f"{case:<14} {impl:<9} {cond:<12} {statistics.median(xs) * 1e3:>10.3f} "
+            f"{case:<14} {impl:<12} {cond:<12} {statistics.median(xs) * 1e3:>10.3f} "
             f"{ratio_cell(vs_b2b, lim_b2b):>19} {ratio_cell(vs_1t, lim_1t):>19}"
         )
     return out
 
 
+def with_blocktime(fn, ms):
+    """``fn``, tagged with the blocktime to set before its rounds."""
+
+    def call():
+        return fn()
+
+    call.blocktime = ms
+    return call
+
+
 def run(args):
+    default_blocktime = fastattn.get_blocktime()
     threads = torch.get_num_threads()
     rounds = args.rounds
     print(
         f"latency: fastattn {fastattn.__version__} ({fastattn.kernel_variant()}) vs torch "
         f"{torch.__version__}, {threads} threads, {rounds} rounds, one call timed at a time"
     )
-    print(f"OMP_WAIT_POLICY: {policy()}")
+    print(f"OMP_WAIT_POLICY: {policy()}; fastattn blocktime {fastattn.get_blocktime():g} ms")
     gen = torch.Generator().manual_seed(5)
     a = torch.rand(args.busy_n, args.busy_n, generator=gen)
     b = torch.rand(args.busy_n, args.busy_n, generator=gen)
@@ -173,17 +194,25 @@ def run(args):
         def theirs(q=q, k=k, v=v, kw=kw):
             return F.scaled_dot_product_attention(q, k, v, **kw)
 
-        impls.append((name, [("fastattn", ours, {}), ("torch", theirs, {})]))
+        if args.blocktimes:
+            mine = [(f"fastattn@{bt:g}", with_blocktime(ours, bt), {}) for bt in args.blocktimes]
+        else:
+            mine = [("fastattn", ours, {})]
+        impls.append((name, mine + [("torch", theirs, {})]))
     for r in range(rounds):
         for _, pair in impls:
             for impl, fn, samples in pair if r % 2 == 0 else pair[::-1]:
+                if hasattr(fn, "blocktime"):
+                    fastattn.set_blocktime(fn.blocktime)
                 one_round(fn, threads, args.gaps, busy, samples)
                 time.sleep(SETTLE_S)
+    if args.blocktimes:
+        fastattn.set_blocktime(default_blocktime)
     print(HEADER)
     missed = 0
     for name, pair in impls:
         for impl, _, samples in pair:
-            lines = rows(name, impl, samples, impl == "fastattn")
+            lines = rows(name, impl, samples, impl.startswith("fastattn"))
             missed += sum("!" in line for line in lines)
             print("\n".join(lines))
     print(
