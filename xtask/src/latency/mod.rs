@@ -10,24 +10,33 @@
 //! - `1t`: the same, on the calling thread alone (`Parallelism::Sequential`);
 //! - `gap1`, `gap10`, `gap50`: one call, an idle gap of 1, 10 or 50 ms (`thread::sleep`),
 //!   then the timed call;
-//! - `1t-gap1`, `1t-gap10`, `1t-gap50`: the same on the calling thread alone, the part of
-//!   a gap's cost that no thread team causes (cold caches, idle CPU states): compare a
-//!   `gapN` row's `×1t` with its `1t-gapN` row's;
 //! - `after-pool`: right after a parallel region of another thread pool in this process
 //!   ([`SpinTeam`]: `threads` threads compute for [`POOL_WORK`], then the workers spin
 //!   [`SPIN_COUNT`] `PAUSE`s, libgomp's default, before they sleep);
 //! - `after-torch`: right after a parallel `torch.mm` of [`TORCH_BUSY_N`]² in the torch
 //!   helper process ([`crate::torch`]), started *without* `OMP_WAIT_POLICY=PASSIVE` so its
-//!   OpenMP threads spin after the op as in a real program (absent without torch).
+//!   OpenMP threads spin after the op as in a real program (absent without torch);
+//! - the **one-thread twins** `1t-gap1`, `1t-gap10`, `1t-gap50`, `1t-after-pool`,
+//!   `1t-after-torch` ([`Cond::twin`]): the same preparation (one call, now on one thread,
+//!   then the gap, the pool's work or torch's op), then the call on the calling thread
+//!   alone. A call after a gap or another library's work is slower even on one thread
+//!   (cold caches, idle CPU states, the other library's threads still spinning on the
+//!   cores); the twin measures that part, which no thread team causes.
 //!
-//! A **round** goes through every condition of every selected case, in that fixed order
-//! (after each "after" condition the run waits [`SETTLE`] so the spinning threads are asleep
-//! before the next condition); [`QUICK_ROUNDS`] rounds ([`FULL_ROUNDS`] with `--full`)
-//! alternate in one process, so a change in the machine's speed hits every condition. The
-//! table gives per (case, threads, condition) the median time, and the median and min–max
-//! of the **per-round ratios** to the same round's `b2b` and `1t` times; `!` marks a
-//! median that misses the target ([`Cond::targets`]). torch's own op (torch.mm or
-//! SDPA on the same shape) is timed the same way inside its process (b2b, 1t, gaps: the
+//! A **round** goes through every condition of every selected case, in a fixed order, each
+//! multi-thread condition right before its twin (after each "after" condition the run
+//! waits [`SETTLE`] so the spinning threads are asleep before the next condition);
+//! [`QUICK_ROUNDS`] rounds ([`FULL_ROUNDS`] with `--full`) alternate in one process, so a
+//! change in the machine's speed hits every condition. The table gives per (case, threads,
+//! condition) the median time, and the median and min–max of the **per-round ratios** to
+//! the same round's `b2b` and `1t` times and, for a gap or "after" condition, to its twin's
+//! (`×1t same`: `gap10 / 1t-gap10`, `after-pool / 1t-after-pool`, what the thread team
+//! adds over one thread in the same machine state). `!` marks a median that misses a
+//! target ([`Cond::targets`], [`Target`]): the (a gap ≤ 10 ms ≤ 1.15× b2b, every
+//! gap/after ≤ 1.05× 1t, b2b ≤ 1× 1t with [`MAX_B2B_VS_ONE_THREAD`] allowed for noise) and
+//! every gap/after ≤ 1.05× its twin; the footer counts the rows missing each, so a miss of
+//! `×1t` alone is the machine's and one of `×1t same` the team's. torch's own op (torch.mm
+//! or SDPA on the same shape) is timed the same way inside its process (b2b, 1t, gaps: the
 //! helper's `latency` command) and its ratio to its own `b2b` is shown beside ours.
 //!
 //! **Cases** ([`latency_cases`]): GEMM n = 64 … 1024 (f32, row-major, `gemm_with` on the
@@ -43,16 +52,18 @@
 //! rows of the table) to the output directory.
 
 mod cases;
+mod cond;
 mod summary;
 mod team;
 
 pub use cases::{
     attention, gemm, latency_cases, CallFn, LatencyCase, DECODE_LK, GEMM_SIZES, PREFILL_LENGTHS,
 };
-pub use summary::{
-    footer, summarize, table_header, table_row, Cond, Ratio, Row, Samples, GAPS_MS,
-    MAX_SHORT_GAP_VS_B2B, MAX_VS_ONE_THREAD, SHORT_GAP_MS,
+pub use cond::{
+    After, Column, Cond, Target, GAPS_MS, MAX_B2B_VS_ONE_THREAD, MAX_SHORT_GAP_VS_B2B,
+    MAX_VS_ONE_THREAD, SHORT_GAP_MS,
 };
+pub use summary::{footer, miss_count, summarize, table_header, table_row, Ratio, Row, Samples};
 pub use team::{SpinTeam, SPIN_COUNT};
 
 use crate::case::Case;
@@ -186,10 +197,10 @@ fn torch_round(
         gaps.push((g, peer.latency(op, threads, g, 1)?));
     }
     let one = peer.latency(op, 1, 0, B2B_CALLS)?;
-    s.push_torch(Cond::B2b, b2b);
-    s.push_torch(Cond::OneThread, one);
+    s.push_torch(Cond::B2B, b2b);
+    s.push_torch(Cond::ONE_THREAD, one);
     for (g, t) in gaps {
-        s.push_torch(Cond::Gap(g), t);
+        s.push_torch(Cond::team(After::Gap(g)), t);
     }
     Ok(())
 }
@@ -199,22 +210,29 @@ fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, thread
     let call = &mut live.call;
     let mut run = |par: Parallelism| kernels::parallel::with_threads(threads, || call(par));
     let s = &mut live.samples;
-    for (cond, par) in [
-        (Cond::B2b, Parallelism::Rayon),
-        (Cond::OneThread, Parallelism::Sequential),
-    ] {
-        run(par);
-        let t = (0..B2B_CALLS).map(|_| timed(&mut || run(par))).collect();
+    for cond in [Cond::B2B, Cond::ONE_THREAD] {
+        run(cond.parallelism());
+        let t = (0..B2B_CALLS)
+            .map(|_| timed(&mut || run(cond.parallelism())))
+            .collect();
         s.push(cond, median_of(t));
     }
-    run(Parallelism::Rayon);
-    team.region(POOL_WORK);
-    s.push(Cond::AfterPool, timed(&mut || run(Parallelism::Rayon)));
-    std::thread::sleep(SETTLE);
-    if let Some(peer) = torch.as_mut() {
-        run(Parallelism::Rayon);
+    // Each "after" and gap condition, then its one-thread twin: the same preparation
+    // (one call with the condition's own parallelism, then the pool's work, torch's op or
+    // the gap), then the timed call.
+    for cond in [Cond::team(After::Pool), Cond::alone(After::Pool)] {
+        run(cond.parallelism());
+        team.region(POOL_WORK);
+        s.push(cond, timed(&mut || run(cond.parallelism())));
+        std::thread::sleep(SETTLE);
+    }
+    for cond in [Cond::team(After::Torch), Cond::alone(After::Torch)] {
+        let Some(peer) = torch.as_mut() else {
+            break;
+        };
+        run(cond.parallelism());
         match peer.busy(TORCH_BUSY_N, threads) {
-            Ok(()) => s.push(Cond::AfterTorch, timed(&mut || run(Parallelism::Rayon))),
+            Ok(()) => s.push(cond, timed(&mut || run(cond.parallelism()))),
             Err(e) => {
                 eprintln!("torch helper failed ({e}): going on without torch");
                 *torch = None;
@@ -223,13 +241,10 @@ fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, thread
         std::thread::sleep(SETTLE);
     }
     for g in GAPS_MS {
-        for (cond, par) in [
-            (Cond::Gap(g), Parallelism::Rayon),
-            (Cond::OneThreadGap(g), Parallelism::Sequential),
-        ] {
-            run(par);
+        for cond in [Cond::team(After::Gap(g)), Cond::alone(After::Gap(g))] {
+            run(cond.parallelism());
             std::thread::sleep(Duration::from_millis(u64::from(g)));
-            s.push(cond, timed(&mut || run(par)));
+            s.push(cond, timed(&mut || run(cond.parallelism())));
         }
     }
     if let Some(peer) = torch.as_mut() {
@@ -420,12 +435,13 @@ mod tests {
             "b2b",
             "1t",
             "gap1",
-            "gap10",
-            "gap50",
             "1t-gap1",
+            "gap10",
             "1t-gap10",
+            "gap50",
             "1t-gap50",
             "after-pool",
+            "1t-after-pool",
         ];
         assert_eq!(conds, want);
         assert!(live

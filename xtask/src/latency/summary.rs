@@ -1,78 +1,14 @@
-//! The latency suite's numbers: the conditions a call is timed in ([`Cond`]), the
-//! per-round times of one (case, thread count) ([`Samples`]), their summary ([`Row`]:
-//! median, and the per-round ratios to the back-to-back and the one-thread time), the
-//! issue's targets and the table.
+//! The latency suite's numbers: the per-round times of one (case, thread count)
+//! ([`Samples`]), their summary ([`Row`]: median, and the per-round ratios to the
+//! back-to-back time, the one-thread time and the one-thread twin's), the targets each
+//! row misses, and the table.
 
+use super::cond::{Column, Cond, Target};
 use crate::report::fmt_time;
 use crate::rotation::ratio_stats;
 use crate::stats::Stats;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// The idle gaps, in milliseconds, a call is timed after.
-pub const GAPS_MS: [u32; 3] = [1, 10, 50];
-
-/// Longest gap (ms) that the "≤ 1.15× back-to-back" target applies to.
-pub const SHORT_GAP_MS: u32 = 10;
-
-/// Most a call after a short gap may take, relative to the back-to-back call.
-pub const MAX_SHORT_GAP_VS_B2B: f64 = 1.15;
-
-/// Most a call after any gap or other library's work may take, relative to one thread.
-pub const MAX_VS_ONE_THREAD: f64 = 1.05;
-
-/// A condition one call is timed in. The order is the table's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Cond {
-    /// Right after the same call (back to back), at the run's thread count.
-    B2b,
-    /// Back to back on the calling thread alone (`Parallelism::Sequential`).
-    OneThread,
-    /// After an idle gap of this many milliseconds (`thread::sleep`).
-    Gap(u32),
-    /// After the same gap on the calling thread alone: what the gap costs without any
-    /// thread team (cold caches, idle CPU states), the reference for [`Cond::Gap`].
-    OneThreadGap(u32),
-    /// Right after another thread pool's parallel work in this process (an OpenMP-like
-    /// team that computes, then spins before it sleeps).
-    AfterPool,
-    /// Right after a parallel torch op in the torch helper process.
-    AfterTorch,
-}
-
-impl Cond {
-    /// The table's name: `b2b`, `1t`, `gap10`, `after-pool`, `after-torch`.
-    ///
-    /// ```
-    /// use xtask::latency::Cond;
-    /// assert_eq!(Cond::Gap(10).name(), "gap10");
-    /// ```
-    pub fn name(self) -> String {
-        match self {
-            Cond::B2b => "b2b".into(),
-            Cond::OneThread => "1t".into(),
-            Cond::Gap(ms) => format!("gap{ms}"),
-            Cond::OneThreadGap(ms) => format!("1t-gap{ms}"),
-            Cond::AfterPool => "after-pool".into(),
-            Cond::AfterTorch => "after-torch".into(),
-        }
-    }
-
-    /// The issue's targets on the median ratio: `(most × b2b, most × 1t)`. A short gap
-    /// (≤ [`SHORT_GAP_MS`]) at most [`MAX_SHORT_GAP_VS_B2B`] × b2b; every gap and "after"
-    /// condition at most [`MAX_VS_ONE_THREAD`] × 1t; the back-to-back call itself never
-    /// slower than one thread.
-    pub fn targets(self) -> (Option<f64>, Option<f64>) {
-        match self {
-            Cond::B2b => (None, Some(1.0)),
-            Cond::OneThread | Cond::OneThreadGap(_) => (None, None),
-            Cond::Gap(ms) if ms <= SHORT_GAP_MS => {
-                (Some(MAX_SHORT_GAP_VS_B2B), Some(MAX_VS_ONE_THREAD))
-            }
-            Cond::Gap(_) | Cond::AfterPool | Cond::AfterTorch => (None, Some(MAX_VS_ONE_THREAD)),
-        }
-    }
-}
 
 /// The per-round times (seconds) of one (case, thread count): for each condition one value
 /// per round, in round order, ours and torch's own.
@@ -143,7 +79,7 @@ pub struct Row {
     pub case: String,
     /// Readable shape.
     pub shape: String,
-    /// Threads of the default call (the one-thread call is `cond = "1t"`).
+    /// Threads of the default call (the one-thread conditions are `1t` and `1t-…`).
     pub threads: usize,
     /// The condition ([`Cond::name`]).
     pub cond: String,
@@ -155,12 +91,47 @@ pub struct Row {
     pub vs_b2b: Option<Ratio>,
     /// Our time over our one-thread time, per round (absent for `1t`).
     pub vs_1t: Option<Ratio>,
+    /// The one-thread twin's condition ([`Cond::twin`]: `1t-gap10` for `gap10`), for the
+    /// multi-thread gap and "after" conditions.
+    pub twin: Option<String>,
+    /// Our time over the twin's time, per round (the `×1t same` column): what the thread
+    /// team adds over one thread in the same machine state.
+    pub vs_1t_same: Option<Ratio>,
     /// torch's median time in this condition, seconds (when torch ran and has it).
     pub torch_median_s: Option<f64>,
     /// torch's time over its own back-to-back time, per round.
     pub torch_vs_b2b: Option<Ratio>,
-    /// The targets this row misses (`"≤ 1.15× b2b"`), by its median ratios.
+    /// The targets this row misses ([`Target::label`]: `"≤ 1.15× b2b"`), by its median
+    /// ratios.
     pub missed: Vec<String>,
+}
+
+impl Row {
+    /// The row's ratio in `column`.
+    pub fn ratio(&self, column: Column) -> Option<Ratio> {
+        match column {
+            Column::VsB2b => self.vs_b2b,
+            Column::VsOneThread => self.vs_1t,
+            Column::VsTwin => self.vs_1t_same,
+        }
+    }
+
+    /// The row's targets ([`Cond::targets`] of its condition; none for an unknown name).
+    pub fn targets(&self) -> Vec<Target> {
+        Cond::parse(&self.cond).map_or(Vec::new(), Cond::targets)
+    }
+
+    /// The targets whose column's median ratio is above the limit. A target whose ratio
+    /// is absent (no twin measured, say) is not judged.
+    pub fn missed_targets(&self) -> Vec<Target> {
+        self.targets()
+            .into_iter()
+            .filter(|t| {
+                self.ratio(t.column())
+                    .is_some_and(|r| t.missed_by(r.median))
+            })
+            .collect()
+    }
 }
 
 /// A ratio with 2 decimals below 10, 1 below 100, none above.
@@ -180,43 +151,33 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// The rows of one (case, thread count), in [`Cond`] order: each condition's median, its
-/// per-round ratios to b2b and 1t, torch's beside it, and the targets missed.
+/// per-round ratios to b2b, 1t and its one-thread twin, torch's beside it, and the
+/// targets missed.
 pub fn summarize(case: &str, shape: &str, threads: usize, s: &Samples) -> Vec<Row> {
     let empty = Vec::new();
-    let b2b = s.ours.get(&Cond::B2b).unwrap_or(&empty);
-    let one = s.ours.get(&Cond::OneThread).unwrap_or(&empty);
-    let torch_b2b = s.torch.get(&Cond::B2b).unwrap_or(&empty);
+    let b2b = s.ours.get(&Cond::B2B).unwrap_or(&empty);
+    let one = s.ours.get(&Cond::ONE_THREAD).unwrap_or(&empty);
+    let torch_b2b = s.torch.get(&Cond::B2B).unwrap_or(&empty);
     let mut rows = Vec::new();
     for (&cond, times) in &s.ours {
         let Some(median_s) = median(times) else {
             continue;
         };
-        let vs_b2b = match cond {
-            Cond::B2b | Cond::OneThread => None,
-            _ => Ratio::per_round(times, b2b),
-        };
-        let vs_1t = match cond {
-            Cond::OneThread => None,
-            _ => Ratio::per_round(times, one),
-        };
+        let vs_b2b = (cond != Cond::B2B && cond != Cond::ONE_THREAD)
+            .then(|| Ratio::per_round(times, b2b))
+            .flatten();
+        let vs_1t = (cond != Cond::ONE_THREAD)
+            .then(|| Ratio::per_round(times, one))
+            .flatten();
+        let twin = cond.twin();
+        let vs_1t_same = twin
+            .and_then(|t| s.ours.get(&t))
+            .and_then(|t| Ratio::per_round(times, t));
         let torch = s.torch.get(&cond);
-        let torch_vs_b2b = match cond {
-            Cond::B2b => None,
-            _ => torch.and_then(|t| Ratio::per_round(t, torch_b2b)),
-        };
-        let (max_b2b, max_1t) = cond.targets();
-        let mut missed = Vec::new();
-        if let (Some(r), Some(m)) = (vs_b2b, max_b2b) {
-            if r.median > m {
-                missed.push(format!("≤ {m}× b2b"));
-            }
-        }
-        if let (Some(r), Some(m)) = (vs_1t, max_1t) {
-            if r.median > m {
-                missed.push(format!("≤ {m}× 1t"));
-            }
-        }
-        rows.push(Row {
+        let torch_vs_b2b = (cond != Cond::B2B)
+            .then(|| torch.and_then(|t| Ratio::per_round(t, torch_b2b)))
+            .flatten();
+        let mut row = Row {
             case: case.to_string(),
             shape: shape.to_string(),
             threads,
@@ -225,35 +186,50 @@ pub fn summarize(case: &str, shape: &str, threads: usize, s: &Samples) -> Vec<Ro
             median_s,
             vs_b2b,
             vs_1t,
+            twin: twin.map(Cond::name),
+            vs_1t_same,
             torch_median_s: torch.and_then(|t| median(t)),
             torch_vs_b2b,
-            missed,
-        });
+            missed: Vec::new(),
+        };
+        row.missed = row.missed_targets().iter().map(|t| t.label()).collect();
+        rows.push(row);
     }
     rows
 }
 
+/// The table's columns after the case: thread count, condition, median, then the ratio
+/// cells (19 wide, a flag after each).
+macro_rules! table_line {
+    ($($arg:expr),* $(,)?) => {
+        format!(
+            "{:<22} {:>3} {:<14} {:>10} {:>19} {:>19} {:>19} {:>10} {:>19}",
+            $($arg),*
+        )
+    };
+}
+
 /// The table's column titles.
 pub fn table_header() -> String {
-    format!(
-        "{:<22} {:>3} {:<11} {:>10} {:>19} {:>19} {:>10} {:>19}",
+    table_line!(
         "case",
         "thr",
         "condition",
         "median",
         "×b2b (min–max)",
         "×1t (min–max)",
+        "×1t same (min–max)",
         "torch",
         "torch ×b2b"
     )
 }
 
-/// One row of the table; a ratio that misses its target ends in `!`.
+/// One row of the table; a ratio that misses one of its targets ends in `!`.
 pub fn table_row(r: &Row) -> String {
-    let (max_b2b, max_1t) = targets_of(&r.cond);
-    let cell = |x: Option<Ratio>, max: Option<f64>| match x {
+    let missed = r.missed_targets();
+    let cell = |x: Option<Ratio>, column: Option<Column>| match x {
         Some(x) => {
-            let flag = if max.is_some_and(|m| x.median > m) {
+            let flag = if missed.iter().any(|t| Some(t.column()) == column) {
                 "!"
             } else {
                 " "
@@ -262,105 +238,77 @@ pub fn table_row(r: &Row) -> String {
         }
         None => "- ".to_string(),
     };
-    format!(
-        "{:<22} {:>3} {:<11} {:>10} {:>19} {:>19} {:>10} {:>19}",
+    table_line!(
         r.case,
         r.threads,
         r.cond,
         fmt_time(r.median_s),
-        cell(r.vs_b2b, max_b2b),
-        cell(r.vs_1t, max_1t),
+        cell(r.vs_b2b, Some(Column::VsB2b)),
+        cell(r.vs_1t, Some(Column::VsOneThread)),
+        cell(r.vs_1t_same, Some(Column::VsTwin)),
         r.torch_median_s.map_or("-".to_string(), fmt_time),
         cell(r.torch_vs_b2b, None),
     )
 }
 
-fn targets_of(name: &str) -> (Option<f64>, Option<f64>) {
-    let cond = match name {
-        "b2b" => Cond::B2b,
-        "1t" => Cond::OneThread,
-        "after-pool" => Cond::AfterPool,
-        "after-torch" => Cond::AfterTorch,
-        g => {
-            let ms = |p: &str| g.strip_prefix(p).and_then(|ms| ms.parse().ok());
-            match (ms("gap"), ms("1t-gap")) {
-                (Some(ms), _) => Cond::Gap(ms),
-                (_, Some(ms)) => Cond::OneThreadGap(ms),
-                _ => return (None, None),
-            }
-        }
-    };
-    cond.targets()
+/// How many of `rows` miss `target`, and how many it was judged on (rows whose
+/// condition has it and whose ratio was measured).
+pub fn miss_count(rows: &[Row], target: Target) -> (usize, usize) {
+    let judged: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.targets().contains(&target) && r.ratio(target.column()).is_some())
+        .collect();
+    let missed = judged
+        .iter()
+        .filter(|r| r.missed_targets().contains(&target))
+        .count();
+    (missed, judged.len())
 }
 
-/// The lines under the table: the targets and how many rows miss one.
+/// The lines under the table: each target with how many rows miss it (so a reader sees
+/// which misses are the machine's, `×1t` alone, and which the team's, `×1t same`), then
+/// how many rows miss any.
 pub fn footer(rows: &[Row]) -> String {
+    let mut out = String::from("targets (on the median ratio, `!` = missed):\n");
+    for t in Target::ALL {
+        let (missed, judged) = miss_count(rows, t);
+        out.push_str(&format!(
+            "  {}: {missed} of {judged} rows miss it\n",
+            t.description()
+        ));
+    }
     let missed = rows.iter().filter(|r| !r.missed.is_empty()).count();
-    format!(
-        "targets (on the median ratio, `!` = missed): gap ≤ {SHORT_GAP_MS} ms ≤ \
-         {MAX_SHORT_GAP_VS_B2B}× b2b; every gap/after ≤ {MAX_VS_ONE_THREAD}× 1t; b2b ≤ 1× 1t. \
-         {missed} of {} rows miss one.",
-        rows.len()
-    )
+    out.push_str(&format!("{missed} of {} rows miss one.", rows.len()));
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::cond::After;
     use super::*;
+
+    fn gap(ms: u32) -> Cond {
+        Cond::team(After::Gap(ms))
+    }
 
     fn samples() -> Samples {
         let mut s = Samples::default();
-        for (b2b, one, g1, g50, pool) in [
-            (1.0, 2.0, 1.1, 3.0, 2.0),
-            (2.0, 2.0, 2.6, 4.0, 2.0),
-            (1.0, 1.0, 1.2, 1.0, 1.0),
+        for (b2b, one, g1, g1_1t, g50, pool, pool_1t) in [
+            (1.0, 2.0, 1.1, 1.0, 3.0, 2.0, 1.0),
+            (2.0, 2.0, 2.6, 2.0, 4.0, 2.0, 2.0),
+            (1.0, 1.0, 1.2, 1.2, 1.0, 1.0, 1.0),
         ] {
-            s.push(Cond::B2b, b2b);
-            s.push(Cond::OneThread, one);
-            s.push(Cond::Gap(1), g1);
-            s.push(Cond::Gap(50), g50);
-            s.push(Cond::AfterPool, pool);
-            s.push_torch(Cond::B2b, 10.0);
-            s.push_torch(Cond::Gap(1), 12.0);
+            s.push(Cond::B2B, b2b);
+            s.push(Cond::ONE_THREAD, one);
+            s.push(gap(1), g1);
+            s.push(Cond::alone(After::Gap(1)), g1_1t);
+            s.push(gap(50), g50);
+            s.push(Cond::team(After::Pool), pool);
+            s.push(Cond::alone(After::Pool), pool_1t);
+            s.push_torch(Cond::B2B, 10.0);
+            s.push_torch(gap(1), 12.0);
         }
         s
-    }
-
-    #[test]
-    fn conditions_sort_in_table_order_and_have_names() {
-        let mut v = vec![
-            Cond::OneThreadGap(10),
-            Cond::AfterTorch,
-            Cond::Gap(50),
-            Cond::AfterPool,
-            Cond::Gap(1),
-            Cond::OneThread,
-            Cond::B2b,
-            Cond::Gap(10),
-        ];
-        v.sort();
-        let names: Vec<String> = v.into_iter().map(Cond::name).collect();
-        assert_eq!(
-            names,
-            [
-                "b2b",
-                "1t",
-                "gap1",
-                "gap10",
-                "gap50",
-                "1t-gap10",
-                "after-pool",
-                "after-torch"
-            ]
-        );
-        for n in names {
-            assert_ne!(targets_of(&n), (None, Some(0.0)), "{n}");
-        }
-        assert_eq!(targets_of("gap10"), (Some(1.15), Some(1.05)));
-        assert_eq!(targets_of("gap50"), (None, Some(1.05)));
-        assert_eq!(targets_of("1t"), (None, None));
-        assert_eq!(targets_of("1t-gap50"), (None, None));
-        assert_eq!(targets_of("nonsense"), (None, None));
     }
 
     #[test]
@@ -380,13 +328,24 @@ mod tests {
     }
 
     #[test]
-    fn summary_has_medians_ratios_torch_and_missed_targets() {
+    fn summary_has_medians_ratios_twins_torch_and_missed_targets() {
         let rows = summarize("latency/gemm-64", "n=64", 2, &samples());
         let conds: Vec<&str> = rows.iter().map(|r| r.cond.as_str()).collect();
-        assert_eq!(conds, ["b2b", "1t", "gap1", "gap50", "after-pool"]);
+        assert_eq!(
+            conds,
+            [
+                "b2b",
+                "1t",
+                "gap1",
+                "1t-gap1",
+                "gap50",
+                "after-pool",
+                "1t-after-pool"
+            ]
+        );
         let b2b = &rows[0];
         assert_eq!(b2b.median_s, 1.0);
-        assert!(b2b.vs_b2b.is_none());
+        assert!(b2b.vs_b2b.is_none() && b2b.twin.is_none() && b2b.vs_1t_same.is_none());
         // b2b/1t per round: 0.5, 1, 1 → median 1: not slower than one thread.
         assert_eq!(b2b.vs_1t.unwrap().median, 1.0);
         assert!(b2b.missed.is_empty());
@@ -394,18 +353,76 @@ mod tests {
         assert!(b2b.torch_vs_b2b.is_none());
         let one = &rows[1];
         assert!(one.vs_b2b.is_none() && one.vs_1t.is_none() && one.missed.is_empty());
-        // gap1/b2b per round: 1.1, 1.3, 1.2 → median 1.2 > 1.15; /1t: 0.55, 1.3, 1.2.
+        // gap1/b2b per round: 1.1, 1.3, 1.2 → median 1.2 > 1.15; /1t: 0.55, 1.3, 1.2;
+        // /1t-gap1: 1.1, 1.3, 1.0 → 1.1 > 1.05.
         let g1 = &rows[2];
         let r = g1.vs_b2b.unwrap();
         assert!((r.median - 1.2).abs() < 1e-12 && (r.max - 1.3).abs() < 1e-12);
-        assert_eq!(g1.missed, ["≤ 1.15× b2b", "≤ 1.05× 1t"]);
+        assert_eq!(g1.twin.as_deref(), Some("1t-gap1"));
+        let same = g1.vs_1t_same.unwrap();
+        assert!((same.median - 1.1).abs() < 1e-12 && same.min == 1.0);
+        assert_eq!(g1.missed, ["≤ 1.15× b2b", "≤ 1.05× 1t", "≤ 1.05× 1t same"]);
         assert!((g1.torch_vs_b2b.unwrap().median - 1.2).abs() < 1e-12);
-        // gap50: only the one-thread target applies (1.5, 2, 1 → 1.5).
-        assert_eq!(rows[3].missed, ["≤ 1.05× 1t"]);
-        assert!(rows[3].torch_median_s.is_none());
-        // after-pool: 1, 1, 1 × 1t: met.
-        assert!(rows[4].missed.is_empty());
-        assert_eq!(rows[4].rounds, 3);
+        // The twin row itself has no twin and no target, but its ×b2b and ×1t.
+        let g1_1t = &rows[3];
+        assert!(g1_1t.twin.is_none() && g1_1t.vs_1t_same.is_none());
+        assert!(g1_1t.missed.is_empty() && g1_1t.vs_1t.is_some());
+        // gap50: no twin measured, so only the one-thread target is judged (1.5, 2, 1).
+        let g50 = &rows[4];
+        assert_eq!(g50.twin.as_deref(), Some("1t-gap50"));
+        assert!(g50.vs_1t_same.is_none());
+        assert_eq!(g50.missed, ["≤ 1.05× 1t"]);
+        assert!(g50.torch_median_s.is_none());
+        // after-pool: 1, 1, 1 × 1t: met; × 1t-after-pool: 2, 1, 1 → 1: met.
+        let pool = &rows[5];
+        assert!(pool.missed.is_empty());
+        assert_eq!(pool.vs_1t_same.unwrap().median, 1.0);
+        assert_eq!(pool.vs_1t_same.unwrap().max, 2.0);
+        assert_eq!(pool.rounds, 3);
+    }
+
+    #[test]
+    fn team_misses_are_told_apart_from_the_machines() {
+        // after-torch 1.3× 1t, but its one-thread twin is as slow: the machine's miss.
+        // gap10 1.3× 1t and 1.3× its twin: the team's.
+        let mut s = Samples::default();
+        for _ in 0..3 {
+            s.push(Cond::B2B, 1.0);
+            s.push(Cond::ONE_THREAD, 1.0);
+            s.push(Cond::team(After::Torch), 1.3);
+            s.push(Cond::alone(After::Torch), 1.3);
+            s.push(gap(10), 1.3);
+            s.push(Cond::alone(After::Gap(10)), 1.0);
+        }
+        let rows = summarize("c", "s", 2, &s);
+        let by = |n: &str| rows.iter().find(|r| r.cond == n).unwrap();
+        assert_eq!(by("after-torch").missed, ["≤ 1.05× 1t"]);
+        assert_eq!(
+            by("gap10").missed,
+            ["≤ 1.15× b2b", "≤ 1.05× 1t", "≤ 1.05× 1t same"]
+        );
+        assert_eq!(miss_count(&rows, Target::VsOneThread), (2, 2));
+        assert_eq!(miss_count(&rows, Target::VsTwin), (1, 2));
+        assert_eq!(miss_count(&rows, Target::ShortGapVsB2b), (1, 1));
+        assert_eq!(miss_count(&rows, Target::B2bVsOneThread), (0, 1));
+        let f = footer(&rows);
+        assert!(
+            f.contains("its 1t twin (`×1t same`: the team's share): 1 of 2"),
+            "{f}"
+        );
+        assert!(f.contains("2 of 6 rows miss one."), "{f}");
+    }
+
+    #[test]
+    fn b2b_may_be_two_percent_slower_than_one_thread() {
+        for (b2b, missed) in [(1.02, false), (1.03, true)] {
+            let mut s = Samples::default();
+            s.push(Cond::B2B, b2b);
+            s.push(Cond::ONE_THREAD, 1.0);
+            let rows = summarize("c", "s", 2, &s);
+            assert_eq!(rows[0].missed.is_empty(), !missed, "{b2b}");
+            assert_eq!(table_row(&rows[0]).contains('!'), missed, "{b2b}");
+        }
     }
 
     #[test]
@@ -413,8 +430,12 @@ mod tests {
         let rows = summarize("latency/gemm-64", "n=64", 2, &samples());
         let lines: Vec<String> = rows.iter().map(table_row).collect();
         assert!(lines[2].contains("1.20 (1.10–1.30)!"), "{}", lines[2]);
-        assert!(lines[4].contains("1.00 (1.00–1.00) "), "{}", lines[4]);
+        assert!(lines[2].contains("1.10 (1.00–1.30)!"), "{}", lines[2]);
+        assert!(lines[5].contains("1.00 (1.00–1.00) "), "{}", lines[5]);
+        assert!(lines[5].contains("1.00 (1.00–2.00) "), "{}", lines[5]);
         assert!(lines[1].contains(" - "), "{}", lines[1]);
+        assert!(lines[6].contains("1t-after-pool "), "{}", lines[6]);
+        assert!(!lines[3].contains('!'), "{}", lines[3]);
         for l in &lines {
             assert_eq!(
                 l.chars().count(),
@@ -424,7 +445,11 @@ mod tests {
             );
         }
         assert_eq!(table_header().chars().count(), lines[0].chars().count());
-        assert!(footer(&rows).contains("2 of 5 rows"), "{}", footer(&rows));
+        let f = footer(&rows);
+        assert!(f.contains("2 of 7 rows miss one."), "{f}");
+        assert!(f.contains("b2b: 1 of 1 rows"), "{f}");
+        assert!(f.contains("(machine + team): 2 of 3 rows"), "{f}");
+        assert!(f.contains("the team's share): 1 of 2 rows"), "{f}");
         let empty = summarize("x", "y", 1, &Samples::default());
         assert!(empty.is_empty());
     }
