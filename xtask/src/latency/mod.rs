@@ -25,7 +25,7 @@
 //!
 //! A **round** goes through every condition of every selected case, in a fixed order, each
 //! multi-thread condition right before its twin (after each "after" condition the run
-//! waits [`SETTLE`] so the spinning threads are asleep before the next condition);
+//! waits [`SETTLE`], [`SETTLE_TORCH`] after torch, so the spinning threads are asleep before the next condition);
 //! [`QUICK_ROUNDS`] rounds ([`FULL_ROUNDS`] with `--full`) alternate in one process, so a
 //! change in the machine's speed hits every condition. The table gives per (case, threads,
 //! condition) the median time, and the median and min–max of the **per-round ratios** to
@@ -89,15 +89,26 @@ pub const FULL_ROUNDS: usize = 21;
 /// How long the other pool's parallel region computes on each of its threads.
 pub const POOL_WORK: Duration = Duration::from_millis(2);
 
-/// Wait after an "after" condition, so that spinning threads (ours, the other pool's,
-/// torch's) are asleep before the next condition starts.
-pub const SETTLE: Duration = Duration::from_millis(20);
+/// Wait after an "after" condition, so that spinning threads (ours, the other pool's)
+/// are asleep before the next condition starts. The other pool's 300 000 PAUSEs alone
+/// took about 15–20 ms on the 2-vCPU Xeon; at 20 ms the gap condition that followed still
+/// found our helpers kept out by its spinning.
+pub const SETTLE: Duration = Duration::from_millis(60);
+
+/// Wait after torch's work (the `after-torch` op, torch's own timings): torch's OpenMP
+/// threads were seen still spinning 20 ms after torch's timings (our helpers, finding
+/// their CPUs taken, kept out of the next back-to-back calls), not after 100 ms.
+pub const SETTLE_TORCH: Duration = Duration::from_millis(100);
 
 /// Size of the torch.mm the torch helper runs before the `after-torch` call.
 pub const TORCH_BUSY_N: usize = 1024;
 
 /// Timed calls whose median is a round's `b2b` (and `1t`) time.
 pub const B2B_CALLS: u32 = 3;
+
+/// How long the calls before a `b2b` (and `1t`) sample run, at least: long enough for
+/// sleeping helpers to wake (milliseconds on a VM).
+pub const B2B_WARM: Duration = Duration::from_millis(10);
 
 /// Whether `--filter` item `pattern` selects latency case `case`: without a `/` it is
 /// matched against the suite name, with one against the id (`latency/gemm-*`).
@@ -211,6 +222,14 @@ fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, thread
     let mut run = |par: Parallelism| kernels::parallel::with_threads(threads, || call(par));
     let s = &mut live.samples;
     for cond in [Cond::B2B, Cond::ONE_THREAD] {
+        // Warm up for B2B_WARM (at least two calls): after the settle waits, helpers
+        // sleep, and waking one takes milliseconds on a VM, so a few calls right after
+        // would time the wake-up, not back-to-back calls.
+        let warm = Instant::now();
+        run(cond.parallelism());
+        while warm.elapsed() < B2B_WARM {
+            run(cond.parallelism());
+        }
         run(cond.parallelism());
         let t = (0..B2B_CALLS)
             .map(|_| timed(&mut || run(cond.parallelism())))
@@ -238,7 +257,7 @@ fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, thread
                 *torch = None;
             }
         }
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(SETTLE_TORCH);
     }
     for g in GAPS_MS {
         for cond in [Cond::team(After::Gap(g)), Cond::alone(After::Gap(g))] {
@@ -252,7 +271,7 @@ fn round(live: &mut Live, team: &SpinTeam, torch: &mut Option<TorchPeer>, thread
             eprintln!("torch helper failed ({e}): going on without torch");
             *torch = None;
         }
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(SETTLE_TORCH);
     }
 }
 
@@ -360,6 +379,14 @@ pub fn run(args: &BenchArgs, filters: &[String], run_info: &RunInfo) -> Result<(
     }
     progress.finish_and_clear();
     println!("{}", footer(&rows));
+    let (joins, abstentions) = kernels::parallel::helper_stats();
+    println!(
+        "helpers: blocktime {:?}, wake-up to join {:?} (moving average); {joins} seats \
+         taken, {abstentions} looks at an open team while another thread wanted the \
+         helper's CPU (it kept out)",
+        kernels::parallel::blocktime(),
+        kernels::parallel::helper_wake_time()
+    );
     let report = LatencyReport {
         run: run_info,
         cpu: crate::cpu_name(),

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub const MIN_SPLIT: Duration = Duration::from_micros(40);
 const MIN_SPLIT_NS: f64 = 40_000.0;
 /// Calls estimated within this factor of [`MIN_SPLIT`] are timed to refine the estimate.
-const BAND: f64 = 8.0;
+const BAND: f64 = 4.0;
 
 /// A call site's learned cost of one unit of work, per kernel variant, and the split
 /// decision it drives ([module docs](self)).
@@ -90,8 +90,13 @@ impl SplitGate {
 
     /// Runs `f`, a call of `units` work on `threads` threads (as [`SplitGate::threads`]
     /// chose), and learns from its time when the call is near the threshold.
+    ///
+    /// The estimate also tells the call's teams whether to wake sleeping helpers: not for
+    /// calls estimated under 100 µs, for which the wake-up syscall is a visible loss.
     pub fn run<R>(&self, isa: Isa, units: f64, threads: usize, f: impl FnOnce() -> R) -> R {
         let est = units * self.ns_per_unit(isa);
+        // `as` saturates (NaN gives 0).
+        let f = move || super::runtime::with_expected(est as u64, f);
         if !(units > 0.0 && (MIN_SPLIT_NS / BAND..=MIN_SPLIT_NS * BAND).contains(&est)) {
             return f();
         }
@@ -139,15 +144,15 @@ mod tests {
     #[test]
     fn gate_learns_from_calls_near_the_threshold() {
         let g = SplitGate::new(1.0);
-        // A one-thread call of 4000 units that takes far longer than 4 µs raises the
-        // estimate until such calls are split.
+        // A one-thread call of 16000 units (16 µs at the prior) that takes far longer
+        // raises the estimate until such calls are split.
         for _ in 0..20 {
-            g.run(Isa::Avx512, 8000.0, 1, || {
-                std::thread::sleep(Duration::from_micros(200))
+            g.run(Isa::Avx512, 16000.0, 1, || {
+                std::thread::sleep(Duration::from_micros(400))
             });
         }
-        assert!(g.ns_per_unit(Isa::Avx512) > 10.0);
-        assert!(g.threads(Isa::Avx512, 8000.0, 2) == 2);
+        assert!(g.ns_per_unit(Isa::Avx512) > 5.0);
+        assert!(g.threads(Isa::Avx512, 16000.0, 2) == 2);
         // Other variants keep their own estimates.
         assert_eq!(g.ns_per_unit(Isa::Avx2Fma), 1.0);
         // Calls far below the band are not timed.

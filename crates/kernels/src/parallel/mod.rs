@@ -183,6 +183,20 @@ pub fn set_helper_delay(d: Duration) {
     runtime::set_helper_delay(d);
 }
 
+/// Helper statistics since the process started: `(joins, abstentions)`: how many times a
+/// helper joined a team, and how many times an idle helper found a team open but kept
+/// out because another thread wanted its CPU (counted once per look, so a long wait
+/// counts many). For benchmarks and diagnostics.
+pub fn helper_stats() -> (u64, u64) {
+    runtime::stats()
+}
+
+/// The measured time a sleeping helper takes from a team's publication to joining it (a
+/// moving average; 500 µs until measured). For diagnostics and benchmarks.
+pub fn helper_wake_time() -> Duration {
+    Duration::from_nanos(runtime::wake_ns())
+}
+
 /// The number of helper threads started so far (they are started on demand, up to the
 /// largest thread count asked for minus one, and live as long as the process).
 pub fn helper_threads() -> usize {

@@ -56,6 +56,8 @@ struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
     /// The first panic of a helper's task, rethrown by the caller.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// When it was published (for the wake-up latency a woken helper measures).
+    published: Instant,
 }
 
 impl Job<'_> {
@@ -104,6 +106,13 @@ struct Shared {
     blocktime_ns: AtomicU64,
     /// Test hook: each worker sleeps this long after seeing an open job, before joining.
     helper_delay_ns: AtomicU64,
+    /// Seats taken so far (statistics).
+    joins: AtomicU64,
+    /// Open jobs a contended worker kept out of (statistics).
+    abstentions: AtomicU64,
+    /// Moving average of how long a sleeping worker took from a publication to joining
+    /// it, in ns: the cost of waking one.
+    wake_ns: AtomicU64,
 }
 
 /// `blocktime_ns` before the first read: take `FASTATTN_BLOCKTIME` or the default.
@@ -125,7 +134,43 @@ static SHARED: Shared = Shared {
     spawn_lock: Mutex::new(()),
     blocktime_ns: AtomicU64::new(BLOCKTIME_UNSET),
     helper_delay_ns: AtomicU64::new(0),
+    joins: AtomicU64::new(0),
+    abstentions: AtomicU64::new(0),
+    wake_ns: AtomicU64::new(INITIAL_WAKE_NS),
 };
+
+/// The wake-up cost assumed until one is measured.
+const INITIAL_WAKE_NS: u64 = 500_000;
+
+thread_local! {
+    /// The estimated one-thread time of the call running on this thread (set by
+    /// `SplitGate::run`; `u64::MAX` when unknown).
+    static EXPECTED_NS: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+/// Calls estimated shorter than this (one-thread time, ns) do not wake sleeping helpers.
+/// A wake-up costs the caller a futex syscall (microseconds), and the helper takes far
+/// longer to come (`helper_wake_time`: milliseconds on the 2-vCPU VM), so it could only
+/// help the calls that follow; for a call this short the syscall is a loss that shows.
+const WAKE_MIN_EXPECTED_NS: u64 = 100_000;
+
+/// Runs `f` with `ns` as the estimated one-thread time of the call: its teams wake
+/// sleeping helpers only when it is at least [`WAKE_MIN_EXPECTED_NS`].
+pub(super) fn with_expected<R>(ns: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXPECTED_NS.with(|e| e.set(self.0));
+        }
+    }
+    let _restore = Restore(EXPECTED_NS.with(|e| e.replace(ns)));
+    f()
+}
+
+/// The measured time from a publication to a woken helper joining it, in ns.
+pub(super) fn wake_ns() -> u64 {
+    SHARED.wake_ns.load(Ordering::Relaxed)
+}
 
 /// Parses a blocktime in milliseconds: a non-negative number (`"0"`, `"0.5"`, `"200"`) or
 /// `"infinite"` (never sleep).
@@ -192,6 +237,14 @@ pub(super) fn set_helper_delay(d: Duration) {
         .store(to_ns(d).min(u64::MAX - 2), Ordering::Relaxed);
 }
 
+/// See [`super::helper_stats`].
+pub(super) fn stats() -> (u64, u64) {
+    (
+        SHARED.joins.load(Ordering::Relaxed),
+        SHARED.abstentions.load(Ordering::Relaxed),
+    )
+}
+
 /// Workers started so far (they live as long as the process).
 pub(super) fn workers() -> usize {
     SHARED.workers.load(Ordering::Relaxed)
@@ -236,7 +289,11 @@ pub(super) fn backoff(spins: &mut u32) {
 /// A `sched_yield` that returns later than this ran another thread on this CPU meanwhile.
 const SLOW_YIELD: Duration = Duration::from_micros(50);
 /// How long after its last slow yield a worker keeps out of teams.
-const CONTENDED_FOR: Duration = Duration::from_millis(2);
+const CONTENDED_FOR: Duration = Duration::from_micros(250);
+/// Slow yields in a row after which an idle worker sleeps, blocktime or not. One slow
+/// yield in 20–40 ms happens on an otherwise idle VM (kernel threads, the hypervisor);
+/// a thread spinning on the same CPU makes every yield slow.
+const SLOW_STREAK: u32 = 4;
 
 /// A worker thread: looks for open jobs, helps, waits (spin, yield, sleep), forever.
 ///
@@ -246,24 +303,39 @@ const CONTENDED_FOR: Duration = Duration::from_millis(2);
 /// So a worker times its yields while idle: one that returns later than [`SLOW_YIELD`]
 /// means another thread wants this CPU, and the worker keeps out of teams until
 /// [`CONTENDED_FOR`] after the last slow one. Callers then run alone (their one-thread
-/// time) instead of waiting for a helper that the scheduler has parked.
+/// time) instead of waiting for a helper that the scheduler has parked. After
+/// [`SLOW_STREAK`] slow yields in a row it also goes to sleep, blocktime or not: an idle
+/// helper keeps spinning only while no other thread keeps wanting its CPU, so it does not
+/// take time from torch's or OpenBLAS's working threads, nor make a CPU look busy to the
+/// scheduler placing their threads as they wake (with helpers that never slept, a 512²
+/// `torch.mm` right after our call took 7.9 ms instead of 0.9).
 fn worker_main() {
     let mut idle_since = Instant::now();
     let mut spins = 0u32;
     let mut contended_at: Option<Instant> = None;
+    // Slow yields in a row: another thread keeps wanting this CPU.
+    let mut slow_streak = 0u32;
+    // Just woken from sleep: the next join measures the wake-up time.
+    let mut woken = false;
     loop {
         let seen = SHARED.epoch.load(Ordering::SeqCst);
         let contended = contended_at.is_some_and(|t| t.elapsed() < CONTENDED_FOR);
-        if !contended && help_once() {
+        if contended && SHARED.open_mask.load(Ordering::Relaxed) != 0 {
+            SHARED.abstentions.fetch_add(1, Ordering::Relaxed);
+        }
+        if !contended && help_once(std::mem::take(&mut woken)) {
             idle_since = Instant::now();
             spins = 0;
             continue;
         }
         let bt = blocktime_ns();
-        // Check the clock every 64 rounds only.
-        if !spins.is_multiple_of(64)
-            || bt == u64::MAX
-            || idle_since.elapsed().as_nanos() < u128::from(bt)
+        // Keep looking (checking the clock every 64 rounds only) within the blocktime,
+        // unless another thread keeps wanting this CPU: then sleep at once, so that no
+        // idle helper of ours holds a CPU while another library's threads work.
+        if slow_streak < SLOW_STREAK
+            && (!spins.is_multiple_of(64)
+                || bt == u64::MAX
+                || idle_since.elapsed().as_nanos() < u128::from(bt))
         {
             if spins < SPIN_ROUNDS {
                 backoff(&mut spins);
@@ -272,10 +344,14 @@ fn worker_main() {
                 backoff(&mut spins);
                 if t.elapsed() > SLOW_YIELD {
                     contended_at = Some(Instant::now());
+                    slow_streak += 1;
+                } else {
+                    slow_streak = 0;
                 }
             }
             continue;
         }
+        slow_streak = 0;
         let guard = SHARED
             .sleep_lock
             .lock()
@@ -293,11 +369,20 @@ fn worker_main() {
         drop(guard);
         idle_since = Instant::now();
         spins = 0;
+        woken = true;
+        // Is this CPU wanted by another thread now? (A spinning pool that took it while
+        // this worker slept.) One yield tells, for about a microsecond when it is free.
+        let t = Instant::now();
+        std::thread::yield_now();
+        if t.elapsed() > SLOW_YIELD {
+            contended_at = Some(Instant::now());
+        }
     }
 }
 
 /// Joins one open job with a free seat, if any, and helps until its tasks are claimed.
-fn help_once() -> bool {
+/// `woken`: this worker just woke from sleep; it records how long the wake-up took.
+fn help_once(woken: bool) -> bool {
     let mask = SHARED.open_mask.load(Ordering::Acquire);
     if mask == 0 {
         return false;
@@ -314,10 +399,17 @@ fn help_once() -> bool {
         if !join(slot) {
             continue;
         }
+        SHARED.joins.fetch_add(1, Ordering::Relaxed);
         // SAFETY: this helper holds a seat, so the slot's job stays alive (its caller
         // waits for every active helper before the job goes out of scope), and the
         // pointer was stored before the slot was opened (Acquire in `join`).
         let job = unsafe { &*slot.job.load(Ordering::Relaxed).cast::<Job<'_>>() };
+        if woken {
+            let ns = u64::try_from(job.published.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let cur = SHARED.wake_ns.load(Ordering::Relaxed);
+            let next = cur - cur / 4 + ns.min(100_000_000) / 4;
+            SHARED.wake_ns.store(next.max(1), Ordering::Relaxed);
+        }
         job.work();
         slot.state.fetch_sub(1, Ordering::Release);
         return true;
@@ -403,6 +495,7 @@ pub(super) fn team(threads: usize, ntasks: usize, task: &(dyn Fn(usize) + Sync))
         next: AtomicUsize::new(0),
         task,
         panic: Mutex::new(None),
+        published: Instant::now(),
     };
     let seats = (threads - 1).min(ntasks - 1).min(0xffff);
     ensure_workers(seats);
@@ -424,7 +517,8 @@ pub(super) fn team(threads: usize, ntasks: usize, task: &(dyn Fn(usize) + Sync))
         SHARED.open_mask.fetch_or(1 << i, Ordering::SeqCst);
         SHARED.epoch.fetch_add(1, Ordering::SeqCst);
         let sleeping = SHARED.sleepers.load(Ordering::SeqCst);
-        if sleeping > 0 {
+        let worth_waking = EXPECTED_NS.with(Cell::get) >= WAKE_MIN_EXPECTED_NS;
+        if sleeping > 0 && worth_waking {
             let _g = SHARED
                 .sleep_lock
                 .lock()
