@@ -1,5 +1,5 @@
 //! When the attention crate's calls are split across threads: one
-//! [`SplitGate`](kernels::parallel::SplitGate) per kind of work, each estimating a call's
+//! [`SplitGate`] per kind of work, each estimating a call's
 //! one-thread time from its work units and the cost per unit it has measured on this
 //! machine (see `kernels::parallel::gate`). The decision changes only which threads run a
 //! call's tasks, never the tasks, so results do not depend on it.

@@ -124,3 +124,23 @@ def test_odd_but_valid_inputs_work():
     # Byte-swapped numpy input is copied to native order.
     qb = Q.numpy().astype(">f4")
     assert np.allclose(sdpa(qb, K.numpy(), V.numpy()), sdpa(Q.numpy(), K.numpy(), V.numpy()))
+
+
+def test_blocktime_round_trips_and_results_do_not_depend_on_it():
+    before = fastattn.get_blocktime()
+    q = torch.rand(1, 8, 64, 32)
+    k = torch.rand(1, 4, 300, 32)
+    v = torch.rand(1, 4, 300, 32)
+    want = fastattn.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    try:
+        for ms, got_ms in [(0, 0.0), (2.5, 2.5), (-1, float("inf")), (float("inf"), float("inf"))]:
+            fastattn.set_blocktime(ms)
+            assert fastattn.get_blocktime() == got_ms
+            out = fastattn.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            assert torch.equal(out, want)
+        with pytest.raises(ValueError, match="nan"):
+            fastattn.set_blocktime(float("nan"))
+        with pytest.raises(TypeError):
+            fastattn.set_blocktime("fast")
+    finally:
+        fastattn.set_blocktime(before)

@@ -48,7 +48,7 @@
 //! `kernels::parallel::with_threads` with that count.
 //!
 //! It runs only when `--filter` names it (`latency`, or case ids such as
-//! `latency/gemm-*`): a quick run takes about 35 s on a 2-vCPU VM. It writes `latency.json` (the
+//! `latency/gemm-*`): a quick run takes one to two minutes on a 2-vCPU VM. It writes `latency.json` (the
 //! rows of the table) to the output directory.
 
 mod cases;

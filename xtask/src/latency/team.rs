@@ -26,7 +26,8 @@ struct Shared {
     wake: Condvar,
 }
 
-/// The team (see the [module docs](self)). Dropping it stops and joins the workers.
+/// The team (see the module docs of `latency::team`). Dropping it stops and joins the
+/// workers.
 pub struct SpinTeam {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,

@@ -292,7 +292,7 @@ def set_blocktime(ms):
     sleep: milliseconds, like OpenMP's ``KMP_BLOCKTIME`` (a negative value or ``inf``:
     never sleep). A call that comes later than that wakes them and does not wait for them.
     The default is ``FASTATTN_BLOCKTIME`` (ms) if set, else 20 ms."""
-    _fastattn.set_blocktime(float(ms))
+    _fastattn.set_blocktime(ms)
 
 
 def get_blocktime():
