@@ -30,6 +30,7 @@ pub mod exp;
 pub mod gemm;
 pub mod gemv;
 pub mod parallel;
+pub mod quant;
 pub(crate) mod simd;
 pub mod softmax;
 

@@ -190,4 +190,49 @@ impl SimdOps for Avx2Ops {
             _mm_storeu_si128(p.cast(), _mm256_castsi256_si128(ordered))
         }
     }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m256 {
+        // SAFETY: 8 readable bytes and AVX2 (caller contract).
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e5m2(p: *const u8) -> __m256 {
+        // SAFETY: 8 readable bytes; AVX2 and F16C are part of this variant (caller contract).
+        unsafe {
+            let h = _mm_slli_epi16::<8>(_mm_cvtepu8_epi16(_mm_loadl_epi64(p.cast())));
+            _mm256_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3(p: *const u8) -> __m256 {
+        // SAFETY: 8 readable bytes; AVX2 and F16C are part of this variant (caller contract).
+        unsafe {
+            _mm256_mul_ps(
+                _mm256_cvtph_ps(e4m3_as_f16(_mm_loadl_epi64(p.cast()))),
+                _mm256_set1_ps(256.0),
+            )
+        }
+    }
+}
+
+/// The low 8 e4m3fn codes of `b` as 8 f16 bit patterns worth `code / 256`: the sign moves
+/// to bit 15 and the 7 magnitude bits to bits 7..14 (the f16 exponent has bias 15, e4m3's
+/// bias 7, so the value is off by exactly `2^8`; e4m3 subnormals become f16 subnormals,
+/// which F16C widens exactly). The NaN magnitude `0x7F` gets an all-ones exponent (NaN).
+///
+/// # Safety
+/// SSE4.1 is present (part of every AVX2 variant).
+#[inline(always)]
+pub(crate) unsafe fn e4m3_as_f16(b: __m128i) -> __m128i {
+    // SAFETY: SSE2/SSE4.1 are present (caller contract).
+    unsafe {
+        let x = _mm_cvtepu8_epi16(b);
+        let mag = _mm_and_si128(x, _mm_set1_epi16(0x7F));
+        let sign = _mm_slli_epi16::<8>(_mm_and_si128(x, _mm_set1_epi16(0x80)));
+        let nan = _mm_and_si128(
+            _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F)),
+            _mm_set1_epi16(0x7C00),
+        );
+        _mm_or_si128(_mm_or_si128(sign, _mm_slli_epi16::<7>(mag)), nan)
+    }
 }

@@ -141,4 +141,30 @@ impl SimdOps for Avx512Ops {
             _mm256_storeu_si256(p.cast(), _mm512_cvtepi32_epi16(w))
         }
     }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m512 {
+        // SAFETY: 16 readable bytes and AVX-512F (caller contract).
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e5m2(p: *const u8) -> __m512 {
+        // SAFETY: 16 readable bytes; AVX-512F and AVX2 are part of this variant (caller
+        // contract).
+        unsafe {
+            let h = _mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast())));
+            _mm512_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3(p: *const u8) -> __m512 {
+        // SAFETY: 16 readable bytes; AVX-512F and AVX2 are part of this variant (caller
+        // contract). Two halves of 8 codes through the AVX2 variant's f16 construction.
+        unsafe {
+            let b = _mm_loadu_si128(p.cast());
+            let lo = super::avx2::e4m3_as_f16(b);
+            let hi = super::avx2::e4m3_as_f16(_mm_srli_si128::<8>(b));
+            let h = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi);
+            _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+        }
+    }
 }

@@ -180,6 +180,23 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// `p` writable for `LANES` values; the ISA is present.
     unsafe fn store_bf16(p: *mut u16, v: Self::V);
+    /// Loads `LANES` int8 values and converts them to f32 (exact).
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load_i8(p: *const i8) -> Self::V;
+    /// Loads `LANES` fp8 e5m2 codes and decodes them to f32 (exact: an e5m2 code is the
+    /// top byte of an f16).
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load_f8e5m2(p: *const u8) -> Self::V;
+    /// Loads `LANES` fp8 e4m3fn codes and decodes them to f32 (exact; the codes `0x7F` and
+    /// `0xFF` give NaN).
+    ///
+    /// # Safety
+    /// `p` readable for `LANES` values; the ISA is present.
+    unsafe fn load_f8e4m3(p: *const u8) -> Self::V;
 }
 
 /// Defines [`SimdOps`] methods that are one intrinsic of two vectors of type `$v`, inside

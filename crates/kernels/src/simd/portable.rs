@@ -126,4 +126,22 @@ impl SimdOps for WideOps {
         // SAFETY: the caller guarantees 8 writable values.
         unsafe { p.cast::<[u16; 8]>().write_unaligned(b) }
     }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values.
+        let b = unsafe { p.cast::<[i8; 8]>().read_unaligned() };
+        f32x8::from(b.map(f32::from))
+    }
+    #[inline(always)]
+    unsafe fn load_f8e5m2(p: *const u8) -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values.
+        let b = unsafe { p.cast::<[u8; 8]>().read_unaligned() };
+        f32x8::from(b.map(|x| crate::quant::F8E5M2::from_bits(x).to_f32()))
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3(p: *const u8) -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values.
+        let b = unsafe { p.cast::<[u8; 8]>().read_unaligned() };
+        f32x8::from(b.map(|x| crate::quant::F8E4M3::from_bits(x).to_f32()))
+    }
 }

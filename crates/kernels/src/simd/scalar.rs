@@ -127,4 +127,19 @@ impl SimdOps for ScalarOps {
         // SAFETY: the caller guarantees `p` is writable.
         unsafe { *p = half::bf16::from_f32(v).to_bits() }
     }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        f32::from(unsafe { *p })
+    }
+    #[inline(always)]
+    unsafe fn load_f8e5m2(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        crate::quant::F8E5M2::from_bits(unsafe { *p }).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        crate::quant::F8E4M3::from_bits(unsafe { *p }).to_f32()
+    }
 }
