@@ -67,12 +67,13 @@ pub fn fp8_encode_ref(f: Fp8Spec, x: f32, nan_code: u8) -> u8 {
     if x.is_nan() {
         return sign | nan_code;
     }
-    // ±inf saturates like any value beyond the largest finite one.
-    let a = if x.is_infinite() {
-        f64::MAX
-    } else {
-        f64::from(x.abs())
-    };
+    // Saturation: anything beyond the largest finite value (±inf included) is clamped to it
+    // first (comparing errors of huge values would tie after rounding).
+    let largest = (0u8..0x80)
+        .map(|c| fp8_decode_ref(f, c))
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let a = f64::from(x.abs()).min(largest);
     let mut best = 0u8;
     let mut best_err = f64::INFINITY;
     for code in 0u8..0x80 {
