@@ -37,8 +37,8 @@
 //!
 //! # Kernels
 //!
-//! The dequantisers are SIMD on AVX2 and AVX-512 (see [`dequant`]'s notes); Scalar and
-//! Portable decode code by code. The scalar oracles are in [`reference`], written from the
+//! The dequantisers are SIMD on AVX2 and AVX-512 (see [`dequant`](mod@dequant)'s notes); Scalar and
+//! Portable decode code by code. The scalar oracles are in [`reference`](mod@reference), written from the
 //! format definitions. These types are not (yet) [`Element`](crate::Element)s.
 
 pub mod dequant;
