@@ -8,15 +8,19 @@
 //! implementation, each a closure performing one call. Setup runs only when the case is
 //! selected, so large inputs cost nothing otherwise. See [`gemm_case`] for the pattern.
 //! Each suite has a file of its own (`gemm`, `elementwise`, `attention`, `layer`,
-//! `serving` for `varlen` and `paged`).
+//! `serving` for `varlen` and `paged`, `dequant`).
 //!
 //! The `attention` suite compares every variant's fused path with a materialised attention
 //! on matrixmultiply ([`MATERIALIZED_MM`](crate::peers::MATERIALIZED_MM)). GEMM and attention
 //! cases also name what the torch peer computes on them ([`Case::with_torch`]: `torch.mm`,
 //! SDPA). The `layer` suite
 //! times the whole multi-head attention layer (prefill, and decoding against a cache).
+//! The `dequant` suite (`--full` only, or a case named exactly: `--filter dequant/4096`)
+//! times the 8-bit codecs of `kernels::quant` (int8, FP8 E4M3, FP8 E5M2 → f32) per variant,
+//! next to the bf16 → f32 conversion.
 
 mod attention;
+mod dequant;
 mod elementwise;
 mod gemm;
 mod layer;
@@ -24,6 +28,7 @@ mod serving;
 mod shape;
 
 pub use self::attention::{attention_case, attention_cases, backward_case, backward_cases};
+pub use dequant::{dequant_case, dequant_cases, DEQUANT_SIZES};
 pub use elementwise::{
     exp_case, exp_cases, softmax_case, softmax_cases, EXP_SIZES, SOFTMAX_SHAPES,
 };
@@ -34,6 +39,7 @@ pub use serving::{paged_case, paged_cases, varlen_case, varlen_cases, MIXED_LENG
 use self::attention::{attention_from_shape, backward_from_shape};
 use crate::case::Case;
 use crate::Result;
+use dequant::dequant_from_shape;
 use elementwise::{exp_from_shape, softmax_from_shape};
 use gemm::gemm_from_shape;
 use layer::layer_from_shape;
@@ -111,6 +117,13 @@ pub fn suites() -> Vec<Suite> {
             from_shape: paged_from_shape,
             shape_help: "SEQSxCACHEDxHQxHKVxDxBLOCK (decode from a bf16 paged cache)",
             default_shape: "32x4096x32x8x128x16",
+        },
+        Suite {
+            name: "dequant",
+            cases: dequant_cases,
+            from_shape: dequant_from_shape,
+            shape_help: "N (elements)",
+            default_shape: "262144",
         },
     ]
 }
