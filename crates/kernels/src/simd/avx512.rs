@@ -158,12 +158,18 @@ impl SimdOps for Avx512Ops {
     #[inline(always)]
     unsafe fn load_f8e4m3(p: *const u8) -> __m512 {
         // SAFETY: 16 readable bytes; AVX-512F and AVX2 are part of this variant (caller
-        // contract). Two halves of 8 codes through the AVX2 variant's f16 construction.
+        // contract). The AVX2 variant's f16 construction (`e4m3_as_f16`), on all 16 codes
+        // at once in 256-bit registers (two 128-bit halves and an insert were 2.1× the
+        // bf16 load's time; this is one widening load and five integer ops).
         unsafe {
-            let b = _mm_loadu_si128(p.cast());
-            let lo = super::avx2::e4m3_as_f16(b);
-            let hi = super::avx2::e4m3_as_f16(_mm_srli_si128::<8>(b));
-            let h = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi);
+            let x = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast()));
+            let mag = _mm256_and_si256(x, _mm256_set1_epi16(0x7F));
+            let sign = _mm256_and_si256(_mm256_slli_epi16::<8>(x), _mm256_set1_epi16(-0x8000));
+            let nan = _mm256_and_si256(
+                _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7F)),
+                _mm256_set1_epi16(0x7C00),
+            );
+            let h = _mm256_or_si256(_mm256_or_si256(sign, _mm256_slli_epi16::<7>(mag)), nan);
             _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
         }
     }
