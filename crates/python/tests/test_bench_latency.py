@@ -32,8 +32,9 @@ def test_latency_mode_runs_and_prints_its_table():
     text = out.stdout
     # This mode leaves the OpenMP wait policy to the environment and says so.
     assert "OMP_WAIT_POLICY: unset" in text, text
-    for word in ("decode-64", "prefill-16", "fastattn", "torch", "b2b", "1t", "gap1", "after-torch"):
+    for word in ("decode-64", "prefill-16", "fastattn", "torch", "b2b", "1t", "gap1", "after-torch",
+                 "1t-gap1", "1t-after-torch", "x 1t same"):
         assert word in text, f"{word!r} missing from:\n{text}"
     rows = [line for line in text.splitlines() if line.startswith(("decode-64", "prefill-16"))]
-    # 2 cases x 2 implementations x (b2b, 1t, after-torch, gap1)
-    assert len(rows) == 16, text
+    # 2 cases x 2 implementations x (b2b, 1t, after-torch, 1t-after-torch, gap1, 1t-gap1)
+    assert len(rows) == 24, text

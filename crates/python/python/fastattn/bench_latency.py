@@ -10,7 +10,13 @@ default 2048 and 4096) and causal prefill (``[1, 8, L, 64]``, ``--latency-l``, d
 * ``1t``: the same at ``torch.set_num_threads(1)`` (fastattn follows torch's count);
 * ``gapN``: one call, an idle gap of N ms (``--gaps``, default 1 10 50), the timed call;
 * ``after-torch``: right after a parallel ``torch.mm`` of ``--busy-n`` (1024) squared
-  matrices, while torch's OpenMP threads still spin.
+  matrices, while torch's OpenMP threads still spin;
+* ``1t-gapN``, ``1t-after-torch``: each gap and after-torch condition's one-thread twin
+  (the same preparation, then the call at one thread); ``x 1t same`` is the ratio to it,
+  the thread team's own share of what the gap or torch's op costs.
+
+``b2b`` and ``1t`` are sampled after 10 ms of warm-up calls (sleeping helpers take
+milliseconds to wake on a VM).
 
 ``--blocktimes 20 0`` times fastattn once per helper blocktime (``fastattn.set_blocktime``
 before each of its rounds), as rows ``fastattn@20``, ``fastattn@0``, in the same rotation.
@@ -41,6 +47,7 @@ SHORT_GAP_MS = 10
 MAX_SHORT_GAP_VS_B2B = 1.15
 MAX_VS_ONE_THREAD = 1.05
 B2B_CALLS = 3
+B2B_WARM_S = 0.01  # calls before a b2b sample (sleeping helpers take milliseconds to wake)
 SETTLE_S = 0.02  # after torch's parallel work, so its spinning threads sleep again
 
 
@@ -81,28 +88,53 @@ def gap_name(ms):
     return f"gap{ms:g}"
 
 
+def warm(fn):
+    """Calls ``fn`` for at least ``B2B_WARM_S`` (two calls at least): sleeping helpers take
+    milliseconds to wake on a VM, and the calls right after would time that."""
+    t0 = time.perf_counter()
+    fn()
+    while time.perf_counter() - t0 < B2B_WARM_S:
+        fn()
+
+
 def one_round(fn, threads, gaps, busy, samples):
-    """Every condition once for ``fn``; appends to ``samples[condition]``."""
+    """Every condition once for ``fn``; appends to ``samples[condition]``. Each gap and
+    after-torch condition is followed by its one-thread twin (``1t-gapN``,
+    ``1t-after-torch``): the same preparation, then the call at ``torch.set_num_threads(1)``
+    (fastattn follows torch's count), which is what the gap or torch's op costs without
+    any thread team."""
 
     def push(cond, t):
         samples.setdefault(cond, []).append(t)
 
-    fn()
+    def one_thread(call):
+        torch.set_num_threads(1)
+        try:
+            return call()
+        finally:
+            torch.set_num_threads(threads)
+
+    warm(fn)
     push("b2b", statistics.median(timed(fn) for _ in range(B2B_CALLS)))
-    torch.set_num_threads(1)
-    try:
+    one_thread(lambda: warm(fn))
+    push("1t", one_thread(lambda: statistics.median(timed(fn) for _ in range(B2B_CALLS))))
+    for twin in (False, True):
         fn()
-        push("1t", statistics.median(timed(fn) for _ in range(B2B_CALLS)))
-    finally:
-        torch.set_num_threads(threads)
-    fn()
-    busy()
-    push("after-torch", timed(fn))
-    time.sleep(SETTLE_S)
+        busy()
+        if twin:
+            push("1t-after-torch", one_thread(lambda: timed(fn)))
+        else:
+            push("after-torch", timed(fn))
+        time.sleep(SETTLE_S)
     for g in gaps:
-        fn()
-        time.sleep(g / 1e3)
-        push(gap_name(g), timed(fn))
+        for twin in (False, True):
+            fn()
+            time.sleep(g / 1e3)
+            name = gap_name(g)
+            if twin:
+                push("1t-" + name, one_thread(lambda: timed(fn)))
+            else:
+                push(name, timed(fn))
 
 
 def ratios(xs, base):
@@ -129,14 +161,20 @@ def ratio_cell(r, limit):
     return "%.2f (%.2f-%.2f)%s" % (r[0], r[1], r[2], flag)
 
 
-HEADER = f"{'case':<14} {'impl':<12} {'condition':<12} {'median ms':>10} {'x b2b (min-max)':>19} {'x 1t (min-max)':>19}"
+HEADER = (
+    f"{'case':<14} {'impl':<12} {'condition':<15} {'median ms':>10} {'x b2b (min-max)':>19} "
+    f"{'x 1t (min-max)':>19} {'x 1t same (min-max)':>20}"
+)
 
 
 def order(cond):
-    """The table's order: b2b, 1t, the gaps by length, after-torch."""
-    if cond.startswith("gap"):
-        return (2, float(cond[3:]))
-    return ({"b2b": 0, "1t": 1}.get(cond, 3), 0.0)
+    """The table's order: b2b, 1t, the gaps by length, after-torch, each twin after its
+    condition."""
+    twin = cond.startswith("1t-")
+    base = cond[3:] if twin else cond
+    if base.startswith("gap"):
+        return (2, float(base[3:]), twin)
+    return ({"b2b": 0, "1t": 1}.get(base, 3), 0.0, twin)
 
 
 def rows(case, impl, samples, flag):
@@ -144,12 +182,18 @@ def rows(case, impl, samples, flag):
     out = []
     for cond in sorted(samples, key=order):
         xs = samples[cond]
+        twin = "1t-" + cond
         vs_b2b = None if cond in ("b2b", "1t") else ratios(xs, samples["b2b"])
         vs_1t = None if cond == "1t" else ratios(xs, samples["1t"])
-        lim_b2b, lim_1t = targets(cond) if flag else (None, None)
+        vs_twin = ratios(xs, samples[twin]) if twin in samples else None
+        if cond.startswith("1t-") or not flag:
+            lim_b2b, lim_1t, lim_twin = None, None, None
+        else:
+            (lim_b2b, lim_1t), lim_twin = targets(cond), MAX_VS_ONE_THREAD
         out.append(
-            f"{case:<14} {impl:<12} {cond:<12} {statistics.median(xs) * 1e3:>10.3f} "
-            f"{ratio_cell(vs_b2b, lim_b2b):>19} {ratio_cell(vs_1t, lim_1t):>19}"
+            f"{case:<14} {impl:<12} {cond:<15} {statistics.median(xs) * 1e3:>10.3f} "
+            f"{ratio_cell(vs_b2b, lim_b2b):>19} {ratio_cell(vs_1t, lim_1t):>19} "
+            f"{ratio_cell(vs_twin, lim_twin):>20}"
         )
     return out
 
