@@ -1,6 +1,5 @@
 //! `fa_sgemm`: the strided GEMM (matrixmultiply's argument order and stride model).
 
-use crate::pool;
 use crate::raw::{check_disjoint, check_no_self_alias, check_ptr, strided_span};
 use crate::status::{ffi_guard, FfiResult, OK};
 use kernels::{Isa, Parallelism};
@@ -114,7 +113,7 @@ pub(crate) unsafe fn checked_sgemm(
         rsc,
         csc,
     };
-    pool::run(move || call.run())
+    call.run()
 }
 
 /// Single-precision GEMM `C <- alpha*A*B + beta*C` with element strides, in the argument

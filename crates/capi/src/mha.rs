@@ -2,7 +2,6 @@
 //! handles.
 
 use crate::dtype::{fa_dtype, with_element};
-use crate::pool;
 use crate::raw::{check_disjoint, check_ptr, init_versioned, read_versioned, span_of, Versioned};
 use crate::sdpa::{attn_options, fa_sdpa_options, read_options};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
@@ -320,7 +319,7 @@ unsafe fn layer_from<W: Element>(
         layout,
     };
     probe_alloc(weight_floats(&cfg), size_of::<W>(), "the packed weights")?;
-    Ok(pool::run(move || MultiHeadAttention::new(cfg, mw))?)
+    Ok(MultiHeadAttention::new(cfg, mw)?)
 }
 
 /// Builds a layer from caller-given weights (copied and packed in their own type,
@@ -399,9 +398,7 @@ pub unsafe extern "C" fn fa_mha_new_random(
         // The unpacked f32 random weights and their packed copy live at the same time
         // (16-bit: the f32 weights, their rounded copy and the packed one; as many bytes).
         probe_alloc(weight_floats(&cfg), 8, "the weights")?;
-        let layer = pool::run(
-            move || with_element!(dtype, W => MultiHeadAttention::random_of::<W>(cfg, bias, seed)),
-        )?;
+        let layer = with_element!(dtype, W => MultiHeadAttention::random_of::<W>(cfg, bias, seed))?;
         publish_layer(layer, out)
     })
 }
@@ -502,7 +499,7 @@ pub unsafe extern "C" fn fa_mha_forward(
             .ok_or_else(|| bad_shape("batch*seq overflows".into()))?;
         // SAFETY: forwarded caller contract.
         let (xs, ys) = unsafe { io(x, y, rows, layer.config().d_model, &spans) }?;
-        pool::run(move || layer.forward_into(xs, batch, seq, ys, &options))?;
+        layer.forward_into(xs, batch, seq, ys, &options)?;
         Ok(OK)
     })
 }
@@ -626,7 +623,7 @@ pub unsafe extern "C" fn fa_mha_forward_cached(
         // SAFETY: forwarded caller contract.
         let (xs, ys) = unsafe { io(x, y, rows, layer.config().d_model, &spans) }?;
         with_cache!(cache, c => {
-            pool::run(move || layer.forward_cached_into(c, xs, batch, seq, ys, &options))
+            layer.forward_cached_into(c, xs, batch, seq, ys, &options)
         })?;
         Ok(OK)
     })

@@ -2,7 +2,6 @@
 //! (`attention::paged_kv_write`, vLLM's `reshape_and_cache`).
 
 use crate::dtype::with_element;
-use crate::pool;
 use crate::raw::{check_outputs_disjoint, Span};
 use crate::sdpa::{fa_tensor, input_slice, View};
 use crate::status::{fa_status, ffi_guard, FfiError, OK};
@@ -81,7 +80,7 @@ pub unsafe extern "C" fn fa_paged_kv_write(
             let (kt, vt, kct, vct) = unsafe {
                 (kv.typed::<S>()?, vv.typed::<S>()?, kc.typed_mut::<T>()?, vc.typed_mut::<T>()?)
             };
-            pool::run(move || attention::paged_kv_write(kt, vt, kct, vct, slots))?;
+            attention::paged_kv_write(kt, vt, kct, vct, slots)?;
             Ok(OK)
         }))
     })

@@ -10,11 +10,6 @@
 use crate::status::{fa_status, FfiError, FfiResult};
 use std::time::Duration;
 
-/// Runs `f` (on the calling thread; the thread count is process-wide).
-pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 /// Sets the number of threads; `n <= 0` returns to the default.
 pub(crate) fn set_num_threads(n: i64) -> FfiResult<()> {
     let threads = if n <= 0 {

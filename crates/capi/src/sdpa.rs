@@ -4,7 +4,6 @@
 //! and the option conversion.
 
 use crate::dtype::{fa_dtype, with_element};
-use crate::pool;
 use crate::raw::{
     check_outputs_disjoint, check_ptr, check_ptr_aligned, init_versioned, read_versioned, span_of,
     strided_span_bytes, Span, Versioned,
@@ -538,7 +537,7 @@ pub unsafe extern "C" fn fa_sdpa(
         let extras = SdpaOutputs::default()
             .with_weights(weights_t)
             .with_lse(lse_s);
-        pool::run(move || attention::sdpa_into_dyn(qt, kt, vt, ot, &options, extras))?;
+        attention::sdpa_into_dyn(qt, kt, vt, ot, &options, extras)?;
         Ok(OK)
     })
 }

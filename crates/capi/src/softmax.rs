@@ -1,6 +1,5 @@
 //! `fa_softmax`: the fused, numerically stable row softmax, in place.
 
-use crate::pool;
 use crate::raw::{check_ptr, span_of};
 use crate::status::{fa_status, ffi_guard, FfiError, OK};
 use std::ffi::c_int;
@@ -35,7 +34,7 @@ pub unsafe extern "C" fn fa_softmax(x: *mut f32, rows: usize, row_len: usize) ->
         // SAFETY: the caller guarantees `len` writable floats at `x`, used by nobody else;
         // `x` is non-NULL and aligned, and `len*4` fits in isize (checked above).
         let xs = unsafe { std::slice::from_raw_parts_mut(x, len) };
-        pool::run(move || kernels::softmax::softmax_inplace(xs, row_len))?;
+        kernels::softmax::softmax_inplace(xs, row_len)?;
         Ok(OK)
     })
 }

@@ -26,24 +26,24 @@ pub(crate) enum Threads {
 
 impl Threads {
     /// `n` threads (0 counts as 1).
-    pub(crate) fn of(n: usize) -> PyResult<Threads> {
-        Ok(Threads::Count(n.max(1)))
+    pub(crate) fn of(n: usize) -> Threads {
+        Threads::Count(n.max(1))
     }
 
     /// The threads of a call on torch tensors: `torch.get_num_threads()`.
     pub(crate) fn torch(py: Python<'_>) -> PyResult<Threads> {
         match crate::view::torch(py)? {
-            Some(t) => Threads::of(t.get_num_threads.call0(py)?.extract(py)?),
-            None => Threads::numpy(),
+            Some(t) => Ok(Threads::of(t.get_num_threads.call0(py)?.extract(py)?)),
+            None => Ok(Threads::numpy()),
         }
     }
 
     /// The threads of a call on numpy arrays: `fastattn.set_num_threads`.
-    pub(crate) fn numpy() -> PyResult<Threads> {
-        Ok(match CONFIGURED.load(Ordering::Relaxed) {
+    pub(crate) fn numpy() -> Threads {
+        match CONFIGURED.load(Ordering::Relaxed) {
             0 => Threads::Default,
             n => Threads::Count(n),
-        })
+        }
     }
 
     /// The library's parallelism option for these threads.

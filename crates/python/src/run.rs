@@ -19,7 +19,7 @@ pub(crate) fn attn_err(e: attention::AttnError) -> PyErr {
 pub(crate) fn threads_for(py: Python<'_>, q: &View<'_>) -> PyResult<Threads> {
     match q.kind {
         Kind::Torch => Threads::torch(py),
-        Kind::Numpy => Threads::numpy(),
+        Kind::Numpy => Ok(Threads::numpy()),
     }
 }
 

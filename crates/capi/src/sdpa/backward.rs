@@ -1,7 +1,6 @@
 //! `fa_sdpa_backward`: the gradients of `fa_sdpa` with respect to Q, K and V.
 
 use super::{attn_options, fa_sdpa_options, fa_tensor, input_slice, lse_rows, read_options, View};
-use crate::pool;
 use crate::raw::check_outputs_disjoint;
 use crate::status::{fa_status, ffi_guard, FfiError, OK};
 use attention::SdpaGrads;
@@ -141,9 +140,7 @@ pub unsafe extern "C" fn fa_sdpa_backward(
                 gv.typed_mut::<f32>()?,
             )
         };
-        pool::run(move || {
-            attention::sdpa_backward_into_dyn(qt, kt, vt, ot, got, lse_s, grads, &options)
-        })?;
+        attention::sdpa_backward_into_dyn(qt, kt, vt, ot, got, lse_s, grads, &options)?;
         Ok(OK)
     })
 }

@@ -3,7 +3,6 @@
 //! `fa_varlen_seqs` it reads.
 
 use super::{attn_options, fa_sdpa_options, fa_tensor, input_slice, invalid, read_options, View};
-use crate::pool;
 use crate::raw::{
     check_outputs_disjoint, check_ptr, init_versioned, read_versioned, span_of, Span, Versioned,
 };
@@ -343,9 +342,7 @@ pub unsafe extern "C" fn fa_sdpa_varlen(
             Some((p, n)) => Some(unsafe { std::slice::from_raw_parts_mut(p, n) }),
             None => None,
         };
-        pool::run(move || {
-            attention::sdpa_varlen_into_dyn(qt, kt, vt, ot, &varlen, &options, lse_s)
-        })?;
+        attention::sdpa_varlen_into_dyn(qt, kt, vt, ot, &varlen, &options, lse_s)?;
         Ok(OK)
     })
 }
