@@ -11,33 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-type Job = Box<dyn FnMut()>;
+use crate::Job;
 
 macro_rules! latency_cases {
     ($fa:ident, $par:expr) => {{
-        use $fa::kernels::{MatMut, MatRef};
-        use $fa::{sdpa_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
         let par = $par;
         let mut v: Vec<(String, Job)> = Vec::new();
         for n in [64usize, 128, 256, 512, 1024] {
-            let a = crate::rand_vec(n * n, 1);
-            let b = crate::rand_vec(n * n, 2);
-            let mut c = vec![0.0f32; n * n];
-            v.push((
-                format!("gemm {n}"),
-                Box::new(move || {
-                    $fa::kernels::gemm_with(
-                        $fa::kernels::current_isa().unwrap(),
-                        par,
-                        1.0,
-                        MatRef::row_major(&a, n, n).unwrap(),
-                        MatRef::row_major(&b, n, n).unwrap(),
-                        0.0,
-                        MatMut::row_major(&mut c, n, n).unwrap(),
-                    )
-                    .unwrap();
-                }),
-            ));
+            v.push((format!("gemm {n}"), gemm_job!($fa, par, n)));
         }
         // (label, hq, hkv, lq, lk, d, causal)
         let attn: &[(&str, usize, usize, usize, usize, usize, bool)] = &[
@@ -47,20 +28,9 @@ macro_rules! latency_cases {
             ("decode 32/8 Lk4096 D128", 32, 8, 1, 4096, 128, false),
         ];
         for &(label, hq, hkv, lq, lk, d, causal) in attn {
-            let q = crate::rand_vec(hq * lq * d, 5);
-            let k = crate::rand_vec(hkv * lk * d, 6);
-            let vv = crate::rand_vec(hkv * lk * d, 7);
-            let mut o = vec![0.0f32; hq * lq * d];
             v.push((
                 label.to_string(),
-                Box::new(move || {
-                    let opts = SdpaOptions::new().with_causal(causal).with_parallelism(par);
-                    let qt = TensorRef::contiguous(&q, [1, hq, lq, d]).unwrap();
-                    let ot = TensorMut::contiguous(&mut o, [1, hq, lq, d]).unwrap();
-                    let kt = TensorRef::contiguous(&k, [1, hkv, lk, d]).unwrap();
-                    let vt = TensorRef::contiguous(&vv, [1, hkv, lk, d]).unwrap();
-                    sdpa_into(qt, kt, vt, ot, &opts, SdpaOutputs::default()).unwrap();
-                }),
+                sdpa_job!($fa, par, hq, hkv, lq, lk, d, causal, false),
             ));
         }
         v

@@ -1,8 +1,6 @@
 //! Old against new fastattn, alternating in one process (README.md): per case, rounds
 //! of old/new in flipping order, each sample ~40 ms; ratio new/old per round, median, min–max.
-use half::bf16;
 
-mod latency;
 use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnMut()>;
@@ -21,9 +19,61 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A GEMM job: `C = A·B`, square `n`, row-major, with parallelism `$par`.
+macro_rules! gemm_job {
+    ($fa:ident, $par:expr, $n:expr) => {{
+        use $fa::kernels::{MatMut, MatRef};
+        let (par, n) = ($par, $n);
+        let a = crate::rand_vec(n * n, 1);
+        let b = crate::rand_vec(n * n, 2);
+        let mut c = vec![0.0f32; n * n];
+        Box::new(move || {
+            $fa::kernels::gemm_with(
+                $fa::kernels::current_isa().unwrap(),
+                par,
+                1.0,
+                MatRef::row_major(&a, n, n).unwrap(),
+                MatRef::row_major(&b, n, n).unwrap(),
+                0.0,
+                MatMut::row_major(&mut c, n, n).unwrap(),
+            )
+            .unwrap();
+        }) as crate::Job
+    }};
+}
+
+/// An `sdpa_into` job on Q `[1, hq, lq, d]`, K/V `[1, hkv, lk, d]` (bf16 K/V when `$half`).
+macro_rules! sdpa_job {
+    ($fa:ident, $par:expr, $hq:expr, $hkv:expr, $lq:expr, $lk:expr, $d:expr, $causal:expr, $half:expr) => {{
+        use $fa::{sdpa_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
+        let (par, hq, hkv, lq, lk, d, causal, half16) =
+            ($par, $hq, $hkv, $lq, $lk, $d, $causal, $half);
+        let q = crate::rand_vec(hq * lq * d, 5);
+        let k = crate::rand_vec(hkv * lk * d, 6);
+        let vv = crate::rand_vec(hkv * lk * d, 7);
+        let kb: Vec<half::bf16> = k.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let vb: Vec<half::bf16> = vv.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let mut o = vec![0.0f32; hq * lq * d];
+        Box::new(move || {
+            let opts = SdpaOptions::new().with_causal(causal).with_parallelism(par);
+            let qt = TensorRef::contiguous(&q, [1, hq, lq, d]).unwrap();
+            let ot = TensorMut::contiguous(&mut o, [1, hq, lq, d]).unwrap();
+            if half16 {
+                let kt = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
+                let vt = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
+                sdpa_into(qt, kt, vt, ot, &opts, SdpaOutputs::default()).unwrap();
+            } else {
+                let kt = TensorRef::contiguous(&k, [1, hkv, lk, d]).unwrap();
+                let vt = TensorRef::contiguous(&vv, [1, hkv, lk, d]).unwrap();
+                sdpa_into(qt, kt, vt, ot, &opts, SdpaOutputs::default()).unwrap();
+            }
+        }) as crate::Job
+    }};
+}
+
 macro_rules! cases {
     ($fa:ident, $threads:expr) => {{
-        use $fa::kernels::{MatMut, MatRef, Parallelism};
+        use $fa::kernels::Parallelism;
         use $fa::{sdpa_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
         let par = if $threads == 1 {
             Parallelism::Sequential
@@ -32,24 +82,10 @@ macro_rules! cases {
         };
         let mut v: Vec<(String, f64, Job)> = Vec::new();
         for n in [64usize, 256, 1024] {
-            let a = rand_vec(n * n, 1);
-            let b = rand_vec(n * n, 2);
-            let mut c = vec![0.0f32; n * n];
             v.push((
                 format!("gemm {n}"),
                 2.0 * (n * n * n) as f64,
-                Box::new(move || {
-                    $fa::kernels::gemm_with(
-                        $fa::kernels::current_isa().unwrap(),
-                        par,
-                        1.0,
-                        MatRef::row_major(&a, n, n).unwrap(),
-                        MatRef::row_major(&b, n, n).unwrap(),
-                        0.0,
-                        MatMut::row_major(&mut c, n, n).unwrap(),
-                    )
-                    .unwrap();
-                }),
+                gemm_job!($fa, par, n),
             ));
         }
         {
@@ -108,34 +144,12 @@ macro_rules! cases {
             ),
         ];
         for &(label, hq, hkv, lq, lk, d, causal, half16) in attn {
-            let q = rand_vec(hq * lq * d, 5);
-            let k = rand_vec(hkv * lk * d, 6);
-            let vv = rand_vec(hkv * lk * d, 7);
-            let kb: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
-            let vb: Vec<bf16> = vv.iter().map(|&x| bf16::from_f32(x)).collect();
-            let mut o = vec![0.0f32; hq * lq * d];
             let mut flops = 4.0 * (hq * lq * lk * d) as f64;
             if causal {
                 flops /= 2.0;
             }
-            v.push((
-                label.to_string(),
-                flops,
-                Box::new(move || {
-                    let opts = SdpaOptions::new().with_causal(causal).with_parallelism(par);
-                    let qt = TensorRef::contiguous(&q, [1, hq, lq, d]).unwrap();
-                    let ot = TensorMut::contiguous(&mut o, [1, hq, lq, d]).unwrap();
-                    if half16 {
-                        let kt = TensorRef::contiguous(&kb, [1, hkv, lk, d]).unwrap();
-                        let vt = TensorRef::contiguous(&vb, [1, hkv, lk, d]).unwrap();
-                        sdpa_into(qt, kt, vt, ot, &opts, SdpaOutputs::default()).unwrap();
-                    } else {
-                        let kt = TensorRef::contiguous(&k, [1, hkv, lk, d]).unwrap();
-                        let vt = TensorRef::contiguous(&vv, [1, hkv, lk, d]).unwrap();
-                        sdpa_into(qt, kt, vt, ot, &opts, SdpaOutputs::default()).unwrap();
-                    }
-                }),
-            ));
+            let job = sdpa_job!($fa, par, hq, hkv, lq, lk, d, causal, half16);
+            v.push((label.to_string(), flops, job));
         }
         {
             let (h, l, d) = (4usize, 512usize, 64usize);
@@ -177,6 +191,9 @@ macro_rules! cases {
         v
     }};
 }
+
+// After the job macros, which it uses.
+mod latency;
 
 /// Calls `f` `reps` times; seconds per call.
 fn time(f: &mut Job, reps: usize) -> f64 {
