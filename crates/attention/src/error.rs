@@ -43,6 +43,12 @@ pub enum AttnError {
         /// Positions the call tried to add.
         adding: usize,
     },
+    /// The scales of 8-bit keys or values: missing, of the wrong shape, or (on a row the
+    /// call reads) not finite and positive.
+    Scale {
+        /// Which scales, and why.
+        what: String,
+    },
     /// A kernel refused (e.g. a forced ISA this CPU lacks).
     Kernel(KernelError),
 }
@@ -66,6 +72,7 @@ impl fmt::Display for AttnError {
                 f,
                 "attention: KV cache full: {len} cached + {adding} new exceeds capacity {capacity}"
             ),
+            AttnError::Scale { what } => write!(f, "attention: bad 8-bit scales: {what}"),
             AttnError::Kernel(e) => write!(f, "attention: {e}"),
         }
     }

@@ -31,6 +31,7 @@
 //! asks it for one matrix of rows per head or block, the direct decode kernels run once per
 //! row segment it hands out.
 
+use crate::direct::{self, DirectBufs};
 use crate::error::Result;
 use crate::job::Job;
 use crate::kv::KvSource;
@@ -39,9 +40,7 @@ use crate::options::Problem;
 use crate::tensor::{with_mat, AnyRef};
 use kernels::gemm::packed::{gemm_packed_b, PackedB};
 use kernels::gemm::{MatMut, MatRef};
-use kernels::gemv::{
-    axpy_rows_indexed_with, axpy_rows_with, dot_rows_indexed_with, dot_rows_with, Heads,
-};
+use kernels::gemv::axpy_rows_with;
 use kernels::softmax::online::exp_row_update;
 use kernels::Isa;
 use std::cell::RefCell;
@@ -214,8 +213,8 @@ struct Ws {
     l: Vec<f32>,
     iv: Vec<(usize, usize)>,
     lim: Vec<usize>,
-    /// Row offsets of a paged source's keys of one block (the indexed decode kernels).
-    rows: Vec<usize>,
+    /// Scratch of the direct (decode) kernels.
+    direct: DirectBufs,
     packs: Option<KvPacks>,
 }
 
@@ -234,7 +233,7 @@ fn with_ws<R>(f: impl FnOnce(&mut Ws) -> R) -> R {
         l: Vec::new(),
         iv: Vec::new(),
         lim: Vec::new(),
-        rows: Vec::new(),
+        direct: DirectBufs::default(),
         packs: None,
     });
     let r = f(&mut ws);
@@ -334,11 +333,6 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
     }
     let mods = p.has_score_mods();
     let mr = kernels::gemm::tile_of(p.isa).0;
-    // The heads a tile's rows span, and where the next head's row of a token is.
-    let heads_of = |src: &KvSource<'_>| Heads {
-        count: t.heads,
-        stride: src.head_stride(),
-    };
     let first = (tile_lo - origin) / KEY_BLOCK;
     let last = (tile_hi - origin).div_ceil(KEY_BLOCK);
     for blk in first..last {
@@ -385,21 +379,11 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
             // The keys in place: scattered rows (a paged cache) in one call, else one
             // segment of the source at a time (a dense source has one), each into its own
             // columns of S.
-            Kv::Direct { k, .. } => match k.indexed(t.b, t.kvh, j0, jend, &mut ws.rows) {
-                Some(mem) => {
-                    let sm = MatMut::new(&mut ws.s, rows, kbn, KEY_BLOCK, 1)?;
-                    kernels::match_dtype!(mem.data, kernels::dtype::Slice(ks) => {
-                        dot_rows_indexed_with(p.isa, p.scale, qm, ks, &ws.rows, heads_of(k), sm)?
-                    })
-                }
-                None => k.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
-                    let sm = MatMut::new(&mut ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
-                    with_mat!(seg.mem, (seg.base, seg.rows, d, seg.row_stride, seg.col_stride), km => {
-                        dot_rows_with(p.isa, p.scale, qm, km, sm)?
-                    });
-                    Ok(())
-                })?,
-            },
+            Kv::Direct { k, .. } => {
+                let heads = (t.b, t.kvh, t.heads);
+                let (s, bufs) = (&mut ws.s[..], &mut ws.direct);
+                direct::scores(p.isa, p.scale, qm, k, heads, (j0, jend), s, KEY_BLOCK, bufs)?
+            }
         }
         for r in 0..rows {
             let row = &mut ws.s[r * KEY_BLOCK..r * KEY_BLOCK + kbn];
@@ -454,22 +438,12 @@ fn attend(p: &Problem<'_>, q: &AnyRef<'_>, t: Tile, kv: &Kv<'_, '_>, ws: &mut Ws
             }
             // O += P·V over the values in place: scattered rows in one call, else segment
             // by segment (in key order).
-            Kv::Direct { v, .. } => match v.indexed(t.b, t.kvh, j0, jend, &mut ws.rows) {
-                Some(mem) => {
-                    let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
-                    kernels::match_dtype!(mem.data, kernels::dtype::Slice(vs) => {
-                        axpy_rows_indexed_with(p.isa, pm, vs, &ws.rows, heads_of(v), om)?
-                    })
-                }
-                None => v.for_each_segment(t.b, t.kvh, j0, jend, |c0, seg| {
-                    let pm = MatRef::new(&ws.s[c0..], rows, seg.rows, KEY_BLOCK, 1)?;
-                    let om = MatMut::new(&mut ws.o, rows, dv, dv, 1)?;
-                    with_mat!(seg.mem, (seg.base, seg.rows, dv, seg.row_stride, seg.col_stride), vm => {
-                        axpy_rows_with(p.isa, pm, vm, om)?
-                    });
-                    Ok(())
-                })?,
-            },
+            Kv::Direct { v, .. } => {
+                let heads = (t.b, t.kvh, t.heads);
+                let (o, bufs) = (&mut ws.o[..], &mut ws.direct);
+                let (sp, shape) = (&ws.s[..], (rows, dv));
+                direct::accumulate(p.isa, sp, KEY_BLOCK, v, heads, (j0, jend), o, shape, bufs)?
+            }
         }
     }
     Ok(())

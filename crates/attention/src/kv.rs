@@ -44,14 +44,88 @@
 //! Packed variable-length K/V (`[Tk, Hkv, D]` with `cu_seqlens_k`) is a dense source per
 //! sequence over the rows from `cu_seqlens_k[s]` on.
 //!
-//! A **quantised cache** (the 8-bit issue) adds to [`RowSeg`] its scales (a per-row slice
-//! for int8, a per-tensor or per-head factor for fp8) and a storage type for its
-//! [`AnyRef`]; the consumers then dequantise where they widen today (the packing's
-//! conversion, the decode kernels' loads, [`AnyRef::gather`]).
+//! # 8-bit sources
+//! A source's memory is a [`KvMem`]: a float view, or 8-bit codes with their scales
+//! ([`QRef`]). Its segments are [`Seg`]s, float ([`RowSeg`]) or 8-bit ([`QuantSeg`], with
+//! the walk of the rows' scales). The consumers dequantise where they widen: packing goes
+//! through [`contiguous`](KvSource::contiguous), which dequantises into its scratch (the
+//! packing then sees f32 rows); the decode kernels read the codes in place with the rows'
+//! scales ([`Seg`] and [`indexed_scales`](KvSource::indexed_scales)); gathers dequantise.
 
 use crate::error::Result;
+use crate::quant::{QRef, QuantSeg};
 use crate::tensor::{AnyRef, TensorRef};
 use kernels::Isa;
+
+/// Where a source's rows live: a float view, or 8-bit codes with their scales.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KvMem<'a> {
+    /// f32, f16 or bf16.
+    Float(AnyRef<'a>),
+    /// int8 or fp8 codes with scales.
+    Quant(QRef<'a>),
+}
+
+impl<'a> KvMem<'a> {
+    pub(crate) fn strides(&self) -> [usize; 4] {
+        match self {
+            KvMem::Float(t) => t.strides(),
+            KvMem::Quant(q) => q.strides(),
+        }
+    }
+}
+
+impl<'a> KvMem<'a> {
+    /// The memory behind a public K/V argument.
+    pub(crate) fn of(k: crate::quant::KvRef<'a>) -> Self {
+        use crate::quant::{KvRef, QSlice};
+        match k {
+            KvRef::Float(t) => KvMem::Float(AnyRef::of_dyn(t)),
+            KvRef::I8(t) => KvMem::Quant(QRef::erase(&t, QSlice::I8(t.codes().data()))),
+            KvRef::F8E4M3(t) => KvMem::Quant(QRef::erase(&t, QSlice::F8E4M3(t.codes().data()))),
+            KvRef::F8E5M2(t) => KvMem::Quant(QRef::erase(&t, QSlice::F8E5M2(t.codes().data()))),
+        }
+    }
+
+    /// The same view from row `l0` of its third dimension on (a sequence's rows of packed
+    /// variable-length K/V).
+    pub(crate) fn skip_rows(&self, l0: usize) -> Self {
+        match self {
+            KvMem::Float(t) => KvMem::Float(t.tail(l0 * t.strides()[2])),
+            KvMem::Quant(q) => KvMem::Quant(q.skip_rows(l0)),
+        }
+    }
+}
+
+impl<'a> From<AnyRef<'a>> for KvMem<'a> {
+    fn from(t: AnyRef<'a>) -> Self {
+        KvMem::Float(t)
+    }
+}
+
+/// A run of rows of one key/value head: float or 8-bit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Seg<'a> {
+    Float(RowSeg<'a>),
+    Quant(QuantSeg<'a>),
+}
+
+impl Seg<'_> {
+    /// Rows in the run.
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Seg::Float(s) => s.rows,
+            Seg::Quant(s) => s.rows,
+        }
+    }
+    /// The run's rows as f32 (dequantised for 8-bit) into `dst` (`rows × cols`, dense).
+    pub(crate) fn gather(&self, isa: Isa, cols: usize, dst: &mut [f32]) -> Result<()> {
+        match self {
+            Seg::Float(s) => s.gather(isa, cols, dst),
+            Seg::Quant(s) => s.gather(isa, cols, dst),
+        }
+    }
+}
 
 /// A run of rows of one key/value head that lies in memory as a strided row-major matrix:
 /// element `(r, c)` of the run is element `base + r·row_stride + c·col_stride` of `mem`.
@@ -90,7 +164,7 @@ pub(crate) enum KvSource<'a> {
     /// A strided `[B, H, L, D]` view: one segment per request.
     Dense {
         /// The view.
-        t: AnyRef<'a>,
+        t: KvMem<'a>,
         /// `L`, the keys of every head.
         len: usize,
     },
@@ -100,7 +174,7 @@ pub(crate) enum KvSource<'a> {
     /// `table[j / block_size]`; one segment per page.
     Paged {
         /// The pages.
-        t: AnyRef<'a>,
+        t: KvMem<'a>,
         /// Rows per page.
         block_size: usize,
         /// The sequence's pages, in key order.
@@ -113,7 +187,7 @@ pub(crate) enum KvSource<'a> {
     #[cfg(test)]
     Split {
         /// The view.
-        t: AnyRef<'a>,
+        t: KvMem<'a>,
         /// `L`.
         len: usize,
         /// Rows per run.
@@ -122,47 +196,81 @@ pub(crate) enum KvSource<'a> {
 }
 
 /// Rows `j0 .. j1` of `(b, h)` of the view `t` as one segment.
-fn dense_seg<'a>(t: &AnyRef<'a>, b: usize, h: usize, j0: usize, j1: usize) -> RowSeg<'a> {
+fn dense_seg<'a>(t: &KvMem<'a>, b: usize, h: usize, j0: usize, j1: usize) -> Seg<'a> {
     let s = t.strides();
-    RowSeg {
-        mem: *t,
-        base: t.offset(b, h, j0, 0),
-        rows: j1 - j0,
-        row_stride: s[2],
-        col_stride: s[3],
+    match t {
+        KvMem::Float(t) => Seg::Float(RowSeg {
+            mem: *t,
+            base: t.offset(b, h, j0, 0),
+            rows: j1 - j0,
+            row_stride: s[2],
+            col_stride: s[3],
+        }),
+        KvMem::Quant(q) => Seg::Quant(QuantSeg {
+            mem: *q,
+            base: q.offset(b, h, j0, 0),
+            rows: j1 - j0,
+            row_stride: s[2],
+            col_stride: s[3],
+            sbase: q.scales.index(b, h, j0),
+            srow_stride: q.scales.strides()[2],
+        }),
     }
 }
 
 /// Rows `j0 .. j1` (inside one page) of head `h` of a paged source.
 fn page_seg<'a>(
-    t: &AnyRef<'a>,
+    t: &KvMem<'a>,
     bs: usize,
     table: &[i32],
     h: usize,
     j0: usize,
     j1: usize,
-) -> RowSeg<'a> {
+) -> Seg<'a> {
     let s = t.strides();
     // The table entries a sequence's keys use were checked to be pages of the view; an
     // empty range (possibly past the last page) reads nothing and starts at element 0.
-    let base = if j0 < j1 {
-        t.offset(table[j0 / bs] as usize, j0 % bs, h, 0)
+    let (page, slot) = if j0 < j1 {
+        (table[j0 / bs] as usize, j0 % bs)
     } else {
-        0
+        (0, 0)
     };
-    RowSeg {
-        mem: *t,
-        base,
-        rows: j1 - j0,
-        row_stride: s[1],
-        col_stride: s[3],
+    match t {
+        KvMem::Float(t) => Seg::Float(RowSeg {
+            mem: *t,
+            base: if j0 < j1 {
+                t.offset(page, slot, h, 0)
+            } else {
+                0
+            },
+            rows: j1 - j0,
+            row_stride: s[1],
+            col_stride: s[3],
+        }),
+        KvMem::Quant(q) => Seg::Quant(QuantSeg {
+            mem: *q,
+            base: if j0 < j1 {
+                q.offset(page, slot, h, 0)
+            } else {
+                0
+            },
+            rows: j1 - j0,
+            row_stride: s[1],
+            col_stride: s[3],
+            sbase: if j0 < j1 {
+                q.scales.index(page, slot, h)
+            } else {
+                0
+            },
+            srow_stride: q.scales.strides()[1],
+        }),
     }
 }
 
 impl<'a> KvSource<'a> {
     /// The dense source over the view `t` of `len` keys per head.
-    pub(crate) fn dense(t: AnyRef<'a>, len: usize) -> Self {
-        KvSource::Dense { t, len }
+    pub(crate) fn dense(t: impl Into<KvMem<'a>>, len: usize) -> Self {
+        KvSource::Dense { t: t.into(), len }
     }
 
     /// The keys (rows) of key/value head `(b, h)`.
@@ -210,7 +318,7 @@ impl<'a> KvSource<'a> {
 
     /// The one segment holding rows `j0 .. j1` of `(b, h)`, if the source keeps them as
     /// one strided matrix (a dense source always does, empty ranges included).
-    pub(crate) fn single(&self, b: usize, h: usize, j0: usize, j1: usize) -> Option<RowSeg<'a>> {
+    pub(crate) fn single(&self, b: usize, h: usize, j0: usize, j1: usize) -> Option<Seg<'a>> {
         debug_assert!(j0 <= j1);
         match self {
             KvSource::Dense { t, .. } => Some(dense_seg(t, b, h, j0, j1)),
@@ -236,7 +344,7 @@ impl<'a> KvSource<'a> {
         h: usize,
         j0: usize,
         j1: usize,
-        mut f: impl FnMut(usize, RowSeg<'a>) -> Result<()>,
+        mut f: impl FnMut(usize, Seg<'a>) -> Result<()>,
     ) -> Result<()> {
         if j0 >= j1 {
             return Ok(());
@@ -284,7 +392,7 @@ impl<'a> KvSource<'a> {
         j0: usize,
         j1: usize,
         rows: &mut Vec<usize>,
-    ) -> Option<AnyRef<'a>> {
+    ) -> Option<KvMem<'a>> {
         let _ = b;
         match self {
             KvSource::Dense { .. } => None,
@@ -299,7 +407,10 @@ impl<'a> KvSource<'a> {
                 let mut j = j0;
                 while j < j1 {
                     let end = ((j / bs + 1) * bs).min(j1);
-                    let base = t.offset(table[j / bs] as usize, j % bs, h, 0);
+                    let base = match t {
+                        KvMem::Float(f) => f.offset(table[j / bs] as usize, j % bs, h, 0),
+                        KvMem::Quant(q) => q.offset(table[j / bs] as usize, j % bs, h, 0),
+                    };
                     rows.extend((0..end - j).map(|r| base + r * s[1]));
                     j = end;
                 }
@@ -308,6 +419,58 @@ impl<'a> KvSource<'a> {
             #[cfg(test)]
             KvSource::Split { .. } => None,
         }
+    }
+
+    /// For an 8-bit paged source: the scales of rows `j0 .. j1` of the `count` heads from
+    /// `h0`, head-major (head `h0 + i`'s row `j` at `i·(j1 − j0) + j − j0`), into `out`
+    /// (what [`kernels::gemv::dot_rows_indexed_quant_with`] takes beside
+    /// [`indexed`](Self::indexed)'s offsets). Nothing for other sources.
+    pub(crate) fn indexed_scales(
+        &self,
+        h0: usize,
+        count: usize,
+        j0: usize,
+        j1: usize,
+        out: &mut Vec<f32>,
+    ) {
+        out.clear();
+        if let KvSource::Paged {
+            t: KvMem::Quant(q),
+            block_size: bs,
+            table,
+            ..
+        } = self
+        {
+            for h in h0..h0 + count {
+                out.extend((j0..j1).map(|j| {
+                    q.scales
+                        .at(q.scales.index(table[j / bs] as usize, j % bs, h))
+                }));
+            }
+        }
+    }
+
+    /// For an 8-bit source: checks that the scale of every row of heads `0 .. heads` of
+    /// batches `0 .. batch` is finite and positive (only the rows a call reads: a paged
+    /// cache's unused slots may hold anything). Nothing to check for a float source.
+    pub(crate) fn check_scales(&self, batch: usize, heads: usize) -> Result<()> {
+        let t = match self {
+            KvSource::Dense { t, .. } | KvSource::Paged { t, .. } => t,
+            #[cfg(test)]
+            KvSource::Split { t, .. } => t,
+        };
+        if matches!(t, KvMem::Float(_)) {
+            return Ok(());
+        }
+        for b in 0..batch {
+            for h in 0..heads {
+                self.for_each_segment(b, h, 0, self.len(b, h), |_, seg| match seg {
+                    Seg::Quant(q) => q.check_scales(),
+                    Seg::Float(_) => Ok(()),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Rows `j0 .. j1` of `(b, h)` (`cols` values each) as one strided matrix: the
@@ -327,7 +490,7 @@ impl<'a> KvSource<'a> {
     where
         'a: 's,
     {
-        if let Some(seg) = self.single(b, h, j0, j1) {
+        if let Some(Seg::Float(seg)) = self.single(b, h, j0, j1) {
             return Ok(seg);
         }
         let n = j1 - j0;
@@ -358,7 +521,11 @@ impl<'a> KvSource<'a> {
         dst: &mut [f32],
     ) -> Result<()> {
         self.for_each_segment(b, h, j0, j0 + n, |first, seg| {
-            seg.gather(isa, cols, &mut dst[first * cols..(first + seg.rows) * cols])
+            seg.gather(
+                isa,
+                cols,
+                &mut dst[first * cols..(first + seg.rows()) * cols],
+            )
         })
     }
 }
@@ -368,6 +535,14 @@ mod tests {
     use super::*;
     use crate::tensor::TensorRef;
     use kernels::bf16;
+
+    /// A float segment's rows (the tests' sources are float).
+    fn float(s: Seg<'_>) -> RowSeg<'_> {
+        match s {
+            Seg::Float(f) => f,
+            Seg::Quant(_) => panic!("a float source gave an 8-bit segment"),
+        }
+    }
 
     /// `[2, 3, 5, 4]` distinct values.
     fn data() -> Vec<f32> {
@@ -385,7 +560,7 @@ mod tests {
         for (b, h, j0, j1) in [(0, 0, 0, 5), (1, 2, 1, 4), (1, 1, 4, 5), (0, 2, 3, 3)] {
             let mut segs = Vec::new();
             src.for_each_segment(b, h, j0, j1, |first, seg| {
-                segs.push((first, seg));
+                segs.push((first, float(seg)));
                 Ok(())
             })
             .unwrap();
@@ -408,7 +583,7 @@ mod tests {
                 }
             }
             // `single` and `contiguous` hand out the same segment, without a copy.
-            let one = src.single(b, h, j0, j1).unwrap();
+            let one = float(src.single(b, h, j0, j1).unwrap());
             assert_eq!((one.base, one.rows), (seg.base, seg.rows));
             let mut scratch = Vec::new();
             let c = src
@@ -421,7 +596,7 @@ mod tests {
             assert!(scratch.is_empty());
         }
         // An empty range still has a (zero-row) single segment, at the range's start.
-        let e = src.single(1, 0, 2, 2).unwrap();
+        let e = float(src.single(1, 0, 2, 2).unwrap());
         assert_eq!((e.rows, e.base), (0, t.offset(1, 0, 2, 0)));
     }
 
@@ -459,12 +634,12 @@ mod tests {
                         None => (KvSource::dense(kt, lk), KvSource::dense(vt, lk)),
                         Some(seg) => (
                             KvSource::Split {
-                                t: kt,
+                                t: kt.into(),
                                 len: lk,
                                 seg,
                             },
                             KvSource::Split {
-                                t: vt,
+                                t: vt.into(),
                                 len: lk,
                                 seg,
                             },

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod backward;
+mod direct;
 pub mod error;
 pub mod flash;
 pub mod gates;
@@ -46,6 +47,8 @@ pub mod mha;
 mod nonfinite;
 pub mod options;
 pub mod paged;
+pub mod quant;
+pub mod quant_cache;
 pub mod reference;
 pub mod rope;
 pub mod tensor;
@@ -63,14 +66,16 @@ pub use linear::{Linear, WeightLayout};
 pub use mha::{MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights};
 pub use options::{AttnPath, Mask, SdpaOptions};
 pub use paged::paged_kv_write;
+pub use quant::{KvRef, QuantTensor};
 pub use rope::{Rope, RopeConfig};
 pub use tensor::{DynTensor, DynTensorMut, TensorMut, TensorRef};
 pub use varlen::{
-    sdpa_varlen, sdpa_varlen_into, sdpa_varlen_into_dyn, BlockTable, SeqIdx, VarlenSeqs,
+    sdpa_varlen, sdpa_varlen_into, sdpa_varlen_into_dyn, sdpa_varlen_kv_into, BlockTable, SeqIdx,
+    VarlenSeqs,
 };
 
 use job::{Job, LseOut};
-use kv::KvSource;
+use kv::{KvMem, KvSource};
 use options::Problem;
 use tensor::{AnyOut, AnyRef};
 
@@ -205,6 +210,45 @@ pub fn sdpa_into_dyn(
     q: DynTensor<'_>,
     k: DynTensor<'_>,
     v: DynTensor<'_>,
+    out: DynTensorMut<'_>,
+    opts: &SdpaOptions<'_>,
+    extras: SdpaOutputs<'_>,
+) -> Result<()> {
+    sdpa_kv_into(q, k.into(), v.into(), out, opts, extras)
+}
+
+/// [`sdpa_into_dyn`] with keys and values that may be 8-bit ([`KvRef`]: a float view, or
+/// int8/fp8 codes with their scales, [`quant::QuantTensor`]). The codes are read in
+/// place: decoding widens them in registers with the scales folded into the scores and
+/// weights; prefill dequantises each key block as it packs it.
+///
+/// ```
+/// use fastattn_attention::{quant::QuantTensor, sdpa_kv_into, SdpaOptions, SdpaOutputs, TensorMut, TensorRef};
+/// use kernels::quant::quantize_i8_row;
+/// let (l, d) = (5, 4);
+/// let x: Vec<f32> = (0..l * d).map(|i| (i as f32 * 0.37).sin()).collect();
+/// // int8 keys and values, one scale per token.
+/// let mut codes = vec![0i8; l * d];
+/// let scales: Vec<f32> = (0..l)
+///     .map(|t| quantize_i8_row(&x[t * d..(t + 1) * d], &mut codes[t * d..(t + 1) * d]))
+///     .collect::<Result<_, _>>()?;
+/// let kv = QuantTensor::per_row(TensorRef::contiguous(&codes, [1, 1, l, d])?, &scales)?;
+/// let q = TensorRef::contiguous(&x, [1, 1, l, d])?;
+/// let mut out = vec![0.0f32; l * d];
+/// sdpa_kv_into(q.into(), kv.into(), kv.into(), TensorMut::contiguous(&mut out, [1, 1, l, d])?.into(),
+///               &SdpaOptions::new().with_causal(true), SdpaOutputs::default())?;
+/// // The first query sees only the first key: its output is that token's dequantised value.
+/// assert!((out[0] - x[0]).abs() < 0.01);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// As [`sdpa_into`], and [`AttnError::Scale`] for a scale that is not finite and positive
+/// on a row the call reads (checked before any work).
+pub fn sdpa_kv_into(
+    q: DynTensor<'_>,
+    k: KvRef<'_>,
+    v: KvRef<'_>,
     mut out: DynTensorMut<'_>,
     opts: &SdpaOptions<'_>,
     extras: SdpaOutputs<'_>,
@@ -254,10 +298,16 @@ pub fn sdpa_into_dyn(
         sb: p.hq * p.lq,
         sh: p.lq,
     });
+    let (k, v) = (
+        KvSource::dense(KvMem::of(k), p.lk),
+        KvSource::dense(KvMem::of(v), p.lk),
+    );
+    k.check_scales(p.b, p.hkv)?;
+    v.check_scales(p.b, p.hkv)?;
     let job = Job {
         q: AnyRef::of_dyn(q),
-        k: KvSource::dense(AnyRef::of_dyn(k), p.lk),
-        v: KvSource::dense(AnyRef::of_dyn(v), p.lk),
+        k,
+        v,
         // SAFETY: the paths write disjoint elements of the output (one task per row or
         // head), and nothing else accesses it during the call (it is borrowed mutably here).
         out: unsafe { AnyOut::of_dyn(&mut out) },

@@ -48,10 +48,58 @@ pub fn paged_kv_write<S: Element, T: Element>(
     mut v_cache: TensorMut<'_, T>,
     slot_mapping: &[i64],
 ) -> Result<()> {
-    let [kb, hkv, tokens, d] = k.dims();
-    let [vb, vh, vt, dv] = v.dims();
-    let [nblk, bs, ch, cd] = k_cache.dims();
-    let [vnblk, vbs, vch, cdv] = v_cache.dims();
+    check_write(
+        k.dims(),
+        v.dims(),
+        k_cache.dims(),
+        v_cache.dims(),
+        slot_mapping,
+    )?;
+    let [_, hkv, _, _] = k.dims();
+    let bs = k_cache.dims()[1];
+    let isa = kernels::current_isa()?;
+    for (t, &s) in slot_mapping.iter().enumerate() {
+        if s < 0 {
+            continue;
+        }
+        let (page, off) = (s as usize / bs, s as usize % bs);
+        for h in 0..hkv {
+            write_row(isa, &k, h, t, &mut k_cache, page, off)?;
+            write_row(isa, &v, h, t, &mut v_cache, page, off)?;
+        }
+    }
+    Ok(())
+}
+
+/// Row `[0, h, t, ..]` of `src` into row `[page, off, h, ..]` of `dst`, converted.
+fn write_row<S: Element, T: Element>(
+    isa: Isa,
+    src: &TensorRef<'_, S>,
+    h: usize,
+    t: usize,
+    dst: &mut TensorMut<'_, T>,
+    page: usize,
+    off: usize,
+) -> Result<()> {
+    let (s0, ss) = (src.offset(0, h, t, 0), src.strides()[3]);
+    let (d0, ds) = (dst.offset(page, off, h, 0), dst.strides()[3]);
+    let n = src.dims()[3];
+    convert_row(isa, src.data(), s0, ss, dst.data_mut(), d0, ds, n)
+}
+
+/// The checks of [`paged_kv_write`] (and its 8-bit twin) on the dims of the new rows, the
+/// caches and the slot mapping.
+pub(crate) fn check_write(
+    k: [usize; 4],
+    v: [usize; 4],
+    k_cache: [usize; 4],
+    v_cache: [usize; 4],
+    slot_mapping: &[i64],
+) -> Result<()> {
+    let [kb, hkv, tokens, d] = k;
+    let [vb, vh, vt, dv] = v;
+    let [nblk, bs, ch, cd] = k_cache;
+    let [vnblk, vbs, vch, cdv] = v_cache;
     let shape = |what: String| Err(AttnError::Shape { what });
     if kb != 1 || vb != 1 {
         return shape(format!(
@@ -95,32 +143,5 @@ pub fn paged_kv_write<S: Element, T: Element>(
             ),
         });
     }
-    let isa = kernels::current_isa()?;
-    for (t, &s) in slot_mapping.iter().enumerate() {
-        if s < 0 {
-            continue;
-        }
-        let (page, off) = (s as usize / bs, s as usize % bs);
-        for h in 0..hkv {
-            write_row(isa, &k, h, t, &mut k_cache, page, off)?;
-            write_row(isa, &v, h, t, &mut v_cache, page, off)?;
-        }
-    }
     Ok(())
-}
-
-/// Row `[0, h, t, ..]` of `src` into row `[page, off, h, ..]` of `dst`, converted.
-fn write_row<S: Element, T: Element>(
-    isa: Isa,
-    src: &TensorRef<'_, S>,
-    h: usize,
-    t: usize,
-    dst: &mut TensorMut<'_, T>,
-    page: usize,
-    off: usize,
-) -> Result<()> {
-    let (s0, ss) = (src.offset(0, h, t, 0), src.strides()[3]);
-    let (d0, ds) = (dst.offset(page, off, h, 0), dst.strides()[3]);
-    let n = src.dims()[3];
-    convert_row(isa, src.data(), s0, ss, dst.data_mut(), d0, ds, n)
 }

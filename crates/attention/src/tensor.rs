@@ -111,6 +111,16 @@ impl<'a, T: Copy> TensorRef<'a, T> {
         assert!(b < self.dims[0] && h < self.dims[1] && l < self.dims[2] && d < self.dims[3]);
         self.data[self.offset(b, h, l, d)]
     }
+    /// The same dims and strides over `data`, which has this view's length (so the
+    /// view's extent check still holds).
+    pub(crate) fn with_data<U>(&self, data: &'a [U]) -> TensorRef<'a, U> {
+        debug_assert_eq!(data.len(), self.data.len());
+        TensorRef {
+            data,
+            dims: self.dims,
+            strides: self.strides,
+        }
+    }
 }
 
 /// A mutable `[B, H, L, D]` view whose elements are pairwise distinct, of f32 (the
@@ -122,7 +132,7 @@ pub struct TensorMut<'a, T = f32> {
     strides: [usize; 4],
 }
 
-impl<'a, T: Element> TensorMut<'a, T> {
+impl<'a, T: Copy> TensorMut<'a, T> {
     /// A view with explicit strides.
     ///
     /// # Errors

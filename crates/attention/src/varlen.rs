@@ -22,8 +22,9 @@
 
 use crate::error::{AttnError, Result};
 use crate::job::{Job, LseOut};
-use crate::kv::KvSource;
+use crate::kv::{KvMem, KvSource};
 use crate::options::{AttnPath, Problem, SdpaOptions};
+use crate::quant::KvRef;
 use crate::tensor::{AnyOut, AnyRef, DynTensor, DynTensorMut, TensorMut, TensorRef};
 use crate::SyncPtr;
 use kernels::Element;
@@ -207,6 +208,27 @@ pub fn sdpa_varlen_into_dyn(
     q: DynTensor<'_>,
     k: DynTensor<'_>,
     v: DynTensor<'_>,
+    out: DynTensorMut<'_>,
+    seqs: &VarlenSeqs<'_>,
+    opts: &SdpaOptions<'_>,
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    sdpa_varlen_kv_into(q, k.into(), v.into(), out, seqs, opts, lse)
+}
+
+/// [`sdpa_varlen_into_dyn`] with keys and values that may be 8-bit ([`KvRef`]): packed
+/// `[1, Hkv, Tk, D]` codes with scales per token and head (`[1, Hkv, Tk]`), per head or per
+/// tensor, or a paged 8-bit cache `[num_blocks, block_size, Hkv, D]` with scales
+/// `[num_blocks, block_size, Hkv]` (int8), per head (strides `[0, 0, 1]`) or per tensor
+/// (see [`crate::quant`]). The scales of every row a sequence reads are checked (finite,
+/// positive) before any work; a paged cache's unused slots are not read.
+///
+/// # Errors
+/// As [`sdpa_varlen_into_dyn`], and [`AttnError::Scale`] for a bad scale on a row read.
+pub fn sdpa_varlen_kv_into(
+    q: DynTensor<'_>,
+    k: KvRef<'_>,
+    v: KvRef<'_>,
     mut out: DynTensorMut<'_>,
     seqs: &VarlenSeqs<'_>,
     opts: &SdpaOptions<'_>,
@@ -221,20 +243,20 @@ pub fn sdpa_varlen_into_dyn(
             });
         }
     }
-    let (q, k, v) = (AnyRef::of_dyn(q), AnyRef::of_dyn(k), AnyRef::of_dyn(v));
+    let (q, k, v) = (AnyRef::of_dyn(q), KvMem::of(k), KvMem::of(v));
     let os = out.strides();
     // SAFETY: the sequences own disjoint token ranges of the output, their tasks write
     // disjoint rows, and nothing else accesses it during the call (borrowed mutably here).
     let out_p = unsafe { AnyOut::of_dyn(&mut out) };
     let lse_p = lse.map(|l| l.as_mut_ptr());
-    let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+    let qs = q.strides();
     let jobs: Vec<Job<'_>> = plan
         .into_iter()
         .map(|s| {
             let (kt, vt) = match seqs.block_table {
                 None => (
-                    KvSource::dense(k.tail(s.k0 * ks[2]), s.keys),
-                    KvSource::dense(v.tail(s.k0 * vs[2]), s.keys),
+                    KvSource::dense(k.skip_rows(s.k0), s.keys),
+                    KvSource::dense(v.skip_rows(s.k0), s.keys),
                 ),
                 Some(bt) => {
                     let table = &bt.table[s.seq * bt.blocks_per_seq..][..bt.blocks_per_seq];
@@ -265,6 +287,10 @@ pub fn sdpa_varlen_into_dyn(
             }
         })
         .collect();
+    for j in &jobs {
+        j.k.check_scales(j.p.b, j.p.hkv)?;
+        j.v.check_scales(j.p.b, j.p.hkv)?;
+    }
     match opts.path {
         AttnPath::Materialized => jobs
             .iter()

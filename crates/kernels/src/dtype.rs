@@ -361,7 +361,7 @@ impl SliceMut<'_> {
 /// assert_eq!(<bf16 as Element>::DTYPE, fastattn_kernels::DType::BF16);
 /// ```
 pub trait Element:
-    sealed::Sealed + Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static
+    sealed::Sealed + RowElem + Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static
 {
     /// The run-time tag of the type.
     const DTYPE: DType = <Self as sealed::Sealed>::TAG;
@@ -410,6 +410,51 @@ impl Element for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
+}
+
+/// What a decode kernel's row holds: an [`Element`] or an 8-bit
+/// [`Code`](crate::quant::Code) (implementation detail of the kernels' generic bodies; sealed
+/// through both traits).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowType {
+    F32,
+    F16,
+    BF16,
+    I8,
+    F8E4M3,
+    F8E5M2,
+}
+
+/// A type the decode kernels read rows of: the [`Element`]s and the 8-bit
+/// [`Code`](crate::quant::Code)s (implementation detail; every impl is in this crate).
+#[doc(hidden)]
+pub trait RowElem: Copy + Send + Sync + 'static {
+    /// What the rows hold.
+    const ROW: RowType;
+    /// The value as f32 (exact; a code's value before its scale).
+    fn value(self) -> f32;
+}
+
+macro_rules! row_elem {
+    ($($t:ty => $v:ident, |$x:ident| $e:expr;)*) => {$(
+        impl RowElem for $t {
+            const ROW: RowType = RowType::$v;
+            #[inline(always)]
+            fn value(self) -> f32 {
+                let $x = self;
+                $e
+            }
+        }
+    )*};
+}
+row_elem! {
+    f32 => F32, |x| x;
+    f16 => F16, |x| x.to_f32();
+    bf16 => BF16, |x| x.to_f32();
+    i8 => I8, |x| f32::from(x);
+    crate::quant::F8E4M3 => F8E4M3, |x| x.to_f32();
+    crate::quant::F8E5M2 => F8E5M2, |x| x.to_f32();
 }
 
 /// Whether every value of `x` is finite: `v − v` is 0 for a finite `v` and NaN for a NaN

@@ -482,3 +482,43 @@ fn quantize_fp8_error_bounds_hold() {
         }
     }
 }
+
+#[test]
+fn the_generic_row_quantiser_matches_each_types_own() {
+    use fastattn_kernels::quant::{quantize_row, Code};
+    let mut rng = testutil::seeded(77);
+    for n in [0usize, 1, 7, 64, 129] {
+        let x: Vec<f32> = (0..n)
+            .map(|_| rand::Rng::random_range(&mut rng, -3.0f32..3.0))
+            .collect();
+        let (mut a, mut b) = (vec![0i8; n], vec![0i8; n]);
+        let sa = quantize_i8_row(&x, &mut a).unwrap();
+        assert_eq!(quantize_row(&x, None, &mut b).unwrap(), sa);
+        assert_eq!(a, b);
+        for scale in [0.01f32, 0.5] {
+            let (mut a, mut b) = (vec![F8E4M3::default(); n], vec![F8E4M3::default(); n]);
+            quantize_f8e4m3_row(&x, scale, &mut a).unwrap();
+            assert_eq!(quantize_row(&x, Some(scale), &mut b).unwrap(), scale);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (vec![F8E5M2::default(); n], vec![F8E5M2::default(); n]);
+            quantize_f8e5m2_row(&x, scale, &mut a).unwrap();
+            quantize_row(&x, Some(scale), &mut b).unwrap();
+            assert_eq!(a, b);
+        }
+        // Its own scale maps the largest magnitude to the largest code.
+        let mut c = vec![F8E4M3::default(); n];
+        let s = quantize_row(&x, None, &mut c).unwrap();
+        if let Some(i) = (0..n).max_by(|&i, &j| x[i].abs().total_cmp(&x[j].abs())) {
+            if x[i] != 0.0 {
+                assert_eq!(c[i].decode().abs(), F8E4M3::MAX, "n {n}");
+                assert!((c[i].decode() * s - x[i]).abs() <= x[i].abs() * 1e-6);
+            }
+        }
+    }
+    // Bad input: nothing written.
+    let mut c = [7i8; 2];
+    assert!(quantize_row(&[1.0, f32::NAN], None, &mut c).is_err());
+    assert!(quantize_row(&[1.0, 2.0], Some(0.0), &mut c).is_err());
+    assert!(quantize_row(&[1.0, 2.0], Some(f32::INFINITY), &mut c).is_err());
+    assert_eq!(c, [7, 7]);
+}

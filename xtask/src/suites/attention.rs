@@ -105,6 +105,16 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
                 causal,
                 bytes,
             ));
+            for qtype in kernels::quant::QuantType::ALL {
+                impls.push(attention_8bit(
+                    qtype,
+                    &q,
+                    &k,
+                    &v,
+                    [hq, hkv, lq, lk, d],
+                    causal,
+                ));
+            }
             if !causal && hq == hkv && lq > 1 {
                 let run = move |_threads: usize| {
                     std::hint::black_box(fastattn_benches::naive_attention(
@@ -165,6 +175,112 @@ fn attention_16<T: kernels::Element>(
         .expect("valid problem");
     };
     Impl::ours_dtype(isa, T::DTYPE, bytes_f32 / 2.0, run)
+}
+
+/// The best variant's attention on f32 Q and output with K and V stored as 8-bit codes
+/// (quantised from the f32 inputs): int8 with a scale per token and head, fp8 with one per
+/// KV head. Named `avx2-i8`, `avx2-f8e4m3`, `avx2-f8e5m2`; the bytes count the codes and the
+/// scales read.
+fn attention_8bit(
+    qtype: kernels::quant::QuantType,
+    q: &Arc<Vec<f32>>,
+    k: &[f32],
+    v: &[f32],
+    [hq, hkv, lq, lk, d]: [usize; 5],
+    causal: bool,
+) -> Impl {
+    use kernels::quant::{QuantType, F8E4M3, F8E5M2};
+    let isa = Isa::best();
+    let rows = hkv * lk;
+    let per_row = qtype == QuantType::I8;
+    let scale_bytes = if per_row { 2 * rows * 4 } else { 2 * hkv * 4 };
+    let bytes = (4 * 2 * hq * lq * d + 2 * rows * d + scale_bytes) as f64;
+    let q = q.clone();
+    let run: Box<dyn FnMut(usize) + Send> = match qtype {
+        QuantType::I8 => bench_8bit::<i8>(q, k, v, [hq, hkv, lq, lk, d], causal, per_row, isa),
+        QuantType::F8E4M3 => {
+            bench_8bit::<F8E4M3>(q, k, v, [hq, hkv, lq, lk, d], causal, per_row, isa)
+        }
+        QuantType::F8E5M2 => {
+            bench_8bit::<F8E5M2>(q, k, v, [hq, hkv, lq, lk, d], causal, per_row, isa)
+        }
+    };
+    let mut imp = Impl::ours(isa, run);
+    imp.name = format!("{}-{qtype}", isa.name());
+    imp.bytes = Some(bytes);
+    imp
+}
+
+/// The call of an [`attention_8bit`] row, its codes and scales captured.
+fn bench_8bit<C: kernels::quant::Code>(
+    q: Arc<Vec<f32>>,
+    k: &[f32],
+    v: &[f32],
+    [hq, hkv, lq, lk, d]: [usize; 5],
+    causal: bool,
+    per_row: bool,
+    isa: Isa,
+) -> Box<dyn FnMut(usize) + Send> {
+    use kernels::quant::quantize_row;
+    let quant = |x: &[f32]| -> (Vec<C>, Vec<f32>) {
+        let mut codes = vec![C::default(); x.len()];
+        let scales: Vec<f32> = if per_row {
+            x.chunks(d)
+                .zip(codes.chunks_mut(d))
+                .map(|(r, c)| quantize_row(r, None, c).expect("finite"))
+                .collect()
+        } else {
+            // One scale per head: the head's largest magnitude maps to the largest code.
+            (0..hkv)
+                .map(|h| {
+                    let xs = &x[h * lk * d..(h + 1) * lk * d];
+                    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+                    let s = amax / C::MAX;
+                    let cs = &mut codes[h * lk * d..(h + 1) * lk * d];
+                    quantize_row(xs, Some(s), cs).expect("finite");
+                    s
+                })
+                .collect()
+        };
+        (codes, scales)
+    };
+    let ((kc, ks), (vc, vs)) = (quant(k), quant(v));
+    let mut out = vec![0.0f32; hq * lq * d];
+    Box::new(move |_threads: usize| {
+        fn view<'a, C: kernels::quant::Code>(
+            c: &'a [C],
+            s: &'a [f32],
+            dims: [usize; 4],
+            per_row: bool,
+        ) -> attention::QuantTensor<'a, C> {
+            let t = tensor8(c, dims);
+            if per_row {
+                attention::QuantTensor::per_row(t, s)
+            } else {
+                attention::QuantTensor::new(t, s, [0, 1, 0])
+            }
+            .expect("scales fit")
+        }
+        let kvd = [1, hkv, lk, d];
+        let opts = attention::SdpaOptions::default()
+            .with_causal(causal)
+            .with_isa(Some(isa));
+        attention::sdpa_kv_into(
+            tensor(&q, [1, hq, lq, d]).into(),
+            view(&kc, &ks, kvd, per_row).into(),
+            view(&vc, &vs, kvd, per_row).into(),
+            attention::TensorMut::contiguous(&mut out, [1, hq, lq, d])
+                .expect("fits")
+                .into(),
+            &opts,
+            attention::SdpaOutputs::default(),
+        )
+        .expect("valid problem");
+    })
+}
+
+fn tensor8<C: Copy>(x: &[C], dims: [usize; 4]) -> attention::TensorRef<'_, C> {
+    attention::TensorRef::contiguous(x, dims).expect("the buffer fits the shape")
 }
 
 /// Backward cases (B = 1): the gradients alone (given the forward's output and LSE), and

@@ -160,6 +160,14 @@ mod tests {
             assert!(names.contains(&format!("{best}-bf16")), "{names:?}");
             let b16 = impls.iter().find(|i| i.name.ends_with("-bf16")).unwrap();
             assert!(b16.bytes.unwrap() < case.bytes, "{}", case.id());
+            if case.suite == "attention" {
+                // The 8-bit rows (f32 Q and output) move fewer bytes than the f32 row.
+                for q in ["i8", "f8e4m3", "f8e5m2"] {
+                    let row = impls.iter().find(|i| i.name == format!("{best}-{q}"));
+                    let row = row.unwrap_or_else(|| panic!("no {q} row in {names:?}"));
+                    assert!(row.bytes.unwrap() < case.bytes, "{}", case.id());
+                }
+            }
             for imp in impls.iter_mut() {
                 (imp.run)(1);
             }

@@ -1,7 +1,6 @@
 //! Checked strided matrix views: [`MatRef`] (read-only, any element type) and [`MatMut`]
 //! (f32, self-disjoint), the operands of the safe GEMM and decode entry points.
 
-use crate::dtype::Element;
 use crate::error::{KernelError, Result};
 
 /// Checks that the strided `rows × cols` view fits in `len` elements.
@@ -36,8 +35,9 @@ fn view_extent(
 }
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
-/// `T` is f32 or a 16-bit storage type ([`Element`]), which the GEMM
-/// converts to f32 as it packs.
+/// `T` is f32 or a 16-bit storage type ([`Element`](crate::Element)), which the GEMM
+/// converts to f32 as it packs; the decode kernels also take views of 8-bit codes
+/// ([`Code`](crate::quant::Code)).
 #[derive(Debug)]
 pub struct MatRef<'a, T = f32> {
     pub(crate) data: &'a [T],
@@ -54,7 +54,7 @@ impl<T> Clone for MatRef<'_, T> {
 }
 impl<T> Copy for MatRef<'_, T> {}
 
-impl<'a, T: Element> MatRef<'a, T> {
+impl<'a, T: Copy> MatRef<'a, T> {
     /// A `rows × cols` view with row stride `rs` and column stride `cs` (in elements).
     ///
     /// # Errors

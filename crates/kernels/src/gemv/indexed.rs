@@ -1,9 +1,10 @@
 //! The decode kernels on rows scattered in memory (a paged KV cache).
 
 use super::rows::{Heads, Indexed};
-use super::{contiguous_rows, AxpyRows, DotRows};
+use super::{contiguous_rows, scale_ptr, AxpyRows, DotRows};
 use crate::dispatch::Isa;
 use crate::dtype::Element;
+use crate::dtype::RowElem;
 use crate::error::{KernelError, Result};
 use crate::gemm::{MatMut, MatRef};
 use crate::simd::dispatch;
@@ -70,6 +71,22 @@ pub fn dot_rows_indexed_with<E: Element>(
     k: &[E],
     rows: &[usize],
     heads: Heads,
+    s: MatMut<'_>,
+) -> Result<()> {
+    dot_rows_indexed_impl(isa, alpha, q, k, rows, heads, None, s)
+}
+
+/// [`dot_rows_indexed_with`] for any row type, with optional per-row scales
+/// (`heads.count × n`, head-major).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dot_rows_indexed_impl<E: RowElem>(
+    isa: Isa,
+    alpha: f32,
+    q: MatRef<'_>,
+    k: &[E],
+    rows: &[usize],
+    heads: Heads,
+    scales: Option<&[f32]>,
     mut s: MatMut<'_>,
 ) -> Result<()> {
     isa.check()?;
@@ -88,12 +105,14 @@ pub fn dot_rows_indexed_with<E: Element>(
     }
     contiguous_rows(op, "Q", q.col_stride())?;
     contiguous_rows(op, "S", s.col_stride())?;
+    let sc = scale_ptr(op, scales, heads.count * n)?;
     let kernel = DotRows {
         rows: per_head,
         heads,
         n,
         d,
         alpha,
+        sc,
         q: q.data().as_ptr(),
         ldq: q.row_stride(),
         k: Indexed {
@@ -123,6 +142,20 @@ pub fn axpy_rows_indexed_with<E: Element>(
     v: &[E],
     rows: &[usize],
     heads: Heads,
+    o: MatMut<'_>,
+) -> Result<()> {
+    axpy_rows_indexed_impl(isa, p, v, rows, heads, None, o)
+}
+
+/// [`axpy_rows_indexed_with`] for any row type, with optional per-row scales
+/// (`heads.count × n`, head-major).
+pub(super) fn axpy_rows_indexed_impl<E: RowElem>(
+    isa: Isa,
+    p: MatRef<'_>,
+    v: &[E],
+    rows: &[usize],
+    heads: Heads,
+    scales: Option<&[f32]>,
     mut o: MatMut<'_>,
 ) -> Result<()> {
     isa.check()?;
@@ -141,6 +174,7 @@ pub fn axpy_rows_indexed_with<E: Element>(
     }
     contiguous_rows(op, "P", p.col_stride())?;
     contiguous_rows(op, "O", o.col_stride())?;
+    let sc = scale_ptr(op, scales, heads.count * n)?;
     let kernel = AxpyRows {
         rows: per_head,
         heads,
@@ -148,6 +182,7 @@ pub fn axpy_rows_indexed_with<E: Element>(
         dv,
         p: p.data().as_ptr(),
         ldp: p.row_stride(),
+        sc,
         v: Indexed {
             base: v.as_ptr(),
             off: rows.as_ptr(),

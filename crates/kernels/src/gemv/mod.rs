@@ -17,19 +17,49 @@
 
 use crate::dispatch::Isa;
 use crate::dtype::Element;
+use crate::dtype::RowElem;
 use crate::error::{KernelError, Result};
 use crate::gemm::{MatMut, MatRef};
-use crate::simd::{dispatch, load_as, IsaKernel, SimdOps};
+use crate::simd::{dispatch, load_row, IsaKernel, SimdOps};
 
 mod indexed;
+mod quant;
 mod rows;
 
 pub use indexed::{axpy_rows_indexed_with, dot_rows_indexed_with};
+pub use quant::{
+    axpy_rows_indexed_quant_with, axpy_rows_quant_ref, axpy_rows_quant_with,
+    dot_rows_indexed_quant_with, dot_rows_quant_ref, dot_rows_quant_with,
+};
 pub use rows::Heads;
 use rows::{Rows, Shift, Strided};
 
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
+
+/// Scale `j` of `sc`, or 1 for none (null): `x·1` is `x`, so unscaled rows keep their bits.
+///
+/// # Safety
+/// `sc` is null or readable at `j`.
+#[inline(always)]
+unsafe fn scale_at(sc: *const f32, j: usize) -> f32 {
+    if sc.is_null() {
+        1.0
+    } else {
+        // SAFETY: caller contract.
+        unsafe { *sc.add(j) }
+    }
+}
+
+/// Head `h`'s band of `n` scales in `sc` (null stays null).
+#[inline(always)]
+fn head_scales(sc: *const f32, h: usize, n: usize) -> *const f32 {
+    if sc.is_null() {
+        sc
+    } else {
+        sc.wrapping_add(h * n)
+    }
+}
 
 /// Prefetches `rows` rows of `len` values at `p` (stride `ld`), one request per cache line.
 ///
@@ -52,9 +82,10 @@ unsafe fn prefetch_rows<S: SimdOps, E>(p: *const E, rows: usize, ld: usize, len:
 /// `r·lds` for `r < R`; the ISA of `S` is present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
+unsafe fn dot_group<S: SimdOps, E: RowElem, const R: usize>(
     d: usize,
     alpha: f32,
+    scale: f32,
     q: *const f32,
     ldq: usize,
     kj: *const E,
@@ -67,7 +98,7 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
         let mut acc = [S::zero(); R];
         let mut x = 0;
         while x < dvec {
-            let kv = load_as::<S, E>(kj.add(x));
+            let kv = load_row::<S, E>(kj.add(x));
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::fma(S::load(q.add(r * ldq + x)), kv, *a);
             }
@@ -76,9 +107,9 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
         for (r, a) in acc.iter().enumerate() {
             let mut t = S::hsum(*a);
             for x in dvec..d {
-                t += *q.add(r * ldq + x) * (*kj.add(x)).to_f32();
+                t += *q.add(r * ldq + x) * (*kj.add(x)).value();
             }
-            *s.add(r * lds) = alpha * t;
+            *s.add(r * lds) = (alpha * scale) * t;
         }
     }
 }
@@ -91,9 +122,10 @@ unsafe fn dot_group<S: SimdOps, E: Element, const R: usize>(
 /// As [`dot_group`], for key rows `j .. j + KJ` of `k`, and outputs `s + r·lds + t`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<Elem = E>, const R: usize, const KJ: usize>(
+unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, const KJ: usize>(
     d: usize,
     alpha: f32,
+    sc: *const f32,
     q: *const f32,
     ldq: usize,
     k: K,
@@ -110,7 +142,7 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<Elem = E>, const R: usize, 
         while x < dvec {
             let mut kv = [S::zero(); KJ];
             for (t, kk) in kv.iter_mut().enumerate() {
-                *kk = load_as::<S, E>(kr[t].add(x));
+                *kk = load_row::<S, E>(kr[t].add(x));
             }
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = S::load(q.add(r * ldq + x));
@@ -124,9 +156,9 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<Elem = E>, const R: usize, 
             for (t, &at) in a.iter().enumerate() {
                 let mut v = S::hsum(at);
                 for x in dvec..d {
-                    v += *q.add(r * ldq + x) * (*kr[t].add(x)).to_f32();
+                    v += *q.add(r * ldq + x) * (*kr[t].add(x)).value();
                 }
-                *s.add(r * lds + t) = alpha * v;
+                *s.add(r * lds + t) = (alpha * scale_at(sc, j + t)) * v;
             }
         }
     }
@@ -138,10 +170,11 @@ unsafe fn dot_groupk<S: SimdOps, E: Element, K: Rows<Elem = E>, const R: usize, 
 /// As [`dot_rows_body`] for this head's `rows` rows and keys `j .. j + 4`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<Elem = E>>(
+unsafe fn dot_key4<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
     rows: usize,
     d: usize,
     alpha: f32,
+    sc: *const f32,
     q: *const f32,
     ldq: usize,
     k: K,
@@ -159,18 +192,18 @@ unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<Elem = E>>(
             let (qr, sr) = (q.add(r0 * ldq), s.add(r0 * lds + j));
             let s2 = sr.add(2);
             match rows - r0 {
-                1 => dot_groupk::<S, E, K, 1, 4>(d, alpha, qr, ldq, k, j, sr, lds),
-                2 => dot_groupk::<S, E, K, 2, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                1 => dot_groupk::<S, E, K, 1, 4>(d, alpha, sc, qr, ldq, k, j, sr, lds),
+                2 => dot_groupk::<S, E, K, 2, 4>(d, alpha, sc, qr, ldq, k, j, sr, lds),
                 3 if pairs => {
-                    dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j, sr, lds);
-                    dot_groupk::<S, E, K, 3, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
+                    dot_groupk::<S, E, K, 3, 2>(d, alpha, sc, qr, ldq, k, j, sr, lds);
+                    dot_groupk::<S, E, K, 3, 2>(d, alpha, sc, qr, ldq, k, j + 2, s2, lds);
                 }
-                3 => dot_groupk::<S, E, K, 3, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                3 => dot_groupk::<S, E, K, 3, 4>(d, alpha, sc, qr, ldq, k, j, sr, lds),
                 _ if pairs => {
-                    dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j, sr, lds);
-                    dot_groupk::<S, E, K, 4, 2>(d, alpha, qr, ldq, k, j + 2, s2, lds);
+                    dot_groupk::<S, E, K, 4, 2>(d, alpha, sc, qr, ldq, k, j, sr, lds);
+                    dot_groupk::<S, E, K, 4, 2>(d, alpha, sc, qr, ldq, k, j + 2, s2, lds);
                 }
-                _ => dot_groupk::<S, E, K, 4, 4>(d, alpha, qr, ldq, k, j, sr, lds),
+                _ => dot_groupk::<S, E, K, 4, 4>(d, alpha, sc, qr, ldq, k, j, sr, lds),
             }
             r0 += 4;
         }
@@ -183,12 +216,13 @@ unsafe fn dot_key4<S: SimdOps, E: Element, K: Rows<Elem = E>>(
 /// writable; the ISA of `S` is present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<Elem = E>>(
+unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
     rows: usize,
     heads: Heads,
     n: usize,
     d: usize,
     alpha: f32,
+    sc: *const f32,
     q: *const f32,
     ldq: usize,
     k: K,
@@ -215,7 +249,8 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<Elem = E>>(
                     off: h * heads.stride,
                 };
                 let (qh, sh) = (q.add(h * rows * ldq), s.add(h * rows * lds));
-                dot_key4::<S, E, Shift<K>>(rows, d, alpha, qh, ldq, kh, j, sh, lds);
+                let sch = head_scales(sc, h, n);
+                dot_key4::<S, E, Shift<K>>(rows, d, alpha, sch, qh, ldq, kh, j, sh, lds);
             }
         }
     }
@@ -225,14 +260,15 @@ unsafe fn dot_rows_body<S: SimdOps, E: Element, K: Rows<Elem = E>>(
             for h in 0..heads.count {
                 let kj = k.row(j).add(h * heads.stride);
                 let (qh, sh) = (q.add(h * rows * ldq), s.add(h * rows * lds));
+                let scj = scale_at(head_scales(sc, h, n), j);
                 let mut r0 = 0;
                 while r0 < rows {
                     let (qr, sr) = (qh.add(r0 * ldq), sh.add(r0 * lds + j));
                     match rows - r0 {
-                        1 => dot_group::<S, E, 1>(d, alpha, qr, ldq, kj, sr, lds),
-                        2 => dot_group::<S, E, 2>(d, alpha, qr, ldq, kj, sr, lds),
-                        3 => dot_group::<S, E, 3>(d, alpha, qr, ldq, kj, sr, lds),
-                        _ => dot_group::<S, E, 4>(d, alpha, qr, ldq, kj, sr, lds),
+                        1 => dot_group::<S, E, 1>(d, alpha, scj, qr, ldq, kj, sr, lds),
+                        2 => dot_group::<S, E, 2>(d, alpha, scj, qr, ldq, kj, sr, lds),
+                        3 => dot_group::<S, E, 3>(d, alpha, scj, qr, ldq, kj, sr, lds),
+                        _ => dot_group::<S, E, 4>(d, alpha, scj, qr, ldq, kj, sr, lds),
                     }
                     r0 += 4;
                 }
@@ -257,7 +293,7 @@ const AXPY_BLOCK: usize = 64;
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_block<
     S: SimdOps,
-    E: Element,
+    E: RowElem,
     V: Rows<Elem = E>,
     const R: usize,
     const NV: usize,
@@ -269,6 +305,7 @@ unsafe fn axpy_block<
     (prefetch_dv, dist): (usize, usize),
     p: *const f32,
     ldp: usize,
+    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -289,14 +326,15 @@ unsafe fn axpy_block<
             let vj = v.row(j).add(x0);
             let mut vv = [S::zero(); NV];
             for (c, x) in vv.iter_mut().enumerate() {
-                *x = load_as::<S, E>(vj.add(c * S::LANES));
+                *x = load_row::<S, E>(vj.add(c * S::LANES));
             }
+            let scj = scale_at(sc, j);
             for (r, a) in acc.iter_mut().enumerate() {
                 let pr = *p.add(r * ldp + j);
                 if SKIP && pr == 0.0 {
                     continue;
                 }
-                let ps = S::splat(pr);
+                let ps = S::splat(pr * scj);
                 for (x, &w) in a.iter_mut().zip(&vv) {
                     *x = S::fma(ps, w, *x);
                 }
@@ -318,7 +356,7 @@ unsafe fn axpy_block<
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_block_any<
     S: SimdOps,
-    E: Element,
+    E: RowElem,
     V: Rows<Elem = E>,
     const R: usize,
     const NV: usize,
@@ -330,6 +368,7 @@ unsafe fn axpy_block_any<
     pf: (usize, usize),
     p: *const f32,
     ldp: usize,
+    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -337,9 +376,9 @@ unsafe fn axpy_block_any<
     // SAFETY: forwarded contract.
     unsafe {
         if zeros {
-            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, pf, p, ldp, v, o, ldo)
+            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, pf, p, ldp, sc, v, o, ldo)
         } else {
-            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, pf, p, ldp, v, o, ldo)
+            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, pf, p, ldp, sc, v, o, ldo)
         }
     }
 }
@@ -352,13 +391,14 @@ unsafe fn axpy_block_any<
 /// As [`axpy_block`], for all `dv` columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<Elem = E>, const R: usize>(
+unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: usize>(
     j0: usize,
     j1: usize,
     dv: usize,
     prefetch: (usize, usize),
     p: *const f32,
     ldp: usize,
+    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -372,12 +412,12 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<Elem = E>, const R: us
         // the branch-free loop (the same FMAs, so the same bits).
         let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
         while x0 + two <= dv {
-            axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, p, ldp, v, o, ldo);
+            axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
             x0 += two;
             pf.0 = 0;
         }
         if x0 + one <= dv {
-            axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, p, ldp, v, o, ldo);
+            axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
             x0 += one;
         }
         for r in 0..R {
@@ -387,7 +427,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<Elem = E>, const R: us
                 for j in j0..j1 {
                     let pr = *p.add(r * ldp + j);
                     if pr != 0.0 {
-                        t += pr * (*v.row(j).add(x)).to_f32();
+                        t += (pr * scale_at(sc, j)) * (*v.row(j).add(x)).value();
                     }
                 }
                 *orow.add(x) = t;
@@ -406,13 +446,14 @@ unsafe fn axpy_block_rows<S: SimdOps, E: Element, V: Rows<Elem = E>, const R: us
 /// stores: one 32-byte store per 8 values of V on AVX2).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<Elem = E>>(
+unsafe fn axpy_rows_body<S: SimdOps, E: RowElem, V: Rows<Elem = E>>(
     rows: usize,
     heads: Heads,
     n: usize,
     dv: usize,
     p: *const f32,
     ldp: usize,
+    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -436,12 +477,20 @@ unsafe fn axpy_rows_body<S: SimdOps, E: Element, V: Rows<Elem = E>>(
                 while r0 < rows {
                     let (pr, or) = (ph.add(r0 * ldp), oh.add(r0 * ldo));
                     let pf = (if r0 == 0 && h == 0 { span } else { 0 }, dist);
-                    let vv = vh;
+                    let (vv, sch) = (vh, head_scales(sc, h, n));
                     match rows - r0 {
-                        1 => axpy_block_rows::<S, E, _, 1>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
-                        2 => axpy_block_rows::<S, E, _, 2>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
-                        3 => axpy_block_rows::<S, E, _, 3>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
-                        _ => axpy_block_rows::<S, E, _, 4>(j0, j1, dv, pf, pr, ldp, vv, or, ldo),
+                        1 => {
+                            axpy_block_rows::<S, E, _, 1>(j0, j1, dv, pf, pr, ldp, sch, vv, or, ldo)
+                        }
+                        2 => {
+                            axpy_block_rows::<S, E, _, 2>(j0, j1, dv, pf, pr, ldp, sch, vv, or, ldo)
+                        }
+                        3 => {
+                            axpy_block_rows::<S, E, _, 3>(j0, j1, dv, pf, pr, ldp, sch, vv, or, ldo)
+                        }
+                        _ => {
+                            axpy_block_rows::<S, E, _, 4>(j0, j1, dv, pf, pr, ldp, sch, vv, or, ldo)
+                        }
                     }
                     r0 += 4;
                 }
@@ -457,6 +506,8 @@ pub(super) struct DotRows<K> {
     pub(super) n: usize,
     pub(super) d: usize,
     pub(super) alpha: f32,
+    /// Per-row scales, `heads.count × n` (head-major), or null for none.
+    pub(super) sc: *const f32,
     pub(super) q: *const f32,
     pub(super) ldq: usize,
     pub(super) k: K,
@@ -464,7 +515,7 @@ pub(super) struct DotRows<K> {
     pub(super) lds: usize,
 }
 
-impl<K: Rows<Elem: Element>> IsaKernel for DotRows<K> {
+impl<K: Rows<Elem: RowElem>> IsaKernel for DotRows<K> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
@@ -472,7 +523,7 @@ impl<K: Rows<Elem: Element>> IsaKernel for DotRows<K> {
         // SAFETY: as `dot_rows_body` (the caller's contract); the ISA of `S` is present.
         unsafe {
             dot_rows_body::<S, K::Elem, K>(
-                k.rows, k.heads, k.n, k.d, k.alpha, k.q, k.ldq, k.k, k.s, k.lds,
+                k.rows, k.heads, k.n, k.d, k.alpha, k.sc, k.q, k.ldq, k.k, k.s, k.lds,
             )
         }
     }
@@ -486,20 +537,37 @@ pub(super) struct AxpyRows<V> {
     pub(super) dv: usize,
     pub(super) p: *const f32,
     pub(super) ldp: usize,
+    /// Per-row scales, `heads.count × n` (head-major), or null for none.
+    pub(super) sc: *const f32,
     pub(super) v: V,
     pub(super) o: *mut f32,
     pub(super) ldo: usize,
 }
 
-impl<V: Rows<Elem: Element>> IsaKernel for AxpyRows<V> {
+impl<V: Rows<Elem: RowElem>> IsaKernel for AxpyRows<V> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
         let a = self;
         // SAFETY: as `axpy_rows_body` (the caller's contract); the ISA of `S` is present.
         unsafe {
-            axpy_rows_body::<S, V::Elem, V>(a.rows, a.heads, a.n, a.dv, a.p, a.ldp, a.v, a.o, a.ldo)
+            axpy_rows_body::<S, V::Elem, V>(
+                a.rows, a.heads, a.n, a.dv, a.p, a.ldp, a.sc, a.v, a.o, a.ldo,
+            )
         }
+    }
+}
+
+/// The scales' pointer (null for none), after checking that there are `n` of them.
+pub(super) fn scale_ptr(op: &'static str, scales: Option<&[f32]>, n: usize) -> Result<*const f32> {
+    match scales {
+        None => Ok(std::ptr::null()),
+        Some(sc) if sc.len() == n => Ok(sc.as_ptr()),
+        Some(sc) => Err(KernelError::ShapeMismatch {
+            op,
+            expected: format!("{n} row scales"),
+            got: format!("{}", sc.len()),
+        }),
     }
 }
 
@@ -536,6 +604,18 @@ pub fn dot_rows_with<E: Element>(
     alpha: f32,
     q: MatRef<'_>,
     k: MatRef<'_, E>,
+    s: MatMut<'_>,
+) -> Result<()> {
+    dot_rows_impl(isa, alpha, q, k, None, s)
+}
+
+/// [`dot_rows_with`] for any row type, with optional per-key-row scales (`n` values).
+pub(super) fn dot_rows_impl<E: RowElem>(
+    isa: Isa,
+    alpha: f32,
+    q: MatRef<'_>,
+    k: MatRef<'_, E>,
+    scales: Option<&[f32]>,
     mut s: MatMut<'_>,
 ) -> Result<()> {
     isa.check()?;
@@ -554,6 +634,7 @@ pub fn dot_rows_with<E: Element>(
     contiguous_rows(op, "Q", q.col_stride())?;
     contiguous_rows(op, "K", k.col_stride())?;
     contiguous_rows(op, "S", s.col_stride())?;
+    let sc = scale_ptr(op, scales, n)?;
     let (ldq, lds) = (q.row_stride(), s.row_stride());
     let kernel = DotRows {
         rows,
@@ -561,6 +642,7 @@ pub fn dot_rows_with<E: Element>(
         n,
         d,
         alpha,
+        sc,
         q: q.data().as_ptr(),
         ldq,
         k: Strided {
@@ -586,6 +668,17 @@ pub fn axpy_rows_with<E: Element>(
     isa: Isa,
     p: MatRef<'_>,
     v: MatRef<'_, E>,
+    o: MatMut<'_>,
+) -> Result<()> {
+    axpy_rows_impl(isa, p, v, None, o)
+}
+
+/// [`axpy_rows_with`] for any row type, with optional per-value-row scales (`n` values).
+pub(super) fn axpy_rows_impl<E: RowElem>(
+    isa: Isa,
+    p: MatRef<'_>,
+    v: MatRef<'_, E>,
+    scales: Option<&[f32]>,
     mut o: MatMut<'_>,
 ) -> Result<()> {
     isa.check()?;
@@ -607,6 +700,7 @@ pub fn axpy_rows_with<E: Element>(
     contiguous_rows(op, "P", p.col_stride())?;
     contiguous_rows(op, "V", v.col_stride())?;
     contiguous_rows(op, "O", o.col_stride())?;
+    let sc = scale_ptr(op, scales, n)?;
     let (ldp, ldo) = (p.row_stride(), o.row_stride());
     let kernel = AxpyRows {
         rows,
@@ -615,6 +709,7 @@ pub fn axpy_rows_with<E: Element>(
         dv,
         p: p.data().as_ptr(),
         ldp,
+        sc,
         v: Strided {
             base: v.data().as_ptr(),
             ld: v.row_stride(),

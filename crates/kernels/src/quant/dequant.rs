@@ -14,73 +14,27 @@
 
 use super::{F8E4M3, F8E5M2};
 use crate::dispatch::Isa;
+use crate::dtype::RowElem;
 use crate::error::{KernelError, Result};
-use crate::simd::{dispatch, IsaKernel, SimdOps};
-
-/// A storage code the row kernel can load `LANES` at a time.
-trait Code: Copy {
-    /// Loads `S::LANES` codes and decodes them to f32 (exact).
-    ///
-    /// # Safety
-    /// `p` readable for `S::LANES` codes; the ISA of `S` is present.
-    unsafe fn load<S: SimdOps>(p: *const Self) -> S::V;
-    /// One code as f32 (exact), for the tail.
-    fn decode(self) -> f32;
-}
-
-impl Code for i8 {
-    #[inline(always)]
-    unsafe fn load<S: SimdOps>(p: *const i8) -> S::V {
-        // SAFETY: forwarded contract.
-        unsafe { S::load_i8(p) }
-    }
-    #[inline(always)]
-    fn decode(self) -> f32 {
-        f32::from(self)
-    }
-}
-
-impl Code for F8E4M3 {
-    #[inline(always)]
-    unsafe fn load<S: SimdOps>(p: *const F8E4M3) -> S::V {
-        // SAFETY: forwarded contract; `F8E4M3` is a transparent `u8`.
-        unsafe { S::load_f8e4m3(p.cast()) }
-    }
-    #[inline(always)]
-    fn decode(self) -> f32 {
-        self.to_f32()
-    }
-}
-
-impl Code for F8E5M2 {
-    #[inline(always)]
-    unsafe fn load<S: SimdOps>(p: *const F8E5M2) -> S::V {
-        // SAFETY: forwarded contract; `F8E5M2` is a transparent `u8`.
-        unsafe { S::load_f8e5m2(p.cast()) }
-    }
-    #[inline(always)]
-    fn decode(self) -> f32 {
-        self.to_f32()
-    }
-}
+use crate::simd::{dispatch, load_row, IsaKernel, SimdOps};
 
 /// `dst[i] = decode(src[i]) × scale` for `i < n`.
 ///
 /// # Safety
 /// `src` readable and `dst` writable for `n` values; the ISA of `S` is present.
 #[inline(always)]
-unsafe fn dequant_body<S: SimdOps, C: Code>(n: usize, src: *const C, scale: f32, dst: *mut f32) {
+unsafe fn dequant_body<S: SimdOps, C: RowElem>(n: usize, src: *const C, scale: f32, dst: *mut f32) {
     let nv = n - n % S::LANES;
     let mut i = 0;
     // SAFETY: i + LANES ≤ nv ≤ n in the vector loop, i < n in the tail (caller contract).
     unsafe {
         let s = S::splat(scale);
         while i < nv {
-            S::store(dst.add(i), S::mul(C::load::<S>(src.add(i)), s));
+            S::store(dst.add(i), S::mul(load_row::<S, C>(src.add(i)), s));
             i += S::LANES;
         }
         while i < n {
-            *dst.add(i) = (*src.add(i)).decode() * scale;
+            *dst.add(i) = (*src.add(i)).value() * scale;
             i += 1;
         }
     }
@@ -94,7 +48,7 @@ struct Dequant<C> {
     dst: *mut f32,
 }
 
-impl<C: Code> IsaKernel for Dequant<C> {
+impl<C: RowElem> IsaKernel for Dequant<C> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: SimdOps>(self) {
@@ -104,7 +58,7 @@ impl<C: Code> IsaKernel for Dequant<C> {
 }
 
 /// The checked entry of the three row kernels.
-fn dequant_row<C: Code>(
+fn dequant_row<C: RowElem>(
     op: &'static str,
     isa: Isa,
     src: &[C],

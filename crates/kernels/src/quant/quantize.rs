@@ -1,6 +1,6 @@
 //! Quantise-on-write (scalar): int8 with a per-row scale, fp8 with a caller-given scale.
 
-use super::{F8E4M3, F8E5M2};
+use super::{Code, F8E4M3, F8E5M2};
 use crate::error::{KernelError, Result};
 
 fn check_len(op: &'static str, a: usize, b: usize) -> Result<()> {
@@ -149,4 +149,46 @@ pub fn quantize_f8e5m2_row(src: &[f32], scale: f32, dst: &mut [F8E5M2]) -> Resul
         *q = F8E5M2::from_f32(x / scale);
     }
     Ok(())
+}
+
+/// Quantises a row to any [`Code`] type and returns its scale: with `scale = None`, the
+/// row's own scale `amax / C::MAX` (1 for an all-zero row, at least `f32::MIN_POSITIVE`:
+/// int8's rule, [`quantize_i8_row`]); with `Some(s)`, the caller's scale (fp8's rule).
+/// `dst[i] = C::encode(src[i] / scale)`: the same codes as the type's own row quantiser.
+///
+/// ```
+/// use fastattn_kernels::quant::{quantize_row, F8E5M2};
+/// let mut q = [F8E5M2::default(); 2];
+/// let s = quantize_row(&[1.0, -2.0], None, &mut q)?;
+/// assert_eq!(s, 2.0 / F8E5M2::MAX);
+/// assert_eq!(q[1].to_f32() * s, -2.0);
+/// # Ok::<(), fastattn_kernels::KernelError>(())
+/// ```
+///
+/// # Errors
+/// [`KernelError::ShapeMismatch`] if the lengths differ; [`KernelError::InvalidArgument`]
+/// if a given scale is not finite and positive or a value is NaN or infinite (nothing is
+/// written then).
+pub fn quantize_row<C: Code>(src: &[f32], scale: Option<f32>, dst: &mut [C]) -> Result<f32> {
+    const OP: &str = "quantize_row";
+    check_len(OP, src.len(), dst.len())?;
+    check_finite(OP, src)?;
+    let scale = match scale {
+        Some(s) => {
+            check_scale(OP, s)?;
+            s
+        }
+        None => {
+            let amax = src.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if amax == 0.0 {
+                1.0
+            } else {
+                (amax / C::MAX).max(f32::MIN_POSITIVE)
+            }
+        }
+    };
+    for (q, &x) in dst.iter_mut().zip(src) {
+        *q = C::encode(x / scale);
+    }
+    Ok(scale)
 }

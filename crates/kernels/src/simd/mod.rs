@@ -31,7 +31,7 @@ pub(crate) use portable::WideOps;
 pub(crate) use scalar::ScalarOps;
 
 use crate::dispatch::Isa;
-use crate::dtype::{DType, Element};
+use crate::dtype::{DType, Element, RowElem, RowType};
 
 /// `1.5·2^23`. Adding it to a float of magnitude below `2^22` rounds that float to an integer
 /// (ties to even) and leaves the integer, offset by `2^22`, in the low mantissa bits.
@@ -230,6 +230,27 @@ pub(crate) unsafe fn load_as<S: SimdOps, E: Element>(p: *const E) -> S::V {
             DType::F32 => S::load(p.cast()),
             DType::F16 => S::load_f16(p.cast()),
             DType::BF16 => S::load_bf16(p.cast()),
+        }
+    }
+}
+
+/// Loads `S::LANES` values of any row type (an [`Element`] or an 8-bit
+/// [`Code`](crate::quant::Code)) as f32, exactly (the match is resolved at compile time).
+///
+/// # Safety
+/// `p` readable for `S::LANES` values; the ISA of `S` is present.
+#[inline(always)]
+pub(crate) unsafe fn load_row<S: SimdOps, E: RowElem>(p: *const E) -> S::V {
+    // SAFETY: forwarded contract; `E::ROW` says what `p` points at (the fp8 types are
+    // transparent `u8`s).
+    unsafe {
+        match E::ROW {
+            RowType::F32 => S::load(p.cast()),
+            RowType::F16 => S::load_f16(p.cast()),
+            RowType::BF16 => S::load_bf16(p.cast()),
+            RowType::I8 => S::load_i8(p.cast()),
+            RowType::F8E4M3 => S::load_f8e4m3(p.cast()),
+            RowType::F8E5M2 => S::load_f8e5m2(p.cast()),
         }
     }
 }
