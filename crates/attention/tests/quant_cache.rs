@@ -305,10 +305,10 @@ fn bad_paged_writes_are_refused_with_nothing_written() {
     let nan = [0.5f32, f32::NAN, -1.0, 0.25];
     let tn = TensorRef::contiguous(&nan, [1, 1, 1, 4]).unwrap();
     let go = |k: TensorRef<'_, f32>,
-                  v: TensorRef<'_, f32>,
-                  ks: Option<Vec<f32>>,
-                  rows: usize,
-                  slots: &[i64]| {
+              v: TensorRef<'_, f32>,
+              ks: Option<Vec<f32>>,
+              rows: usize,
+              slots: &[i64]| {
         let (mut kc, mut vc) = (vec![5i8; nb * bs * hkv * d], vec![5i8; nb * bs * hkv * d]);
         let (mut a, mut b) = (vec![7.0f32; rows], vec![7.0f32; nb * bs * hkv]);
         let r = {

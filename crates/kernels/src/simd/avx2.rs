@@ -215,24 +215,27 @@ impl SimdOps for Avx2Ops {
     }
 }
 
-/// The low 8 e4m3fn codes of `b` as 8 f16 bit patterns worth `code / 256`: the sign moves
-/// to bit 15 and the 7 magnitude bits to bits 7..14 (the f16 exponent has bias 15, e4m3's
-/// bias 7, so the value is off by exactly `2^8`; e4m3 subnormals become f16 subnormals,
-/// which F16C widens exactly). The NaN magnitude `0x7F` gets an all-ones exponent (NaN).
+/// The low 8 e4m3fn codes of `b` as 8 f16 bit patterns worth `code / 256`: with the code
+/// in the high byte of a 16-bit lane (`s eeee mmm` then 8 zeros), an arithmetic shift
+/// right by one puts the exponent and mantissa at f16 bits 7..13 and copies the sign into
+/// bits 14 and 15; clearing bit 14 leaves `s 0eeee mmm0000000` (the f16 exponent has bias
+/// 15, e4m3's bias 7, so the value is off by exactly `2^8`; e4m3 subnormals become f16
+/// subnormals, which F16C widens exactly). The NaN magnitude `0x7F` gets an all-ones
+/// exponent (NaN). Seven integer ops (the earlier mask-and-shift build took nine).
 ///
 /// # Safety
-/// SSE4.1 is present (part of every AVX2 variant).
+/// SSE2 is present (part of every AVX2 variant).
 #[inline(always)]
 pub(crate) unsafe fn e4m3_as_f16(b: __m128i) -> __m128i {
-    // SAFETY: SSE2/SSE4.1 are present (caller contract).
+    // SAFETY: SSE2 is present (caller contract).
     unsafe {
-        let x = _mm_cvtepu8_epi16(b);
-        let mag = _mm_and_si128(x, _mm_set1_epi16(0x7F));
-        let sign = _mm_slli_epi16::<8>(_mm_and_si128(x, _mm_set1_epi16(0x80)));
+        let hi = _mm_unpacklo_epi8(_mm_setzero_si128(), b);
+        let h = _mm_and_si128(_mm_srai_epi16::<1>(hi), _mm_set1_epi16(0xBFFFu16 as i16));
+        let mag = _mm_and_si128(h, _mm_set1_epi16(0x3F80));
         let nan = _mm_and_si128(
-            _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F)),
+            _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x3F80)),
             _mm_set1_epi16(0x7C00),
         );
-        _mm_or_si128(_mm_or_si128(sign, _mm_slli_epi16::<7>(mag)), nan)
+        _mm_or_si128(h, nan)
     }
 }
