@@ -41,6 +41,7 @@ pub mod gates;
 mod job;
 mod kv;
 pub mod kv_cache;
+pub mod layer_cache;
 pub mod linear;
 mod materialized;
 pub mod mha;
@@ -62,6 +63,7 @@ pub use error::{AttnError, Result};
 /// The element types (f32, and the 16-bit storage types from the `half` crate).
 pub use kernels::{bf16, f16, DType, Element};
 pub use kv_cache::KvCache;
+pub use layer_cache::LayerCache;
 pub use linear::{Linear, WeightLayout};
 pub use mha::{MhaConfig, MhaWeights, MultiHeadAttention, OwnedMhaWeights};
 pub use options::{AttnPath, Mask, SdpaOptions};

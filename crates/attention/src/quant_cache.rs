@@ -171,6 +171,10 @@ impl<C: Code> QuantKvCache<C> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// `[batch, kv heads, head dim]` the cache was made for.
+    pub fn layout(&self) -> [usize; 3] {
+        [self.batch, self.n_kv_heads, self.head_dim]
+    }
     /// Positions it can hold.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -160,3 +160,63 @@ fn bf16_layer_with_bf16_cache_decodes_at_any_thread_count_identically() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
+
+/// An 8-bit layer cache (`new_quant_cache`) holds exactly the quantised rows of an f32
+/// cache fed the same tokens (codes and per-row scales), in under half the bytes at this
+/// head size (D = 8: the per-row scales weigh), and decoding from it stays close to
+/// decoding from f32.
+fn quant_cache_matches<C: kernels::quant::Code>(tol: f32) {
+    use kernels::quant::quantize_row;
+    let layer = MultiHeadAttention::random(cfg(), true, 5).unwrap();
+    let causal = SdpaOptions::new()
+        .with_causal(true)
+        .with_parallelism(Parallelism::Sequential);
+    let (b, prompt, steps) = (2, 9, 6);
+    let mut c32 = layer.new_cache(b, 32).unwrap();
+    let mut c8 = layer.new_quant_cache::<C>(b, 32).unwrap();
+    assert!(2 * c8.bytes() < c32.bytes());
+    let x = input(b * prompt * 64);
+    let y32 = layer
+        .forward_cached(&mut c32, &x, b, prompt, &causal)
+        .unwrap();
+    let y8 = layer
+        .forward_cached(&mut c8, &x, b, prompt, &causal)
+        .unwrap();
+    let err = max_abs_diff(&y8, &y32);
+    assert!(err < tol, "{:?} prefill: {err}", C::QTYPE);
+    for s in 0..steps {
+        let xt = input(b * 64 + s);
+        let xt = &xt[s..];
+        let y32 = layer.forward_cached(&mut c32, xt, b, 1, &causal).unwrap();
+        let y8 = layer.forward_cached(&mut c8, xt, b, 1, &causal).unwrap();
+        assert!(max_abs_diff(&y8, &y32) < tol, "{:?} step {s}", C::QTYPE);
+    }
+    assert_eq!(c8.len(), c32.len());
+    for (q8, f) in [(c8.keys(), c32.keys()), (c8.values(), c32.values())] {
+        for bb in 0..b {
+            for h in 0..2 {
+                for i in 0..c8.len() {
+                    let row: Vec<f32> = (0..8).map(|d| f.get(bb, h, i, d)).collect();
+                    let mut codes = vec![C::default(); 8];
+                    let scale = quantize_row(&row, None, &mut codes).unwrap();
+                    assert_eq!(q8.scale(bb, h, i), scale);
+                    for (d, &c) in codes.iter().enumerate() {
+                        assert_eq!(q8.codes().get(bb, h, i, d), c);
+                    }
+                }
+            }
+        }
+    }
+    // A call that does not fit changes nothing.
+    let before = c8.len();
+    let big = input(b * 30 * 64);
+    assert!(layer.forward_cached(&mut c8, &big, b, 30, &causal).is_err());
+    assert_eq!(c8.len(), before);
+}
+
+#[test]
+fn int8_and_fp8_layer_caches_hold_the_quantised_rows_of_an_f32_cache() {
+    quant_cache_matches::<i8>(2e-2);
+    quant_cache_matches::<kernels::quant::F8E4M3>(6e-2);
+    quant_cache_matches::<kernels::quant::F8E5M2>(1.2e-1);
+}

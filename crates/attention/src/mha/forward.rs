@@ -6,11 +6,11 @@ use super::scratch::{give_buf, take_buf};
 use super::MultiHeadAttention;
 use crate::error::{AttnError, Result};
 use crate::kv_cache::KvCache;
+use crate::layer_cache::LayerCache;
 use crate::linear::{expect_len, Epilogue};
 use crate::options::{Problem, SdpaOptions};
 use crate::tensor::{TensorMut, TensorRef};
-use crate::{sdpa_into, SdpaOutputs};
-use kernels::Element;
+use crate::{sdpa_into, sdpa_kv_into, SdpaOutputs};
 
 impl MultiHeadAttention {
     /// Self-attention over `x` (`[batch, seq, d_model]`), returning `[batch, seq, d_model]`.
@@ -42,7 +42,7 @@ impl MultiHeadAttention {
         y: &mut [f32],
         opts: &SdpaOptions<'_>,
     ) -> Result<()> {
-        self.self_attention::<f32>(x, batch, seq, None, y, opts, None)
+        self.self_attention::<KvCache>(x, batch, seq, None, y, opts, None)
     }
 
     /// [`Self::forward`] that also returns the attention weights `[batch, Hq, seq, seq]`
@@ -60,7 +60,7 @@ impl MultiHeadAttention {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let mut y = vec![0.0f32; self.out_len(batch, seq)?];
         let mut w = vec![0.0f32; self.weights_len(batch, seq, seq)?];
-        self.self_attention::<f32>(x, batch, seq, None, &mut y, opts, Some(&mut w))?;
+        self.self_attention::<KvCache>(x, batch, seq, None, &mut y, opts, Some(&mut w))?;
         Ok((y, w))
     }
 
@@ -118,9 +118,9 @@ impl MultiHeadAttention {
     /// [`AttnError::CacheFull`] if the tokens do not fit; [`AttnError::Shape`] if the cache
     /// was made for another batch size or layer; as [`Self::forward`] otherwise. On error
     /// the cache is unchanged.
-    pub fn forward_cached<T: Element>(
+    pub fn forward_cached<C: LayerCache>(
         &self,
-        cache: &mut KvCache<T>,
+        cache: &mut C,
         x: &[f32],
         batch: usize,
         seq: usize,
@@ -135,9 +135,9 @@ impl MultiHeadAttention {
     ///
     /// # Errors
     /// As [`Self::forward_cached`].
-    pub fn forward_cached_into<T: Element>(
+    pub fn forward_cached_into<C: LayerCache>(
         &self,
-        cache: &mut KvCache<T>,
+        cache: &mut C,
         x: &[f32],
         batch: usize,
         seq: usize,
@@ -201,12 +201,12 @@ impl MultiHeadAttention {
 
     /// Self-attention, with or without a cache.
     #[allow(clippy::too_many_arguments)]
-    fn self_attention<T: Element>(
+    fn self_attention<C: LayerCache>(
         &self,
         x: &[f32],
         batch: usize,
         seq: usize,
-        cache: Option<&mut KvCache<T>>,
+        cache: Option<&mut C>,
         y: &mut [f32],
         opts: &SdpaOptions<'_>,
         weights: Option<&mut [f32]>,
@@ -220,9 +220,8 @@ impl MultiHeadAttention {
         self.check_io("output", y.len(), rows)?;
         let pos0 = match &cache {
             Some(cache) => {
-                cache.check_layer(batch, hkv, hd)?;
-                cache.check_room(seq)?;
-                cache.len()
+                cache.check_call(batch, hkv, hd, seq)?;
+                cache.cached()
             }
             None => 0,
         };
@@ -263,11 +262,12 @@ impl MultiHeadAttention {
                 .with_lse(None);
             match cache {
                 Some(cache) => {
-                    let old = cache.len();
-                    cache.append(k_new, v_new)?;
-                    let r = sdpa_into(q, cache.keys(), cache.values(), out, opts, extras);
+                    let old = cache.cached();
+                    cache.append_f32(k_new, v_new)?;
+                    let (k, v) = cache.kv();
+                    let r = sdpa_kv_into(q.into(), k, v, out.into(), opts, extras);
                     if r.is_err() {
-                        cache.truncate(old);
+                        cache.rewind(old);
                     }
                     r?;
                 }
