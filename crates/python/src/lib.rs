@@ -20,7 +20,8 @@
 //!   `varlen_backward(call, q, k, v, out, lse, grad_out, cu_seqlens_q, cu_seqlens_k)` and
 //!   `paged_kv_write(k, v, k_cache, v_cache, slot_mapping)`: serving attention (module
 //!   `serving`: packed sequences, paged caches read in place and written, the gradients
-//!   of packed sequences with the sinks');
+//!   of packed sequences with the sinks'); both forward and write take 8-bit (int8, fp8)
+//!   caches with scales through `kv_format`, `k_scale`, `v_scale` (module `quant`);
 //! * `set_num_threads`, `get_num_threads`, `kernel_variant`.
 //!
 //! Inside:
@@ -45,6 +46,7 @@ mod attn;
 mod call;
 mod dlpack;
 mod pool;
+mod quant;
 mod run;
 mod serving;
 mod view;

@@ -9,14 +9,17 @@
 //! for CPU torch tensors) and are read in place.
 
 use crate::call::{Call, Returns, Rules, Slopes};
+use crate::quant::{self, Codes, Fmt, ScaleArg, WriteScales};
 use crate::run::{attn_err, threads_for};
 use crate::view::{Data, DataMut, Elem, Output, View};
+use attention::quant::KvRef;
 use attention::{
     AttnError, DynTensor, DynTensorMut, Element, SdpaGrads, SdpaOptions, SeqIdx, TensorMut,
     TensorRef, VarlenSeqs,
 };
 use numpy::{
-    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -118,25 +121,31 @@ fn tensor<'a>(
 
 /// `[T, H, D]` as the library's `[1, H, T, D]` view.
 fn packed(v: &View<'_>, what: &str) -> PyResult<([usize; 4], [usize; 4])> {
-    if v.shape.len() != 3 {
+    packed_of(&v.shape, &v.strides, what)
+}
+
+/// [`packed`] of a shape and its element strides.
+fn packed_of(s: &[usize], st: &[usize], what: &str) -> PyResult<([usize; 4], [usize; 4])> {
+    if s.len() != 3 {
         return Err(PyValueError::new_err(format!(
-            "{what} must be 3-D [total_tokens, heads, headdim], got shape {:?}",
-            v.shape
+            "{what} must be 3-D [total_tokens, heads, headdim], got shape {s:?}"
         )));
     }
-    let (s, st) = (&v.shape, &v.strides);
     Ok(([1, s[1], s[0], s[2]], [0, st[1], st[0], st[2]]))
 }
 
 /// A paged cache `[num_blocks, block_size, H, D]` as is.
 fn paged(v: &View<'_>, what: &str) -> PyResult<([usize; 4], [usize; 4])> {
-    if v.shape.len() != 4 {
+    paged_of(&v.shape, &v.strides, what)
+}
+
+/// [`paged`] of a shape and its element strides.
+fn paged_of(s: &[usize], st: &[usize], what: &str) -> PyResult<([usize; 4], [usize; 4])> {
+    if s.len() != 4 {
         return Err(PyValueError::new_err(format!(
-            "{what} must be a 4-D paged cache [num_blocks, block_size, heads, headdim], got shape {:?}",
-            v.shape
+            "{what} must be a 4-D paged cache [num_blocks, block_size, heads, headdim], got shape {s:?}"
         )));
     }
-    let (s, st) = (&v.shape, &v.strides);
     Ok(([s[0], s[1], s[2], s[3]], [st[0], st[1], st[2], st[3]]))
 }
 
@@ -291,7 +300,7 @@ fn packed_mut(x: &mut [f32], h: usize, t: usize, w: usize) -> PyResult<TensorMut
 /// caches `[num_blocks, block_size, Hkv, D]`. Returns the output `[Tq, Hq, Dv]` (the
 /// query's kind and dtype), or `(out, lse)` with the LSE `[Hq, Tq]` float32.
 #[pyfunction]
-#[pyo3(signature = (call, q, k, v, cu_seqlens_q, cu_seqlens_k=None, seqused_k=None, block_table=None))]
+#[pyo3(signature = (call, q, k, v, cu_seqlens_q, cu_seqlens_k=None, seqused_k=None, block_table=None, kv_format=None, k_scale=None, v_scale=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn varlen_forward<'py>(
     py: Python<'py>,
@@ -303,6 +312,9 @@ pub(crate) fn varlen_forward<'py>(
     cu_seqlens_k: Option<&Bound<'py, PyAny>>,
     seqused_k: Option<&Bound<'py, PyAny>>,
     block_table: Option<&Bound<'py, PyAny>>,
+    kv_format: Option<&str>,
+    k_scale: Option<ScaleArg<'py>>,
+    v_scale: Option<ScaleArg<'py>>,
 ) -> PyResult<Py<PyAny>> {
     let call = call.get();
     let alibi = varlen_alibi(call)?;
@@ -315,14 +327,31 @@ pub(crate) fn varlen_forward<'py>(
             ))
         }
     };
-    let (qv, kv, vv) = (View::new(q, "q")?, View::new(k, "k")?, View::new(v, "v")?);
+    let fmt = kv_format.map(Fmt::parse).transpose()?;
+    let qv = View::new(q, "q")?;
     let (qd, qs) = packed(&qv, "q")?;
     let [_, hq, tq, _] = qd;
-    let ((kd, ks), (vd, vs)) = if block_table.is_some() {
-        (paged(&kv, "k_cache")?, paged(&vv, "v_cache")?)
-    } else {
-        (packed(&kv, "k")?, packed(&vv, "v")?)
+    let side = |x: &Bound<'py, PyAny>, what: &str| -> PyResult<KvSide<'py>> {
+        Ok(match fmt {
+            None => KvSide::Float(View::new(x, what)?),
+            Some(_) => KvSide::Codes(Codes::read(x, what)?),
+        })
     };
+    let (kv, vv) = (side(k, "k")?, side(v, "v")?);
+    let lay = |x: &KvSide<'_>, what: &str| {
+        let (sh, st) = x.layout();
+        if block_table.is_some() {
+            paged_of(sh, st, &format!("{what}_cache"))
+        } else {
+            packed_of(sh, st, what)
+        }
+    };
+    let ((kd, ks), (vd, vs)) = (lay(&kv, "k")?, lay(&vv, "v")?);
+    if fmt.is_none() && (k_scale.is_some() || v_scale.is_some()) {
+        return Err(PyValueError::new_err(
+            "k_scale/v_scale are for 8-bit caches; these are float",
+        ));
+    }
     let dv = vd[3];
     let cu_q = Idx::new(cu_seqlens_q, "cu_seqlens_q")?;
     let cu_k = cu_seqlens_k
@@ -349,8 +378,8 @@ pub(crate) fn varlen_forward<'py>(
     };
     let threads = threads_for(py, &qv)?;
     let qt = tensor(qv.data()?, "q", qd, qs)?;
-    let kt = tensor(kv.data()?, "k", kd, ks)?;
-    let vt = tensor(vv.data()?, "v", vd, vs)?;
+    let kt = kv.kv_ref(fmt, kd, ks, k_scale.as_ref(), "k")?;
+    let vt = vv.kv_ref(fmt, vd, vs, v_scale.as_ref(), "v")?;
     let opts = varlen_options(call, alibi, threads.parallelism());
     {
         let out_dims = [1, hq, tq, dv];
@@ -359,13 +388,48 @@ pub(crate) fn varlen_forward<'py>(
             DataMut(x) => TensorMut::new(x, out_dims, out_strides).map_err(attn_err)?.into());
         let lse_data = lse.as_mut().map(Output::f32_data).transpose()?;
         py.detach(|| {
-            threads.run(|| attention::sdpa_varlen_into_dyn(qt, kt, vt, ot, &seqs, &opts, lse_data))
+            threads.run(|| attention::sdpa_varlen_kv_into(qt, kt, vt, ot, &seqs, &opts, lse_data))
         })
         .map_err(attn_err)?;
     }
     match lse {
         None => Ok(out.into_obj().unbind()),
         Some(l) => (out.into_obj(), l.into_obj()).into_py_any(py),
+    }
+}
+
+/// K or V of a variable-length call: float, or 8-bit codes.
+enum KvSide<'py> {
+    Float(View<'py>),
+    Codes(Codes<PyReadonlyArrayDyn<'py, u8>>),
+}
+
+impl KvSide<'_> {
+    fn layout(&self) -> (&[usize], &[usize]) {
+        match self {
+            KvSide::Float(v) => (&v.shape, &v.strides),
+            KvSide::Codes(c) => (&c.shape, &c.strides),
+        }
+    }
+
+    fn kv_ref<'a>(
+        &'a self,
+        fmt: Option<Fmt>,
+        dims: [usize; 4],
+        strides: [usize; 4],
+        scale: Option<&'a ScaleArg<'_>>,
+        what: &str,
+    ) -> PyResult<KvRef<'a>> {
+        match (self, fmt) {
+            (KvSide::Float(v), _) => Ok(tensor(v.data()?, what, dims, strides)?.into()),
+            (KvSide::Codes(c), Some(f)) => {
+                let s = scale.ok_or_else(|| {
+                    PyValueError::new_err(format!("{what}: an 8-bit cache needs {what}_scale"))
+                })?;
+                quant::kv_ref(f, c, dims, strides, s, what)
+            }
+            (KvSide::Codes(_), None) => Err(PyTypeError::new_err("8-bit codes without a format")),
+        }
     }
 }
 
@@ -377,7 +441,14 @@ fn overlap(a: (usize, usize), b: (usize, usize)) -> bool {
 /// Writes new rows `k` `[T, Hkv, D]` and `v` `[T, Hkv, Dv]` into the paged caches
 /// `k_cache`, `v_cache` `[num_blocks, block_size, Hkv, D]` in place, at the slots of
 /// `slot_mapping` (-1: skipped). Every check happens before anything is written.
+///
+/// With `kv_format` (`"int8"`, `"float8_e4m3fn"`, `"float8_e5m2"`) the caches are uint8
+/// numpy arrays over 8-bit codes and `k_scale`, `v_scale` 1-D float32 numpy arrays: int8,
+/// one per slot and head (`[num_blocks·block_size·Hkv]`, written with each row's scale);
+/// fp8, 1 or Hkv given scales.
 #[pyfunction]
+#[pyo3(signature = (k, v, k_cache, v_cache, slot_mapping, kv_format=None, k_scale=None, v_scale=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_kv_write<'py>(
     py: Python<'py>,
     k: &Bound<'py, PyAny>,
@@ -385,7 +456,27 @@ pub(crate) fn paged_kv_write<'py>(
     k_cache: &Bound<'py, PyAny>,
     v_cache: &Bound<'py, PyAny>,
     slot_mapping: &Bound<'py, PyAny>,
+    kv_format: Option<&str>,
+    k_scale: Option<&Bound<'py, PyAny>>,
+    v_scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()> {
+    if let Some(f) = kv_format {
+        return paged_kv_write_8bit(
+            Fmt::parse(f)?,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            slot_mapping,
+            k_scale,
+            v_scale,
+        );
+    }
+    if k_scale.is_some() || v_scale.is_some() {
+        return Err(PyValueError::new_err(
+            "k_scale/v_scale are for 8-bit caches; these are float",
+        ));
+    }
     let (kv, vv) = (View::new(k, "k")?, View::new(v, "v")?);
     let kc = View::target(k_cache, "k_cache")?;
     let vc = View::target(v_cache, "v_cache")?;
@@ -432,6 +523,84 @@ pub(crate) fn paged_kv_write<'py>(
         )
     })
     .map_err(attn_err)
+}
+
+/// [`paged_kv_write`] into 8-bit caches of `fmt`.
+#[allow(clippy::too_many_arguments)]
+fn paged_kv_write_8bit<'py>(
+    fmt: Fmt,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    slot_mapping: &Bound<'py, PyAny>,
+    k_scale: Option<&Bound<'py, PyAny>>,
+    v_scale: Option<&Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    let (Some(k_scale), Some(v_scale)) = (k_scale, v_scale) else {
+        return Err(PyValueError::new_err(
+            "an 8-bit cache needs k_scale and v_scale",
+        ));
+    };
+    let (kv, vv) = (View::new(k, "k")?, View::new(v, "v")?);
+    let slots = Idx::new(slot_mapping, "slot_mapping")?.to_i64("slot_mapping")?;
+    let mut kc = Codes::write(k_cache, "k_cache")?;
+    let mut vc = Codes::write(v_cache, "v_cache")?;
+    let mut ksc = WriteScales::new(fmt, k_scale, "k_scale")?;
+    let mut vsc = WriteScales::new(fmt, v_scale, "v_scale")?;
+    let (kd, ks) = packed(&kv, "k")?;
+    let (vd, vs) = packed(&vv, "v")?;
+    let (kcd, kcs) = paged_of(&kc.shape, &kc.strides, "k_cache")?;
+    let (vcd, vcs) = paged_of(&vc.shape, &vc.strides, "v_cache")?;
+    if kv.elem != vv.elem {
+        return Err(PyTypeError::new_err(format!(
+            "k and v must share a dtype ({} and {})",
+            kv.elem.name(),
+            vv.elem.name()
+        )));
+    }
+    // Everything written (codes, and int8's scales) must be apart from everything else.
+    let written = [
+        ("k_cache", kc.bytes()?),
+        ("v_cache", vc.bytes()?),
+        ("k_scale", ksc.bytes()),
+        ("v_scale", vsc.bytes()),
+    ];
+    let all = [
+        written[0],
+        written[1],
+        written[2],
+        written[3],
+        ("k", kv.bytes()?),
+        ("v", vv.bytes()?),
+    ];
+    for (i, (a, ra)) in all.iter().enumerate() {
+        for (b, rb) in &all[i + 1..] {
+            let one_written = written.iter().any(|w| w.0 == *a || w.0 == *b);
+            let scales_read_only = fmt != Fmt::I8 && [*a, *b].iter().all(|x| !x.ends_with("cache"));
+            if one_written && !scales_read_only && overlap(*ra, *rb) {
+                return Err(PyValueError::new_err(format!(
+                    "{a} and {b} overlap in memory; paged_kv_write needs them apart"
+                )));
+            }
+        }
+    }
+    let (kdata, vdata) = (kv.data()?, vv.data()?);
+    // SAFETY: the caches and scales written reach bytes no other operand reaches (checked
+    // above).
+    unsafe {
+        quant::write_rows_quant(
+            fmt,
+            kdata,
+            vdata,
+            &mut kc,
+            &mut ksc,
+            &mut vc,
+            &mut vsc,
+            [kd, ks, vd, vs, kcd, kcs, vcd, vcs],
+            &slots,
+        )
+    }
 }
 
 /// `attention::paged_kv_write` on dtype-erased memory: dims and strides of k, v, the K

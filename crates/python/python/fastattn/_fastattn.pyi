@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional, Sequence, Tuple, TypeVar, Union, fina
 T = TypeVar("T")
 _Seq = Union[Sequence[float], Sequence[Sequence[float]], Any]
 _Returns = Literal["out", "out_lse", "weights_lse"]
+_KvFormat = Literal["int8", "float8_e4m3fn", "float8_e5m2"]
 
 __version__: str
 
@@ -74,11 +75,19 @@ def varlen_forward(
     cu_seqlens_k: Optional[Any] = None,
     seqused_k: Optional[Any] = None,
     block_table: Optional[Any] = None,
+    kv_format: Optional[_KvFormat] = None,
+    k_scale: Optional[Tuple[Any, Tuple[int, int, int]]] = None,
+    v_scale: Optional[Tuple[Any, Tuple[int, int, int]]] = None,
 ) -> Union[T, Tuple[T, T]]:
     """The variable-length forward of a ``Call.flash`` (``returns`` ``"out"`` or
     ``"out_lse"``): q ``[Tq, Hq, D]``; k, v packed ``[Tk, Hkv, D]`` or, with
     ``block_table`` (``[B, max_blocks]``), paged ``[num_blocks, block_size, Hkv, D]``. Index
-    arrays: contiguous int32/int64 numpy arrays. Output ``[Tq, Hq, Dv]``, LSE ``[Hq, Tq]``."""
+    arrays: contiguous int32/int64 numpy arrays. Output ``[Tq, Hq, Dv]``, LSE ``[Hq, Tq]``.
+
+    8-bit K/V (``kv_format``): k, v are uint8 numpy arrays over the codes' bytes, and
+    ``k_scale``, ``v_scale`` are ``(scales, strides)``: a contiguous 1-D float32 numpy array
+    and the element strides mapping a row ``(i0, i1, i2)`` of the library's 4-D view
+    (``[1, Hkv, Tk, D]`` packed, the cache's own dims paged) to its scale (0 broadcasts)."""
 
 
 def varlen_backward(
@@ -96,9 +105,22 @@ def varlen_backward(
     in q's kind (``dsinks`` ``(Hq,)`` when ``call`` has sinks, else ``None``), from the
     forward's ``out`` ``[Tq, Hq, Dv]`` and ``lse`` ``[Hq, Tq]`` and the output's gradient."""
 
-def paged_kv_write(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any) -> None:
+def paged_kv_write(
+    k: Any,
+    v: Any,
+    k_cache: Any,
+    v_cache: Any,
+    slot_mapping: Any,
+    kv_format: Optional[_KvFormat] = None,
+    k_scale: Optional[Any] = None,
+    v_scale: Optional[Any] = None,
+) -> None:
     """Writes rows ``[T, Hkv, D]`` into paged caches at ``slot_mapping`` (an int numpy
-    array; -1 skips), in place; caches that overlap each other or the rows are refused."""
+    array; -1 skips), in place; caches that overlap each other or the rows are refused.
+
+    8-bit caches (``kv_format``): uint8 numpy arrays over the codes' bytes, with 1-D
+    float32 numpy ``k_scale``, ``v_scale``: int8, one per slot and head
+    (``num_blocks·block_size·Hkv``, contiguous, written); fp8, 1 or Hkv given scales."""
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

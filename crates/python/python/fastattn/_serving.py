@@ -50,6 +50,119 @@ def _idx(x, name, ndim=1):
     return np.ascontiguousarray(x)
 
 
+_NP_FORMATS = {"int8": "int8"}
+_TORCH_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+
+
+def _kv_format(x):
+    """The 8-bit format of a cache (``"int8"``, ``"float8_e4m3fn"``, ``"float8_e5m2"``), or
+    ``None`` for a float one."""
+    if _is_torch(x):
+        torch = sys.modules["torch"]
+        for name in _TORCH_FORMATS:
+            dt = getattr(torch, name, None)
+            if dt is not None and x.dtype == dt:
+                return name
+        return None
+    if isinstance(x, np.ndarray) and x.dtype == np.int8:
+        return "int8"
+    return None
+
+
+def _codes(x, name):
+    """An 8-bit cache as a uint8 numpy array over the same memory (no copy)."""
+    if _is_torch(x):
+        torch = sys.modules["torch"]
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}; fastattn runs on the CPU")
+        return x.detach().view(torch.uint8).numpy()
+    return x.view(np.uint8)
+
+
+def _pair_format(k, v, what):
+    """The shared 8-bit format of K and V (``None`` when both are float)."""
+    fk, fv = _kv_format(k), _kv_format(v)
+    if fk != fv:
+        raise TypeError(
+            f"{what}: K and V must both be float or share an 8-bit dtype, got "
+            f"{getattr(k, 'dtype', type(k))} and {getattr(v, 'dtype', type(v))}"
+        )
+    return fk
+
+
+def _scale_array(s, name):
+    """A scale as a float32 numpy array over the caller's memory where possible."""
+    if isinstance(s, (float, int)) and not isinstance(s, bool):
+        return np.array([s], dtype=np.float32)
+    if _is_torch(s):
+        torch = sys.modules["torch"]
+        if s.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {s.dtype}")
+        if s.device.type != "cpu":
+            raise ValueError(f"{name} is on {s.device}; fastattn runs on the CPU")
+        return s.detach().numpy()
+    if isinstance(s, np.ndarray):
+        if s.dtype != np.float32:
+            raise TypeError(f"{name} must be float32, got {s.dtype}")
+        return s
+    raise TypeError(f"{name} must be a float, a float32 torch tensor or numpy array")
+
+
+def _read_scale(s, fmt, cache_shape, name, paged):
+    """``(scales, strides)`` for ``varlen_forward``: the scales of an 8-bit cache as a
+    contiguous 1-D float32 array and the strides that map the library's rows to them.
+    Layouts: one per row (the cache's shape without D), one per KV head ``[Hkv]``, or one
+    for all (a float, a 0-d or 1-element array)."""
+    if fmt is None:
+        if s is not None:
+            raise ValueError(f"{name} is for 8-bit caches; this cache is float")
+        return None
+    if s is None:
+        raise ValueError(f"an 8-bit ({fmt}) cache needs {name}")
+    a = _scale_array(s, name)
+    rows, hkv = tuple(cache_shape[:-1]), cache_shape[-2]
+    if a.shape == rows:
+        a = np.ascontiguousarray(a)
+        if paged:  # [num_blocks, block_size, Hkv] for rows [num_blocks, block_size, Hkv]
+            strides = (rows[1] * rows[2], rows[2], 1)
+        else:  # [T, Hkv] for rows [1, Hkv, T]
+            strides = (0, 1, rows[1])
+    elif a.size == 1 and a.ndim <= 1:
+        strides = (0, 0, 0)
+    elif a.shape == (hkv,):
+        strides = (0, 0, 1) if paged else (0, 1, 0)
+    else:
+        raise ValueError(
+            f"{name} must be one per row {list(rows)}, one per KV head [{hkv}] or a scalar, "
+            f"got shape {list(a.shape)}"
+        )
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1), strides
+
+
+def _write_scale(s, fmt, cache_shape, name):
+    """The scales ``paged_kv_write`` takes for an 8-bit cache: int8, the caller's writable
+    float32 ``[num_blocks, block_size, Hkv]`` (filled in place); fp8, a scalar or ``[Hkv]``."""
+    if s is None:
+        raise ValueError(f"an 8-bit ({fmt}) cache needs {name}")
+    a = _scale_array(s, name)
+    rows, hkv = tuple(cache_shape[:-1]), cache_shape[-2]
+    if fmt == "int8":
+        if isinstance(s, (float, int)) or a.shape != rows:
+            raise ValueError(
+                f"{name} of an int8 cache must be a float32 tensor {list(rows)} (one scale per "
+                f"slot and head, written), got {list(a.shape)}"
+            )
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{name} must be contiguous and writable: it is written in place")
+        return a.reshape(-1)
+    if not ((a.size == 1 and a.ndim <= 1) or a.shape == (hkv,)):
+        raise ValueError(
+            f"{name} of an fp8 cache must be a scalar or [{hkv}] (one per KV head), "
+            f"got shape {list(a.shape)}"
+        )
+    return np.ascontiguousarray(a.reshape(-1))
+
+
 def _sinks(s_aux):
     """``s_aux`` as a list of floats (``None`` stays ``None``)."""
     if s_aux is None:
@@ -91,6 +204,8 @@ def flash_attn_varlen_func(
     block_table=None,
     seqused_k=None,
     s_aux=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """FlashAttention-2's ``flash_attn_varlen_func``: attention over a batch of sequences
     of different lengths, packed without padding.
@@ -112,6 +227,12 @@ def flash_attn_varlen_func(
       FlashAttention-2 callers and not needed (every call is deterministic).
     * ``return_attn_probs``: ``(out, softmax_lse, None)`` with the LSE ``[Hq, Tq]``
       float32 (FlashAttention-2's triple; no probabilities without dropout).
+    * 8-bit K/V: ``k``, ``v`` (packed or paged) may be ``torch.int8``,
+      ``torch.float8_e4m3fn``, ``torch.float8_e5m2`` (or numpy ``int8``), both of one
+      dtype, with ``k_scale``, ``v_scale`` (float32 tensors or arrays, or floats): one per
+      row (the cache's shape without D: ``[num_blocks, block_size, Hkv]`` paged,
+      ``[Tk, Hkv]`` packed; int8's layout), one per KV head ``[Hkv]``, or one for all (a
+      float or 1-element tensor). A value is ``code × scale``. No backward.
 
     Returns ``[Tq, Hq, Dv]`` in q's kind and dtype. Differentiable on torch tensors that
     require grad (q, k, v and ``s_aux``), for packed K/V; a paged cache has no backward.
@@ -123,6 +244,23 @@ def flash_attn_varlen_func(
     cu_k = _idx(cu_seqlens_k, "cu_seqlens_k")
     used = _idx(seqused_k, "seqused_k")
     table = _idx(block_table, "block_table", ndim=2)
+    fmt = _pair_format(k, v, "flash_attn_varlen_func")
+    paged = table is not None
+    ks = _read_scale(k_scale, fmt, tuple(k.shape), "k_scale", paged)
+    vs = _read_scale(v_scale, fmt, tuple(v.shape), "v_scale", paged)
+    if fmt is not None:
+        if _records_grad(q, s_aux, alibi_slopes):
+            raise ValueError(
+                "flash_attn_varlen_func: no backward through 8-bit K/V: call it under "
+                "torch.no_grad()"
+            )
+        call = Call.flash(
+            returns="out_lse" if return_attn_probs else "out", sinks=_sinks(s_aux), **options
+        )
+        res = _fastattn.varlen_forward(
+            call, q, _codes(k, "k"), _codes(v, "v"), cu_q, cu_k, used, table, fmt, ks, vs
+        )
+        return (res[0], res[1], None) if return_attn_probs else res
     if _records_grad(q, k, v, s_aux, alibi_slopes):
         if table is not None:
             raise ValueError(
@@ -142,14 +280,34 @@ def flash_attn_varlen_func(
     return (res[0], res[1], None) if return_attn_probs else res
 
 
-def paged_kv_write(k, v, k_cache, v_cache, slot_mapping):
+def paged_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None):
     """Writes the new rows ``k`` ``[T, Hkv, D]`` and ``v`` ``[T, Hkv, Dv]`` into the paged
     caches ``k_cache`` ``[num_blocks, block_size, Hkv, D]`` and ``v_cache`` (in place,
     converted to the caches' dtype): token ``t`` goes to slot ``slot_mapping[t]`` =
     ``block * block_size + offset``; a slot of -1 is skipped (vLLM's
     ``reshape_and_cache``). Bad input is a ``ValueError`` and nothing is written; the two
-    caches must not overlap in memory, nor overlap ``k`` and ``v``."""
-    _fastattn.paged_kv_write(k, v, k_cache, v_cache, _idx(slot_mapping, "slot_mapping"))
+    caches must not overlap in memory, nor overlap ``k`` and ``v``.
+
+    8-bit caches (both of one dtype): ``torch.int8`` (or numpy ``int8``) takes writable
+    contiguous float32 ``k_scale``, ``v_scale`` ``[num_blocks, block_size, Hkv]``, filled
+    in place with each written row's scale (``amax / 127``); ``torch.float8_e4m3fn`` and
+    ``torch.float8_e5m2`` take the caller's scales, a float or 1-element tensor (per
+    tensor) or ``[Hkv]`` (per KV head), and store ``value / scale`` rounded to fp8."""
+    slots = _idx(slot_mapping, "slot_mapping")
+    fmt = _pair_format(k_cache, v_cache, "paged_kv_write")
+    if fmt is None:
+        for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if s is not None:
+                raise ValueError(f"{name} is for 8-bit caches; these caches are float")
+        _fastattn.paged_kv_write(k, v, k_cache, v_cache, slots)
+        return
+    if _kv_format(k) is not None or _kv_format(v) is not None:
+        raise TypeError("paged_kv_write: the new rows k and v must be float")
+    ks = _write_scale(k_scale, fmt, tuple(k_cache.shape), "k_scale")
+    vs = _write_scale(v_scale, fmt, tuple(v_cache.shape), "v_scale")
+    _fastattn.paged_kv_write(
+        k, v, _codes(k_cache, "k_cache"), _codes(v_cache, "v_cache"), slots, fmt, ks, vs
+    )
 
 
 def _shape(x):
@@ -175,6 +333,8 @@ def flash_attn_with_kvcache(
     alibi_slopes=None,
     return_softmax_lse=False,
     s_aux=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """FlashAttention-2's ``flash_attn_with_kvcache``: attention of new queries over a KV
     cache, after appending the new keys and values to it in place.
@@ -189,6 +349,13 @@ def flash_attn_with_kvcache(
     * ``causal`` (bottom-right), ``window_size``, ``softcap``, ``alibi_slopes``,
       ``softmax_scale``, ``s_aux``: as in :func:`flash_attn_varlen_func`.
     * ``return_softmax_lse``: also return the LSE ``[B, Hq, Lq]`` (float32).
+    * 8-bit caches: ``torch.int8``, ``torch.float8_e4m3fn``, ``torch.float8_e5m2`` (or
+      numpy ``int8``), both of one dtype, with ``k_scale``, ``v_scale`` (float32): int8,
+      one per row, the cache's shape without D (``[B, Lcache, Hkv]`` dense,
+      ``[num_blocks, block_size, Hkv]`` paged), written in place for the new rows (so
+      writable and contiguous when ``k``, ``v`` are given); fp8, a float or 1-element
+      tensor (per tensor) or ``[Hkv]`` (per KV head). New rows are quantised as
+      :func:`paged_kv_write` does.
 
     Returns ``[B, Lq, Hq, Dv]``. Bad input is a ``ValueError`` raised before the caches are
     written. No backward.
@@ -212,6 +379,19 @@ def flash_attn_with_kvcache(
         raise ValueError(f"s_aux has {len(sinks)} values, q has {hq} heads")
     if (k is None) != (v is None):
         raise ValueError("pass both k and v, or neither")
+    fmt = _pair_format(k_cache, v_cache, "flash_attn_with_kvcache")
+    if _kv_format(q) is not None:
+        raise TypeError(f"q must be float, got {q.dtype}")
+    # Checked before the write, so that bad scales write nothing.
+    ksr = _read_scale(k_scale, fmt, ks, "k_scale", True)
+    vsr = _read_scale(v_scale, fmt, vs, "v_scale", True)
+    if fmt is not None and k is not None:
+        ksw = _write_scale(k_scale, fmt, ks, "k_scale")
+        vsw = _write_scale(v_scale, fmt, vs, "v_scale")
+        if fmt != "int8":  # the read scales are the write scales: check them now
+            for name, a in (("k_scale", ksw), ("v_scale", vsw)):
+                if not np.all(np.isfinite(a) & (a > 0)):
+                    raise ValueError(f"{name} must be finite and positive")
     lnew = 0
     if k is not None:
         kn, vn = _shape(k), _shape(v)
@@ -263,11 +443,37 @@ def flash_attn_with_kvcache(
         slots = (pages * page + pos % page).reshape(-1)
         k_rows = _reshape(k, (b * lnew, hkv, d))
         v_rows = _reshape(v, (b * lnew, hkv, vs[3]))
-        _fastattn.paged_kv_write(k_rows, v_rows, k_cache, v_cache, slots)
+        if fmt is None:
+            _fastattn.paged_kv_write(k_rows, v_rows, k_cache, v_cache, slots)
+        else:
+            _fastattn.paged_kv_write(
+                k_rows,
+                v_rows,
+                _codes(k_cache, "k_cache"),
+                _codes(v_cache, "v_cache"),
+                slots,
+                fmt,
+                ksw,
+                vsw,
+            )
     cu_q = np.arange(b + 1, dtype=np.int64) * lq
-    res = _fastattn.varlen_forward(
-        call, _reshape(q, (b * lq, hq, d)), k_cache, v_cache, cu_q, None, used, table
-    )
+    qr = _reshape(q, (b * lq, hq, d))
+    if fmt is None:
+        res = _fastattn.varlen_forward(call, qr, k_cache, v_cache, cu_q, None, used, table)
+    else:
+        res = _fastattn.varlen_forward(
+            call,
+            qr,
+            _codes(k_cache, "k_cache"),
+            _codes(v_cache, "v_cache"),
+            cu_q,
+            None,
+            used,
+            table,
+            fmt,
+            ksr,
+            vsr,
+        )
     if return_softmax_lse:
         out, lse = res
         # [Hq, B·Lq] → [B, Hq, Lq]
