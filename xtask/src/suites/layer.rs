@@ -29,8 +29,10 @@ pub(super) fn layer_from_shape(shape: &str) -> Result<Case> {
 
 /// One layer case: `l` new tokens (batch 1) after `cache` cached ones (`cache = 0`: a causal
 /// prefill of `l` tokens without a cache). Flops count the projections and the attention.
-/// Every variant with f32 weights and cache, and the best one with bf16 weights and cache
-/// (`avx2-bf16`: the weights and cached keys/values take half the bytes).
+/// Every variant with f32 weights and cache, the best one with bf16 weights and cache
+/// (`avx2-bf16`: the weights and cached keys/values take half the bytes), and for decode
+/// the best one with bf16 weights and an int8 cache (`avx2-bf16-i8kv`: a scale per token
+/// and head).
 pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize) -> Case {
     let hd = d_model / hq;
     let proj = 2.0 * l as f64 * d_model as f64 * ((hq + 2 * hkv) * hd + hq * hd) as f64;
@@ -44,6 +46,11 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
     let stored = weights + 2.0 * (hkv * hd) as f64 * keys;
     let bytes = 4.0 * (stored + 2.0 * (l * d_model) as f64);
     let bytes_16 = 2.0 * stored + 4.0 * 2.0 * (l * d_model) as f64;
+    // bf16 weights, int8 keys and values with an f32 scale per token and head.
+    let bytes_i8 = 2.0 * weights
+        + 2.0 * (hkv * hd) as f64 * keys
+        + 2.0 * 4.0 * hkv as f64 * keys
+        + 4.0 * 2.0 * (l * d_model) as f64;
     let name = if cache == 0 {
         format!("{d_model}x{hq}x{hkv}x{l}")
     } else {
@@ -77,24 +84,37 @@ pub fn layer_case(d_model: usize, hq: usize, hkv: usize, l: usize, cache: usize)
             let mut impls = Vec::new();
             let shape = [d_model, hq, hkv, l, cache];
             for isa in Isa::available() {
-                let run = layer_run::<f32>(isa, shape, x.clone());
+                let run =
+                    layer_run::<f32, _>(isa, shape, x.clone(), |l, c| l.new_cache_of::<f32>(1, c));
                 let slow = matches!(isa, Isa::Scalar | Isa::Portable) && proj + attn > 2e8;
                 impls.push(Impl::ours(isa, run).slow_if(slow));
             }
-            let run = layer_run::<kernels::bf16>(Isa::best(), shape, x);
-            impls.push(Impl::ours_dtype(Isa::best(), DType::BF16, bytes_16, run));
+            let best = Isa::best();
+            let run = layer_run::<kernels::bf16, _>(best, shape, x.clone(), |l, c| {
+                l.new_cache_of::<kernels::bf16>(1, c)
+            });
+            impls.push(Impl::ours_dtype(best, DType::BF16, bytes_16, run));
+            if cache > 0 {
+                let run = layer_run::<kernels::bf16, _>(best, shape, x, |l, c| {
+                    l.new_quant_cache::<i8>(1, c)
+                });
+                let mut imp = Impl::ours_dtype(best, DType::BF16, bytes_i8, run);
+                imp.name = format!("{}-bf16-i8kv", best.name());
+                impls.push(imp);
+            }
             impls
         },
     )
 }
 
-/// One call of a layer with weights and cache stored as `W` (the same seeded weights,
-/// rounded): a causal prefill of `l` tokens, or one decode step of `l` tokens after `cache`
+/// One call of a layer with weights stored as `W` (the same seeded weights, rounded) and
+/// the cache `new_cache` makes: a causal prefill of `l` tokens, or one decode step of `l` tokens after `cache`
 /// cached ones (the cache is truncated back after each call).
-fn layer_run<W: kernels::Element>(
+fn layer_run<W: kernels::Element, K: attention::LayerCache + Send + 'static>(
     isa: Isa,
     [d_model, hq, hkv, l, cache]: [usize; 5],
     x: Arc<Vec<f32>>,
+    new_cache: impl FnOnce(&attention::MultiHeadAttention, usize) -> attention::Result<K>,
 ) -> impl FnMut(usize) + Send + 'static {
     let mut cfg = attention::MhaConfig::new(d_model, hq)
         .with_kv_heads(hkv)
@@ -107,7 +127,7 @@ fn layer_run<W: kernels::Element>(
     let opts = attention::SdpaOptions::default().with_causal(true);
     let mut kv = None;
     if cache > 0 {
-        let mut c = layer.new_cache_of::<W>(1, cache + l).expect("cache fits");
+        let mut c = new_cache(&layer, cache + l).expect("cache fits");
         let prompt = random_vec(cache * d_model, 10);
         layer
             .forward_cached(&mut c, &prompt, 1, cache, &opts)
@@ -120,7 +140,7 @@ fn layer_run<W: kernels::Element>(
             layer
                 .forward_cached_into(c, &x, 1, l, &mut y, &opts)
                 .expect("step fits");
-            c.truncate(cache);
+            c.rewind(cache);
         }
         None => layer
             .forward_into(&x, 1, l, &mut y, &opts)

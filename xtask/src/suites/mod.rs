@@ -160,6 +160,10 @@ mod tests {
             assert!(names.contains(&format!("{best}-bf16")), "{names:?}");
             let b16 = impls.iter().find(|i| i.name.ends_with("-bf16")).unwrap();
             assert!(b16.bytes.unwrap() < case.bytes, "{}", case.id());
+            if case.suite == "layer" && case.name.contains('+') {
+                // Decode: bf16 weights with an int8 cache too.
+                assert!(names.contains(&format!("{best}-bf16-i8kv")), "{names:?}");
+            }
             if case.suite == "attention" {
                 // The 8-bit rows (f32 Q and output) move fewer bytes than the f32 row.
                 for q in ["i8", "f8e4m3", "f8e5m2"] {
