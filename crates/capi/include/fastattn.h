@@ -37,9 +37,12 @@
  * `fa_kv_cache_dtype` were added; 4 (additions only: programs built against ABI 3 run
  * unchanged), serving attention: `fa_sdpa_options.sinks` appended, `fa_sdpa_varlen` with
  * `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`; 5 (additions only),
- * `fa_set_blocktime_us` and `fa_blocktime_us`.
+ * `fa_set_blocktime_us` and `fa_blocktime_us`; 6 (additions only), 8-bit keys and
+ * values: `fa_dtype` gains `FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3` and `FA_DTYPE_F8_E5M2` (K and
+ * V of `fa_sdpa` / `fa_sdpa_varlen`, caches of the new `fa_paged_kv_write_scaled`),
+ * `fa_sdpa_options.k_scale` and `v_scale` appended.
  */
-#define FA_ABI_VERSION 5
+#define FA_ABI_VERSION 6
 
 /**
  * Status codes of fastattn's `int` functions: `FA_OK` (0) or a negative error code.
@@ -109,6 +112,25 @@ typedef enum fa_dtype {
    * bits; PyTorch `torch.bfloat16`), 2 bytes.
    */
   FA_DTYPE_BF16 = 2,
+  /**
+   * 8-bit signed integer codes (`int8_t`), 1 byte: a value is `code * scale`. Accepted
+   * only for K and V of `fa_sdpa` and `fa_sdpa_varlen` (with `fa_sdpa_options.k_scale`
+   * / `v_scale`) and for the caches of `fa_paged_kv_write_scaled`; refused elsewhere
+   * with `FA_ERR_INVALID_ARGUMENT`. Added in ABI 6.
+   */
+  FA_DTYPE_I8 = 3,
+  /**
+   * 8-bit float codes e4m3fn (1 sign, 4 exponent, 3 fraction bits, bias 7, no
+   * infinities, largest finite 448; PyTorch `torch.float8_e4m3fn`), 1 byte: a value is
+   * `decode(code) * scale`. Accepted where `FA_DTYPE_I8` is. Added in ABI 6.
+   */
+  FA_DTYPE_F8_E4M3 = 4,
+  /**
+   * 8-bit float codes e5m2 (1 sign, 5 exponent, 2 fraction bits, bias 15, IEEE-style
+   * infinities and NaNs; PyTorch `torch.float8_e5m2`), 1 byte: a value is
+   * `decode(code) * scale`. Accepted where `FA_DTYPE_I8` is. Added in ABI 6.
+   */
+  FA_DTYPE_F8_E5M2 = 5,
 } fa_dtype;
 
 /**
@@ -286,7 +308,10 @@ typedef struct fa_tensor {
   ptrdiff_t strides[4];
   /**
    * The element type, an `fa_dtype`: `FA_DTYPE_F32` (0, also what a zero-filled struct
-   * holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2). Other values are refused with
+   * holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2); for K and V of `fa_sdpa` /
+   * `fa_sdpa_varlen` and the caches of `fa_paged_kv_write_scaled` also the 8-bit codes
+   * `FA_DTYPE_I8` (3), `FA_DTYPE_F8_E4M3` (4) and `FA_DTYPE_F8_E5M2` (5) (`int8_t` /
+   * `uint8_t` storage). Other values, and 8-bit codes elsewhere, are refused with
    * `FA_ERR_INVALID_ARGUMENT`.
    */
   int32_t dtype;
@@ -363,6 +388,24 @@ typedef struct fa_sdpa_options {
    * older header (a smaller `struct_size`) gets no sinks.
    */
   const float *sinks;
+  /**
+   * NULL for a float K; for an 8-bit K (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`,
+   * `FA_DTYPE_F8_E5M2`) its scales, required: an f32 tensor whose `dims[0..3]` are each
+   * K's extent or 1 (1 broadcasts: its stride is not read) and `dims[3] == 1`. A key's
+   * value is `decode(code) * scale` of its row. For a dense `[B, Hkv, Lk, D]` K: `[B,
+   * Hkv, Lk, 1]` per token and head (int8), `[1, Hkv, 1, 1]` per head, `[1, 1, 1, 1]`
+   * per tensor; for a paged cache `[num_blocks, block_size, Hkv, D]` (`fa_sdpa_varlen`):
+   * `[num_blocks, block_size, Hkv, 1]`, `[1, 1, Hkv, 1]` or `[1, 1, 1, 1]`. Every scale
+   * a call reads must be finite and > 0 (else `FA_ERR_INVALID_ARGUMENT`, nothing
+   * written). Read by `fa_sdpa` and `fa_sdpa_varlen` only; the other calls taking
+   * options refuse it. Added in ABI 6: an older caller's smaller `struct_size` means
+   * NULL.
+   */
+  const struct fa_tensor *k_scale;
+  /**
+   * As `k_scale`, for V.
+   */
+  const struct fa_tensor *v_scale;
 } fa_sdpa_options;
 
 /**
@@ -776,6 +819,46 @@ int fa_paged_kv_write(const struct fa_tensor *k,
                       const int64_t *slot_mapping);
 
 /**
+ * [`fa_paged_kv_write`] with 8-bit caches: writes the key and value rows of T new tokens
+ * into paged caches of `FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3` or `FA_DTYPE_F8_E5M2` codes,
+ * quantising each row with its scale, so that `fa_sdpa_varlen` can read them with
+ * `opts->k_scale` / `opts->v_scale` set to the same scale tensors.
+ *
+ * - `k`, `v`, `slot_mapping`: as in `fa_paged_kv_write` (f32, f16 or bf16 rows).
+ * - `k_cache`, `v_cache`: `[num_blocks, block_size, Hkv, D]` / `[.., Dv]` views of one
+ *   8-bit type, or of one float type (then both scales must be NULL and the call is
+ *   `fa_paged_kv_write`).
+ * - `k_scale`, `v_scale` (required for 8-bit caches): f32 tensors, either
+ *   `[num_blocks, block_size, Hkv, 1]` contiguous, one scale per slot and head, which
+ *   the call computes (`max |row| / max code`: 127 for int8, 448 for e4m3, 57344 for
+ *   e5m2) and writes for each slot it writes (int8's layout); or `[1, 1, Hkv, 1]` (per
+ *   head) / `[1, 1, 1, 1]` (per tensor) scales the call reads (finite and > 0; fp8's
+ *   layout), dividing each value by its scale before rounding (saturating). A cache of a
+ *   single slot (`num_blocks * block_size == 1`) reads its scales.
+ *
+ * Only the slots named are written. No cache or written scale tensor may overlap another
+ * argument.
+ *
+ * Returns `FA_OK`, or as `fa_paged_kv_write`, and `FA_ERR_INVALID_ARGUMENT` also for an
+ * 8-bit cache without its scales, scales given for a float cache, a scale tensor that is
+ * not f32 or of other extents than above, read scales that are not finite and > 0, or a
+ * NaN or infinite value among the rows written; `FA_ERR_BAD_STRIDE` also for scales that
+ * are not contiguous. Nothing is written unless every check passes.
+ *
+ * # Safety
+ * As `fa_paged_kv_write`; `k_scale` and `v_scale` are NULL or point to `fa_tensor`s
+ * whose `data` is valid (writable for per-slot scales) for the floats their extents and
+ * strides reach, which no other thread accesses during the call.
+ */
+int fa_paged_kv_write_scaled(const struct fa_tensor *k,
+                             const struct fa_tensor *v,
+                             struct fa_tensor *k_cache,
+                             struct fa_tensor *v_cache,
+                             struct fa_tensor *k_scale,
+                             struct fa_tensor *v_scale,
+                             const int64_t *slot_mapping);
+
+/**
  * Sets the number of threads later calls use, the calling thread included: `n > 0` uses
  * up to `n` (the library starts `n − 1` helper threads as calls need them); `n <= 0`
  * returns to the default (`RAYON_NUM_THREADS`, else one thread per CPU). Results do not
@@ -855,7 +938,7 @@ int fa_test_panic_boundary(void);
 /**
  * Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
  * lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
- * outputs, no sinks) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+ * outputs, no sinks, no 8-bit scales) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
  *
  * Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
  * layout this library knows).
@@ -873,7 +956,11 @@ int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
  * element type (`fa_tensor.dtype`: f32, f16 or bf16, independently): 16-bit inputs are
  * widened to f32 as they are read, scores, softmax and sums are computed in f32, and a
  * 16-bit output is rounded once (to nearest, ties to even) when it is stored. The result
- * equals the all-f32 call on the widened inputs, rounded to the output's type. The mask,
+ * equals the all-f32 call on the widened inputs, rounded to the output's type. K and V
+ * may also be 8-bit codes (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`, `FA_DTYPE_F8_E5M2`, each
+ * independently) with their scales in `opts->k_scale` / `opts->v_scale` (see
+ * `fa_sdpa_options`): the result equals the call on f32 K/V holding `decode(code) *
+ * scale`. The mask,
  * the weights output and the log-sum-exp output are f32. `opts` may be NULL
  * for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
  * share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
@@ -887,7 +974,10 @@ int fa_sdpa_options_init(struct fa_sdpa_options *opts, size_t size);
  * from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
  * is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
  * length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a NaN
- * or `+INFINITY` sink, a pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+ * or `+INFINITY` sink, a pointer not aligned to its element size, an 8-bit Q, output,
+ * mask or weights, an 8-bit K or V without its scale tensor or a scale tensor for a float
+ * one, a scale tensor not f32 or of other extents, a scale read that is not finite and >
+ * 0), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
  * written unless every check passes.
  *
  * # Safety
@@ -978,7 +1068,11 @@ int fa_varlen_seqs_init(struct fa_varlen_seqs *seqs, size_t size);
  *   (strides `{Tq*Hq*D, D, Hq*D, 1}` for a packed buffer; any strides are accepted).
  * - `k`, `v`: packed keys and values `[Tk, Hkv, D]` / `[Tk, Hkv, Dv]` as `[1, Hkv, Tk, D]`
  *   views (`seqs->block_table` NULL), or paged caches `[num_blocks, block_size, Hkv, D]` /
- *   `[.., Dv]` (`seqs->block_table` set), read in place.
+ *   `[.., Dv]` (`seqs->block_table` set), read in place. Either may be 8-bit codes
+ *   (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`, `FA_DTYPE_F8_E5M2`) with their scales in
+ *   `opts->k_scale` / `opts->v_scale`, as for `fa_sdpa` (a paged cache's scales are
+ *   `[num_blocks, block_size, Hkv, 1]`, `[1, 1, Hkv, 1]` or `[1, 1, 1, 1]`, e.g. those
+ *   `fa_paged_kv_write_scaled` wrote).
  * - `out`: `[Tq, Hq, Dv]` as the `[1, Hq, Tq, Dv]` view, any strides.
  * - `seqs`: the sequences (required; see `fa_varlen_seqs`).
  * - `opts` (NULL for the defaults): every option of `fa_sdpa` per sequence (scale,

@@ -6,6 +6,7 @@
 //! at the boundary, into the generic Rust call (`with_element!`).
 
 use crate::status::{fa_status, FfiError, FfiResult};
+use kernels::quant::QuantType;
 use kernels::DType;
 
 /// Element types of tensors (`fa_tensor.dtype`), layer weights
@@ -25,7 +26,27 @@ pub enum fa_dtype {
     /// bfloat16 (the upper half of an IEEE binary32: 1 sign, 8 exponent, 7 fraction
     /// bits; PyTorch `torch.bfloat16`), 2 bytes.
     FA_DTYPE_BF16 = 2,
+    /// 8-bit signed integer codes (`int8_t`), 1 byte: a value is `code * scale`. Accepted
+    /// only for K and V of `fa_sdpa` and `fa_sdpa_varlen` (with `fa_sdpa_options.k_scale`
+    /// / `v_scale`) and for the caches of `fa_paged_kv_write_scaled`; refused elsewhere
+    /// with `FA_ERR_INVALID_ARGUMENT`. Added in ABI 6.
+    FA_DTYPE_I8 = 3,
+    /// 8-bit float codes e4m3fn (1 sign, 4 exponent, 3 fraction bits, bias 7, no
+    /// infinities, largest finite 448; PyTorch `torch.float8_e4m3fn`), 1 byte: a value is
+    /// `decode(code) * scale`. Accepted where `FA_DTYPE_I8` is. Added in ABI 6.
+    FA_DTYPE_F8_E4M3 = 4,
+    /// 8-bit float codes e5m2 (1 sign, 5 exponent, 2 fraction bits, bias 15, IEEE-style
+    /// infinities and NaNs; PyTorch `torch.float8_e5m2`), 1 byte: a value is
+    /// `decode(code) * scale`. Accepted where `FA_DTYPE_I8` is. Added in ABI 6.
+    FA_DTYPE_F8_E5M2 = 5,
 }
+
+/// The 8-bit codes, in `fa_dtype` order.
+const EIGHT_BIT: [fa_dtype; 3] = [
+    fa_dtype::FA_DTYPE_I8,
+    fa_dtype::FA_DTYPE_F8_E4M3,
+    fa_dtype::FA_DTYPE_F8_E5M2,
+];
 
 impl fa_dtype {
     /// The C code of a kernels' element type.
@@ -37,18 +58,64 @@ impl fa_dtype {
         }
     }
 
-    /// The kernels' element type (the inverse of [`fa_dtype::of`], tested).
+    /// The kernels' element type (the inverse of [`fa_dtype::of`], tested) of a float
+    /// type. An 8-bit type never gets here: [`fa_dtype::from_code`] refuses it, and only
+    /// [`fa_dtype::from_code_8bit`] (K, V and paged caches, which dispatch on
+    /// [`fa_dtype::quant`] first) lets one through.
     pub(crate) fn dtype(self) -> DType {
         match self {
             fa_dtype::FA_DTYPE_F32 => DType::F32,
             fa_dtype::FA_DTYPE_F16 => DType::F16,
             fa_dtype::FA_DTYPE_BF16 => DType::BF16,
+            q => panic!("{q:?} reached a path for float types only"),
         }
     }
 
-    /// The type with C code `code`, or `FA_ERR_INVALID_ARGUMENT` naming the field `what`
-    /// and the value.
+    /// The 8-bit code type, or `None` for a float type.
+    pub(crate) fn quant(self) -> Option<QuantType> {
+        match self {
+            fa_dtype::FA_DTYPE_I8 => Some(QuantType::I8),
+            fa_dtype::FA_DTYPE_F8_E4M3 => Some(QuantType::F8E4M3),
+            fa_dtype::FA_DTYPE_F8_E5M2 => Some(QuantType::F8E5M2),
+            _ => None,
+        }
+    }
+
+    /// The float type with C code `code`, or `FA_ERR_INVALID_ARGUMENT` naming the field
+    /// `what` and the value (an 8-bit code is refused with a message saying where 8-bit
+    /// types are accepted).
     pub(crate) fn from_code(code: i32, what: &str) -> FfiResult<fa_dtype> {
+        if let Some(&q) = EIGHT_BIT.iter().find(|dt| dt.code() == code) {
+            return Err(FfiError::new(
+                fa_status::FA_ERR_INVALID_ARGUMENT,
+                format!(
+                    "{what} is {code} ({}), an 8-bit type: not supported here (8-bit types \
+                     are accepted only for k and v of fa_sdpa and fa_sdpa_varlen and the \
+                     caches of fa_paged_kv_write_scaled)",
+                    q.c_name()
+                ),
+            ));
+        }
+        Self::float_from_code(code, what)
+    }
+
+    /// Any type with C code `code`, 8-bit ones included (K and V of attention, paged
+    /// caches): the caller dispatches on [`fa_dtype::quant`] before any float-only path.
+    pub(crate) fn from_code_8bit(code: i32, what: &str) -> FfiResult<fa_dtype> {
+        match EIGHT_BIT.iter().find(|dt| dt.code() == code) {
+            Some(&q) => Ok(q),
+            None => Self::float_from_code(code, what).map_err(|mut e| {
+                e.message = format!(
+                    "{}, or an 8-bit type: FA_DTYPE_I8 (3), FA_DTYPE_F8_E4M3 (4) or \
+                     FA_DTYPE_F8_E5M2 (5)",
+                    e.message
+                );
+                e
+            }),
+        }
+    }
+
+    fn float_from_code(code: i32, what: &str) -> FfiResult<fa_dtype> {
         let all = DType::ALL.map(fa_dtype::of);
         if let Some(&dt) = all.iter().find(|dt| dt.code() == code) {
             return Ok(dt);
@@ -74,17 +141,40 @@ impl fa_dtype {
 
     /// Bytes per element (also the alignment the data must have).
     pub(crate) fn size(self) -> usize {
-        self.dtype().size()
+        match self.quant() {
+            Some(_) => 1,
+            None => self.dtype().size(),
+        }
+    }
+
+    /// Its short name: `f32`, `f16`, `bf16`, `i8`, `f8e4m3` or `f8e5m2`.
+    fn short_name(self) -> &'static str {
+        match self {
+            fa_dtype::FA_DTYPE_I8 => "i8",
+            fa_dtype::FA_DTYPE_F8_E4M3 => "f8e4m3",
+            fa_dtype::FA_DTYPE_F8_E5M2 => "f8e5m2",
+            dt => dt.dtype().name(),
+        }
     }
 
     /// Its name in C, e.g. `FA_DTYPE_BF16`.
     fn c_name(self) -> String {
-        format!("FA_DTYPE_{}", self.dtype().name().to_ascii_uppercase())
+        match self {
+            fa_dtype::FA_DTYPE_I8 => "FA_DTYPE_I8".into(),
+            fa_dtype::FA_DTYPE_F8_E4M3 => "FA_DTYPE_F8_E4M3".into(),
+            fa_dtype::FA_DTYPE_F8_E5M2 => "FA_DTYPE_F8_E5M2".into(),
+            dt => format!("FA_DTYPE_{}", dt.short_name().to_ascii_uppercase()),
+        }
     }
 
     /// Its short name and code for messages, e.g. `"bf16 (FA_DTYPE_BF16 = 2)"`.
     pub(crate) fn describe(self) -> String {
-        format!("{} ({} = {})", self.dtype(), self.c_name(), self.code())
+        format!(
+            "{} ({} = {})",
+            self.short_name(),
+            self.c_name(),
+            self.code()
+        )
     }
 }
 
@@ -98,6 +188,28 @@ macro_rules! with_element {
     };
 }
 pub(crate) use with_element;
+
+/// `with_code!(q, C => body)`: evaluates `body` with the type alias `C` naming the Rust
+/// code type (`i8`, `F8E4M3` or `F8E5M2`) of the `QuantType` `q`.
+macro_rules! with_code {
+    ($q:expr, $C:ident => $body:expr) => {
+        match $q {
+            ::kernels::quant::QuantType::I8 => {
+                type $C = i8;
+                $body
+            }
+            ::kernels::quant::QuantType::F8E4M3 => {
+                type $C = ::kernels::quant::F8E4M3;
+                $body
+            }
+            ::kernels::quant::QuantType::F8E5M2 => {
+                type $C = ::kernels::quant::F8E5M2;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_code;
 
 #[cfg(test)]
 mod tests {
@@ -124,7 +236,19 @@ mod tests {
             "q->dtype is 7, not an fa_dtype: use FA_DTYPE_F32 (0), FA_DTYPE_F16 (1) \
              or FA_DTYPE_BF16 (2)"
         );
-        for bad in [DType::ALL.len() as i32, -1, i32::MIN, i32::MAX] {
+        for (i, q) in EIGHT_BIT.into_iter().enumerate() {
+            let c = DType::ALL.len() as i32 + i as i32;
+            assert_eq!(fa_dtype::from_code_8bit(c, "k->dtype").unwrap(), q);
+            assert_eq!(q.size(), 1);
+            assert!(q.quant().is_some());
+            let e = fa_dtype::from_code(c, "out->dtype").unwrap_err();
+            assert!(e.message.contains("8-bit"), "{}", e.message);
+        }
+        assert_eq!(
+            fa_dtype::FA_DTYPE_F8_E4M3.describe(),
+            "f8e4m3 (FA_DTYPE_F8_E4M3 = 4)"
+        );
+        for bad in [DType::ALL.len() as i32 + 3, -1, i32::MIN, i32::MAX] {
             let e = fa_dtype::from_code(bad, "q->dtype").unwrap_err();
             assert_eq!(e.code, fa_status::FA_ERR_INVALID_ARGUMENT);
             assert!(

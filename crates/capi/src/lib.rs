@@ -22,7 +22,11 @@
 //!   `fa_varlen_seqs_init`; int32 or int64 offsets, `fa_index_dtype`) and every option of
 //!   `fa_sdpa` per sequence, sinks included.
 //! * `fa_paged_kv_write`: new key/value rows scattered into paged caches by slot (vLLM's
-//!   `reshape_and_cache`), converted to the caches' type.
+//!   `reshape_and_cache`), converted to the caches' type; `fa_paged_kv_write_scaled` into
+//!   8-bit caches (int8, fp8 e4m3 / e5m2) with per-slot or fixed scales.
+//! * 8-bit keys and values (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`, `FA_DTYPE_F8_E5M2`) for
+//!   `fa_sdpa` and `fa_sdpa_varlen`, with their scales in `fa_sdpa_options.k_scale` /
+//!   `v_scale`.
 //! * `fa_mha_*`: the multi-head attention layer (GQA/MQA, biases, RoPE; weights stored as
 //!   f32, f16 or bf16) behind an opaque handle, and `fa_kv_cache_*`, its KV cache for
 //!   incremental decoding (f32, f16 or bf16 storage: `fa_kv_cache_new_typed`).
@@ -36,8 +40,10 @@
 //! without moving calls to a pool thread, so small calls cost the same with or without it.
 //!
 //! # Element types
-//! `fa_dtype` names the three storage types: `FA_DTYPE_F32` (0), `FA_DTYPE_F16` (1) and
-//! `FA_DTYPE_BF16` (2). A tensor's type is its `fa_tensor.dtype` field (0, so a
+//! `fa_dtype` names the three float storage types: `FA_DTYPE_F32` (0), `FA_DTYPE_F16` (1)
+//! and `FA_DTYPE_BF16` (2), and the 8-bit codes `FA_DTYPE_I8` (3), `FA_DTYPE_F8_E4M3` (4)
+//! and `FA_DTYPE_F8_E5M2` (5), accepted only for K and V of `fa_sdpa` / `fa_sdpa_varlen`
+//! (with scales) and the caches of `fa_paged_kv_write_scaled`. A tensor's type is its `fa_tensor.dtype` field (0, so a
 //! zero-filled tensor is f32); 16-bit values are passed as their bits (`uint16_t`
 //! storage, 2-byte aligned). The field is read once at the boundary and dispatched into
 //! the generic Rust call; inside, 16-bit values are widened to f32 as they are read, all
@@ -156,7 +162,7 @@ pub use mha::{
     fa_mha_config, fa_mha_config_init, fa_mha_forward, fa_mha_forward_cached, fa_mha_free,
     fa_mha_new, fa_mha_new_random, fa_mha_weights, fa_mha_weights_init,
 };
-pub use paged::fa_paged_kv_write;
+pub use paged::{fa_paged_kv_write, fa_paged_kv_write_scaled};
 pub use runtime::{
     fa_abi_version, fa_blocktime_us, fa_last_error, fa_num_threads, fa_set_blocktime_us,
     fa_set_num_threads, fa_set_variant, fa_test_panic_boundary, fa_variant_name, fa_version,

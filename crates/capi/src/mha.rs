@@ -3,7 +3,7 @@
 
 use crate::dtype::{fa_dtype, with_element};
 use crate::raw::{check_disjoint, check_ptr, init_versioned, read_versioned, span_of, Versioned};
-use crate::sdpa::{attn_options, fa_sdpa_options, read_options};
+use crate::sdpa::{attn_options, fa_sdpa_options, read_options, refuse_scales};
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
 use attention::{
     Element, KvCache, MhaConfig, MhaWeights, MultiHeadAttention, RopeConfig, WeightLayout,
@@ -459,7 +459,7 @@ fn refuse_extra_outputs(o: &fa_sdpa_options) -> FfiResult<()> {
             "opts->weights and opts->lse are not supported by the layer (use fa_sdpa)".into(),
         ));
     }
-    Ok(())
+    refuse_scales(o, "the layer")
 }
 
 /// Self-attention of the layer: `y = MHA(x)` for `x` and `y` row-major

@@ -109,8 +109,11 @@ pub unsafe extern "C" fn fa_set_variant(name: *const c_char) -> c_int {
 /// `fa_kv_cache_dtype` were added; 4 (additions only: programs built against ABI 3 run
 /// unchanged), serving attention: `fa_sdpa_options.sinks` appended, `fa_sdpa_varlen` with
 /// `fa_varlen_seqs`, `fa_varlen_seqs_init` and `fa_index_dtype`, and `fa_paged_kv_write`; 5 (additions only),
-/// `fa_set_blocktime_us` and `fa_blocktime_us`.
-pub const FA_ABI_VERSION: u32 = 5;
+/// `fa_set_blocktime_us` and `fa_blocktime_us`; 6 (additions only), 8-bit keys and
+/// values: `fa_dtype` gains `FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3` and `FA_DTYPE_F8_E5M2` (K and
+/// V of `fa_sdpa` / `fa_sdpa_varlen`, caches of the new `fa_paged_kv_write_scaled`),
+/// `fa_sdpa_options.k_scale` and `v_scale` appended.
+pub const FA_ABI_VERSION: u32 = 6;
 
 /// The ABI version the library was built with (`FA_ABI_VERSION` of its header). A program
 /// can check at start-up that the library it loaded matches the header it was compiled

@@ -3,14 +3,15 @@
 //! variable-length call `fa_sdpa_varlen` (in `sdpa/varlen.rs`), sharing the checked views
 //! and the option conversion.
 
-use crate::dtype::{fa_dtype, with_element};
+use crate::dtype::{fa_dtype, with_code, with_element};
 use crate::raw::{
     check_outputs_disjoint, check_ptr, check_ptr_aligned, init_versioned, read_versioned, span_of,
     strided_span_bytes, Span, Versioned,
 };
 use crate::status::{fa_status, ffi_guard, Boundary, FfiError, FfiResult, OK};
 use attention::{
-    DynTensor, DynTensorMut, Element, Mask, SdpaOptions, SdpaOutputs, TensorMut, TensorRef,
+    DynTensor, DynTensorMut, KvRef, Mask, QuantTensor, SdpaOptions, SdpaOutputs, TensorMut,
+    TensorRef,
 };
 use std::ffi::{c_int, c_void};
 use std::mem::size_of;
@@ -44,7 +45,10 @@ pub struct fa_tensor {
     /// refuse a zero stride on an extent above 1).
     pub strides: [isize; 4],
     /// The element type, an `fa_dtype`: `FA_DTYPE_F32` (0, also what a zero-filled struct
-    /// holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2). Other values are refused with
+    /// holds), `FA_DTYPE_F16` (1) or `FA_DTYPE_BF16` (2); for K and V of `fa_sdpa` /
+    /// `fa_sdpa_varlen` and the caches of `fa_paged_kv_write_scaled` also the 8-bit codes
+    /// `FA_DTYPE_I8` (3), `FA_DTYPE_F8_E4M3` (4) and `FA_DTYPE_F8_E5M2` (5) (`int8_t` /
+    /// `uint8_t` storage). Other values, and 8-bit codes elsewhere, are refused with
     /// `FA_ERR_INVALID_ARGUMENT`.
     pub dtype: i32,
 }
@@ -109,6 +113,20 @@ pub struct fa_sdpa_options {
     /// sink; NaN and `+INFINITY` are refused. Added in ABI 4: a caller built against an
     /// older header (a smaller `struct_size`) gets no sinks.
     pub sinks: *const f32,
+    /// NULL for a float K; for an 8-bit K (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`,
+    /// `FA_DTYPE_F8_E5M2`) its scales, required: an f32 tensor whose `dims[0..3]` are each
+    /// K's extent or 1 (1 broadcasts: its stride is not read) and `dims[3] == 1`. A key's
+    /// value is `decode(code) * scale` of its row. For a dense `[B, Hkv, Lk, D]` K: `[B,
+    /// Hkv, Lk, 1]` per token and head (int8), `[1, Hkv, 1, 1]` per head, `[1, 1, 1, 1]`
+    /// per tensor; for a paged cache `[num_blocks, block_size, Hkv, D]` (`fa_sdpa_varlen`):
+    /// `[num_blocks, block_size, Hkv, 1]`, `[1, 1, Hkv, 1]` or `[1, 1, 1, 1]`. Every scale
+    /// a call reads must be finite and > 0 (else `FA_ERR_INVALID_ARGUMENT`, nothing
+    /// written). Read by `fa_sdpa` and `fa_sdpa_varlen` only; the other calls taking
+    /// options refuse it. Added in ABI 6: an older caller's smaller `struct_size` means
+    /// NULL.
+    pub k_scale: *const fa_tensor,
+    /// As `k_scale`, for V.
+    pub v_scale: *const fa_tensor,
 }
 
 const DEFAULT_OPTIONS: fa_sdpa_options = fa_sdpa_options {
@@ -124,6 +142,8 @@ const DEFAULT_OPTIONS: fa_sdpa_options = fa_sdpa_options {
     weights: std::ptr::null_mut(),
     lse: std::ptr::null_mut(),
     sinks: std::ptr::null(),
+    k_scale: std::ptr::null(),
+    v_scale: std::ptr::null(),
 };
 
 impl Boundary for fa_sdpa_options {
@@ -135,10 +155,11 @@ impl Boundary for fa_sdpa_options {
 // SAFETY: repr(C), plain data only, first field `struct_size: usize`.
 unsafe impl Versioned for fa_sdpa_options {
     const DEFAULT: Self = DEFAULT_OPTIONS;
-    // ABI versions 2 and 3 (the first with `struct_size`: every field up to `lse`), and 4
-    // (`sinks` appended).
+    // ABI versions 2 and 3 (the first with `struct_size`: every field up to `lse`), 4
+    // and 5 (`sinks` appended), and 6 (`k_scale` and `v_scale` appended).
     const LAYOUTS: &'static [usize] = &[
         std::mem::offset_of!(fa_sdpa_options, sinks),
+        std::mem::offset_of!(fa_sdpa_options, k_scale),
         size_of::<fa_sdpa_options>(),
     ];
     const NAME: &'static str = "fa_sdpa_options";
@@ -154,7 +175,7 @@ impl Default for fa_sdpa_options {
 
 /// Initialises `*opts` to the defaults (scale 1/sqrt(D), not causal, no mask, no key
 /// lengths, unbounded windows, no soft-capping, no ALiBi, no weights or log-sum-exp
-/// outputs, no sinks) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
+/// outputs, no sinks, no 8-bit scales) and sets `opts->struct_size = size`. Pass `sizeof *opts`.
 ///
 /// Returns `FA_OK`, `FA_ERR_NULL_POINTER`, or `FA_ERR_INVALID_ARGUMENT` (`size` is not a
 /// layout this library knows).
@@ -178,7 +199,7 @@ pub(crate) struct View {
     len: usize,
     pub(crate) span: Span,
     pub(crate) dims: [usize; 4],
-    strides: [usize; 4],
+    pub(crate) strides: [usize; 4],
 }
 
 impl View {
@@ -189,10 +210,36 @@ impl View {
     /// # Safety
     /// `t` is NULL or points to a readable `fa_tensor`.
     pub(crate) unsafe fn new(t: *const fa_tensor, what: &str, broadcast: bool) -> FfiResult<View> {
+        // SAFETY: forwarded.
+        unsafe { Self::checked(t, what, broadcast, false) }
+    }
+
+    /// As [`View::new`] (no broadcasting), also accepting the 8-bit types: for K and V of
+    /// attention and paged caches, whose callers dispatch on [`fa_dtype::quant`].
+    ///
+    /// # Safety
+    /// As [`View::new`].
+    pub(crate) unsafe fn new_8bit(t: *const fa_tensor, what: &str) -> FfiResult<View> {
+        // SAFETY: forwarded.
+        unsafe { Self::checked(t, what, false, true) }
+    }
+
+    /// # Safety
+    /// As [`View::new`].
+    unsafe fn checked(
+        t: *const fa_tensor,
+        what: &str,
+        broadcast: bool,
+        eight_bit: bool,
+    ) -> FfiResult<View> {
         check_ptr(t, what)?;
         // SAFETY: non-NULL and aligned (checked), readable (caller).
         let t = unsafe { *t };
-        let dtype = fa_dtype::from_code(t.dtype, &format!("{what}->dtype"))?;
+        let field = format!("{what}->dtype");
+        let dtype = match eight_bit {
+            true => fa_dtype::from_code_8bit(t.dtype, &field)?,
+            false => fa_dtype::from_code(t.dtype, &field)?,
+        };
         let mut strides = [0usize; 4];
         for (i, (&s, &d)) in t.strides.iter().zip(&t.dims).enumerate() {
             if s < 0 {
@@ -233,7 +280,7 @@ impl View {
 
     /// Refuses a view that is not f32 (masks, the weights output, gradients): `role` says
     /// what the view is for.
-    fn require_f32(&self, what: &str, role: &str) -> FfiResult<()> {
+    pub(crate) fn require_f32(&self, what: &str, role: &str) -> FfiResult<()> {
         if self.dtype != fa_dtype::FA_DTYPE_F32 {
             return Err(FfiError::new(
                 fa_status::FA_ERR_INVALID_ARGUMENT,
@@ -251,30 +298,48 @@ impl View {
     /// # Safety
     /// `T` is the view's element type; the caller of `fa_sdpa` guarantees `len` readable
     /// elements at `ptr` (or `len == 0`), and no output overlaps them (checked).
-    pub(crate) unsafe fn typed<'a, T: Element>(&self) -> FfiResult<TensorRef<'a, T>> {
+    pub(crate) unsafe fn typed<'a, T: Copy>(&self) -> FfiResult<TensorRef<'a, T>> {
+        // SAFETY: forwarded.
+        let data = unsafe { self.slice::<T>() };
+        Ok(TensorRef::new(data, self.dims, self.strides)?)
+    }
+
+    /// The elements the view spans, from element `[0, 0, 0, 0]`, as a slice.
+    ///
+    /// # Safety
+    /// As [`View::typed`].
+    pub(crate) unsafe fn slice<'a, T: Copy>(&self) -> &'a [T] {
         debug_assert_eq!(size_of::<T>(), self.dtype.size());
-        let data: &[T] = if self.len == 0 {
+        if self.len == 0 {
             &[]
         } else {
             // SAFETY: see above; `ptr` is non-NULL and aligned for `T` (checked for the
             // element size, which is `T`'s alignment), `len*size <= isize::MAX` (span).
             unsafe { std::slice::from_raw_parts(self.ptr.cast_const().cast::<T>(), self.len) }
-        };
-        Ok(TensorRef::new(data, self.dims, self.strides)?)
+        }
+    }
+
+    /// The elements the view spans as a mutable slice.
+    ///
+    /// # Safety
+    /// As [`View::typed_mut`].
+    pub(crate) unsafe fn slice_mut<'a, T: Copy>(&self) -> &'a mut [T] {
+        debug_assert_eq!(size_of::<T>(), self.dtype.size());
+        if self.len == 0 {
+            &mut []
+        } else {
+            // SAFETY: see above.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<T>(), self.len) }
+        }
     }
 
     /// The view as a typed mutable tensor.
     ///
     /// # Safety
     /// As [`View::typed`], and the elements are writable and overlap no other argument.
-    pub(crate) unsafe fn typed_mut<'a, T: Element>(&self) -> FfiResult<TensorMut<'a, T>> {
-        debug_assert_eq!(size_of::<T>(), self.dtype.size());
-        let data: &mut [T] = if self.len == 0 {
-            &mut []
-        } else {
-            // SAFETY: see above.
-            unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<T>(), self.len) }
-        };
+    pub(crate) unsafe fn typed_mut<'a, T: Copy>(&self) -> FfiResult<TensorMut<'a, T>> {
+        // SAFETY: forwarded.
+        let data = unsafe { self.slice_mut::<T>() };
         Ok(TensorMut::new(data, self.dims, self.strides)?)
     }
 
@@ -282,7 +347,7 @@ impl View {
     ///
     /// # Safety
     /// As [`View::typed`].
-    unsafe fn as_dyn<'a>(&self) -> FfiResult<DynTensor<'a>> {
+    pub(crate) unsafe fn as_dyn<'a>(&self) -> FfiResult<DynTensor<'a>> {
         // SAFETY: `T` is the view's element type (the match); the rest is the caller's.
         with_element!(self.dtype, T => Ok(unsafe { self.typed::<T>() }?.into()))
     }
@@ -291,10 +356,113 @@ impl View {
     ///
     /// # Safety
     /// As [`View::typed_mut`].
-    unsafe fn as_dyn_mut<'a>(&self) -> FfiResult<DynTensorMut<'a>> {
+    pub(crate) unsafe fn as_dyn_mut<'a>(&self) -> FfiResult<DynTensorMut<'a>> {
         // SAFETY: `T` is the view's element type (the match); the rest is the caller's.
         with_element!(self.dtype, T => Ok(unsafe { self.typed_mut::<T>() }?.into()))
     }
+}
+
+/// A checked K or V: its view (f32, f16, bf16 or 8-bit) and, for 8-bit codes, the view of
+/// its scales (`fa_sdpa_options.k_scale` / `v_scale`).
+pub(crate) struct KvView {
+    pub(crate) view: View,
+    scale: Option<View>,
+}
+
+impl KvView {
+    /// Checks the K or V tensor at `t` (named `what`) and its scale tensor at `scale`
+    /// (named `scale_what`): scales are required for 8-bit codes and refused for floats;
+    /// they are f32 with each of `dims[0..3]` the codes' extent or 1, and `dims[3] == 1`.
+    ///
+    /// # Safety
+    /// `t` and `scale` are NULL or point to readable `fa_tensor`s.
+    pub(crate) unsafe fn new(
+        t: *const fa_tensor,
+        what: &str,
+        scale: *const fa_tensor,
+        scale_what: &str,
+    ) -> FfiResult<KvView> {
+        // SAFETY: NULL or an fa_tensor (caller contract).
+        let view = unsafe { View::new_8bit(t, what) }?;
+        let scale = match (view.dtype.quant(), scale.is_null()) {
+            (None, true) => None,
+            (None, false) => {
+                return Err(invalid(format!(
+                    "{scale_what} is set but {what} is {}: scales are for 8-bit codes only \
+                     (set {scale_what} to NULL)",
+                    view.dtype.describe()
+                )))
+            }
+            (Some(_), true) => {
+                return Err(invalid(format!(
+                    "{what} is {}, 8-bit: its scales ({scale_what}) are required",
+                    view.dtype.describe()
+                )))
+            }
+            (Some(_), false) => {
+                // SAFETY: non-NULL, an fa_tensor (caller contract).
+                let sv = unsafe { View::new(scale, scale_what, false) }?;
+                sv.require_f32(scale_what, "8-bit scales")?;
+                let fits = sv.dims[3] == 1
+                    && (0..3).all(|i| sv.dims[i] == view.dims[i] || sv.dims[i] == 1);
+                if !fits {
+                    let [a, b, c, _] = view.dims;
+                    return Err(invalid(format!(
+                        "{scale_what} is {:?}; scales for {what} {:?} are [{a}|1, {b}|1, \
+                         {c}|1, 1]",
+                        sv.dims, view.dims
+                    )));
+                }
+                Some(sv)
+            }
+        };
+        Ok(KvView { view, scale })
+    }
+
+    /// The spans of the codes and the scales (inputs of the call).
+    pub(crate) fn spans(
+        &self,
+        what: &'static str,
+        scale_what: &'static str,
+    ) -> [(&'static str, Span); 2] {
+        [
+            (what, self.view.span),
+            (
+                scale_what,
+                self.scale.as_ref().map_or(Span::default(), |s| s.span),
+            ),
+        ]
+    }
+
+    /// K or V as attention reads it: a float tensor, or codes with their scales (a scale
+    /// dimension of 1 is read at stride 0).
+    ///
+    /// # Safety
+    /// As [`View::typed`], for the codes and the scales.
+    pub(crate) unsafe fn kv_ref<'a>(&self) -> FfiResult<KvRef<'a>> {
+        let (Some(q), Some(s)) = (self.view.dtype.quant(), self.scale.as_ref()) else {
+            // SAFETY: forwarded.
+            return Ok(unsafe { self.view.as_dyn() }?.into());
+        };
+        let strides = [0, 1, 2].map(|i| if s.dims[i] == 1 { 0 } else { s.strides[i] });
+        with_code!(q, C => {
+            // SAFETY: `C` is the codes' type (the match), the scales are f32 (checked);
+            // forwarded caller contract.
+            let (codes, scales) = unsafe { (self.view.typed::<C>()?, s.slice::<f32>()) };
+            Ok(QuantTensor::new(codes, scales, strides)?.into())
+        })
+    }
+}
+
+/// Refuses 8-bit scales in the options of a call that does not read them (`op`).
+pub(crate) fn refuse_scales(o: &fa_sdpa_options, op: &str) -> FfiResult<()> {
+    if !o.k_scale.is_null() || !o.v_scale.is_null() {
+        return Err(invalid(format!(
+            "opts->k_scale and opts->v_scale must be NULL: {op} does not take 8-bit keys or \
+             values (use fa_sdpa or fa_sdpa_varlen)"
+        )));
+    }
+    Ok(())
 }
 
 /// `n` values of `T` at `p` as a slice (`p` may be NULL when `n == 0`), with their span.
@@ -436,7 +604,11 @@ pub(crate) unsafe fn attn_options<'a>(
 /// element type (`fa_tensor.dtype`: f32, f16 or bf16, independently): 16-bit inputs are
 /// widened to f32 as they are read, scores, softmax and sums are computed in f32, and a
 /// 16-bit output is rounded once (to nearest, ties to even) when it is stored. The result
-/// equals the all-f32 call on the widened inputs, rounded to the output's type. The mask,
+/// equals the all-f32 call on the widened inputs, rounded to the output's type. K and V
+/// may also be 8-bit codes (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`, `FA_DTYPE_F8_E5M2`, each
+/// independently) with their scales in `opts->k_scale` / `opts->v_scale` (see
+/// `fa_sdpa_options`): the result equals the call on f32 K/V holding `decode(code) *
+/// scale`. The mask,
 /// the weights output and the log-sum-exp output are f32. `opts` may be NULL
 /// for the defaults (`fa_sdpa_options_init`); see `fa_sdpa_options` for the semantics. Q, K and V may
 /// share memory; the outputs (`out`, `opts->weights`, `opts->lse`) must overlap neither the
@@ -450,7 +622,10 @@ pub(crate) unsafe fn attn_options<'a>(
 /// from a newer header, a `dtype` that is not an `fa_dtype`, a mask or weights output that
 /// is not f32, a non-finite scale, a causal flag other than 0/1, a window below -1, a key
 /// length outside 0..=Lk, a non-positive or non-finite softcap, non-finite slopes, a NaN
-/// or `+INFINITY` sink, a pointer not aligned to its element size), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
+/// or `+INFINITY` sink, a pointer not aligned to its element size, an 8-bit Q, output,
+/// mask or weights, an 8-bit K or V without its scale tensor or a scale tensor for a float
+/// one, a scale tensor not f32 or of other extents, a scale read that is not finite and >
+/// 0), `FA_ERR_UNSUPPORTED_VARIANT`. Nothing is
 /// written unless every check passes.
 ///
 /// # Safety
@@ -475,8 +650,8 @@ pub unsafe extern "C" fn fa_sdpa(
         let (qv, kv, vv, ov) = unsafe {
             (
                 View::new(q, "q", false)?,
-                View::new(k, "k", false)?,
-                View::new(v, "v", false)?,
+                KvView::new(k, "k", o.k_scale, "opts->k_scale")?,
+                KvView::new(v, "v", o.v_scale, "opts->v_scale")?,
                 View::new(out, "out", false)?,
             )
         };
@@ -505,7 +680,9 @@ pub unsafe extern "C" fn fa_sdpa(
         let (options, option_spans) = unsafe { attn_options(&o, b, hq, &mut lens) }?;
 
         // Outputs must not overlap any other argument (slices of them would alias).
-        let mut inputs = vec![("q", qv.span), ("k", kv.span), ("v", vv.span)];
+        let mut inputs = vec![("q", qv.span)];
+        inputs.extend(kv.spans("k", "opts->k_scale"));
+        inputs.extend(vv.spans("v", "opts->v_scale"));
         inputs.extend(option_spans);
         let outputs = [
             ("out", ov.span),
@@ -521,7 +698,7 @@ pub unsafe extern "C" fn fa_sdpa(
         // guarantees every view's elements are valid; the outputs overlap neither the
         // inputs nor each other (checked above).
         let (qt, kt, vt, ot) =
-            unsafe { (qv.as_dyn()?, kv.as_dyn()?, vv.as_dyn()?, ov.as_dyn_mut()?) };
+            unsafe { (qv.as_dyn()?, kv.kv_ref()?, vv.kv_ref()?, ov.as_dyn_mut()?) };
         let weights_t = match &weights {
             // SAFETY: as above; the weights are f32 (checked).
             Some(w) => Some(unsafe { w.typed_mut::<f32>() }?),
@@ -537,7 +714,7 @@ pub unsafe extern "C" fn fa_sdpa(
         let extras = SdpaOutputs::default()
             .with_weights(weights_t)
             .with_lse(lse_s);
-        attention::sdpa_into_dyn(qt, kt, vt, ot, &options, extras)?;
+        attention::sdpa_kv_into(qt, kt, vt, ot, &options, extras)?;
         Ok(OK)
     })
 }

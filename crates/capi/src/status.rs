@@ -88,7 +88,9 @@ impl From<AttnError> for FfiError {
                     | AttnError::HeadGroups { .. }
                     | AttnError::Overflow { .. } => fa_status::FA_ERR_BAD_SHAPE,
                     AttnError::Layout { .. } => fa_status::FA_ERR_BAD_STRIDE,
-                    AttnError::Option { .. } => fa_status::FA_ERR_INVALID_ARGUMENT,
+                    AttnError::Option { .. } | AttnError::Scale { .. } => {
+                        fa_status::FA_ERR_INVALID_ARGUMENT
+                    }
                     AttnError::CacheFull { .. } => fa_status::FA_ERR_CACHE_FULL,
                     AttnError::Kernel(_) => unreachable!("handled above"),
                     // An error kind added later (AttnError is non-exhaustive).

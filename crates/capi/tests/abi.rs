@@ -1037,6 +1037,7 @@ impl Typed {
             fa_dtype::FA_DTYPE_BF16 => {
                 Typed::BF16(vals.iter().map(|&x| bf16::from_f32(x)).collect())
             }
+            q => unreachable!("{q:?}: float types only (8-bit ones are in tests/quant.rs)"),
         }
     }
 
@@ -1250,7 +1251,7 @@ fn unknown_dtypes_are_refused_naming_the_tensor_and_the_value() {
     use fa_status::*;
     let mut f = Fixture::new();
     let d = fa_sdpa_options::default();
-    for bad in [3, -1, 255, i32::MIN] {
+    for bad in [6, -1, 255, i32::MIN] {
         for (i, name) in ["q", "k", "v", "out"].into_iter().enumerate() {
             f.expect(
                 FA_ERR_INVALID_ARGUMENT,

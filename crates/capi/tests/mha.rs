@@ -302,6 +302,7 @@ fn rust_random(cfg: MhaConfig, dt: fa_dtype, bias: bool, seed: u64) -> MultiHead
         fa_dtype::FA_DTYPE_F32 => MultiHeadAttention::random(cfg, bias, seed),
         fa_dtype::FA_DTYPE_F16 => MultiHeadAttention::random_of::<f16>(cfg, bias, seed),
         fa_dtype::FA_DTYPE_BF16 => MultiHeadAttention::random_of::<bf16>(cfg, bias, seed),
+        q => unreachable!("{q:?}: the layer has no 8-bit weights"),
     }
     .unwrap()
 }
@@ -449,6 +450,7 @@ fn random_layers_and_caches_of_every_type_match_the_rust_api_bit_for_bit() {
                 fa_dtype::FA_DTYPE_BF16 => {
                     decode_matches::<bf16>(layer, cache, &rust, &x, (b, l, dm), &label)
                 }
+                q => unreachable!("{q:?}: the KV cache object has no 8-bit storage"),
             }
             // SAFETY: a live cache, freed once.
             unsafe { fa_kv_cache_free(cache) };

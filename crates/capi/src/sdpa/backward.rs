@@ -1,6 +1,9 @@
 //! `fa_sdpa_backward`: the gradients of `fa_sdpa` with respect to Q, K and V.
 
-use super::{attn_options, fa_sdpa_options, fa_tensor, input_slice, lse_rows, read_options, View};
+use super::{
+    attn_options, fa_sdpa_options, fa_tensor, input_slice, lse_rows, read_options, refuse_scales,
+    View,
+};
 use crate::raw::check_outputs_disjoint;
 use crate::status::{fa_status, ffi_guard, FfiError, OK};
 use attention::SdpaGrads;
@@ -63,6 +66,7 @@ pub unsafe extern "C" fn fa_sdpa_backward(
     ffi_guard!("fa_sdpa_backward", {
         // SAFETY: NULL or a readable fa_sdpa_options (caller contract).
         let o = unsafe { read_options(opts) }?;
+        refuse_scales(&o, "fa_sdpa_backward")?;
         // SAFETY: (all `View::new` calls) each pointer is NULL or points to an fa_tensor.
         let (qv, kv, vv, ov, gov) = unsafe {
             (

@@ -2,7 +2,9 @@
 //! values) through `attention::sdpa_varlen_into_dyn`, and the sequence description
 //! `fa_varlen_seqs` it reads.
 
-use super::{attn_options, fa_sdpa_options, fa_tensor, input_slice, invalid, read_options, View};
+use super::{
+    attn_options, fa_sdpa_options, fa_tensor, input_slice, invalid, read_options, KvView, View,
+};
 use crate::raw::{
     check_outputs_disjoint, check_ptr, init_versioned, read_versioned, span_of, Span, Versioned,
 };
@@ -238,7 +240,11 @@ unsafe fn read_seqs<'a>(
 ///   (strides `{Tq*Hq*D, D, Hq*D, 1}` for a packed buffer; any strides are accepted).
 /// - `k`, `v`: packed keys and values `[Tk, Hkv, D]` / `[Tk, Hkv, Dv]` as `[1, Hkv, Tk, D]`
 ///   views (`seqs->block_table` NULL), or paged caches `[num_blocks, block_size, Hkv, D]` /
-///   `[.., Dv]` (`seqs->block_table` set), read in place.
+///   `[.., Dv]` (`seqs->block_table` set), read in place. Either may be 8-bit codes
+///   (`FA_DTYPE_I8`, `FA_DTYPE_F8_E4M3`, `FA_DTYPE_F8_E5M2`) with their scales in
+///   `opts->k_scale` / `opts->v_scale`, as for `fa_sdpa` (a paged cache's scales are
+///   `[num_blocks, block_size, Hkv, 1]`, `[1, 1, Hkv, 1]` or `[1, 1, 1, 1]`, e.g. those
+///   `fa_paged_kv_write_scaled` wrote).
 /// - `out`: `[Tq, Hq, Dv]` as the `[1, Hq, Tq, Dv]` view, any strides.
 /// - `seqs`: the sequences (required; see `fa_varlen_seqs`).
 /// - `opts` (NULL for the defaults): every option of `fa_sdpa` per sequence (scale,
@@ -302,8 +308,8 @@ pub unsafe extern "C" fn fa_sdpa_varlen(
         let (qv, kv, vv, ov) = unsafe {
             (
                 View::new(q, "q", false)?,
-                View::new(k, "k", false)?,
-                View::new(v, "v", false)?,
+                KvView::new(k, "k", o.k_scale, "opts->k_scale")?,
+                KvView::new(v, "v", o.v_scale, "opts->v_scale")?,
                 View::new(out, "out", false)?,
             )
         };
@@ -326,7 +332,9 @@ pub unsafe extern "C" fn fa_sdpa_varlen(
         // mutable slices, are checked against their spans below before they are made.
         let (options, option_spans) = unsafe { attn_options(&o, 1, hq, &mut lens) }?;
 
-        let mut inputs = vec![("q", qv.span), ("k", kv.span), ("v", vv.span)];
+        let mut inputs = vec![("q", qv.span)];
+        inputs.extend(kv.spans("k", "opts->k_scale"));
+        inputs.extend(vv.spans("v", "opts->v_scale"));
         inputs.extend(option_spans);
         inputs.extend(seq_spans);
         check_outputs_disjoint(&[("out", ov.span), ("opts->lse", lse_span)], &inputs)?;
@@ -334,7 +342,7 @@ pub unsafe extern "C" fn fa_sdpa_varlen(
         // SAFETY: the caller guarantees every view's elements are valid; the outputs
         // overlap neither the inputs nor each other (checked above).
         let (qt, kt, vt, ot) =
-            unsafe { (qv.as_dyn()?, kv.as_dyn()?, vv.as_dyn()?, ov.as_dyn_mut()?) };
+            unsafe { (qv.as_dyn()?, kv.kv_ref()?, vv.kv_ref()?, ov.as_dyn_mut()?) };
         let lse_s = match lse {
             Some((_, 0)) => Some(<&mut [f32]>::default()),
             // SAFETY: `n` writable floats (caller contract), non-NULL and aligned
@@ -342,7 +350,7 @@ pub unsafe extern "C" fn fa_sdpa_varlen(
             Some((p, n)) => Some(unsafe { std::slice::from_raw_parts_mut(p, n) }),
             None => None,
         };
-        attention::sdpa_varlen_into_dyn(qt, kt, vt, ot, &varlen, &options, lse_s)?;
+        attention::sdpa_varlen_kv_into(qt, kt, vt, ot, &varlen, &options, lse_s)?;
         Ok(OK)
     })
 }

@@ -548,9 +548,18 @@ static void test_sdpa_16bit(void) {
     bad.weights = &w16;
     CHECK(fa_sdpa(&q16, &k16, &v16, &outb, &bad) == FA_ERR_INVALID_ARGUMENT, "f16 weights");
     fa_tensor unknown = k16;
-    unknown.dtype = 3;
-    CHECK(fa_sdpa(&q16, &unknown, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "dtype 3");
-    CHECK(strstr(fa_last_error(), "k->dtype is 3") != NULL, "dtype 3 message");
+    unknown.dtype = 6;
+    CHECK(fa_sdpa(&q16, &unknown, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "dtype 6");
+    CHECK(strstr(fa_last_error(), "k->dtype is 6") != NULL, "dtype 6 message");
+    /* 8-bit K needs its scales (opts->k_scale); an 8-bit Q is refused. */
+    fa_tensor k8 = k16;
+    k8.dtype = FA_DTYPE_I8;
+    CHECK(fa_sdpa(&q16, &k8, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "i8 k, no scales");
+    CHECK(strstr(fa_last_error(), "opts->k_scale") != NULL, "i8 k message");
+    fa_tensor q8 = q16;
+    q8.dtype = FA_DTYPE_F8_E4M3;
+    CHECK(fa_sdpa(&q8, &k16, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "fp8 q");
+    CHECK(strstr(fa_last_error(), "8-bit") != NULL, "fp8 q message");
     fa_tensor odd = k16;
     odd.data = (char *)kh + 1;
     CHECK(fa_sdpa(&q16, &odd, &v16, &outb, NULL) == FA_ERR_INVALID_ARGUMENT, "misaligned f16");
