@@ -20,6 +20,9 @@ pub(crate) enum Rules {
         blhd: bool,
         /// torch's rule for the mask dtype: bool, float32 or the query's.
         strict_mask: bool,
+        /// K and V may have another float dtype than Q (one dtype for both): a
+        /// `FastattnCache` storing bf16 under an f32 model. Not torch's rule.
+        mixed_kv: bool,
     },
     /// FlashAttention-2's `flash_attn_func` (`[B, L, H, D]`, bottom-right aligned).
     Flash {
@@ -84,7 +87,7 @@ impl Call {
     /// A call with torch's shape rules (`scaled_dot_product_attention`,
     /// `attention_weights`, the transformers entry).
     #[staticmethod]
-    #[pyo3(signature = (*, returns="out", is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false, strict_mask=true, sinks=None))]
+    #[pyo3(signature = (*, returns="out", is_causal=false, scale=None, enable_gqa=false, softcap=None, blhd=false, strict_mask=true, sinks=None, mixed_kv=false))]
     #[allow(clippy::too_many_arguments)]
     fn torch(
         returns: &str,
@@ -95,12 +98,14 @@ impl Call {
         blhd: bool,
         strict_mask: bool,
         sinks: Option<Vec<f32>>,
+        mixed_kv: bool,
     ) -> PyResult<Call> {
         Ok(Call {
             rules: Rules::Torch {
                 gqa: enable_gqa,
                 blhd,
                 strict_mask,
+                mixed_kv,
             },
             returns: Returns::parse(returns)?,
             causal: is_causal,

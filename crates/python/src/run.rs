@@ -38,6 +38,7 @@ fn check_torch_dtypes(
     v: &View<'_>,
     mask: Option<&View<'_>>,
     strict_mask: bool,
+    mixed_kv: bool,
 ) -> PyResult<()> {
     for (name, t) in [("query", q), ("key", k), ("value", v)] {
         if t.elem == Elem::Bool {
@@ -47,7 +48,9 @@ fn check_torch_dtypes(
             )));
         }
     }
-    if q.elem != k.elem || q.elem != v.elem {
+    if mixed_kv && k.elem == v.elem {
+        // A cache in another float dtype than the model's: K and V agree, Q may differ.
+    } else if q.elem != k.elem || q.elem != v.elem {
         return Err(PyTypeError::new_err(format!(
             "query, key and value must have the same dtype, got {}, {} and {}",
             q.elem.name(),
@@ -99,8 +102,9 @@ impl<'py> Prepared<'py> {
                 gqa,
                 blhd,
                 strict_mask,
+                mixed_kv,
             } => {
-                check_torch_dtypes(&q, &k, &v, mask.as_ref(), *strict_mask)?;
+                check_torch_dtypes(&q, &k, &v, mask.as_ref(), *strict_mask, *mixed_kv)?;
                 if call.causal && mask.is_some() {
                     return Err(PyValueError::new_err(
                         "attn_mask must be None when is_causal=True (as in torch)",

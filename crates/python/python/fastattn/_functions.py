@@ -255,10 +255,13 @@ def sdpa_ext(
     softcap=None,
     blhd=False,
     s_aux=None,
+    mixed_kv=False,
 ):
     """Torch-semantics attention with the extras the transformers integration needs:
     ``softcap``, any float mask dtype, (``blhd``) the output laid out ``[B, Lq, H, Ev]``,
-    and sinks (``s_aux``). Differentiable as :func:`scaled_dot_product_attention`."""
+    and sinks (``s_aux``). Differentiable as :func:`scaled_dot_product_attention`.
+    ``mixed_kv``: key and value may have another float dtype than the query (one dtype for
+    both; a ``FastattnCache`` storing bf16 under an f32 model), without gradients."""
     options = dict(
         is_causal=is_causal,
         scale=scale,
@@ -267,6 +270,10 @@ def sdpa_ext(
         blhd=blhd,
         strict_mask=False,
     )
+    if mixed_kv and key.dtype != query.dtype:
+        if _records_grad(query, key, value, attn_mask):
+            raise ValueError("key/value of another dtype than the query: no gradients")
+        options["mixed_kv"] = True
     if s_aux is not None:
         return _with_sinks("torch", options, query, key, value, attn_mask, s_aux)
     if _records_grad(query, key, value, attn_mask):

@@ -55,8 +55,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ._functions import sdpa_ext
 from ._serving import flash_attn_varlen_func
+from .cache import FastattnCache
 
-__all__ = ["register", "use", "enable_continuous_batching", "attention_forward", "mask_function"]
+__all__ = [
+    "register", "use", "enable_continuous_batching", "attention_forward", "mask_function",
+    "FastattnCache",
+]
 
 # The names registered by `register`: continuous batching accepts these.
 _NAMES = set()
@@ -129,6 +133,8 @@ def attention_forward(
         softcap=softcap,
         blhd=True,
         s_aux=s_aux,
+        # A FastattnCache may store another dtype than the model's (bf16 under f32).
+        mixed_kv=key.dtype != query.dtype,
     )
     return out, None
 
@@ -213,23 +219,66 @@ def register(name: str = "fastattn") -> str:
     return name
 
 
-def use(model, name: str = "fastattn"):
+def use(model, name: str = "fastattn", cache_dtype=None, cache: bool = True):
     """Makes every attention call of ``model`` run in fastattn: registers ``name``
     (:func:`register`), sets it as the model's attention implementation (every
     sub-model's too) and lets continuous batching accept it
     (:func:`enable_continuous_batching`). Covers ``model(...)``, ``generate`` and
     ``generate_batch``, for float32 and bfloat16 models, without CUDA-only settings.
-    Returns ``model``.
+
+    With ``cache`` (the default), ``model.generate`` uses a
+    :class:`fastattn.cache.FastattnCache` (which appends in place instead of copying the
+    history every token) stored as ``cache_dtype`` (float32, bfloat16 or float16; default
+    the model's dtype) unless the call passes ``past_key_values`` or a
+    ``cache_implementation`` of its own. Returns ``model``.
 
     ::
 
         import fastattn.transformers
-        fastattn.transformers.use(model)
+        fastattn.transformers.use(model)                              # model's dtype
+        fastattn.transformers.use(model, cache_dtype=torch.bfloat16)  # half the bytes
     """
+    from .cache import _check_dtype
+
+    _check_dtype(cache_dtype)
     register(name)
     model.set_attn_implementation(name)
     enable_continuous_batching()
+    if cache:
+        _generate_with_cache(model, cache_dtype)
     return model
+
+
+def _cache_keyword():
+    """``generate``'s name for a cache: ``cache`` in transformers versions that renamed
+    ``past_key_values`` (5.x), else ``past_key_values``."""
+    from transformers.utils import generic
+
+    return "cache" if hasattr(generic, "_rename_kwargs_for_bc") else "past_key_values"
+
+
+_CACHE_KW = _cache_keyword()
+
+
+def _generate_with_cache(model, cache_dtype):
+    """Wraps ``model.generate`` (once) so that a call without a cache of its own gets a
+    ``FastattnCache``."""
+    from .cache import FastattnCache
+
+    original = getattr(model.generate, "_fastattn_original", model.generate)
+
+    def generate(*args, **kwargs):
+        wants_cache = kwargs.get("use_cache", True) is not False
+        own = any(kwargs.get(k) is not None for k in ("cache", "past_key_values", "cache_params"))
+        config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        own = own or kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
+        if wants_cache and not own:
+            kwargs[_CACHE_KW] = FastattnCache(model.config, cache_dtype=cache_dtype)
+        return original(*args, **kwargs)
+
+    generate._fastattn_original = original
+    generate.__doc__ = original.__doc__
+    model.generate = generate
 
 
 _CB_ENABLED = False

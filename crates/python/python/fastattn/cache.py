@@ -1,0 +1,294 @@
+"""A transformers KV cache that never copies its history: :class:`FastattnCache`.
+
+transformers' ``DynamicCache`` appends a token with ``torch.cat`` of the whole history, in
+every layer, at every step: the copy grows with the context and costs more than the
+attention. :class:`FastattnCache` is a ``DynamicCache`` (so ``generate`` accepts it like
+its own) whose layers keep keys and values in preallocated ``[B, Hkv, capacity, D]``
+buffers that grow in large steps (doubling, at least ``chunk`` positions): appending
+writes only the new rows, and ``update`` returns views of the valid prefix, which
+fastattn's attention reads in place (any strides). A growth copies the history once; the
+amortised cost per token is a constant.
+
+* The storage dtype is ``cache_dtype`` (default: the model's, i.e. the first keys'):
+  float32, bfloat16 or float16. A bfloat16 cache under a float32 model halves the bytes
+  decode reads; fastattn's attention takes the float32 queries against the bfloat16 rows
+  (no widened copy).
+* Sliding-window layers keep the same buffer and return a window view (the last
+  ``sliding_window - 1`` cached rows and the new ones, as transformers'
+  ``DynamicSlidingWindowLayer`` does); when the buffer is full the window is moved to its
+  start (one copy of ``sliding_window`` rows, not of the history).
+* ``crop``, ``reorder_cache`` (beam search), ``batch_repeat_interleave`` and
+  ``batch_select_indices`` (assisted and contrastive decoding) work on the valid prefix.
+* Left-padded batches need nothing special: transformers passes the same masks.
+
+Use it through :func:`fastattn.transformers.use` (``generate`` then creates one per call)
+or explicitly: ``model.generate(..., cache=FastattnCache(model.config))``.
+"""
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+
+__all__ = ["FastattnCache", "FastattnLayer", "FastattnSlidingLayer"]
+
+_DTYPES = {torch.float32, torch.bfloat16, torch.float16}
+
+
+def _check_dtype(dtype):
+    if dtype is not None and dtype not in _DTYPES:
+        raise TypeError(
+            f"cache_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}"
+        )
+
+
+class FastattnLayer(DynamicLayer):
+    """One full-attention layer of a :class:`FastattnCache`: keys and values in
+    preallocated buffers, appended in place, handed out as views of the valid prefix."""
+
+    def __init__(self, cache_dtype=None, chunk=256, **kwargs):
+        super().__init__()
+        _check_dtype(cache_dtype)
+        self.cache_dtype = cache_dtype
+        self.chunk = int(chunk)
+        self._k = self._v = None
+        self._len = 0
+        # Rows `_start ..` of the buffers hold the cached positions (a sliding layer moves
+        # its window there); always 0 for full attention.
+        self._start = 0
+
+    # --- storage -------------------------------------------------------------------------
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        dtype = self.cache_dtype or key_states.dtype
+        b, h, _, d = key_states.shape
+        dv = value_states.shape[-1]
+        cap = max(self.chunk, key_states.shape[-2])
+        self._k = torch.empty((b, h, cap, d), dtype=dtype, device=self.device)
+        self._v = torch.empty((b, h, cap, dv), dtype=dtype, device=self.device)
+        self._len = 0
+        self._start = 0
+        self.is_initialized = True
+        self._set_views()
+
+    @property
+    def capacity(self):
+        """Positions the buffers hold before they grow."""
+        return 0 if self._k is None else self._k.shape[-2]
+
+    def _set_views(self):
+        end = self._start + self._len
+        self.keys = self._k[:, :, self._start:end]
+        self.values = self._v[:, :, self._start:end]
+
+    def _make_room(self, n):
+        """Ensures rows ``_start + _len .. + n`` exist: grows the buffers (doubling, at
+        least ``chunk`` more), copying the cached rows once."""
+        need = self._start + self._len + n
+        if need <= self.capacity:
+            return
+        cap = max(2 * self.capacity, self._len + n + self.chunk)
+        k = self._k.new_empty((*self._k.shape[:2], cap, self._k.shape[-1]))
+        v = self._v.new_empty((*self._v.shape[:2], cap, self._v.shape[-1]))
+        k[:, :, : self._len] = self.keys
+        v[:, :, : self._len] = self.values
+        self._k, self._v, self._start = k, v, 0
+
+    def _append(self, key_states, value_states):
+        if key_states.shape[0] != self._k.shape[0]:
+            raise ValueError(
+                f"FastattnCache holds a batch of {self._k.shape[0]}, the call has "
+                f"{key_states.shape[0]} (use batch_select_indices / batch_repeat_interleave)"
+            )
+        n = key_states.shape[-2]
+        self._make_room(n)
+        end = self._start + self._len
+        self._k[:, :, end:end + n] = key_states
+        self._v[:, :, end:end + n] = value_states
+        self._len += n
+        self._set_views()
+
+    # --- the layer interface -------------------------------------------------------------
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._append(key_states, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self._len if self.is_initialized else 0
+
+    def reset(self):
+        self._len = 0
+        self._start = 0
+        if self.is_initialized:
+            self._set_views()
+
+    def crop(self, tokens_to_remove):
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop with a positive value ({tokens_to_remove}) is not supported: pass the "
+                "negative number of tokens to remove"
+            )
+        if tokens_to_remove == 0 or not self.is_initialized:
+            return
+        self._len = max(self._len - abs(tokens_to_remove), 0)
+        self._set_views()
+
+    def _rebuild(self, keys, values):
+        """New buffers holding ``keys``/``values`` (a batch change)."""
+        b = keys.shape[0]
+        cap = self.capacity
+        self._k = self._k.new_empty((b, self._k.shape[1], cap, self._k.shape[-1]))
+        self._v = self._v.new_empty((b, self._v.shape[1], cap, self._v.shape[-1]))
+        self._k[:, :, : self._len] = keys
+        self._v[:, :, : self._len] = values
+        self._start = 0
+        self._set_views()
+
+    def reorder_cache(self, beam_idx):
+        if self.is_initialized and self._len > 0:
+            idx = beam_idx.to(self.device)
+            # A gather of the valid rows, written back in place (beam search must reorder).
+            k, v = self.keys.index_select(0, idx), self.values.index_select(0, idx)
+            self.keys.copy_(k)
+            self.values.copy_(v)
+
+    def batch_repeat_interleave(self, repeats):
+        if self.is_initialized:
+            self._rebuild(
+                self.keys.repeat_interleave(repeats, dim=0),
+                self.values.repeat_interleave(repeats, dim=0),
+            )
+
+    def batch_select_indices(self, indices):
+        if self.is_initialized:
+            self._rebuild(self.keys[indices, ...], self.values[indices, ...])
+
+
+class FastattnSlidingLayer(FastattnLayer):
+    """A sliding-window layer of a :class:`FastattnCache`: the same buffers, handing out
+    the window view transformers' ``DynamicSlidingWindowLayer`` returns (the last
+    ``sliding_window - 1`` cached rows and the new ones); a full buffer moves its window to
+    its start instead of growing."""
+
+    is_sliding = True
+
+    def __init__(self, sliding_window, cache_dtype=None, chunk=256, **kwargs):
+        super().__init__(cache_dtype=cache_dtype, chunk=max(chunk, 2 * sliding_window))
+        self.sliding_window = int(sliding_window)
+        self.cumulative_length = 0
+        self._sliding_window_tensor = torch.tensor(self.sliding_window, dtype=torch.long)
+
+    def lazy_initialization(self, key_states, value_states):
+        super().lazy_initialization(key_states, value_states)
+        self._sliding_window_tensor = self._sliding_window_tensor.to(self.device)
+
+    def _make_room(self, n):
+        keep = self.sliding_window - 1
+        if self._start + self._len + n > self.capacity and self._len > keep:
+            # Move the window (the rows later calls can still see) to the buffer's start.
+            lo = self._start + self._len - keep
+            self._k[:, :, :keep] = self._k[:, :, lo:lo + keep].clone()
+            self._v[:, :, :keep] = self._v[:, :, lo:lo + keep].clone()
+            self._start, self._len = 0, keep
+        super()._make_room(n)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self.cumulative_length += n
+        self._append(key_states, value_states)
+        visible = min(self._len, self.sliding_window - 1 + n)
+        end = self._start + self._len
+        return self._k[:, :, end - visible:end], self._v[:, :, end - visible:end]
+
+    def activate_past_recording(self, **kwargs):
+        """Nothing to do: the buffer keeps every row since its last move."""
+
+    def get_mask_sizes(self, query_length):
+        is_full = self.cumulative_length >= self.sliding_window
+        kv_offset = max(self.cumulative_length - self.sliding_window + 1, 0)
+        if is_full:
+            kv_length = self.sliding_window - 1 + query_length
+        else:
+            kv_length = self.cumulative_length + query_length
+        return kv_length, kv_offset
+
+    def get_seq_length(self):
+        return self.cumulative_length
+
+    def get_max_length(self):
+        return self.sliding_window
+
+    def reset(self):
+        super().reset()
+        self.cumulative_length = 0
+
+    def crop(self, tokens_to_remove):
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop with a positive value ({tokens_to_remove}) is not supported: pass the "
+                "negative number of tokens to remove"
+            )
+        n = abs(tokens_to_remove)
+        if n == 0 or not self.is_initialized:
+            return
+        # The buffer keeps every row since its last move: a crop is exact while the rows left
+        # still cover the window the next call sees.
+        if self._len - n < min(self.sliding_window - 1, self.cumulative_length - n):
+            raise RuntimeError(
+                "FastattnCache: cannot crop a sliding-window layer past the rows it still holds"
+            )
+        self._len -= n
+        self.cumulative_length -= n
+        self._set_views()
+
+
+class FastattnCache(DynamicCache):
+    """A transformers cache whose layers append in place (see the module docs).
+
+    Args:
+        config: the model's config (its layer types decide full or sliding-window layers);
+            ``None``: full-attention layers, created as the model calls them.
+        cache_dtype: the storage dtype (float32, bfloat16 or float16); default the model's.
+        chunk: the smallest growth step, in positions.
+    """
+
+    def __init__(self, config=None, cache_dtype=None, chunk=256):
+        _check_dtype(cache_dtype)
+        self.cache_dtype = cache_dtype
+        self.chunk = chunk
+        super().__init__()
+        if config is not None:
+            layer_types, kwargs = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+            layers = []
+            for kind, kw in zip(layer_types, kwargs):
+                if kind in ("sliding_attention", "chunked_attention"):
+                    layers.append(FastattnSlidingLayer(kw["sliding_window"], cache_dtype, chunk))
+                elif kind == "full_attention":
+                    layers.append(FastattnLayer(cache_dtype, chunk))
+                else:
+                    raise ValueError(f"FastattnCache: layer type {kind!r} is not supported")
+            self.layers = layers
+            self.layer_class_to_replicate = None
+        else:
+            self.layers = []
+            self.layer_class_to_replicate = lambda: FastattnLayer(cache_dtype, chunk)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.layer_class_to_replicate is None and layer_idx >= len(self.layers):
+            raise ValueError(
+                f"FastattnCache was built for a config of {len(self.layers)} layers, the model "
+                f"called layer {layer_idx}: build it with this model's config"
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def nbytes(self):
+        """Bytes the layers' buffers hold (allocated capacity, keys and values)."""
+        total = 0
+        for layer in self.layers:
+            if getattr(layer, "_k", None) is not None:
+                total += layer._k.nbytes + layer._v.nbytes
+        return total

@@ -1,0 +1,205 @@
+"""fastattn.transformers.use(model) with FastattnCache (issue 33): generate through a
+cache that appends in place, on tiny random-weight models (Llama-like with GQA, Qwen2-like
+with sliding windows, Gemma2-like with soft-cap, GptOss-like with sinks), against eager
+attention with transformers' DynamicCache: greedy tokens and logits, beam search, crop and
+continue, left-padded batches, bf16 models and a bf16 cache under an f32 model; the
+buffers never move between growths; bad input is refused."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import fastattn.transformers  # noqa: E402
+from fastattn.cache import FastattnCache, FastattnLayer  # noqa: E402
+from fastattn.transformers import _CACHE_KW  # noqa: E402
+
+PROMPT = [5, 17, 33, 40, 41, 9, 12, 80]
+NEW = 12
+
+
+def small(cls, **kw):
+    base = dict(
+        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    base.update(kw)
+    return cls(**base)
+
+
+def make_llama():
+    return transformers.LlamaForCausalLM(small(transformers.LlamaConfig))
+
+
+def make_qwen2():
+    cfg = small(transformers.Qwen2Config, use_sliding_window=True, sliding_window=5, max_window_layers=1)
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+def make_gemma2():
+    cfg = small(
+        transformers.Gemma2Config, head_dim=16, sliding_window=5, attn_logit_softcapping=2.0,
+        final_logit_softcapping=None, query_pre_attn_scalar=16,
+    )
+    return transformers.Gemma2ForCausalLM(cfg)
+
+
+def make_gptoss():
+    cfg = small(
+        transformers.GptOssConfig, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=5, layer_types=["sliding_attention", "full_attention"],
+    )
+    model = transformers.GptOssForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.normal_(0.0, 1.0)
+    return model
+
+
+MODELS = {"llama": make_llama, "qwen2": make_qwen2, "gemma2": make_gemma2, "gptoss": make_gptoss}
+
+
+def pair(name, dtype=torch.float32, cache_dtype=None):
+    torch.manual_seed(33)
+    eager = MODELS[name]().eval().to(dtype)
+    eager.set_attn_implementation("eager")
+    ours = MODELS[name]().eval().to(dtype)
+    ours.load_state_dict(eager.state_dict())
+    fastattn.transformers.use(ours, cache_dtype=cache_dtype)
+    return eager, ours
+
+
+def gen(model, ids, **kw):
+    with torch.no_grad():
+        return model.generate(
+            ids, max_new_tokens=NEW, do_sample=False, eos_token_id=None,
+            output_logits=True, return_dict_in_generate=True, **kw,
+        )
+
+
+def used_cache(out):
+    return out[_CACHE_KW] if _CACHE_KW in out else out.past_key_values
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_greedy_tokens_and_logits_match_eager_with_dynamic_cache(name):
+    eager, ours = pair(name)
+    ids = torch.tensor([PROMPT])
+    a, b = gen(eager, ids), gen(ours, ids)
+    assert isinstance(used_cache(b), FastattnCache)
+    assert b.sequences.tolist() == a.sequences.tolist()
+    err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+    assert err < 1e-4, err
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gptoss"])
+def test_small_growth_steps_and_window_moves_give_the_same_tokens(name):
+    # chunk=4: the full layers grow several times, the sliding layers move their window.
+    eager, ours = pair(name)
+    ids = torch.tensor([PROMPT])
+    a = gen(eager, ids)
+    b = gen(ours, ids, **{_CACHE_KW: FastattnCache(ours.config, chunk=4)})
+    assert b.sequences.tolist() == a.sequences.tolist()
+    err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+    assert err < 1e-4, err
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_beam_search_matches(name):
+    eager, ours = pair(name)
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        a = eager.generate(ids, max_new_tokens=8, num_beams=3, do_sample=False, eos_token_id=None)
+        b = ours.generate(ids, max_new_tokens=8, num_beams=3, do_sample=False, eos_token_id=None)
+    assert b.tolist() == a.tolist()
+
+
+@pytest.mark.parametrize("name", ["llama", "gptoss"])
+def test_crop_then_continue(name):
+    eager, ours = pair(name)
+    ids = torch.tensor([PROMPT])
+    caches = [transformers.DynamicCache(config=eager.config), FastattnCache(ours.config)]
+    logits = []
+    for model, cache in zip((eager, ours), caches):
+        # transformers' sliding layers can be cropped only while recording their past.
+        cache.activate_past_recording()
+        with torch.no_grad():
+            model(input_ids=ids, **{_CACHE_KW: cache}, use_cache=True)
+            cache.crop(-3)
+            assert cache.get_seq_length() == len(PROMPT) - 3
+            tail = torch.tensor([[7, 8, 9, 10]])
+            out = model(input_ids=tail, **{_CACHE_KW: cache}, use_cache=True)
+        logits.append(out.logits)
+    assert (logits[0] - logits[1]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_left_padded_batch(name):
+    eager, ours = pair(name)
+    ids = torch.tensor([[0, 0, 0] + PROMPT[:5], PROMPT])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1] * 8])
+    a, b = gen(eager, ids, attention_mask=mask), gen(ours, ids, attention_mask=mask)
+    assert b.sequences.tolist() == a.sequences.tolist()
+    err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+    assert err < 1e-4, err
+
+
+def test_bf16_model_and_bf16_cache_under_an_f32_model():
+    # A bf16 model: logits close to eager bf16's (rounding differs), the cache bf16.
+    eager, ours = pair("llama", dtype=torch.bfloat16)
+    ids = torch.tensor([PROMPT])
+    a = gen(eager, ids)
+    b = gen(ours, ids)
+    assert used_cache(b).layers[0]._k.dtype == torch.bfloat16
+    assert (a.logits[0].float() - b.logits[0].float()).abs().max().item() < 5e-2
+    # A bf16 cache under an f32 model: half the bytes, logits close to eager f32's on the
+    # first steps (later tokens may part at near-ties).
+    eager, ours = pair("llama", cache_dtype=torch.bfloat16)
+    a, b = gen(eager, ids), gen(ours, ids)
+    cache = used_cache(b)
+    assert cache.layers[0]._k.dtype == torch.bfloat16
+    f32 = FastattnCache(ours.config)
+    with torch.no_grad():
+        ours(input_ids=ids, **{_CACHE_KW: f32}, use_cache=True)
+    assert 2 * cache.nbytes() == f32.nbytes()
+    assert (a.logits[0] - b.logits[0]).abs().max().item() < 2e-2
+
+
+def test_the_buffers_never_move_between_growths():
+    eager, ours = pair("llama")
+    cache = FastattnCache(ours.config, chunk=64)
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        out = ours(input_ids=ids, **{_CACHE_KW: cache}, use_cache=True)
+        layer = cache.layers[0]
+        ptrs = (layer._k.data_ptr(), layer._v.data_ptr())
+        for _ in range(40):
+            nxt = out.logits[:, -1:].argmax(-1)
+            out = ours(input_ids=nxt, **{_CACHE_KW: cache}, use_cache=True)
+            # Every step hands out views of the same storage: nothing was copied.
+            assert (layer._k.data_ptr(), layer._v.data_ptr()) == ptrs
+            assert layer.keys.data_ptr() == ptrs[0]
+    assert cache.get_seq_length() == len(PROMPT) + 40 <= layer.capacity == 64
+
+
+def test_bad_input_is_refused():
+    eager, ours = pair("llama")
+    with pytest.raises(TypeError):
+        FastattnCache(ours.config, cache_dtype=torch.int8)
+    with pytest.raises(TypeError):
+        fastattn.transformers.use(ours, cache_dtype=torch.float64)
+    # A cache built for a model with fewer layers.
+    one = small(transformers.LlamaConfig, num_hidden_layers=1)
+    with pytest.raises(ValueError, match="layers"):
+        with torch.no_grad():
+            ours(input_ids=torch.tensor([PROMPT]), **{_CACHE_KW: FastattnCache(one)}, use_cache=True)
+    # A batch size that changes without batch_select_indices.
+    cache = FastattnCache(ours.config)
+    with torch.no_grad():
+        ours(input_ids=torch.tensor([PROMPT]), **{_CACHE_KW: cache}, use_cache=True)
+        with pytest.raises(ValueError, match="batch"):
+            ours(input_ids=torch.tensor([[3], [4]]), **{_CACHE_KW: cache}, use_cache=True)
+    layer = FastattnLayer()
+    with pytest.raises(ValueError):
+        layer.crop(2)
