@@ -18,6 +18,10 @@ other work on the machine).
 and right after a parallel torch op, against the back-to-back and the one-thread time
 (``fastattn.bench_latency``).
 
+``--e2e`` times ``generate`` end to end: ``"sdpa"`` with transformers' ``DynamicCache``
+and with its ``StaticCache`` against ``fastattn.transformers.use`` with a ``FastattnCache``
+(``fastattn.bench_e2e``).
+
 ``--serving`` times transformers' continuous batching (``generate_batch``) with
 ``"sdpa"`` against ``fastattn.transformers.use`` on a random-weight Llama-shaped model
 (``fastattn.bench_serving``).
@@ -169,25 +173,28 @@ def main(argv=None):
         "--rounds",
         type=int,
         default=None,
-        help="alternating rounds per row (default 7; 5 with --serving, 11 with --latency)",
+        help="alternating rounds per row (default 7; 5 with --serving and --e2e, 11 with --latency)",
     )
     p.add_argument("--min-ms", type=float, default=100.0, help="length of one sample in ms (default 100)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="element type (default f32)")
     p.add_argument("--rows", nargs="*", help="only these rows, e.g. 8x8x2048x2048x64c")
     p.add_argument("--overhead", action="store_true", help="measure the binding's per-call overhead")
-    from fastattn import bench_latency, bench_serving
+    from fastattn import bench_e2e, bench_latency, bench_serving
 
     bench_serving.add_arguments(p)
     bench_latency.add_arguments(p)
+    bench_e2e.add_arguments(p)
     args = p.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 5 if args.serving else 11 if args.latency else 7
+        args.rounds = 5 if args.serving or args.e2e else 11 if args.latency else 7
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if args.serving:
         bench_serving.run(args)
+    elif args.e2e:
+        bench_e2e.run(args)
     elif args.latency:
         bench_latency.run(args)
     elif args.overhead:
