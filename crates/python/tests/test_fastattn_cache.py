@@ -87,7 +87,11 @@ def test_greedy_tokens_and_logits_match_eager_with_dynamic_cache(name):
     eager, ours = pair(name)
     ids = torch.tensor([PROMPT])
     a, b = gen(eager, ids), gen(ours, ids)
-    assert isinstance(used_cache(b), FastattnCache)
+    cache = used_cache(b)
+    assert isinstance(cache, FastattnCache)
+    # Sized for the call (prompt + max_new_tokens, at least one chunk): it never grew.
+    full = [layer for layer in cache.layers if not getattr(layer, "is_sliding", False)]
+    assert all(layer.capacity == max(256, len(PROMPT) + NEW) for layer in full)
     assert b.sequences.tolist() == a.sequences.tolist()
     err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
     assert err < 1e-4, err

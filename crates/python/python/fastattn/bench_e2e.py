@@ -10,10 +10,12 @@ ways, timed in turns in this one process (a change in the machine's speed hits a
 * ``fastattn``: :func:`fastattn.transformers.use` with a
   :class:`fastattn.cache.FastattnCache` stored as ``--cache-dtype`` (default the model's).
 
-Each round times ``generate`` with one new token (the prefill, and the first token's
-sampling) and with ``--new-tokens``; decode per token is their difference over the extra
-tokens. The table gives medians over ``--rounds`` rounds, the per-round ratios against
-``sdpa+dynamic`` (median, min–max), and each cache's bytes after the run.
+Each round runs ``generate`` once per implementation with ``--new-tokens`` tokens; a logits
+processor stamps the time at every step, so the prefill is the time to the first stamp
+and decode per token the median interval between the later stamps (a difference of two
+``generate`` times would carry the prefill's noise into it). The table gives medians over
+``--rounds`` rounds, the per-round decode ratios against ``sdpa+dynamic`` (median,
+min–max), and each cache's bytes after the run.
 """
 
 import copy
@@ -80,14 +82,31 @@ def run(args):
         "fastattn": (ours, {}),
     }
 
+    import transformers
+
+    class Stamps(transformers.LogitsProcessor):
+        """Records the time of every generation step."""
+
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
     def generate(name, n):
+        """``(prefill s, decode s per token, total s, result)``."""
         model, kw = impls[name]
+        stamps = Stamps()
         t0 = time.perf_counter()
         out = model.generate(
             ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-            return_dict_in_generate=True, **kw,
+            return_dict_in_generate=True, logits_processor=[stamps], **kw,
         )
-        return time.perf_counter() - t0, out
+        total = time.perf_counter() - t0
+        st = stamps.times
+        steps = [b - a for a, b in zip(st, st[1:])]
+        return st[0] - t0, statistics.median(steps) if steps else float("nan"), total, out
 
     print(
         f"end to end: Llama-shaped random model {args.e2e_model} (layers x heads x kv heads x "
@@ -102,11 +121,10 @@ def run(args):
             generate(name, 2)
         for _ in range(args.rounds):
             for name in impls:
-                t1, _ = generate(name, 1)
-                tn, out = generate(name, args.new_tokens)
-                res[name]["prefill"].append(t1)
-                res[name]["decode"].append((tn - t1) / max(args.new_tokens - 1, 1))
-                res[name]["tps"].append(args.new_tokens / tn)
+                prefill, decode, total, out = generate(name, args.new_tokens)
+                res[name]["prefill"].append(prefill)
+                res[name]["decode"].append(decode)
+                res[name]["tps"].append(args.new_tokens / total)
                 nbytes[name] = cache_bytes(out)
     med = statistics.median
     print(

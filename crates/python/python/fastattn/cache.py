@@ -4,7 +4,8 @@ transformers' ``DynamicCache`` appends a token with ``torch.cat`` of the whole h
 every layer, at every step: the copy grows with the context and costs more than the
 attention. :class:`FastattnCache` is a ``DynamicCache`` (so ``generate`` accepts it like
 its own) whose layers keep keys and values in preallocated ``[B, Hkv, capacity, D]``
-buffers that grow in large steps (doubling, at least ``chunk`` positions): appending
+buffers (sized for the whole call when ``generate`` says how long it is) that grow in
+large steps (doubling, at least ``chunk`` positions) when they must: appending
 writes only the new rows, and ``update`` returns views of the valid prefix, which
 fastattn's attention reads in place (any strides). A growth copies the history once; the
 amortised cost per token is a constant.
@@ -44,11 +45,12 @@ class FastattnLayer(DynamicLayer):
     """One full-attention layer of a :class:`FastattnCache`: keys and values in
     preallocated buffers, appended in place, handed out as views of the valid prefix."""
 
-    def __init__(self, cache_dtype=None, chunk=256, **kwargs):
+    def __init__(self, cache_dtype=None, chunk=256, capacity=None, **kwargs):
         super().__init__()
         _check_dtype(cache_dtype)
         self.cache_dtype = cache_dtype
         self.chunk = int(chunk)
+        self.reserve = int(capacity or 0)
         self._k = self._v = None
         self._len = 0
         # Rows `_start ..` of the buffers hold the cached positions (a sliding layer moves
@@ -62,7 +64,7 @@ class FastattnLayer(DynamicLayer):
         dtype = self.cache_dtype or key_states.dtype
         b, h, _, d = key_states.shape
         dv = value_states.shape[-1]
-        cap = max(self.chunk, key_states.shape[-2])
+        cap = max(self.chunk, self.reserve, key_states.shape[-2])
         self._k = torch.empty((b, h, cap, d), dtype=dtype, device=self.device)
         self._v = torch.empty((b, h, cap, dv), dtype=dtype, device=self.device)
         self._len = 0
@@ -175,6 +177,7 @@ class FastattnSlidingLayer(FastattnLayer):
     is_sliding = True
 
     def __init__(self, sliding_window, cache_dtype=None, chunk=256, **kwargs):
+        # No capacity reserve: the window moves instead of growing.
         super().__init__(cache_dtype=cache_dtype, chunk=max(chunk, 2 * sliding_window))
         self.sliding_window = int(sliding_window)
         self.cumulative_length = 0
@@ -254,9 +257,12 @@ class FastattnCache(DynamicCache):
             ``None``: full-attention layers, created as the model calls them.
         cache_dtype: the storage dtype (float32, bfloat16 or float16); default the model's.
         chunk: the smallest growth step, in positions.
+        capacity: positions the full-attention layers allocate at once (``generate`` under
+            :func:`fastattn.transformers.use` passes the prompt length plus
+            ``max_new_tokens``, so the buffers never grow during the call).
     """
 
-    def __init__(self, config=None, cache_dtype=None, chunk=256):
+    def __init__(self, config=None, cache_dtype=None, chunk=256, capacity=None):
         _check_dtype(cache_dtype)
         self.cache_dtype = cache_dtype
         self.chunk = chunk
@@ -268,14 +274,14 @@ class FastattnCache(DynamicCache):
                 if kind in ("sliding_attention", "chunked_attention"):
                     layers.append(FastattnSlidingLayer(kw["sliding_window"], cache_dtype, chunk))
                 elif kind == "full_attention":
-                    layers.append(FastattnLayer(cache_dtype, chunk))
+                    layers.append(FastattnLayer(cache_dtype, chunk, capacity))
                 else:
                     raise ValueError(f"FastattnCache: layer type {kind!r} is not supported")
             self.layers = layers
             self.layer_class_to_replicate = None
         else:
             self.layers = []
-            self.layer_class_to_replicate = lambda: FastattnLayer(cache_dtype, chunk)
+            self.layer_class_to_replicate = lambda: FastattnLayer(cache_dtype, chunk, capacity)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if self.layer_class_to_replicate is None and layer_idx >= len(self.layers):

@@ -260,6 +260,16 @@ def _cache_keyword():
 _CACHE_KW = _cache_keyword()
 
 
+def _planned_length(args, kwargs, config):
+    """The prompt length plus ``max_new_tokens`` of a ``generate`` call, where both are
+    given (the cache then never grows during the call); else ``None``."""
+    ids = args[0] if args else kwargs.get("input_ids")
+    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and isinstance(new, int):
+        return ids.shape[-1] + new
+    return None
+
+
 def _generate_with_cache(model, cache_dtype):
     """Wraps ``model.generate`` (once) so that a call without a cache of its own gets a
     ``FastattnCache``."""
@@ -273,7 +283,9 @@ def _generate_with_cache(model, cache_dtype):
         config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
         own = own or kwargs.get("cache_implementation") or getattr(config, "cache_implementation", None)
         if wants_cache and not own:
-            kwargs[_CACHE_KW] = FastattnCache(model.config, cache_dtype=cache_dtype)
+            kwargs[_CACHE_KW] = FastattnCache(
+                model.config, cache_dtype=cache_dtype, capacity=_planned_length(args, kwargs, config)
+            )
         return original(*args, **kwargs)
 
     generate._fastattn_original = original
