@@ -152,7 +152,7 @@ def test_the_buffers_never_move_between_growths():
 def test_bad_input_is_refused():
     eager, ours = pair("llama")
     with pytest.raises(TypeError):
-        FastattnCache(ours.config, cache_dtype=torch.int8)
+        FastattnCache(ours.config, cache_dtype=torch.int32)
     with pytest.raises(TypeError):
         fastattn.transformers.use(ours, cache_dtype=torch.float64)
     # A cache built for a model with fewer layers.
@@ -169,3 +169,46 @@ def test_bad_input_is_refused():
     layer = FastattnLayer()
     with pytest.raises(ValueError):
         layer.crop(2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_8bit_caches_generate_close_to_eager(dtype):
+    # int8 / fp8 codes with a scale per token and head: greedy tokens of the tiny model equal
+    # eager's (its logits are well separated at this size), logits within the format's error.
+    eager, ours = pair("llama", cache_dtype=dtype)
+    ids = torch.tensor([PROMPT])
+    a, b = gen(eager, ids), gen(ours, ids)
+    cache = used_cache(b)
+    layer = cache.layers[0]
+    assert layer._k.dtype == dtype and layer.keys._fastattn_scale.shape == layer.keys.shape[:3]
+    assert b.sequences.tolist() == a.sequences.tolist()
+    tol = {torch.int8: 1e-2, torch.float8_e4m3fn: 3e-2, torch.float8_e5m2: 6e-2}[dtype]
+    err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+    assert err < tol, err
+    # A left-padded batch goes through the masked (dequantising) path.
+    batch = torch.tensor([[0, 0, 0] + PROMPT[:5], PROMPT])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1] * 8])
+    a, b = gen(eager, batch, attention_mask=mask), gen(ours, batch, attention_mask=mask)
+    err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
+    assert err < tol, err
+
+
+def test_8bit_cache_bytes_and_refusals():
+    eager, ours = pair("llama")
+    ids = torch.tensor([PROMPT])
+    sizes = {}
+    for dtype in (torch.float32, torch.int8):
+        cache = FastattnCache(ours.config, cache_dtype=dtype, capacity=64)
+        with torch.no_grad():
+            ours(input_ids=ids, **{_CACHE_KW: cache}, use_cache=True)
+        sizes[dtype] = cache.nbytes()
+    # Codes a quarter of f32, plus one f32 scale per row (D = 16 here: 1/4 + 1/16).
+    assert sizes[torch.int8] * 16 == sizes[torch.float32] * 5
+    # No sliding-window layers in 8-bit yet.
+    with pytest.raises(ValueError, match="sliding"):
+        FastattnCache(MODELS["qwen2"]().config, cache_dtype=torch.int8)
+    # 8-bit keys without scales (not from a FastattnCache).
+    q = torch.randn(1, 4, 1, 16)
+    k = torch.zeros(1, 2, 5, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match="scales"):
+        fastattn.transformers.attention_forward(ours.model.layers[0].self_attn, q, k, k, None)

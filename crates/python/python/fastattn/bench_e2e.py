@@ -25,6 +25,8 @@ import time
 import torch
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+# fastattn's cache may also be 8-bit.
+CACHE_DTYPES = dict(DTYPES, i8=torch.int8, f8e4m3=torch.float8_e4m3fn, f8e5m2=torch.float8_e5m2)
 
 
 def build(args):
@@ -52,7 +54,7 @@ def build(args):
     ours.load_state_dict(base.state_dict())
     import fastattn.transformers
 
-    cache_dtype = DTYPES[args.cache_dtype] if args.cache_dtype else None
+    cache_dtype = CACHE_DTYPES[args.cache_dtype] if args.cache_dtype else None
     fastattn.transformers.use(ours, cache_dtype=cache_dtype)
     return base, ours
 
@@ -146,4 +148,6 @@ def add_arguments(p):
     g.add_argument("--e2e", action="store_true", help="time generate end to end (transformers)")
     g.add_argument("--e2e-model", default="6x16x4x64", help="LAYERSxHEADSxKVHEADSxHEADDIM")
     g.add_argument("--prompt-len", type=int, default=2048)
-    g.add_argument("--cache-dtype", choices=sorted(DTYPES), default=None, help="fastattn's cache dtype")
+    g.add_argument(
+        "--cache-dtype", choices=sorted(CACHE_DTYPES), default=None, help="fastattn's cache dtype"
+    )

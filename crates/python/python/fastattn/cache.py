@@ -14,6 +14,12 @@ amortised cost per token is a constant.
   float32, bfloat16 or float16. A bfloat16 cache under a float32 model halves the bytes
   decode reads; fastattn's attention takes the float32 queries against the bfloat16 rows
   (no widened copy).
+* ``torch.int8``, ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` store codes with an
+  f32 scale per token and head (``amax / max code``), quantised as rows are appended; each
+  key/value view carries its scales (``view._fastattn_scale``, ``[B, Hkv, len]``), and
+  fastattn's attention reads the codes in place where transformers passes no mask (decode
+  and plain causal prefill), else attends over their dequantised values. Full-attention
+  layers only (no sliding-window layers yet).
 * Sliding-window layers keep the same buffer and return a window view (the last
   ``sliding_window - 1`` cached rows and the new ones, as transformers'
   ``DynamicSlidingWindowLayer`` does); when the buffer is full the window is moved to its
@@ -31,14 +37,32 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types
 
 __all__ = ["FastattnCache", "FastattnLayer", "FastattnSlidingLayer"]
 
-_DTYPES = {torch.float32, torch.bfloat16, torch.float16}
+_FLOAT = {torch.float32, torch.bfloat16, torch.float16}
+# 8-bit storage: codes with an f32 scale per token and head.
+_EIGHT_BIT = {torch.int8, torch.float8_e4m3fn, torch.float8_e5m2}
 
 
 def _check_dtype(dtype):
-    if dtype is not None and dtype not in _DTYPES:
+    if dtype is not None and dtype not in _FLOAT | _EIGHT_BIT:
         raise TypeError(
-            f"cache_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}"
+            "cache_dtype must be torch.float32, torch.bfloat16, torch.float16, torch.int8, "
+            f"torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}"
         )
+
+
+def _quantise(x, dtype):
+    """``x`` (``[B, H, n, D]``) as ``dtype`` codes with one f32 scale per row
+    (``amax / max code``; 1 for an all-zero row): ``(codes, scales [B, H, n])``."""
+    xf = x.float()
+    top = 127.0 if dtype == torch.int8 else float(torch.finfo(dtype).max)
+    amax = xf.abs().amax(-1)
+    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax)).clamp_min(
+        torch.finfo(torch.float32).tiny
+    )
+    y = xf / scale[..., None]
+    if dtype == torch.int8:
+        return y.round().clamp(-127, 127).to(torch.int8), scale
+    return y.clamp(-top, top).to(dtype), scale
 
 
 class FastattnLayer(DynamicLayer):
@@ -67,6 +91,10 @@ class FastattnLayer(DynamicLayer):
         cap = max(self.chunk, self.reserve, key_states.shape[-2])
         self._k = torch.empty((b, h, cap, d), dtype=dtype, device=self.device)
         self._v = torch.empty((b, h, cap, dv), dtype=dtype, device=self.device)
+        self._ks = self._vs = None
+        if dtype in _EIGHT_BIT:
+            self._ks = torch.empty((b, h, cap), dtype=torch.float32, device=self.device)
+            self._vs = torch.empty((b, h, cap), dtype=torch.float32, device=self.device)
         self._len = 0
         self._start = 0
         self.is_initialized = True
@@ -77,10 +105,19 @@ class FastattnLayer(DynamicLayer):
         """Positions the buffers hold before they grow."""
         return 0 if self._k is None else self._k.shape[-2]
 
+    @property
+    def quantised(self):
+        """Whether the layer stores 8-bit codes with scales."""
+        return getattr(self, "_ks", None) is not None
+
     def _set_views(self):
         end = self._start + self._len
         self.keys = self._k[:, :, self._start:end]
         self.values = self._v[:, :, self._start:end]
+        if self.quantised:
+            # The attention finds each view's scales on it (`[B, Hkv, len]`).
+            self.keys._fastattn_scale = self._ks[:, :, self._start:end]
+            self.values._fastattn_scale = self._vs[:, :, self._start:end]
 
     def _make_room(self, n):
         """Ensures rows ``_start + _len .. + n`` exist: grows the buffers (doubling, at
@@ -93,6 +130,12 @@ class FastattnLayer(DynamicLayer):
         v = self._v.new_empty((*self._v.shape[:2], cap, self._v.shape[-1]))
         k[:, :, : self._len] = self.keys
         v[:, :, : self._len] = self.values
+        if self.quantised:
+            ks = self._ks.new_empty((*self._ks.shape[:2], cap))
+            vs = self._vs.new_empty((*self._vs.shape[:2], cap))
+            ks[:, :, : self._len] = self._ks[:, :, self._start : self._start + self._len]
+            vs[:, :, : self._len] = self._vs[:, :, self._start : self._start + self._len]
+            self._ks, self._vs = ks, vs
         self._k, self._v, self._start = k, v, 0
 
     def _append(self, key_states, value_states):
@@ -104,8 +147,16 @@ class FastattnLayer(DynamicLayer):
         n = key_states.shape[-2]
         self._make_room(n)
         end = self._start + self._len
-        self._k[:, :, end:end + n] = key_states
-        self._v[:, :, end:end + n] = value_states
+        if self.quantised:
+            kc, ks = _quantise(key_states, self._k.dtype)
+            vc, vs = _quantise(value_states, self._v.dtype)
+            self._k[:, :, end:end + n] = kc
+            self._v[:, :, end:end + n] = vc
+            self._ks[:, :, end:end + n] = ks
+            self._vs[:, :, end:end + n] = vs
+        else:
+            self._k[:, :, end:end + n] = key_states
+            self._v[:, :, end:end + n] = value_states
         self._len += n
         self._set_views()
 
@@ -137,14 +188,24 @@ class FastattnLayer(DynamicLayer):
         self._len = max(self._len - abs(tokens_to_remove), 0)
         self._set_views()
 
-    def _rebuild(self, keys, values):
-        """New buffers holding ``keys``/``values`` (a batch change)."""
-        b = keys.shape[0]
+    def _parts(self):
+        """The valid rows: keys, values, and for an 8-bit layer their scales."""
+        parts = [self.keys, self.values]
+        if self.quantised:
+            parts += [self.keys._fastattn_scale, self.values._fastattn_scale]
+        return parts
+
+    def _rebuild(self, parts):
+        """New buffers holding ``parts`` (as :meth:`_parts`; a batch change)."""
         cap = self.capacity
-        self._k = self._k.new_empty((b, self._k.shape[1], cap, self._k.shape[-1]))
-        self._v = self._v.new_empty((b, self._v.shape[1], cap, self._v.shape[-1]))
-        self._k[:, :, : self._len] = keys
-        self._v[:, :, : self._len] = values
+        bufs = []
+        for old, new in zip([self._k, self._v, self._ks, self._vs], parts):
+            buf = old.new_empty((new.shape[0], old.shape[1], cap, *old.shape[3:]))
+            buf[:, :, : self._len] = new
+            bufs.append(buf)
+        self._k, self._v = bufs[0], bufs[1]
+        if self.quantised:
+            self._ks, self._vs = bufs[2], bufs[3]
         self._start = 0
         self._set_views()
 
@@ -152,20 +213,16 @@ class FastattnLayer(DynamicLayer):
         if self.is_initialized and self._len > 0:
             idx = beam_idx.to(self.device)
             # A gather of the valid rows, written back in place (beam search must reorder).
-            k, v = self.keys.index_select(0, idx), self.values.index_select(0, idx)
-            self.keys.copy_(k)
-            self.values.copy_(v)
+            for part in self._parts():
+                part.copy_(part.index_select(0, idx))
 
     def batch_repeat_interleave(self, repeats):
         if self.is_initialized:
-            self._rebuild(
-                self.keys.repeat_interleave(repeats, dim=0),
-                self.values.repeat_interleave(repeats, dim=0),
-            )
+            self._rebuild([p.repeat_interleave(repeats, dim=0) for p in self._parts()])
 
     def batch_select_indices(self, indices):
         if self.is_initialized:
-            self._rebuild(self.keys[indices, ...], self.values[indices, ...])
+            self._rebuild([p[indices, ...] for p in self._parts()])
 
 
 class FastattnSlidingLayer(FastattnLayer):
@@ -177,6 +234,10 @@ class FastattnSlidingLayer(FastattnLayer):
     is_sliding = True
 
     def __init__(self, sliding_window, cache_dtype=None, chunk=256, **kwargs):
+        if cache_dtype in _EIGHT_BIT:
+            raise ValueError(
+                f"FastattnCache: an 8-bit cache ({cache_dtype}) has no sliding-window layers yet"
+            )
         # No capacity reserve: the window moves instead of growing.
         super().__init__(cache_dtype=cache_dtype, chunk=max(chunk, 2 * sliding_window))
         self.sliding_window = int(sliding_window)
@@ -292,9 +353,12 @@ class FastattnCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def nbytes(self):
-        """Bytes the layers' buffers hold (allocated capacity, keys and values)."""
+        """Bytes the layers' buffers hold (allocated capacity: keys, values, and the
+        scales of an 8-bit cache)."""
         total = 0
         for layer in self.layers:
-            if getattr(layer, "_k", None) is not None:
-                total += layer._k.nbytes + layer._v.nbytes
+            for buf in ("_k", "_v", "_ks", "_vs"):
+                t = getattr(layer, buf, None)
+                if t is not None:
+                    total += t.nbytes
         return total

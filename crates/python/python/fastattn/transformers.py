@@ -105,6 +105,11 @@ def attention_forward(
     # As transformers' SDPA path: causal only for a prefill without an explicit mask (a
     # single query token attends to every cached key).
     is_causal = bool(q_len > 1 and attention_mask is None and is_causal)
+    if key.dtype in _EIGHT_BIT:
+        key, value, out = _eight_bit(query, key, value, attention_mask, position_bias, is_causal,
+                                     scaling, softcap, s_aux)
+        if out is not None:
+            return out, None
     if position_bias is not None:
         from transformers.integrations.sdpa_attention import create_position_bias_mask
 
@@ -137,6 +142,33 @@ def attention_forward(
         mixed_kv=key.dtype != query.dtype,
     )
     return out, None
+
+
+_EIGHT_BIT = {torch.int8, torch.float8_e4m3fn, torch.float8_e5m2}
+
+
+def _eight_bit(query, key, value, attention_mask, position_bias, is_causal, scaling, softcap, s_aux):
+    """Attention over an 8-bit ``FastattnCache`` layer's views: without a mask, the codes
+    and their scales are read in place (``flash_attn_with_kvcache``; returns ``(.., .., out)``);
+    with one, the dequantised keys and values for the float path (``(key, value, None)``)."""
+    ks = getattr(key, "_fastattn_scale", None)
+    vs = getattr(value, "_fastattn_scale", None)
+    if ks is None or vs is None or value.dtype != key.dtype:
+        raise ValueError(
+            f"8-bit keys/values ({key.dtype}, {value.dtype}) without their scales: they come "
+            "from a fastattn.cache.FastattnCache"
+        )
+    if attention_mask is None and position_bias is None:
+        from ._serving import flash_attn_with_kvcache
+
+        out = flash_attn_with_kvcache(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+            softmax_scale=scaling, causal=is_causal, softcap=softcap or 0.0, s_aux=s_aux,
+            k_scale=ks.transpose(1, 2), v_scale=vs.transpose(1, 2),
+        )
+        return key, value, out
+    deq = lambda x, s: (x.float() * s[..., None]).to(query.dtype)  # noqa: E731
+    return deq(key, ks), deq(value, vs), None
 
 
 def _is_paged_call(attention_mask, kwargs):
