@@ -8,7 +8,8 @@ ways, timed in turns in this one process (a change in the machine's speed hits a
   (its default: every layer ``torch.cat``s its whole history at every step);
 * ``sdpa+static``: the same with ``cache_implementation="static"`` (preallocated);
 * ``fastattn``: :func:`fastattn.transformers.use` with a
-  :class:`fastattn.cache.FastattnCache` stored as ``--cache-dtype`` (default the model's).
+  :class:`fastattn.cache.FastattnCache` stored as ``--cache-dtype`` (default the model's;
+  several dtypes give one row each, ``fastattn[bf16]``, ``fastattn[i8]``, ...).
 
 Each round runs ``generate`` once per implementation with ``--new-tokens`` tokens; a logits
 processor stamps the time at every step, so the prefill is the time to the first stamp
@@ -50,12 +51,14 @@ def build(args):
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(copy.deepcopy(cfg)).eval().to(dtype)
     base.set_attn_implementation("sdpa")
-    ours = transformers.LlamaForCausalLM(copy.deepcopy(cfg)).eval().to(dtype)
-    ours.load_state_dict(base.state_dict())
     import fastattn.transformers
 
-    cache_dtype = CACHE_DTYPES[args.cache_dtype] if args.cache_dtype else None
-    fastattn.transformers.use(ours, cache_dtype=cache_dtype)
+    ours = {}
+    for name in args.cache_dtype or [None]:
+        m = transformers.LlamaForCausalLM(copy.deepcopy(cfg)).eval().to(dtype)
+        m.load_state_dict(base.state_dict())
+        fastattn.transformers.use(m, cache_dtype=CACHE_DTYPES[name] if name else None)
+        ours["fastattn" if name is None else f"fastattn[{name}]"] = m
     return base, ours
 
 
@@ -81,8 +84,8 @@ def run(args):
     impls = {
         "sdpa+dynamic": (base, {}),
         "sdpa+static": (base, {"cache_implementation": "static"}),
-        "fastattn": (ours, {}),
     }
+    impls.update({name: (m, {}) for name, m in ours.items()})
 
     import transformers
 
@@ -112,7 +115,7 @@ def run(args):
 
     print(
         f"end to end: Llama-shaped random model {args.e2e_model} (layers x heads x kv heads x "
-        f"head dim), {args.dtype}, cache {args.cache_dtype or args.dtype} for fastattn; prompt "
+        f"head dim), {args.dtype}, cache {'/'.join(args.cache_dtype or [args.dtype])} for fastattn; prompt "
         f"{args.prompt_len}, {args.new_tokens} new tokens; {torch.get_num_threads()} threads, "
         f"{args.rounds} rounds"
     )
@@ -130,14 +133,14 @@ def run(args):
                 nbytes[name] = cache_bytes(out)
     med = statistics.median
     print(
-        f"{'impl':<14} {'prefill ms':>11} {'decode ms/token':>16} {'tokens/s':>9} "
+        f"{'impl':<18} {'prefill ms':>11} {'decode ms/token':>16} {'tokens/s':>9} "
         f"{'decode speed-up vs sdpa+dynamic (min-max)':>42} {'cache MiB':>10}"
     )
     ref = res["sdpa+dynamic"]["decode"]
     for name, r in res.items():
         ratios = [a / b for a, b in zip(ref, r["decode"])]
         print(
-            f"{name:<14} {med(r['prefill']) * 1e3:>11.1f} {med(r['decode']) * 1e3:>16.2f} "
+            f"{name:<18} {med(r['prefill']) * 1e3:>11.1f} {med(r['decode']) * 1e3:>16.2f} "
             f"{med(r['tps']):>9.1f} {med(ratios):>30.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) "
             f"{nbytes[name] / 2**20:>10.3f}"
         )
@@ -149,5 +152,6 @@ def add_arguments(p):
     g.add_argument("--e2e-model", default="6x16x4x64", help="LAYERSxHEADSxKVHEADSxHEADDIM")
     g.add_argument("--prompt-len", type=int, default=2048)
     g.add_argument(
-        "--cache-dtype", choices=sorted(CACHE_DTYPES), default=None, help="fastattn's cache dtype"
+        "--cache-dtype", nargs="+", choices=sorted(CACHE_DTYPES), default=None,
+        help="fastattn's cache dtype (several: one fastattn row each, e.g. bf16 i8)",
     )
