@@ -37,6 +37,45 @@ use rows::{Rows, Shift, Strided};
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
 
+/// What to prefetch of a token's rows over `heads` (rows of `len` values): one run when
+/// the heads lie side by side (`stride == len`), else each head's row (a dense
+/// `[B, H, L, D]` cache seen through a block table puts a token's heads `L·D` apart: one
+/// run over that span would ask for every row between them).
+#[derive(Clone, Copy)]
+struct Pf {
+    rows: usize,
+    ld: usize,
+    len: usize,
+    /// Rows ahead (axpy only).
+    dist: usize,
+}
+
+impl Pf {
+    fn of(heads: Heads, len: usize, dist: usize) -> Pf {
+        if heads.stride == len || heads.count == 1 {
+            Pf {
+                rows: 1,
+                ld: 0,
+                len: (heads.count - 1) * heads.stride + len,
+                dist,
+            }
+        } else {
+            Pf {
+                rows: heads.count,
+                ld: heads.stride,
+                len,
+                dist,
+            }
+        }
+    }
+    const NONE: Pf = Pf {
+        rows: 0,
+        ld: 0,
+        len: 0,
+        dist: 0,
+    };
+}
+
 /// Scale `j` of `sc`, or 1 for none (null): `x·1` is `x`, so unscaled rows keep their bits.
 ///
 /// # Safety
@@ -229,8 +268,8 @@ unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
     s: *mut f32,
     lds: usize,
 ) {
-    // The span of one token's rows over all heads, prefetched as one run.
-    let span = (heads.count - 1) * heads.stride + d;
+    // One token's rows over all heads: one run when they lie side by side.
+    let pf = Pf::of(heads, d, 0);
     // Tokens ahead: PREFETCH_ROWS for one head; with several, each token carries several
     // rows, so fewer tokens ahead (measured on the Xeon, 8 heads: 4 tokens beat 16).
     let ahead = (PREFETCH_ROWS / heads.count).max(4);
@@ -241,7 +280,7 @@ unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
             // Ask for the key rows PREFETCH_ROWS ahead: one stream per query group is too
             // little memory-level parallelism for the hardware prefetcher alone.
             for t in 0..4 {
-                prefetch_rows::<S, E>(k.ahead(j + ahead + t), 1, 0, span);
+                prefetch_rows::<S, E>(k.ahead(j + ahead + t), pf.rows, pf.ld, pf.len);
             }
             for h in 0..heads.count {
                 let kh = Shift {
@@ -302,7 +341,7 @@ unsafe fn axpy_block<
     j0: usize,
     j1: usize,
     x0: usize,
-    (prefetch_dv, dist): (usize, usize),
+    pf: Pf,
     p: *const f32,
     ldp: usize,
     sc: *const f32,
@@ -319,9 +358,9 @@ unsafe fn axpy_block<
             }
         }
         for j in j0..j1 {
-            if prefetch_dv > 0 {
+            if pf.len > 0 {
                 // The row `dist` rows ahead (never faults, even past the end).
-                prefetch_rows::<S, E>(v.ahead(j + dist), 1, 0, prefetch_dv);
+                prefetch_rows::<S, E>(v.ahead(j + pf.dist), pf.rows, pf.ld, pf.len);
             }
             let vj = v.row(j).add(x0);
             let mut vv = [S::zero(); NV];
@@ -365,7 +404,7 @@ unsafe fn axpy_block_any<
     j0: usize,
     j1: usize,
     x0: usize,
-    pf: (usize, usize),
+    pf: Pf,
     p: *const f32,
     ldp: usize,
     sc: *const f32,
@@ -384,8 +423,8 @@ unsafe fn axpy_block_any<
 }
 
 /// [`axpy_block`] for `R` rows over every column slice of the block: two vectors at a
-/// time, then one, then the scalar tail. With `prefetch = (len, dist)`, `len > 0`, the
-/// first slice also prefetches `len` values of the row `dist` rows ahead, one run per key.
+/// time, then one, then the scalar tail. With `prefetch.len > 0`, the first slice also
+/// prefetches the rows `prefetch.dist` keys ahead, as [`Pf`] says.
 ///
 /// # Safety
 /// As [`axpy_block`], for all `dv` columns.
@@ -395,7 +434,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
     j0: usize,
     j1: usize,
     dv: usize,
-    prefetch: (usize, usize),
+    prefetch: Pf,
     p: *const f32,
     ldp: usize,
     sc: *const f32,
@@ -414,7 +453,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
         while x0 + two <= dv {
             axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
             x0 += two;
-            pf.0 = 0;
+            pf.len = 0;
         }
         if x0 + one <= dv {
             axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
@@ -461,8 +500,8 @@ unsafe fn axpy_rows_body<S: SimdOps, E: RowElem, V: Rows<Elem = E>>(
     // The first head's first row group prefetches rows of every head `dist` rows ahead:
     // the next block for one head; with several, each row carries several heads' values
     // and fewer rows ahead are better (measured on the Xeon, 8 heads: 8 beat 64).
-    let span = (heads.count - 1) * heads.stride + dv;
     let dist = (AXPY_BLOCK / heads.count).max(8);
+    let first = Pf::of(heads, dv, dist);
     for j0 in (0..n).step_by(AXPY_BLOCK) {
         let j1 = (j0 + AXPY_BLOCK).min(n);
         for h in 0..heads.count {
@@ -476,7 +515,7 @@ unsafe fn axpy_rows_body<S: SimdOps, E: RowElem, V: Rows<Elem = E>>(
                 let mut r0 = 0;
                 while r0 < rows {
                     let (pr, or) = (ph.add(r0 * ldp), oh.add(r0 * ldo));
-                    let pf = (if r0 == 0 && h == 0 { span } else { 0 }, dist);
+                    let pf = if r0 == 0 && h == 0 { first } else { Pf::NONE };
                     let (vv, sch) = (vh, head_scales(sc, h, n));
                     match rows - r0 {
                         1 => {
