@@ -2,7 +2,7 @@
 //! [`MultiHeadAttention::forward_cached`](crate::MultiHeadAttention::forward_cached) runs
 //! over a float [`KvCache`] or an 8-bit [`QuantKvCache`] alike.
 
-use crate::error::{AttnError, Result};
+use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::quant::KvRef;
 use crate::quant_cache::QuantKvCache;
@@ -69,22 +69,7 @@ impl<C: kernels::quant::Code> LayerCache for QuantKvCache<C> {
         self.len()
     }
     fn check_call(&self, batch: usize, hkv: usize, hd: usize, adding: usize) -> Result<()> {
-        let (have, want) = (self.layout(), [batch, hkv, hd]);
-        if have != want {
-            return Err(AttnError::Shape {
-                what: format!(
-                    "8-bit KV cache is for [batch, kv heads, head dim] = {have:?}, the call needs {want:?}"
-                ),
-            });
-        }
-        if adding > self.capacity() - self.len() {
-            return Err(AttnError::CacheFull {
-                capacity: self.capacity(),
-                len: self.len(),
-                adding,
-            });
-        }
-        Ok(())
+        QuantKvCache::check_call(self, batch, hkv, hd, adding)
     }
     fn append_f32(&mut self, k: TensorRef<'_, f32>, v: TensorRef<'_, f32>) -> Result<()> {
         self.append(k, v)

@@ -228,6 +228,33 @@ impl<C: Code> QuantKvCache<C> {
         self.view(&self.v, &self.v_scales)
     }
 
+    /// `Ok` when the cache fits a call with `batch` sequences, `n_kv_heads` heads of
+    /// `head_dim`, and `adding` more positions fit.
+    pub(crate) fn check_call(
+        &self,
+        batch: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        adding: usize,
+    ) -> Result<()> {
+        let (have, want) = (self.layout(), [batch, n_kv_heads, head_dim]);
+        if have != want {
+            return Err(AttnError::Shape {
+                what: format!(
+                    "8-bit KV cache is for [batch, kv heads, head dim] = {have:?}, the call needs {want:?}"
+                ),
+            });
+        }
+        if adding > self.capacity - self.len {
+            return Err(AttnError::CacheFull {
+                capacity: self.capacity,
+                len: self.len,
+                adding,
+            });
+        }
+        Ok(())
+    }
+
     /// Appends `n` positions: `k` and `v` are `[B, Hkv, n, D]` views of any element type
     /// and strides, quantised here.
     ///
@@ -246,21 +273,7 @@ impl<C: Code> QuantKvCache<C> {
                 what: format!("appended K is {:?} but V is {:?}", k.dims(), v.dims()),
             });
         }
-        let (have, want) = ([self.batch, self.n_kv_heads, self.head_dim], [b, h, d]);
-        if have != want {
-            return Err(AttnError::Shape {
-                what: format!(
-                    "8-bit KV cache is for [batch, kv heads, head dim] = {have:?}, got {want:?}"
-                ),
-            });
-        }
-        if n > self.capacity - self.len {
-            return Err(AttnError::CacheFull {
-                capacity: self.capacity,
-                len: self.len,
-                adding: n,
-            });
-        }
+        self.check_call(b, h, d, n)?;
         if b * h * n * d == 0 {
             self.len += n;
             return Ok(());
