@@ -1,4 +1,4 @@
-//! 8-bit storage codecs for a quantised KV cache (issue 32, first step): the fp8 types
+//! 8-bit storage codecs for a quantised KV cache (issue 32): the fp8 types
 //! [`F8E4M3`] and [`F8E5M2`], row dequantisation kernels per ISA, and quantise-on-write.
 //!
 //! # Formats
