@@ -73,6 +73,13 @@ impl<'a> KvMem<'a> {
             KvMem::Quant(q) => q.strides(),
         }
     }
+    /// Element index of `(b, h, l, d)`.
+    pub(crate) fn offset(&self, b: usize, h: usize, l: usize, d: usize) -> usize {
+        match self {
+            KvMem::Float(t) => t.offset(b, h, l, d),
+            KvMem::Quant(q) => q.offset(b, h, l, d),
+        }
+    }
 }
 
 impl<'a> KvMem<'a> {
@@ -195,27 +202,33 @@ pub(crate) enum KvSource<'a> {
     },
 }
 
-/// Rows `j0 .. j1` of `(b, h)` of the view `t` as one segment.
-fn dense_seg<'a>(t: &KvMem<'a>, b: usize, h: usize, j0: usize, j1: usize) -> Seg<'a> {
+/// The run of `rows` rows from row `(i0, i1, i2)` of `t`, consecutive rows one step apart
+/// along dimension `row_dim` (2: a dense view's L; 1: a page's slots).
+fn seg_at<'a>(t: &KvMem<'a>, [i0, i1, i2]: [usize; 3], rows: usize, row_dim: usize) -> Seg<'a> {
     let s = t.strides();
     match t {
         KvMem::Float(t) => Seg::Float(RowSeg {
             mem: *t,
-            base: t.offset(b, h, j0, 0),
-            rows: j1 - j0,
-            row_stride: s[2],
+            base: t.offset(i0, i1, i2, 0),
+            rows,
+            row_stride: s[row_dim],
             col_stride: s[3],
         }),
         KvMem::Quant(q) => Seg::Quant(QuantSeg {
             mem: *q,
-            base: q.offset(b, h, j0, 0),
-            rows: j1 - j0,
-            row_stride: s[2],
+            base: q.offset(i0, i1, i2, 0),
+            rows,
+            row_stride: s[row_dim],
             col_stride: s[3],
-            sbase: q.scales.index(b, h, j0),
-            srow_stride: q.scales.strides()[2],
+            sbase: q.scales.index(i0, i1, i2),
+            srow_stride: q.scales.strides()[row_dim],
         }),
     }
+}
+
+/// Rows `j0 .. j1` of `(b, h)` of the view `t` as one segment.
+fn dense_seg<'a>(t: &KvMem<'a>, b: usize, h: usize, j0: usize, j1: usize) -> Seg<'a> {
+    seg_at(t, [b, h, j0], j1 - j0, 2)
 }
 
 /// Rows `j0 .. j1` (inside one page) of head `h` of a paged source.
@@ -227,44 +240,14 @@ fn page_seg<'a>(
     j0: usize,
     j1: usize,
 ) -> Seg<'a> {
-    let s = t.strides();
     // The table entries a sequence's keys use were checked to be pages of the view; an
     // empty range (possibly past the last page) reads nothing and starts at element 0.
-    let (page, slot) = if j0 < j1 {
-        (table[j0 / bs] as usize, j0 % bs)
+    let at = if j0 < j1 {
+        [table[j0 / bs] as usize, j0 % bs, h]
     } else {
-        (0, 0)
+        [0, 0, 0]
     };
-    match t {
-        KvMem::Float(t) => Seg::Float(RowSeg {
-            mem: *t,
-            base: if j0 < j1 {
-                t.offset(page, slot, h, 0)
-            } else {
-                0
-            },
-            rows: j1 - j0,
-            row_stride: s[1],
-            col_stride: s[3],
-        }),
-        KvMem::Quant(q) => Seg::Quant(QuantSeg {
-            mem: *q,
-            base: if j0 < j1 {
-                q.offset(page, slot, h, 0)
-            } else {
-                0
-            },
-            rows: j1 - j0,
-            row_stride: s[1],
-            col_stride: s[3],
-            sbase: if j0 < j1 {
-                q.scales.index(page, slot, h)
-            } else {
-                0
-            },
-            srow_stride: q.scales.strides()[1],
-        }),
-    }
+    seg_at(t, at, j1 - j0, 1)
 }
 
 impl<'a> KvSource<'a> {
@@ -407,10 +390,7 @@ impl<'a> KvSource<'a> {
                 let mut j = j0;
                 while j < j1 {
                     let end = ((j / bs + 1) * bs).min(j1);
-                    let base = match t {
-                        KvMem::Float(f) => f.offset(table[j / bs] as usize, j % bs, h, 0),
-                        KvMem::Quant(q) => q.offset(table[j / bs] as usize, j % bs, h, 0),
-                    };
+                    let base = t.offset(table[j / bs] as usize, j % bs, h, 0);
                     rows.extend((0..end - j).map(|r| base + r * s[1]));
                     j = end;
                 }

@@ -73,33 +73,35 @@ fn not_u8(what: &str) -> PyErr {
     ))
 }
 
-impl<'py> Codes<PyReadonlyArrayDyn<'py, u8>> {
-    /// Reads `obj` (a uint8 numpy array).
-    pub(crate) fn read(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+impl<'py, G> Codes<G> {
+    /// Reads `obj` (a uint8 numpy array), holding the borrow `guard` takes of it.
+    fn borrow(
+        obj: &Bound<'py, PyAny>,
+        what: &str,
+        guard: impl FnOnce(&Bound<'py, PyArrayDyn<u8>>) -> PyResult<G>,
+    ) -> PyResult<Self> {
         let a = obj.cast::<PyArrayDyn<u8>>().map_err(|_| not_u8(what))?;
         let (shape, strides) = layout(a.shape(), a.strides(), what)?;
-        let addr = a.data() as usize;
         Ok(Codes {
-            _guard: a.try_readonly()?,
-            addr,
+            addr: a.data() as usize,
+            _guard: guard(a)?,
             shape,
             strides,
         })
     }
 }
 
+impl<'py> Codes<PyReadonlyArrayDyn<'py, u8>> {
+    /// Reads `obj` (a uint8 numpy array).
+    pub(crate) fn read(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        Self::borrow(obj, what, |a| Ok(a.try_readonly()?))
+    }
+}
+
 impl<'py> Codes<PyReadwriteArrayDyn<'py, u8>> {
     /// Reads `obj` (a writable uint8 numpy array), to write it in place.
     pub(crate) fn write(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
-        let a = obj.cast::<PyArrayDyn<u8>>().map_err(|_| not_u8(what))?;
-        let (shape, strides) = layout(a.shape(), a.strides(), what)?;
-        let addr = a.data() as usize;
-        Ok(Codes {
-            _guard: a.try_readwrite()?,
-            addr,
-            shape,
-            strides,
-        })
+        Self::borrow(obj, what, |a| Ok(a.try_readwrite()?))
     }
 }
 
