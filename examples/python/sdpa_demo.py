@@ -62,6 +62,8 @@ class FaSdpaOptions(ctypes.Structure):
         ("weights", ctypes.POINTER(FaTensor)),
         ("lse", ctypes.POINTER(ctypes.c_float)),
         ("sinks", ctypes.POINTER(ctypes.c_float)),  # ABI 4
+        ("k_scale", ctypes.POINTER(FaTensor)),  # ABI 6: scales of an 8-bit K
+        ("v_scale", ctypes.POINTER(FaTensor)),  # ABI 6: scales of an 8-bit V
     ]
 
 
@@ -150,7 +152,7 @@ class FastAttn:
     """A small Pythonic wrapper over the C functions."""
 
     #: The C ABI version these ctypes declarations match (``FA_ABI_VERSION``).
-    ABI_VERSION = 5
+    ABI_VERSION = 6
 
     def __init__(self, path):
         self.lib = load(path)
@@ -296,10 +298,10 @@ def main():
     qt, kt, vt = tensor(q), tensor(k), tensor(v)
     o = np.zeros((b, hq, lq, dv), np.float32)
     ot = tensor(o)
-    kt.dtype = 3
+    kt.dtype = 99  # no fa_dtype (0-2 are floats, 3-5 the 8-bit K/V codes of ABI 6)
     rc = lib.fa_sdpa(qt, kt, vt, ot, None)
     msg = lib.fa_last_error().decode()
-    expect(rc == FA_ERR_INVALID_ARGUMENT and "k->dtype is 3" in msg and not o.any(),
+    expect(rc == FA_ERR_INVALID_ARGUMENT and "k->dtype is 99" in msg and not o.any(),
            f"an unknown dtype is refused ({msg})")
 
     x = rng.standard_normal((5, 33), dtype=np.float32) * 10
