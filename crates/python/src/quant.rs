@@ -177,20 +177,22 @@ pub(crate) fn kv_ref<'a, W>(
 
 /// The scales of an 8-bit cache that `paged_kv_write` writes into.
 pub(crate) enum WriteScales<'py> {
-    /// One per slot and head, written (int8).
+    /// One per slot and head, computed and written (int8 always; fp8 on request).
     PerRow(PyReadwriteArray1<'py, f32>),
     /// The caller's 1 or Hkv scales (fp8).
     Fixed(PyReadonlyArray1<'py, f32>),
 }
 
 impl<'py> WriteScales<'py> {
-    pub(crate) fn new(fmt: Fmt, obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+    /// The scales in `obj` (a 1-D float32 numpy array): written per row, or read.
+    pub(crate) fn new(per_row: bool, obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
         let a = obj.cast::<numpy::PyArray1<f32>>().map_err(|_| {
             PyTypeError::new_err(format!("{what} must be a 1-D float32 numpy array"))
         })?;
-        Ok(match fmt {
-            Fmt::I8 => WriteScales::PerRow(a.try_readwrite()?),
-            Fmt::E4M3 | Fmt::E5M2 => WriteScales::Fixed(a.try_readonly()?),
+        Ok(if per_row {
+            WriteScales::PerRow(a.try_readwrite()?)
+        } else {
+            WriteScales::Fixed(a.try_readonly()?)
         })
     }
 

@@ -443,11 +443,11 @@ fn overlap(a: (usize, usize), b: (usize, usize)) -> bool {
 /// `slot_mapping` (-1: skipped). Every check happens before anything is written.
 ///
 /// With `kv_format` (`"int8"`, `"float8_e4m3fn"`, `"float8_e5m2"`) the caches are uint8
-/// numpy arrays over 8-bit codes and `k_scale`, `v_scale` 1-D float32 numpy arrays: int8,
-/// one per slot and head (`[num_blocks·block_size·Hkv]`, written with each row's scale);
-/// fp8, 1 or Hkv given scales.
+/// numpy arrays over 8-bit codes and `k_scale`, `v_scale` 1-D float32 numpy arrays: int8
+/// (and fp8 with `per_row_scales`), one per slot and head (`[num_blocks·block_size·Hkv]`,
+/// written with each row's scale); fp8 otherwise, 1 or Hkv given scales.
 #[pyfunction]
-#[pyo3(signature = (k, v, k_cache, v_cache, slot_mapping, kv_format=None, k_scale=None, v_scale=None))]
+#[pyo3(signature = (k, v, k_cache, v_cache, slot_mapping, kv_format=None, k_scale=None, v_scale=None, per_row_scales=false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_kv_write<'py>(
     py: Python<'py>,
@@ -459,10 +459,13 @@ pub(crate) fn paged_kv_write<'py>(
     kv_format: Option<&str>,
     k_scale: Option<&Bound<'py, PyAny>>,
     v_scale: Option<&Bound<'py, PyAny>>,
+    per_row_scales: bool,
 ) -> PyResult<()> {
     if let Some(f) = kv_format {
+        let fmt = Fmt::parse(f)?;
         return paged_kv_write_8bit(
-            Fmt::parse(f)?,
+            fmt,
+            fmt == Fmt::I8 || per_row_scales,
             k,
             v,
             k_cache,
@@ -471,6 +474,11 @@ pub(crate) fn paged_kv_write<'py>(
             k_scale,
             v_scale,
         );
+    }
+    if per_row_scales {
+        return Err(PyValueError::new_err(
+            "per_row_scales is for 8-bit caches; these are float",
+        ));
     }
     if k_scale.is_some() || v_scale.is_some() {
         return Err(PyValueError::new_err(
@@ -525,10 +533,12 @@ pub(crate) fn paged_kv_write<'py>(
     .map_err(attn_err)
 }
 
-/// [`paged_kv_write`] into 8-bit caches of `fmt`.
+/// [`paged_kv_write`] into 8-bit caches of `fmt`; `per_row`: the scales are one per slot
+/// and head, computed and written (else the caller's, read).
 #[allow(clippy::too_many_arguments)]
 fn paged_kv_write_8bit<'py>(
     fmt: Fmt,
+    per_row: bool,
     k: &Bound<'py, PyAny>,
     v: &Bound<'py, PyAny>,
     k_cache: &Bound<'py, PyAny>,
@@ -546,8 +556,8 @@ fn paged_kv_write_8bit<'py>(
     let slots = Idx::new(slot_mapping, "slot_mapping")?.to_i64("slot_mapping")?;
     let mut kc = Codes::write(k_cache, "k_cache")?;
     let mut vc = Codes::write(v_cache, "v_cache")?;
-    let mut ksc = WriteScales::new(fmt, k_scale, "k_scale")?;
-    let mut vsc = WriteScales::new(fmt, v_scale, "v_scale")?;
+    let mut ksc = WriteScales::new(per_row, k_scale, "k_scale")?;
+    let mut vsc = WriteScales::new(per_row, v_scale, "v_scale")?;
     let (kd, ks) = packed(&kv, "k")?;
     let (vd, vs) = packed(&vv, "v")?;
     let (kcd, kcs) = paged_of(&kc.shape, &kc.strides, "k_cache")?;
@@ -559,7 +569,7 @@ fn paged_kv_write_8bit<'py>(
             vv.elem.name()
         )));
     }
-    // Everything written (codes, and int8's scales) must be apart from everything else.
+    // Everything written (codes, and per-row scales) must be apart from everything else.
     let written = [
         ("k_cache", kc.bytes()?),
         ("v_cache", vc.bytes()?),
@@ -577,7 +587,7 @@ fn paged_kv_write_8bit<'py>(
     for (i, (a, ra)) in all.iter().enumerate() {
         for (b, rb) in &all[i + 1..] {
             let one_written = written.iter().any(|w| w.0 == *a || w.0 == *b);
-            let scales_read_only = fmt != Fmt::I8 && [*a, *b].iter().all(|x| !x.ends_with("cache"));
+            let scales_read_only = !per_row && [*a, *b].iter().all(|x| !x.ends_with("cache"));
             if one_written && !scales_read_only && overlap(*ra, *rb) {
                 return Err(PyValueError::new_err(format!(
                     "{a} and {b} overlap in memory; paged_kv_write needs them apart"

@@ -177,10 +177,27 @@ def test_8bit_caches_generate_close_to_eager(dtype):
     # eager's (its logits are well separated at this size), logits within the format's error.
     eager, ours = pair("llama", cache_dtype=dtype)
     ids = torch.tensor([PROMPT])
-    a, b = gen(eager, ids), gen(ours, ids)
+    calls = []
+    attend = FastattnLayer.attend
+    FastattnLayer.attend = lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw)
+    try:
+        a, b = gen(eager, ids), gen(ours, ids)
+    finally:
+        FastattnLayer.attend = attend
+    # Prefill and every decode step of every layer read the codes in place.
+    assert len(calls) == NEW * ours.config.num_hidden_layers
     cache = used_cache(b)
     layer = cache.layers[0]
     assert layer._k.dtype == dtype and layer.keys._fastattn_scale.shape == layer.keys.shape[:3]
+    # The codes times their scales hold the appended rows (quantised in Rust, per row).
+    x = torch.randn(2, 2, 3, 16)
+    fresh = FastattnLayer(cache_dtype=dtype)
+    fresh.update(x, -x)
+    top = 127.0 if dtype == torch.int8 else torch.finfo(dtype).max
+    assert torch.allclose(fresh.keys._fastattn_scale, x.abs().amax(-1) / top)
+    back = fresh.keys.float() * fresh.keys._fastattn_scale[..., None]
+    rel = {torch.int8: 0.5 / 127, torch.float8_e4m3fn: 2**-4, torch.float8_e5m2: 2**-3}[dtype]
+    assert ((back - x).abs() <= rel * x.abs().amax(-1, keepdim=True) + 1e-6).all()
     assert b.sequences.tolist() == a.sequences.tolist()
     tol = {torch.int8: 1e-2, torch.float8_e4m3fn: 3e-2, torch.float8_e5m2: 6e-2}[dtype]
     err = max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))

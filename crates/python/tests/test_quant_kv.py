@@ -13,11 +13,13 @@ from conftest import assert_close
 
 NB, BS, HKV, HQ, D = 5, 4, 2, 4, 8
 
-# (dtype, scale kind): int8 per row (written), fp8 per tensor or per KV head (given).
+# (dtype, scale kind): per row (written), fp8 also per tensor or per KV head (given).
 CASES = [
     (torch.int8, "row"),
+    (torch.float8_e4m3fn, "row"),
     (torch.float8_e4m3fn, "tensor"),
     (torch.float8_e4m3fn, "head"),
+    (torch.float8_e5m2, "row"),
     (torch.float8_e5m2, "tensor"),
     (torch.float8_e5m2, "head"),
 ]
@@ -74,7 +76,7 @@ def filled(dtype, kind, seed=1):
     slots = torch.randperm(t, generator=gen)
     fastattn.paged_kv_write(k, v, kc, vc, slots, k_scale=ks, v_scale=vs)
     # The codes hold the rows: int8 within half a step, fp8 within its rounding.
-    tol = 0.5 / 127 * 3.5 if kind == "row" else 0.2
+    tol = 0.5 / 127 * 3.5 if dtype == torch.int8 else 0.2
     got = dequant(kc, ks).reshape(t, HKV, D)[slots]
     assert (got - k).abs().max() <= tol * max(1.0, k.abs().max().item())
     if kind == "row":
@@ -142,7 +144,7 @@ def test_kvcache_append(dtype, kind):
         q, kf, vf, cache_seqlens=seqlens + 2, block_table=table, causal=True
     )
     assert_close(got, want, 1e-5, case="append")
-    tol = 0.03 if kind == "row" else 0.3
+    tol = 0.03 if dtype == torch.int8 else 0.3
     assert (kf[2, 3] - kn[0, 0]).abs().max() < tol * kn.abs().max()
     assert (vf[1, 1] - vn[1, 1]).abs().max() < tol * vn.abs().max()
 
@@ -174,11 +176,13 @@ def test_varlen_packed(dtype, kind):
     if dtype == torch.int8:
         k = torch.randint(-127, 128, (tk, HKV, D), generator=gen, dtype=torch.int8)
         v = torch.randint(-127, 128, (tk, HKV, D), generator=gen, dtype=torch.int8)
-        ks = 0.01 + 0.02 * torch.rand(tk, HKV, generator=gen)
-        vs = 0.01 + 0.02 * torch.rand(tk, HKV, generator=gen)
     else:
         k = torch.randn(tk, HKV, D, generator=gen).to(dtype)
         v = torch.randn(tk, HKV, D, generator=gen).to(dtype)
+    if kind == "row":
+        ks = 0.01 + 0.02 * torch.rand(tk, HKV, generator=gen)
+        vs = 0.01 + 0.02 * torch.rand(tk, HKV, generator=gen)
+    else:
         ks, vs = scales(kind, None, 1), scales(kind, None, 2)
         if kind == "tensor":  # a 0-d tensor is a per-tensor scale too
             vs = torch.tensor(vs)
@@ -259,6 +263,8 @@ def test_write_errors():
             fastattn.paged_kv_write(k8, v8, fc, fv, slots, k_scale=bad, v_scale=0.1)
     with pytest.raises(ValueError):  # fp8 scales: a scalar or [Hkv]
         fastattn.paged_kv_write(k8, v8, fc, fv, slots, k_scale=torch.ones(3), v_scale=0.1)
+    with pytest.raises(ValueError):  # one scale written per row, the other given
+        fastattn.paged_kv_write(k8, v8, fc, fv, slots, k_scale=ks, v_scale=0.1)
     with pytest.raises(TypeError):  # 8-bit rows into an 8-bit cache
         fastattn.paged_kv_write(kc[0], vc[0], fc, fv, slots[:1], k_scale=0.1, v_scale=0.1)
     assert unchanged(fc, fv)

@@ -140,27 +140,29 @@ def _read_scale(s, fmt, cache_shape, name, paged):
 
 
 def _write_scale(s, fmt, cache_shape, name):
-    """The scales ``paged_kv_write`` takes for an 8-bit cache: int8, the caller's writable
-    float32 ``[num_blocks, block_size, Hkv]`` (filled in place); fp8, a scalar or ``[Hkv]``."""
+    """The scales ``paged_kv_write`` takes for an 8-bit cache, and whether they are written
+    per row: ``(array, per_row)``. One per slot and head, the caller's writable contiguous
+    float32 ``[num_blocks, block_size, Hkv]``, filled in place with each written row's scale
+    (int8 always; fp8 when given in this shape); for fp8 also a scalar or ``[Hkv]``, read."""
     if s is None:
         raise ValueError(f"an 8-bit ({fmt}) cache needs {name}")
     a = _scale_array(s, name)
     rows, hkv = tuple(cache_shape[:-1]), cache_shape[-2]
-    if fmt == "int8":
-        if isinstance(s, (float, int)) or a.shape != rows:
-            raise ValueError(
-                f"{name} of an int8 cache must be a float32 tensor {list(rows)} (one scale per "
-                f"slot and head, written), got {list(a.shape)}"
-            )
+    if a.shape == rows and not isinstance(s, (float, int)):
         if not a.flags.c_contiguous or not a.flags.writeable:
             raise ValueError(f"{name} must be contiguous and writable: it is written in place")
-        return a.reshape(-1)
+        return a.reshape(-1), True
+    if fmt == "int8":
+        raise ValueError(
+            f"{name} of an int8 cache must be a float32 tensor {list(rows)} (one scale per "
+            f"slot and head, written), got {list(a.shape)}"
+        )
     if not ((a.size == 1 and a.ndim <= 1) or a.shape == (hkv,)):
         raise ValueError(
-            f"{name} of an fp8 cache must be a scalar or [{hkv}] (one per KV head), "
-            f"got shape {list(a.shape)}"
+            f"{name} of an fp8 cache must be {list(rows)} (one per slot and head, written), "
+            f"a scalar or [{hkv}] (one per KV head), got shape {list(a.shape)}"
         )
-    return np.ascontiguousarray(a.reshape(-1))
+    return np.ascontiguousarray(a.reshape(-1)), False
 
 
 def _sinks(s_aux):
@@ -291,8 +293,9 @@ def paged_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=N
     8-bit caches (both of one dtype): ``torch.int8`` (or numpy ``int8``) takes writable
     contiguous float32 ``k_scale``, ``v_scale`` ``[num_blocks, block_size, Hkv]``, filled
     in place with each written row's scale (``amax / 127``); ``torch.float8_e4m3fn`` and
-    ``torch.float8_e5m2`` take the caller's scales, a float or 1-element tensor (per
-    tensor) or ``[Hkv]`` (per KV head), and store ``value / scale`` rounded to fp8."""
+    ``torch.float8_e5m2`` take either the same per-row scales (written, ``amax / max
+    code``) or the caller's, a float or 1-element tensor (per tensor) or ``[Hkv]`` (per KV
+    head), and store ``value / scale`` rounded to fp8."""
     slots = _idx(slot_mapping, "slot_mapping")
     fmt = _pair_format(k_cache, v_cache, "paged_kv_write")
     if fmt is None:
@@ -303,10 +306,13 @@ def paged_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=N
         return
     if _kv_format(k) is not None or _kv_format(v) is not None:
         raise TypeError("paged_kv_write: the new rows k and v must be float")
-    ks = _write_scale(k_scale, fmt, tuple(k_cache.shape), "k_scale")
-    vs = _write_scale(v_scale, fmt, tuple(v_cache.shape), "v_scale")
+    ks, per_row = _write_scale(k_scale, fmt, tuple(k_cache.shape), "k_scale")
+    vs, v_per_row = _write_scale(v_scale, fmt, tuple(v_cache.shape), "v_scale")
+    if per_row != v_per_row:
+        raise ValueError("k_scale and v_scale must both be per row, or both given per head/tensor")
     _fastattn.paged_kv_write(
-        k, v, _codes(k_cache, "k_cache"), _codes(v_cache, "v_cache"), slots, fmt, ks, vs
+        k, v, _codes(k_cache, "k_cache"), _codes(v_cache, "v_cache"), slots, fmt, ks, vs,
+        per_row_scales=per_row,
     )
 
 
@@ -353,8 +359,9 @@ def flash_attn_with_kvcache(
       numpy ``int8``), both of one dtype, with ``k_scale``, ``v_scale`` (float32): int8,
       one per row, the cache's shape without D (``[B, Lcache, Hkv]`` dense,
       ``[num_blocks, block_size, Hkv]`` paged), written in place for the new rows (so
-      writable and contiguous when ``k``, ``v`` are given); fp8, a float or 1-element
-      tensor (per tensor) or ``[Hkv]`` (per KV head). New rows are quantised as
+      writable and contiguous when ``k``, ``v`` are given); fp8, the same per-row
+      scales, or a float or 1-element tensor (per tensor) or ``[Hkv]`` (per KV head). New
+      rows are quantised as
       :func:`paged_kv_write` does.
 
     Returns ``[B, Lq, Hq, Dv]``. Bad input is a ``ValueError`` raised before the caches are
@@ -386,9 +393,11 @@ def flash_attn_with_kvcache(
     ksr = _read_scale(k_scale, fmt, ks, "k_scale", True)
     vsr = _read_scale(v_scale, fmt, vs, "v_scale", True)
     if fmt is not None and k is not None:
-        ksw = _write_scale(k_scale, fmt, ks, "k_scale")
-        vsw = _write_scale(v_scale, fmt, vs, "v_scale")
-        if fmt != "int8":  # the read scales are the write scales: check them now
+        ksw, per_row = _write_scale(k_scale, fmt, ks, "k_scale")
+        vsw, v_per_row = _write_scale(v_scale, fmt, vs, "v_scale")
+        if per_row != v_per_row:
+            raise ValueError("k_scale and v_scale must both be per row, or both given per head/tensor")
+        if not per_row:  # the read scales are the write scales: check them now
             for name, a in (("k_scale", ksw), ("v_scale", vsw)):
                 if not np.all(np.isfinite(a) & (a > 0)):
                     raise ValueError(f"{name} must be finite and positive")
@@ -455,6 +464,7 @@ def flash_attn_with_kvcache(
                 fmt,
                 ksw,
                 vsw,
+                per_row_scales=per_row,
             )
     cu_q = np.arange(b + 1, dtype=np.int64) * lq
     qr = _reshape(q, (b * lq, hq, d))

@@ -15,11 +15,13 @@ amortised cost per token is a constant.
   decode reads; fastattn's attention takes the float32 queries against the bfloat16 rows
   (no widened copy).
 * ``torch.int8``, ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` store codes with an
-  f32 scale per token and head (``amax / max code``), quantised as rows are appended; each
-  key/value view carries its scales (``view._fastattn_scale``, ``[B, Hkv, len]``), and
-  fastattn's attention reads the codes in place where transformers passes no mask (decode
-  and plain causal prefill), else attends over their dequantised values. Full-attention
-  layers only (no sliding-window layers yet).
+  f32 scale per token and head (``amax / max code``, in a ``[B, capacity, Hkv]`` buffer),
+  quantised in Rust as rows are appended (:func:`fastattn.paged_kv_write`, each batch
+  entry one page). Each key/value view carries its scales (``view._fastattn_scale``,
+  ``[B, Hkv, len]``) and its layer (``view._fastattn_layer``): fastattn's attention reads
+  the codes and scales in place where transformers passes no mask (decode and plain
+  causal prefill; :meth:`FastattnLayer.attend`), else attends over their dequantised
+  values. Full-attention layers only (no sliding-window layers yet).
 * Sliding-window layers keep the same buffer and return a window view (the last
   ``sliding_window - 1`` cached rows and the new ones, as transformers'
   ``DynamicSlidingWindowLayer`` does); when the buffer is full the window is moved to its
@@ -32,8 +34,12 @@ Use it through :func:`fastattn.transformers.use` (``generate`` then creates one 
 or explicitly: ``model.generate(..., cache=FastattnCache(model.config))``.
 """
 
+import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+
+from . import _fastattn
+from ._serving import _flash_options, _sinks
 
 __all__ = ["FastattnCache", "FastattnLayer", "FastattnSlidingLayer"]
 
@@ -48,21 +54,6 @@ def _check_dtype(dtype):
             "cache_dtype must be torch.float32, torch.bfloat16, torch.float16, torch.int8, "
             f"torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}"
         )
-
-
-def _quantise(x, dtype):
-    """``x`` (``[B, H, n, D]``) as ``dtype`` codes with one f32 scale per row
-    (``amax / max code``; 1 for an all-zero row): ``(codes, scales [B, H, n])``."""
-    xf = x.float()
-    top = 127.0 if dtype == torch.int8 else float(torch.finfo(dtype).max)
-    amax = xf.abs().amax(-1)
-    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax)).clamp_min(
-        torch.finfo(torch.float32).tiny
-    )
-    y = xf / scale[..., None]
-    if dtype == torch.int8:
-        return y.round().clamp(-127, 127).to(torch.int8), scale
-    return y.clamp(-top, top).to(dtype), scale
 
 
 class FastattnLayer(DynamicLayer):
@@ -93,8 +84,11 @@ class FastattnLayer(DynamicLayer):
         self._v = torch.empty((b, h, cap, dv), dtype=dtype, device=self.device)
         self._ks = self._vs = None
         if dtype in _EIGHT_BIT:
-            self._ks = torch.empty((b, h, cap), dtype=torch.float32, device=self.device)
-            self._vs = torch.empty((b, h, cap), dtype=torch.float32, device=self.device)
+            # One scale per token and head, [B, capacity, Hkv]: the layout paged_kv_write
+            # fills (each batch entry one page of `capacity` slots).
+            self._ks = torch.empty((b, cap, h), dtype=torch.float32, device=self.device)
+            self._vs = torch.empty((b, cap, h), dtype=torch.float32, device=self.device)
+        self._plan = None
         self._len = 0
         self._start = 0
         self.is_initialized = True
@@ -115,9 +109,61 @@ class FastattnLayer(DynamicLayer):
         self.keys = self._k[:, :, self._start:end]
         self.values = self._v[:, :, self._start:end]
         if self.quantised:
-            # The attention finds each view's scales on it (`[B, Hkv, len]`).
-            self.keys._fastattn_scale = self._ks[:, :, self._start:end]
-            self.values._fastattn_scale = self._vs[:, :, self._start:end]
+            # The attention finds each view's scales (`[B, Hkv, len]`) and layer on it.
+            self.keys._fastattn_scale = self._ks[:, self._start:end].transpose(1, 2)
+            self.values._fastattn_scale = self._vs[:, self._start:end].transpose(1, 2)
+            self.keys._fastattn_layer = self.values._fastattn_layer = self
+
+    def _eight_bit_plan(self):
+        """The extension's views of the 8-bit buffers, built once per allocation: the codes
+        as uint8 numpy arrays ``[B, capacity, Hkv, D]`` (each batch entry one page), the
+        scales flat with the strides of a row ``(page, slot, head)``, the page table."""
+        if self._plan is None:
+            b, h, cap = self._k.shape[:3]
+            fmt = str(self._k.dtype).removeprefix("torch.")
+            codes = [x.transpose(1, 2).view(torch.uint8).numpy() for x in (self._k, self._v)]
+            scales = [x.numpy().reshape(-1) for x in (self._ks, self._vs)]
+            self._plan = dict(
+                fmt=fmt,
+                codes=codes,
+                scales=scales,
+                strides=(cap * h, h, 1),
+                table=np.arange(b, dtype=np.int32).reshape(b, 1),
+                pages=np.arange(b, dtype=np.int64)[:, None] * cap,
+                calls={},
+            )
+        return self._plan
+
+    def attend(self, query, scaling, causal, softcap=None, s_aux=None):
+        """Attention of ``query`` ``[B, Hq, Lq, D]`` over this 8-bit layer's cached rows,
+        read in place (codes and scales); ``causal`` bottom-right. Returns
+        ``[B, Lq, Hq, Dv]`` in the query's dtype."""
+        p = self._eight_bit_plan()
+        b, hq, lq, d = query.shape
+        key = (scaling, bool(causal), softcap or 0.0, s_aux is None)
+        call = p["calls"].get(key) if s_aux is None else None
+        if call is None:
+            call = _fastattn.Call.flash(
+                returns="out",
+                sinks=_sinks(s_aux),
+                **_flash_options(bool(causal), scaling, (-1, -1), softcap or 0.0, None),
+            )
+            if s_aux is None:
+                p["calls"][key] = call
+        out = _fastattn.varlen_forward(
+            call,
+            query.transpose(1, 2).reshape(b * lq, hq, d),
+            p["codes"][0],
+            p["codes"][1],
+            np.arange(b + 1, dtype=np.int64) * lq,
+            None,
+            np.full(b, self._start + self._len, dtype=np.int64),
+            p["table"],
+            p["fmt"],
+            (p["scales"][0], p["strides"]),
+            (p["scales"][1], p["strides"]),
+        )
+        return out.reshape(b, lq, hq, self._v.shape[-1])
 
     def _make_room(self, n):
         """Ensures rows ``_start + _len .. + n`` exist: grows the buffers (doubling, at
@@ -131,12 +177,13 @@ class FastattnLayer(DynamicLayer):
         k[:, :, : self._len] = self.keys
         v[:, :, : self._len] = self.values
         if self.quantised:
-            ks = self._ks.new_empty((*self._ks.shape[:2], cap))
-            vs = self._vs.new_empty((*self._vs.shape[:2], cap))
-            ks[:, :, : self._len] = self._ks[:, :, self._start : self._start + self._len]
-            vs[:, :, : self._len] = self._vs[:, :, self._start : self._start + self._len]
+            ks = self._ks.new_empty((self._ks.shape[0], cap, self._ks.shape[2]))
+            vs = self._vs.new_empty((self._vs.shape[0], cap, self._vs.shape[2]))
+            ks[:, : self._len] = self._ks[:, self._start : self._start + self._len]
+            vs[:, : self._len] = self._vs[:, self._start : self._start + self._len]
             self._ks, self._vs = ks, vs
         self._k, self._v, self._start = k, v, 0
+        self._plan = None
 
     def _append(self, key_states, value_states):
         if key_states.shape[0] != self._k.shape[0]:
@@ -148,12 +195,22 @@ class FastattnLayer(DynamicLayer):
         self._make_room(n)
         end = self._start + self._len
         if self.quantised:
-            kc, ks = _quantise(key_states, self._k.dtype)
-            vc, vs = _quantise(value_states, self._v.dtype)
-            self._k[:, :, end:end + n] = kc
-            self._v[:, :, end:end + n] = vc
-            self._ks[:, :, end:end + n] = ks
-            self._vs[:, :, end:end + n] = vs
+            # Quantised in Rust (round to nearest even, saturating; NaN or inf refused), each
+            # batch entry one page: slot b·capacity + position.
+            p = self._eight_bit_plan()
+            b, h, _, d = key_states.shape
+            slots = (p["pages"] + np.arange(end, end + n, dtype=np.int64)).reshape(-1)
+            _fastattn.paged_kv_write(
+                key_states.transpose(1, 2).reshape(b * n, h, d),
+                value_states.transpose(1, 2).reshape(b * n, h, value_states.shape[-1]),
+                p["codes"][0],
+                p["codes"][1],
+                slots,
+                p["fmt"],
+                p["scales"][0],
+                p["scales"][1],
+                per_row_scales=True,
+            )
         else:
             self._k[:, :, end:end + n] = key_states
             self._v[:, :, end:end + n] = value_states
@@ -199,14 +256,20 @@ class FastattnLayer(DynamicLayer):
         """New buffers holding ``parts`` (as :meth:`_parts`; a batch change)."""
         cap = self.capacity
         bufs = []
-        for old, new in zip([self._k, self._v, self._ks, self._vs], parts):
-            buf = old.new_empty((new.shape[0], old.shape[1], cap, *old.shape[3:]))
+        for old, new in zip([self._k, self._v], parts):
+            buf = old.new_empty((new.shape[0], old.shape[1], cap, old.shape[3]))
             buf[:, :, : self._len] = new
+            bufs.append(buf)
+        for old, new in zip([self._ks, self._vs], parts[2:]):
+            # Scales: [B, capacity, Hkv] buffers, handed out as [B, Hkv, len] views.
+            buf = old.new_empty((new.shape[0], cap, old.shape[2]))
+            buf[:, : self._len] = new.transpose(1, 2)
             bufs.append(buf)
         self._k, self._v = bufs[0], bufs[1]
         if self.quantised:
             self._ks, self._vs = bufs[2], bufs[3]
         self._start = 0
+        self._plan = None
         self._set_views()
 
     def reorder_cache(self, beam_idx):

@@ -149,7 +149,8 @@ _EIGHT_BIT = {torch.int8, torch.float8_e4m3fn, torch.float8_e5m2}
 
 def _eight_bit(query, key, value, attention_mask, position_bias, is_causal, scaling, softcap, s_aux):
     """Attention over an 8-bit ``FastattnCache`` layer's views: without a mask, the codes
-    and their scales are read in place (``flash_attn_with_kvcache``; returns ``(.., .., out)``);
+    and their scales are read in place (the layer's :meth:`~fastattn.cache.FastattnLayer.attend`,
+    or ``flash_attn_with_kvcache`` for views of part of a layer; returns ``(.., .., out)``);
     with one, the dequantised keys and values for the float path (``(key, value, None)``)."""
     ks = getattr(key, "_fastattn_scale", None)
     vs = getattr(value, "_fastattn_scale", None)
@@ -159,6 +160,9 @@ def _eight_bit(query, key, value, attention_mask, position_bias, is_causal, scal
             "from a fastattn.cache.FastattnCache"
         )
     if attention_mask is None and position_bias is None:
+        layer = getattr(key, "_fastattn_layer", None)
+        if layer is not None and key is layer.keys and value is layer.values:
+            return key, value, layer.attend(query, scaling, is_causal, softcap, s_aux)
         from ._serving import flash_attn_with_kvcache
 
         out = flash_attn_with_kvcache(
