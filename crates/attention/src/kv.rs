@@ -268,12 +268,17 @@ impl<'a> KvSource<'a> {
         }
     }
 
-    /// Whether the rows are scattered in memory (a paged cache), so that the decode kernels
-    /// take them through [`indexed`](Self::indexed).
+    /// Whether the rows are scattered in memory (a paged cache whose sequence spans more
+    /// than one page), so that the decode kernels take them through
+    /// [`indexed`](Self::indexed). A sequence within one page (a dense cache handed over as
+    /// one page per sequence, as `flash_attn_with_kvcache` does) is a strided matrix per
+    /// head, read as a dense source's.
     pub(crate) fn is_scattered(&self) -> bool {
         match self {
             KvSource::Dense { .. } => false,
-            KvSource::Paged { .. } => true,
+            KvSource::Paged {
+                block_size, len, ..
+            } => len > block_size,
             #[cfg(test)]
             KvSource::Split { .. } => false,
         }
@@ -379,6 +384,7 @@ impl<'a> KvSource<'a> {
         let _ = b;
         match self {
             KvSource::Dense { .. } => None,
+            KvSource::Paged { .. } if !self.is_scattered() => None,
             KvSource::Paged {
                 t,
                 block_size: bs,
