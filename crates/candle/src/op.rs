@@ -295,16 +295,27 @@ pub(crate) fn prepare_mask(op: &'static str, mask: &Mask, want: [usize; 4]) -> R
                 )
             }
             let visible_if = matches!(mask, Mask::Allow(_));
-            // The mask's own elements, dense in its (padded) shape; size-1 dims are then
-            // read with stride 0.
-            let data = t
-                .flatten_all()?
-                .to_vec1::<u8>()?
-                .into_iter()
-                .map(|x| (x != 0) == visible_if)
-                .collect::<Vec<bool>>();
-            let dense = [full[1] * full[2] * full[3], full[2] * full[3], full[3], 1];
-            let (dims, strides) = mask_dims(&full, &dense, want[2], want[3]);
+            // The bytes the mask's view reaches, each turned into a bool, under the same
+            // strides: one pass over the mask's storage, never over its broadcast.
+            let (storage, l) = t.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                bail!("{op}: the mask must be a CPU tensor")
+            };
+            let (dims, strides) = mask_dims(l.dims(), l.stride(), want[2], want[3]);
+            let extent = if dims.contains(&0) {
+                0
+            } else {
+                1 + dims
+                    .iter()
+                    .zip(strides)
+                    .map(|(&d, s)| (d - 1) * s)
+                    .sum::<usize>()
+            };
+            let off = l.start_offset();
+            let Some(bytes) = cpu.as_slice::<u8>()?.get(off..off + extent) else {
+                bail!("{op}: the mask's layout reaches past its storage")
+            };
+            let data = bytes.iter().map(|&x| (x != 0) == visible_if).collect();
             Ok(MaskData::Bool {
                 data,
                 dims,

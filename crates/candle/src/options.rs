@@ -22,7 +22,8 @@ pub enum Mask {
     /// f32 is read in place, f16, bf16 and f64 are converted to f32 once per call.
     Additive(Tensor),
     /// A `u8` tensor, non-zero where the key is visible. Converted to fastattn's boolean
-    /// mask (one byte per element of the mask's own, unbroadcast shape).
+    /// mask: one pass over the bytes its view reaches, which keeps its strides (a
+    /// broadcast or transposed view is not expanded).
     Allow(Tensor),
     /// A `u8` tensor, non-zero where the key is hidden (candle-transformers' convention).
     /// Converted like [`Mask::Allow`].
