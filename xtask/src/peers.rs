@@ -10,6 +10,7 @@ pub const PEERS: &[&str] = &[
     TORCH,
     DENSE_PER_SEQ,
     DENSE_DECODE,
+    CANDLE,
 ];
 
 /// Whether the implementation named `name` is a peer: one of [`PEERS`], or a peer's row in
@@ -35,6 +36,10 @@ pub const DENSE_PER_SEQ: &str = "dense-per-seq";
 /// Our dense decode over a contiguous `[B, Hkv, L, D]` cache (the `paged` suite's
 /// baseline for reading pages in place).
 pub const DENSE_DECODE: &str = "dense-decode";
+/// candle's own CPU attention: matmul, softmax, matmul over the full score matrix
+/// (`fastattn_candle::reference::attention_matmul_softmax`, what candle-transformers' models
+/// run), f32.
+pub const CANDLE: &str = "candle";
 /// A plain Rust loop on the standard library's `f32::exp` (exp and softmax baseline).
 pub const STD: &str = "std";
 

@@ -279,14 +279,14 @@ pub struct BenchArgs {
     pub filter: Vec<String>,
 
     /// Implementations to run, comma-separated: ISA variants (scalar, portable, avx2,
-    /// avx512, ...) and peers (matrixmultiply, gemm-crate, materialized-mm, std). Default:
+    /// avx512, ...) and peers (matrixmultiply, gemm-crate, materialized-mm, std, candle). Default:
     /// every variant this CPU runs, and the peers. Named variants run even where the quick
     /// run would skip them as too slow.
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub variant: Vec<String>,
 
     /// Peers to run, comma-separated: `all` (the default), `none`, or names
-    /// (matrixmultiply, gemm-crate, materialized-mm, std, torch). Given, it chooses the
+    /// (matrixmultiply, gemm-crate, materialized-mm, std, torch, candle). Given, it chooses the
     /// peers whatever --variant says (--variant then picks only our variants).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub peers: Vec<String>,

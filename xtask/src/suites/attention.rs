@@ -4,7 +4,7 @@
 
 use super::shape::parse_dims;
 use crate::case::{Bound, Case, Impl};
-use crate::peers::MATERIALIZED_MM;
+use crate::peers::{CANDLE, MATERIALIZED_MM};
 use crate::torch::TorchOp;
 use crate::Result;
 use fastattn_benches::random_vec;
@@ -23,9 +23,12 @@ pub fn attention_cases() -> Vec<Case> {
         attention_case(8, 8, 1024, 1024, 64, false),
         attention_case(8, 8, 2048, 2048, 64, false),
         attention_case(8, 8, 2048, 2048, 64, true),
+        attention_case(8, 8, 1024, 1024, 64, true),
         attention_case(8, 8, 1024, 1024, 128, false),
         attention_case(8, 2, 1024, 1024, 64, true),
         attention_case(32, 8, 1, 32768, 128, false),
+        // The candle binding's cost per call against the direct call (`avx2-candle` / `avx2`).
+        attention_case(1, 1, 64, 64, 64, false),
         attention_case(8, 8, 4096, 4096, 64, false).full_only(),
         attention_case(8, 8, 4096, 4096, 64, true).full_only(),
         attention_case(8, 8, 2048, 2048, 128, false).full_only(),
@@ -115,6 +118,7 @@ pub fn attention_case(hq: usize, hkv: usize, lq: usize, lk: usize, d: usize, cau
                     causal,
                 ));
             }
+            impls.extend(candle_impls(&q, &k, &v, [hq, hkv, lq, lk, d], causal));
             if !causal && hq == hkv && lq > 1 {
                 let run = move |_threads: usize| {
                     std::hint::black_box(fastattn_benches::naive_attention(
@@ -209,6 +213,43 @@ fn attention_8bit(
     imp.name = format!("{}-{qtype}", isa.name());
     imp.bytes = Some(bytes);
     imp
+}
+
+/// The candle rows of an attention case, on candle CPU tensors `[1, H, L, D]` of the case's
+/// data: the `candle` peer (candle's matmul, softmax, matmul with the whole score matrix;
+/// K and V repeated for GQA, as candle-transformers does) and ours through the binding,
+/// `fastattn_candle::sdpa` (`avx2-candle`: its cost against the direct call is the
+/// binding's).
+fn candle_impls(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [hq, hkv, lq, lk, d]: [usize; 5],
+    causal: bool,
+) -> Vec<Impl> {
+    use candle_core::{Device, Tensor};
+    let t = |x: &[f32], h: usize, l: usize| {
+        Tensor::from_slice(x, (1, h, l, d), &Device::Cpu).expect("the data fits the shape")
+    };
+    let (qt, kt, vt) = (t(q, hq, lq), t(k, hkv, lk), t(v, hkv, lk));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q2, k2, v2) = (qt.clone(), kt.clone(), vt.clone());
+    let peer = move |_threads: usize| {
+        std::hint::black_box(
+            fastattn_candle::reference::attention_matmul_softmax(
+                &q2, &k2, &v2, None, scale, causal,
+            )
+            .expect("valid problem"),
+        );
+    };
+    let isa = Isa::best();
+    let ours = move |_threads: usize| {
+        let opts = fastattn_candle::SdpaOptions::new().with_causal(causal);
+        std::hint::black_box(fastattn_candle::sdpa(&qt, &kt, &vt, &opts).expect("valid problem"));
+    };
+    let mut binding = Impl::ours(isa, ours);
+    binding.name = format!("{}-candle", isa.name());
+    vec![Impl::peer(CANDLE, peer), binding]
 }
 
 /// The call of an [`attention_8bit`] row, its codes and scales captured.
