@@ -22,7 +22,7 @@ pub trait LayerCache: sealed::Sealed {
     /// heads of `head_dim`, and `adding` more positions fit.
     ///
     /// # Errors
-    /// [`AttnError::Shape`] or [`AttnError::CacheFull`].
+    /// [`AttnError::Shape`](crate::AttnError::Shape) or [`AttnError::CacheFull`](crate::AttnError::CacheFull).
     fn check_call(
         &self,
         batch: usize,
