@@ -140,7 +140,8 @@ class FastattnLayer(DynamicLayer):
         ``[B, Lq, Hq, Dv]`` in the query's dtype."""
         p = self._eight_bit_plan()
         b, hq, lq, d = query.shape
-        key = (scaling, bool(causal), softcap or 0.0, s_aux is None)
+        # Calls without sinks are kept per (scale, causal, soft-cap); sinks change per layer.
+        key = (scaling, bool(causal), softcap or 0.0)
         call = p["calls"].get(key) if s_aux is None else None
         if call is None:
             call = _fastattn.Call.flash(
