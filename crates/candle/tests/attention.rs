@@ -24,6 +24,14 @@ fn rand(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
+/// Q `[b, hq, lq, d]`, K and V `[b, hkv, lk, d]` from `rand`, drawn in that order.
+fn qkv(rng: &mut StdRng, [b, hq, hkv, lq, lk, d]: [usize; 6]) -> (Tensor, Tensor, Tensor) {
+    let q = rand(rng, &[b, hq, lq, d]);
+    let k = rand(rng, &[b, hkv, lk, d]);
+    let v = rand(rng, &[b, hkv, lk, d]);
+    (q, k, v)
+}
+
 fn f32s(t: &Tensor) -> Tensor {
     t.to_dtype(DType::F32).unwrap()
 }
@@ -101,9 +109,7 @@ fn sdpa_matches_candle_on_random_shapes_causal_and_not() -> Result<()> {
 fn sdpa_matches_candle_in_f16_and_bf16_and_mixed_dtypes() -> Result<()> {
     let mut r = rng(2);
     let (b, hq, hkv, lq, lk, d) = (2, 4, 2, 19, 23, 32);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hkv, lk, d]);
-    let v = rand(&mut r, &[b, hkv, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hkv, lq, lk, d]);
     let combos = [
         (DType::F16, DType::F16, DType::F16),
         (DType::BF16, DType::BF16, DType::BF16),
@@ -178,9 +184,7 @@ fn sdpa_reads_transposed_narrowed_and_padded_views_in_place() -> Result<()> {
 fn sdpa_additive_masks_broadcast_like_candle() -> Result<()> {
     let mut r = rng(4);
     let (b, hq, hkv, lq, lk, d) = (2, 4, 2, 13, 17, 16);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hkv, lk, d]);
-    let v = rand(&mut r, &[b, hkv, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hkv, lq, lk, d]);
     let mask_shapes: &[&[usize]] = &[
         &[lq, lk],
         &[1, lq, lk],
@@ -246,9 +250,7 @@ fn sdpa_additive_masks_broadcast_like_candle() -> Result<()> {
 fn sdpa_boolean_masks_in_both_conventions() -> Result<()> {
     let mut r = rng(5);
     let (b, hq, hkv, lq, lk, d) = (2, 4, 1, 9, 14, 8);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hkv, lk, d]);
-    let v = rand(&mut r, &[b, hkv, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hkv, lq, lk, d]);
     for shape in [
         vec![lq, lk],
         vec![b, 1, lq, lk],
@@ -282,9 +284,7 @@ fn sdpa_boolean_masks_in_both_conventions() -> Result<()> {
 fn sdpa_boolean_masks_read_strided_and_broadcast_views() -> Result<()> {
     let mut r = rng(16);
     let (b, hq, lq, lk, d) = (2, 3, 6, 10, 8);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hq, lk, d]);
-    let v = rand(&mut r, &[b, hq, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hq, lq, lk, d]);
     // A padding row [1, Lk] broadcast (stride 0) to [B, Hq, Lq, Lk].
     let keep: Vec<u8> = (0..lk).map(|j| u8::from(j < 7)).collect();
     let row = Tensor::from_vec(keep, (1, lk), &Device::Cpu)?;
@@ -316,9 +316,7 @@ fn sdpa_boolean_masks_read_strided_and_broadcast_views() -> Result<()> {
 fn sdpa_options_match_a_direct_fastattn_call() -> Result<()> {
     let mut r = rng(6);
     let (b, hq, hkv, lq, lk, d) = (2, 4, 2, 7, 19, 16);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hkv, lk, d]);
-    let v = rand(&mut r, &[b, hkv, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hkv, lq, lk, d]);
     let (qv, kv, vv) = (
         q.flatten_all()?.to_vec1::<f32>()?,
         k.flatten_all()?.to_vec1::<f32>()?,
@@ -379,9 +377,7 @@ fn sdpa_options_match_a_direct_fastattn_call() -> Result<()> {
 fn sdpa_window_and_alibi_match_candle_with_an_equivalent_mask() -> Result<()> {
     let mut r = rng(7);
     let (b, hq, lq, lk, d) = (1, 3, 6, 15, 8);
-    let q = rand(&mut r, &[b, hq, lq, d]);
-    let k = rand(&mut r, &[b, hq, lk, d]);
-    let v = rand(&mut r, &[b, hq, lk, d]);
+    let (q, k, v) = qkv(&mut r, [b, hq, hq, lq, lk, d]);
     let slopes = [0.5f32, 0.1, 0.0];
     let (left, right) = (4usize, 2usize);
     let off = (lk - lq) as i64;
@@ -454,9 +450,8 @@ fn flash_attn_matches_candle_in_blhd_layout() -> Result<()> {
 fn flash_attn_variants_agree_with_sdpa_options() -> Result<()> {
     let mut r = rng(10);
     let (b, hq, hkv, lq, lk, d) = (2, 4, 2, 9, 12, 16);
-    let q = rand(&mut r, &[b, lq, hq, d]);
-    let k = rand(&mut r, &[b, lk, hkv, d]);
-    let v = rand(&mut r, &[b, lk, hkv, d]);
+    // [B, L, H, D]: qkv's second and third dims are the lengths here.
+    let (q, k, v) = qkv(&mut r, [b, lq, lk, hq, hkv, d]);
     let t = |x: &Tensor| x.transpose(1, 2).unwrap();
     // (None, Some(0)) is causal.
     assert_close(

@@ -148,7 +148,7 @@ def _write_scale(s, fmt, cache_shape, name):
         raise ValueError(f"an 8-bit ({fmt}) cache needs {name}")
     a = _scale_array(s, name)
     rows, hkv = tuple(cache_shape[:-1]), cache_shape[-2]
-    if a.shape == rows and not isinstance(s, (float, int)):
+    if a.shape == rows:
         if not a.flags.c_contiguous or not a.flags.writeable:
             raise ValueError(f"{name} must be contiguous and writable: it is written in place")
         return a.reshape(-1), True
@@ -163,6 +163,16 @@ def _write_scale(s, fmt, cache_shape, name):
             f"a scalar or [{hkv}] (one per KV head), got shape {list(a.shape)}"
         )
     return np.ascontiguousarray(a.reshape(-1)), False
+
+
+def _write_scales(k_scale, v_scale, fmt, k_shape, v_shape):
+    """:func:`_write_scale` of both caches: ``(k array, v array, per_row)``; the two must
+    both be per row or both given."""
+    ks, per_row = _write_scale(k_scale, fmt, k_shape, "k_scale")
+    vs, v_per_row = _write_scale(v_scale, fmt, v_shape, "v_scale")
+    if per_row != v_per_row:
+        raise ValueError("k_scale and v_scale must both be per row, or both given per head/tensor")
+    return ks, vs, per_row
 
 
 def _sinks(s_aux):
@@ -306,10 +316,9 @@ def paged_kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=N
         return
     if _kv_format(k) is not None or _kv_format(v) is not None:
         raise TypeError("paged_kv_write: the new rows k and v must be float")
-    ks, per_row = _write_scale(k_scale, fmt, tuple(k_cache.shape), "k_scale")
-    vs, v_per_row = _write_scale(v_scale, fmt, tuple(v_cache.shape), "v_scale")
-    if per_row != v_per_row:
-        raise ValueError("k_scale and v_scale must both be per row, or both given per head/tensor")
+    ks, vs, per_row = _write_scales(
+        k_scale, v_scale, fmt, tuple(k_cache.shape), tuple(v_cache.shape)
+    )
     _fastattn.paged_kv_write(
         k, v, _codes(k_cache, "k_cache"), _codes(v_cache, "v_cache"), slots, fmt, ks, vs,
         per_row_scales=per_row,
@@ -361,8 +370,7 @@ def flash_attn_with_kvcache(
       ``[num_blocks, block_size, Hkv]`` paged), written in place for the new rows (so
       writable and contiguous when ``k``, ``v`` are given); fp8, the same per-row
       scales, or a float or 1-element tensor (per tensor) or ``[Hkv]`` (per KV head). New
-      rows are quantised as
-      :func:`paged_kv_write` does.
+      rows are quantised as :func:`paged_kv_write` does.
 
     Returns ``[B, Lq, Hq, Dv]``. Bad input is a ``ValueError`` raised before the caches are
     written. No backward.
@@ -393,10 +401,7 @@ def flash_attn_with_kvcache(
     ksr = _read_scale(k_scale, fmt, ks, "k_scale", True)
     vsr = _read_scale(v_scale, fmt, vs, "v_scale", True)
     if fmt is not None and k is not None:
-        ksw, per_row = _write_scale(k_scale, fmt, ks, "k_scale")
-        vsw, v_per_row = _write_scale(v_scale, fmt, vs, "v_scale")
-        if per_row != v_per_row:
-            raise ValueError("k_scale and v_scale must both be per row, or both given per head/tensor")
+        ksw, vsw, per_row = _write_scales(k_scale, v_scale, fmt, ks, vs)
         if not per_row:  # the read scales are the write scales: check them now
             for name, a in (("k_scale", ksw), ("v_scale", vsw)):
                 if not np.all(np.isfinite(a) & (a > 0)):
