@@ -217,12 +217,7 @@ impl<T: Element> KvCache<T> {
         k: TensorRef<'_, K>,
         v: TensorRef<'_, V>,
     ) -> Result<()> {
-        let [b, h, n, d] = k.dims();
-        if v.dims() != k.dims() {
-            return Err(AttnError::Shape {
-                what: format!("appended K is {:?} but V is {:?}", k.dims(), v.dims()),
-            });
-        }
+        let [b, h, n, d] = crate::kv_cache::appended_dims(&k, &v)?;
         self.check_layer(b, h, d)?;
         self.check_room(n)?;
         if b * h * n * d == 0 {
@@ -235,6 +230,19 @@ impl<T: Element> KvCache<T> {
         self.len += n;
         Ok(())
     }
+}
+
+/// The dims `[B, Hkv, n, D]` of K and V rows to append, which must agree.
+pub(crate) fn appended_dims<K: Copy, V: Copy>(
+    k: &TensorRef<'_, K>,
+    v: &TensorRef<'_, V>,
+) -> Result<[usize; 4]> {
+    if v.dims() != k.dims() {
+        return Err(AttnError::Shape {
+            what: format!("appended K is {:?} but V is {:?}", k.dims(), v.dims()),
+        });
+    }
+    Ok(k.dims())
 }
 
 /// Writes the rows of `src` (`[B, H, n, D]`) at positions `len ..` of `dst` (strides

@@ -267,12 +267,7 @@ impl<C: Code> QuantKvCache<C> {
         k: TensorRef<'_, K>,
         v: TensorRef<'_, V>,
     ) -> Result<()> {
-        let [b, h, n, d] = k.dims();
-        if v.dims() != k.dims() {
-            return Err(AttnError::Shape {
-                what: format!("appended K is {:?} but V is {:?}", k.dims(), v.dims()),
-            });
-        }
+        let [b, h, n, d] = crate::kv_cache::appended_dims(&k, &v)?;
         self.check_call(b, h, d, n)?;
         if b * h * n * d == 0 {
             self.len += n;
