@@ -142,6 +142,27 @@ macro_rules! cases {
                 false,
                 true,
             ),
+            // K/V past the last-level cache (256 MiB in f32): the memory-bound decode.
+            (
+                "decode 32/8 Lk32768 D128",
+                32,
+                8,
+                1,
+                32768,
+                128,
+                false,
+                false,
+            ),
+            (
+                "decode 32/8 Lk32768 D128 bf16",
+                32,
+                8,
+                1,
+                32768,
+                128,
+                false,
+                true,
+            ),
         ];
         for &(label, hq, hkv, lq, lk, d, causal, half16) in attn {
             let mut flops = 4.0 * (hq * lq * lk * d) as f64;

@@ -90,3 +90,56 @@ fn gemv_kernels_refuse_bad_shapes_and_strides() {
     );
     assert!(matches!(r, Err(KernelError::BadStride { .. })));
 }
+
+/// The kernels give the same bits on any split of the keys (the decode calls them block by
+/// block and chunk by chunk): each score is computed alone, whatever its position among the
+/// keys of a call, and each output element takes its keys one by one in order.
+#[test]
+fn dot_and_axpy_rows_give_the_same_bits_on_any_split_of_the_keys() {
+    let mut seed = 1000;
+    for isa in Isa::available() {
+        for rows in [1, 3, 4, 6] {
+            for d in [7, 16, 40, 128] {
+                seed += 1;
+                let mut rng = StdRng::seed_from_u64(seed);
+                let n = 203;
+                let q = rand_vec(&mut rng, rows * d);
+                let k = rand_vec(&mut rng, n * d);
+                let mut p = rand_vec(&mut rng, rows * n);
+                for j in (0..n).step_by(7) {
+                    p[(j % rows) * n + j] = 0.0;
+                }
+                let o0 = rand_vec(&mut rng, rows * d);
+                let qv = MatRef::row_major(&q, rows, d).unwrap();
+                let whole = |cuts: &[usize]| {
+                    let (mut s, mut o) = (vec![0.0f32; rows * n], o0.clone());
+                    let mut j0 = 0;
+                    for &j1 in cuts.iter().chain([n].iter()) {
+                        let m = j1 - j0;
+                        let kv = MatRef::row_major(&k[j0 * d..j1 * d], m, d).unwrap();
+                        let sm = MatMut::new(&mut s[j0..], rows, m, n, 1).unwrap();
+                        dot_rows_with(isa, 0.3, qv, kv, sm).unwrap();
+                        let pm = MatRef::new(&p[j0..], rows, m, n, 1).unwrap();
+                        let om = MatMut::row_major(&mut o, rows, d).unwrap();
+                        axpy_rows_with(isa, pm, kv, om).unwrap();
+                        j0 = j1;
+                    }
+                    (s, o)
+                };
+                let (s1, o1) = whole(&[]);
+                for cuts in [&[1usize, 2, 3][..], &[63, 64, 65], &[5, 130, 131, 200]] {
+                    let (s2, o2) = whole(cuts);
+                    let label = format!("isa={isa} rows={rows} d={d} cuts={cuts:?}");
+                    assert!(
+                        s1.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{label}: scores"
+                    );
+                    assert!(
+                        o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{label}: outputs"
+                    );
+                }
+            }
+        }
+    }
+}

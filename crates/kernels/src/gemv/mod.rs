@@ -39,43 +39,33 @@ use rows::{Rows, Shift, Strided};
 /// How many rows ahead the decode kernels prefetch K and V.
 const PREFETCH_ROWS: usize = 16;
 
-/// What to prefetch of a token's rows over `heads` (rows of `len` values): one run when
-/// the heads lie side by side (`stride == len`), else each head's row (a dense
-/// `[B, H, L, D]` cache seen through a block table puts a token's heads `L·D` apart: one
-/// run over that span would ask for every row between them).
+/// What [`dot_rows_body`] prefetches of a token's rows over `heads` (rows of `len`
+/// values): one run when the heads lie side by side (`stride == len`), else each head's
+/// row (a dense `[B, H, L, D]` cache seen through a block table puts a token's heads `L·D`
+/// apart: one run over that span would ask for every row between them).
 #[derive(Clone, Copy)]
 struct Pf {
     rows: usize,
     ld: usize,
     len: usize,
-    /// Rows ahead (axpy only).
-    dist: usize,
 }
 
 impl Pf {
-    fn of(heads: Heads, len: usize, dist: usize) -> Pf {
+    fn of(heads: Heads, len: usize) -> Pf {
         if heads.stride == len || heads.count == 1 {
             Pf {
                 rows: 1,
                 ld: 0,
                 len: (heads.count - 1) * heads.stride + len,
-                dist,
             }
         } else {
             Pf {
                 rows: heads.count,
                 ld: heads.stride,
                 len,
-                dist,
             }
         }
     }
-    const NONE: Pf = Pf {
-        rows: 0,
-        ld: 0,
-        len: 0,
-        dist: 0,
-    };
 }
 
 /// Scale `j` of `sc`, or 1 for none (null): `x·1` is `x`, so unscaled rows keep their bits.
@@ -193,13 +183,22 @@ unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, 
             }
             x += S::LANES;
         }
+        // Every sum first, then the stores: S may alias Q and the scales as far as the
+        // compiler knows, so a store between two sums would make it reload them.
+        let f: [f32; KJ] = std::array::from_fn(|t| alpha * scale_at(sc, j + t));
+        let mut out = [[0.0f32; KJ]; R];
         for (r, a) in acc.iter().enumerate() {
             for (t, &at) in a.iter().enumerate() {
                 let mut v = S::hsum(at);
                 for x in dvec..d {
                     v += *q.add(r * ldq + x) * (*kr[t].add(x)).value();
                 }
-                *s.add(r * lds + t) = (alpha * scale_at(sc, j + t)) * v;
+                out[r][t] = f[t] * v;
+            }
+        }
+        for (r, o) in out.iter().enumerate() {
+            for (t, &v) in o.iter().enumerate() {
+                *s.add(r * lds + t) = v;
             }
         }
     }
@@ -271,7 +270,7 @@ unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
     lds: usize,
 ) {
     // One token's rows over all heads: one run when they lie side by side.
-    let pf = Pf::of(heads, d, 0);
+    let pf = Pf::of(heads, d);
     // Tokens ahead: PREFETCH_ROWS for one head; with several, each token carries several
     // rows, so fewer tokens ahead (measured on the Xeon, 8 heads: 4 tokens beat 16).
     let ahead = (PREFETCH_ROWS / heads.count).max(4);
@@ -322,14 +321,91 @@ unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
 /// KiB) stays in L1 while each slice of its columns is accumulated in registers.
 const AXPY_BLOCK: usize = 64;
 
+/// What [`axpy_block`] prefetches for key `j`: the bytes `lo .. hi` (64 apart) of the
+/// `rows` rows (stride `ld` elements) that start at value row `j + dist`, for the keys with
+/// `j & mask == phase`; `rows == 0` for none. The requests are spread evenly over the
+/// block's column slices and keys ([`AxpyPf::slice`]), not issued in bursts.
+#[derive(Clone, Copy)]
+struct AxpyPf {
+    rows: usize,
+    ld: usize,
+    dist: usize,
+    lo: usize,
+    hi: usize,
+    mask: usize,
+    phase: usize,
+}
+
+impl AxpyPf {
+    const NONE: AxpyPf = AxpyPf {
+        rows: 0,
+        ld: 0,
+        dist: 0,
+        lo: 0,
+        hi: 0,
+        mask: 0,
+        phase: 0,
+    };
+
+    /// This prefetch for slice `c` of `nsl`, columns `x0 .. x1`, of rows of `dv` values of
+    /// `E`. When the slices outnumber the rows' 64-byte lines by a power of two `k`, slice
+    /// `c` asks for line `c / k` of every `k`-th key's row; else each slice asks for the
+    /// lines that start in its own columns, for every key.
+    fn slice<E>(self, c: usize, nsl: usize, (x0, x1): (usize, usize), dv: usize) -> AxpyPf {
+        let sz = std::mem::size_of::<E>();
+        let lines = (dv * sz).div_ceil(64);
+        let k = nsl / lines.max(1);
+        if k >= 1 && k * lines == nsl && k.is_power_of_two() {
+            let lo = c / k * 64;
+            AxpyPf {
+                lo,
+                hi: lo + 1,
+                mask: k - 1,
+                phase: c % k,
+                ..self
+            }
+        } else {
+            AxpyPf {
+                lo: (x0 * sz).div_ceil(64) * 64,
+                hi: x1 * sz,
+                mask: 0,
+                phase: 0,
+                ..self
+            }
+        }
+    }
+
+    /// Prefetches this slice's lines for key `j`, whose rows ahead start at `row`.
+    ///
+    /// # Safety
+    /// The ISA of `S` is present (`row` need not be valid: prefetches never fault).
+    #[inline(always)]
+    unsafe fn issue<S: SimdOps, E>(self, j: usize, row: *const E) {
+        if j & self.mask != self.phase {
+            return;
+        }
+        for r in 0..self.rows {
+            let base = row.wrapping_add(r * self.ld).cast::<u8>();
+            let mut o = self.lo;
+            while o < self.hi {
+                // SAFETY: prefetching never faults; the ISA is present.
+                unsafe { S::prefetch(base.wrapping_add(o).cast()) };
+                o += 64;
+            }
+        }
+    }
+}
+
 /// `O[r, x0 .. x0 + NV·LANES] += Σ_j P[r, j]·V[j, x0 ..]` for `R` rows and the value rows
-/// `j0 .. j1`, with the `R × NV` output vectors held in registers across the block. Zero
-/// weights are skipped; each element is still accumulated key by key, in order, with one
-/// FMA per key, exactly as one row at a time would.
+/// `j0 .. j1`, with the `R × NV` output vectors held in registers across the block. The
+/// weights come from `w` (key-major: `w[(j − j0)·R + r]` is `P[r, j]·scale[j]`), each
+/// broadcast straight from memory. Zero weights of P are skipped (`SKIP`); each element is
+/// still accumulated key by key, in order, with one FMA per key, exactly as one row at a
+/// time would.
 ///
 /// # Safety
 /// As [`axpy_rows_body`], for rows `0..R`, value rows `j0..j1` and columns
-/// `x0 .. x0 + NV·LANES ≤ dv`.
+/// `x0 .. x0 + NV·LANES ≤ dv`; `w` readable for `(j1 − j0)·R` values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_block<
@@ -343,10 +419,10 @@ unsafe fn axpy_block<
     j0: usize,
     j1: usize,
     x0: usize,
-    pf: Pf,
+    pf: AxpyPf,
+    w: *const f32,
     p: *const f32,
     ldp: usize,
-    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -360,24 +436,22 @@ unsafe fn axpy_block<
             }
         }
         for j in j0..j1 {
-            if pf.len > 0 {
-                // The row `dist` rows ahead (never faults, even past the end).
-                prefetch_rows::<S, E>(v.ahead(j + pf.dist), pf.rows, pf.ld, pf.len);
+            if pf.rows > 0 {
+                pf.issue::<S, E>(j, v.ahead(j + pf.dist));
             }
             let vj = v.row(j).add(x0);
             let mut vv = [S::zero(); NV];
             for (c, x) in vv.iter_mut().enumerate() {
                 *x = load_row::<S, E>(vj.add(c * S::LANES));
             }
-            let scj = scale_at(sc, j);
+            let wj = w.add((j - j0) * R);
             for (r, a) in acc.iter_mut().enumerate() {
-                let pr = *p.add(r * ldp + j);
-                if SKIP && pr == 0.0 {
+                if SKIP && *p.add(r * ldp + j) == 0.0 {
                     continue;
                 }
-                let ps = S::splat(pr * scj);
-                for (x, &w) in a.iter_mut().zip(&vv) {
-                    *x = S::fma(ps, w, *x);
+                let ps = S::splat(*wj.add(r));
+                for (x, &vx) in a.iter_mut().zip(&vv) {
+                    *x = S::fma(ps, vx, *x);
                 }
             }
         }
@@ -406,10 +480,10 @@ unsafe fn axpy_block_any<
     j0: usize,
     j1: usize,
     x0: usize,
-    pf: Pf,
+    pf: AxpyPf,
+    w: *const f32,
     p: *const f32,
     ldp: usize,
-    sc: *const f32,
     v: V,
     o: *mut f32,
     ldo: usize,
@@ -417,26 +491,28 @@ unsafe fn axpy_block_any<
     // SAFETY: forwarded contract.
     unsafe {
         if zeros {
-            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, pf, p, ldp, sc, v, o, ldo)
+            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
         } else {
-            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, pf, p, ldp, sc, v, o, ldo)
+            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
         }
     }
 }
 
 /// [`axpy_block`] for `R` rows over every column slice of the block: two vectors at a
-/// time, then one, then the scalar tail. With `prefetch.len > 0`, the first slice also
-/// prefetches the rows `prefetch.dist` keys ahead, as [`Pf`] says.
+/// time, then one, then the scalar tail. The block's weights `P[r, j]·scale[j]` are
+/// gathered key-major first (the same products the FMAs used before, so the same bits).
+/// With `prefetch.rows > 0`, every slice prefetches its lines of the rows
+/// `prefetch.dist` keys ahead (the last vector slice also the tail's).
 ///
 /// # Safety
-/// As [`axpy_block`], for all `dv` columns.
+/// As [`axpy_block`], for all `dv` columns; `j1 − j0 ≤ AXPY_BLOCK`, `R ≤ 4`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: usize>(
     j0: usize,
     j1: usize,
     dv: usize,
-    prefetch: Pf,
+    prefetch: AxpyPf,
     p: *const f32,
     ldp: usize,
     sc: *const f32,
@@ -445,20 +521,33 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
     ldo: usize,
 ) {
     let (two, one) = (2 * S::LANES, S::LANES);
-    let mut x0 = 0;
+    let mut wb = [0.0f32; AXPY_BLOCK * 4];
+    // Zero weights (keys a row cannot see) must not touch V; blocks without any take
+    // the branch-free loop (the same FMAs, so the same bits).
+    let mut zeros = false;
     // SAFETY: the column slices stay below dv; forwarded contract.
     unsafe {
-        let mut pf = prefetch;
-        // Zero weights (keys a row cannot see) must not touch V; blocks without any take
-        // the branch-free loop (the same FMAs, so the same bits).
-        let zeros = (0..R).any(|r| (j0..j1).any(|j| *p.add(r * ldp + j) == 0.0));
+        for j in j0..j1 {
+            let scj = scale_at(sc, j);
+            for r in 0..R {
+                let pr = *p.add(r * ldp + j);
+                zeros |= pr == 0.0;
+                wb[(j - j0) * R + r] = pr * scj;
+            }
+        }
+        let w = wb.as_ptr();
+        // Slices: two vectors at a time, then one; the last also prefetches the tail.
+        let nsl = dv / two + usize::from(dv % two >= one);
+        let end = |x1: usize| if x1 + one > dv { dv } else { x1 };
+        let (mut x0, mut c) = (0, 0);
         while x0 + two <= dv {
-            axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
-            x0 += two;
-            pf.len = 0;
+            let pf = prefetch.slice::<E>(c, nsl, (x0, end(x0 + two)), dv);
+            axpy_block_any::<S, E, V, R, 2>(zeros, j0, j1, x0, pf, w, p, ldp, v, o, ldo);
+            (x0, c) = (x0 + two, c + 1);
         }
         if x0 + one <= dv {
-            axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, p, ldp, sc, v, o, ldo);
+            let pf = prefetch.slice::<E>(c, nsl, (x0, dv), dv);
+            axpy_block_any::<S, E, V, R, 1>(zeros, j0, j1, x0, pf, w, p, ldp, v, o, ldo);
             x0 += one;
         }
         for r in 0..R {
@@ -466,9 +555,8 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
                 let orow = o.add(r * ldo);
                 let mut t = *orow.add(x);
                 for j in j0..j1 {
-                    let pr = *p.add(r * ldp + j);
-                    if pr != 0.0 {
-                        t += (pr * scale_at(sc, j)) * (*v.row(j).add(x)).value();
+                    if *p.add(r * ldp + j) != 0.0 {
+                        t += wb[(j - j0) * R + r] * (*v.row(j).add(x)).value();
                     }
                 }
                 *orow.add(x) = t;
@@ -499,11 +587,15 @@ unsafe fn axpy_rows_body<S: SimdOps, E: RowElem, V: Rows<Elem = E>>(
     o: *mut f32,
     ldo: usize,
 ) {
-    // The first head's first row group prefetches rows of every head `dist` rows ahead:
-    // the next block for one head; with several, each row carries several heads' values
-    // and fewer rows ahead are better (measured on the Xeon, 8 heads: 8 beat 64).
-    let dist = (AXPY_BLOCK / heads.count).max(8);
-    let first = Pf::of(heads, dv, dist);
+    // The first head's first row group prefetches the rows of every head `dist` rows
+    // ahead: the next block for one head; with several, each row carries several heads'
+    // values and fewer rows ahead are better (measured on the Xeon, 8 heads: 8 beat 64).
+    let first = AxpyPf {
+        rows: heads.count,
+        ld: heads.stride,
+        dist: (AXPY_BLOCK / heads.count).max(8),
+        ..AxpyPf::NONE
+    };
     for j0 in (0..n).step_by(AXPY_BLOCK) {
         let j1 = (j0 + AXPY_BLOCK).min(n);
         for h in 0..heads.count {
@@ -517,7 +609,11 @@ unsafe fn axpy_rows_body<S: SimdOps, E: RowElem, V: Rows<Elem = E>>(
                 let mut r0 = 0;
                 while r0 < rows {
                     let (pr, or) = (ph.add(r0 * ldp), oh.add(r0 * ldo));
-                    let pf = if r0 == 0 && h == 0 { first } else { Pf::NONE };
+                    let pf = if r0 == 0 && h == 0 {
+                        first
+                    } else {
+                        AxpyPf::NONE
+                    };
                     let (vv, sch) = (vh, head_scales(sc, h, n));
                     match rows - r0 {
                         1 => {
