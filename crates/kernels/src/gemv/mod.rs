@@ -186,14 +186,27 @@ unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, 
         // Every sum first, then the stores: S may alias Q and the scales as far as the
         // compiler knows, so a store between two sums would make it reload them.
         let f: [f32; KJ] = std::array::from_fn(|t| alpha * scale_at(sc, j + t));
+        // The horizontal sums four accumulators at a time (output `i` is row `i / KJ`,
+        // key `i % KJ`), each as `hsum` would give it.
         let mut out = [[0.0f32; KJ]; R];
-        for (r, a) in acc.iter().enumerate() {
-            for (t, &at) in a.iter().enumerate() {
-                let mut v = S::hsum(at);
+        let mut i = 0;
+        while i + 4 <= R * KJ {
+            let h = S::hsum4(std::array::from_fn(|u| acc[(i + u) / KJ][(i + u) % KJ]));
+            for (u, &hu) in h.iter().enumerate() {
+                out[(i + u) / KJ][(i + u) % KJ] = hu;
+            }
+            i += 4;
+        }
+        while i < R * KJ {
+            out[i / KJ][i % KJ] = S::hsum(acc[i / KJ][i % KJ]);
+            i += 1;
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            for (t, v) in o.iter_mut().enumerate() {
                 for x in dvec..d {
-                    v += *q.add(r * ldq + x) * (*kr[t].add(x)).value();
+                    *v += *q.add(r * ldq + x) * (*kr[t].add(x)).value();
                 }
-                out[r][t] = f[t] * v;
+                *v *= f[t];
             }
         }
         for (r, o) in out.iter().enumerate() {
@@ -401,7 +414,7 @@ impl AxpyPf {
 /// weights come from `w` (key-major: `w[(j − j0)·R + r]` is `P[r, j]·scale[j]`), each
 /// broadcast straight from memory. Zero weights of P are skipped (`SKIP`); each element is
 /// still accumulated key by key, in order, with one FMA per key, exactly as one row at a
-/// time would.
+/// time would. With `PF`, each key also issues `pf`'s prefetches ([`AxpyPf::issue`]).
 ///
 /// # Safety
 /// As [`axpy_rows_body`], for rows `0..R`, value rows `j0..j1` and columns
@@ -415,6 +428,7 @@ unsafe fn axpy_block<
     const R: usize,
     const NV: usize,
     const SKIP: bool,
+    const PF: bool,
 >(
     j0: usize,
     j1: usize,
@@ -436,7 +450,7 @@ unsafe fn axpy_block<
             }
         }
         for j in j0..j1 {
-            if pf.rows > 0 {
+            if PF {
                 pf.issue::<S, E>(j, v.ahead(j + pf.dist));
             }
             let vj = v.row(j).add(x0);
@@ -463,7 +477,8 @@ unsafe fn axpy_block<
     }
 }
 
-/// [`axpy_block`] with zero weights skipped (`zeros`) or not.
+/// [`axpy_block`] with zero weights skipped (`zeros`) or not, prefetching (`pf.rows > 0`)
+/// or not.
 ///
 /// # Safety
 /// As [`axpy_block`].
@@ -490,10 +505,19 @@ unsafe fn axpy_block_any<
 ) {
     // SAFETY: forwarded contract.
     unsafe {
-        if zeros {
-            axpy_block::<S, E, V, R, NV, true>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
-        } else {
-            axpy_block::<S, E, V, R, NV, false>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
+        match (zeros, pf.rows > 0) {
+            (true, true) => {
+                axpy_block::<S, E, V, R, NV, true, true>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
+            }
+            (true, false) => {
+                axpy_block::<S, E, V, R, NV, true, false>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
+            }
+            (false, true) => {
+                axpy_block::<S, E, V, R, NV, false, true>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
+            }
+            (false, false) => {
+                axpy_block::<S, E, V, R, NV, false, false>(j0, j1, x0, pf, w, p, ldp, v, o, ldo)
+            }
         }
     }
 }

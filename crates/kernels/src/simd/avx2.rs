@@ -153,6 +153,30 @@ impl SimdOps for Avx2Ops {
         }
     }
     #[inline(always)]
+    unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+        // `hsum`'s additions for four vectors at once: each vector's halves added
+        // (`s = lo + hi`), then `(s0 + s2) + (s1 + s3)`, with a's and c's sums in the low
+        // 128-bit lane and b's and d's in the high one.
+        // SAFETY: AVX is present (caller contract).
+        unsafe {
+            let [a, b, c, d] = v;
+            let ab = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+            let cd = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(c, d),
+                _mm256_permute2f128_ps::<0x31>(c, d),
+            );
+            // [a: s0+s2, c: s0+s2, a: s1+s3, c: s1+s3 | the same for b and d]
+            let w = _mm256_add_ps(_mm256_unpacklo_ps(ab, cd), _mm256_unpackhi_ps(ab, cd));
+            let z = _mm256_add_ps(w, _mm256_permute_ps::<0b01_00_11_10>(w));
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), z);
+            [out[0], out[4], out[1], out[5]]
+        }
+    }
+    #[inline(always)]
     unsafe fn prefetch(p: *const f32) {
         // SAFETY: SSE is baseline on x86-64; prefetches never fault.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }

@@ -151,6 +151,17 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// The ISA is present.
     unsafe fn hsum(v: Self::V) -> f32;
+    /// The sums of four vectors' lanes, each bit-identical to [`hsum`](Self::hsum) of that
+    /// vector (the same additions in the same order, four vectors at a time where the ISA
+    /// can interleave them).
+    ///
+    /// # Safety
+    /// The ISA is present.
+    #[inline(always)]
+    unsafe fn hsum4(v: [Self::V; 4]) -> [f32; 4] {
+        // SAFETY: the ISA is present (caller contract).
+        unsafe { v.map(|x| Self::hsum(x)) }
+    }
     /// Hint that the cache line holding `p` will be read soon (no-op where unsupported).
     ///
     /// # Safety
