@@ -432,8 +432,21 @@ pub enum RowType {
 pub trait RowElem: Copy + Send + Sync + 'static {
     /// What the rows hold.
     const ROW: RowType;
+    /// The power of two the decode kernels' loads divide the values by (256 for e4m3,
+    /// whose fast widening gives `code / 256`; 1 for every other type): the kernels fold it
+    /// into the rows' scales, which is exact.
+    const RAW_SCALE: f32 = if matches!(Self::ROW, RowType::F8E4M3) {
+        256.0
+    } else {
+        1.0
+    };
     /// The value as f32 (exact; a code's value before its scale).
     fn value(self) -> f32;
+    /// The value as the decode kernels load it: `value / RAW_SCALE` (exact).
+    #[inline(always)]
+    fn raw(self) -> f32 {
+        self.value() * (1.0 / Self::RAW_SCALE)
+    }
 }
 
 macro_rules! row_elem {

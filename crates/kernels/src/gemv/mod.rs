@@ -22,7 +22,7 @@ use crate::dtype::Element;
 use crate::dtype::RowElem;
 use crate::error::{KernelError, Result};
 use crate::gemm::{MatMut, MatRef};
-use crate::simd::{dispatch, load_row, IsaKernel, SimdOps};
+use crate::simd::{dispatch, load_row_raw, IsaKernel, SimdOps};
 
 mod indexed;
 mod quant;
@@ -68,18 +68,21 @@ impl Pf {
     }
 }
 
-/// Scale `j` of `sc`, or 1 for none (null): `x·1` is `x`, so unscaled rows keep their bits.
+/// Scale `j` of `sc`, or 1 for none (null), times `E::RAW_SCALE` (the power of two the
+/// kernels' loads divide `E`'s values by, see [`RowElem::RAW_SCALE`]): `x·1` is `x`, so
+/// unscaled rows keep their bits, and the power of two is exact.
 ///
 /// # Safety
 /// `sc` is null or readable at `j`.
 #[inline(always)]
-unsafe fn scale_at(sc: *const f32, j: usize) -> f32 {
-    if sc.is_null() {
+unsafe fn scale_at<E: RowElem>(sc: *const f32, j: usize) -> f32 {
+    let s = if sc.is_null() {
         1.0
     } else {
         // SAFETY: caller contract.
         unsafe { *sc.add(j) }
-    }
+    };
+    s * E::RAW_SCALE
 }
 
 /// Head `h`'s band of `n` scales in `sc` (null stays null).
@@ -129,7 +132,7 @@ unsafe fn dot_group<S: SimdOps, E: RowElem, const R: usize>(
         let mut acc = [S::zero(); R];
         let mut x = 0;
         while x < dvec {
-            let kv = load_row::<S, E>(kj.add(x));
+            let kv = load_row_raw::<S, E>(kj.add(x));
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::fma(S::load(q.add(r * ldq + x)), kv, *a);
             }
@@ -138,7 +141,7 @@ unsafe fn dot_group<S: SimdOps, E: RowElem, const R: usize>(
         for (r, a) in acc.iter().enumerate() {
             let mut t = S::hsum(*a);
             for x in dvec..d {
-                t += *q.add(r * ldq + x) * (*kj.add(x)).value();
+                t += *q.add(r * ldq + x) * (*kj.add(x)).raw();
             }
             *s.add(r * lds) = (alpha * scale) * t;
         }
@@ -173,7 +176,7 @@ unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, 
         while x < dvec {
             let mut kv = [S::zero(); KJ];
             for (t, kk) in kv.iter_mut().enumerate() {
-                *kk = load_row::<S, E>(kr[t].add(x));
+                *kk = load_row_raw::<S, E>(kr[t].add(x));
             }
             for (r, a) in acc.iter_mut().enumerate() {
                 let qv = S::load(q.add(r * ldq + x));
@@ -185,7 +188,7 @@ unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, 
         }
         // Every sum first, then the stores: S may alias Q and the scales as far as the
         // compiler knows, so a store between two sums would make it reload them.
-        let f: [f32; KJ] = std::array::from_fn(|t| alpha * scale_at(sc, j + t));
+        let f: [f32; KJ] = std::array::from_fn(|t| alpha * scale_at::<E>(sc, j + t));
         // The horizontal sums four accumulators at a time (output `i` is row `i / KJ`,
         // key `i % KJ`), each as `hsum` would give it.
         let mut out = [[0.0f32; KJ]; R];
@@ -204,7 +207,7 @@ unsafe fn dot_groupk<S: SimdOps, E: RowElem, K: Rows<Elem = E>, const R: usize, 
         for (r, o) in out.iter_mut().enumerate() {
             for (t, v) in o.iter_mut().enumerate() {
                 for x in dvec..d {
-                    *v += *q.add(r * ldq + x) * (*kr[t].add(x)).value();
+                    *v += *q.add(r * ldq + x) * (*kr[t].add(x)).raw();
                 }
                 *v *= f[t];
             }
@@ -313,7 +316,7 @@ unsafe fn dot_rows_body<S: SimdOps, E: RowElem, K: Rows<Elem = E>>(
             for h in 0..heads.count {
                 let kj = k.row(j).add(h * heads.stride);
                 let (qh, sh) = (q.add(h * rows * ldq), s.add(h * rows * lds));
-                let scj = scale_at(head_scales(sc, h, n), j);
+                let scj = scale_at::<E>(head_scales(sc, h, n), j);
                 let mut r0 = 0;
                 while r0 < rows {
                     let (qr, sr) = (qh.add(r0 * ldq), sh.add(r0 * lds + j));
@@ -456,7 +459,7 @@ unsafe fn axpy_block<
             let vj = v.row(j).add(x0);
             let mut vv = [S::zero(); NV];
             for (c, x) in vv.iter_mut().enumerate() {
-                *x = load_row::<S, E>(vj.add(c * S::LANES));
+                *x = load_row_raw::<S, E>(vj.add(c * S::LANES));
             }
             let wj = w.add((j - j0) * R);
             for (r, a) in acc.iter_mut().enumerate() {
@@ -552,7 +555,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
     // SAFETY: the column slices stay below dv; forwarded contract.
     unsafe {
         for j in j0..j1 {
-            let scj = scale_at(sc, j);
+            let scj = scale_at::<E>(sc, j);
             for r in 0..R {
                 let pr = *p.add(r * ldp + j);
                 zeros |= pr == 0.0;
@@ -580,7 +583,7 @@ unsafe fn axpy_block_rows<S: SimdOps, E: RowElem, V: Rows<Elem = E>, const R: us
                 let mut t = *orow.add(x);
                 for j in j0..j1 {
                     if *p.add(r * ldp + j) != 0.0 {
-                        t += wb[(j - j0) * R + r] * (*v.row(j).add(x)).value();
+                        t += wb[(j - j0) * R + r] * (*v.row(j).add(x)).raw();
                     }
                 }
                 *orow.add(x) = t;

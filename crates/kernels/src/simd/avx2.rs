@@ -230,36 +230,37 @@ impl SimdOps for Avx2Ops {
     #[inline(always)]
     unsafe fn load_f8e4m3(p: *const u8) -> __m256 {
         // SAFETY: 8 readable bytes; AVX2 and F16C are part of this variant (caller contract).
-        unsafe {
-            _mm256_mul_ps(
-                _mm256_cvtph_ps(e4m3_as_f16(_mm_loadl_epi64(p.cast()))),
-                _mm256_set1_ps(256.0),
-            )
-        }
+        unsafe { _mm256_mul_ps(Self::load_f8e4m3_raw(p), _mm256_set1_ps(256.0)) }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3_raw(p: *const u8) -> __m256 {
+        // SAFETY: 8 readable bytes; AVX2 and F16C are part of this variant (caller contract).
+        unsafe { _mm256_cvtph_ps(e4m3_as_f16(_mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast())))) }
     }
 }
 
-/// The low 8 e4m3fn codes of `b` as 8 f16 bit patterns worth `code / 256`: with the code
-/// in the high byte of a 16-bit lane (`s eeee mmm` then 8 zeros), an arithmetic shift
-/// right by one puts the exponent and mantissa at f16 bits 7..13 and copies the sign into
-/// bits 14 and 15; clearing bit 14 leaves `s 0eeee mmm0000000` (the f16 exponent has bias
-/// 15, e4m3's bias 7, so the value is off by exactly `2^8`; e4m3 subnormals become f16
-/// subnormals, which F16C widens exactly). The NaN magnitude `0x7F` gets an all-ones
-/// exponent (NaN). Seven integer ops (the earlier mask-and-shift build took nine).
+/// 8 e4m3fn codes, sign-extended to 16-bit lanes (`x`), as 8 f16 bit patterns worth
+/// `code / 256`: a shift left by 7 puts the code's exponent and mantissa at f16 bits
+/// 7..13 and its sign at bits 14 and 15 (`s s eeee mmm 0000000`); clearing bit 14 leaves
+/// `s 0eeee mmm0000000` (the f16 exponent has bias 15, e4m3's bias 7, so the value is off
+/// by exactly `2^8`; e4m3 subnormals become f16 subnormals, which F16C widens exactly).
+/// The NaN magnitude `0x7F` keeps bit 14, which makes its exponent all ones (NaN). Six
+/// integer ops after the widening load (the unpack-and-shift build took seven, and the
+/// mask-and-shift one nine).
 ///
 /// # Safety
 /// SSE2 is present (part of every AVX2 variant).
 #[inline(always)]
-pub(crate) unsafe fn e4m3_as_f16(b: __m128i) -> __m128i {
+pub(crate) unsafe fn e4m3_as_f16(x: __m128i) -> __m128i {
     // SAFETY: SSE2 is present (caller contract).
     unsafe {
-        let hi = _mm_unpacklo_epi8(_mm_setzero_si128(), b);
-        let h = _mm_and_si128(_mm_srai_epi16::<1>(hi), _mm_set1_epi16(0xBFFFu16 as i16));
-        let mag = _mm_and_si128(h, _mm_set1_epi16(0x3F80));
-        let nan = _mm_and_si128(
-            _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x3F80)),
-            _mm_set1_epi16(0x7C00),
+        let h = _mm_slli_epi16::<7>(x);
+        let nan = _mm_cmpeq_epi16(
+            _mm_and_si128(h, _mm_set1_epi16(0x3F80)),
+            _mm_set1_epi16(0x3F80),
         );
-        _mm_or_si128(h, nan)
+        // Bit 14 cleared where the code is not a NaN, set where it is.
+        let b14 = _mm_set1_epi16(0x4000);
+        _mm_xor_si128(_mm_or_si128(h, b14), _mm_andnot_si128(nan, b14))
     }
 }

@@ -156,7 +156,7 @@ impl SimdOps for Avx512Ops {
         }
     }
     #[inline(always)]
-    unsafe fn load_f8e4m3(p: *const u8) -> __m512 {
+    unsafe fn load_f8e4m3_raw(p: *const u8) -> __m512 {
         // SAFETY: 16 readable bytes; AVX-512F and AVX2 are part of this variant (caller
         // contract). The AVX2 variant's f16 construction (`e4m3_as_f16`), on all 16 codes
         // at once in 256-bit registers (two 128-bit halves and an insert were 2.1× the
@@ -170,7 +170,12 @@ impl SimdOps for Avx512Ops {
                 _mm256_set1_epi16(0x7C00),
             );
             let h = _mm256_or_si256(_mm256_or_si256(sign, _mm256_slli_epi16::<7>(mag)), nan);
-            _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+            _mm512_cvtph_ps(h)
         }
+    }
+    #[inline(always)]
+    unsafe fn load_f8e4m3(p: *const u8) -> __m512 {
+        // SAFETY: as `load_f8e4m3_raw` (caller contract).
+        unsafe { _mm512_mul_ps(Self::load_f8e4m3_raw(p), _mm512_set1_ps(256.0)) }
     }
 }

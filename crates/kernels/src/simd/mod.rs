@@ -208,6 +208,16 @@ pub(crate) trait SimdOps {
     /// # Safety
     /// `p` readable for `LANES` values; the ISA is present.
     unsafe fn load_f8e4m3(p: *const u8) -> Self::V;
+    /// [`load_f8e4m3`](Self::load_f8e4m3) divided by 256 (exact): what the fast widening
+    /// gives before its multiply (the decode kernels fold the 256 into the rows' scales).
+    ///
+    /// # Safety
+    /// As [`load_f8e4m3`](Self::load_f8e4m3).
+    #[inline(always)]
+    unsafe fn load_f8e4m3_raw(p: *const u8) -> Self::V {
+        // SAFETY: forwarded contract.
+        unsafe { Self::mul(Self::load_f8e4m3(p), Self::splat(1.0 / 256.0)) }
+    }
 }
 
 /// Defines [`SimdOps`] methods that are one intrinsic of two vectors of type `$v`, inside
@@ -262,6 +272,23 @@ pub(crate) unsafe fn load_row<S: SimdOps, E: RowElem>(p: *const E) -> S::V {
             RowType::I8 => S::load_i8(p.cast()),
             RowType::F8E4M3 => S::load_f8e4m3(p.cast()),
             RowType::F8E5M2 => S::load_f8e5m2(p.cast()),
+        }
+    }
+}
+
+/// [`load_row`] divided by `E::RAW_SCALE` (exact): e4m3 rows without their widening's
+/// multiply by 256, every other type as [`load_row`] loads it. The decode kernels read
+/// rows this way and multiply the rows' scales by `E::RAW_SCALE`.
+///
+/// # Safety
+/// As [`load_row`].
+#[inline(always)]
+pub(crate) unsafe fn load_row_raw<S: SimdOps, E: RowElem>(p: *const E) -> S::V {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match E::ROW {
+            RowType::F8E4M3 => S::load_f8e4m3_raw(p.cast()),
+            _ => load_row::<S, E>(p),
         }
     }
 }
