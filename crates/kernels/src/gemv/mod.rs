@@ -14,8 +14,10 @@
 //! (F16C `vcvtph2ps`, a shift for bf16), so decoding from a 16-bit cache reads half the
 //! bytes. 8-bit rows (int8, fp8: [`Code`](crate::quant::Code)s) go through
 //! the `*_quant_with` twins ([`dot_rows_quant_with`] and friends), which widen each code in
-//! registers and fold a per-row scale into the score or the weight. Both stream K and V in memory order, so their speed is the memory bandwidth. Each
-//! variant's twin is [`dot_rows_ref`] / [`axpy_rows_ref`] (f64 accumulation).
+//! registers and fold a per-row scale into the score or the weight. Both stream K and V in
+//! memory order and prefetch the rows ahead (P·V spreads its requests over every column
+//! slice and key of a block). Each variant's twin is [`dot_rows_ref`] / [`axpy_rows_ref`]
+//! (f64 accumulation).
 
 use crate::dispatch::Isa;
 use crate::dtype::Element;
